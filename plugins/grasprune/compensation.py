@@ -1,0 +1,60 @@
+"""Optional mean-bias compensation for GRASPrune's stage B (off by default).
+
+A removed channel's average contribution is a constant; adding it back as an output bias (as FLAP
+does) removes the mean shift pruning causes, so stage B's scales only fit what varies. The means
+are taken on the dense model over the stage-B calibration sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pruneframe.architectures.llama import layer_modules
+from pruneframe.fold import head_rows
+from pruneframe.units import UnitKind, UnitSet
+
+__all__ = ["mean_projection_inputs", "compensation_bias"]
+
+
+@torch.no_grad()
+def mean_projection_inputs(model: nn.Module, windows: torch.Tensor, progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the mean input of down_proj and of o_proj over every token of ``windows``."""
+    mods = layer_modules(model)
+    sums = [[torch.zeros(m.down_proj.in_features, dtype=torch.float64), torch.zeros(m.o_proj.in_features, dtype=torch.float64)] for m in mods]
+    count = 0
+    handles = []
+    for i, m in enumerate(mods):
+        for j, proj in enumerate((m.down_proj, m.o_proj)):
+            def hook(module, args, i=i, j=j):
+                sums[i][j] += args[0].detach().reshape(-1, args[0].shape[-1]).sum(0).double().cpu()
+            handles.append(proj.register_forward_pre_hook(hook))
+    device = next(model.parameters()).device
+    try:
+        for row in tqdm(windows, desc="grasprune means", disable=not progress, leave=False):
+            model(input_ids=row[None].to(device), use_cache=False)
+            count += row.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return [s[0] / count for s in sums], [s[1] / count for s in sums]
+
+
+def compensation_bias(
+    model: nn.Module, units: UnitSet, mask: torch.Tensor, mlp_mean: list[torch.Tensor], attn_mean: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[layers, hidden]`` biases: each removed unit's weight columns times its mean input."""
+    mods = layer_modules(model)
+    mask = mask.bool().cpu()
+    mlp_bias = torch.zeros(units.num_layers, units.hidden_size)
+    attn_bias = torch.zeros(units.num_layers, units.hidden_size)
+    for i, m in enumerate(mods):
+        gone = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
+        w = m.down_proj.weight.detach().double().cpu()
+        mlp_bias[i] = (w[:, gone] @ mlp_mean[i][gone]).float()
+        gone_kv = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
+        cols = head_rows(gone_kv, m.queries_per_group * m.head_dim)
+        w = m.o_proj.weight.detach().double().cpu()
+        attn_bias[i] = (w[:, cols] @ attn_mean[i][cols]).float()
+    return mlp_bias, attn_bias

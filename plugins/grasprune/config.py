@@ -1,0 +1,44 @@
+"""GRASPrune's settings; defaults follow the reference implementation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from pruneframe.methods import MethodConfig
+
+__all__ = ["GRASPruneConfig"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class GRASPruneConfig(MethodConfig):
+    """GRASPrune settings (stage A: gate training; stage B: scale recalibration).
+
+    The projection ``policy`` (inherited) is ``rank`` by default, i.e. units are ordered by their
+    gate probability p, not p/cost; ``density`` orders by p/cost.
+    """
+
+    policy: Literal["rank", "density"] = "rank"
+    tau: PositiveFloat = Field(1.5, description="temperature: p = sigmoid(s / tau)")
+    lr: PositiveFloat = Field(1e-2, description="AdamW learning rate of the gate scores")
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt = 4
+    num_sequences: PositiveInt = Field(512, description="calibration sequences for gate training")
+    seq_len: PositiveInt = Field(256, description="tokens per calibration sequence")
+    batch_size: PositiveInt = 1
+    shuffle: bool = Field(True, description="reshuffle the sequences every epoch (seeded)")
+    rescale: bool = Field(True, description="stage B: learn one scale per kept unit and fold it in")
+    rescale_alpha: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="gamma = 1 + alpha * tanh(t)")
+    rescale_lr: PositiveFloat = 1e-2
+    rescale_epochs: PositiveInt = 1
+    rescale_sequences: Annotated[int | None, Field(ge=1)] = Field(
+        None, description="sequences for stage B, taken after the gate-training ones (default: num_sequences)"
+    )
+    bias_compensation: bool = Field(
+        False, description="add each removed unit's mean output back as a down_proj/o_proj bias before stage B"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the frozen backbone")

@@ -1,0 +1,130 @@
+"""GRASPrune as a pruneframe method.
+
+Stage A (scoring): one gate score s per unit (FFN channel or KV group), p = sigmoid(s / tau). Every
+step the core projector turns p into a hard mask m meeting the budget exactly; the forward pass uses
+z = m + p - stopgrad(p), so the loss sees the hard mask and the gradient reaches p (projected
+straight-through estimator). FFN channels are gated at down_proj's input, KV groups on their keys
+and values (see :mod:`pruneframe.gates`). AdamW on s only; the backbone is frozen.
+
+Stage B (recalibration): with the final mask fixed, one scale gamma = 1 + alpha * tanh(t) per unit is
+trained with the same loss on calibration sequences stage A did not see; the core folds gamma into
+down_proj columns (FFN) and k_proj/v_proj rows (KV). In Qwen3 the per-head k_norm cancels a key
+scale (as it would the folded k_proj rows), so there a KV-group scale effectively acts on values only.
+
+Step 0 ties: all scores start at 0, so the first mask is decided by the projector's deterministic
+tie-break, which orders tied units by their fractional position inside their layer and kind: the
+first mask keeps about the same fraction of every layer and kind (rather than cutting the first
+layers to their minimum, as a plain index order would).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pruneframe.budget import check_meets_budget
+from pruneframe.gates import UnitGates
+from pruneframe.hookspecs import hookimpl
+from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
+from pruneframe_grasprune.config import GRASPruneConfig
+from pruneframe_grasprune.training import batches, frozen, run_loop
+
+__all__ = ["GRASPrune"]
+
+
+class GRASPrune(PruningMethod):
+    """GRASPrune: projected-STE gate training, then per-unit scale calibration (no weight updates)."""
+
+    name = "grasprune"
+    Config = GRASPruneConfig
+    summary = "projected straight-through gates on FFN channels + KV groups, then learned per-unit scales"
+    config: GRASPruneConfig
+
+    def _windows(self, context: ScoringContext, num: int, offset: int) -> torch.Tensor:
+        return context.require_calibration(self.name).windows(num, self.config.seq_len, offset=offset)
+
+    def _cast(self, model: torch.nn.Module) -> None:
+        dtype = getattr(torch, self.config.dtype)
+        if next(model.parameters()).dtype != dtype:
+            raise ValueError(
+                f"grasprune dtype={self.config.dtype} but the model is {next(model.parameters()).dtype}; "
+                "load the model in the compute dtype"
+            )
+
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """Train the gates (stage A) and return the final keep probabilities p."""
+        cfg = self.config
+        self._cast(context.model)
+        units = context.units
+        windows = self._windows(context, cfg.num_sequences, offset=0)
+        steps = cfg.epochs * -(-len(windows) // cfg.batch_size)
+        device = next(context.model.parameters()).device
+        scores = torch.zeros(len(units), device=device, requires_grad=True)
+        optimizer = torch.optim.AdamW([scores], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        kept: list[int] = []
+
+        def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
+            p = torch.sigmoid(scores / cfg.tau)
+            mask = context.project(p)
+            check_meets_budget(mask, units.cost, context.budget, units.groups, context.minimum)
+            kept.append(units.kept_cost(mask))
+            z = mask.to(p) + p - p.detach()
+            return z, {"kept": f"{kept[-1] / units.prunable_params:.4f}"}
+
+        with frozen(context.model), UnitGates(context.model, units) as gates:
+            stats = run_loop(
+                context.model, gates, [scores], gate_fn,
+                batches(windows, cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
+                steps, optimizer, "grasprune gates", context.progress,
+            )
+        context.stats["gates"] = {
+            "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
+            "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0],
+            "last_loss": stats.losses[-1], "kept_cost_per_step": kept, "budget": context.budget,
+            "peak_rss_bytes": stats.peak_rss_bytes,
+        }
+        return torch.sigmoid(scores.detach() / cfg.tau).cpu()
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """Stage B: learn gamma = 1 + alpha * tanh(t) per kept unit on unseen sequences."""
+        cfg = self.config
+        if not cfg.rescale and not cfg.bias_compensation:
+            return None
+        num = cfg.rescale_sequences or cfg.num_sequences
+        windows = self._windows(context, num, offset=cfg.num_sequences)
+        mlp_bias = attn_bias = None
+        if cfg.bias_compensation:
+            with torch.inference_mode():
+                means = mean_projection_inputs(context.model, windows, context.progress)
+            mlp_bias, attn_bias = compensation_bias(context.model, context.units, mask, *means)
+        if not cfg.rescale:
+            return Recalibration(mlp_bias=mlp_bias, attn_bias=attn_bias)
+        steps = cfg.rescale_epochs * -(-len(windows) // cfg.batch_size)
+        device = next(context.model.parameters()).device
+        hard = mask.to(device=device, dtype=torch.float32)
+        t = torch.zeros(len(context.units), device=device, requires_grad=True)
+        optimizer = torch.optim.AdamW([t], lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+        def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
+            return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
+
+        with frozen(context.model), UnitGates(context.model, context.units) as gates:
+            gates.set_bias(mlp_bias, attn_bias)
+            stats = run_loop(
+                context.model, gates, [t], gate_fn,
+                batches(windows, cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
+                steps, optimizer, "grasprune scales", context.progress,
+            )
+        context.stats["rescale"] = {
+            "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
+            "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0], "last_loss": stats.losses[-1],
+            "peak_rss_bytes": stats.peak_rss_bytes,
+        }
+        gamma = 1 + cfg.rescale_alpha * torch.tanh(t.detach())
+        return Recalibration(scales=gamma.cpu(), mlp_bias=mlp_bias, attn_bias=attn_bias)
+
+
+@hookimpl
+def pruneframe_register_methods(register) -> None:
+    """Register GRASPrune."""
+    register(GRASPrune)

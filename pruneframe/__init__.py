@@ -1,0 +1,36 @@
+"""pruneframe: budgeted structured pruning of LLMs with one contract for every method.
+
+Public API::
+
+    import pruneframe
+    result = pruneframe.prune(model, method="grasprune", budget=0.5, calibration=tokens)
+    result.save("out/")
+    model, tokenizer = pruneframe.load_pruned("out/")
+    mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
+"""
+
+from pruneframe import budget
+from pruneframe.api import PruneResult, load_pruned, prune
+from pruneframe.calibration import CalibrationData
+from pruneframe.host import PluginHost
+from pruneframe.hookspecs import hookimpl
+from pruneframe.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
+from pruneframe.units import UnitKind, UnitSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "prune",
+    "PruneResult",
+    "load_pruned",
+    "budget",
+    "CalibrationData",
+    "PluginHost",
+    "hookimpl",
+    "MethodConfig",
+    "PruningMethod",
+    "Recalibration",
+    "ScoringContext",
+    "UnitKind",
+    "UnitSet",
+]

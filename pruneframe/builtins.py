@@ -1,0 +1,43 @@
+"""The core's default stage implementations, registered as a plugin like any other.
+
+They run last (``trylast``), so any plugin can override a stage by implementing the same hook.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pruneframe.fold import fold
+from pruneframe.hookspecs import hookimpl
+from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.projection import project
+from pruneframe.units import UnitSet
+
+
+@hookimpl(trylast=True)
+def pruneframe_score_units(method: PruningMethod, context: ScoringContext) -> torch.Tensor:
+    """Call the method object's own scoring rule."""
+    return method.score(context)
+
+
+@hookimpl(trylast=True)
+def pruneframe_recalibrate(method: PruningMethod, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+    """Call the method object's own recalibration rule (``None`` when it has none)."""
+    return method.recalibrate(context, mask)
+
+
+@hookimpl(trylast=True)
+def pruneframe_project(
+    scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str
+) -> torch.Tensor:
+    """The core projector: a mask that meets the budget exactly."""
+    return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope)
+
+
+@hookimpl(trylast=True)
+def pruneframe_fold(
+    model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None, inplace: bool
+) -> nn.Module:
+    """The core fold: slice units out, multiply scales and add bias corrections into the weights."""
+    return fold(model, units, mask, recalibration, inplace=inplace)

@@ -1,0 +1,103 @@
+"""The pluggy contract: one hook per stage of structured pruning.
+
+Every hook is prefixed ``pruneframe_`` and called with keyword arguments only. The core's own
+behaviour (llama-family discovery, the budget projector, folding, dispatching to method objects) is
+itself implemented as plugins, registered like any third-party one, so a plugin can override any
+stage with ``tryfirst=True``. Plugins are found through the ``pruneframe`` entry-point group.
+
+A *method* (GRASPrune, magnitude, ...) is a :class:`pruneframe.methods.PruningMethod` subclass
+that a plugin announces through :func:`pruneframe_register_methods`; the default ``score`` and
+``recalibrate`` implementations call that object. Only :mod:`pruneframe.host` calls these hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+    from pruneframe.units import UnitSet
+
+PROJECT_NAME = "pruneframe"
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def pruneframe_register_methods(register: Callable[[type[PruningMethod]], None]) -> None:
+    """Announce pruning methods: call ``register(MethodClass)`` once per method.
+
+    Every implementation is called (collect-all). The class's ``name`` is how users select it.
+    """
+
+
+@hookspec
+def pruneframe_register_evaluators(register: Callable[[type[Any]], None]) -> None:
+    """Announce evaluators (perplexity, zero-shot, ...): call ``register(EvaluatorClass)`` for each."""
+
+
+@hookspec
+def pruneframe_architectures() -> list[str]:
+    """Return the model class names this plugin can discover units for (used in error messages)."""
+
+
+@hookspec(firstresult=True)
+def pruneframe_discover_units(model: nn.Module) -> UnitSet | None:
+    """Return the :class:`~pruneframe.units.UnitSet` of ``model``, or ``None`` if the architecture is not yours.
+
+    The sum of unit costs plus the non-prunable parameters must equal the model's parameter count.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneframe_score_units(method: PruningMethod, context: ScoringContext) -> torch.Tensor | None:
+    """Return one float score per unit (higher = more important to keep) for ``method``.
+
+    The default implementation calls ``method.score(context)``. Iterative methods call
+    ``context.project(scores)`` to get a budget-exact mask at every step.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneframe_project(
+    scores: torch.Tensor,
+    units: UnitSet,
+    budget: int,
+    minimum: torch.Tensor,
+    policy: str,
+    scope: str,
+) -> torch.Tensor | None:
+    """Turn scores into a boolean keep-mask whose cost meets ``budget`` exactly.
+
+    ``budget`` is the largest allowed summed cost of kept units; ``minimum`` holds, per projection
+    group (``units.groups``), the number of units that must be kept. The core's projector
+    (:func:`pruneframe.budget.project`) is the default implementation.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneframe_recalibrate(
+    method: PruningMethod, context: ScoringContext, mask: torch.Tensor
+) -> Recalibration | None:
+    """Return per-unit scales and/or output-bias corrections for the fixed ``mask``, or ``None``.
+
+    The default implementation calls ``method.recalibrate(context, mask)``.
+    """
+
+
+@hookspec(firstresult=True)
+def pruneframe_fold(
+    model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None, inplace: bool
+) -> nn.Module | None:
+    """Return a smaller dense model with dropped units removed and the recalibration folded in.
+
+    With ``inplace`` the given model itself is shrunk (no second copy of the weights in memory).
+
+    The core's :func:`pruneframe.fold.fold` is the default implementation.
+    """

@@ -1,0 +1,142 @@
+"""Prunable units: the structured groups a method scores and the projector keeps or drops.
+
+A :class:`UnitSet` is a flat table, one row per unit, ordered layer by layer and, inside a layer,
+all FFN channels first and then all KV groups. Every stage (scoring, projection, recalibration,
+folding) speaks in this one flat order, so a score vector, a mask and a scale vector are plain
+1-D tensors of length ``len(units)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+
+__all__ = ["UnitKind", "UnitSet", "LayerShape"]
+
+
+class UnitKind(IntEnum):
+    """What a unit is: one FFN channel or one KV-head group."""
+
+    FFN = 0
+    KV = 1
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The prunable shape of one decoder layer.
+
+    Attributes:
+        ffn_channels: intermediate (FFN) width.
+        kv_groups: number of KV heads; each carries ``queries_per_group`` query heads.
+        queries_per_group: G, the number of query heads that share one KV head.
+        ffn_cost: parameters removed with one FFN channel.
+        kv_cost: parameters removed with one KV group.
+    """
+
+    ffn_channels: int
+    kv_groups: int
+    queries_per_group: int
+    ffn_cost: int
+    kv_cost: int
+
+
+@dataclass
+class UnitSet:
+    """Every prunable unit of a model, with its exact parameter cost.
+
+    Attributes:
+        architecture: name of the discovery plugin's architecture family (e.g. ``"llama"``).
+        layers: per decoder layer, its :class:`LayerShape`.
+        total_params: ``sum(p.numel() for p in model.parameters())`` (tied weights counted once).
+        head_dim: attention head dimension.
+        hidden_size: model width.
+    """
+
+    architecture: str
+    layers: list[LayerShape]
+    total_params: int
+    head_dim: int
+    hidden_size: int
+    layer: torch.Tensor = field(init=False, repr=False)
+    kind: torch.Tensor = field(init=False, repr=False)
+    index: torch.Tensor = field(init=False, repr=False)
+    cost: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        layer, kind, index, cost = [], [], [], []
+        for i, shape in enumerate(self.layers):
+            for k, n, c in ((UnitKind.FFN, shape.ffn_channels, shape.ffn_cost), (UnitKind.KV, shape.kv_groups, shape.kv_cost)):
+                layer.append(torch.full((n,), i, dtype=torch.long))
+                kind.append(torch.full((n,), int(k), dtype=torch.long))
+                index.append(torch.arange(n, dtype=torch.long))
+                cost.append(torch.full((n,), c, dtype=torch.long))
+        self.layer = torch.cat(layer) if layer else torch.zeros(0, dtype=torch.long)
+        self.kind = torch.cat(kind) if kind else torch.zeros(0, dtype=torch.long)
+        self.index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long)
+        self.cost = torch.cat(cost) if cost else torch.zeros(0, dtype=torch.long)
+        if self.nonprunable_params < 0:
+            raise ValueError("unit costs exceed the model's parameter count; discovery is inconsistent")
+
+    def __len__(self) -> int:
+        return int(self.cost.numel())
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers."""
+        return len(self.layers)
+
+    @property
+    def prunable_params(self) -> int:
+        """Total cost of all units (FFN + attention parameters that can be removed)."""
+        return int(self.cost.sum())
+
+    @property
+    def nonprunable_params(self) -> int:
+        """Parameters no mask can remove (embeddings, norms, output biases, lm_head)."""
+        return self.total_params - self.prunable_params
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """Projection group of every unit: ``2 * layer + kind`` (one group per layer and kind)."""
+        return 2 * self.layer + self.kind
+
+    @property
+    def num_groups(self) -> int:
+        """Number of projection groups (two per layer)."""
+        return 2 * self.num_layers
+
+    def slice(self, layer: int, kind: UnitKind) -> slice:
+        """Position of one layer's units of one kind in the flat order."""
+        start = 0
+        for i, shape in enumerate(self.layers):
+            if i == layer:
+                if kind == UnitKind.FFN:
+                    return slice(start, start + shape.ffn_channels)
+                start += shape.ffn_channels
+                return slice(start, start + shape.kv_groups)
+            start += shape.ffn_channels + shape.kv_groups
+        raise IndexError(f"layer {layer} out of range (model has {self.num_layers} layers)")
+
+    def kept_params(self, mask: torch.Tensor) -> int:
+        """Total parameter count of a model folded with ``mask`` (no output biases added)."""
+        return self.nonprunable_params + int(self.cost[mask.bool()].sum())
+
+    def kept_cost(self, mask: torch.Tensor) -> int:
+        """Summed cost of the kept units."""
+        return int(self.cost[mask.bool()].sum())
+
+    def widths(self, mask: torch.Tensor) -> list[dict[str, int]]:
+        """Per layer: kept FFN channels, KV groups and query heads under ``mask``."""
+        out = []
+        mask = mask.bool()
+        for i, shape in enumerate(self.layers):
+            ffn = int(mask[self.slice(i, UnitKind.FFN)].sum())
+            kv = int(mask[self.slice(i, UnitKind.KV)].sum())
+            out.append({"ffn_channels": ffn, "kv_groups": kv, "query_heads": kv * shape.queries_per_group})
+        return out
+
+    def default_minimum(self, ffn: int = 1, kv: int = 1) -> torch.Tensor:
+        """Per projection group minimum: ``ffn`` channels and ``kv`` groups kept in every layer."""
+        return torch.tensor([ffn, kv] * self.num_layers, dtype=torch.long)

@@ -1,0 +1,190 @@
+"""Unit discovery, exact costs, fold equivalence and checkpoints on every supported family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import FAMILIES, tiny_model, tokens
+
+from pruneframe.architectures.llama import discover
+from pruneframe.checkpoint import load_pruned, save
+from pruneframe.fold import fold
+from pruneframe.gates import gated
+from pruneframe.methods import Recalibration
+from pruneframe.units import UnitKind
+
+ALL = sorted(FAMILIES)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _random_mask(units, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(len(units), generator=g) < 0.5
+    for i in range(units.num_layers):  # keep >= 1 KV group per layer, drop >= 1 where possible
+        kv = units.slice(i, UnitKind.KV)
+        mask[kv.start] = True
+        if kv.stop - kv.start > 1:
+            mask[kv.stop - 1] = False
+    return mask
+
+
+def _random_recalibration(units, hidden: int, seed: int, bias: bool) -> Recalibration:
+    g = torch.Generator().manual_seed(seed)
+    scales = 0.5 + torch.rand(len(units), generator=g)
+    if not bias:
+        return Recalibration(scales=scales)
+    return Recalibration(
+        scales=scales,
+        mlp_bias=0.1 * torch.randn(units.num_layers, hidden, generator=g),
+        attn_bias=0.1 * torch.randn(units.num_layers, hidden, generator=g),
+    )
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_unit_costs_add_up_to_parameter_count(family: str) -> None:
+    model = tiny_model(family)
+    units = discover(model)
+    assert units.prunable_params + units.nonprunable_params == _count(model)
+    cfg = model.config
+    d, hd = cfg.hidden_size, cfg.head_dim
+    G = cfg.num_attention_heads // cfg.num_key_value_heads
+    bias_ffn = 2 if getattr(cfg, "mlp_bias", False) else 0
+    qkv_bias = getattr(cfg, "attention_bias", False) or family == "qwen2"
+    assert units.layers[0].ffn_cost == 3 * d + bias_ffn
+    assert units.layers[0].kv_cost == (2 * G + 2) * hd * d + ((G + 2) * hd if qkv_bias else 0)
+    assert units.layers[0].queries_per_group == G
+    # removing everything prunable leaves exactly the non-prunable parameters
+    non = _count(model) - sum(
+        p.numel() for n, p in model.named_parameters()
+        if any(k in n for k in ("gate_proj", "up_proj", "q_proj", "k_proj", "v_proj"))
+        or (n.endswith("weight") and any(k in n for k in ("down_proj", "o_proj")))
+    )
+    assert units.nonprunable_params == non
+
+
+def test_unsupported_architecture_names_supported_ones() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(NotImplementedError, match="LlamaForCausalLM.*Qwen3ForCausalLM"):
+        discover(model)
+
+
+@pytest.mark.parametrize("family", ALL)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fold_equals_gated_model(family: str, with_bias: bool) -> None:
+    """Folded logits == dense model with the same mask and scales applied as gates (fp32, 1e-5)."""
+    model = tiny_model(family)
+    units = discover(model)
+    mask = _random_mask(units, seed=1)
+    rec = _random_recalibration(units, model.config.hidden_size, seed=2, bias=with_bias)
+    ids = tokens()
+    with torch.no_grad(), gated(model, units, mask, rec):
+        want = model(ids).logits
+    folded = fold(model, units, mask, rec)
+    with torch.no_grad():
+        got = folded(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    added = sum(int(rec.mlp_bias is not None and m.mlp.down_proj.bias is None) for m in model.model.layers)
+    added += sum(int(rec.attn_bias is not None and m.self_attn.o_proj.bias is None) for m in model.model.layers)
+    assert _count(folded) == _count(model) - int(units.cost[~mask].sum()) + added * model.config.hidden_size
+    # the dense model is untouched and no hooks were left behind
+    assert _count(model) == units.total_params
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in folded.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_full_mask_fold_is_identity(family: str) -> None:
+    model = tiny_model(family)
+    units = discover(model)
+    ids = tokens()
+    folded = fold(model, units, torch.ones(len(units), dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(ids).logits, model(ids).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_mask_zero_gate_equals_removal_in_qwen3_key_norm() -> None:
+    """A zero key gate before Qwen3's k_norm still removes the group (norm of zero is zero)."""
+    model = tiny_model("qwen3")
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    kv = units.slice(1, UnitKind.KV)
+    mask[kv.start] = False
+    ids = tokens()
+    with torch.no_grad(), gated(model, units, mask):
+        want = model(ids).logits
+    with torch.no_grad():
+        got = fold(model, units, mask)(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_rejects_layer_without_kv_group() -> None:
+    model = tiny_model()
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    mask[units.slice(0, UnitKind.KV)] = False
+    with pytest.raises(ValueError, match="layer 0 would keep no KV group"):
+        fold(model, units, mask)
+
+
+def test_folded_model_decodes_with_kv_cache() -> None:
+    model = tiny_model("llama-gqa")
+    units = discover(model)
+    mask = _random_mask(units, seed=3)
+    folded = fold(model, units, mask)
+    ids = tokens(1, 8)
+    with torch.no_grad():
+        out = folded.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        # cached decoding gives the same next-token logits as a full forward
+        full = folded(out[:, :-1]).logits[:, -1]
+        past = folded(out[:, :-2], use_cache=True)
+        step = folded(out[:, -2:-1], past_key_values=past.past_key_values, use_cache=True).logits[:, -1]
+    assert out.shape == (1, 13)
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ALL)
+def test_checkpoint_roundtrip(tmp_path, family: str) -> None:
+    model = tiny_model(family)
+    units = discover(model)
+    mask = _random_mask(units, seed=4)
+    rec = _random_recalibration(units, model.config.hidden_size, seed=5, bias=(family == "llama-gqa"))
+    folded = fold(model, units, mask, rec)
+    out = save(tmp_path / "ckpt", folded, report={"method": "test"})
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_pruneframe.py", "pruning.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    report = json.loads((out / "pruning.json").read_text())
+    widths = units.widths(mask)
+    assert [l["intermediate_size"] for l in report["layers"]] == [w["ffn_channels"] for w in widths]
+    assert [l["num_key_value_heads"] for l in report["layers"]] == [w["kv_groups"] for w in widths]
+    assert [l["num_attention_heads"] for l in report["layers"]] == [w["query_heads"] for w in widths]
+    assert report["software"]["torch"] == torch.__version__.split("+")[0] or report["software"]["torch"]
+    loaded, tok = load_pruned(out)
+    assert tok is None
+    ids = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, folded(ids).logits, atol=0, rtol=0)
+
+
+def test_checkpoint_loads_with_auto_class_and_remote_code(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("qwen2")
+    units = discover(model)
+    folded = fold(model, units, _random_mask(units, seed=6))
+    out = save(tmp_path / "ckpt", folded)
+    auto = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(auto(ids).logits, folded(ids).logits, atol=0, rtol=0)
+    # discovery works on the reloaded (heterogeneous) model and sees the pruned widths
+    again = discover(auto)
+    assert again.total_params == _count(folded)
+    assert [s.ffn_channels for s in again.layers] == [l.mlp.down_proj.in_features for l in folded.model.layers]
