@@ -1,0 +1,425 @@
+"""One resolver for every text source: local files and folders, named corpora, the hub, ``embedded``.
+
+``resolve_text(source, split)`` returns a :class:`TextSource`. Accepted ``source`` values:
+
+- a local file (``.txt``, ``.jsonl`` with a ``"text"`` field, WikiText ``.raw``/``.tokens``) or a folder of
+  such files (concatenated in sorted name order; when some file names mention the split, e.g.
+  ``wiki.test.raw``, only those are used, so a folder never mixes calibration and test text);
+- ``wikitext-2``, ``ptb``, ``c4``: first looked up under ``$PRUNEFRAME_DATA_DIR``, then on the hub;
+- ``hf:owner/name[:config]``: any ``datasets`` id (column ``text``, else the only string column);
+- ``embedded``: the standard library's documentation topics (see :mod:`pruneframe.data.embedded`),
+  available offline everywhere, split into disjoint ``calibration`` and ``test`` parts.
+
+When nothing works a :class:`DataSourceError` lists every path and name tried and how to provide the data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import socket
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pruneframe.data.embedded import embedded_origin, embedded_text
+
+__all__ = [
+    "DataSourceError",
+    "TextSource",
+    "resolve_text",
+    "data_dir",
+    "hub_reachable",
+    "check_disjoint",
+    "TEXT_SUFFIXES",
+]
+
+#: File name endings read as text.
+TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".raw", ".tokens")
+
+_HOW_TO = (
+    "To provide the data: set PRUNEFRAME_DATA_DIR to a folder that holds it, pass a local file or "
+    "folder path, or go online so the hub dataset can be downloaded (with it already in the Hugging Face "
+    "cache, HF_DATASETS_OFFLINE=1 reads it offline; use 'embedded' for a corpus that needs neither)."
+)
+
+
+class DataSourceError(ValueError):
+    """A text source could not be resolved; the message lists everything that was tried."""
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Resolved text plus where it came from.
+
+    Attributes:
+        name: the source string as the user gave it (``"wikitext-2"``, a path, ``"embedded"``).
+        origin: the resolved file/folder path or hub id the text was read from.
+        split: the split that was selected (``"file"`` for a single local file).
+        text: the whole text.
+        fingerprint: the first 16 hex digits of the SHA-256 of ``text``.
+    """
+
+    name: str
+    origin: str
+    split: str
+    text: str = field(repr=False)
+    fingerprint: str
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description for stamping into evaluation protocols."""
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "split": self.split,
+            "fingerprint": self.fingerprint,
+            "chars": len(self.text),
+        }
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _make(name: str, origin: str, split: str, text: str) -> TextSource:
+    if not text.strip():
+        raise DataSourceError(f"text source {name!r} ({origin}, split {split!r}) is empty")
+    return TextSource(name=name, origin=origin, split=split, text=text, fingerprint=_fingerprint(text))
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def data_dir() -> Path | None:
+    """The shared data folder: ``$PRUNEFRAME_DATA_DIR``, else ``../shared/data`` beside the checkout.
+
+    Returns None when the variable is unset and the default folder does not exist.
+    """
+    env = os.environ.get("PRUNEFRAME_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    default = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def _read_jsonl(path: Path) -> str:
+    texts: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataSourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise DataSourceError(f"{path}:{lineno}: expected an object with a string 'text' field")
+            texts.append(row["text"])
+    return "\n\n".join(texts)
+
+
+def _read_file(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    if path.suffix not in TEXT_SUFFIXES:
+        raise DataSourceError(
+            f"text source {str(path)!r}: unsupported file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+_SPLIT_WORDS: dict[str, tuple[str, ...]] = {
+    "test": ("test",),
+    "validation": ("valid", "validation", "val", "dev"),
+    "train": ("train",),
+    "calibration": ("calibration", "calib", "valid", "validation", "val", "dev", "train"),
+}
+_ALL_SPLIT_WORDS = frozenset(w for words in _SPLIT_WORDS.values() for w in words)
+
+
+def _name_words(path: Path) -> set[str]:
+    return set(path.name.lower().replace("-", ".").replace("_", ".").split("."))
+
+
+def _folder_files(folder: Path, split: str) -> list[Path]:
+    """Files of ``folder`` for ``split``: those whose names mention it, else those naming no split."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES)
+    words = set(_SPLIT_WORDS.get(split, (split,)))
+    mentioning = [p for p in files if _name_words(p) & words]
+    if mentioning:
+        return mentioning
+    neutral = [p for p in files if not _name_words(p) & _ALL_SPLIT_WORDS]
+    if neutral:
+        return neutral
+    if files:
+        raise DataSourceError(
+            f"text source {str(folder)!r}: no file for split {split!r} among {[p.name for p in files]} "
+            "(file names mention other splits; pass the file itself or choose another split)"
+        )
+    return []
+
+
+def _from_local(name: str, path: Path, split: str) -> TextSource:
+    if path.is_file():
+        return _make(name, str(path.resolve()), "file", _read_file(path))
+    files = _folder_files(path, split)
+    if not files:
+        raise DataSourceError(
+            f"text source {name!r}: folder {str(path)!r} holds no files ending in {', '.join(TEXT_SUFFIXES)}"
+        )
+    text = "\n\n".join(_read_file(p) for p in files)
+    origin = str(path.resolve()) + " [" + ", ".join(p.name for p in files) + "]"
+    return _make(name, origin, split, text)
+
+
+# ----------------------------------------------------------------------------- the hub
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_hub(endpoint: str, timeout_s: float) -> str | None:
+    parsed = urllib.parse.urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} unreachable ({exc})"
+
+
+def _offline_env() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout_s: float = 3.0) -> tuple[bool, str]:
+    """Whether the Hugging Face hub can be contacted, probed once per process with a short timeout.
+
+    Returns ``(True, "")`` when reachable or when an offline variable (``HF_HUB_OFFLINE`` etc.) is set,
+    in which case the libraries answer from their local cache; otherwise ``(False, reason)``. This keeps
+    an offline machine from waiting through the hub clients' retries.
+    """
+    if _offline_env():
+        return True, ""
+    reason = _probe_hub(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout_s)
+    return (reason is None), (reason or "")
+
+
+def _text_column(dataset: Any, hub_id: str) -> str:
+    columns = dict(dataset.features)
+    for preferred in ("text", "sentence", "content"):
+        if preferred in columns:
+            return preferred
+    strings = [c for c, f in columns.items() if getattr(f, "dtype", None) == "string"]
+    if len(strings) == 1:
+        return strings[0]
+    raise DataSourceError(f"hub dataset {hub_id!r}: no 'text' column and no single string column in {list(columns)}")
+
+
+def _from_hub(
+    path: str, config: str | None, split: str, *, data_files: dict[str, str] | None = None, max_rows: int | None = None
+) -> tuple[str, str]:
+    """Load ``path``/``config`` from the hub and join its text column with blank lines.
+
+    Returns ``(text, origin)``. Raises ``ConnectionError``-like exceptions when unreachable.
+    """
+    ok, reason = hub_reachable()
+    if not ok:
+        raise ConnectionError(reason)
+    import datasets  # imported lazily: heavy
+
+    kwargs: dict[str, Any] = {"split": split}
+    if data_files is not None:
+        kwargs["data_files"] = data_files
+    dataset = datasets.load_dataset(path, config, **kwargs)
+    if max_rows is not None:
+        dataset = dataset.select(range(min(max_rows, len(dataset))))
+    column = _text_column(dataset, path)
+    origin = f"hf:{path}" + (f":{config}" if config else "") + (f" {data_files[split]}" if data_files else "")
+    if max_rows is not None:
+        origin += f" (first {max_rows} rows)"
+    return "\n\n".join(dataset[column]), origin
+
+
+# ----------------------------------------------------------------------------- named corpora
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A named corpus: split aliases, local file candidates and a hub recipe."""
+
+    folder: str
+    splits: dict[str, str]  # user split -> canonical split
+    local: dict[str, tuple[str, ...]]  # canonical split -> file names under $PRUNEFRAME_DATA_DIR/folder
+    hub: Callable[[str], tuple[str, str]]  # canonical split -> (text, origin)
+    hub_label: Callable[[str], str]
+
+
+_C4_FILES = {
+    "validation": "en/c4-validation.00000-of-00008.json.gz",
+    "train": "en/c4-train.00000-of-01024.json.gz",
+}
+_C4_ROWS = 5000
+_STD_SPLITS = {
+    "test": "test",
+    "validation": "validation",
+    "valid": "validation",
+    "calibration": "validation",
+    "train": "train",
+}
+
+_NAMED: dict[str, _Named] = {
+    "wikitext-2": _Named(
+        folder="wikitext-2",
+        splits=_STD_SPLITS,
+        local={
+            "test": ("wiki.test.raw", "wiki.test.tokens"),
+            "validation": ("wiki.valid.tokens", "wiki.valid.raw"),
+            "train": ("wiki.train.raw", "wiki.train.tokens"),
+        },
+        hub=lambda split: _from_hub("wikitext", "wikitext-2-raw-v1", split),
+        hub_label=lambda split: f"hub dataset wikitext/wikitext-2-raw-v1 split {split!r}",
+    ),
+    "ptb": _Named(
+        folder="ptb",
+        splits=_STD_SPLITS,
+        local={
+            "test": ("ptb.test.txt",),
+            "validation": ("ptb.valid.txt",),
+            "train": ("ptb.train.txt",),
+        },
+        hub=lambda split: _from_hub("ptb-text-only/ptb_text_only", "penn_treebank", split),
+        hub_label=lambda split: f"hub dataset ptb-text-only/ptb_text_only/penn_treebank split {split!r}",
+    ),
+    "c4": _Named(
+        folder="c4",
+        splits={"test": "validation", "validation": "validation", "valid": "validation", "calibration": "train", "train": "train"},
+        local={
+            "validation": ("c4-validation.jsonl", "validation.jsonl"),
+            "train": ("c4-train.jsonl", "train.jsonl"),
+        },
+        hub=lambda split: _from_hub(
+            "allenai/c4", None, split, data_files={split: _C4_FILES[split]}, max_rows=_C4_ROWS
+        ),
+        hub_label=lambda split: f"hub dataset allenai/c4 file {_C4_FILES[split]} (first {_C4_ROWS} rows)",
+    ),
+}
+_ALIASES = {"wikitext2": "wikitext-2", "wikitext": "wikitext-2", "wikitext-2-raw-v1": "wikitext-2", "c4-en": "c4"}
+_EMBEDDED_SPLITS = {"test": "test", "calibration": "calibration", "calib": "calibration", "train": "calibration",
+                    "validation": "calibration", "valid": "calibration"}
+
+
+def _error(source: str, split: str, tried: list[str]) -> DataSourceError:
+    lines = "\n".join(f"  - {item}" for item in tried)
+    return DataSourceError(f"could not resolve text source {source!r} (split {split!r}). Tried:\n{lines}\n{_HOW_TO}")
+
+
+def _split_for(source: str, split: str, table: dict[str, str]) -> str:
+    if split not in table:
+        raise DataSourceError(f"text source {source!r}: unknown split {split!r}; expected one of {sorted(table)}")
+    return table[split]
+
+
+def _resolve_named(source: str, key: str, split: str, tried: list[str]) -> TextSource:
+    named = _NAMED[key]
+    canonical = _split_for(source, split, named.splits)
+    root = data_dir()
+    via = "PRUNEFRAME_DATA_DIR" if os.environ.get("PRUNEFRAME_DATA_DIR") else "default data dir"
+    if root is None:
+        tried.append("$PRUNEFRAME_DATA_DIR (unset; default ../shared/data beside the checkout does not exist)")
+    else:
+        for file_name in named.local.get(canonical, ()):
+            candidate = root / named.folder / file_name
+            if candidate.is_file():
+                text = _read_file(candidate)
+                return _make(source, str(candidate.resolve()), canonical, text)
+            tried.append(f"{candidate} (not found; {via})")
+    try:
+        text, origin = named.hub(canonical)
+    except Exception as exc:  # noqa: BLE001 - any hub failure becomes a listed attempt
+        tried.append(f"{named.hub_label(canonical)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        raise _error(source, split, tried) from exc
+    return _make(source, origin, canonical, text)
+
+
+def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
+    spec = source[len("hf:"):]
+    path, _, config = spec.partition(":")
+    if not path:
+        raise DataSourceError(f"text source {source!r}: expected 'hf:owner/name[:config]'")
+    canonical = {"calibration": "train", "valid": "validation"}.get(split, split)
+    try:
+        text, origin = _from_hub(path, config or None, canonical)
+    except DataSourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        tried.append(f"hub dataset {spec!r} split {canonical!r} ({type(exc).__name__}: {first})")
+        raise _error(source, split, tried) from exc
+    return _make(source, origin, canonical, text)
+
+
+def resolve_text(source: str, split: str = "test") -> TextSource:
+    """Resolve ``source`` (a path, ``wikitext-2``, ``ptb``, ``c4``, ``hf:id[:config]`` or ``embedded``).
+
+    ``split`` selects the part: ``test``, ``validation``, ``train`` or ``calibration`` (for named corpora
+    ``calibration`` means ``validation``, for ``c4`` it means ``train``, for ``embedded`` it is the
+    calibration half). A single local file is used whole and reported with split ``"file"``.
+
+    Raises:
+        DataSourceError: nothing matched; the message lists every path and name tried.
+    """
+    tried: list[str] = []
+    key = source.strip()
+    lowered = key.lower()
+    if lowered == "embedded":
+        canonical = _split_for(source, split, _EMBEDDED_SPLITS)
+        return _make(source, embedded_origin(), canonical, embedded_text(canonical))
+    if lowered.startswith("hf:"):
+        return _resolve_hf(key, split, tried)
+    path = Path(key).expanduser()
+    if path.exists():
+        return _from_local(source, path, split)
+    tried.append(f"local path {str(path.resolve())!r} (not found)")
+    named = _ALIASES.get(lowered, lowered)
+    if named in _NAMED:
+        return _resolve_named(source, named, split, tried)
+    known = ", ".join([*_NAMED, "embedded", "hf:owner/name[:config]"])
+    tried.append(f"named corpora ({known}): {source!r} is none of them")
+    raise _error(source, split, tried)
+
+
+# ----------------------------------------------------------------------------- disjointness
+
+
+def check_disjoint(calib: TextSource, eval: TextSource, samples: int = 50, chunk: int = 200) -> None:  # noqa: A002
+    """Raise ``ValueError`` if ``calib`` and ``eval`` could overlap.
+
+    Checks that they are not the same origin and split, then takes ``samples`` evenly spaced
+    ``chunk``-character passages of the evaluation text and fails if any appears verbatim in the
+    calibration text. Whitespace-only passages are skipped.
+    """
+    if calib.origin == eval.origin and calib.split == eval.split:
+        raise ValueError(
+            f"calibration and evaluation text are the same source: {calib.origin!r} split {calib.split!r}"
+        )
+    text = eval.text
+    if len(text) <= chunk:
+        starts = [0]
+    else:
+        span = len(text) - chunk
+        starts = sorted({(i * span) // max(1, samples - 1) for i in range(samples)})
+    for start in starts:
+        passage = text[start : start + chunk]
+        if passage.strip() and passage in calib.text:
+            raise ValueError(
+                f"evaluation text {eval.name!r} ({eval.origin}, split {eval.split!r}) overlaps calibration text "
+                f"{calib.name!r} ({calib.origin}, split {calib.split!r}): the {len(passage)}-character passage "
+                f"at offset {start} ({passage[:60]!r}...) appears verbatim in the calibration text"
+            )

@@ -1,0 +1,78 @@
+"""The evaluator contract: a named, configured object that measures a model and stamps its protocol."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+
+__all__ = ["EvalContext", "Evaluator", "model_device", "model_dtype"]
+
+
+@dataclass
+class EvalContext:
+    """Runtime facts an evaluator may use (plain state, never part of a config).
+
+    Attributes:
+        dense_model: the unpruned model, for evaluators that report pruned-vs-dense ratios.
+        device: where the model lives (``"cpu"``, ``"cuda:0"``).
+        dtype: the dtype name the model was loaded with.
+        progress: show progress bars.
+        seed: seed for anything random (synthetic inputs, sampling).
+    """
+
+    dense_model: Any | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    progress: bool = True
+    seed: int = 0
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless module)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: torch.nn.Module) -> str:
+    """The dtype name (``"float32"``) of the model's first floating-point parameter."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return str(param.dtype).removeprefix("torch.")
+    return "float32"
+
+
+class Evaluator(ABC):
+    """Base class of every evaluator.
+
+    Subclasses set ``name`` (the key results are filed under) and ``Config`` (a pydantic model with
+    ``extra="forbid"``), and implement :meth:`evaluate`, whose result always holds a ``protocol`` dict.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel | Mapping[str, Any] | None = None) -> None:
+        """Validate ``config`` (a ``Config`` instance, a mapping, or None for the defaults)."""
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, Mapping):
+            config = self.Config.model_validate(dict(config))
+        elif not isinstance(config, self.Config):
+            raise TypeError(
+                f"{type(self).__name__}: config must be a {self.Config.__name__} or a mapping, "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
+        """Measure ``model``; return a JSON-ready dict that includes ``"protocol"``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

@@ -1,0 +1,248 @@
+"""Zero-shot accuracy through lm-eval, on a model already in memory.
+
+Each entry of ``tasks`` is either
+
+- a local JSONL multiple-choice file (rows ``{"question": str, "choices": [str, ...], "label": int}``), or a
+  bare name ``NAME`` for which ``$PRUNEFRAME_DATA_DIR/zeroshot/NAME.jsonl`` exists: registered with lm-eval
+  on the fly as a ``multiple_choice`` task read by the ``json`` dataset builder (works offline);
+- any other string: an lm-eval task name or task YAML file (data from the hub: needs a network or a cache).
+
+Results per task: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` and ``docs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pruneframe.data.sources import data_dir
+from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
+from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
+
+__all__ = [
+    "PROMPT",
+    "LocalTask",
+    "local_task",
+    "resolve_task",
+    "jsonl_task_config",
+    "zeroshot",
+    "ZeroShotConfig",
+    "ZeroShotEvaluator",
+]
+
+#: The prompt template of local multiple-choice tasks (the answer is scored after it).
+PROMPT = "Question: {{question}}\nAnswer:"
+_METRICS = ("acc", "acc_norm")
+
+
+class LocalTask(BaseModel):
+    """A local JSONL multiple-choice file registered as an lm-eval task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    path: str
+    fingerprint: str
+    docs: int
+
+
+def _check_rows(path: Path) -> int:
+    """Validate every row of a multiple-choice JSONL file; return how many there are."""
+    count = 0
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            choices = row.get("choices") if isinstance(row, dict) else None
+            label = row.get("label") if isinstance(row, dict) else None
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("question"), str)
+                or not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) for c in choices)
+                or not isinstance(label, int)
+                or not 0 <= label < len(choices)
+            ):
+                raise ValueError(
+                    f"{path}:{lineno}: expected {{question: str, choices: [str, ...] (>= 2), label: int index}}"
+                )
+            count += 1
+    if count == 0:
+        raise ValueError(f"{path}: no rows")
+    return count
+
+
+def local_task(path: str | Path) -> LocalTask:
+    """Describe a local JSONL multiple-choice file (validated) as a task named ``pf_<stem>``."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"zero-shot task file {str(file)!r} does not exist")
+    docs = _check_rows(file)
+    fingerprint = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    name = "pf_" + re.sub(r"[^0-9A-Za-z_]+", "_", file.stem)
+    return LocalTask(task=name, path=str(file), fingerprint=fingerprint, docs=docs)
+
+
+def resolve_task(spec: str) -> LocalTask | str:
+    """A local task for a ``.jsonl`` path or a name under ``$PRUNEFRAME_DATA_DIR/zeroshot``.
+
+    Anything else (an lm-eval task name, or the path of an lm-eval YAML task file) is returned as a string.
+    """
+    path = Path(spec).expanduser()
+    if path.suffix == ".jsonl":
+        return local_task(path)
+    if path.is_file():
+        return str(path.resolve())
+    root = data_dir()
+    if root is not None and re.fullmatch(r"[0-9A-Za-z_.-]+", spec):
+        shared = root / "zeroshot" / f"{spec}.jsonl"
+        if shared.is_file():
+            return local_task(shared)
+    return spec
+
+
+def jsonl_task_config(task: LocalTask) -> dict[str, Any]:
+    """The lm-eval task config dict for a local multiple-choice file."""
+    return {
+        "task": task.task,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": task.path}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": PROMPT,
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "target_delimiter": " ",
+        "num_fewshot": 0,
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in _METRICS],
+        "metadata": {"version": 1.0, "source": task.path, "fingerprint": task.fingerprint},
+    }
+
+
+def _metric(row: dict[str, Any], name: str) -> float | None:
+    value = row.get(f"{name},none", row.get(name))
+    if value is None or value == "N/A":
+        return None
+    return float(value)
+
+
+def zeroshot(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Zero-shot accuracy of an in-memory model on ``tasks`` (local JSONL files or lm-eval names).
+
+    Returns ``{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, docs, source}}, "protocol": ...}``.
+
+    Raises:
+        ValueError: no tasks, a malformed local file, or an lm-eval task name that is unknown.
+    """
+    if not tasks:
+        raise ValueError("zeroshot: no tasks given")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    resolved = [resolve_task(spec) for spec in tasks]
+    locals_ = [r for r in resolved if isinstance(r, LocalTask)]
+    names = [r for r in resolved if isinstance(r, str)]
+    manager = TaskManager(include_defaults=bool(names))
+    unknown = [n for n in names if n not in manager.all_tasks and not Path(n).is_file()]
+    if unknown:
+        raise ValueError(
+            f"zeroshot: unknown lm-eval task(s) {unknown}; give a registered lm-eval task name or a local "
+            ".jsonl file with {question, choices, label} rows"
+        )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    specs: list[str | dict[str, Any]] = [jsonl_task_config(t) for t in locals_] + names
+    output = simple_evaluate(
+        model=lm,
+        tasks=specs,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    if output is None:  # non-zero rank in a distributed run
+        return {}
+    results: dict[str, Any] = {}
+    stamps: list[ZeroShotTaskStamp] = []
+    local_by_name = {t.task: t for t in locals_}
+    for name, row in output["results"].items():
+        docs = int(output.get("n-samples", {}).get(name, {}).get("effective", 0))
+        local = local_by_name.get(name)
+        source = local.path if local else "lm-eval"
+        results[name] = {
+            "acc": _metric(row, "acc"),
+            "acc_stderr": _metric(row, "acc_stderr"),
+            "acc_norm": _metric(row, "acc_norm"),
+            "acc_norm_stderr": _metric(row, "acc_norm_stderr"),
+            "docs": docs,
+            "source": source,
+        }
+        stamps.append(
+            ZeroShotTaskStamp(task=name, source=source, fingerprint=local.fingerprint if local else None, docs=docs)
+        )
+    protocol = ZeroShotProtocol(
+        tasks=tuple(stamps),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        prompt=PROMPT if locals_ else "lm-eval task default",
+        lm_eval_version=importlib.metadata.version("lm_eval"),
+        dtype=model_dtype(model),
+    )
+    return {"tasks": results, "protocol": protocol.model_dump(mode="json")}
+
+
+class ZeroShotConfig(BaseModel):
+    """Zero-shot settings: tasks (local JSONL paths, shared-data names or lm-eval names) and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(default_factory=lambda: ["physical_intuition", "winowhy"], min_length=1)
+    limit: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    num_fewshot: Annotated[int, Field(ge=0)] = 0
+
+
+class ZeroShotEvaluator(Evaluator):
+    """Zero-shot multiple-choice accuracy through lm-eval."""
+
+    name: ClassVar[str] = "zeroshot"
+    Config: ClassVar[type[BaseModel]] = ZeroShotConfig
+
+    def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
+        """Run :func:`zeroshot` with this evaluator's config and the context's seed."""
+        cfg: ZeroShotConfig = self.config  # type: ignore[assignment]
+        if tokenizer is None:
+            raise ValueError("zeroshot: a tokenizer is required (the model was loaded without one)")
+        return zeroshot(
+            model,
+            tokenizer,
+            cfg.tasks,
+            limit=cfg.limit,
+            batch_size=cfg.batch_size,
+            num_fewshot=cfg.num_fewshot,
+            seed=context.seed,
+        )

