@@ -1,0 +1,72 @@
+"""Magnitude pruning: a unit's importance is the norm of its weights (the L1/L2 baseline of
+LLM-Pruner, Ma et al. 2023, and of Li et al. 2017, "Pruning Filters for Efficient ConvNets").
+
+A unit's weights are all weight entries it owns: an FFN channel's gate_proj and up_proj rows and its
+down_proj column; a KV group's q/k/v rows and o_proj columns (see :func:`~pruneframe_baselines._stats.unit_parts`;
+biases are not counted). The norm is normalised per parameter so that FFN channels (3d entries) and
+KV groups ((2G+2)·hd·d entries) compare under one global budget: L1 is ``sum|w| / n``, L2 is
+``sqrt(sum w^2 / n)``, i.e. the mean absolute value and the root mean square.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from pruneframe.architectures.llama import layer_modules
+from pruneframe.hookspecs import hookimpl
+from pruneframe.methods import PruningMethod, ScoringContext
+from pruneframe.units import UnitKind
+from pruneframe_baselines import AllocationConfig
+from pruneframe_baselines._stats import Part, channels_to_units, unit_parts
+
+__all__ = ["MagnitudeConfig", "Magnitude"]
+
+
+class MagnitudeConfig(AllocationConfig):
+    """Magnitude settings.
+
+    Attributes:
+        norm: ``l1`` (mean |w|) or ``l2`` (root mean square of w), per parameter of the unit.
+        allocation: ``global`` (one ranking over all layers and kinds) or ``uniform`` (same keep
+            fraction per layer and kind); this is the projector's ``scope``.
+    """
+
+    norm: Literal["l1", "l2"] = "l2"
+    allocation: Literal["global", "uniform"] = "global"
+
+
+class Magnitude(PruningMethod):
+    """Per-parameter L1/L2 norm of every unit's weights; needs no calibration data."""
+
+    name = "magnitude"
+    Config = MagnitudeConfig
+    summary = "per-parameter L1/L2 norm of each unit's weights (no calibration)"
+    config: MagnitudeConfig
+
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """One per-parameter norm per unit (float32, flat unit order)."""
+        units = context.units
+        scores = torch.empty(len(units), dtype=torch.float32)
+        with torch.no_grad():
+            for i, mods in enumerate(layer_modules(context.model)):
+                for kind in (UnitKind.FFN, UnitKind.KV):
+                    parts = [p for p in unit_parts(mods) if p.kind == kind]
+                    total = sum(self._part_total(p) for p in parts)
+                    n = sum(p.params_per_unit for p in parts)
+                    mean = total / n
+                    scores[units.slice(i, kind)] = (mean if self.config.norm == "l1" else mean.sqrt()).float()
+        return scores
+
+    def _part_total(self, part: Part) -> torch.Tensor:
+        w = part.linear.weight.detach().to(torch.float64)
+        per_element = w.abs() if self.config.norm == "l1" else w.square()
+        return channels_to_units(part.channel_sum(per_element), part.per_unit).cpu()
+
+
+@hookimpl
+def pruneframe_register_methods(register: Callable[[type[PruningMethod]], None]) -> None:
+    """Register the magnitude baseline."""
+    register(Magnitude)

@@ -1,0 +1,116 @@
+"""Wanda-sp: structured Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs"),
+as the FLAP paper (An et al. 2024) uses it for its structured baseline.
+
+Wanda scores a weight by ``|W_ij| * ||x_j||``, its magnitude times the norm of the input feature it
+reads. A unit's score is the mean of that over its weights:
+
+* FFN channel c: gate_proj and up_proj row c (inputs: the MLP input features) and down_proj
+  column c (input: channel c's activation);
+* KV group: its q/k/v rows (inputs: the attention input features) and its o_proj columns (inputs:
+  those heads' outputs).
+
+``||x_j||`` is the root mean square of feature j over all calibration tokens (Wanda's L2 norm up to
+a constant). Dividing by the unit's parameter count makes FFN channels and KV groups comparable
+under ``allocation="global"``; with the default ``uniform`` allocation only within-layer order
+matters. ``matrices="output"`` scores with the down_proj / o_proj columns alone, which is exactly the
+FLAP repository's ``prune_wanda_sp`` (its per-column mean over rows, heads summed over their
+channels, up to a per-kind constant).
+
+Differences from the FLAP code: statistics come from one forward pass of the dense model (FLAP
+prunes layer by layer and feeds each layer its pruned predecessors' outputs), and the core projector
+meets the parameter budget exactly instead of a per-layer channel ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+
+from pruneframe.architectures.llama import layer_modules
+from pruneframe.hookspecs import hookimpl
+from pruneframe.methods import PruningMethod, ScoringContext
+from pruneframe.units import UnitKind
+from pruneframe_baselines import AllocationConfig
+from pruneframe_baselines._stats import channels_to_units, collect_input_moments, unit_parts
+
+__all__ = ["WandaSPConfig", "WandaSP"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+# which linear layer's input each part reads (q/k/v share one input, gate/up another)
+_INPUT_OF = {
+    "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in",
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
+}
+_TARGETS = {
+    "mlp_in": lambda m: m.gate_proj,
+    "down_in": lambda m: m.down_proj,
+    "attn_in": lambda m: m.q_proj,
+    "o_in": lambda m: m.o_proj,
+}
+_OUTPUT_PARTS = ("down_proj", "o_proj")
+
+
+class WandaSPConfig(AllocationConfig):
+    """Wanda-sp settings.
+
+    Attributes:
+        num_windows: calibration windows for the activation norms.
+        seq_len: tokens per window.
+        batch_size: windows per forward pass.
+        matrices: ``all`` (every weight of a unit) or ``output`` (down_proj / o_proj columns only,
+            as in the FLAP repository's wanda-sp).
+        allocation: ``uniform`` (FLAP's wanda-sp prunes every layer by the same ratio) or ``global``.
+    """
+
+    num_windows: PositiveInt = 64
+    seq_len: Annotated[int, Field(ge=2)] = 128
+    batch_size: PositiveInt = 8
+    matrices: Literal["all", "output"] = "all"
+    allocation: Literal["global", "uniform"] = "uniform"
+
+
+class WandaSP(PruningMethod):
+    """Mean of ``|W| * ||x||`` over each unit's weights, from one forward-only calibration pass."""
+
+    name = "wanda-sp"
+    Config = WandaSPConfig
+    summary = "structured Wanda: mean |W| x input-feature norm per unit (FLAP's baseline)"
+    config: WandaSPConfig
+
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """One score per unit (float32, flat unit order)."""
+        cfg, units = self.config, context.units
+        windows = context.require_calibration(self.name).windows(cfg.num_windows, cfg.seq_len)
+        keys = {_INPUT_OF[p] for p in _OUTPUT_PARTS} if cfg.matrices == "output" else set(_TARGETS)
+        moments = collect_input_moments(
+            context.model, windows, {k: _TARGETS[k] for k in sorted(keys)},
+            batch_size=cfg.batch_size, progress=context.progress, desc="wanda-sp norms",
+        )
+        context.stats["calibration_tokens"] = int(windows.numel())
+        context.stats["forward_passes"] = -(-len(windows) // cfg.batch_size)
+        scores = torch.empty(len(units), dtype=torch.float32)
+        with torch.no_grad():
+            for i, mods in enumerate(layer_modules(context.model)):
+                for kind in (UnitKind.FFN, UnitKind.KV):
+                    parts = [p for p in unit_parts(mods) if p.kind == kind]
+                    if cfg.matrices == "output":
+                        parts = [p for p in parts if p.name in _OUTPUT_PARTS]
+                    total = 0.0
+                    for part in parts:
+                        w = part.linear.weight.detach()
+                        norm = moments[_INPUT_OF[part.name]][i].mean_square().sqrt().to(w.device)
+                        weighted = w.abs().to(torch.float64) * norm[None, :]
+                        total = total + channels_to_units(part.channel_sum(weighted), part.per_unit).cpu()
+                    n = sum(p.params_per_unit for p in parts)
+                    scores[units.slice(i, kind)] = (total / n).float()
+        return scores
+
+
+@hookimpl
+def pruneframe_register_methods(register: Callable[[type[PruningMethod]], None]) -> None:
+    """Register the Wanda-sp baseline."""
+    register(WandaSP)
