@@ -24,7 +24,7 @@ from pruneframe.units import UnitSet
 __all__ = ["PluginHost", "PluginInfo", "UnknownNameError", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "pruneframe"
-CORE_PLUGINS = ("pruneframe.builtins", "pruneframe.architectures.llama")
+CORE_PLUGINS = ("pruneframe.builtins", "pruneframe.architectures.llama", "pruneframe.evaluation.builtin")
 
 
 class UnknownNameError(KeyError):

@@ -1,0 +1,52 @@
+"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``eval`` and ``compare``.
+
+Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
+errors, invalid settings, unknown names, unreachable data, infeasible budgets) prints one message to
+stderr and exits with 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pruneframe.cli import compare_cmd, eval_cmd, plugins_cmd, prune_cmd
+from pruneframe.cli.common import Command
+from pruneframe.harness.config import InputError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: Every subcommand, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (plugins_cmd.COMMAND, prune_cmd.COMMAND, eval_cmd.COMMAND, compare_cmd.COMMAND)
+
+#: Exit code for bad input.
+USAGE_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command."""
+    parser = argparse.ArgumentParser(prog="pruneframe", description="Budgeted structured pruning of LLMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(child)
+        child.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and on bad flags (2)
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    try:
+        return args.run(args)
+    except InputError as exc:
+        print(f"pruneframe {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR

@@ -1,0 +1,242 @@
+"""What every subcommand shares: the command record, the flags, config files and flag-over-file merging.
+
+Flags have no argparse defaults (``None`` means "not given"), so a flag overrides the config file only
+when it is given, and the pydantic models own every default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pruneframe.harness.config import InputError, normalise_methods
+from pruneframe.harness.runner import Log
+
+__all__ = [
+    "Command",
+    "Log",
+    "add_model_flags",
+    "add_method_flags",
+    "add_budget_flags",
+    "add_seed_flags",
+    "add_data_flags",
+    "add_eval_flags",
+    "add_output_flags",
+    "read_config_file",
+    "deep_merge",
+    "flag_settings",
+    "make_log",
+]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, how it adds its flags and how it runs (returns the exit code)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _number(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _numbers(text: str) -> list[float | int]:
+    values = [_number(part) for part in _names(text)]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = _number(text)
+    if not isinstance(value, int) or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int | None:
+    return None if text.strip().lower() in ("none", "all", "0") else _positive(text)
+
+
+def _method_config(text: str) -> tuple[str | None, dict[str, Any]]:
+    """``NAME=JSON`` (or a bare JSON object, for the one method of ``prune``)."""
+    if text.lstrip().startswith("{"):
+        name, body = None, text
+    else:
+        name, _, body = text.partition("=")
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--method-config {text!r}: not JSON ({exc.msg}); use NAME='{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--method-config {text!r}: expected a JSON object after NAME=")
+    return (name.strip() if name else None), value
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--dtype``."""
+    parser.add_argument("--model", help="HF hub id, local model folder, pruned checkpoint or smollm2-135m (default)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load and evaluate in this dtype (default float32)")
+
+
+def add_method_flags(parser: argparse.ArgumentParser, many: bool) -> None:
+    """``--method`` (and ``--methods`` when ``many``) plus repeatable ``--method-config``."""
+    names = ["--method", "--methods"] if many else ["--method"]
+    what = "comma-separated method names (default: every installed method)" if many else "the method's name"
+    parser.add_argument(*names, dest="methods", type=_names, metavar="NAMES" if many else "NAME", help=what,
+                        required=not many)
+    parser.add_argument("--method-config", dest="method_configs", action="append", type=_method_config,
+                        metavar="NAME=JSON", help="a method's settings as JSON (repeatable)")
+
+
+def add_budget_flags(parser: argparse.ArgumentParser, many: bool) -> None:
+    """``--budget`` (and ``--budgets`` when ``many``) and ``--budget-kind``."""
+    names = ["--budget", "--budgets"] if many else ["--budget"]
+    parser.add_argument(*names, dest="budgets", type=_numbers, required=not many, metavar="NUMBERS" if many else "NUMBER",
+                        help="keep-ratio(s) in (0, 1], or parameter counts with --budget-kind params")
+    parser.add_argument("--budget-kind", choices=["prunable", "total", "params"],
+                        help="how budget numbers are read (default prunable)")
+
+
+def add_seed_flags(parser: argparse.ArgumentParser, many: bool) -> None:
+    """``--seed`` (and ``--seeds`` when ``many``)."""
+    names = ["--seed", "--seeds"] if many else ["--seed"]
+    parser.add_argument(*names, dest="seeds", type=_ints, metavar="INTS" if many else "INT", help="seed(s) passed to the methods (default 0)")
+
+
+def add_data_flags(parser: argparse.ArgumentParser, calib: bool = True, evaluation: bool = True) -> None:
+    """``--calib`` and ``--eval-data``: any source ``pruneframe.data.resolve_text`` takes."""
+    if calib:
+        parser.add_argument("--calib", metavar="SOURCE", help="calibration text: file, folder, wikitext-2, ptb, c4, hf:ID or embedded "
+                            "(default wikitext-2 when the data folder has it, else embedded)")
+        parser.add_argument("--calib-tokens", type=_positive, metavar="N", help="use only the first N calibration tokens")
+    if evaluation:
+        parser.add_argument("--eval-data", metavar="SOURCE", help="perplexity text (same sources as --calib; default like --calib, test split)")
+
+
+def add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    """Evaluation knobs: windows, sequence length, zero-shot tasks and limit, speed on/off."""
+    parser.add_argument("--eval-windows", type=_positive, metavar="N", help="perplexity windows (default 64)")
+    parser.add_argument("--seq-len", type=_positive, metavar="N", help="perplexity window length in tokens (default 512)")
+    parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
+                        help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
+                        "(default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)")
+    parser.add_argument("--zeroshot-limit", type=_limit, default=argparse.SUPPRESS, metavar="N",
+                        help="items per zero-shot task, or 'none' for all (default 200)")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, help="measure prefill/decode speed (default on)")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, out_help: str, config: bool = True, required: bool = False) -> None:
+    """``--out``, ``--quiet`` and (with ``config``) ``--config FILE``."""
+    parser.add_argument("--out", metavar="PATH", help=out_help, required=required)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+    if config:
+        parser.add_argument("--config", type=Path, metavar="FILE", help="YAML or JSON settings file; flags override it")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file (YAML is a superset of JSON, so one parser reads both)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"config file {str(path)!r}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"config file {str(path)!r}: not valid YAML/JSON ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"config file {str(path)!r}: expected a mapping at the top level, got {type(data).__name__}")
+    return normalise_methods(data)
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in: mappings recursively, anything else (``None`` too) replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
+    evaluation: dict[str, Any] = {}
+    perplexity = {key: getattr(args, flag, None) for key, flag in
+                  (("data", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"))}
+    perplexity = {k: v for k, v in perplexity.items() if v is not None}
+    if perplexity:
+        evaluation["perplexity"] = perplexity
+    tasks = getattr(args, "zeroshot", None)
+    if tasks == []:
+        evaluation["zeroshot"] = None
+    else:
+        zeroshot = {"tasks": tasks} if tasks else {}
+        if hasattr(args, "zeroshot_limit"):
+            zeroshot["limit"] = args.zeroshot_limit
+        if zeroshot:
+            evaluation["zeroshot"] = zeroshot
+    speed = getattr(args, "speed", None)
+    if speed is not None:
+        evaluation["speed"] = {} if speed else None
+    return evaluation
+
+
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the given flags express, shaped like a config file (absent flags are left out)."""
+    out: dict[str, Any] = {}
+    for key, flag in (("model", "model"), ("dtype", "dtype"), ("methods", "methods"), ("budgets", "budgets"),
+                      ("budget_kind", "budget_kind"), ("seeds", "seeds"), ("out", "out")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    calibration = {k: getattr(args, f, None) for k, f in (("data", "calib"), ("max_tokens", "calib_tokens"))}
+    if any(v is not None for v in calibration.values()):
+        out["calibration"] = {k: v for k, v in calibration.items() if v is not None}
+    evaluation = _evaluation_flags(args)
+    if evaluation:
+        out["evaluation"] = evaluation
+    return out
+
+
+def make_log(quiet: bool) -> Log:
+    """Stage messages on stderr (through tqdm, so they do not break progress bars).
+
+    With ``quiet`` the log is silent and transformers' own progress bars and warnings are switched off.
+    """
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        return lambda message: None
+    from tqdm.auto import tqdm
+
+    return lambda message: tqdm.write(message, file=sys.stderr)

@@ -1,0 +1,80 @@
+"""``pruneframe compare``: every method x budget x seed on one model, under one protocol.
+
+    pruneframe compare --config examples/compare_smollm2.yaml
+    pruneframe compare --methods magnitude,random --budgets 0.8,0.5 --eval-windows 8 --no-speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from pruneframe.cli.common import (
+    Command,
+    add_budget_flags,
+    add_data_flags,
+    add_eval_flags,
+    add_method_flags,
+    add_model_flags,
+    add_output_flags,
+    add_seed_flags,
+    deep_merge,
+    flag_settings,
+    make_log,
+    read_config_file,
+)
+from pruneframe.harness import CompareConfig, InputError, compare, explain
+from pruneframe.host import PluginHost
+
+__all__ = ["COMMAND", "compare_config"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The compare flags (all optional; a ``--config`` file can hold them instead)."""
+    add_model_flags(parser)
+    add_method_flags(parser, many=True)
+    add_budget_flags(parser, many=True)
+    add_seed_flags(parser, many=True)
+    add_data_flags(parser)
+    add_eval_flags(parser)
+    add_output_flags(parser, "results folder (default results/compare-<model>)")
+
+
+def compare_config(args: argparse.Namespace) -> CompareConfig:
+    """The validated comparison settings: the ``--config`` file with the given flags on top."""
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    flags = flag_settings(args)
+    if "methods" in flags and "method_configs" in data:  # selecting methods drops the file's settings of the others
+        data["method_configs"] = {k: v for k, v in data["method_configs"].items() if k in flags["methods"]}
+    for name, settings in args.method_configs or []:
+        if name is None:
+            raise InputError("--method-config: give the method's name, NAME=JSON")
+        flags.setdefault("method_configs", {}).setdefault(name, {}).update(settings)
+    try:
+        return CompareConfig.model_validate(deep_merge(data, flags))
+    except ValidationError as exc:
+        source = f"{args.config} and flags" if args.config else "flags"
+        raise InputError(f"{explain(exc)} (from {source})") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, run (resuming from cached runs) and print where the results are."""
+    config = compare_config(args)
+    outcome = compare(config, host=PluginHost.create(), progress=not args.quiet, log=make_log(args.quiet))
+    if not args.quiet:
+        print(outcome.files["md"].read_text(encoding="utf-8"))
+    failed = len(outcome.failed)
+    computed = len([run_id for run_id in outcome.computed if run_id != "dense"]) - failed
+    dense = "computed" if "dense" in outcome.computed else "cached"
+    print(f"results: {outcome.out} (runs: {computed} computed, {len(outcome.runs) - computed - failed} cached, "
+          f"{failed} failed; dense {dense})")
+    for run_id, error in outcome.failed.items():
+        print(f"pruneframe compare: run {run_id} failed: {error} (traceback in {outcome.out}/runs/{run_id}.json)",
+              file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+COMMAND = Command("compare", "compare pruning methods head to head (N methods x M budgets x seeds)", add_arguments, run)

@@ -1,0 +1,106 @@
+"""``pruneframe eval``: run the comparison's evaluators on one model (a pruned checkpoint or any HF model).
+
+    pruneframe eval --model pruned/magnitude-0.5 --dense smollm2-135m --out eval.json
+    pruneframe eval --config examples/compare_smollm2.yaml --model pruned/magnitude-0.5   # same protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from pruneframe._io import write_json_atomic
+from pruneframe.checkpoint import read_report, software_versions
+from pruneframe.cli.common import (
+    Command,
+    add_data_flags,
+    add_eval_flags,
+    add_model_flags,
+    add_output_flags,
+    add_seed_flags,
+    deep_merge,
+    flag_settings,
+    make_log,
+    read_config_file,
+)
+from pruneframe.evaluation.base import EvalContext
+from pruneframe.harness import EvalConfig, InputError, explain
+from pruneframe.harness.cache import code_identity, model_identity
+from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
+from pruneframe.harness.runner import evaluate_model
+from pruneframe.host import PluginHost
+
+__all__ = ["COMMAND", "eval_config"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The eval flags: the model, an optional dense reference, and the evaluation knobs."""
+    add_model_flags(parser)
+    parser.add_argument("--dense", metavar="MODEL", help="the unpruned model, for kept-fraction and measured/ideal speedups")
+    add_seed_flags(parser, many=False)
+    add_data_flags(parser, calib=False)
+    add_eval_flags(parser)
+    add_output_flags(parser, "JSON file to write (default: print the JSON to stdout)")
+
+
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    """The model and evaluation settings: those of a ``--config`` file (other keys ignored), flags on top."""
+    data = read_config_file(args.config) if args.config else {}
+    fields = set(EvalConfig.model_fields)
+    merged = deep_merge({k: v for k, v in data.items() if k in fields},
+                       {k: v for k, v in flag_settings(args).items() if k in fields})
+    try:
+        return EvalConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise InputError(explain(exc)) from exc
+
+
+def _headline(results: dict[str, Any]) -> str:
+    parts = []
+    if "perplexity" in results:
+        parts.append(f"ppl {results['perplexity']['ppl']:.3f}")
+    for task, row in (results.get("zeroshot", {}).get("tasks") or {}).items():
+        parts.append(f"{task} acc {row['acc']:.3f}")
+    if "size" in results:
+        parts.append(f"{results['size']['params']['total']:,} params")
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write (or print) one JSON record stamped with its protocol."""
+    config = eval_config(args)
+    with input_phase(f"model {config.model!r}"):
+        identity = model_identity(config.model)
+    size = config.evaluation.get("size")
+    if size is not None and "checkpoint" not in size and identity["kind"] != "hub":
+        config = config.model_copy(update={"evaluation": {**config.evaluation, "size": {**size, "checkpoint": identity["location"]}}})
+    evaluators, stamp, _ = build_evaluators(PluginHost.create(), config)
+    log = make_log(args.quiet)
+    log(f"loading model {config.model} ({config.dtype})")
+    model, tokenizer, identity = load_dense(config.model, config.dtype)
+    dense = load_dense(args.dense, config.dtype) if args.dense else None
+    seed = (args.seeds or [0])[0]
+    context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
+    results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+    record = {
+        "model": identity,
+        "dense_model": dense[2] if dense else None,
+        "protocol": {"model": identity, "dtype": config.dtype, "evaluation": stamp, "seed": seed, "code": code_identity()},
+        "pruning": read_report(identity["location"]) if identity["kind"] == "pruned" else None,
+        "eval": results,
+        "eval_wall_s": walls,
+        "software": software_versions(),
+    }
+    if args.out:
+        write_json_atomic(args.out, record)
+        print(f"{config.model}: {_headline(results)}\nwritten: {args.out}")
+    else:
+        print(json.dumps(record, indent=2, sort_keys=True, default=str))
+        log(f"{config.model}: {_headline(results)}")
+    return 0
+
+
+COMMAND = Command("eval", "evaluate a model or pruned checkpoint with the comparison's evaluators", add_arguments, run)

@@ -1,0 +1,108 @@
+"""``pruneframe prune``: one method, one budget; saves a loadable checkpoint and prints the report summary.
+
+    pruneframe prune --model smollm2-135m --method magnitude --budget 0.5 --out pruned/magnitude-0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pruneframe._memory import PeakMemory
+from pruneframe.api import prune
+from pruneframe.budget import resolve
+from pruneframe.calibration import CalibrationData
+from pruneframe.cli.common import (
+    Command,
+    add_budget_flags,
+    add_data_flags,
+    add_method_flags,
+    add_model_flags,
+    add_output_flags,
+    add_seed_flags,
+    flag_settings,
+    make_log,
+)
+from pruneframe.harness import CompareConfig, InputError, explain
+from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
+from pruneframe.host import PluginHost
+
+__all__ = ["COMMAND", "summary"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prune flags: one method, one budget, calibration source and the checkpoint folder."""
+    add_model_flags(parser)
+    add_method_flags(parser, many=False)
+    add_budget_flags(parser, many=False)
+    add_seed_flags(parser, many=False)
+    add_data_flags(parser, evaluation=False)
+    add_output_flags(parser, "checkpoint folder to write (replaced if it exists)", config=False, required=True)
+
+
+def _settings(args: argparse.Namespace) -> tuple[CompareConfig, str, dict[str, Any]]:
+    """The run's validated settings (the comparison model with one cell), the method name and its config."""
+    for flag, values in (("--method", args.methods), ("--budget", args.budgets), ("--seed", args.seeds or [0])):
+        if len(values) != 1:
+            raise InputError(f"{flag}: prune takes exactly one value, got {values} (pruneframe compare runs several)")
+    name = args.methods[0]
+    settings: dict[str, Any] = {}
+    for config_name, values in args.method_configs or []:
+        if config_name not in (None, name):
+            raise InputError(f"--method-config is for {config_name!r} but the method is {name!r}")
+        settings.update(values)
+    try:
+        config = CompareConfig.model_validate({**flag_settings(args), "method_configs": {name: settings}} if settings
+                                              else flag_settings(args))
+    except ValidationError as exc:
+        raise InputError(explain(exc)) from exc
+    return config, name, {**settings, "seed": config.seeds[0]}
+
+
+def summary(report: dict[str, Any], path: Path) -> str:
+    """The report's headline numbers, one per line."""
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.get("timings_s", {}).items())
+    calibration = report.get("calibration") or {}
+    memory = report.get("memory") or {}
+    return "\n".join([
+        f"pruned with {report['method']} to {report['budget']['label']}",
+        f"  prunable: {report['kept_prunable_params']:,} kept of budget {report['budget_prunable_params']:,} "
+        f"({report['kept_fraction_of_prunable']:.2%} of {report['prunable_params']:,})",
+        f"  parameters: {report['dense_params']:,} -> {report['kept_params']:,} ({report['kept_fraction_of_total']:.2%})",
+        f"  calibration tokens read: {calibration.get('tokens_read', 0):,}",
+        f"  time: {report.get('wall_s', 0.0):.1f} s ({timings}); peak RSS {memory.get('peak_rss_bytes', 0) / 2**20:,.0f} MB",
+        f"  saved: {path}",
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, check the budget, prune in place, save with the tokenizer, print the summary."""
+    config, name, settings = _settings(args)
+    host = PluginHost.create()
+    with input_phase(f"method {name!r}"):
+        method = host.method(name, settings)
+    budget = config.budget_objects()[0]
+    log = make_log(args.quiet)
+    log(f"loading model {config.model} ({config.dtype})")
+    model, tokenizer, identity = load_dense(config.model, config.dtype)
+    tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
+    with input_phase(f"budget {budget.label()!r} for method {name!r}"):
+        units = host.discover_units(model)
+        resolve(budget, units, method.minimum(units))
+    log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
+    with PeakMemory(interval_s=0.05) as memory:
+        start = time.perf_counter()
+        result = prune(model, method, budget, CalibrationData(tokens, name=str(stamp["name"])), host=host,
+                       progress=not args.quiet, inplace=True)
+        wall = time.perf_counter() - start
+    result.report.update(model=identity, calibration_source=stamp, wall_s=wall, memory=memory.report.as_dict())
+    path = result.save(Path(args.out).expanduser(), tokenizer=tokenizer)
+    print(summary(result.report, path))
+    return 0
+
+
+COMMAND = Command("prune", "prune one model with one method to one budget and save a checkpoint", add_arguments, run)

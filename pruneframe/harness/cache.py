@@ -1,0 +1,103 @@
+"""Run cache: a finished run is stored as JSON with the key of everything that shaped it.
+
+A run is reused when its JSON exists, parses, finished, and carries the same key; anything else
+(missing, half-written by an older version, other settings) is recomputed. Because every run file is
+written atomically when the run ends, an interrupted comparison resumes at the first unfinished run.
+
+The key is a SHA-256 over: the model's identity (spec, resolved location, config.json hash, weight
+file names + sizes + mtimes, or the hub id), the dtype, the method name + validated config dump +
+a hash of the method's module file, the budget, the seed, the calibration stream's fingerprint and
+size, the evaluation protocol (each evaluator's validated settings, its data fingerprints and module
+hash), and the pruneframe version plus the results schema version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pruneframe.models import resolve_model_path
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "sha256_file",
+    "source_hash",
+    "model_identity",
+    "code_identity",
+    "cache_key",
+    "load_cached",
+]
+
+#: Bumped whenever the layout of a run's JSON changes, so older files are recomputed.
+SCHEMA_VERSION = 1
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_hash(obj: Any) -> str:
+    """First 16 hex digits of the SHA-256 of the file defining ``obj`` (``"unknown"`` when it has none)."""
+    try:
+        return sha256_file(inspect.getfile(obj))[:16]
+    except (TypeError, OSError):
+        return "unknown"
+
+
+def model_identity(spec: str) -> dict[str, Any]:
+    """What identifies the model weights: the resolved folder's config hash and weight-file stats, or the hub id.
+
+    Weight files are fingerprinted by name, size and modification time (hashing 500 MB per run start
+    would cost more than it saves); rebuilding or replacing the weights changes the key.
+    """
+    resolved = resolve_model_path(spec)
+    identity: dict[str, Any] = {"spec": spec, "kind": resolved.kind, "location": resolved.location}
+    folder = Path(resolved.location)
+    if resolved.kind == "hub" or not folder.is_dir():
+        return identity
+    stats = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
+    )
+    identity["config_sha256"] = sha256_file(folder / "config.json")[:16] if (folder / "config.json").is_file() else None
+    identity["weights_fingerprint"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+    return identity
+
+
+def code_identity() -> dict[str, Any]:
+    """The pruneframe version and results schema a run was produced with."""
+    try:
+        version = metadata.version("pruneframe")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"pruneframe": version, "schema": SCHEMA_VERSION}
+
+
+def cache_key(fields: dict[str, Any]) -> str:
+    """Hex SHA-256 of ``fields`` serialised canonically (sorted keys)."""
+    payload = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def load_cached(path: Path, key: str) -> dict[str, Any] | None:
+    """The finished run stored at ``path`` when its key is ``key``; ``None`` when it must be (re)computed."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("cache_key") != key or record.get("status") != "ok":
+        return None
+    return record

@@ -1,0 +1,226 @@
+"""What a comparison runs, as validated settings: model, methods, budgets, seeds, data and evaluators.
+
+Everything here is identical across the runs of one comparison (that is what makes it fair); the
+runner turns it into runtime state. Defaults follow the shared data folder: WikiText-2 when
+``$PRUNEFRAME_DATA_DIR`` (or ``../shared/data``) holds it, else the offline ``embedded`` corpus, and
+the local zero-shot JSONL tasks found under ``<data dir>/zeroshot``.
+
+Example (YAML or JSON)::
+
+    model: smollm2-135m
+    methods: [magnitude, random]            # omitted: every installed method
+    method_configs: {magnitude: {norm: l1}}
+    budgets: [0.8, 0.5]
+    budget_kind: prunable
+    calibration: {data: wikitext-2}
+    evaluation:
+      perplexity: {num_windows: 16, seq_len: 512}
+      zeroshot: {limit: 100}
+      speed: null                           # null switches an evaluator off
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pruneframe.budget import BudgetKind, make_budget
+from pruneframe.data.sources import data_dir
+
+__all__ = [
+    "InputError",
+    "explain",
+    "normalise_methods",
+    "Dtype",
+    "CalibrationSettings",
+    "EvalConfig",
+    "CompareConfig",
+    "default_text_source",
+    "default_zeroshot_tasks",
+    "default_evaluation",
+    "budget_slug",
+]
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+#: Files under ``<data dir>/wikitext-2`` that make ``wikitext-2`` usable offline, per split.
+_WIKITEXT_FILES = {"test": ("wiki.test.raw", "wiki.test.tokens"), "calibration": ("wiki.valid.tokens", "wiki.valid.raw")}
+
+
+class InputError(ValueError):
+    """Bad user input (config, names, data sources, budgets); the CLI prints it and exits with 2."""
+
+
+def explain(exc: BaseException) -> str:
+    """A one-line-per-problem message for ``exc``; pydantic errors as ``field.path: message``."""
+    if isinstance(exc, ValidationError):
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].replace("Value error, ", "")
+            problems.append(f"{where}: {message}" if where else message)
+        return f"invalid {exc.title} settings: " + "; ".join(problems)
+    return str(exc)
+
+
+def normalise_methods(data: Any) -> Any:
+    """Split a ``methods`` mapping (name -> settings) into ``methods`` (names) and ``method_configs``."""
+    if isinstance(data, dict) and isinstance(data.get("methods"), dict):
+        mapping = data["methods"]
+        configs = {name: dict(cfg or {}) for name, cfg in mapping.items()}
+        data = {**data, "methods": list(mapping), "method_configs": {**configs, **(data.get("method_configs") or {})}}
+    return data
+
+
+def default_text_source(split: Literal["test", "calibration"]) -> str:
+    """``wikitext-2`` when the data folder holds its ``split`` file, else ``embedded`` (always offline)."""
+    root = data_dir()
+    if root is not None and any((root / "wikitext-2" / name).is_file() for name in _WIKITEXT_FILES[split]):
+        return "wikitext-2"
+    return "embedded"
+
+
+def default_zeroshot_tasks() -> list[str]:
+    """The names of the local JSONL tasks under ``<data dir>/zeroshot`` (empty when there are none)."""
+    root = data_dir()
+    folder = root / "zeroshot" if root is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.jsonl"))
+
+
+def default_evaluation() -> dict[str, dict[str, Any] | None]:
+    """The evaluators a comparison runs when nothing else is said, with their default settings."""
+    tasks = default_zeroshot_tasks()
+    return {
+        "perplexity": {"data": default_text_source("test"), "split": "test", "seq_len": 512, "num_windows": 64},
+        "zeroshot": {"tasks": tasks, "limit": 200} if tasks else None,
+        "size": {},
+        "speed": {},
+    }
+
+
+def _merge_evaluation(value: Any) -> Any:
+    """Overlay the user's per-evaluator settings on the defaults (``null`` switches one off)."""
+    if value is None:
+        return default_evaluation()
+    if not isinstance(value, dict):
+        return value  # let pydantic report the type error
+    merged = default_evaluation()
+    for name, settings in value.items():
+        base = merged.get(name)
+        merged[name] = {**base, **settings} if isinstance(base, dict) and isinstance(settings, dict) else settings
+    return merged
+
+
+def budget_slug(budget: Any) -> str:
+    """The budget's part of a run id: ``0.5`` for keep-ratios, the parameter count for ``params``."""
+    keep = getattr(budget, "keep", None)
+    return f"{keep:g}" if keep is not None else str(budget.params)
+
+
+class CalibrationSettings(BaseModel):
+    """Where the one calibration token stream shared by every run comes from.
+
+    Attributes:
+        data: any source :func:`pruneframe.data.resolve_text` takes.
+        split: the split read (``calibration`` maps to validation for named corpora).
+        max_tokens: keep only the first this many tokens of the stream (``None``: all of it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Annotated[str, Field(min_length=1)] = Field(default_factory=lambda: default_text_source("calibration"))
+    split: str = "calibration"
+    max_tokens: Annotated[int, Field(ge=2)] | None = None
+
+
+class EvalConfig(BaseModel):
+    """The model and evaluation protocol (what ``pruneframe eval`` reads from a config file).
+
+    Attributes:
+        model: ``smollm2-135m``, a local folder, a pruned checkpoint or a hub id.
+        dtype: the dtype every model is loaded and evaluated in.
+        evaluation: evaluator name -> its settings (validated by that evaluator's ``Config``), or
+            ``null`` to switch it off; merged over :func:`default_evaluation`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)] = "smollm2-135m"
+    dtype: Dtype = "float32"
+    evaluation: dict[str, dict[str, Any] | None] = Field(default_factory=default_evaluation)
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _merge(cls, value: Any) -> Any:
+        return _merge_evaluation(value)
+
+    def enabled_evaluators(self) -> dict[str, dict[str, Any]]:
+        """The evaluators that run, in order, with their settings."""
+        return {name: dict(cfg) for name, cfg in self.evaluation.items() if cfg is not None}
+
+
+class CompareConfig(EvalConfig):
+    """A head-to-head comparison: every method x budget x seed on one model, one protocol.
+
+    Attributes:
+        methods: method names (``None``: every installed method); a mapping name -> config is accepted
+            and split into ``methods`` and ``method_configs``.
+        method_configs: per-method settings, validated by each method's config model. ``seed`` is
+            not allowed here: runs take it from ``seeds``.
+        budgets: numbers read with ``budget_kind`` (keep-ratios in (0, 1], or parameter counts).
+        budget_kind: ``prunable`` (default), ``total`` or ``params``.
+        seeds: one run per seed (passed as the method config's ``seed``).
+        calibration: the calibration source (see :class:`CalibrationSettings`).
+        out: output folder (default ``results/compare-<model>``).
+    """
+
+    methods: list[Annotated[str, Field(min_length=1)]] | None = None
+    method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    budgets: Annotated[list[float | int], Field(min_length=1)] = Field(default_factory=lambda: [0.5])
+    budget_kind: BudgetKind = "prunable"
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    out: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _methods_mapping(cls, data: Any) -> Any:
+        return normalise_methods(data)
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareConfig:
+        for index, value in enumerate(self.budgets):
+            try:
+                make_budget(value, self.budget_kind)
+            except (ValueError, ValidationError) as exc:
+                msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                raise ValueError(f"budgets[{index}] = {value!r} (kind {self.budget_kind!r}): {msg}") from None
+        slugs = [budget_slug(b) for b in self.budget_objects()]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"budgets contain duplicates: {self.budgets}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds contain duplicates: {self.seeds}")
+        if self.methods is not None and len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods contain duplicates: {self.methods}")
+        for name, cfg in self.method_configs.items():
+            if self.methods is not None and name not in self.methods:
+                raise ValueError(f"method_configs has settings for {name!r}, which is not among methods {self.methods}")
+            if "seed" in cfg:
+                raise ValueError(f"method_configs.{name}.seed: set seeds with 'seeds' (one run per seed)")
+        return self
+
+    def budget_objects(self) -> list[Any]:
+        """The budgets as typed budget objects (see :func:`pruneframe.budget.make_budget`)."""
+        return [make_budget(value, self.budget_kind) for value in self.budgets]
+
+    def out_dir(self) -> Path:
+        """``out``, or ``results/compare-<model name>``."""
+        if self.out:
+            return Path(self.out).expanduser()
+        name = Path(self.model.rstrip("/")).name or "model"
+        return Path("results") / f"compare-{re.sub(r'[^0-9A-Za-z_.-]+', '-', name)}"

@@ -1,0 +1,105 @@
+"""What every run reads, loaded and validated once, with the stamps that identify it.
+
+The model (and its identity), the calibration token stream, and the configured evaluators (with the
+fingerprints of the data they read). Every failure caused by input (unknown names, bad settings,
+unreachable data, a missing tokenizer) is raised as :class:`~pruneframe.harness.config.InputError`,
+so the command line can report it in one line before anything slow starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from pruneframe.data import resolve_text, token_windows
+from pruneframe.data.windows import tokenizer_fingerprint
+from pruneframe.evaluation.base import Evaluator
+from pruneframe.evaluation.zeroshot import resolve_task
+from pruneframe.harness.cache import model_identity, source_hash
+from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
+from pruneframe.host import PluginHost
+from pruneframe.models import load_model
+
+__all__ = ["input_phase", "load_dense", "calibration_stream", "build_evaluators"]
+
+
+@contextmanager
+def input_phase(what: str) -> Iterator[None]:
+    """Re-raise errors caused by input (bad values, unknown names, missing files) as ``InputError``."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, KeyError, OSError, NotImplementedError) as exc:
+        raise InputError(f"{what}: {explain(exc)}") from exc
+
+
+def load_dense(spec: str, dtype: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Load ``spec`` as ``(model, tokenizer, identity)``; a missing tokenizer is an input error."""
+    with input_phase(f"model {spec!r}"):
+        identity = model_identity(spec)
+        model, tokenizer = load_model(spec, dtype)
+    if tokenizer is None:
+        raise InputError(f"model {spec!r}: no tokenizer found next to the weights; save one with the model")
+    return model, tokenizer, identity
+
+
+def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any], Any]:
+    """The calibration text as one token stream, its stamp (source, size, fingerprints) and the source."""
+    with input_phase(f"calibration data {settings.data!r}"):
+        source = resolve_text(settings.data, settings.split)
+        tokens = token_windows(source, tokenizer, seq_len=1).flatten()
+    if settings.max_tokens is not None:
+        tokens = tokens[: settings.max_tokens].clone()
+    stamp = {
+        **source.describe(),
+        "tokens": int(tokens.numel()),
+        "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16],
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "max_tokens": settings.max_tokens,
+    }
+    return tokens, stamp, source
+
+
+def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Evaluator], dict[str, Any], list[Any]]:
+    """Instantiate the enabled evaluators; return them, the evaluation stamp and the text sources they read.
+
+    The stamp holds each evaluator's validated settings, its module hash, and the fingerprints of the
+    data it reads (text sources for ``data``/``split`` settings, task files for ``tasks``).
+    """
+    evaluators: dict[str, Evaluator] = {}
+    stamp: dict[str, Any] = {}
+    sources: list[Any] = []
+    for name, settings in config.enabled_evaluators().items():
+        with input_phase(f"evaluation.{name}"):
+            evaluator = host.evaluator(name, settings)
+            cfg = evaluator.config
+            entry: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "code": source_hash(type(evaluator))}
+            if hasattr(cfg, "data") and hasattr(cfg, "split"):
+                source = resolve_text(cfg.data, cfg.split)
+                sources.append(source)
+                entry["data"] = source.describe()
+            if hasattr(cfg, "tasks"):
+                resolved = [resolve_task(task) for task in cfg.tasks]
+                _check_lm_eval_tasks([t for t in resolved if isinstance(t, str)])
+                entry["tasks"] = [t if isinstance(t, str) else t.model_dump() for t in resolved]
+        evaluators[name], stamp[name] = evaluator, entry
+    return evaluators, stamp, sources
+
+
+def _check_lm_eval_tasks(names: list[str]) -> None:
+    """Fail before any run when a task is neither a local file nor a registered lm-eval task."""
+    if not names:
+        return
+    from lm_eval.tasks import TaskManager  # heavy: only when lm-eval task names are used
+
+    unknown = sorted(set(names) - set(TaskManager().all_tasks))
+    if unknown:
+        raise ValueError(
+            f"unknown zero-shot task(s) {unknown}: neither a local .jsonl file, a name under <data dir>/zeroshot, "
+            "nor a registered lm-eval task"
+        )

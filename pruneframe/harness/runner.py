@@ -1,0 +1,263 @@
+"""Run a comparison: prepare once (model, data, one calibration stream, budgets), then dense + every run.
+
+:func:`compare` is the whole flow; :func:`prepare` raises
+:class:`~pruneframe.harness.config.InputError` for any bad input before the first run starts. A run
+that fails later is recorded as failed (never cached) and the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pruneframe._io import write_json_atomic
+from pruneframe._memory import PeakMemory
+from pruneframe.api import prune
+from pruneframe.budget import resolve
+from pruneframe.calibration import CalibrationData
+from pruneframe.checkpoint import software_versions
+from pruneframe.data import check_disjoint
+from pruneframe.evaluation.base import EvalContext, Evaluator
+from pruneframe.harness.cache import cache_key, code_identity, load_cached, source_hash
+from pruneframe.harness.config import CompareConfig, InputError, budget_slug
+from pruneframe.harness.inputs import build_evaluators, calibration_stream, input_phase, load_dense
+from pruneframe.harness.report import write_results
+from pruneframe.host import PluginHost
+
+__all__ = [
+    "Log",
+    "EVAL_SEED",
+    "RunSpec",
+    "Prepared",
+    "CompareOutcome",
+    "evaluate_model",
+    "prepare",
+    "run_dense",
+    "run_pruned",
+    "compare",
+]
+
+Log = Callable[[str], None]
+
+#: Seed of every evaluation (speed prompts, lm-eval sampling): fixed, so method seeds never change the protocol.
+EVAL_SEED = 0
+
+
+def _silent(message: str) -> None:
+    """A log that says nothing."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the comparison: a method with its validated config, a budget and a seed."""
+
+    method: str
+    config: dict[str, Any]
+    budget: Any
+    seed: int
+    code: str
+
+    @property
+    def run_id(self) -> str:
+        """``<method>-<budget>-s<seed>``, the run's file name under ``runs/``."""
+        return f"{self.method}-{budget_slug(self.budget)}-s{self.seed}"
+
+
+@dataclass
+class Prepared:
+    """Runtime state shared by every run of a comparison (never part of a config)."""
+
+    config: CompareConfig
+    host: PluginHost
+    model: torch.nn.Module
+    tokenizer: Any
+    model_stamp: dict[str, Any]
+    evaluators: dict[str, Evaluator]
+    evaluation_stamp: dict[str, Any]
+    calibration: torch.Tensor
+    calibration_stamp: dict[str, Any]
+    budgets: dict[str, int] = field(default_factory=dict)
+    units: dict[str, Any] = field(default_factory=dict)
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+@dataclass
+class CompareOutcome:
+    """What :func:`compare` produced: the records and the files written."""
+
+    out: Path
+    dense: dict[str, Any]
+    runs: list[dict[str, Any]]
+    files: dict[str, Path]
+    computed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Run id -> error of every run that failed (they are recomputed on the next invocation)."""
+        return {r["run_id"]: r["error"] for r in self.runs if r.get("status") == "failed"}
+
+
+def evaluate_model(
+    model: torch.nn.Module, tokenizer: Any, evaluators: dict[str, Evaluator], context: EvalContext, log: Log, label: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run every evaluator on ``model``; return results by evaluator name and wall seconds by name."""
+    results: dict[str, Any] = {}
+    walls: dict[str, float] = {}
+    for name, evaluator in evaluators.items():
+        log(f"[{label}] evaluating {name}")
+        start = time.perf_counter()
+        results[name] = evaluator.evaluate(model, tokenizer, context)
+        walls[name] = time.perf_counter() - start
+    return results, walls
+
+
+def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prepared:
+    """Validate everything and load what every run shares; raises ``InputError`` on bad input."""
+    names = config.methods if config.methods is not None else sorted(host.methods())
+    if not names:
+        raise InputError("no pruning methods are installed (pruneframe plugins lists what loaded and what failed)")
+    methods = {}
+    for name in names:
+        with input_phase(f"method {name!r}"):
+            methods[name] = host.method(name, config.method_configs.get(name))
+    evaluators, evaluation_stamp, eval_sources = build_evaluators(host, config)
+    log(f"loading model {config.model} ({config.dtype})")
+    model, tokenizer, model_stamp = load_dense(config.model, config.dtype)
+    tokens, calibration_stamp, calib_source = calibration_stream(config.calibration, tokenizer)
+    for source in eval_sources:
+        with input_phase("calibration and evaluation data must not overlap"):
+            check_disjoint(calib_source, source)
+    log(f"calibration: {calibration_stamp['tokens']:,} tokens of {calibration_stamp['origin']}")
+    prep = Prepared(
+        config=config, host=host, model=model, tokenizer=tokenizer, model_stamp=model_stamp,
+        evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
+        calibration_stamp=calibration_stamp,
+    )
+    with input_phase(f"model {config.model!r}"):
+        units = host.discover_units(model)
+    prep.units = {"architecture": units.architecture, "units": len(units),
+                  "prunable_params": units.prunable_params, "total_params": units.total_params}
+    for budget in config.budget_objects():
+        for name, method in methods.items():
+            with input_phase(f"budget {budget.label()!r} for method {name!r}"):
+                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units))
+            for seed in config.seeds:
+                settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
+                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, source_hash(type(method))))
+    return prep
+
+
+def _base_fields(prep: Prepared) -> dict[str, Any]:
+    return {"model": prep.model_stamp, "dtype": prep.config.dtype, "evaluation": prep.evaluation_stamp,
+            "eval_seed": EVAL_SEED, "code": code_identity()}
+
+
+def _finish(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    record.update(status="ok", software=software_versions(),
+                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(path, record)
+    return record
+
+
+def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
+    """The dense model's evaluation (cached like a run); returns ``(record, computed)``."""
+    fields = {"kind": "dense", **_base_fields(prep)}
+    key, path = cache_key(fields), runs_dir / "dense.json"
+    cached = load_cached(path, key)
+    if cached is not None:
+        log("[dense] cached")
+        return cached, False
+    context = EvalContext(dtype=prep.config.dtype, progress=progress, seed=EVAL_SEED)
+    results, walls = evaluate_model(prep.model, prep.tokenizer, prep.evaluators, context, log, "dense")
+    record = {"run_id": "dense", "kind": "dense", "cache_key": key, "protocol": fields, "eval": results,
+              "eval_wall_s": walls}
+    return _finish(path, record), True
+
+
+def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
+    """Prune a fresh copy of the dense model for ``spec``, evaluate it, store it; returns ``(record, computed)``."""
+    fields = {
+        "kind": "pruned", **_base_fields(prep),
+        "method": {"name": spec.method, "config": spec.config, "code": spec.code},
+        "budget": {**spec.budget.model_dump(mode="json"), "label": spec.budget.label()},
+        "seed": spec.seed, "calibration": prep.calibration_stamp,
+    }
+    key, path = cache_key(fields), runs_dir / f"{spec.run_id}.json"
+    cached = load_cached(path, key)
+    if cached is not None:
+        log(f"[{spec.run_id}] cached")
+        return cached, False
+    record: dict[str, Any] = {"run_id": spec.run_id, "kind": "pruned", "cache_key": key, "protocol": fields}
+    try:
+        record.update(_prune_and_evaluate(prep, spec, progress, log))
+    except Exception as exc:  # one failing method must not lose the other runs; failures are never cached
+        log(f"[{spec.run_id}] FAILED: {type(exc).__name__}: {exc}")
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        write_json_atomic(path, record)
+        return record, True
+    finally:
+        gc.collect()
+    return _finish(path, record), True
+
+
+def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log) -> dict[str, Any]:
+    """Prune a copy of the dense model in place, then evaluate the folded model against the dense one."""
+    model = copy.deepcopy(prep.model)  # the dense model itself is never handed to a method
+    calibration = CalibrationData(prep.calibration, name=str(prep.calibration_stamp["name"]))
+    torch.manual_seed(spec.seed)
+    log(f"[{spec.run_id}] pruning")
+    with PeakMemory(interval_s=0.05) as memory:
+        start = time.perf_counter()
+        result = prune(model, spec.method, spec.budget, calibration, config=spec.config,
+                       budget_kind=prep.config.budget_kind, host=prep.host, progress=progress, inplace=True)
+        wall = time.perf_counter() - start
+    context = EvalContext(dense_model=prep.model, dtype=prep.config.dtype, progress=progress, seed=EVAL_SEED)
+    results, walls = evaluate_model(result.model, prep.tokenizer, prep.evaluators, context, log, spec.run_id)
+    report = result.report
+    return {
+        "prune": {"report": report, "wall_s": wall,
+                  "tokens_processed": (report.get("calibration") or {}).get("tokens_read", 0),
+                  "memory": memory.report.as_dict()},
+        "eval": results, "eval_wall_s": walls,
+    }
+
+
+def compare(
+    config: CompareConfig, *, host: PluginHost | None = None, progress: bool = True, log: Log = _silent
+) -> CompareOutcome:
+    """Run every (method, budget, seed) of ``config`` on one model and write the results folder.
+
+    Finished runs found in ``<out>/runs`` with the same cache key are loaded, not recomputed.
+    """
+    host = host or PluginHost.create()
+    prep = prepare(config, host, log)
+    out = config.out_dir()
+    runs_dir = out / "runs"
+    dense, computed = run_dense(prep, runs_dir, progress, log)
+    done = ["dense"] if computed else []
+    records = []
+    with tqdm(total=len(prep.runs), desc="compare", unit="run", disable=not progress) as bar:
+        for spec in prep.runs:
+            bar.set_postfix_str(spec.run_id)
+            record, computed = run_pruned(prep, spec, runs_dir, progress, log)
+            records.append(record)
+            done += [spec.run_id] if computed else []
+            bar.update()
+    meta = {
+        "config": config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
+        "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
+        "budgets": prep.budgets, "code": code_identity(),
+    }
+    files = write_results(out, meta, dense, records)
+    log(f"results in {out}")
+    return CompareOutcome(out=out, dense=dense, runs=records, files=files, computed=done)

@@ -1,0 +1,198 @@
+"""``pruneframe compare`` end to end on a tiny saved Llama: outputs, fairness, protocol stamps, cache/resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from pruneframe.cli import main
+from pruneframe.harness import runner
+from tiny import tiny_model
+
+WORDS = (
+    "the a of and to in is was for on as with by at from that this it his her they which an be are were "
+    "river city music game team season album film church school war king army road station park island"
+).split()
+SPECIALS = ["[UNK]", "<eos>"]
+TASK_ROWS = [
+    {"question": "the river is", "choices": ["water", "music"], "label": 0},
+    {"question": "the king of the", "choices": ["army", "album"], "label": 0},
+    {"question": "a game for the", "choices": ["team", "road"], "label": 0},
+    {"question": "the film was", "choices": ["church", "album"], "label": 1},
+]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` (ids below the tiny model's vocabulary of 97)."""
+    vocab = {token: i for i, token in enumerate([*SPECIALS, *WORDS, ":", "?", "Question", "Answer", "water"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>")
+
+
+def random_text(seed: int, words: int) -> str:
+    """Seeded random sentences (different seeds never share a 200-character passage)."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + " ." for _ in range(words // 12)]
+    return "\n".join(lines) + "\n"
+
+
+def make_workspace(root: Path) -> dict[str, Path]:
+    """A tiny model folder with its tokenizer, calibration/evaluation text files and a zero-shot task."""
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = root / "tiny-llama"
+    tiny_model("llama-gqa").save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    paths = {"model": model_dir, "calib": root / "calib.txt", "eval": root / "eval.txt", "task": root / "tiny_mc.jsonl",
+             "data_dir": root / "no-shared-data"}
+    paths["calib"].write_text(random_text(1, 3000))
+    paths["eval"].write_text(random_text(2, 1500))
+    paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
+    paths["data_dir"].mkdir()
+    return paths
+
+
+def compare_settings(ws: dict[str, Path], out: Path, zeroshot: bool = False) -> dict[str, Any]:
+    """A small, fast comparison of ``random`` and ``magnitude`` at two budgets."""
+    return {
+        "model": str(ws["model"]),
+        "methods": {"random": {}, "magnitude": {"norm": "l1"}},
+        "budgets": [0.8, 0.5],
+        "calibration": {"data": str(ws["calib"])},
+        "evaluation": {
+            "perplexity": {"data": str(ws["eval"]), "seq_len": 32, "num_windows": 4},
+            "zeroshot": {"tasks": [str(ws["task"])], "limit": 3, "batch_size": 4} if zeroshot else None,
+            "speed": {"prefill_len": 16, "decode_tokens": 4, "warmup": 0, "repeats": 1},
+        },
+        "out": str(out),
+    }
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(settings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="module")
+def full_run(workspace: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One comparison with every evaluator (zero-shot included), shared by the output checks."""
+    out = tmp_path_factory.mktemp("full") / "out"
+    config = write_config(out.parent / "compare.json", compare_settings(workspace, out, zeroshot=True))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+        assert main(["compare", "--config", str(config), "--quiet"]) == 0
+    return out
+
+
+RUN_IDS = ["random-0.8-s0", "magnitude-0.8-s0", "random-0.5-s0", "magnitude-0.5-s0"]
+
+
+def test_every_output_exists_and_parses(full_run: Path) -> None:
+    results = json.loads((full_run / "results.json").read_text())
+    assert [r["run_id"] for r in results["runs"]] == RUN_IDS and results["dense"]["kind"] == "dense"
+    for run_id in [*RUN_IDS, "dense"]:
+        assert json.loads((full_run / "runs" / f"{run_id}.json").read_text())["status"] == "ok"
+    with (full_run / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["run_id"] for r in rows] == ["dense", *RUN_IDS]
+    assert all(float(r["ppl"]) > 1 for r in rows) and rows[1]["acc_pf_tiny_mc"] != ""
+    for plot in ("ppl_vs_params.png", "acc_vs_params.png"):
+        assert (full_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (full_run / "results.md").read_text()
+    assert md.count("\n| ") == 2 + 1 + len(RUN_IDS)  # header, separator, dense, runs
+    assert "prefill speedup (meas / ideal)" in md and "acc pf_tiny_mc" in md
+
+
+def test_runs_share_budgets_calibration_and_protocol(full_run: Path) -> None:
+    results = json.loads((full_run / "results.json").read_text())
+    runs, dense = results["runs"], results["dense"]
+    for slug in ("0.8", "0.5"):
+        targets = {r["prune"]["report"]["budget_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
+        assert targets == {results["budgets"][slug]}
+        kept = {r["prune"]["report"]["kept_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
+        assert max(kept) <= results["budgets"][slug]
+    assert len({json.dumps(r["protocol"]["calibration"], sort_keys=True) for r in runs}) == 1
+    for name in ("perplexity", "zeroshot", "size", "speed"):
+        protocols = {json.dumps(r["eval"][name]["protocol"], sort_keys=True) for r in [dense, *runs]}
+        assert len(protocols) == 1, name
+    assert len({json.dumps(r["protocol"]["evaluation"], sort_keys=True) for r in [dense, *runs]}) == 1
+    assert results["comparable"] is True
+
+
+def test_each_run_is_stamped_with_its_protocol(full_run: Path, workspace: dict[str, Path]) -> None:
+    record = json.loads((full_run / "runs" / "magnitude-0.5-s0.json").read_text())
+    protocol = record["protocol"]
+    assert protocol["model"]["location"] == str(workspace["model"].resolve()) and protocol["model"]["weights_fingerprint"]
+    assert protocol["dtype"] == "float32" and protocol["seed"] == 0
+    assert protocol["method"]["name"] == "magnitude" and protocol["method"]["config"]["norm"] == "l1"
+    assert protocol["method"]["config"]["seed"] == 0 and protocol["method"]["code"] != "unknown"
+    assert protocol["budget"] == {"kind": "prunable", "keep": 0.5, "label": "keep 0.5 of prunable params"}
+    assert protocol["calibration"]["origin"] == str(workspace["calib"].resolve()) and protocol["calibration"]["tokens"] > 2000
+    assert protocol["code"]["pruneframe"] and protocol["code"]["schema"] >= 1
+    ppl = record["eval"]["perplexity"]["protocol"]
+    assert (ppl["seq_len"], ppl["num_windows"], ppl["dtype"]) == (32, 4, "float32")
+    assert ppl["data"]["fingerprint"] == protocol["evaluation"]["perplexity"]["data"]["fingerprint"]
+    assert record["eval"]["zeroshot"]["protocol"]["limit"] == 3
+    assert record["prune"]["wall_s"] > 0 and record["prune"]["memory"]["peak_rss_bytes"] > 0
+    assert set(record["eval"]["speed"]) >= {"measured_speedup", "ideal_speedup"}
+
+
+def test_markdown_bolds_the_best_value_per_budget(full_run: Path) -> None:
+    lines = [line for line in (full_run / "results.md").read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    ppl = header.index("ppl")
+    assert "**" not in " ".join(body[0])  # the dense row is the reference, never ranked
+    for budget in ("keep 0.8 of prunable params", "keep 0.5 of prunable params"):
+        cells = [row[ppl] for row in body if row[header.index("budget")] == budget]
+        bold = [c for c in cells if c.startswith("**")]
+        assert len(cells) == 2 and bold
+        best = min(float(c.strip("*")) for c in cells)
+        assert all(float(c.strip("*")) == best for c in bold)
+
+
+def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    out = tmp_path / "out"
+    settings = compare_settings(workspace, out)
+    settings["evaluation"]["speed"] = None
+    config = write_config(tmp_path / "c.json", settings)
+    calls: list[str] = []
+    real_prune = runner.prune
+
+    def counting_prune(model, method, *args, **kwargs):
+        calls.append(method)
+        return real_prune(model, method, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "prune", counting_prune)
+    assert main(["compare", "--config", str(config), "--quiet"]) == 0
+    assert len(calls) == 4
+    first = json.loads((out / "results.json").read_text())
+
+    calls.clear()
+    assert main(["compare", "--config", str(config), "--quiet"]) == 0
+    assert calls == []
+    assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
+
+    (out / "runs" / "magnitude-0.5-s0.json").unlink()
+    (out / "runs" / "random-0.8-s0.json").write_text("{ half-written")
+    assert main(["compare", "--config", str(config), "--quiet"]) == 0
+    assert sorted(calls) == ["magnitude", "random"]
+
+    calls.clear()  # another method setting is another run; the others stay cached
+    assert main(["compare", "--config", str(config), "--quiet", "--method-config", 'magnitude={"norm": "l2"}']) == 0
+    assert calls == ["magnitude", "magnitude"]
