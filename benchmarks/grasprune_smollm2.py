@@ -65,8 +65,10 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--sequences", type=int, default=PROTOCOL["num_sequences"], help="smoke runs only: fewer calibration sequences")
     args = parser.parse_args()
     torch.manual_seed(0)
+    PROTOCOL.update(num_sequences=args.sequences, rescale_sequences=args.sequences)
 
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
     calib_src = resolve_text("wikitext-2", split="validation")
@@ -110,6 +112,7 @@ def main() -> None:
             cfg = {**PROTOCOL, **VARIANTS[name]}
             calibration = CalibrationData(calib.reshape(-1), name=calib_src.origin)
             gc.collect()
+            rate_now, _ = _forward_rate(model, calib[:4])  # dense forward rate right before, same conditions
             t0 = time.perf_counter()
             with PeakMemory() as mem:
                 result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=not args.quiet)
@@ -136,7 +139,8 @@ def main() -> None:
                 "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
                 "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
                 "gate_tokens_per_s": gates["tokens_per_second"],
-                "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
+                "dense_forward_tokens_per_s_before": rate_now,
+                "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate_now,
                 "rescale": rep["method_stats"].get("rescale", {}),
                 "prune_wall_s": wall, "peak_rss_prune": mem.report.as_dict(),
                 "peak_rss_gate_training_bytes": gates["peak_rss_bytes"],

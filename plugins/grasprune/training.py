@@ -94,7 +94,7 @@ def run_loop(
             stats.tokens += batch.numel()
             dt = time.perf_counter() - t0
             stats.seconds += dt
-            bar.set_postfix(loss=f"{float(loss):.3f}", step_s=f"{dt:.2f}", **shown)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", step_s=f"{dt:.2f}", **shown)
             bar.update()
     finally:
         memory.__exit__(None, None, None)
