@@ -239,6 +239,16 @@ def test_allocation_is_the_projector_scope() -> None:
 # ----------------------------------------------------------------------------- wanda-sp
 
 
+def _forward_with_hooks(model, windows: torch.Tensor, hooks: list) -> None:
+    """One no-grad forward pass of ``model`` on ``windows``; ``hooks`` (registered handles) are removed after it."""
+    try:
+        with torch.no_grad():
+            model(input_ids=windows, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _linear_inputs(model, windows: torch.Tensor, layer: int) -> dict[str, torch.Tensor]:
     """Every token's input ``[tokens, features]`` to one layer's gate/down/q/o projections."""
     block = model.model.layers[layer]
@@ -250,13 +260,7 @@ def _linear_inputs(model, windows: torch.Tensor, layer: int) -> dict[str, torch.
     def keep(name: str):
         return lambda module, args: seen.__setitem__(name, args[0].reshape(-1, args[0].shape[-1]))
 
-    hooks = [m.register_forward_pre_hook(keep(k)) for k, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(input_ids=windows, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, windows, [m.register_forward_pre_hook(keep(k)) for k, m in modules.items()])
     return seen
 
 
@@ -299,12 +303,7 @@ def _sublayer_inputs(model, windows: torch.Tensor, layer: int):
             lambda m, args, kwargs: seen["attn"].append((args, dict(kwargs))), with_kwargs=True
         ),
     ]
-    try:
-        with torch.no_grad():
-            model(input_ids=windows, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, windows, hooks)
     return seen
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pruneframe._io import atomic_dir, write_json_atomic, write_text_atomic
 from pruneframe._memory import PeakMemory, current_rss_bytes, peak_rss_bytes
@@ -31,44 +31,19 @@ from pruneframe.evaluation.speed import flops_per_token
 from pruneframe.models import load_model, parse_dtype, resolve_model_path
 from pruneframe.models import smollm2
 
-VOCAB = 320
+VOCAB = PLAIN_LLAMA["vocab_size"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A tiny byte-level BPE tokenizer trained in code."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", name_or_path="tiny-bpe-eval")
-
-
-def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer Llama with 4 query heads sharing 2 KV heads, random weights."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_tokenizer("tiny-bpe-eval")
 
 
 @pytest.fixture
 def model() -> LlamaForCausalLM:
     """A fresh tiny model per test (some tests modify weights)."""
-    return tiny_model()
+    return plain_llama()
 
 
 def random_windows(n: int = 5, length: int = 12) -> torch.Tensor:
@@ -134,7 +109,7 @@ def test_builtin_evaluators_are_named() -> None:
 
 
 def test_size_counts_and_widths_read_from_modules(model: LlamaForCausalLM, tmp_path: Path) -> None:
-    dense = tiny_model()
+    dense = plain_llama()
     counts = parameter_counts(model)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     prunable = sum(
@@ -172,7 +147,7 @@ def test_flops_and_ideal_speedup(model: LlamaForCausalLM) -> None:
 
 def test_speed_evaluator_reports_throughput_and_ratios(model: LlamaForCausalLM) -> None:
     config = {"prefill_len": 8, "decode_tokens": 3, "warmup": 1, "repeats": 2}
-    result = SpeedEvaluator(config).evaluate(model, None, EvalContext(dense_model=tiny_model(1)))
+    result = SpeedEvaluator(config).evaluate(model, None, EvalContext(dense_model=plain_llama(1)))
     for name in ("model", "dense"):
         assert result[name]["prefill_tokens_per_s"] > 0 and result[name]["decode_tokens_per_s"] > 0
         assert result[name]["peak_rss_bytes"] > 0

@@ -1,13 +1,15 @@
-"""Tiny random models of every supported family, built in code (no downloads)."""
+"""Tiny random models of every supported family and a tiny tokenizer, built in code (no downloads)."""
 
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -48,3 +50,36 @@ def tokens(n: int = 4, length: int = 16, vocab: int = 97, seed: int = 0) -> torc
     """Random token ids ``[n, length]``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n, length), generator=g)
+
+
+#: The settings of :func:`plain_llama`; its vocabulary covers every id of :func:`tiny_tokenizer`.
+PLAIN_LLAMA = dict(
+    vocab_size=320,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
+def plain_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A 2-layer Llama with 4 query heads sharing 2 KV heads, transformers' own random init, eval mode, fp32."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**PLAIN_LLAMA, **overrides})).eval()
+
+
+def tiny_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE tokenizer trained in code (every string is tokenizable), called ``name``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", name_or_path=name)

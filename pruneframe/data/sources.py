@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import socket
 import urllib.parse
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneframe.data.embedded import embedded_origin, embedded_text
+from pruneframe.data.jsonl import iter_jsonl
 
 __all__ = [
     "DataSourceError",
@@ -108,17 +108,10 @@ def data_dir() -> Path | None:
 
 def _read_jsonl(path: Path) -> str:
     texts: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataSourceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise DataSourceError(f"{path}:{lineno}: expected an object with a string 'text' field")
-            texts.append(row["text"])
+    for lineno, row in iter_jsonl(path, error=DataSourceError):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise DataSourceError(f"{path}:{lineno}: expected an object with a string 'text' field")
+        texts.append(row["text"])
     return "\n\n".join(texts)
 
 

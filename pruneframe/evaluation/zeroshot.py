@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pruneframe.data.jsonl import iter_jsonl
 from pruneframe.data.sources import data_dir
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
@@ -55,29 +55,22 @@ class LocalTask(BaseModel):
 def _check_rows(path: Path) -> int:
     """Validate every row of a multiple-choice JSONL file; return how many there are."""
     count = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            choices = row.get("choices") if isinstance(row, dict) else None
-            label = row.get("label") if isinstance(row, dict) else None
-            if (
-                not isinstance(row, dict)
-                or not isinstance(row.get("question"), str)
-                or not isinstance(choices, list)
-                or len(choices) < 2
-                or not all(isinstance(c, str) for c in choices)
-                or not isinstance(label, int)
-                or not 0 <= label < len(choices)
-            ):
-                raise ValueError(
-                    f"{path}:{lineno}: expected {{question: str, choices: [str, ...] (>= 2), label: int index}}"
-                )
-            count += 1
+    for lineno, row in iter_jsonl(path):
+        choices = row.get("choices") if isinstance(row, dict) else None
+        label = row.get("label") if isinstance(row, dict) else None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("question"), str)
+            or not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) for c in choices)
+            or not isinstance(label, int)
+            or not 0 <= label < len(choices)
+        ):
+            raise ValueError(
+                f"{path}:{lineno}: expected {{question: str, choices: [str, ...] (>= 2), label: int index}}"
+            )
+        count += 1
     if count == 0:
         raise ValueError(f"{path}: no rows")
     return count

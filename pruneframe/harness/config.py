@@ -112,6 +112,8 @@ def _merge_evaluation(value: Any) -> Any:
     merged = default_evaluation()
     for name, settings in value.items():
         base = merged.get(name)
+        if name == "zeroshot" and base is None and isinstance(settings, dict) and "tasks" not in settings:
+            continue  # no local tasks on this machine and none named: zero-shot stays off
         merged[name] = {**base, **settings} if isinstance(base, dict) and isinstance(settings, dict) else settings
     return merged
 
