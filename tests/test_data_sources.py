@@ -188,3 +188,14 @@ def test_calibration_windows_from_embedded(tokenizer: PreTrainedTokenizerFast) -
     source = resolve_text("embedded", "calibration")
     direct = token_windows(source, tokenizer, 32, num_windows=5)
     assert torch.equal(windows, direct[1:])
+
+
+def test_calibration_data_is_the_whole_stream_named_by_origin(tmp_path, tokenizer) -> None:
+    from pruneframe.data import calibration_data, token_windows
+
+    path = tmp_path / "calib.txt"
+    path.write_text("the cat sat on the mat. " * 40)
+    calib = calibration_data(str(path), tokenizer)
+    assert calib.name == str(path.resolve()) or calib.name.endswith("calib.txt")
+    assert torch.equal(calib.windows(2, 8), token_windows(resolve_text(str(path)), tokenizer, 8, 2))
+    assert len(calibration_data(str(path), tokenizer, max_tokens=10)) == 10

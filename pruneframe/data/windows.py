@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from pruneframe.calibration import CalibrationData
+
 from pruneframe.data.sources import TextSource, resolve_text
 
 __all__ = ["token_windows", "calibration_windows", "count_tokens", "clear_token_cache", "tokenizer_fingerprint"]
@@ -110,3 +112,17 @@ def calibration_windows(
     """``num`` windows of ``seq_len`` tokens from ``source`` (resolved with split ``"calibration"``)."""
     resolved = source if isinstance(source, TextSource) else resolve_text(source, split="calibration")
     return token_windows(resolved, tokenizer, seq_len, num_windows=num, offset_windows=offset)
+
+
+def calibration_data(
+    source: str | TextSource, tokenizer: Any, split: str = "calibration", max_tokens: int | None = None
+) -> CalibrationData:
+    """The whole calibration text of ``source`` as one token stream for :func:`pruneframe.prune`.
+
+    Methods cut their own windows from it, all from its beginning; ``max_tokens`` keeps a prefix.
+    """
+    resolved = source if isinstance(source, TextSource) else resolve_text(source, split=split)
+    tokens = token_windows(resolved, tokenizer, seq_len=1).flatten()
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens].clone()
+    return CalibrationData(tokens, name=resolved.origin)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pruneframe.data import resolve_text, token_windows
+from pruneframe.data import calibration_data, resolve_text
 from pruneframe.data.windows import tokenizer_fingerprint
 from pruneframe.evaluation.base import Evaluator
 from pruneframe.evaluation.zeroshot import resolve_task
@@ -52,9 +52,7 @@ def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[t
     """The calibration text as one token stream, its stamp (source, size, fingerprints) and the source."""
     with input_phase(f"calibration data {settings.data!r}"):
         source = resolve_text(settings.data, settings.split)
-        tokens = token_windows(source, tokenizer, seq_len=1).flatten()
-    if settings.max_tokens is not None:
-        tokens = tokens[: settings.max_tokens].clone()
+        tokens = calibration_data(source, tokenizer, max_tokens=settings.max_tokens).tokens
     stamp = {
         **source.describe(),
         "tokens": int(tokens.numel()),
