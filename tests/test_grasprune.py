@@ -138,3 +138,18 @@ def test_bias_compensation_folds_exactly() -> None:
     with torch.no_grad():
         torch.testing.assert_close(result.model(ids).logits, ref, atol=1e-5, rtol=1e-5)
     assert result.model.model.layers[0].mlp.down_proj.bias is not None
+
+
+def test_training_loss_is_the_plain_causal_lm_loss_and_attention_is_restored() -> None:
+    from pruneframe_grasprune.training import attention_implementation, causal_lm_loss
+
+    model = tiny_model("qwen3")
+    ids = tokens(2, 12)
+    before = model.config._attn_implementation
+    with torch.no_grad():
+        want = model(input_ids=ids, labels=ids).loss
+        with attention_implementation(model, "eager"):
+            assert model.config._attn_implementation == "eager"
+            got = causal_lm_loss(model, ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == before

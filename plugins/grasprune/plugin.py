@@ -27,7 +27,7 @@ from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
-from pruneframe_grasprune.training import batches, frozen, run_loop
+from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop
 
 __all__ = ["GRASPrune"]
 
@@ -51,6 +51,12 @@ class GRASPrune(PruningMethod):
                 "load the model in the compute dtype"
             )
 
+    def _attention(self, model: torch.nn.Module) -> str | None:
+        choice = self.config.attn_implementation
+        if choice == "auto":
+            return "eager" if next(model.parameters()).device.type == "cpu" else None
+        return None if choice == "model" else choice
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """Train the gates (stage A) and return the final keep probabilities p."""
         cfg = self.config
@@ -71,7 +77,8 @@ class GRASPrune(PruningMethod):
             z = mask.to(p) + p - p.detach()
             return z, {"kept": f"{kept[-1] / units.prunable_params:.4f}"}
 
-        with frozen(context.model), UnitGates(context.model, units) as gates:
+        with frozen(context.model), attention_implementation(context.model, self._attention(context.model)), \
+                UnitGates(context.model, units) as gates:
             stats = run_loop(
                 context.model, gates, [scores], gate_fn,
                 batches(windows, cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
@@ -108,7 +115,8 @@ class GRASPrune(PruningMethod):
         def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
             return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
 
-        with frozen(context.model), UnitGates(context.model, context.units) as gates:
+        with frozen(context.model), attention_implementation(context.model, self._attention(context.model)), \
+                UnitGates(context.model, context.units) as gates:
             gates.set_bias(mlp_bias, attn_bias)
             stats = run_loop(
                 context.model, gates, [t], gate_fn,

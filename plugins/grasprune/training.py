@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pruneframe._memory import PeakMemory
 from pruneframe.gates import UnitGates
 
-__all__ = ["frozen", "LoopStats", "run_loop", "batches"]
+__all__ = ["frozen", "attention_implementation", "causal_lm_loss", "LoopStats", "run_loop", "batches"]
 
 
 @contextmanager
@@ -32,6 +32,35 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in previous:
             p.requires_grad_(flag)
+
+
+@contextmanager
+def attention_implementation(model: nn.Module, name: str | None) -> Iterator[nn.Module]:
+    """Run the model's attention with ``name`` (e.g. ``"eager"``) inside the block; ``None`` keeps it.
+
+    On CPU, PyTorch's SDPA backward is markedly slower than the eager attention's for these sizes,
+    and gate training needs a backward pass every step.
+    """
+    config = model.config
+    previous = getattr(config, "_attn_implementation", None)
+    if name is not None:
+        config._attn_implementation = name
+    try:
+        yield model
+    finally:
+        if name is not None:
+            config._attn_implementation = previous
+
+
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every predicted token (the plain causal-LM loss).
+
+    Computed from the decoder's hidden states and the output embeddings directly: the logits of the
+    last position, which predict nothing, are never formed.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
 
 
 def batches(windows: torch.Tensor, batch_size: int, epochs: int, shuffle: bool, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -84,7 +113,7 @@ def run_loop(
             z, shown = gate_fn(step)
             gates.set(z)
             batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss = causal_lm_loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
