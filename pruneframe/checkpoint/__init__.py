@@ -118,5 +118,6 @@ def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_t
     if with_tokenizer and any(path.glob("tokenizer*")):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # never consult the folder's auto_map: loading must not run (or ask to run) its code
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return model, tokenizer
