@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -233,12 +234,32 @@ def test_atomic_writes(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["g"]
 
 
-def test_peak_memory_sees_an_allocation() -> None:
+def _touch(mib: int) -> None:
+    block = torch.ones(mib * 1024 * 1024 // 4)  # allocated and touched, then freed
+    block += 1
+    del block
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_peak_memory_sees_a_freed_allocation(sampling: bool) -> None:
     assert current_rss_bytes() > 0 and peak_rss_bytes() > 0
-    with PeakMemory(interval_s=0.001) as mem:
-        block = torch.ones(16 * 1024 * 1024 // 4)  # 16 MiB, touched
-        block += 1
-        del block
-    assert mem.report.samples >= 1
+    with PeakMemory(interval_s=0.001, sampling=sampling) as mem:
+        _touch(64)
+        time.sleep(0.01)
     assert mem.report.peak_rss >= mem.report.start_rss
     assert mem.report.as_dict()["cuda_peak_allocated_bytes"] is None
+    if mem.report.source == "kernel-hwm":  # exact: the freed 64 MiB must show
+        assert mem.report.delta_rss >= 60 * 2**20
+    else:
+        assert mem.report.samples >= 1
+
+
+def test_nested_peak_memory_keeps_the_outer_peak() -> None:
+    with PeakMemory() as outer:
+        _touch(64)
+        with PeakMemory() as inner:
+            _touch(8)
+    if outer.report.source != "kernel-hwm":
+        pytest.skip("no kernel high-water mark on this platform")
+    assert outer.report.delta_rss >= 60 * 2**20  # the allocation before the inner block's reset
+    assert inner.report.peak_rss <= outer.report.peak_rss

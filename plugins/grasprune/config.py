@@ -41,9 +41,9 @@ class GRASPruneConfig(MethodConfig):
     bias_compensation: bool = Field(
         False, description="add each removed unit's mean output back as a down_proj/o_proj bias before stage B"
     )
-    attn_implementation: Literal["auto", "eager", "sdpa", "model"] = Field(
-        "auto",
-        description="attention kernel during the two loops: auto = eager on CPU (SDPA's CPU backward is "
-        "slow), the model's own elsewhere; model = never change it",
+    attn_implementation: Literal["sdpa", "eager", "model"] = Field(
+        "sdpa",
+        description="attention kernel during the two loops: sdpa (fused, keeps no attention matrix for the "
+        "backward pass), eager, or model = whatever the model was loaded with",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the frozen backbone")

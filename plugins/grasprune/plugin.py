@@ -51,10 +51,8 @@ class GRASPrune(PruningMethod):
                 "load the model in the compute dtype"
             )
 
-    def _attention(self, model: torch.nn.Module) -> str | None:
+    def _attention(self) -> str | None:
         choice = self.config.attn_implementation
-        if choice == "auto":
-            return "eager" if next(model.parameters()).device.type == "cpu" else None
         return None if choice == "model" else choice
 
     def score(self, context: ScoringContext) -> torch.Tensor:
@@ -77,7 +75,7 @@ class GRASPrune(PruningMethod):
             z = mask.to(p) + p - p.detach()
             return z, {"kept": f"{kept[-1] / units.prunable_params:.4f}"}
 
-        with frozen(context.model), attention_implementation(context.model, self._attention(context.model)), \
+        with frozen(context.model), attention_implementation(context.model, self._attention()), \
                 UnitGates(context.model, units) as gates:
             stats = run_loop(
                 context.model, gates, [scores], gate_fn,
@@ -115,7 +113,7 @@ class GRASPrune(PruningMethod):
         def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
             return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
 
-        with frozen(context.model), attention_implementation(context.model, self._attention(context.model)), \
+        with frozen(context.model), attention_implementation(context.model, self._attention()), \
                 UnitGates(context.model, context.units) as gates:
             gates.set_bias(mlp_bias, attn_bias)
             stats = run_loop(

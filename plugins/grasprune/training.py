@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pruneframe._memory import PeakMemory
 from pruneframe.gates import UnitGates
+from pruneframe.losses import linear_cross_entropy
 
 __all__ = ["frozen", "attention_implementation", "causal_lm_loss", "LoopStats", "run_loop", "batches"]
 
@@ -36,10 +37,10 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextmanager
 def attention_implementation(model: nn.Module, name: str | None) -> Iterator[nn.Module]:
-    """Run the model's attention with ``name`` (e.g. ``"eager"``) inside the block; ``None`` keeps it.
+    """Run the model's attention with ``name`` (e.g. ``"sdpa"``) inside the block; ``None`` keeps it.
 
-    On CPU, PyTorch's SDPA backward is markedly slower than the eager attention's for these sizes,
-    and gate training needs a backward pass every step.
+    The training loops ask for SDPA: its fused causal kernel saves no ``[heads, seq, seq]`` attention
+    matrix for the backward pass, which the eager implementation does in every layer.
     """
     config = model.config
     previous = getattr(config, "_attn_implementation", None)
@@ -56,11 +57,17 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over every predicted token (the plain causal-LM loss).
 
     Computed from the decoder's hidden states and the output embeddings directly: the logits of the
-    last position, which predict nothing, are never formed.
+    last position, which predict nothing, are never formed. With a frozen, bias-free output matrix
+    (the training loops freeze the backbone) the memory-lean
+    :func:`~pruneframe.losses.linear_cross_entropy` never holds the full logits.
     """
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, :-1])
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1))
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    targets = input_ids[:, 1:].reshape(-1)
+    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
+        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
+    logits = head(hidden)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
 
 
 def batches(windows: torch.Tensor, batch_size: int, epochs: int, shuffle: bool, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -106,7 +113,7 @@ def run_loop(
     stats = LoopStats()
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
     device = next(model.parameters()).device
-    memory = PeakMemory(interval_s=0.02, device=str(device)).__enter__()
+    memory = PeakMemory(device=str(device)).__enter__()
     try:
         for step, (epoch, batch) in enumerate(data):
             t0 = time.perf_counter()

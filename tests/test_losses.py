@@ -1,0 +1,54 @@
+"""The memory-lean LM loss equals the plain one, in value and in gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model, tokens
+
+from pruneframe.losses import linear_cross_entropy
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7, 64])
+def test_linear_cross_entropy_matches_cross_entropy(chunk: int | None) -> None:
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(13, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(21, 8, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 21, (13,), generator=g)
+    want = torch.nn.functional.cross_entropy(hidden @ weight.T, targets)
+    (want_grad,) = torch.autograd.grad(3.0 * want, hidden)
+    got = linear_cross_entropy(hidden, weight, targets, chunk_tokens=chunk)
+    (got_grad,) = torch.autograd.grad(3.0 * got, hidden)
+    torch.testing.assert_close(got.to(want.dtype), want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-10, rtol=1e-10)
+
+
+def test_linear_cross_entropy_rejects_trainable_weight_and_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="freeze"):
+        linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 4, requires_grad=True), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="expected hidden"):
+        linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 6), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
+def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family: str) -> None:
+    from pruneframe.architectures.llama import discover
+    from pruneframe.gates import UnitGates
+    from pruneframe_grasprune.training import causal_lm_loss, frozen
+
+    model = tiny_model(family)
+    units = discover(model)
+    ids = tokens(1, 16)
+    scores = torch.linspace(-1, 1, len(units)).requires_grad_(True)
+    results = []
+    with frozen(model), UnitGates(model, units) as gates:
+        for lean in (False, True):
+            gates.set(torch.sigmoid(scores))
+            if lean:
+                loss = causal_lm_loss(model, ids)
+            else:
+                loss = model(input_ids=ids, labels=ids).loss
+            (grad,) = torch.autograd.grad(loss, scores)
+            results.append((loss.detach(), grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
