@@ -37,12 +37,6 @@ from pruneframe_grasprune.training import attention_implementation, causal_lm_lo
 CONFIGS = [("eager", "plain"), ("eager", "lean"), ("sdpa", "plain"), ("sdpa", "lean")]
 
 
-def _plain_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[:, :-1])
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-
-
 class _Setup:
     """The model, its units, one batch and the gate scores, shared by every measurement."""
 
@@ -58,12 +52,11 @@ class _Setup:
             self.model(self.ids, use_cache=False)
 
     def step(self, attention: str, loss_path: str) -> None:
-        loss_fn = causal_lm_loss if loss_path == "lean" else _plain_loss
         with frozen(self.model), attention_implementation(self.model, attention), UnitGates(self.model, self.units) as gates:
             p = torch.sigmoid(self.scores / 1.5)
             gates.set((p > 0.5).float() + p - p.detach())
             self.scores.grad = None
-            loss_fn(self.model, self.ids).backward()
+            causal_lm_loss(self.model, self.ids, lean=loss_path == "lean").backward()
 
 
 def _timed(fn: Callable[[], None]) -> float:

@@ -53,18 +53,19 @@ def attention_implementation(model: nn.Module, name: str | None) -> Iterator[nn.
             config._attn_implementation = previous
 
 
-def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy over every predicted token (the plain causal-LM loss).
 
     Computed from the decoder's hidden states and the output embeddings directly: the logits of the
-    last position, which predict nothing, are never formed. With a frozen, bias-free output matrix
-    (the training loops freeze the backbone) the memory-lean
-    :func:`~pruneframe.losses.linear_cross_entropy` never holds the full logits.
+    last position, which predict nothing, are never formed. With ``lean`` and a frozen, bias-free
+    output matrix (the training loops freeze the backbone) the memory-lean
+    :func:`~pruneframe.losses.linear_cross_entropy` never holds the full logits; otherwise the plain
+    ``cross_entropy`` of the logits.
     """
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     head = model.get_output_embeddings()
     targets = input_ids[:, 1:].reshape(-1)
-    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
+    if lean and isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
     logits = head(hidden)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
