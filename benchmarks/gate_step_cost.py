@@ -1,9 +1,12 @@
 """Cost of one GRASPrune gate-training step on SmolLM2-135M, by attention kernel and loss path.
 
-Configurations: attention ``eager`` or ``sdpa``; loss the plain ``cross_entropy(lm_head(hidden))`` or
-the memory-lean :func:`pruneframe.losses.linear_cross_entropy` the training loops use. A step is
-what GRASPrune does every step: gates on every unit (frozen backbone), forward, backward to the gate
-scores; the dense forward is the GRASPrune benchmark's (batch 1, inference mode, full logits).
+Configurations: attention ``eager`` or ``sdpa``; loss the plain ``cross_entropy(lm_head(hidden))``,
+the memory-lean :func:`pruneframe.losses.linear_cross_entropy` the training loops use, or the
+``distill`` objective (:func:`pruneframe.losses.linear_kl_divergence` against cached dense hidden
+states). A step is what GRASPrune does every step: gates on every unit (frozen backbone) carrying a
+keep-0.8 mask that meets the budget, forward, backward to the gate scores; the dense forward is the
+GRASPrune benchmark's (batch 1, inference mode, full logits). The mask matters: with every unit off
+the logits are extreme and the softmax runs into subnormal numbers, which are many times slower.
 
 Time: one process runs a dense forward and a step of every configuration in turn, ``--reps`` times
 (interleaved, so slow phases of a shared machine hit every configuration alike) and reports medians.
@@ -29,12 +32,13 @@ import torch
 from pruneframe._io import write_json_atomic
 from pruneframe._memory import PeakMemory
 from pruneframe.architectures.llama import discover
+from pruneframe.budget import project
 from pruneframe.checkpoint import software_versions
 from pruneframe.gates import UnitGates
 from pruneframe.models import load_model
-from pruneframe_grasprune.training import attention_implementation, causal_lm_loss, frozen
+from pruneframe_grasprune.training import attention_implementation, causal_lm_loss, distillation_loss, frozen
 
-CONFIGS = [("eager", "plain"), ("eager", "lean"), ("sdpa", "plain"), ("sdpa", "lean")]
+CONFIGS = [("eager", "plain"), ("eager", "lean"), ("sdpa", "plain"), ("sdpa", "lean"), ("sdpa", "distill")]
 
 
 class _Setup:
@@ -46,6 +50,10 @@ class _Setup:
         g = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, self.model.config.vocab_size, (1, seq_len), generator=g)
         self.scores = torch.zeros(len(self.units), requires_grad=True)
+        target = int(0.8 * self.units.prunable_params)
+        self.mask = project(torch.rand(len(self.units), generator=g), self.units.cost, target, groups=self.units.groups).float()
+        with torch.inference_mode():
+            self.teacher = self.model.get_decoder()(input_ids=self.ids, use_cache=False).last_hidden_state[:, :-1].clone()
 
     def forward(self) -> None:
         with torch.inference_mode():
@@ -54,9 +62,12 @@ class _Setup:
     def step(self, attention: str, loss_path: str) -> None:
         with frozen(self.model), attention_implementation(self.model, attention), UnitGates(self.model, self.units) as gates:
             p = torch.sigmoid(self.scores / 1.5)
-            gates.set((p > 0.5).float() + p - p.detach())
+            gates.set(self.mask + p - p.detach())
             self.scores.grad = None
-            causal_lm_loss(self.model, self.ids, lean=loss_path == "lean").backward()
+            if loss_path == "distill":
+                distillation_loss(self.model, self.ids, self.teacher).backward()
+            else:
+                causal_lm_loss(self.model, self.ids, lean=loss_path == "lean").backward()
 
 
 def _timed(fn: Callable[[], None]) -> float:

@@ -8,14 +8,23 @@ mask before recalibration, the mask with scales applied as gates, the folded mod
 fed random scores; gate-training tokens/s next to the dense forward tokens/s measured in this run;
 peak RSS during gate training next to dense evaluation at the training and evaluation lengths.
 
+Every (budget, variant) run happens in a fresh child process, which first measures the dense
+forward (tokens/s and peak RSS) and then prunes: memory freed by an earlier run stays in a
+process's RSS and would inflate a later run's peak, and the throughput ratio compares two rates
+measured minutes apart in the same process.
+
     python benchmarks/grasprune_smollm2.py --out benchmarks/results/grasprune_smollm2.json
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,11 +47,30 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # documented non-default: stage B at learning rate 3e-2 instead of 1e-2 (the scales move further
     # in their 64 steps)
     "scales-lr3e-2": {"rescale_lr": 3e-2},
+    # documented non-default: both stages distil the dense model (KL of next-token distributions)
+    # instead of fitting the calibration text
+    "distill": {"loss": "distill", "rescale_loss": "distill"},
     # other documented options, not in the default run
+    "distill-gates": {"loss": "distill"},
+    # more steps at the same token count: each 256-token window split in two (256 steps, not 128)
+    "more-steps": {"split": 2},
     "bias-comp": {"bias_compensation": True},
     "density": {"policy": "density"},
 }
 PROTOCOL = dict(num_sequences=64, seq_len=256, epochs=2, rescale_sequences=64)
+
+
+def variant_config(name: str, protocol: dict[str, int]) -> dict[str, Any]:
+    """The GRASPrune config of a variant under ``protocol`` (``split`` cuts every window into parts)."""
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    over = dict(VARIANTS[name])
+    split = over.pop("split", 1)
+    cfg = {**protocol, **over}
+    if split > 1:
+        cfg.update(seq_len=protocol["seq_len"] // split, num_sequences=protocol["num_sequences"] * split,
+                   rescale_sequences=protocol["rescale_sequences"] * split)
+    return cfg
 
 
 def _ppl(model: torch.nn.Module, windows: torch.Tensor) -> float:
@@ -61,106 +89,140 @@ def _forward_rate(model: torch.nn.Module, windows: torch.Tensor) -> tuple[float,
     return windows.numel() / dt, mem.report.as_dict()
 
 
+class _Inputs:
+    """Model, units, calibration and evaluation windows: identical in the parent and every child."""
+
+    def __init__(self, sequences: int, eval_windows: int) -> None:
+        self.protocol = {**PROTOCOL, "num_sequences": sequences, "rescale_sequences": sequences}
+        self.model, tokenizer = load_model("smollm2-135m", dtype="float32")
+        self.calib_src = resolve_text("wikitext-2", split="validation")
+        self.eval_src = resolve_text("wikitext-2", split="test")
+        self.calib = token_windows(self.calib_src, tokenizer, PROTOCOL["seq_len"], num_windows=2 * sequences)
+        self.evalw = token_windows(self.eval_src, tokenizer, 512, num_windows=eval_windows)
+        self.units = discover(self.model)
+
+
+def run_one(inputs: _Inputs, keep: float, name: str, progress: bool) -> dict[str, Any]:
+    """Dense forward rate and memory, then GRASPrune ``name`` at ``keep``, in this (fresh) process."""
+    model, units, evalw = inputs.model, inputs.units, inputs.evalw
+    rate256, mem256 = _forward_rate(model, inputs.calib[:4])
+    with PeakMemory() as mem512:
+        _ppl(model, evalw[:4])
+    cfg = variant_config(name, inputs.protocol)
+    calibration = CalibrationData(inputs.calib.reshape(-1), name=inputs.calib_src.origin)
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=progress)
+    wall = time.perf_counter() - t0
+    rep = result.report
+    check_meets_budget(result.mask, units.cost, rep["budget_prunable_params"], units.groups, units.default_minimum())
+    gates = rep["method_stats"]["gates"]
+    steps_ok = all(c <= rep["budget_prunable_params"] for c in gates["kept_cost_per_step"])
+    with gated(model, units, result.mask):
+        hard_ppl = _ppl(model, evalw)
+    few = evalw[:8]
+    with gated(model, units, result.mask, result.recalibration):
+        gated_few = _ppl(model, few)
+    folded_few = _ppl(result.model, few)
+    folded_ppl = _ppl(result.model, evalw)
+    rescale = dict(rep["method_stats"].get("rescale", {}))
+    rescale.pop("kept_cost_per_step", None)
+    peak = gates["peak_rss_bytes"]
+    return {
+        "variant": name, "keep": keep, "config": rep["config"],
+        "budget_prunable_params": rep["budget_prunable_params"],
+        "kept_prunable_params": rep["kept_prunable_params"],
+        "kept_fraction_of_prunable": rep["kept_fraction_of_prunable"],
+        "kept_params": rep["kept_params"], "budget_met_every_step": steps_ok,
+        "ppl_hard_mask": hard_ppl, "ppl_folded": folded_ppl,
+        "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
+        "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
+        "gate_tokens_per_s": gates["tokens_per_second"],
+        "dense_forward_tokens_per_s_256": rate256,
+        "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
+        "rescale": rescale, "prune_wall_s": wall, "peak_rss_prune": mem.report.as_dict(),
+        "peak_rss_dense_forward_256": mem256, "peak_rss_dense_eval_512": mem512.report.as_dict(),
+        "peak_rss_gate_training_bytes": peak,
+        "peak_rss_gate_training_over_dense_forward_256": peak / mem256["peak_rss_bytes"],
+        "peak_rss_gate_training_over_dense_eval_512": peak / mem512.report.peak_rss,
+        "widths": result.units.widths(result.mask),
+    }
+
+
+def _child(args: argparse.Namespace, keep: float, name: str, scratch: Path) -> dict[str, Any]:
+    """Run one (budget, variant) in a fresh interpreter and read back its JSON."""
+    out = scratch / f"run-{keep}-{name}.json"
+    cmd = [sys.executable, __file__, "--child", f"{keep}:{name}", "--out", str(out),
+           "--sequences", str(args.sequences), "--eval-windows", str(args.eval_windows)]
+    if args.quiet:
+        cmd.append("--quiet")
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"run keep={keep} variant={name} failed with exit code {done.returncode}")
+    return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.8,0.5")
-    parser.add_argument("--variants", default="reference,scales-lr3e-2")
+    parser.add_argument("--variants", default="reference,distill")
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--sequences", type=int, default=PROTOCOL["num_sequences"], help="smoke runs only: fewer calibration sequences")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # KEEP:VARIANT, run by the parent
     args = parser.parse_args()
     torch.manual_seed(0)
-    PROTOCOL.update(num_sequences=args.sequences, rescale_sequences=args.sequences)
+    for name in args.variants.split(","):
+        variant_config(name, PROTOCOL)  # unknown names fail before any work
+    inputs = _Inputs(args.sequences, args.eval_windows)
+    if args.child is not None:
+        keep, name = args.child.split(":")
+        write_json_atomic(args.out, run_one(inputs, float(keep), name, progress=not args.quiet))
+        return
 
-    model, tokenizer = load_model("smollm2-135m", dtype="float32")
-    calib_src = resolve_text("wikitext-2", split="validation")
-    eval_src = resolve_text("wikitext-2", split="test")
-    calib = token_windows(calib_src, tokenizer, PROTOCOL["seq_len"], num_windows=2 * PROTOCOL["num_sequences"])
-    evalw = token_windows(eval_src, tokenizer, 512, num_windows=args.eval_windows)
-    units = discover(model)
+    units = inputs.units
     out: dict[str, Any] = {
         "protocol": {
             "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 GGUF dequantised to fp32)",
-            "calibration": {"source": calib_src.origin, "fingerprint": calib_src.fingerprint, **PROTOCOL,
-                            "gate_windows": "0-63", "rescale_windows": "64-127"},
-            "evaluation": {"source": eval_src.origin, "fingerprint": eval_src.fingerprint, "seq_len": 512,
+            "calibration": {"source": inputs.calib_src.origin, "fingerprint": inputs.calib_src.fingerprint,
+                            **inputs.protocol, "gate_windows": "0-63", "rescale_windows": "64-127"},
+            "evaluation": {"source": inputs.eval_src.origin, "fingerprint": inputs.eval_src.fingerprint, "seq_len": 512,
                            "windows": args.eval_windows, "non_overlapping": True, "dtype": "float32", "batch_size": 1},
             "threads": torch.get_num_threads(),
+            "process": "one fresh process per (budget, variant): dense forward rate and memory, then pruning",
+            "variants": {name: variant_config(name, inputs.protocol) for name in args.variants.split(",")},
         },
         "software": software_versions(),
         "dense": {},
         "runs": [],
     }
-    rate256, mem256 = _forward_rate(model, calib[:8])
-    t0 = time.perf_counter()
-    with PeakMemory() as mem512:
-        dense_ppl = _ppl(model, evalw)
-    eval_s = time.perf_counter() - t0
-    out["dense"] = {
-        "ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params,
-        "forward_tokens_per_s_256": rate256, "eval_tokens_per_s_512": evalw.numel() / eval_s,
-        "peak_rss_forward_256": mem256, "peak_rss_eval_512": mem512.report.as_dict(),
-    }
-    print(f"dense ppl {dense_ppl:.2f}  forward {rate256:.0f} tok/s @256", flush=True)
-
+    dense_ppl = _ppl(inputs.model, inputs.evalw)
+    out["dense"] = {"ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params}
+    print(f"dense ppl {dense_ppl:.2f}", flush=True)
+    random_ppl = {}
     for keep in [float(b) for b in args.budgets.split(",")]:
         g = torch.Generator().manual_seed(0)
-        target = int(keep * units.prunable_params)
-        rand_mask = pruneframe.budget.project(torch.rand(len(units), generator=g), units.cost, target, groups=units.groups)
-        with gated(model, units, rand_mask):
-            rand_ppl = _ppl(model, evalw)
-        print(f"keep {keep}: random-score mask ppl {rand_ppl:.2f}", flush=True)
-        for name in args.variants.split(","):
-            cfg = {**PROTOCOL, **VARIANTS[name]}
-            calibration = CalibrationData(calib.reshape(-1), name=calib_src.origin)
-            gc.collect()
-            rate_now, _ = _forward_rate(model, calib[:4])  # dense forward rate right before, same conditions
-            t0 = time.perf_counter()
-            with PeakMemory() as mem:
-                result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=not args.quiet)
-            wall = time.perf_counter() - t0
-            rep = result.report
-            check_meets_budget(result.mask, units.cost, rep["budget_prunable_params"], units.groups, units.default_minimum())
-            steps_ok = all(c <= rep["budget_prunable_params"] for c in rep["method_stats"]["gates"]["kept_cost_per_step"])
-            with gated(model, units, result.mask):
-                hard_ppl = _ppl(model, evalw)
-            few = evalw[:8]
-            with gated(model, units, result.mask, result.recalibration):
-                gated_few = _ppl(model, few)
-            folded_few = _ppl(result.model, few)
-            folded_ppl = _ppl(result.model, evalw)
-            gates = rep["method_stats"]["gates"]
-            run = {
-                "variant": name, "keep": keep, "config": rep["config"],
-                "budget_prunable_params": rep["budget_prunable_params"],
-                "kept_prunable_params": rep["kept_prunable_params"],
-                "kept_fraction_of_prunable": rep["kept_fraction_of_prunable"],
-                "kept_params": rep["kept_params"], "budget_met_every_step": steps_ok,
-                "ppl_random_mask": rand_ppl, "ppl_hard_mask": hard_ppl, "ppl_folded": folded_ppl,
-                "ratio_folded_to_dense": folded_ppl / dense_ppl,
-                "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
-                "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
-                "gate_tokens_per_s": gates["tokens_per_second"],
-                "dense_forward_tokens_per_s_before": rate_now,
-                "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate_now,
-                "rescale": rep["method_stats"].get("rescale", {}),
-                "prune_wall_s": wall, "peak_rss_prune": mem.report.as_dict(),
-                "peak_rss_gate_training_bytes": gates["peak_rss_bytes"],
-                "peak_rss_gate_training_over_dense_eval_512": gates["peak_rss_bytes"] / mem512.report.peak_rss,
-                "peak_rss_gate_training_over_dense_forward_256": gates["peak_rss_bytes"] / mem256["peak_rss_bytes"],
-                "widths": result.units.widths(result.mask),
-            }
-            run["rescale"].pop("kept_cost_per_step", None)
-            out["runs"].append(run)
-            print(
-                f"keep {keep} {name}: hard {hard_ppl:.2f} folded {folded_ppl:.2f} ({folded_ppl / dense_ppl:.2f}x) "
-                f"kept {rep['kept_fraction_of_prunable']:.4f} gate {gates['tokens_per_second']:.0f} tok/s "
-                f"({run['gate_to_dense_forward_throughput']:.2f}x) rss {run['peak_rss_gate_training_over_dense_forward_256']:.2f}x",
-                flush=True,
-            )
-            del result
-            write_json_atomic(args.out, out)
+        rand_mask = pruneframe.budget.project(torch.rand(len(units), generator=g), units.cost, int(keep * units.prunable_params), groups=units.groups)
+        with gated(inputs.model, units, rand_mask):
+            random_ppl[keep] = _ppl(inputs.model, inputs.evalw)
+        print(f"keep {keep}: random-score mask ppl {random_ppl[keep]:.2f}", flush=True)
+    del inputs
+    with tempfile.TemporaryDirectory(prefix="grasprune-bench-") as scratch:
+        for keep in random_ppl:
+            for name in args.variants.split(","):
+                run = _child(args, keep, name, Path(scratch))
+                run.update(ppl_random_mask=random_ppl[keep], ratio_folded_to_dense=run["ppl_folded"] / dense_ppl,
+                           ratio_hard_to_dense=run["ppl_hard_mask"] / dense_ppl)
+                out["runs"].append(run)
+                print(
+                    f"keep {keep} {name}: hard {run['ppl_hard_mask']:.2f} folded {run['ppl_folded']:.2f} "
+                    f"({run['ratio_folded_to_dense']:.2f}x) kept {run['kept_fraction_of_prunable']:.4f} "
+                    f"gate {run['gate_tokens_per_s']:.0f} tok/s ({run['gate_to_dense_forward_throughput']:.2f}x) "
+                    f"rss {run['peak_rss_gate_training_over_dense_forward_256']:.2f}x",
+                    flush=True,
+                )
+                write_json_atomic(args.out, out)
     write_json_atomic(args.out, out)
 
 

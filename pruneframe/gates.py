@@ -53,6 +53,16 @@ class UnitGates:
         """Set output biases ``[layers, hidden]`` added to down_proj / o_proj outputs (``None``: none)."""
         self.mlp_bias, self.attn_bias = mlp_bias, attn_bias
 
+    @contextmanager
+    def disabled(self) -> Iterator["UnitGates"]:
+        """Run the model ungated (no gates, no biases) inside the block, e.g. as its own dense teacher."""
+        saved = self.z, self.mlp_bias, self.attn_bias
+        self.z = self.mlp_bias = self.attn_bias = None
+        try:
+            yield self
+        finally:
+            self.z, self.mlp_bias, self.attn_bias = saved
+
     def install(self) -> "UnitGates":
         """Register the hooks."""
         if self._handles:

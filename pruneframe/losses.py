@@ -8,15 +8,25 @@ operation, the gradient with respect to the logits is known as soon as they are 
 chunk into its contribution to ``d loss / d hidden`` right away and keeps only that (``[tokens,
 hidden]``). Same arithmetic as the plain path (one logits matmul forward, one gradient matmul), no
 recomputation, a fraction of the memory.
+
+:func:`linear_kl_divergence` does the same for distillation from a frozen teacher's hidden states
+through the same output matrix: ``KL(teacher || student)``, whose logits gradient is
+``softmax(student) - softmax(teacher)``.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["linear_cross_entropy"]
+__all__ = ["linear_cross_entropy", "linear_kl_divergence"]
 
 _CHUNK_ELEMENTS = 1 << 24  # logits elements per chunk: 64 MiB in fp32 (one chunk for 256 tokens of a 49k vocabulary)
+
+
+def _shifted_logits(hidden: torch.Tensor, weight: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``hidden @ weight.T`` in ``acc``, shifted in place so every row's maximum is 0."""
+    logits = (hidden @ weight.T).to(acc)
+    return logits.sub_(logits.amax(dim=-1, keepdim=True))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -29,13 +39,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            logits = (hidden[start:stop] @ weight.T).to(acc)
+            # one pass over the logits, in place: shift by the row max, exponentiate once, normalise
+            logits = _shifted_logits(hidden[start:stop], weight, acc)
             target = targets[start:stop, None]
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (lse - logits.gather(1, target)).sum()
+            target_logit = logits.gather(1, target)
+            probs = logits.exp_()
+            norm = probs.sum(dim=-1, keepdim=True)
+            total += (norm.log() - target_logit).sum()
             if need_grad:
-                probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
-                probs.scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))
+                probs.div_(norm).scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))
                 grad_hidden[start:stop] = (probs.to(weight.dtype) @ weight).div_(n)
         ctx.save_for_backward(grad_hidden)
         return total / n
@@ -46,6 +58,61 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None
 
 
+class _LinearKLDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
+        n = hidden.shape[0]
+        need_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            t = _shifted_logits(teacher[start:stop], weight, acc)
+            s = _shifted_logits(hidden[start:stop], weight, acc)
+            # KL(p_t || p_s) per row = sum p_t (t - s) - log Z_t + log Z_s, with t, s shifted logits
+            p_t = t.exp()
+            z_t = p_t.sum(dim=-1, keepdim=True)
+            p_t.div_(z_t)
+            cross = (t.sub_(s).mul_(p_t)).sum(dim=-1, keepdim=True)
+            p_s = s.exp_()
+            z_s = p_s.sum(dim=-1, keepdim=True)
+            total += (cross - z_t.log() + z_s.log()).sum()
+            if need_grad:
+                grad_hidden[start:stop] = (p_s.div_(z_s).sub_(p_t).to(weight.dtype) @ weight).div_(n)
+        ctx.save_for_backward(grad_hidden)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None
+
+
+def _check_frozen_head(hidden: torch.Tensor, weight: torch.Tensor, what: str) -> None:
+    if weight.requires_grad:
+        raise ValueError(f"{what} computes no weight gradient; freeze the output weight")
+    if hidden.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"expected hidden [N, d] and weight [V, d]; got {tuple(hidden.shape)}, {tuple(weight.shape)}")
+
+
+def _chunk(weight: torch.Tensor, chunk_tokens: int | None) -> int:
+    return chunk_tokens or max(1, _CHUNK_ELEMENTS // weight.shape[0])
+
+
+def linear_kl_divergence(hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean over rows of ``KL(softmax(teacher_hidden @ W.T) || softmax(hidden @ W.T))``.
+
+    Distillation through a shared frozen output matrix ``weight`` (``[V, d]``): gradients reach
+    ``hidden`` only (the teacher is a constant). Like :func:`linear_cross_entropy`, the logits are
+    formed chunk by chunk and only ``[N, d]`` gradients are kept.
+    """
+    _check_frozen_head(hidden, weight, "linear_kl_divergence")
+    if teacher_hidden.shape != hidden.shape:
+        raise ValueError(f"teacher hidden states {tuple(teacher_hidden.shape)} do not match student {tuple(hidden.shape)}")
+    return _LinearKLDivergence.apply(hidden, teacher_hidden.detach(), weight, _chunk(weight, chunk_tokens))
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` (``[N, d] x [V, d]``) against ``targets`` (``[N]``).
 
@@ -53,12 +120,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     only; ``weight`` must not require grad (it is the frozen output embedding). Every target counts
     (no ignore index). ``chunk_tokens`` bounds the logits held at once (default: about 16M elements; fewer chunks re-read the weight fewer times).
     """
-    if weight.requires_grad:
-        raise ValueError("linear_cross_entropy computes no weight gradient; freeze the output weight or use cross_entropy")
-    if hidden.dim() != 2 or targets.shape != hidden.shape[:1] or weight.shape[1] != hidden.shape[1]:
+    _check_frozen_head(hidden, weight, "linear_cross_entropy")
+    if targets.shape != hidden.shape[:1]:
         raise ValueError(
             f"expected hidden [N, d], weight [V, d], targets [N]; got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)}, {tuple(targets.shape)}"
         )
-    chunk = chunk_tokens or max(1, _CHUNK_ELEMENTS // weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, targets.long(), chunk)
+    return _LinearCrossEntropy.apply(hidden, weight, targets.long(), _chunk(weight, chunk_tokens))

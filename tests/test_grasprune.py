@@ -52,7 +52,8 @@ def test_budget_met_at_every_step_and_export_reloads(tmp_path, family: str) -> N
     torch.testing.assert_close(result.model(ids).logits, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_reach_gate_scores_and_nothing_else() -> None:
+@pytest.mark.parametrize("objective", ["lm", "distill"])
+def test_gradients_reach_gate_scores_and_nothing_else(objective: str) -> None:
     model = tiny_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -67,7 +68,8 @@ def test_gradients_reach_gate_scores_and_nothing_else() -> None:
 
     torch.optim.AdamW.step = spy_step
     try:
-        result = pruneframe.prune(model, "grasprune", 0.6, calibration=tokens(6, 12), config=FAST, progress=False)
+        cfg = {**FAST, "loss": objective, "rescale_loss": objective}
+        result = pruneframe.prune(model, "grasprune", 0.6, calibration=tokens(6, 12), config=cfg, progress=False)
     finally:
         torch.optim.AdamW.step = original
     assert seen and all(all(s) for s in seen)  # every step: the gate (or scale) tensor got a gradient
@@ -153,3 +155,35 @@ def test_training_loss_is_the_plain_causal_lm_loss_and_attention_is_restored() -
             got = causal_lm_loss(model, ids)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert model.config._attn_implementation == before
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen3"])
+def test_distillation_loss_is_kl_from_the_ungated_model(family: str) -> None:
+    from pruneframe.architectures.llama import discover
+    from pruneframe.gates import UnitGates
+    from pruneframe_grasprune.training import DenseTeacher, distillation_loss, frozen
+
+    model = tiny_model(family)
+    units = discover(model)
+    ids = tokens(3, 12)
+    with torch.no_grad():
+        dense = model(ids).logits[:, :-1]
+    scores = torch.linspace(-2, 2, len(units)).requires_grad_(True)
+    with frozen(model), UnitGates(model, units) as gates:
+        gates.set(torch.sigmoid(scores))
+        teacher = DenseTeacher(model, gates, ids, batch_size=2, progress=False)
+        assert torch.equal(gates.z, torch.sigmoid(scores))  # the teacher pass left the gates as they were
+        rows = torch.tensor([2, 0])
+        loss = distillation_loss(model, ids[rows], teacher[rows])
+        (grad,) = torch.autograd.grad(loss, scores)
+        with torch.no_grad():
+            student = model(ids[rows]).logits[:, :-1]
+        gates.set(torch.ones(len(units)))
+        zero = distillation_loss(model, ids[rows], teacher[rows])
+    want = torch.nn.functional.kl_div(
+        torch.log_softmax(student, -1).flatten(0, 1), torch.log_softmax(dense[rows], -1).flatten(0, 1),
+        log_target=True, reduction="batchmean",
+    )
+    torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-4)
+    assert float(zero) == pytest.approx(0.0, abs=1e-5)
+    assert grad.abs().sum() > 0

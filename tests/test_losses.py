@@ -52,3 +52,24 @@ def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family
             results.append((loss.detach(), grad))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4, 64])
+def test_linear_kl_divergence_matches_kl_div(chunk: int | None) -> None:
+    from pruneframe.losses import linear_kl_divergence
+
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(11, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(11, 6, generator=g, dtype=torch.float64)
+    weight = 2 * torch.randn(17, 6, generator=g, dtype=torch.float64)
+    log_s = torch.log_softmax(hidden @ weight.T, dim=-1)
+    log_t = torch.log_softmax(teacher @ weight.T, dim=-1)
+    want = torch.nn.functional.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+    (want_grad,) = torch.autograd.grad(2.0 * want, hidden)
+    got = linear_kl_divergence(hidden, teacher, weight, chunk_tokens=chunk)
+    (got_grad,) = torch.autograd.grad(2.0 * got, hidden)
+    torch.testing.assert_close(got.to(want.dtype), want, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-10, rtol=1e-10)
+    assert float(linear_kl_divergence(teacher, teacher, weight)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="do not match"):
+        linear_kl_divergence(hidden, teacher[:3], weight)

@@ -31,10 +31,17 @@ class GRASPruneConfig(MethodConfig):
     seq_len: PositiveInt = Field(256, description="tokens per calibration sequence")
     batch_size: PositiveInt = 1
     shuffle: bool = Field(True, description="reshuffle the sequences every epoch (seeded)")
+    loss: Literal["lm", "distill"] = Field(
+        "lm",
+        description="stage A objective: lm = causal-LM cross-entropy on the calibration text (reference); "
+        "distill = KL divergence from the dense model's next-token distribution (the same frozen backbone "
+        "with the gates off; its hidden states are computed once, one forward per sequence)",
+    )
     rescale: bool = Field(True, description="stage B: learn one scale per kept unit and fold it in")
     rescale_alpha: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="gamma = 1 + alpha * tanh(t)")
     rescale_lr: PositiveFloat = 1e-2
     rescale_epochs: PositiveInt = 1
+    rescale_loss: Literal["lm", "distill"] = Field("lm", description="stage B objective, as ``loss``")
     rescale_sequences: Annotated[int | None, Field(ge=1)] = Field(
         None, description="sequences for stage B, taken after the gate-training ones (default: num_sequences)"
     )

@@ -27,7 +27,7 @@ from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
-from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop
+from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop, window_loss
 
 __all__ = ["GRASPrune"]
 
@@ -77,9 +77,10 @@ class GRASPrune(PruningMethod):
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
                 UnitGates(context.model, units) as gates:
+            loss_fn = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
-                context.model, gates, [scores], gate_fn,
-                batches(windows, cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
+                context.model, gates, [scores], gate_fn, loss_fn, windows,
+                batches(len(windows), cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
                 steps, optimizer, "grasprune gates", context.progress,
             )
         context.stats["gates"] = {
@@ -116,9 +117,10 @@ class GRASPrune(PruningMethod):
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
                 UnitGates(context.model, context.units) as gates:
             gates.set_bias(mlp_bias, attn_bias)
+            loss_fn = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
-                context.model, gates, [t], gate_fn,
-                batches(windows, cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
+                context.model, gates, [t], gate_fn, loss_fn, windows,
+                batches(len(windows), cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
                 steps, optimizer, "grasprune scales", context.progress,
             )
         context.stats["rescale"] = {

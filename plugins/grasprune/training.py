@@ -17,9 +17,12 @@ from tqdm.auto import tqdm
 
 from pruneframe._memory import PeakMemory
 from pruneframe.gates import UnitGates
-from pruneframe.losses import linear_cross_entropy
+from pruneframe.losses import linear_cross_entropy, linear_kl_divergence
 
-__all__ = ["frozen", "attention_implementation", "causal_lm_loss", "LoopStats", "run_loop", "batches"]
+__all__ = [
+    "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LoopStats",
+    "run_loop", "batches", "window_loss",
+]
 
 
 @contextmanager
@@ -63,21 +66,86 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True)
     ``cross_entropy`` of the logits.
     """
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    head = model.get_output_embeddings()
+    head = _lean_head(model)
     targets = input_ids[:, 1:].reshape(-1)
-    if lean and isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
+    if lean and head is not None:
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
-    logits = head(hidden)
+    logits = model.get_output_embeddings()(hidden)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
 
 
-def batches(windows: torch.Tensor, batch_size: int, epochs: int, shuffle: bool, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(epoch, batch)`` over ``epochs`` passes; a seeded permutation per epoch when shuffling."""
+def _lean_head(model: nn.Module) -> nn.Linear | None:
+    """The output embedding when the lean losses apply to it (frozen, bias-free ``nn.Linear``)."""
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
+        return head
+    return None
+
+
+class DenseTeacher:
+    """The dense model's final hidden states for every calibration window, computed once.
+
+    The backbone is frozen and the teacher is the same model with its gates disabled, so its
+    outputs never change: one no-grad forward per window, cached (``windows x (seq_len - 1) x
+    hidden`` values), instead of one per step and epoch.
+    """
+
+    def __init__(self, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool) -> None:
+        device = next(model.parameters()).device
+        decoder = model.get_decoder()
+        parts = []
+        with gates.disabled(), torch.inference_mode():
+            for start in tqdm(range(0, len(windows), batch_size), desc="dense teacher", disable=not progress, leave=False):
+                ids = windows[start : start + batch_size].to(device)
+                parts.append(decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1].clone())
+        self.hidden = torch.cat(parts)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.hidden[rows.to(self.hidden.device)]
+
+
+def distillation_loss(model: nn.Module, input_ids: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Mean ``KL(teacher || model)`` of the next-token distributions, over the positions the LM loss uses.
+
+    ``teacher_hidden`` are the dense model's final hidden states for ``input_ids`` without the last
+    position (see :class:`DenseTeacher`); both go through the model's own output embedding.
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    head = _lean_head(model)
+    if head is not None:
+        d = hidden.shape[-1]
+        return linear_kl_divergence(hidden.reshape(-1, d), teacher_hidden.reshape(-1, d), head.weight)
+    out = model.get_output_embeddings()
+    log_s = torch.log_softmax(out(hidden).float(), dim=-1).flatten(0, 1)
+    log_t = torch.log_softmax(out(teacher_hidden).float(), dim=-1).flatten(0, 1)
+    return torch.nn.functional.kl_div(log_s, log_t.detach(), log_target=True, reduction="batchmean")
+
+
+def window_loss(
+    kind: str, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training loss on ``windows[rows]`` as a function of ``rows``.
+
+    ``kind`` is ``"lm"`` (causal-LM cross-entropy on the calibration text) or ``"distill"`` (KL
+    divergence from the dense model, i.e. the same backbone with the gates disabled; its hidden
+    states are computed once up front by :class:`DenseTeacher`).
+    """
+    device = next(model.parameters()).device
+    if kind == "lm":
+        return lambda rows: causal_lm_loss(model, windows[rows].to(device))
+    if kind == "distill":
+        teacher = DenseTeacher(model, gates, windows, batch_size, progress)
+        return lambda rows: distillation_loss(model, windows[rows].to(device), teacher[rows])
+    raise ValueError(f"unknown loss {kind!r}; expected 'lm' or 'distill'")
+
+
+def batches(count: int, batch_size: int, epochs: int, shuffle: bool, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(epoch, rows)`` over ``epochs`` passes of ``count`` windows; a seeded permutation per epoch when shuffling."""
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
-        order = torch.randperm(len(windows), generator=g) if shuffle else torch.arange(len(windows))
-        for start in range(0, len(windows), batch_size):
-            yield epoch, windows[order[start : start + batch_size]]
+        order = torch.randperm(count, generator=g) if shuffle else torch.arange(count)
+        for start in range(0, count, batch_size):
+            yield epoch, order[start : start + batch_size]
 
 
 @dataclass
@@ -100,35 +168,37 @@ def run_loop(
     gates: UnitGates,
     params: list[torch.Tensor],
     gate_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    windows: torch.Tensor,
     data: Iterator[tuple[int, torch.Tensor]],
     total_steps: int,
     optimizer: torch.optim.Optimizer,
     desc: str,
     progress: bool,
 ) -> LoopStats:
-    """Minimise the causal-LM loss over ``params`` with gates from ``gate_fn(step)``.
+    """Minimise ``loss_fn`` over ``params`` with gates from ``gate_fn(step)``.
 
-    ``gate_fn`` returns the gate vector for this step (carrying gradients to ``params``) and numbers
-    for the progress bar. A non-finite loss stops the loop with an error naming the step.
+    ``data`` yields ``(epoch, rows)``; ``loss_fn(rows)`` is the loss on ``windows[rows]`` (rows let
+    a loss look up per-window constants such as a teacher's outputs). ``gate_fn`` returns the gate
+    vector for this step (carrying gradients to ``params``) and numbers for the progress bar. A
+    non-finite loss stops the loop with an error naming the step.
     """
     stats = LoopStats()
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
-    device = next(model.parameters()).device
-    memory = PeakMemory(device=str(device)).__enter__()
+    memory = PeakMemory(device=str(next(model.parameters()).device)).__enter__()
     try:
-        for step, (epoch, batch) in enumerate(data):
+        for step, (epoch, rows) in enumerate(data):
             t0 = time.perf_counter()
             z, shown = gate_fn(step)
             gates.set(z)
-            batch = batch.to(device)
-            loss = causal_lm_loss(model, batch)
+            loss = loss_fn(rows)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             stats.losses.append(float(loss.detach()))
-            stats.tokens += batch.numel()
+            stats.tokens += windows[rows].numel()
             dt = time.perf_counter() - t0
             stats.seconds += dt
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", step_s=f"{dt:.2f}", **shown)
