@@ -47,7 +47,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # documented non-default: stage B at learning rate 3e-2 instead of 1e-2 (the scales move further
     # in their 64 steps)
     "scales-lr3e-2": {"rescale_lr": 3e-2},
-    # documented non-default: both stages distil the dense model (KL of next-token distributions)
+    # documented non-default: gate scores start at FLAP's ranks (init_spread 1.0) instead of all
+    # zero, and stage B at learning rate 3e-2
+    "flap-init": {"init_from": "flap", "rescale_lr": 3e-2},
+    # both stages distil the dense model (KL of next-token distributions)
     # instead of fitting the calibration text
     "distill": {"loss": "distill", "rescale_loss": "distill"},
     # other documented options, not in the default run
@@ -165,7 +168,7 @@ def _child(args: argparse.Namespace, keep: float, name: str, scratch: Path) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.8,0.5")
-    parser.add_argument("--variants", default="reference,distill")
+    parser.add_argument("--variants", default="reference,flap-init")
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")

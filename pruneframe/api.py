@@ -7,6 +7,7 @@ budget exactly and that the folded model has exactly the parameter count the mas
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,15 @@ def prune(
         model=model, units=units, calibration=_as_calibration(calibration), budget=target,
         minimum=minimum, project=project, progress=progress,
     )
+
+    def score_with(name: str, config: dict[str, Any] | None = None) -> torch.Tensor:
+        other = host.method(name, config)
+        sub = dataclasses.replace(context, stats={})
+        scores = host.score(other, sub)
+        context.stats.setdefault("scored_with", {})[name] = sub.stats
+        return scores
+
+    context.score_with = score_with
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

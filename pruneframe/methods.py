@@ -78,6 +78,9 @@ class ScoringContext:
             projection; iterative methods call it at every step.
         progress: show progress bars.
         stats: free-form numbers a method reports (tokens processed, losses, ...), copied into the report.
+        score_with: ``(method name, config) -> scores`` of another registered method on the same
+            model, units and calibration (e.g. to warm-start learned scores); ``None`` outside
+            :func:`pruneframe.prune`.
     """
 
     model: nn.Module
@@ -88,6 +91,7 @@ class ScoringContext:
     project: Callable[[torch.Tensor], torch.Tensor]
     progress: bool = True
     stats: dict[str, Any] = field(default_factory=dict)
+    score_with: Callable[[str, dict[str, Any] | None], torch.Tensor] | None = None
 
     def require_calibration(self, method: str) -> CalibrationData:
         """The calibration data, or a clear error naming the method that needs it."""

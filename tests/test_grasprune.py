@@ -187,3 +187,34 @@ def test_distillation_loss_is_kl_from_the_ungated_model(family: str) -> None:
     torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-4)
     assert float(zero) == pytest.approx(0.0, abs=1e-5)
     assert grad.abs().sum() > 0
+
+
+def test_block_adam_gates_meet_the_budget_and_learn_a_different_ranking() -> None:
+    spy = ProjectionSpy()
+    host = PluginHost.create(plugins=[spy])
+    cfg = {**FAST, "optimizer": "block-adam"}
+    result = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config=cfg, host=host, progress=False)
+    budget = result.report["budget_prunable_params"]
+    assert len(spy.calls) == FAST["epochs"] * FAST["num_sequences"] + 1
+    assert all(cost <= budget for _, cost in spy.calls)
+    adamw = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
+    assert not torch.equal(result.scores, adamw.scores)
+
+
+def test_init_from_another_method_starts_the_gates_at_its_ranks() -> None:
+    spy = ProjectionSpy()
+    host = PluginHost.create(plugins=[spy])
+    model = tiny_model()
+    cfg = {**FAST, "init_from": "random", "init_config": {"seed": 3}, "init_spread": 2.0}
+    result = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=cfg, host=host, progress=False)
+    prior = torch.rand(len(result.units), generator=torch.Generator().manual_seed(3))
+    ranks = torch.argsort(torch.argsort(prior)).float()
+    p0 = torch.sigmoid(2.0 * (ranks / (len(ranks) - 1) - 0.5) / 1.5)
+    first = spy.calls[0][0]
+    want = host.project(p0, result.units, result.report["budget_prunable_params"], result.units.default_minimum(), "rank", "global")
+    assert torch.equal(first, want)
+    assert "random" in result.report["method_stats"]["scored_with"]
+    from pruneframe.host import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown method 'nope'"):
+        pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "init_from": "nope"}, progress=False)

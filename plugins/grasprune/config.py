@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,20 @@ class GRASPruneConfig(MethodConfig):
     policy: Literal["rank", "density"] = "rank"
     tau: PositiveFloat = Field(1.5, description="temperature: p = sigmoid(s / tau)")
     lr: PositiveFloat = Field(1e-2, description="AdamW learning rate of the gate scores")
+    optimizer: Literal["adamw", "block-adam"] = Field(
+        "adamw",
+        description="gate optimizer: adamw (reference) or block-adam (one second moment per unit kind, so "
+        "units move in proportion to their gradient, not its sign; weight_decay does not apply)",
+    )
+    init_from: str | None = Field(
+        None,
+        description="registered method whose scores initialise the gate scores (warm start), by global "
+        "rank: s = init_spread * (rank / (units - 1) - 1/2); None = all zeros (reference)",
+    )
+    init_config: dict[str, Any] | None = Field(None, description="config of the init_from method")
+    init_spread: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        1.0, description="range of the initial gate scores under init_from"
+    )
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     epochs: PositiveInt = 4

@@ -27,6 +27,7 @@ from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
+from pruneframe_grasprune.optim import BlockAdam
 from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop, window_loss
 
 __all__ = ["GRASPrune"]
@@ -55,6 +56,19 @@ class GRASPrune(PruningMethod):
         choice = self.config.attn_implementation
         return None if choice == "model" else choice
 
+    def _initial_scores(self, context: ScoringContext) -> torch.Tensor:
+        """Zeros (reference), or the ranks of another method's scores spread over ``init_spread``."""
+        cfg = self.config
+        n = len(context.units)
+        if cfg.init_from is None:
+            return torch.zeros(n)
+        if context.score_with is None:
+            raise ValueError(f"grasprune init_from={cfg.init_from!r} needs a context that can run other methods (use pruneframe.prune)")
+        prior = context.score_with(cfg.init_from, cfg.init_config).float().cpu()
+        ranks = torch.empty(n)
+        ranks[torch.argsort(prior, stable=True)] = torch.arange(n, dtype=torch.float32)
+        return cfg.init_spread * (ranks / max(n - 1, 1) - 0.5)
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """Train the gates (stage A) and return the final keep probabilities p."""
         cfg = self.config
@@ -63,8 +77,11 @@ class GRASPrune(PruningMethod):
         windows = self._windows(context, cfg.num_sequences, offset=0)
         steps = cfg.epochs * -(-len(windows) // cfg.batch_size)
         device = next(context.model.parameters()).device
-        scores = torch.zeros(len(units), device=device, requires_grad=True)
-        optimizer = torch.optim.AdamW([scores], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        scores = self._initial_scores(context).to(device).requires_grad_(True)
+        if cfg.optimizer == "block-adam":
+            optimizer = BlockAdam([scores], units.kind, lr=cfg.lr, betas=cfg.betas)
+        else:
+            optimizer = torch.optim.AdamW([scores], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         kept: list[int] = []
 
         def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
