@@ -29,9 +29,46 @@ def _shifted_logits(hidden: torch.Tensor, weight: torch.Tensor, acc: torch.dtype
     return logits.sub_(logits.amax(dim=-1, keepdim=True))
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
+def _cross_entropy_rows(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, acc: torch.dtype, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed cross-entropy of one chunk and its logits gradient (``softmax - onehot``)."""
+    # one pass over the logits, in place: shift by the row max, exponentiate once, normalise
+    logits = _shifted_logits(hidden, weight, acc)
+    target = targets[:, None]
+    target_logit = logits.gather(1, target)
+    probs = logits.exp_()
+    norm = probs.sum(dim=-1, keepdim=True)
+    loss = (norm.log() - target_logit).sum()
+    if not need_grad:
+        return loss, None
+    return loss, probs.div_(norm).scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))
+
+
+def _kl_rows(
+    hidden: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor, acc: torch.dtype, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed ``KL(teacher || student)`` of one chunk and its logits gradient (``p_s - p_t``)."""
+    t = _shifted_logits(teacher, weight, acc)
+    s = _shifted_logits(hidden, weight, acc)
+    # KL(p_t || p_s) per row = sum p_t (t - s) - log Z_t + log Z_s, with t, s shifted logits
+    p_t = t.exp()
+    z_t = p_t.sum(dim=-1, keepdim=True)
+    p_t.div_(z_t)
+    cross = (t.sub_(s).mul_(p_t)).sum(dim=-1, keepdim=True)
+    p_s = s.exp_()
+    z_s = p_s.sum(dim=-1, keepdim=True)
+    loss = (cross - z_t.log() + z_s.log()).sum()
+    if not need_grad:
+        return loss, None
+    return loss, p_s.div_(z_s).sub_(p_t)
+
+
+class _ChunkedLinearLoss(torch.autograd.Function):
+    """Mean over rows of ``rows(hidden, other, weight)``; d loss / d hidden formed chunk by chunk in forward."""
+
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, chunk: int, rows) -> torch.Tensor:
         n = hidden.shape[0]
         need_grad = ctx.needs_input_grad[0]
         grad_hidden = torch.empty_like(hidden) if need_grad else None
@@ -39,54 +76,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            # one pass over the logits, in place: shift by the row max, exponentiate once, normalise
-            logits = _shifted_logits(hidden[start:stop], weight, acc)
-            target = targets[start:stop, None]
-            target_logit = logits.gather(1, target)
-            probs = logits.exp_()
-            norm = probs.sum(dim=-1, keepdim=True)
-            total += (norm.log() - target_logit).sum()
+            loss, grad_logits = rows(hidden[start:stop], other[start:stop], weight, acc, need_grad)
+            total += loss
             if need_grad:
-                probs.div_(norm).scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))
-                grad_hidden[start:stop] = (probs.to(weight.dtype) @ weight).div_(n)
+                grad_hidden[start:stop] = (grad_logits.to(weight.dtype) @ weight).div_(n)
         ctx.save_for_backward(grad_hidden)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None
-
-
-class _LinearKLDivergence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor, chunk: int) -> torch.Tensor:
-        n = hidden.shape[0]
-        need_grad = ctx.needs_input_grad[0]
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        acc = torch.promote_types(hidden.dtype, torch.float32)
-        total = torch.zeros((), dtype=acc, device=hidden.device)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            t = _shifted_logits(teacher[start:stop], weight, acc)
-            s = _shifted_logits(hidden[start:stop], weight, acc)
-            # KL(p_t || p_s) per row = sum p_t (t - s) - log Z_t + log Z_s, with t, s shifted logits
-            p_t = t.exp()
-            z_t = p_t.sum(dim=-1, keepdim=True)
-            p_t.div_(z_t)
-            cross = (t.sub_(s).mul_(p_t)).sum(dim=-1, keepdim=True)
-            p_s = s.exp_()
-            z_s = p_s.sum(dim=-1, keepdim=True)
-            total += (cross - z_t.log() + z_s.log()).sum()
-            if need_grad:
-                grad_hidden[start:stop] = (p_s.div_(z_s).sub_(p_t).to(weight.dtype) @ weight).div_(n)
-        ctx.save_for_backward(grad_hidden)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None
+        return grad_hidden * grad_output.to(grad_hidden.dtype), None, None, None, None
 
 
 def _check_frozen_head(hidden: torch.Tensor, weight: torch.Tensor, what: str) -> None:
@@ -110,7 +110,7 @@ def linear_kl_divergence(hidden: torch.Tensor, teacher_hidden: torch.Tensor, wei
     _check_frozen_head(hidden, weight, "linear_kl_divergence")
     if teacher_hidden.shape != hidden.shape:
         raise ValueError(f"teacher hidden states {tuple(teacher_hidden.shape)} do not match student {tuple(hidden.shape)}")
-    return _LinearKLDivergence.apply(hidden, teacher_hidden.detach(), weight, _chunk(weight, chunk_tokens))
+    return _ChunkedLinearLoss.apply(hidden, teacher_hidden.detach(), weight, _chunk(weight, chunk_tokens), _kl_rows)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
@@ -126,4 +126,4 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             f"expected hidden [N, d], weight [V, d], targets [N]; got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)}, {tuple(targets.shape)}"
         )
-    return _LinearCrossEntropy.apply(hidden, weight, targets.long(), _chunk(weight, chunk_tokens))
+    return _ChunkedLinearLoss.apply(hidden, targets.long(), weight, _chunk(weight, chunk_tokens), _cross_entropy_rows)

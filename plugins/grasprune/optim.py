@@ -16,19 +16,18 @@ __all__ = ["BlockAdam", "block_adam_update"]
 
 
 def block_adam_update(
-    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, blocks: torch.Tensor, num_blocks: int,
+    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, blocks: torch.Tensor, block_sizes: torch.Tensor,
     step: int, lr: float, betas: tuple[float, float], eps: float,
 ) -> torch.Tensor:
     """One update (the value to subtract) and, in place, the new moments.
 
-    ``exp_avg`` has the shape of ``grad``; ``exp_avg_sq`` has one entry per block; ``blocks`` gives
-    each coordinate's block index. Bias-corrected like Adam.
+    ``exp_avg`` has the shape of ``grad``; ``exp_avg_sq`` and ``block_sizes`` have one entry per
+    block; ``blocks`` gives each coordinate's block index. Bias-corrected like Adam.
     """
     beta1, beta2 = betas
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-    sums = torch.zeros(num_blocks, dtype=grad.dtype, device=grad.device).index_add_(0, blocks, grad.square())
-    counts = torch.bincount(blocks, minlength=num_blocks).clamp_(min=1).to(grad.dtype)
-    exp_avg_sq.mul_(beta2).add_(sums / counts, alpha=1 - beta2)
+    sums = torch.zeros_like(exp_avg_sq).index_add_(0, blocks, grad.square())
+    exp_avg_sq.mul_(beta2).add_(sums / block_sizes, alpha=1 - beta2)
     m_hat = exp_avg / (1 - beta1**step)
     v_hat = exp_avg_sq / (1 - beta2**step)
     return lr * m_hat / (v_hat.sqrt() + eps)[blocks]
@@ -43,7 +42,7 @@ class BlockAdam(torch.optim.Optimizer):
             raise ValueError("BlockAdam takes exactly one 1-D tensor and a block index per coordinate")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
         self.blocks = blocks.to(device=params[0].device, dtype=torch.long)
-        self.num_blocks = int(self.blocks.max()) + 1 if self.blocks.numel() else 0
+        self.block_sizes = torch.bincount(self.blocks).clamp_(min=1).to(params[0].dtype)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
@@ -56,8 +55,8 @@ class BlockAdam(torch.optim.Optimizer):
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros(self.num_blocks, dtype=p.dtype, device=p.device)
+                    state["exp_avg_sq"] = torch.zeros_like(self.block_sizes)
                 state["step"] += 1
-                p.sub_(block_adam_update(p.grad, state["exp_avg"], state["exp_avg_sq"], self.blocks, self.num_blocks,
+                p.sub_(block_adam_update(p.grad, state["exp_avg"], state["exp_avg_sq"], self.blocks, self.block_sizes,
                                          state["step"], group["lr"], group["betas"], group["eps"]))
         return loss

@@ -198,7 +198,7 @@ def run_loop(
             loss.backward()
             optimizer.step()
             stats.losses.append(float(loss.detach()))
-            stats.tokens += windows[rows].numel()
+            stats.tokens += rows.numel() * windows.shape[-1]
             dt = time.perf_counter() - t0
             stats.seconds += dt
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", step_s=f"{dt:.2f}", **shown)
