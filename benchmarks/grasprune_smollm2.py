@@ -50,6 +50,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # documented non-default: gate scores start at FLAP's ranks (init_spread 1.0) instead of all
     # zero, and stage B at learning rate 3e-2
     "flap-init": {"init_from": "flap", "rescale_lr": 3e-2},
+    # documented non-default: the reference gates (the same mask: stage A is not rerun), and a
+    # stage B that also learns one scale per hidden dimension of every down_proj / o_proj output,
+    # at learning rate 3e-2
+    "output-scales": {"reuse_gates": "reference", "rescale_outputs": True, "rescale_lr": 3e-2},
+    # the kept down_proj columns refit in closed form before stage B (ridge least squares to the
+    # dense FFN output); on the reference gates
+    "least-squares": {"reuse_gates": "reference", "least_squares": True},
     # both stages distil the dense model (KL of next-token distributions)
     # instead of fitting the calibration text
     "distill": {"loss": "distill", "rescale_loss": "distill"},
@@ -63,13 +70,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 PROTOCOL = dict(num_sequences=64, seq_len=256, epochs=2, rescale_sequences=64)
 
 
-def variant_config(name: str, protocol: dict[str, int]) -> dict[str, Any]:
-    """The GRASPrune config of a variant under ``protocol`` (``split`` cuts every window into parts)."""
+def variant_config(name: str, protocol: dict[str, int], seed: int = 0) -> dict[str, Any]:
+    """The GRASPrune config of a variant under ``protocol`` (``split`` cuts every window into parts).
+
+    ``seed`` orders the calibration sequences (the gate scores start deterministic either way).
+    """
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     over = dict(VARIANTS[name])
+    over.pop("reuse_gates", None)
     split = over.pop("split", 1)
-    cfg = {**protocol, **over}
+    cfg = {**protocol, **over, "seed": seed}
     if split > 1:
         cfg.update(seq_len=protocol["seq_len"] // split, num_sequences=protocol["num_sequences"] * split,
                    rescale_sequences=protocol["rescale_sequences"] * split)
@@ -105,22 +116,39 @@ class _Inputs:
         self.units = discover(self.model)
 
 
-def run_one(inputs: _Inputs, keep: float, name: str, progress: bool) -> dict[str, Any]:
-    """Dense forward rate and memory, then GRASPrune ``name`` at ``keep``, in this (fresh) process."""
+def _scores_file(scores_dir: Path, keep: float, name: str, seed: int) -> Path:
+    return scores_dir / f"scores-{keep}-{name}-{seed}.pt"
+
+
+def run_one(inputs: _Inputs, keep: float, name: str, seed: int, progress: bool, scores_dir: Path) -> dict[str, Any]:
+    """Dense forward rate and memory, then GRASPrune ``name`` at ``keep``, in this (fresh) process.
+
+    The dense forward rate is measured on 8 windows right before pruning and again right after gate
+    training's process has freed its state; the throughput ratio uses their mean, so a slow or fast
+    spell of the machine does not land on one side of the ratio only.
+
+    A variant with ``reuse_gates`` takes the gate scores that variant saved in ``scores_dir`` (same
+    budget and seed) and runs only projection, stage B and the fold: a paired comparison on one mask.
+    """
     model, units, evalw = inputs.model, inputs.units, inputs.evalw
-    rate256, mem256 = _forward_rate(model, inputs.calib[:4])
+    rate_before, mem256 = _forward_rate(model, inputs.calib[:8])
     with PeakMemory() as mem512:
         _ppl(model, evalw[:4])
-    cfg = variant_config(name, inputs.protocol)
+    cfg = variant_config(name, inputs.protocol, seed)
     calibration = CalibrationData(inputs.calib.reshape(-1), name=inputs.calib_src.origin)
     t0 = time.perf_counter()
+    source = VARIANTS[name].get("reuse_gates")
+    scores = torch.load(_scores_file(scores_dir, keep, source, seed)) if source else None
     with PeakMemory() as mem:
-        result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=progress)
+        result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=progress, scores=scores)
     wall = time.perf_counter() - t0
+    torch.save(result.scores, _scores_file(scores_dir, keep, name, seed))
+    rate_after, _ = _forward_rate(model, inputs.calib[:8])
+    rate256 = (rate_before + rate_after) / 2
     rep = result.report
     check_meets_budget(result.mask, units.cost, rep["budget_prunable_params"], units.groups, units.default_minimum())
-    gates = rep["method_stats"]["gates"]
-    steps_ok = all(c <= rep["budget_prunable_params"] for c in gates["kept_cost_per_step"])
+    gates = rep["method_stats"].get("gates")  # None when the gates were reused
+    steps_ok = None if gates is None else all(c <= rep["budget_prunable_params"] for c in gates["kept_cost_per_step"])
     with gated(model, units, result.mask):
         hard_ppl = _ppl(model, evalw)
     few = evalw[:8]
@@ -130,58 +158,69 @@ def run_one(inputs: _Inputs, keep: float, name: str, progress: bool) -> dict[str
     folded_ppl = _ppl(result.model, evalw)
     rescale = dict(rep["method_stats"].get("rescale", {}))
     rescale.pop("kept_cost_per_step", None)
-    peak = gates["peak_rss_bytes"]
-    return {
-        "variant": name, "keep": keep, "config": rep["config"],
+    row: dict[str, Any] = {
+        "variant": name, "seed": seed, "keep": keep, "config": rep["config"], "gates_from": source or name,
         "budget_prunable_params": rep["budget_prunable_params"],
         "kept_prunable_params": rep["kept_prunable_params"],
         "kept_fraction_of_prunable": rep["kept_fraction_of_prunable"],
         "kept_params": rep["kept_params"], "budget_met_every_step": steps_ok,
         "ppl_hard_mask": hard_ppl, "ppl_folded": folded_ppl,
         "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
-        "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
-        "gate_tokens_per_s": gates["tokens_per_second"],
         "dense_forward_tokens_per_s_256": rate256,
-        "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
+        "dense_forward_tokens_per_s_256_before_after": [rate_before, rate_after],
         "rescale": rescale, "prune_wall_s": wall, "peak_rss_prune": mem.report.as_dict(),
         "peak_rss_dense_forward_256": mem256, "peak_rss_dense_eval_512": mem512.report.as_dict(),
-        "peak_rss_gate_training_bytes": peak,
-        "peak_rss_gate_training_over_dense_forward_256": peak / mem256["peak_rss_bytes"],
-        "peak_rss_gate_training_over_dense_eval_512": peak / mem512.report.peak_rss,
         "widths": result.units.widths(result.mask),
     }
+    if gates is not None:
+        peak = gates["peak_rss_bytes"]
+        row.update({
+            "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
+            "gate_tokens_per_s": gates["tokens_per_second"],
+            "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
+            "peak_rss_gate_training_bytes": peak,
+            "peak_rss_gate_training_over_dense_forward_256": peak / mem256["peak_rss_bytes"],
+            "peak_rss_gate_training_over_dense_eval_512": peak / mem512.report.peak_rss,
+        })
+    return row
 
 
-def _child(args: argparse.Namespace, keep: float, name: str, scratch: Path) -> dict[str, Any]:
-    """Run one (budget, variant) in a fresh interpreter and read back its JSON."""
-    out = scratch / f"run-{keep}-{name}.json"
-    cmd = [sys.executable, __file__, "--child", f"{keep}:{name}", "--out", str(out),
+def _child(args: argparse.Namespace, keep: float, name: str, seed: int, scratch: Path) -> dict[str, Any]:
+    """Run one (budget, variant, seed) in a fresh interpreter and read back its JSON."""
+    out = scratch / f"run-{keep}-{name}-{seed}.json"
+    cmd = [sys.executable, __file__, "--child", f"{keep}:{name}:{seed}", "--out", str(out), "--scores-dir", str(scratch),
            "--sequences", str(args.sequences), "--eval-windows", str(args.eval_windows)]
     if args.quiet:
         cmd.append("--quiet")
     done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"run keep={keep} variant={name} failed with exit code {done.returncode}")
+        raise SystemExit(f"run keep={keep} variant={name} seed={seed} failed with exit code {done.returncode}")
     return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.8,0.5")
-    parser.add_argument("--variants", default="reference,flap-init")
+    parser.add_argument("--variants", default="reference,output-scales")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every (budget, variant) runs once per seed")
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--sequences", type=int, default=PROTOCOL["num_sequences"], help="smoke runs only: fewer calibration sequences")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # KEEP:VARIANT, run by the parent
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # KEEP:VARIANT:SEED, run by the parent
+    parser.add_argument("--scores-dir", default=None, help=argparse.SUPPRESS)  # where children leave their gate scores
     args = parser.parse_args()
     torch.manual_seed(0)
-    for name in args.variants.split(","):
+    names = args.variants.split(",")
+    for i, name in enumerate(names):
         variant_config(name, PROTOCOL)  # unknown names fail before any work
+        source = VARIANTS[name].get("reuse_gates")
+        if source and source not in names[:i]:
+            raise SystemExit(f"variant {name!r} reuses the gates of {source!r}: list {source!r} before it in --variants")
     inputs = _Inputs(args.sequences, args.eval_windows)
     if args.child is not None:
-        keep, name = args.child.split(":")
-        write_json_atomic(args.out, run_one(inputs, float(keep), name, progress=not args.quiet))
+        keep, name, seed = args.child.split(":")
+        write_json_atomic(args.out, run_one(inputs, float(keep), name, int(seed), not args.quiet, Path(args.scores_dir)))
         return
 
     units = inputs.units
@@ -193,7 +232,8 @@ def main() -> None:
             "evaluation": {"source": inputs.eval_src.origin, "fingerprint": inputs.eval_src.fingerprint, "seq_len": 512,
                            "windows": args.eval_windows, "non_overlapping": True, "dtype": "float32", "batch_size": 1},
             "threads": torch.get_num_threads(),
-            "process": "one fresh process per (budget, variant): dense forward rate and memory, then pruning",
+            "process": "one fresh process per (budget, variant, seed): dense forward rate and memory, then pruning",
+            "seeds": [int(s) for s in args.seeds.split(",")],
             "variants": {name: variant_config(name, inputs.protocol) for name in args.variants.split(",")},
         },
         "software": software_versions(),
@@ -213,20 +253,48 @@ def main() -> None:
     del inputs
     with tempfile.TemporaryDirectory(prefix="grasprune-bench-") as scratch:
         for keep in random_ppl:
-            for name in args.variants.split(","):
-                run = _child(args, keep, name, Path(scratch))
+            for name, seed in [(n, int(s)) for n in args.variants.split(",") for s in args.seeds.split(",")]:
+                run = _child(args, keep, name, seed, Path(scratch))
                 run.update(ppl_random_mask=random_ppl[keep], ratio_folded_to_dense=run["ppl_folded"] / dense_ppl,
                            ratio_hard_to_dense=run["ppl_hard_mask"] / dense_ppl)
                 out["runs"].append(run)
+                gate = (f"gate {run['gate_tokens_per_s']:.0f} tok/s ({run['gate_to_dense_forward_throughput']:.3f}x) "
+                        f"rss {run['peak_rss_gate_training_over_dense_eval_512']:.2f}x eval@512"
+                        if "gate_tokens_per_s" in run else f"gates of {run['gates_from']}")
                 print(
-                    f"keep {keep} {name}: hard {run['ppl_hard_mask']:.2f} folded {run['ppl_folded']:.2f} "
-                    f"({run['ratio_folded_to_dense']:.2f}x) kept {run['kept_fraction_of_prunable']:.4f} "
-                    f"gate {run['gate_tokens_per_s']:.0f} tok/s ({run['gate_to_dense_forward_throughput']:.2f}x) "
-                    f"rss {run['peak_rss_gate_training_over_dense_forward_256']:.2f}x",
+                    f"keep {keep} {name} seed {seed}: hard {run['ppl_hard_mask']:.2f} folded {run['ppl_folded']:.2f} "
+                    f"({run['ratio_folded_to_dense']:.2f}x) kept {run['kept_fraction_of_prunable']:.4f} {gate}",
                     flush=True,
                 )
                 write_json_atomic(args.out, out)
+    out["summary"] = summarise(out["runs"])
+    for row in out["summary"]:
+        ratio = row["ratio_folded_to_dense"]
+        rate = row.get("gate_to_dense_forward_throughput")
+        print(
+            f"keep {row['keep']} {row['variant']} over seeds {row['seeds']}: folded/dense mean {ratio['mean']:.2f}x "
+            f"[{ratio['min']:.2f}, {ratio['max']:.2f}]" + (f", throughput mean {rate['mean']:.3f}x" if rate else ""),
+            flush=True,
+        )
     write_json_atomic(args.out, out)
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (budget, variant): mean, min and max over seeds of the headline ratios."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["keep"], run["variant"]), []).append(run)
+    keys = ("ratio_folded_to_dense", "ratio_hard_to_dense", "gate_to_dense_forward_throughput",
+            "peak_rss_gate_training_over_dense_eval_512")
+    out = []
+    for (keep, name), rows in groups.items():
+        row: dict[str, Any] = {"keep": keep, "variant": name, "seeds": [r["seed"] for r in rows]}
+        for k in keys:
+            values = [r[k] for r in rows if k in r]
+            if values:
+                row[k] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":

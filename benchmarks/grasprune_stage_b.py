@@ -6,7 +6,8 @@ Stage A runs once with the GRASPrune benchmark's protocol (first 64 sequences of
 ``--eval-windows`` windows of 512 tokens of ``wiki.test.raw`` (a quick proxy: 16 by default, not the
 64 of the main benchmark). Used to choose the non-default variant of ``grasprune_smollm2.py``.
 
-    python benchmarks/grasprune_stage_b.py --keep 0.5 --out benchmarks/results/grasprune_stage_b_keep0.5.json
+    python benchmarks/grasprune_stage_b.py --keep 0.5 --save-mask /tmp/mask-0.5.pt --out benchmarks/results/grasprune_stage_b_keep0.5.json
+    python benchmarks/grasprune_stage_b.py --keep 0.5 --mask /tmp/mask-0.5.pt --settings '[{"rescale_outputs": true}]' 
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--settings", default=None, help="JSON list of stage-B config overrides (default: the built-in list)")
     parser.add_argument("--out", default="benchmarks/results/grasprune_stage_b.json")
+    parser.add_argument("--mask", default=None, help="load the stage-A mask from this file (torch.save of a bool tensor) instead of training it")
+    parser.add_argument("--save-mask", default=None, help="save the stage-A mask to this file")
     args = parser.parse_args()
     settings = json.loads(args.settings) if args.settings else SETTINGS
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
@@ -77,11 +80,17 @@ def main() -> None:
         "dense_ppl": ppl(),
         "runs": [],
     }
-    method = GRASPrune(PROTOCOL)
-    context = context_for(method)
-    t0 = time.perf_counter()
-    mask = context.project(method.score(context))
-    out["stage_a_seconds"] = time.perf_counter() - t0
+    if args.mask:
+        mask = torch.load(args.mask)
+        out["stage_a_mask"] = args.mask
+    else:
+        method = GRASPrune(PROTOCOL)
+        context = context_for(method)
+        t0 = time.perf_counter()
+        mask = context.project(method.score(context))
+        out["stage_a_seconds"] = time.perf_counter() - t0
+        if args.save_mask:
+            torch.save(mask, args.save_mask)
     with gated(model, units, mask):
         out["hard_mask_ppl"] = ppl()
     print(f"keep {args.keep}: dense {out['dense_ppl']:.2f}, hard mask {out['hard_mask_ppl']:.2f}", flush=True)

@@ -76,6 +76,7 @@ def prune(
     host: PluginHost | None = None,
     progress: bool = True,
     inplace: bool = False,
+    scores: torch.Tensor | None = None,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` to ``budget`` and return the folded result.
 
@@ -91,6 +92,10 @@ def prune(
         progress: show progress bars.
         inplace: shrink ``model`` itself instead of returning a copy (halves peak memory on large
             models; ``model`` is unusable as the dense model afterwards).
+        scores: precomputed scores, one per unit (e.g. ``PruneResult.scores`` of an earlier run of the
+            same method on the same model): the scoring stage is skipped and the rest (projection to
+            this budget, the method's recalibration, fold) runs as usual. Use it to compare
+            recalibration settings on one mask, or to cut one score vector to several budgets.
     """
     host = host or PluginHost.create()
     method_obj = host.method(method, config) if isinstance(method, str) else method
@@ -119,7 +124,12 @@ def prune(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    scores = host.score(method_obj, context)
+    if scores is None:
+        scores = host.score(method_obj, context)
+    else:
+        if scores.shape != (len(units),):
+            raise ValueError(f"scores must have shape ({len(units)},) for this model's units, got {tuple(scores.shape)}")
+        context.stats["scores"] = "precomputed"
     t1 = time.perf_counter()
     mask = project(scores)
     check_meets_budget(mask, units.cost, target, groups=units.groups, minimum=minimum)

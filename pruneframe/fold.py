@@ -3,7 +3,9 @@
 The result has no hooks and no extra parameters: FFN channels are sliced out of gate/up rows and
 down columns; KV groups are removed from q/k/v rows and o columns together; FFN scales multiply
 down_proj columns; KV-group scales multiply the group's k_proj and v_proj rows (and their biases);
-bias corrections become down_proj / o_proj biases. Its logits equal those of the dense model run
+output scales multiply down_proj / o_proj rows (and their own biases); bias corrections become
+down_proj / o_proj biases; replacement down_proj weights (a refit of the kept
+columns) are sliced like the originals. Its logits equal those of the dense model run
 under :func:`pruneframe.gates.gated` with the same arguments.
 """
 
@@ -45,11 +47,23 @@ def _rows(linear: nn.Linear, rows: torch.Tensor, scale: torch.Tensor | None = No
     return _linear(w, b, linear)
 
 
-def _cols(linear: nn.Linear, cols: torch.Tensor, scale: torch.Tensor | None = None, extra_bias: torch.Tensor | None = None) -> nn.Linear:
-    w = linear.weight.detach()[:, cols]
+def _cols(
+    linear: nn.Linear,
+    cols: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    extra_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    row_scale: torch.Tensor | None = None,
+) -> nn.Linear:
+    source = linear.weight.detach() if weight is None else weight.detach().to(linear.weight)
+    w = source[:, cols]
     if scale is not None:
         w = w * scale[None, :].to(w.dtype)
     b = None if linear.bias is None else linear.bias.detach().clone()
+    if row_scale is not None:
+        row = row_scale.to(device=w.device, dtype=w.dtype)
+        w = w * row[:, None]
+        b = None if b is None else b * row
     if extra_bias is not None:
         extra = extra_bias.to(device=w.device, dtype=w.dtype)
         b = extra if b is None else b + extra
@@ -95,7 +109,10 @@ def fold(
         mlp = mods.mlp
         mlp.gate_proj = _rows(mods.gate_proj, keep_ffn)
         mlp.up_proj = _rows(mods.up_proj, keep_ffn)
-        mlp.down_proj = _cols(mods.down_proj, keep_ffn, ffn_scale, mlp_bias)
+        down = None if rec.down_proj is None else rec.down_proj[i]
+        mlp_out = None if rec.mlp_out_scale is None else rec.mlp_out_scale[i].detach()
+        attn_out = None if rec.attn_out_scale is None else rec.attn_out_scale[i].detach()
+        mlp.down_proj = _cols(mods.down_proj, keep_ffn, ffn_scale, mlp_bias, down, mlp_out)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = int(keep_ffn.numel())
 
@@ -107,7 +124,7 @@ def fold(
         attn.q_proj = _rows(mods.q_proj, q_rows)
         attn.k_proj = _rows(mods.k_proj, kv_rows, kv_row_scale)
         attn.v_proj = _rows(mods.v_proj, kv_rows, kv_row_scale)
-        attn.o_proj = _cols(mods.o_proj, q_rows, None, attn_bias)
+        attn.o_proj = _cols(mods.o_proj, q_rows, None, attn_bias, None, attn_out)
         for name, value in (("num_heads", g * keep_kv.numel()), ("num_key_value_heads", keep_kv.numel())):
             if hasattr(attn, name):
                 setattr(attn, name, int(value))

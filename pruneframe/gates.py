@@ -8,8 +8,10 @@ A gate vector ``z`` (one value per unit, flat unit order) multiplies:
   positive key scale, exactly as it would after folding the scale into k_proj rows; a zero still
   zeroes the group.)
 
-``bias`` terms add a vector to every down_proj / o_proj output. This is the reference that folding
+Output scales multiply every down_proj / o_proj output per hidden dimension, and ``bias`` terms
+then add a vector to it. This is the reference that folding
 must reproduce exactly, and the mechanism gate-training methods use (``z`` may carry gradients).
+:func:`replaced_weights` swaps in refit down_proj weights for the same purpose.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pruneframe.architectures.llama import layer_modules
 from pruneframe.methods import Recalibration
 from pruneframe.units import UnitKind, UnitSet
 
-__all__ = ["UnitGates", "gated", "gate_values"]
+__all__ = ["UnitGates", "gated", "gate_values", "replaced_weights"]
 
 
 class UnitGates:
@@ -40,6 +42,8 @@ class UnitGates:
         self.z: torch.Tensor | None = None
         self.mlp_bias: torch.Tensor | None = None
         self.attn_bias: torch.Tensor | None = None
+        self.mlp_out_scale: torch.Tensor | None = None
+        self.attn_out_scale: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._slices = [(units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)) for i in range(units.num_layers)]
 
@@ -53,15 +57,19 @@ class UnitGates:
         """Set output biases ``[layers, hidden]`` added to down_proj / o_proj outputs (``None``: none)."""
         self.mlp_bias, self.attn_bias = mlp_bias, attn_bias
 
+    def set_output_scales(self, mlp_out_scale: torch.Tensor | None, attn_out_scale: torch.Tensor | None) -> None:
+        """Set ``[layers, hidden]`` multipliers of down_proj / o_proj outputs (``None``: none); may carry gradients."""
+        self.mlp_out_scale, self.attn_out_scale = mlp_out_scale, attn_out_scale
+
     @contextmanager
     def disabled(self) -> Iterator["UnitGates"]:
-        """Run the model ungated (no gates, no biases) inside the block, e.g. as its own dense teacher."""
-        saved = self.z, self.mlp_bias, self.attn_bias
-        self.z = self.mlp_bias = self.attn_bias = None
+        """Run the model ungated (no gates, biases or output scales) inside the block, e.g. as its own dense teacher."""
+        saved = self.z, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale
+        self.z = self.mlp_bias = self.attn_bias = self.mlp_out_scale = self.attn_out_scale = None
         try:
             yield self
         finally:
-            self.z, self.mlp_bias, self.attn_bias = saved
+            self.z, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale = saved
 
     def install(self) -> "UnitGates":
         """Register the hooks."""
@@ -70,8 +78,8 @@ class UnitGates:
         for i, mods in enumerate(layer_modules(self.model)):
             ffn, kv = self._slices[i]
             self._handles.append(mods.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
-            self._handles.append(mods.down_proj.register_forward_hook(self._bias_hook(i, "mlp_bias")))
-            self._handles.append(mods.o_proj.register_forward_hook(self._bias_hook(i, "attn_bias")))
+            self._handles.append(mods.down_proj.register_forward_hook(self._output_hook(i, "mlp")))
+            self._handles.append(mods.o_proj.register_forward_hook(self._output_hook(i, "attn")))
             for proj in (mods.k_proj, mods.v_proj):
                 self._handles.append(proj.register_forward_hook(self._kv_hook(kv, mods.head_dim)))
         return self
@@ -107,12 +115,14 @@ class UnitGates:
 
         return hook
 
-    def _bias_hook(self, layer: int, attr: str):
+    def _output_hook(self, layer: int, kind: str):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-            bias = getattr(self, attr)
-            if bias is None:
-                return None
-            return out + bias[layer].to(device=out.device, dtype=out.dtype)
+            scale, bias = getattr(self, f"{kind}_out_scale"), getattr(self, f"{kind}_bias")
+            if scale is not None:
+                out = out * scale[layer].to(device=out.device, dtype=out.dtype)
+            if bias is not None:
+                out = out + bias[layer].to(device=out.device, dtype=out.dtype)
+            return out if scale is not None or bias is not None else None
 
         return hook
 
@@ -126,11 +136,37 @@ def gate_values(mask: torch.Tensor, recalibration: Recalibration | None = None) 
 
 
 @contextmanager
+def replaced_weights(model: nn.Module, down_proj: list[torch.Tensor] | None) -> Iterator[nn.Module]:
+    """Use ``down_proj[i]`` as layer i's down_proj weight inside the block (``None``: unchanged).
+
+    The original weights are restored on exit, also after an error.
+    """
+    if down_proj is None:
+        yield model
+        return
+    mods = layer_modules(model)
+    if len(down_proj) != len(mods):
+        raise ValueError(f"down_proj replacements: expected {len(mods)} layers, got {len(down_proj)}")
+    saved = []
+    try:
+        for m, w in zip(mods, down_proj):
+            if w.shape != m.down_proj.weight.shape:
+                raise ValueError(f"down_proj replacement of shape {tuple(w.shape)} for a weight of shape {tuple(m.down_proj.weight.shape)}")
+            saved.append(m.down_proj.weight.data)
+            m.down_proj.weight.data = w.detach().to(m.down_proj.weight)
+        yield model
+    finally:
+        for m, w in zip(mods, saved):
+            m.down_proj.weight.data = w
+
+
+@contextmanager
 def gated(model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None = None) -> Iterator[nn.Module]:
     """Run ``model`` with ``mask`` (and the recalibration) applied as gates inside the block."""
     gates = UnitGates(model, units)
     rec = recalibration or Recalibration()
     gates.set(gate_values(mask, rec))
     gates.set_bias(rec.mlp_bias, rec.attn_bias)
-    with gates:
+    gates.set_output_scales(rec.mlp_out_scale, rec.attn_out_scale)
+    with gates, replaced_weights(model, rec.down_proj):
         yield model

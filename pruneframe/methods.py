@@ -53,15 +53,25 @@ class Recalibration:
             k_proj and v_proj rows (and biases).
         mlp_bias: ``[num_layers, hidden]`` added to each down_proj output (a bias is created if absent).
         attn_bias: ``[num_layers, hidden]`` added to each o_proj output.
+        mlp_out_scale: ``[num_layers, hidden]`` multiplying each down_proj output (its rows and bias)
+            before ``mlp_bias`` is added.
+        attn_out_scale: ``[num_layers, hidden]`` multiplying each o_proj output, likewise.
+        down_proj: per layer, a replacement down_proj weight ``[hidden, intermediate]`` (the dense
+            shape; columns of dropped channels are ignored), e.g. a least-squares refit of the kept
+            columns. Scales multiply the replacement columns.
     """
 
     scales: torch.Tensor | None = None
     mlp_bias: torch.Tensor | None = None
     attn_bias: torch.Tensor | None = None
+    mlp_out_scale: torch.Tensor | None = None
+    attn_out_scale: torch.Tensor | None = None
+    down_proj: list[torch.Tensor] | None = None
 
     def is_empty(self) -> bool:
         """True when there is nothing to fold."""
-        return self.scales is None and self.mlp_bias is None and self.attn_bias is None
+        parts = (self.scales, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale, self.down_proj)
+        return all(p is None for p in parts)
 
 
 @dataclass

@@ -30,6 +30,15 @@ class ProjectionSpy:
         self.calls.append((mask.clone(), units.kept_cost(mask)))
 
 
+def _assert_folds_exactly(model: torch.nn.Module, result: pruneframe.PruneResult) -> None:
+    """The folded model's logits equal the dense model's with the mask and recalibration as gates."""
+    ids = tokens(2, 10, seed=9)
+    with torch.no_grad(), gated(model, result.units, result.mask, result.recalibration):
+        ref = model(ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids).logits, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_budget_met_at_every_step_and_export_reloads(tmp_path, family: str) -> None:
     model = tiny_model(family)
@@ -134,12 +143,48 @@ def test_bias_compensation_folds_exactly() -> None:
     rec = result.recalibration
     assert rec.mlp_bias is not None and rec.attn_bias is not None and rec.scales is not None
     assert rec.mlp_bias.abs().sum() > 0
-    ids = tokens(2, 10, seed=9)
-    with torch.no_grad(), gated(model, result.units, result.mask, rec):
-        ref = model(ids).logits
-    with torch.no_grad():
-        torch.testing.assert_close(result.model(ids).logits, ref, atol=1e-5, rtol=1e-5)
+    _assert_folds_exactly(model, result)
     assert result.model.model.layers[0].mlp.down_proj.bias is not None
+
+
+def test_least_squares_refit_folds_exactly_and_adds_no_parameters() -> None:
+    model = tiny_model("llama-gqa")
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = {**FAST, "least_squares": True}
+    result = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=cfg, progress=False)
+    rec = result.recalibration
+    assert rec.down_proj is not None and rec.scales is not None
+    layer0 = model.model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(rec.down_proj[0], layer0)  # the kept columns were refit
+    assert all(torch.equal(p, dense[n]) for n, p in model.named_parameters())  # the dense model is untouched
+    _assert_folds_exactly(model, result)
+    assert sum(p.numel() for p in result.model.parameters()) == result.units.kept_params(result.mask)  # nothing added
+
+
+def test_output_scales_are_learned_and_fold_exactly() -> None:
+    model = tiny_model("llama-mha-bias")  # down_proj / o_proj carry biases: the scale must multiply them too
+    cfg = {**FAST, "rescale_outputs": True}
+    result = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=cfg, progress=False)
+    rec = result.recalibration
+    hidden = model.config.hidden_size
+    assert rec.mlp_out_scale.shape == rec.attn_out_scale.shape == (model.config.num_hidden_layers, hidden)
+    assert (rec.mlp_out_scale != 1).any() and (rec.attn_out_scale != 1).any()
+    assert ((rec.mlp_out_scale - 1).abs() <= cfg.get("rescale_alpha", 0.5)).all()
+    _assert_folds_exactly(model, result)
+    assert sum(p.numel() for p in result.model.parameters()) == result.units.kept_params(result.mask)  # nothing added
+
+
+def test_precomputed_scores_skip_gate_training_and_keep_the_mask() -> None:
+    model = tiny_model("llama-gqa")
+    first = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
+    again = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "rescale_outputs": True},
+                             scores=first.scores, progress=False)
+    assert torch.equal(again.mask, first.mask)
+    stats = again.report["method_stats"]
+    assert "gates" not in stats and stats["scores"] == "precomputed" and "rescale" in stats
+    assert again.recalibration.mlp_out_scale is not None
+    with pytest.raises(ValueError, match="scores must have shape"):
+        pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, scores=first.scores[:-1], progress=False)
 
 
 def test_training_loss_is_the_plain_causal_lm_loss_and_attention_is_restored() -> None:

@@ -33,15 +33,24 @@ def _random_mask(units, seed: int) -> torch.Tensor:
     return mask
 
 
-def _random_recalibration(units, hidden: int, seed: int, bias: bool) -> Recalibration:
+def _random_recalibration(units, hidden: int, seed: int, bias: bool, model=None) -> Recalibration:
+    """Random scales; optionally biases; with ``model``, also replacement down_proj weights and output scales."""
     g = torch.Generator().manual_seed(seed)
     scales = 0.5 + torch.rand(len(units), generator=g)
+    extra = {}
+    if model is not None:
+        extra = dict(
+            down_proj=[torch.randn(m.mlp.down_proj.weight.shape, generator=g) * 0.05 for m in model.model.layers],
+            mlp_out_scale=0.5 + torch.rand(units.num_layers, hidden, generator=g),
+            attn_out_scale=0.5 + torch.rand(units.num_layers, hidden, generator=g),
+        )
     if not bias:
-        return Recalibration(scales=scales)
+        return Recalibration(scales=scales, **extra)
     return Recalibration(
         scales=scales,
         mlp_bias=0.1 * torch.randn(units.num_layers, hidden, generator=g),
         attn_bias=0.1 * torch.randn(units.num_layers, hidden, generator=g),
+        **extra,
     )
 
 
@@ -76,16 +85,20 @@ def test_unsupported_architecture_names_supported_ones() -> None:
 
 
 @pytest.mark.parametrize("family", ALL)
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_fold_equals_gated_model(family: str, with_bias: bool) -> None:
-    """Folded logits == dense model with the same mask and scales applied as gates (fp32, 1e-5)."""
+@pytest.mark.parametrize(("with_bias", "with_weights"), [(False, False), (True, False), (False, True), (True, True)])
+def test_fold_equals_gated_model(family: str, with_bias: bool, with_weights: bool) -> None:
+    """Folded logits == dense model with the same mask, scales (biases, refit weights, output scales) as gates (fp32, 1e-5)."""
     model = tiny_model(family)
     units = discover(model)
     mask = _random_mask(units, seed=1)
-    rec = _random_recalibration(units, model.config.hidden_size, seed=2, bias=with_bias)
+    rec = _random_recalibration(units, model.config.hidden_size, seed=2, bias=with_bias, model=model if with_weights else None)
     ids = tokens()
+    originals = [m.mlp.down_proj.weight.detach().clone() for m in model.model.layers]
     with torch.no_grad(), gated(model, units, mask, rec):
         want = model(ids).logits
+    # the replacement weights are swapped out again on exit
+    for m, w in zip(model.model.layers, originals):
+        torch.testing.assert_close(m.mlp.down_proj.weight, w, atol=0, rtol=0)
     folded = fold(model, units, mask, rec)
     with torch.no_grad():
         got = folded(ids).logits

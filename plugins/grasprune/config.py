@@ -53,6 +53,11 @@ class GRASPruneConfig(MethodConfig):
     )
     rescale: bool = Field(True, description="stage B: learn one scale per kept unit and fold it in")
     rescale_alpha: Annotated[float, Field(gt=0, le=1)] = Field(0.5, description="gamma = 1 + alpha * tanh(t)")
+    rescale_outputs: bool = Field(
+        False,
+        description="stage B also learns one scale per hidden dimension of every down_proj and o_proj output "
+        "(1 + alpha * tanh(u), u starting at 0), folded into their rows: no extra parameters",
+    )
     rescale_lr: PositiveFloat = 1e-2
     rescale_epochs: PositiveInt = 1
     rescale_loss: Literal["lm", "distill"] = Field("lm", description="stage B objective, as ``loss``")
@@ -61,6 +66,15 @@ class GRASPruneConfig(MethodConfig):
     )
     bias_compensation: bool = Field(
         False, description="add each removed unit's mean output back as a down_proj/o_proj bias before stage B"
+    )
+    least_squares: bool = Field(
+        False,
+        description="before stage B, refit the kept down_proj columns in closed form (ridge least squares "
+        "to the dense down_proj output on the pruned model's own activations, stage-B sequences); the "
+        "scales are then learned on top and folded into the refit columns",
+    )
+    least_squares_damping: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        0.003, description="ridge strength of the refit, relative to the mean kept activation energy"
     )
     attn_implementation: Literal["sdpa", "eager", "model"] = Field(
         "sdpa",

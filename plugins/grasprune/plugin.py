@@ -10,6 +10,8 @@ Stage B (recalibration): with the final mask fixed, one scale gamma = 1 + alpha 
 trained with the same loss on calibration sequences stage A did not see; the core folds gamma into
 down_proj columns (FFN) and k_proj/v_proj rows (KV). In Qwen3 the per-head k_norm cancels a key
 scale (as it would the folded k_proj rows), so there a KV-group scale effectively acts on values only.
+Optionally (``least_squares``), before the scales, the kept down_proj columns are refit in closed
+form to reproduce the dense FFN output (see :mod:`pruneframe.refit`); no parameters are added.
 
 Step 0 ties: all scores start at 0, so the first mask is decided by the projector's deterministic
 tie-break, which orders tied units by their fractional position inside their layer and kind: the
@@ -22,9 +24,10 @@ from __future__ import annotations
 import torch
 
 from pruneframe.budget import check_meets_budget
-from pruneframe.gates import UnitGates
+from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.refit import ffn_input_moments, refit_down_proj
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
@@ -111,7 +114,7 @@ class GRASPrune(PruningMethod):
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """Stage B: learn gamma = 1 + alpha * tanh(t) per kept unit on unseen sequences."""
         cfg = self.config
-        if not cfg.rescale and not cfg.bias_compensation:
+        if not (cfg.rescale or cfg.bias_compensation or cfg.least_squares):
             return None
         num = cfg.rescale_sequences or cfg.num_sequences
         windows = self._windows(context, num, offset=cfg.num_sequences)
@@ -120,23 +123,35 @@ class GRASPrune(PruningMethod):
             with torch.inference_mode():
                 means = mean_projection_inputs(context.model, windows, context.progress)
             mlp_bias, attn_bias = compensation_bias(context.model, context.units, mask, *means)
+        down_proj = None
+        if cfg.least_squares:
+            moments = ffn_input_moments(context.model, context.units, mask, windows, context.progress, (mlp_bias, attn_bias))
+            down_proj = refit_down_proj(context.model, context.units, mask, moments, cfg.least_squares_damping)
+            del moments
         if not cfg.rescale:
-            return Recalibration(mlp_bias=mlp_bias, attn_bias=attn_bias)
+            return Recalibration(mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj)
         steps = cfg.rescale_epochs * -(-len(windows) // cfg.batch_size)
         device = next(context.model.parameters()).device
         hard = mask.to(device=device, dtype=torch.float32)
-        t = torch.zeros(len(context.units), device=device, requires_grad=True)
-        optimizer = torch.optim.AdamW([t], lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-        def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
-            return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
+        units = context.units
+        t = torch.zeros(len(units), device=device, requires_grad=True)
+        u = torch.zeros(2, units.num_layers, units.hidden_size, device=device, requires_grad=cfg.rescale_outputs)
+        params = [t, u] if cfg.rescale_outputs else [t]
+        optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                UnitGates(context.model, context.units) as gates:
+                UnitGates(context.model, units) as gates, replaced_weights(context.model, down_proj):
             gates.set_bias(mlp_bias, attn_bias)
+
+            def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
+                if cfg.rescale_outputs:
+                    out_scale = 1 + cfg.rescale_alpha * torch.tanh(u)
+                    gates.set_output_scales(out_scale[0], out_scale[1])
+                return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
+
             loss_fn = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
-                context.model, gates, [t], gate_fn, loss_fn, windows,
+                context.model, gates, params, gate_fn, loss_fn, windows,
                 batches(len(windows), cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
                 steps, optimizer, "grasprune scales", context.progress,
             )
@@ -146,7 +161,9 @@ class GRASPrune(PruningMethod):
             "peak_rss_bytes": stats.peak_rss_bytes,
         }
         gamma = 1 + cfg.rescale_alpha * torch.tanh(t.detach())
-        return Recalibration(scales=gamma.cpu(), mlp_bias=mlp_bias, attn_bias=attn_bias)
+        out_scale = (1 + cfg.rescale_alpha * torch.tanh(u.detach())).cpu() if cfg.rescale_outputs else (None, None)
+        return Recalibration(scales=gamma.cpu(), mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
+                             mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
 
 
 @hookimpl
