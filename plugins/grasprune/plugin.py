@@ -111,6 +111,10 @@ class GRASPrune(PruningMethod):
         }
         return torch.sigmoid(scores.detach() / cfg.tau).cpu()
 
+    def _scale(self, raw: torch.Tensor) -> torch.Tensor:
+        """Stage B's bounded scale: 1 + alpha * tanh(raw)."""
+        return 1 + self.config.rescale_alpha * torch.tanh(raw)
+
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """Stage B: learn gamma = 1 + alpha * tanh(t) per kept unit on unseen sequences."""
         cfg = self.config
@@ -135,8 +139,8 @@ class GRASPrune(PruningMethod):
         hard = mask.to(device=device, dtype=torch.float32)
         units = context.units
         t = torch.zeros(len(units), device=device, requires_grad=True)
-        u = torch.zeros(2, units.num_layers, units.hidden_size, device=device, requires_grad=cfg.rescale_outputs)
-        params = [t, u] if cfg.rescale_outputs else [t]
+        u = torch.zeros(2, units.num_layers, units.hidden_size, device=device, requires_grad=True) if cfg.rescale_outputs else None
+        params = [t] if u is None else [t, u]
         optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
@@ -144,10 +148,9 @@ class GRASPrune(PruningMethod):
             gates.set_bias(mlp_bias, attn_bias)
 
             def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
-                if cfg.rescale_outputs:
-                    out_scale = 1 + cfg.rescale_alpha * torch.tanh(u)
-                    gates.set_output_scales(out_scale[0], out_scale[1])
-                return hard * (1 + cfg.rescale_alpha * torch.tanh(t)), {}
+                if u is not None:
+                    gates.set_output_scales(*self._scale(u))
+                return hard * self._scale(t), {}
 
             loss_fn = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
@@ -160,9 +163,9 @@ class GRASPrune(PruningMethod):
             "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0], "last_loss": stats.losses[-1],
             "peak_rss_bytes": stats.peak_rss_bytes,
         }
-        gamma = 1 + cfg.rescale_alpha * torch.tanh(t.detach())
-        out_scale = (1 + cfg.rescale_alpha * torch.tanh(u.detach())).cpu() if cfg.rescale_outputs else (None, None)
-        return Recalibration(scales=gamma.cpu(), mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
+        gamma = self._scale(t.detach()).cpu()
+        out_scale = (None, None) if u is None else self._scale(u.detach()).cpu()
+        return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
                              mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
 
 
