@@ -54,6 +54,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # stage B that also learns one scale per hidden dimension of every down_proj / o_proj output,
     # at learning rate 3e-2
     "output-scales": {"reuse_gates": "reference", "rescale_outputs": True, "rescale_lr": 3e-2},
+    # documented non-default: gate scores start at LLM-Pruner's Taylor importance, ranked within each
+    # layer and kind (its uniform allocation), and the output-scales stage B
+    "taylor-init": {"init_from": "llm-pruner", "init_scope": "uniform", "rescale_outputs": True, "rescale_lr": 3e-2},
     # the kept down_proj columns refit in closed form before stage B (ridge least squares to the
     # dense FFN output); on the reference gates
     "least-squares": {"reuse_gates": "reference", "least_squares": True},

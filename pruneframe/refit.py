@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pruneframe.architectures.llama import layer_modules
+from pruneframe.collect import SecondMoments, collect_layer_inputs
 from pruneframe.gates import UnitGates
 from pruneframe.units import UnitKind, UnitSet
 
@@ -56,7 +56,6 @@ def ridge_refit_columns(weight: torch.Tensor, moments: torch.Tensor, keep: torch
     return out
 
 
-@torch.no_grad()
 def ffn_input_moments(
     model: nn.Module, units: UnitSet, mask: torch.Tensor, windows: torch.Tensor, progress: bool = False,
     bias: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
@@ -67,32 +66,15 @@ def ffn_input_moments(
         windows: ``[num, seq_len]`` token ids, one forward each.
         bias: optional ``(mlp_bias, attn_bias)`` set on the gates while collecting.
     """
-    mods = layer_modules(model)
-    moments = [torch.zeros(m.down_proj.in_features, m.down_proj.in_features, dtype=torch.float64) for m in mods]
     device = next(model.parameters()).device
-    gates = UnitGates(model, units)
-    gates.set(mask.to(device=device, dtype=torch.float32))
-    gates.set_bias(*bias)
-    handles = []
-
-    def hook_for(i: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            a = args[0].reshape(-1, args[0].shape[-1]).float()
-            moments[i] += (a.T @ a).double().cpu()
-
-        return hook
-
-    try:
-        # prepend: see the activation before the gate hook multiplies it by the mask
-        for i, m in enumerate(mods):
-            handles.append(m.down_proj.register_forward_pre_hook(hook_for(i), prepend=True))
-        with gates:
-            for row in tqdm(windows, desc="refit moments", disable=not progress, leave=False):
-                model(input_ids=row[None].to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return moments
+    with UnitGates(model, units) as gates:
+        gates.set(mask.to(device=device, dtype=torch.float32))
+        gates.set_bias(*bias)
+        stats = collect_layer_inputs(
+            model, windows, {"down_proj": lambda m: m.down_proj}, SecondMoments.empty,
+            batch_size=1, progress=progress, desc="refit moments",
+        )
+    return [acc.total for acc in stats["down_proj"]]
 
 
 def refit_down_proj(model: nn.Module, units: UnitSet, mask: torch.Tensor, moments: list[torch.Tensor], damping: float = 0.01) -> list[torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 import torch
 from tiny import FAMILIES, tiny_model, tokens
@@ -12,6 +14,7 @@ from pruneframe.checkpoint import load_pruned
 from pruneframe.gates import gated
 from pruneframe.host import PluginHost
 from pruneframe.hookspecs import hookimpl
+from pruneframe_grasprune.plugin import normalised_ranks
 
 FAST = dict(num_sequences=4, seq_len=12, epochs=2, rescale_sequences=2, lr=0.2)
 
@@ -259,7 +262,31 @@ def test_init_from_another_method_starts_the_gates_at_its_ranks() -> None:
     want = host.project(p0, result.units, result.report["budget_prunable_params"], result.units.default_minimum(), "rank", "global")
     assert torch.equal(first, want)
     assert "random" in result.report["method_stats"]["scored_with"]
+
+    uniform = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**cfg, "init_scope": "uniform"},
+                               host=host, progress=False)
+    units, first = uniform.units, spy.calls[-(FAST["epochs"] * FAST["num_sequences"] + 1)][0]
+    p0 = torch.sigmoid(2.0 * (normalised_ranks(prior, units.groups) - 0.5) / 1.5)
+    want = host.project(p0, units, uniform.report["budget_prunable_params"], units.default_minimum(), "rank", "global")
+    assert torch.equal(first, want)
     from pruneframe.host import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="unknown method 'nope'"):
         pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "init_from": "nope"}, progress=False)
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(-5, 5, allow_nan=False)), min_size=1, max_size=40))
+def test_normalised_ranks_span_each_group_in_score_order(pairs: list[tuple[int, float]]) -> None:
+    groups = torch.tensor([g for g, _ in pairs])
+    scores = torch.tensor([s for _, s in pairs])
+    ranks = normalised_ranks(scores, groups)
+    for g in groups.unique():
+        r, s = ranks[groups == g], scores[groups == g]
+        if len(r) == 1:
+            assert r.item() == 1.0
+            continue
+        assert r.min().item() == 0.0 and r.max().item() == 1.0
+        assert len(r.unique()) == len(r)
+        order = torch.argsort(r)
+        assert bool((s[order][1:] >= s[order][:-1]).all())

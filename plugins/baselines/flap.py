@@ -38,12 +38,12 @@ import torch
 from pydantic import Field
 
 from pruneframe.architectures.llama import layer_modules
+from pruneframe.collect import Moments, collect_input_moments
 from pruneframe.fold import head_rows
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
-from pruneframe_baselines._stats import Moments, collect_input_moments
 
 __all__ = ["FLAPConfig", "FLAP", "channel_metric", "standardise"]
 

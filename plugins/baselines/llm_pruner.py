@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures.llama import layer_modules
+from pruneframe.collect import batches
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.units import UnitKind, UnitSet
@@ -46,7 +47,6 @@ from pruneframe_baselines import AllocationConfig
 from pruneframe_baselines._stats import (
     LayerBound,
     Part,
-    batches,
     channels_to_units,
     range_minimum,
     resolve_layer_range,

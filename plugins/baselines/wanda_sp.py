@@ -30,11 +30,12 @@ import torch
 from pydantic import Field
 
 from pruneframe.architectures.llama import layer_modules
+from pruneframe.collect import collect_input_moments
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
-from pruneframe_baselines._stats import channels_to_units, collect_input_moments, unit_parts
+from pruneframe_baselines._stats import channels_to_units, unit_parts
 
 __all__ = ["WandaSPConfig", "WandaSP"]
 

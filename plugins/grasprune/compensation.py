@@ -9,36 +9,22 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pruneframe.architectures.llama import layer_modules
+from pruneframe.collect import collect_input_moments
 from pruneframe.fold import head_rows
 from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["mean_projection_inputs", "compensation_bias"]
 
 
-@torch.no_grad()
 def mean_projection_inputs(model: nn.Module, windows: torch.Tensor, progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer, the mean input of down_proj and of o_proj over every token of ``windows``."""
-    mods = layer_modules(model)
-    sums = [[torch.zeros(m.down_proj.in_features, dtype=torch.float64), torch.zeros(m.o_proj.in_features, dtype=torch.float64)] for m in mods]
-    count = 0
-    handles = []
-    for i, m in enumerate(mods):
-        for j, proj in enumerate((m.down_proj, m.o_proj)):
-            def hook(module, args, i=i, j=j):
-                sums[i][j] += args[0].detach().reshape(-1, args[0].shape[-1]).sum(0).double().cpu()
-            handles.append(proj.register_forward_pre_hook(hook))
-    device = next(model.parameters()).device
-    try:
-        for row in tqdm(windows, desc="grasprune means", disable=not progress, leave=False):
-            model(input_ids=row[None].to(device), use_cache=False)
-            count += row.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    return [s[0] / count for s in sums], [s[1] / count for s in sums]
+    moments = collect_input_moments(
+        model, windows, {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
+        batch_size=1, progress=progress, desc="grasprune means",
+    )
+    return [m.mean().cpu() for m in moments["down_proj"]], [m.mean().cpu() for m in moments["o_proj"]]
 
 
 def compensation_bias(

@@ -31,12 +31,18 @@ class GRASPruneConfig(MethodConfig):
     )
     init_from: str | None = Field(
         None,
-        description="registered method whose scores initialise the gate scores (warm start), by global "
-        "rank: s = init_spread * (rank / (units - 1) - 1/2); None = all zeros (reference)",
+        description="registered method whose scores initialise the gate scores (warm start), by rank: "
+        "s = init_spread * (rank / (n - 1) - 1/2) over the n units of init_scope; None = all zeros (reference)",
     )
     init_config: dict[str, Any] | None = Field(None, description="config of the init_from method")
     init_spread: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
         1.0, description="range of the initial gate scores under init_from"
+    )
+    init_scope: Literal["global", "uniform"] = Field(
+        "global",
+        description="how init_from's scores are ranked: over all units (global; for methods that rank "
+        "globally, such as flap) or within each layer and kind (uniform; for methods that prune every layer "
+        "by the same ratio, such as llm-pruner and wanda-sp), so that the first mask follows that allocation",
     )
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

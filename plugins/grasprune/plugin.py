@@ -33,7 +33,7 @@ from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
 from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop, window_loss
 
-__all__ = ["GRASPrune"]
+__all__ = ["GRASPrune", "normalised_ranks"]
 
 
 class GRASPrune(PruningMethod):
@@ -60,7 +60,7 @@ class GRASPrune(PruningMethod):
         return None if choice == "model" else choice
 
     def _initial_scores(self, context: ScoringContext) -> torch.Tensor:
-        """Zeros (reference), or the ranks of another method's scores spread over ``init_spread``."""
+        """Zeros (reference), or another method's scores as ranks spread over ``init_spread``."""
         cfg = self.config
         n = len(context.units)
         if cfg.init_from is None:
@@ -68,9 +68,8 @@ class GRASPrune(PruningMethod):
         if context.score_with is None:
             raise ValueError(f"grasprune init_from={cfg.init_from!r} needs a context that can run other methods (use pruneframe.prune)")
         prior = context.score_with(cfg.init_from, cfg.init_config).float().cpu()
-        ranks = torch.empty(n)
-        ranks[torch.argsort(prior, stable=True)] = torch.arange(n, dtype=torch.float32)
-        return cfg.init_spread * (ranks / max(n - 1, 1) - 0.5)
+        groups = context.units.groups if cfg.init_scope == "uniform" else torch.zeros(n, dtype=torch.long)
+        return cfg.init_spread * (normalised_ranks(prior, groups) - 0.5)
 
     def score(self, context: ScoringContext) -> torch.Tensor:
         """Train the gates (stage A) and return the final keep probabilities p."""
@@ -167,6 +166,21 @@ class GRASPrune(PruningMethod):
         out_scale = (None, None) if u is None else self._scale(u.detach()).cpu()
         return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
                              mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
+
+
+def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each score's rank within its group, scaled to [0, 1] (lowest 0, highest 1; a lone unit 1).
+
+    Equal scores keep index order (stable sort).
+    """
+    ranks = torch.empty(len(scores))
+    for g in torch.unique(groups):
+        idx = torch.nonzero(groups == g).flatten()
+        order = idx[torch.argsort(scores[idx], stable=True)]
+        ranks[order] = torch.arange(len(idx), dtype=torch.float32) / max(len(idx) - 1, 1)
+        if len(idx) == 1:
+            ranks[idx] = 1.0
+    return ranks
 
 
 @hookimpl

@@ -1,0 +1,172 @@
+"""Input statistics of chosen linear layers in every decoder layer, from forward-only passes.
+
+One collector serves every method that needs calibration statistics (Wanda-sp's norms, FLAP's
+means and fluctuations, GRASPrune's compensation means and least-squares moments): forward
+pre-hooks on the watched modules feed an accumulator per (target, layer) while the decoder stack
+runs over the calibration windows (the LM head is skipped: its logits are never needed).
+
+The hooks are prepended, so a module's input is seen before any gate hook on the same module
+(:mod:`pruneframe.gates`) multiplies it by a mask: under gates the statistics are those of the
+ungated activation of the pruned model upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pruneframe.architectures.llama import LayerModules, layer_modules
+
+__all__ = ["Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches"]
+
+
+class Accumulator(Protocol):
+    """What :func:`collect_layer_inputs` feeds: anything that takes input batches ``[..., features]``."""
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate one batch of inputs."""
+
+
+def _accumulation_device(x: torch.Tensor) -> torch.device:
+    """The input's device where it supports float64, else the CPU."""
+    return x.device if x.device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+@dataclass
+class Moments:
+    """Running first and second moments of one linear layer's input features (float64 sums).
+
+    Attributes:
+        count: tokens seen.
+        total: per input feature, the sum over tokens.
+        total_sq: per input feature, the sum of squares over tokens.
+    """
+
+    count: int
+    total: torch.Tensor
+    total_sq: torch.Tensor
+
+    @classmethod
+    def empty(cls, features: int) -> "Moments":
+        """Zero sums for ``features`` input features."""
+        z = torch.zeros(features, dtype=torch.float64)
+        return cls(0, z, z.clone())
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate a batch of inputs ``[..., features]`` (on their device where it has float64)."""
+        device = _accumulation_device(x)
+        if self.total.device != device:
+            self.total, self.total_sq = self.total.to(device), self.total_sq.to(device)
+        flat = x.detach().reshape(-1, x.shape[-1]).to(device=device, dtype=torch.float64)
+        self.count += flat.shape[0]
+        self.total += flat.sum(0)
+        self.total_sq += flat.square().sum(0)
+
+    def mean(self) -> torch.Tensor:
+        """Per-feature mean over tokens."""
+        return self.total / max(self.count, 1)
+
+    def mean_square(self) -> torch.Tensor:
+        """Per-feature mean of squares, ``||x_j||^2 / tokens``."""
+        return self.total_sq / max(self.count, 1)
+
+    def variance(self) -> torch.Tensor:
+        """Per-feature unbiased variance over tokens (0 with fewer than two tokens)."""
+        if self.count < 2:
+            return torch.zeros_like(self.total)
+        centred = self.total_sq - self.total.square() / self.count
+        return (centred / (self.count - 1)).clamp_min(0.0)
+
+
+@dataclass
+class SecondMoments:
+    """Running ``sum x x^T`` over tokens of one linear layer's input (float64, ``[features, features]``).
+
+    The product is formed in float32 on the input's device and summed in float64 on the CPU.
+    """
+
+    count: int
+    total: torch.Tensor
+
+    @classmethod
+    def empty(cls, features: int) -> "SecondMoments":
+        """A zero ``[features, features]`` sum."""
+        return cls(0, torch.zeros(features, features, dtype=torch.float64))
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate a batch of inputs ``[..., features]``."""
+        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        self.count += flat.shape[0]
+        self.total += (flat.T @ flat).double().cpu()
+
+
+def batches(windows: torch.Tensor, batch_size: int | None) -> Iterator[torch.Tensor]:
+    """Consecutive row blocks of ``windows`` (all rows at once when ``batch_size`` is None)."""
+    step = len(windows) if batch_size is None else batch_size
+    for start in range(0, len(windows), step):
+        yield windows[start : start + step]
+
+
+def collect_layer_inputs(
+    model: nn.Module,
+    windows: torch.Tensor,
+    targets: Mapping[str, Callable[[LayerModules], nn.Module]],
+    make: Callable[[int], Accumulator],
+    *,
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "calibration",
+) -> dict[str, list[Accumulator]]:
+    """Per target and decoder layer, an accumulator fed with that module's inputs over ``windows``.
+
+    Args:
+        model: a llama-family causal LM (weights untouched; hooks are removed on exit). Gates set
+            on it stay active: the statistics are of the model as it runs.
+        windows: ``[num, seq_len]`` token ids.
+        targets: name -> which module of a layer to watch (e.g. ``lambda m: m.down_proj``).
+        make: ``in_features -> accumulator`` (e.g. :meth:`Moments.empty`).
+        batch_size: windows per forward pass (all at once when None).
+        progress: show a progress bar.
+        desc: progress bar label.
+    """
+    layers = layer_modules(model)
+    stats = {name: [make(pick(m).in_features) for m in layers] for name, pick in targets.items()}
+    handles = []
+
+    def hook(acc: Accumulator):
+        def pre(module: nn.Module, args: tuple) -> None:
+            acc.add(args[0])
+
+        return pre
+
+    device = next(model.parameters()).device
+    try:
+        for name, pick in targets.items():
+            for i, mods in enumerate(layers):
+                handles.append(pick(mods).register_forward_pre_hook(hook(stats[name][i]), prepend=True))
+        total = -(-len(windows) // (batch_size or len(windows)))
+        with torch.inference_mode():
+            for batch in tqdm(batches(windows, batch_size), total=total, desc=desc, disable=not progress, leave=False):
+                model.get_decoder()(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def collect_input_moments(
+    model: nn.Module,
+    windows: torch.Tensor,
+    targets: Mapping[str, Callable[[LayerModules], nn.Module]],
+    *,
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "calibration",
+) -> dict[str, list[Moments]]:
+    """Per target and layer, the diagonal :class:`Moments` of the module's input (see :func:`collect_layer_inputs`)."""
+    return collect_layer_inputs(model, windows, targets, Moments.empty, batch_size=batch_size, progress=progress, desc=desc)
