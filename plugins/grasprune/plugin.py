@@ -13,6 +13,11 @@ scale (as it would the folded k_proj rows), so there a KV-group scale effectivel
 Optionally (``least_squares``), before the scales, the kept down_proj columns are refit in closed
 form to reproduce the dense FFN output (see :mod:`pruneframe.refit`); no parameters are added.
 
+Warm start (optional, ``init_from``): the gate scores start at another registered method's scores,
+as ranks spread over ``init_spread``; with ``init_scope="uniform"`` the ranks are taken within each
+layer and kind, so the first mask follows the per-layer allocation of methods such as LLM-Pruner.
+Training then proceeds exactly as above from that mask instead of the tie-broken one.
+
 Step 0 ties: all scores start at 0, so the first mask is decided by the projector's deterministic
 tie-break, which orders tied units by their fractional position inside their layer and kind: the
 first mask keeps about the same fraction of every layer and kind (rather than cutting the first
