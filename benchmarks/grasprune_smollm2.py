@@ -14,6 +14,7 @@ process's RSS and would inflate a later run's peak, and the throughput ratio com
 measured minutes apart in the same process.
 
     python benchmarks/grasprune_smollm2.py --out benchmarks/results/grasprune_smollm2.json
+    python benchmarks/grasprune_smollm2.py --seeds 0,1,2 --resume   # add seed 2 to the same file
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out (same protocol) and run only the missing (budget, variant, seed)")
     parser.add_argument("--sequences", type=int, default=PROTOCOL["num_sequences"], help="smoke runs only: fewer calibration sequences")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # KEEP:VARIANT:SEED, run by the parent
     parser.add_argument("--scores-dir", default=None, help=argparse.SUPPRESS)  # where children leave their gate scores
@@ -243,20 +246,34 @@ def main() -> None:
         "dense": {},
         "runs": [],
     }
-    dense_ppl = _ppl(inputs.model, inputs.evalw)
-    out["dense"] = {"ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params}
+    previous = _previous_runs(Path(args.out), out["protocol"]) if args.resume else None
+    if previous is not None:
+        out["dense"], out["runs"] = previous["dense"], previous["runs"]
+        out["protocol"]["seeds"] = sorted({*out["protocol"]["seeds"], *previous["protocol"]["seeds"]})
+        out["protocol"]["variants"] = {**previous["protocol"]["variants"], **out["protocol"]["variants"]}
+        print(f"resuming: {len(out['runs'])} runs kept from {args.out}", flush=True)
+    else:
+        dense_ppl = _ppl(inputs.model, inputs.evalw)
+        out["dense"] = {"ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params}
+    dense_ppl = out["dense"]["ppl"]
     print(f"dense ppl {dense_ppl:.2f}", flush=True)
-    random_ppl = {}
+    random_ppl = {r["keep"]: r["ppl_random_mask"] for r in out["runs"]}
     for keep in [float(b) for b in args.budgets.split(",")]:
-        g = torch.Generator().manual_seed(0)
-        rand_mask = pruneframe.budget.project(torch.rand(len(units), generator=g), units.cost, int(keep * units.prunable_params), groups=units.groups)
-        with gated(inputs.model, units, rand_mask):
-            random_ppl[keep] = _ppl(inputs.model, inputs.evalw)
+        if keep not in random_ppl:
+            g = torch.Generator().manual_seed(0)
+            rand_mask = pruneframe.budget.project(torch.rand(len(units), generator=g), units.cost, int(keep * units.prunable_params), groups=units.groups)
+            with gated(inputs.model, units, rand_mask):
+                random_ppl[keep] = _ppl(inputs.model, inputs.evalw)
         print(f"keep {keep}: random-score mask ppl {random_ppl[keep]:.2f}", flush=True)
     del inputs
+    done = {(r["keep"], r["variant"], r["seed"]) for r in out["runs"]}
     with tempfile.TemporaryDirectory(prefix="grasprune-bench-") as scratch:
-        for keep in random_ppl:
+        for keep in [float(b) for b in args.budgets.split(",")]:
             for name, seed in [(n, int(s)) for n in args.variants.split(",") for s in args.seeds.split(",")]:
+                if (keep, name, seed) in done:
+                    continue
+                if VARIANTS[name].get("reuse_gates") and (keep, VARIANTS[name]["reuse_gates"], seed) in done:
+                    raise SystemExit(f"{name} seed {seed} at keep {keep} reuses gates that a previous run did not keep; rerun without --resume")
                 run = _child(args, keep, name, seed, Path(scratch))
                 run.update(ppl_random_mask=random_ppl[keep], ratio_folded_to_dense=run["ppl_folded"] / dense_ppl,
                            ratio_hard_to_dense=run["ppl_hard_mask"] / dense_ppl)
@@ -280,6 +297,17 @@ def main() -> None:
             flush=True,
         )
     write_json_atomic(args.out, out)
+
+
+def _previous_runs(path: Path, protocol: dict[str, Any]) -> dict[str, Any] | None:
+    """The results already in ``path`` when they were measured under the same data and evaluation, else None."""
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    for key in ("calibration", "evaluation", "model"):
+        if previous["protocol"].get(key) != protocol[key]:
+            raise SystemExit(f"--resume: {path} was measured with a different {key}; choose another --out")
+    return previous
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,6 +8,9 @@ background thread samples RSS.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import re
 import resource
 import sys
@@ -18,7 +21,7 @@ from types import TracebackType
 import psutil
 import torch
 
-__all__ = ["current_rss_bytes", "peak_rss_bytes", "PeakMemory", "MemoryReport"]
+__all__ = ["current_rss_bytes", "peak_rss_bytes", "release_unused_memory", "PeakMemory", "MemoryReport"]
 
 
 def current_rss_bytes() -> int:
@@ -30,6 +33,25 @@ def peak_rss_bytes() -> int:
     """Lifetime peak RSS of this process in bytes (``getrusage``; kB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def release_unused_memory() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    After a large temporary workload (e.g. another method's gradient pass) glibc keeps the freed
+    blocks in the process, so the resident set, and every later peak measured from it, stays
+    inflated. Returns whether a trim ran (False where glibc is not the allocator).
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 _HWM_LOCK = threading.Lock()

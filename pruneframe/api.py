@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pruneframe import checkpoint
+from pruneframe._memory import release_unused_memory
 from pruneframe.architectures.llama import layer_modules
 from pruneframe.budget import BudgetKind, check_meets_budget, make_budget, resolve
 from pruneframe.calibration import CalibrationData
@@ -118,6 +119,7 @@ def prune(
         sub = dataclasses.replace(context, stats={})
         scores = host.score(other, sub)
         context.stats.setdefault("scored_with", {})[name] = sub.stats
+        release_unused_memory()  # the other method's temporaries must not inflate the caller's memory
         return scores
 
     context.score_with = score_with

@@ -263,3 +263,30 @@ def test_nested_peak_memory_keeps_the_outer_peak() -> None:
         pytest.skip("no kernel high-water mark on this platform")
     assert outer.report.delta_rss >= 60 * 2**20  # the allocation before the inner block's reset
     assert inner.report.peak_rss <= outer.report.peak_rss
+
+
+def test_release_unused_memory_hands_freed_heap_back() -> None:
+    import ctypes
+    import sys
+
+    from pruneframe._memory import current_rss_bytes, release_unused_memory
+
+    if not sys.platform.startswith("linux"):
+        assert release_unused_memory() is False
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, count = 32 * 1024, 16_000  # 512 MB of small blocks: the C heap, not mmap
+    blocks = [libc.malloc(size) for _ in range(count)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)  # make the pages resident
+    pin = libc.malloc(size)  # above the freed blocks: the heap cannot shrink from its top by itself
+    for b in blocks:
+        libc.free(b)
+    before = current_rss_bytes()
+    try:
+        assert release_unused_memory() is True
+        assert current_rss_bytes() < before - 300_000_000
+    finally:
+        libc.free(pin)
