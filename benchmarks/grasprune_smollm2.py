@@ -127,8 +127,8 @@ def _scores_file(scores_dir: Path, keep: float, name: str, seed: int) -> Path:
 def run_one(inputs: _Inputs, keep: float, name: str, seed: int, progress: bool, scores_dir: Path) -> dict[str, Any]:
     """Dense forward rate and memory, then GRASPrune ``name`` at ``keep``, in this (fresh) process.
 
-    The dense forward rate is measured on 8 windows right before pruning and again right after gate
-    training's process has freed its state; the throughput ratio uses their mean, so a slow or fast
+    The dense forward rate is measured on 8 windows right before pruning and again right after it, in
+    the same process; the throughput ratio uses their mean, so a slow or fast
     spell of the machine does not land on one side of the ratio only.
 
     A variant with ``reuse_gates`` takes the gate scores that variant saved in ``scores_dir`` (same
@@ -257,8 +257,9 @@ def main() -> None:
         out["dense"] = {"ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params}
     dense_ppl = out["dense"]["ppl"]
     print(f"dense ppl {dense_ppl:.2f}", flush=True)
+    budgets = [float(b) for b in args.budgets.split(",")]
     random_ppl = {r["keep"]: r["ppl_random_mask"] for r in out["runs"]}
-    for keep in [float(b) for b in args.budgets.split(",")]:
+    for keep in budgets:
         if keep not in random_ppl:
             g = torch.Generator().manual_seed(0)
             rand_mask = pruneframe.budget.project(torch.rand(len(units), generator=g), units.cost, int(keep * units.prunable_params), groups=units.groups)
@@ -268,7 +269,7 @@ def main() -> None:
     del inputs
     done = {(r["keep"], r["variant"], r["seed"]) for r in out["runs"]}
     with tempfile.TemporaryDirectory(prefix="grasprune-bench-") as scratch:
-        for keep in [float(b) for b in args.budgets.split(",")]:
+        for keep in budgets:
             for name, seed in [(n, int(s)) for n in args.variants.split(",") for s in args.seeds.split(",")]:
                 if (keep, name, seed) in done:
                     continue

@@ -117,10 +117,10 @@ def prune(
     def score_with(name: str, config: dict[str, Any] | None = None) -> torch.Tensor:
         other = host.method(name, config)
         sub = dataclasses.replace(context, stats={})
-        scores = host.score(other, sub)
+        other_scores = host.score(other, sub)
         context.stats.setdefault("scored_with", {})[name] = sub.stats
         release_unused_memory()  # the other method's temporaries must not inflate the caller's memory
-        return scores
+        return other_scores
 
     context.score_with = score_with
     was_training = model.training

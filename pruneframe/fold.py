@@ -112,7 +112,7 @@ def fold(
         down = None if rec.down_proj is None else rec.down_proj[i]
         mlp_out = None if rec.mlp_out_scale is None else rec.mlp_out_scale[i].detach()
         attn_out = None if rec.attn_out_scale is None else rec.attn_out_scale[i].detach()
-        mlp.down_proj = _cols(mods.down_proj, keep_ffn, ffn_scale, mlp_bias, down, mlp_out)
+        mlp.down_proj = _cols(mods.down_proj, keep_ffn, ffn_scale, mlp_bias, weight=down, row_scale=mlp_out)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = int(keep_ffn.numel())
 
@@ -124,7 +124,7 @@ def fold(
         attn.q_proj = _rows(mods.q_proj, q_rows)
         attn.k_proj = _rows(mods.k_proj, kv_rows, kv_row_scale)
         attn.v_proj = _rows(mods.v_proj, kv_rows, kv_row_scale)
-        attn.o_proj = _cols(mods.o_proj, q_rows, None, attn_bias, None, attn_out)
+        attn.o_proj = _cols(mods.o_proj, q_rows, extra_bias=attn_bias, row_scale=attn_out)
         for name, value in (("num_heads", g * keep_kv.numel()), ("num_key_value_heads", keep_kv.numel())):
             if hasattr(attn, name):
                 setattr(attn, name, int(value))

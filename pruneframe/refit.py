@@ -19,7 +19,8 @@ from torch import nn
 
 from pruneframe.architectures.llama import layer_modules
 from pruneframe.collect import SecondMoments, collect_layer_inputs
-from pruneframe.gates import UnitGates
+from pruneframe.gates import gated
+from pruneframe.methods import Recalibration
 from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["ridge_refit_columns", "ffn_input_moments", "refit_down_proj"]
@@ -67,9 +68,7 @@ def ffn_input_moments(
         bias: optional ``(mlp_bias, attn_bias)`` set on the gates while collecting.
     """
     device = next(model.parameters()).device
-    with UnitGates(model, units) as gates:
-        gates.set(mask.to(device=device, dtype=torch.float32))
-        gates.set_bias(*bias)
+    with gated(model, units, mask.to(device), Recalibration(mlp_bias=bias[0], attn_bias=bias[1])):
         stats = collect_layer_inputs(
             model, windows, {"down_proj": lambda m: m.down_proj}, SecondMoments.empty,
             batch_size=1, progress=progress, desc="refit moments",

@@ -128,8 +128,7 @@ class GRASPrune(PruningMethod):
         windows = self._windows(context, num, offset=cfg.num_sequences)
         mlp_bias = attn_bias = None
         if cfg.bias_compensation:
-            with torch.inference_mode():
-                means = mean_projection_inputs(context.model, windows, context.progress)
+            means = mean_projection_inputs(context.model, windows, context.progress)
             mlp_bias, attn_bias = compensation_bias(context.model, context.units, mask, *means)
         down_proj = None
         if cfg.least_squares:
@@ -178,13 +177,12 @@ def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
 
     Equal scores keep index order (stable sort).
     """
-    ranks = torch.empty(len(scores))
+    ranks = torch.ones(len(scores))
     for g in torch.unique(groups):
         idx = torch.nonzero(groups == g).flatten()
-        order = idx[torch.argsort(scores[idx], stable=True)]
-        ranks[order] = torch.arange(len(idx), dtype=torch.float32) / max(len(idx) - 1, 1)
-        if len(idx) == 1:
-            ranks[idx] = 1.0
+        if len(idx) > 1:
+            order = idx[torch.argsort(scores[idx], stable=True)]
+            ranks[order] = torch.arange(len(idx), dtype=torch.float32) / (len(idx) - 1)
     return ranks
 
 
