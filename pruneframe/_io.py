@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["write_text_atomic", "write_json_atomic", "atomic_dir"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "atomic_dir"]
 
 
 def _umask() -> int:
@@ -27,17 +27,18 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling file and ``os.replace``.
+def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` on a temporary sibling file, then ``os.replace`` it onto ``path``.
 
-    The parent directory is created when missing. Returns the final path.
+    The parent directory is created when missing; on any error ``path`` is left untouched.
+    Returns the final path.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
@@ -46,6 +47,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`). Returns the final path."""
+    return write_bytes_atomic(path, lambda handle: handle.write(text.encode(encoding)))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int = 2) -> Path:

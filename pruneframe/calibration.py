@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pruneframe.distributed import shard_rows
+
 __all__ = ["CalibrationData"]
 
 
@@ -49,6 +51,4 @@ class CalibrationData:
 
     def shard(self, windows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
         """The rows of ``windows`` a ``torchrun`` rank processes (round-robin, so ranks balance)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        return windows[rank::world_size]
+        return shard_rows(windows, rank, world_size)

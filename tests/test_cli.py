@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import pruneframe.host as host_module
@@ -148,3 +152,35 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     for name, settings in config.enabled_evaluators().items():
         host.evaluator(name, settings)
     assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 16
+
+
+def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
+    settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 2, "rescale_sequences": 2, "lr": 0.2})
+    flags = ["prune", "--model", str(offline_data["model"]), "--method", "grasprune", "--budget", "0.5",
+             "--method-config", settings, "--calib", str(offline_data["calib"]), "--quiet"]
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the kernels' sums split as in this process
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "pruneframe", *flags, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("pruned with grasprune") == 1  # rank 0 alone reports and saves
+    one, _ = load_pruned(tmp_path / "one")
+    two, _ = load_pruned(tmp_path / "two")
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stats = read_report(tmp_path / "two")["method_stats"]["gates"]
+    assert stats["steps"] == 8 and all(c <= stats["budget"] for c in stats["kept_cost_per_step"])
+
+
+def test_prune_refuses_another_runs_checkpoint_with_exit_2(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
+    settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 1, "rescale_sequences": 2,
+                           "checkpoint_dir": str(tmp_path / "state")})
+    flags = ["prune", "--model", str(offline_data["model"]), "--method", "grasprune", "--method-config", settings,
+             "--calib", str(offline_data["calib"]), "--quiet"]
+    assert main([*flags, "--budget", "0.5", "--out", str(tmp_path / "a")]) == 0
+    assert main([*flags, "--budget", "0.6", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "grasprune-gates.pt' was written by a different run (differs in budget)" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()

@@ -12,7 +12,7 @@ import torch
 from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pruneframe._io import atomic_dir, write_json_atomic, write_text_atomic
+from pruneframe._io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pruneframe._memory import PeakMemory, current_rss_bytes, peak_rss_bytes
 from pruneframe.evaluation import (
     BUILTIN_EVALUATORS,
@@ -218,6 +218,14 @@ def test_atomic_writes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"a": [1, 2], "b": 1}
     write_text_atomic(tmp_path / "t.txt", "hello")
     assert (tmp_path / "t.txt").read_text() == "hello"
+
+    def half_then_fail(handle) -> None:
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_bytes_atomic(tmp_path / "t.txt", half_then_fail)
+    assert (tmp_path / "t.txt").read_text() == "hello"  # the old content survives a failed write
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "f").write_text("x")
         assert not (tmp_path / "out").exists()

@@ -87,4 +87,10 @@ class GRASPruneConfig(MethodConfig):
         description="attention kernel during the two loops: sdpa (fused, keeps no attention matrix for the "
         "backward pass), eager, or model = whatever the model was loaded with",
     )
+    checkpoint_dir: str | None = Field(
+        None,
+        description="directory for the resumable state of both loops (grasprune-gates.pt, grasprune-scales.pt); "
+        "a rerun of the same configuration on the same model and data resumes after the last saved step",
+    )
+    checkpoint_every: PositiveInt = Field(50, description="steps between two saves of the resumable state")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the frozen backbone")

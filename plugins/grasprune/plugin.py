@@ -26,6 +26,9 @@ layers to their minimum, as a plain index order would).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from pruneframe.budget import check_meets_budget
@@ -33,6 +36,7 @@ from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.refit import ffn_input_moments, refit_down_proj
+from pruneframe.resume import LoopCheckpoint
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
@@ -64,6 +68,27 @@ class GRASPrune(PruningMethod):
         choice = self.config.attn_implementation
         return None if choice == "model" else choice
 
+    def _checkpoint(
+        self, stage: str, context: ScoringContext, windows: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> LoopCheckpoint | None:
+        """Resumable state of one stage under ``checkpoint_dir`` (None: not kept).
+
+        The fingerprint ties the file to this run: the method's settings (other than where and how
+        often state is kept), the model's name and units, the budget, the calibration windows and,
+        for stage B, the fixed mask.
+        """
+        cfg = self.config
+        if cfg.checkpoint_dir is None:
+            return None
+        settings = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_every"})
+        fingerprint = {
+            "stage": stage, "config": settings, "budget": int(context.budget),
+            "model": str(getattr(getattr(context.model, "config", None), "_name_or_path", "")),
+            "units": [len(context.units), int(context.units.prunable_params)],
+            "windows": _digest(windows), "mask": None if mask is None else _digest(mask),
+        }
+        return LoopCheckpoint(Path(cfg.checkpoint_dir) / f"grasprune-{stage}.pt", cfg.checkpoint_every, fingerprint)
+
     def _initial_scores(self, context: ScoringContext) -> torch.Tensor:
         """Zeros (reference), or another method's scores as ranks spread over ``init_spread``."""
         cfg = self.config
@@ -89,15 +114,14 @@ class GRASPrune(PruningMethod):
             optimizer = BlockAdam([scores], units.kind, lr=cfg.lr, betas=cfg.betas)
         else:
             optimizer = torch.optim.AdamW([scores], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        kept: list[int] = []
 
-        def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
             p = torch.sigmoid(scores / cfg.tau)
             mask = context.project(p)
             check_meets_budget(mask, units.cost, context.budget, units.groups, context.minimum)
-            kept.append(units.kept_cost(mask))
+            kept = units.kept_cost(mask)
             z = mask.to(p) + p - p.detach()
-            return z, {"kept": f"{kept[-1] / units.prunable_params:.4f}"}
+            return z, {"kept_cost": kept, "kept": kept / units.prunable_params}
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
                 UnitGates(context.model, units) as gates:
@@ -106,11 +130,13 @@ class GRASPrune(PruningMethod):
                 context.model, gates, [scores], gate_fn, loss_fn, windows,
                 batches(len(windows), cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
                 steps, optimizer, "grasprune gates", context.progress,
+                self._checkpoint("gates", context, windows),
             )
         context.stats["gates"] = {
             "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
             "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0],
-            "last_loss": stats.losses[-1], "kept_cost_per_step": kept, "budget": context.budget,
+            "last_loss": stats.losses[-1], "kept_cost_per_step": [int(r["kept_cost"]) for r in stats.records],
+            "budget": context.budget,
             "peak_rss_bytes": stats.peak_rss_bytes,
         }
         return torch.sigmoid(scores.detach() / cfg.tau).cpu()
@@ -150,7 +176,7 @@ class GRASPrune(PruningMethod):
                 UnitGates(context.model, units) as gates, replaced_weights(context.model, down_proj):
             gates.set_bias(mlp_bias, attn_bias)
 
-            def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, str]]:
+            def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
                 if u is not None:
                     gates.set_output_scales(*self._scale(u))
                 return hard * self._scale(t), {}
@@ -160,6 +186,7 @@ class GRASPrune(PruningMethod):
                 context.model, gates, params, gate_fn, loss_fn, windows,
                 batches(len(windows), cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
                 steps, optimizer, "grasprune scales", context.progress,
+                self._checkpoint("scales", context, windows, mask),
             )
         context.stats["rescale"] = {
             "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
@@ -170,6 +197,14 @@ class GRASPrune(PruningMethod):
         out_scale = (None, None) if u is None else self._scale(u.detach()).cpu()
         return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
                              mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
+
+
+def _digest(t: torch.Tensor) -> str:
+    """Short content hash of a tensor (shape, dtype and values)."""
+    data = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{tuple(data.shape)}{data.dtype}".encode())
+    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe._memory import PeakMemory
+from pruneframe.distributed import all_reduce_sum_, shard_rows, shard_weight, world
 from pruneframe.gates import UnitGates
 from pruneframe.losses import linear_cross_entropy, linear_kl_divergence
+from pruneframe.resume import LoopCheckpoint
 
 __all__ = [
     "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LoopStats",
@@ -150,9 +153,10 @@ def batches(count: int, batch_size: int, epochs: int, shuffle: bool, seed: int) 
 
 @dataclass
 class LoopStats:
-    """What one loop reports: losses, tokens and time."""
+    """What one loop reports: losses, the per-step records of ``gate_fn``, tokens and time."""
 
     losses: list[float] = field(default_factory=list)
+    records: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
     peak_rss_bytes: int = 0
@@ -161,6 +165,40 @@ class LoopStats:
     def tokens_per_second(self) -> float:
         """Training throughput."""
         return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _sharded_backward(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, params: list[torch.Tensor], where: str
+) -> float:
+    """Loss on this rank's share of ``rows``, backward, gradients summed over ranks; returns the global loss.
+
+    In one process this is ``loss_fn(rows).backward()``. Across ranks each mean loss is weighted by
+    its share of the rows, so the summed gradient is that of the global batch; every rank checks
+    the same summed loss, so a non-finite loss stops all ranks alike.
+    """
+    rank, size = world()
+    if size == 1:
+        loss = loss_fn(rows)
+        _check_finite(loss, where)
+        loss.backward()
+        return float(loss.detach())
+    local = shard_rows(rows, rank, size)
+    loss = loss_fn(local) * shard_weight(len(local), len(rows)) if len(local) else None
+    total = torch.zeros((), device=params[0].device) if loss is None else loss.detach().float().clone()
+    all_reduce_sum_([total])
+    _check_finite(total, where)
+    if loss is not None:
+        loss.backward()
+    for p in params:  # a rank without rows (or a parameter without a path) contributes zeros
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_sum_([p.grad for p in params])
+    return float(total)
+
+
+def _check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{where}: non-finite loss {loss.item()}")
 
 
 def run_loop(
@@ -175,37 +213,79 @@ def run_loop(
     optimizer: torch.optim.Optimizer,
     desc: str,
     progress: bool,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> LoopStats:
     """Minimise ``loss_fn`` over ``params`` with gates from ``gate_fn(step)``.
 
-    ``data`` yields ``(epoch, rows)``; ``loss_fn(rows)`` is the loss on ``windows[rows]`` (rows let
-    a loss look up per-window constants such as a teacher's outputs). ``gate_fn`` returns the gate
-    vector for this step (carrying gradients to ``params``) and numbers for the progress bar. A
-    non-finite loss stops the loop with an error naming the step.
+    ``data`` yields ``(epoch, rows)`` (the same sequence on every rank); ``loss_fn(rows)`` is the
+    mean loss on ``windows[rows]`` (rows let a loss look up per-window constants such as a teacher's
+    outputs). ``gate_fn`` returns the gate vector for this step (carrying gradients to ``params``)
+    and numbers recorded per step and shown in the progress bar. A non-finite loss stops the loop
+    with an error naming the step.
+
+    Under ``torchrun`` each rank computes the loss of its round-robin share of every batch and the
+    gradients are summed across ranks (see :mod:`pruneframe.distributed`): the updates are those of
+    one process. With ``checkpoint`` the loop resumes from, and periodically writes, saved state.
     """
     stats = LoopStats()
-    bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
+    start = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        start = _restore(state, params, optimizer, stats)
+    rank, _ = world()
+    bar = tqdm(total=total_steps, initial=start, desc=desc, disable=not progress or rank != 0, leave=False)
     memory = PeakMemory(device=str(next(model.parameters()).device)).__enter__()
     try:
         for step, (epoch, rows) in enumerate(data):
+            if step < start:
+                continue
             t0 = time.perf_counter()
-            z, shown = gate_fn(step)
+            z, record = gate_fn(step)
             gates.set(z)
-            loss = loss_fn(rows)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _sharded_backward(loss_fn, rows, params, f"{desc}: step {step} (epoch {epoch})")
             optimizer.step()
-            stats.losses.append(float(loss.detach()))
+            stats.losses.append(loss)
+            stats.records.append(record)
             stats.tokens += rows.numel() * windows.shape[-1]
             dt = time.perf_counter() - t0
             stats.seconds += dt
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", step_s=f"{dt:.2f}", **shown)
+            bar.set_postfix(loss=f"{loss:.3f}", step_s=f"{dt:.2f}", **{k: _shown(v) for k, v in record.items()})
             bar.update()
+            if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == total_steps):
+                checkpoint.save(_state(step + 1, params, optimizer, stats))
     finally:
         memory.__exit__(None, None, None)
         gates.set(None)
         bar.close()
     stats.peak_rss_bytes = memory.report.peak_rss
     return stats
+
+
+def _shown(value: float) -> str:
+    """A record's value in the progress bar: counts with thousands separators, fractions to 4 places."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+
+
+def _state(step: int, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, stats: LoopStats) -> dict[str, Any]:
+    """Everything a loop needs to continue after ``step`` steps."""
+    return {
+        "step": step,
+        "params": [p.detach().cpu().clone() for p in params],
+        "optimizer": optimizer.state_dict(),
+        "stats": {"losses": stats.losses, "records": stats.records, "tokens": stats.tokens, "seconds": stats.seconds},
+    }
+
+
+def _restore(state: dict[str, Any], params: list[torch.Tensor], optimizer: torch.optim.Optimizer, stats: LoopStats) -> int:
+    """Load a saved state into ``params``, ``optimizer`` and ``stats``; return the steps already done."""
+    if len(state["params"]) != len(params) or any(s.shape != p.shape for s, p in zip(state["params"], params)):
+        raise ValueError("checkpoint parameters do not match the loop's parameters")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    saved_stats = state["stats"]
+    stats.losses, stats.records = list(saved_stats["losses"]), list(saved_stats["records"])
+    stats.tokens, stats.seconds = int(saved_stats["tokens"]), float(saved_stats["seconds"])
+    return int(state["step"])

@@ -1,6 +1,10 @@
 """``pruneframe prune``: one method, one budget; saves a loadable checkpoint and prints the report summary.
 
     pruneframe prune --model smollm2-135m --method magnitude --budget 0.5 --out pruned/magnitude-0.5
+
+Under ``torchrun`` (e.g. ``torchrun --nproc-per-node 4 -m pruneframe prune ...``) every rank runs the
+method, whose calibration loops shard their batches across the ranks where they support it
+(GRASPrune's two loops do); rank 0 alone logs and saves.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pruneframe._memory import PeakMemory
 from pruneframe.api import prune
 from pruneframe.budget import resolve
 from pruneframe.calibration import CalibrationData
+from pruneframe.distributed import process_group_from_env
 from pruneframe.cli.common import (
     Command,
     add_budget_flags,
@@ -30,6 +35,7 @@ from pruneframe.cli.common import (
 from pruneframe.harness import CompareConfig, InputError, explain
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
 from pruneframe.host import PluginHost
+from pruneframe.resume import StaleCheckpointError
 
 __all__ = ["COMMAND", "summary"]
 
@@ -80,27 +86,34 @@ def summary(report: dict[str, Any], path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, check the budget, prune in place, save with the tokenizer, print the summary."""
+    """Load, check the budget, prune in place, save with the tokenizer, print the summary (rank 0 under torchrun)."""
     config, name, settings = _settings(args)
     host = PluginHost.create()
     with input_phase(f"method {name!r}"):
         method = host.method(name, settings)
     budget = config.budget_objects()[0]
-    log = make_log(args.quiet)
-    log(f"loading model {config.model} ({config.dtype})")
-    model, tokenizer, identity = load_dense(config.model, config.dtype)
-    tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
-    with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-        units = host.discover_units(model)
-        resolve(budget, units, method.minimum(units))
-    log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
-    with PeakMemory(interval_s=0.05) as memory:
-        start = time.perf_counter()
-        result = prune(model, method, budget, CalibrationData(tokens, name=str(stamp["name"])), host=host,
-                       progress=not args.quiet, inplace=True)
-        wall = time.perf_counter() - start
-    result.report.update(model=identity, calibration_source=stamp, wall_s=wall, memory=memory.report.as_dict())
-    path = result.save(Path(args.out).expanduser(), tokenizer=tokenizer)
+    with process_group_from_env() as (rank, _):
+        main = rank == 0
+        log = make_log(args.quiet or not main)
+        log(f"loading model {config.model} ({config.dtype})")
+        model, tokenizer, identity = load_dense(config.model, config.dtype)
+        tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
+        with input_phase(f"budget {budget.label()!r} for method {name!r}"):
+            units = host.discover_units(model)
+            resolve(budget, units, method.minimum(units))
+        log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
+        with PeakMemory(interval_s=0.05) as memory:
+            start = time.perf_counter()
+            try:
+                result = prune(model, method, budget, CalibrationData(tokens, name=str(stamp["name"])), host=host,
+                               progress=main and not args.quiet, inplace=True)
+            except StaleCheckpointError as exc:
+                raise InputError(f"method {name!r}: {exc}") from exc
+            wall = time.perf_counter() - start
+        if not main:
+            return 0
+        result.report.update(model=identity, calibration_source=stamp, wall_s=wall, memory=memory.report.as_dict())
+        path = result.save(Path(args.out).expanduser(), tokenizer=tokenizer)
     print(summary(result.report, path))
     return 0
 
