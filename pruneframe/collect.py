@@ -21,15 +21,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures.llama import LayerModules, layer_modules
+from pruneframe.distributed import shard_rows, summed, world
 
 __all__ = ["Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches"]
 
 
 class Accumulator(Protocol):
-    """What :func:`collect_layer_inputs` feeds: anything that takes input batches ``[..., features]``."""
+    """What :func:`collect_layer_inputs` feeds: anything that takes input batches ``[..., features]``.
+
+    ``merge_ranks`` is called once after the pass, on every rank, so that sums over each rank's
+    share of the windows become sums over all windows (see :func:`pruneframe.distributed.summed`).
+    """
 
     def add(self, x: torch.Tensor) -> None:
         """Accumulate one batch of inputs."""
+
+    def merge_ranks(self) -> None:
+        """Combine this accumulator with its copies on the other ranks (nothing to do in one process)."""
 
 
 def _accumulation_device(x: torch.Tensor) -> torch.device:
@@ -66,6 +74,11 @@ class Moments:
         self.count += flat.shape[0]
         self.total += flat.sum(0)
         self.total_sq += flat.square().sum(0)
+
+    def merge_ranks(self) -> None:
+        """Sum the counts and sums over all ranks."""
+        self.count = int(summed(torch.tensor(self.count, dtype=torch.float64)))
+        self.total, self.total_sq = summed(self.total), summed(self.total_sq)
 
     def mean(self) -> torch.Tensor:
         """Per-feature mean over tokens."""
@@ -104,11 +117,16 @@ class SecondMoments:
         self.count += flat.shape[0]
         self.total += (flat.T @ flat).double().cpu()
 
+    def merge_ranks(self) -> None:
+        """Sum the counts and sums over all ranks."""
+        self.count = int(summed(torch.tensor(self.count, dtype=torch.float64)))
+        self.total = summed(self.total)
+
 
 def batches(windows: torch.Tensor, batch_size: int | None) -> Iterator[torch.Tensor]:
     """Consecutive row blocks of ``windows`` (all rows at once when ``batch_size`` is None)."""
     step = len(windows) if batch_size is None else batch_size
-    for start in range(0, len(windows), step):
+    for start in range(0, len(windows), max(step, 1)):
         yield windows[start : start + step]
 
 
@@ -127,7 +145,9 @@ def collect_layer_inputs(
     Args:
         model: a llama-family causal LM (weights untouched; hooks are removed on exit). Gates set
             on it stay active: the statistics are of the model as it runs.
-        windows: ``[num, seq_len]`` token ids.
+        windows: ``[num, seq_len]`` token ids. Under ``torchrun`` each rank runs its round-robin
+            share and the accumulators are merged across ranks (:meth:`Accumulator.merge_ranks`),
+            so every rank returns the statistics of all windows.
         targets: name -> which module of a layer to watch (e.g. ``lambda m: m.down_proj``).
         make: ``in_features -> accumulator`` (e.g. :meth:`Moments.empty`).
         batch_size: windows per forward pass (all at once when None).
@@ -135,6 +155,8 @@ def collect_layer_inputs(
         desc: progress bar label.
     """
     layers = layer_modules(model)
+    rank, size = world()
+    windows = shard_rows(windows, rank, size)
     stats = {name: [make(pick(m).in_features) for m in layers] for name, pick in targets.items()}
     handles = []
 
@@ -149,13 +171,18 @@ def collect_layer_inputs(
         for name, pick in targets.items():
             for i, mods in enumerate(layers):
                 handles.append(pick(mods).register_forward_pre_hook(hook(stats[name][i]), prepend=True))
-        total = -(-len(windows) // (batch_size or len(windows)))
+        total = -(-len(windows) // (batch_size or max(len(windows), 1)))
         with torch.inference_mode():
-            for batch in tqdm(batches(windows, batch_size), total=total, desc=desc, disable=not progress, leave=False):
+            for batch in tqdm(batches(windows, batch_size), total=total, desc=desc, disable=not progress or rank != 0,
+                              leave=False):
                 model.get_decoder()(input_ids=batch.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
+    if size > 1:
+        for accumulators in stats.values():
+            for acc in accumulators:
+                acc.merge_ranks()
     return stats
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "is_main_process", "process_group_from_env", "shard_rows", "shard_weight", "all_reduce_sum_"]
+__all__ = ["world", "is_main_process", "process_group_from_env", "shard_rows", "shard_weight", "all_reduce_sum_", "summed"]
 
 
 def world() -> tuple[int, int]:
@@ -58,6 +58,20 @@ def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
         return
     for t in tensors:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def summed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all ranks, on ``t``'s device (``t`` itself in a single process).
+
+    Unlike :func:`all_reduce_sum_` the tensor may live anywhere: under NCCL a CPU tensor is reduced
+    on this rank's GPU and brought back.
+    """
+    if world()[1] == 1:
+        return t
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buffer = t.detach().to(on, copy=True)
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    return buffer.to(t.device)
 
 
 @contextmanager

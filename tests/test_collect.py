@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from tiny import tiny_model, tokens
+from tiny import on_ranks, tiny_model, tokens
 
 from pruneframe.architectures.llama import layer_modules
 from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
@@ -41,3 +41,32 @@ def test_moments_by_hand() -> None:
     s = SecondMoments.empty(2)
     s.add(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
     torch.testing.assert_close(s.total, torch.tensor([[10.0, 20.0], [20.0, 40.0]], dtype=torch.float64))
+
+
+DOWN = {"down_proj": lambda m: m.down_proj}
+
+
+def _statistics(windows: torch.Tensor) -> dict:
+    """Moments and second moments of down_proj's input, and the Wanda-sp and FLAP masks, on this rank."""
+    import pruneframe
+
+    model = tiny_model()
+    diag = collect_input_moments(model, windows, DOWN, batch_size=1, progress=False)["down_proj"]
+    full = collect_layer_inputs(model, windows, DOWN, SecondMoments.empty, progress=False)["down_proj"]
+    masks = {name: pruneframe.prune(tiny_model(), name, 0.5, calibration=windows, config={"num_windows": 3, "seq_len": 10, "batch_size": 1},
+                                    progress=False).mask for name in ("wanda-sp", "flap")}
+    return {"count": [m.count for m in diag], "total": [m.total for m in diag], "total_sq": [m.total_sq for m in diag],
+            "full_count": [f.count for f in full], "full": [f.total for f in full], "masks": masks}
+
+
+def test_ranks_share_the_windows_and_merge_to_the_single_process_statistics(tmp_path) -> None:
+    windows = tokens(3, 10)  # 3 windows on 2 ranks: 2 and 1
+    single = _statistics(windows)
+    for got in on_ranks(2, tmp_path, _statistics, windows):
+        assert got["count"] == single["count"] == [windows.numel()] * len(single["count"])  # all tokens, every rank
+        assert got["full_count"] == single["full_count"]
+        for key in ("total", "total_sq", "full"):
+            for a, b in zip(got[key], single[key], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        for name, mask in got["masks"].items():
+            assert torch.equal(mask, single["masks"][name]), name

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from tiny import tiny_model, tokens
+from tiny import on_ranks, tiny_model, tokens
 
 import pruneframe
 import pruneframe_grasprune.training as training
@@ -91,9 +87,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path) -> None:
                          config={**FAST, "checkpoint_dir": str(tmp_path)}, progress=False)
 
 
-def _rank_worker(rank: int, world_size: int, init_file: str, config: dict, out_dir: str, threads: int) -> None:
-    torch.set_num_threads(threads)  # as the single-process run: kernels split their sums by thread
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+def _grasprune_on_rank(config: dict) -> dict:
+    """GRASPrune on the tiny model in this rank, with the rows each loss call saw."""
     rows: list[int] = []
     original = training.causal_lm_loss
 
@@ -102,23 +97,18 @@ def _rank_worker(rank: int, world_size: int, init_file: str, config: dict, out_d
         return original(model, input_ids, *args, **kwargs)
 
     training.causal_lm_loss = loss
-    try:
-        result = _prune(config)
-        stats = result.report["method_stats"]
-        torch.save({"scores": result.scores, "mask": result.mask, "scales": result.recalibration.scales,
-                    "kept": stats["gates"]["kept_cost_per_step"], "budget": result.report["budget_prunable_params"],
-                    "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]], "rows": rows},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    result = _prune(config)
+    stats = result.report["method_stats"]
+    return {"scores": result.scores, "mask": result.mask, "scales": result.recalibration.scales,
+            "kept": stats["gates"]["kept_cost_per_step"], "budget": result.report["budget_prunable_params"],
+            "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]], "rows": rows}
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_two_ranks_compute_the_single_process_result(tmp_path, batch_size: int) -> None:
     config = {"batch_size": batch_size}
     single = _prune(config)
-    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), config, str(tmp_path), torch.get_num_threads()), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = on_ranks(2, tmp_path, _grasprune_on_rank, config)
     for got in ranks:
         # every rank holds the same gates; every mask meets the budget
         assert torch.equal(got["scores"], ranks[0]["scores"]) and torch.equal(got["mask"], ranks[0]["mask"])

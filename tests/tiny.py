@@ -83,3 +83,26 @@ def tiny_tokenizer(name: str) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", name_or_path=name)
+
+
+def _rank_entry(rank: int, world_size: int, init_file: str, threads: int, out_dir: str, worker, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)  # as the calling process: kernels split their sums by thread
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.save(worker(*args), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def on_ranks(world_size: int, tmp_path, worker, *args) -> list:
+    """``worker(*args)`` on ``world_size`` spawned Gloo ranks; each rank's return value, in rank order.
+
+    ``worker`` must be a module-level function (spawned processes import it by name).
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_entry, args=(world_size, str(tmp_path / "init"), torch.get_num_threads(), str(tmp_path), worker, args),
+             nprocs=world_size, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
