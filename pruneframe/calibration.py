@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pruneframe.distributed import shard_rows
-
 __all__ = ["CalibrationData"]
 
 
@@ -48,7 +46,3 @@ class CalibrationData:
             )
         self.tokens_read = max(self.tokens_read, stop)
         return self.tokens[start:stop].view(num, seq_len).clone()
-
-    def shard(self, windows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-        """The rows of ``windows`` a ``torchrun`` rank processes (round-robin, so ranks balance)."""
-        return shard_rows(windows, rank, world_size)

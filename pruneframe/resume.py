@@ -9,6 +9,7 @@ overwritten.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ import torch
 from pruneframe._io import write_bytes_atomic
 from pruneframe.distributed import is_main_process
 
-__all__ = ["LoopCheckpoint", "StaleCheckpointError"]
+__all__ = ["LoopCheckpoint", "StaleCheckpointError", "tensor_digest"]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """First 16 hex digits of the SHA-256 of a tensor's bytes (row-major, on the CPU): a fingerprint entry."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 class StaleCheckpointError(ValueError):

@@ -26,7 +26,6 @@ layers to their minimum, as a plain index order would).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.refit import ffn_input_moments, refit_down_proj
-from pruneframe.resume import LoopCheckpoint
+from pruneframe.resume import LoopCheckpoint, tensor_digest
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
@@ -85,7 +84,7 @@ class GRASPrune(PruningMethod):
             "stage": stage, "config": settings, "budget": int(context.budget),
             "model": str(getattr(getattr(context.model, "config", None), "_name_or_path", "")),
             "units": [len(context.units), int(context.units.prunable_params)],
-            "windows": _digest(windows), "mask": None if mask is None else _digest(mask),
+            "windows": tensor_digest(windows), "mask": None if mask is None else tensor_digest(mask),
         }
         return LoopCheckpoint(Path(cfg.checkpoint_dir) / f"grasprune-{stage}.pt", cfg.checkpoint_every, fingerprint)
 
@@ -197,14 +196,6 @@ class GRASPrune(PruningMethod):
         out_scale = (None, None) if u is None else self._scale(u.detach()).cpu()
         return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
                              mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
-
-
-def _digest(t: torch.Tensor) -> str:
-    """Short content hash of a tensor (shape, dtype and values)."""
-    data = t.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{tuple(data.shape)}{data.dtype}".encode())
-    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

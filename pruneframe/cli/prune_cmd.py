@@ -4,7 +4,7 @@
 
 Under ``torchrun`` (e.g. ``torchrun --nproc-per-node 4 -m pruneframe prune ...``) every rank runs the
 method, whose calibration loops shard their batches across the ranks where they support it
-(GRASPrune's two loops do); rank 0 alone logs and saves.
+(GRASPrune's two loops and the core statistics collector do); rank 0 alone logs and saves.
 """
 
 from __future__ import annotations

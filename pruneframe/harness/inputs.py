@@ -8,7 +8,6 @@ so the command line can report it in one line before anything slow starts.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from pruneframe.harness.cache import model_identity, source_hash
 from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
 from pruneframe.host import PluginHost
 from pruneframe.models import load_model
+from pruneframe.resume import tensor_digest
 
 __all__ = ["input_phase", "load_dense", "calibration_stream", "build_evaluators"]
 
@@ -56,7 +56,7 @@ def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[t
     stamp = {
         **source.describe(),
         "tokens": int(tokens.numel()),
-        "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16],
+        "tokens_sha256": tensor_digest(tokens),
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "max_tokens": settings.max_tokens,
     }
