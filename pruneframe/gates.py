@@ -45,13 +45,15 @@ class UnitGates:
         self.mlp_out_scale: torch.Tensor | None = None
         self.attn_out_scale: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._slices = [(units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)) for i in range(units.num_layers)]
+        self._sizes = [n for shape in units.layers for n in (shape.ffn_channels, shape.kv_groups)]
+        self._split: tuple[torch.Tensor | None, tuple[torch.Tensor, ...]] = (None, ())
 
     def set(self, z: torch.Tensor | None) -> None:
         """Set the gate vector (length ``len(units)``); ``None`` disables gating."""
         if z is not None and z.shape != (len(self.units),):
             raise ValueError(f"gate vector must have shape ({len(self.units)},), got {tuple(z.shape)}")
         self.z = z
+        self._split = (None, ())
 
     def set_bias(self, mlp_bias: torch.Tensor | None, attn_bias: torch.Tensor | None) -> None:
         """Set output biases ``[layers, hidden]`` added to down_proj / o_proj outputs (``None``: none)."""
@@ -76,7 +78,7 @@ class UnitGates:
         if self._handles:
             return self
         for i, mods in enumerate(layer_modules(self.model)):
-            ffn, kv = self._slices[i]
+            ffn, kv = 2 * i, 2 * i + 1
             self._handles.append(mods.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
             self._handles.append(mods.down_proj.register_forward_hook(self._output_hook(i, "mlp")))
             self._handles.append(mods.o_proj.register_forward_hook(self._output_hook(i, "attn")))
@@ -96,20 +98,32 @@ class UnitGates:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-    def _ffn_hook(self, sl: slice):
+    def _part(self, index: int) -> torch.Tensor:
+        """Part ``index`` of the gate vector (layer ``i``: FFN ``2i``, KV ``2i + 1``).
+
+        The vector is split once per ``z`` rather than sliced in every hook: one split node
+        in the autograd graph instead of a full-length zero-filled gradient per slice.
+        """
+        z, parts = self._split
+        if z is not self.z:
+            parts = self.z.split(self._sizes)
+            self._split = (self.z, parts)
+        return parts[index]
+
+    def _ffn_hook(self, index: int):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
             if self.z is None:
                 return None
             x = args[0]
-            return (x * self.z[sl].to(x.dtype),) + tuple(args[1:])
+            return (x * self._part(index).to(x.dtype),) + tuple(args[1:])
 
         return hook
 
-    def _kv_hook(self, sl: slice, head_dim: int):
+    def _kv_hook(self, index: int, head_dim: int):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
             if self.z is None:
                 return None
-            g = self.z[sl].to(out.dtype)
+            g = self._part(index).to(out.dtype)
             shape = out.shape
             return (out.view(*shape[:-1], -1, head_dim) * g[:, None]).view(shape)
 
