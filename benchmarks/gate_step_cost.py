@@ -60,7 +60,7 @@ class _Setup:
             self.model(self.ids, use_cache=False)
 
     def step(self, attention: str, loss_path: str) -> None:
-        with frozen(self.model), attention_implementation(self.model, attention), UnitGates(self.model, self.units) as gates:
+        with frozen(self.model), attention_implementation(self.model, attention), UnitGates(self.model, self.units, fused_glu=True) as gates:
             p = torch.sigmoid(self.scores / 1.5)
             gates.set(self.mask + p - p.detach())
             self.scores.grad = None

@@ -2,7 +2,11 @@
 
 A gate vector ``z`` (one value per unit, flat unit order) multiplies:
 
-* each FFN channel's activation, i.e. the input of down_proj (``down(act(gate(x)) * up(x) * z)``);
+* each FFN channel's activation, i.e. the input of down_proj (``down(act(gate(x)) * up(x) * z)``),
+  by a forward pre-hook on down_proj. With ``fused_glu`` (the training loops) the SiLU MLPs of the
+  supported families compute ``silu(g) * u * z`` as one autograd function that keeps only ``g``,
+  ``u`` and ``z`` for the backward pass: two activations per layer fewer than the operators one by
+  one, same values and gradients bit for bit; other hooks on down_proj then see its gated input;
 * each KV group's keys and values, i.e. the outputs of k_proj and v_proj. RoPE is linear per head, so
   scaling keys before RoPE equals scaling the post-RoPE keys. (In Qwen3 the per-head k_norm removes a
   positive key scale, exactly as it would after folding the scale into k_proj rows; a zero still
@@ -17,10 +21,11 @@ must reproduce exactly, and the mechanism gate-training methods use (``z`` may c
 from __future__ import annotations
 
 from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from pruneframe.architectures.llama import layer_modules
 from pruneframe.methods import Recalibration
@@ -28,23 +33,94 @@ from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["UnitGates", "gated", "gate_values", "replaced_weights"]
 
+#: MLP classes whose forward is ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``.
+_GLU_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+
+class _GatedSiLU(torch.autograd.Function):
+    """``silu(g) * u * z`` (``z`` broadcast over the last dimension), saving only ``g``, ``u`` and ``z``.
+
+    The backward pass recomputes ``silu(g)`` and applies the same operations autograd would to the
+    three-operator graph, so results equal it exactly while two ``[tokens, channels]`` activations
+    per layer are never stored.
+    """
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, u, z)
+        ctx.save_for_forward(g, u, z)
+        return torch.nn.functional.silu(g).mul_(u).mul_(z)
+
+    @staticmethod
+    def jvp(ctx, dg: torch.Tensor | None, du: torch.Tensor | None, dz: torch.Tensor | None) -> torch.Tensor:
+        """Forward-mode derivative (``torch.func.jvp``, ``forward_ad``)."""
+        g, u, z = ctx.saved_tensors
+        sig = torch.sigmoid(g)
+        out = torch.zeros_like(g)
+        if dg is not None:
+            out += dg * sig * (1 + g * (1 - sig)) * u * z
+        if du is not None:
+            out += g * sig * du * z
+        if dz is not None:
+            out += g * sig * u * dz
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        g, u, z = ctx.saved_tensors
+        need_g, need_u, need_z = ctx.needs_input_grad
+        s = torch.nn.functional.silu(g)
+        grad_g = grad_u = grad_z = None
+        if need_z:
+            grad_z = (s * u).mul_(grad).sum(dim=tuple(range(grad.dim() - 1)))
+        if need_g or need_u:
+            grad_a = grad * z
+            if need_u:
+                grad_u = s.mul_(grad_a)
+            if need_g:
+                grad_g = torch.ops.aten.silu_backward(grad_a.mul_(u), g)
+        return grad_g, grad_u, grad_z
+
+
+def _is_silu_glu(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` runs its class's own SiLU GLU forward (no other patch of its ``forward``)."""
+    act = getattr(mlp, "act_fn", None)
+    silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+    return silu and type(mlp).__name__ in _GLU_MLPS and "forward" not in vars(mlp)
+
+
+class _ForwardPatch:
+    """``module.forward`` replaced by an instance attribute until :meth:`remove` (the class is untouched)."""
+
+    def __init__(self, module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.module, self.forward = module, forward
+        module.forward = forward
+
+    def remove(self) -> None:
+        if vars(self.module).get("forward") is self.forward:
+            del self.module.forward
+
 
 class UnitGates:
     """Forward hooks that multiply units by a settable gate vector.
 
     Use as a context manager; hooks are removed on exit. ``set(z)`` may be called between forwards
-    (e.g. once per training step); ``z=None`` disables the multiplication.
+    (e.g. once per training step); ``z=None`` disables the multiplication. ``fused_glu``: gate
+    SiLU MLPs inside one fused autograd function instead of a down_proj pre-hook (see the module
+    docstring; for training, where it saves memory and time).
     """
 
-    def __init__(self, model: nn.Module, units: UnitSet) -> None:
+    def __init__(self, model: nn.Module, units: UnitSet, fused_glu: bool = False) -> None:
         self.model = model
         self.units = units
+        self.fused_glu = fused_glu
         self.z: torch.Tensor | None = None
         self.mlp_bias: torch.Tensor | None = None
         self.attn_bias: torch.Tensor | None = None
         self.mlp_out_scale: torch.Tensor | None = None
         self.attn_out_scale: torch.Tensor | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle | _ForwardPatch] = []
         self._sizes = [n for shape in units.layers for n in (shape.ffn_channels, shape.kv_groups)]
         self._split: tuple[torch.Tensor | None, tuple[torch.Tensor, ...]] = (None, ())
 
@@ -79,7 +155,10 @@ class UnitGates:
             return self
         for i, mods in enumerate(layer_modules(self.model)):
             ffn, kv = 2 * i, 2 * i + 1
-            self._handles.append(mods.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
+            if self.fused_glu and _is_silu_glu(mods.mlp):
+                self._handles.append(_ForwardPatch(mods.mlp, self._glu_forward(ffn, mods.mlp)))
+            else:
+                self._handles.append(mods.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
             self._handles.append(mods.down_proj.register_forward_hook(self._output_hook(i, "mlp")))
             self._handles.append(mods.o_proj.register_forward_hook(self._output_hook(i, "attn")))
             for proj in (mods.k_proj, mods.v_proj):
@@ -87,7 +166,7 @@ class UnitGates:
         return self
 
     def remove(self) -> None:
-        """Remove every hook."""
+        """Remove every hook (and restore the MLP forwards)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -118,6 +197,17 @@ class UnitGates:
             return (x * self._part(index).to(x.dtype),) + tuple(args[1:])
 
         return hook
+
+    def _glu_forward(self, index: int, mlp: nn.Module):
+        original = mlp.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if self.z is None:
+                return original(x)
+            g, u = mlp.gate_proj(x), mlp.up_proj(x)
+            return mlp.down_proj(_GatedSiLU.apply(g, u, self._part(index).to(g.dtype)))
+
+        return forward
 
     def _kv_hook(self, index: int, head_dim: int):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ import torch.autograd.forward_ad as forward_ad
 from pruneframe.architectures.llama import discover
 from pruneframe.gates import UnitGates
 from pruneframe.units import UnitKind
-from tiny import tiny_model, tokens
+from tiny import FAMILIES, tiny_model, tokens
 
 
 def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -18,8 +18,9 @@ def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's forward-mode internals
+@pytest.mark.parametrize("fused_glu", [False, True])
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen3", "llama-mha-bias"])
-def test_gate_gradient_matches_forward_mode_derivatives(family: str) -> None:
+def test_gate_gradient_matches_forward_mode_derivatives(family: str, fused_glu: bool) -> None:
     """Backward's d loss / d z == forward-mode directional derivatives for an FFN channel and a KV group of every layer."""
     model = tiny_model(family, attn_implementation="eager")  # forward-mode AD runs through eager attention
     for p in model.parameters():
@@ -32,7 +33,7 @@ def test_gate_gradient_matches_forward_mode_derivatives(family: str) -> None:
         for kind in (UnitKind.FFN, UnitKind.KV):
             sl = units.slice(layer, kind)
             picked.append(sl.start + layer % (sl.stop - sl.start))
-    with UnitGates(model, units) as gates:
+    with UnitGates(model, units, fused_glu=fused_glu) as gates:
         gates.set(z)
         (grad,) = torch.autograd.grad(_loss(model, ids), z)
         for unit in picked:
@@ -69,3 +70,31 @@ def test_gates_follow_the_current_vector() -> None:
                 gates.set(torch.ones(len(units)))
                 torch.testing.assert_close(model(ids).logits, dense, atol=0, rtol=0)
             torch.testing.assert_close(model(ids).logits, masked, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fused_glu_equals_hooks_bit_for_bit(family: str) -> None:
+    """fused_glu changes neither the logits nor any gradient (gates, output scales, hidden states), and restores the MLPs."""
+    model = tiny_model(family)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    units = discover(model)
+    ids = tokens(2, 12)
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.rand(len(units), generator=g)
+    z0[:: 3] = 0.0  # hard zeros as in a mask
+    scale0 = 1 + 0.1 * torch.randn(units.num_layers, model.config.hidden_size, generator=g)
+    results = []
+    for fused in (False, True):
+        z, scale = z0.clone().requires_grad_(True), scale0.clone().requires_grad_(True)
+        with UnitGates(model, units, fused_glu=fused) as gates:
+            assert all(("forward" in vars(layer.mlp)) == fused for layer in model.model.layers)
+            gates.set(z)
+            gates.set_output_scales(scale, None)
+            logits = model(ids).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+            grads = torch.autograd.grad(loss, [z, scale])
+        results.append((logits.detach(), *grads))
+        assert not any("forward" in vars(layer.mlp) for layer in model.model.layers)
+    for want, got in zip(*results):
+        assert torch.equal(want, got)

@@ -123,7 +123,7 @@ class GRASPrune(PruningMethod):
             return z, {"kept_cost": kept, "kept": kept / units.prunable_params}
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                UnitGates(context.model, units) as gates:
+                UnitGates(context.model, units, fused_glu=True) as gates:
             loss_fn = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
                 context.model, gates, [scores], gate_fn, loss_fn, windows,
@@ -172,7 +172,7 @@ class GRASPrune(PruningMethod):
         optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                UnitGates(context.model, units) as gates, replaced_weights(context.model, down_proj):
+                UnitGates(context.model, units, fused_glu=True) as gates, replaced_weights(context.model, down_proj):
             gates.set_bias(mlp_bias, attn_bias)
 
             def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
