@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 
 from pruneframe.architectures.llama import layer_modules
 from pruneframe.methods import Recalibration
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.units import UnitSet
 
 __all__ = ["UnitGates", "gated", "gate_values", "replaced_weights"]
 

@@ -7,7 +7,7 @@ import math
 import pluggy
 import pytest
 import torch
-from tiny import tiny_model, tokens
+from tiny import tiny_model
 
 import pruneframe
 from pruneframe.architectures.llama import discover
