@@ -129,7 +129,6 @@ class UnitGates:
         if z is not None and z.shape != (len(self.units),):
             raise ValueError(f"gate vector must have shape ({len(self.units)},), got {tuple(z.shape)}")
         self.z = z
-        self._split = (None, ())
 
     def set_bias(self, mlp_bias: torch.Tensor | None, attn_bias: torch.Tensor | None) -> None:
         """Set output biases ``[layers, hidden]`` added to down_proj / o_proj outputs (``None``: none)."""
