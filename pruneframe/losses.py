@@ -21,11 +21,28 @@ import torch
 __all__ = ["linear_cross_entropy", "linear_kl_divergence"]
 
 _CHUNK_ELEMENTS = 1 << 24  # logits elements per chunk: 64 MiB in fp32 (one chunk for 256 tokens of a 49k vocabulary)
+# On CPU one [tokens, d] x [d, vocab] matmul with a large vocabulary is slower than the same product
+# taken in slices of vocabulary rows, whose output slice stays in cache (SmolLM2's 49k x 576 head,
+# 255 tokens, 2 threads: the whole loss with its backward 0.86-0.89x the time, paired medians of 20;
+# slices of 64 to 4096 rows all help, 256 most). The reduction over d is unchanged, so are the logits.
+_VOCAB_BLOCK = 256
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``hidden @ weight.T``; on CPU computed in slices of ``_VOCAB_BLOCK`` vocabulary rows."""
+    vocab = weight.shape[0]
+    if hidden.device.type != "cpu" or vocab <= _VOCAB_BLOCK:
+        return hidden @ weight.T
+    out = hidden.new_empty(hidden.shape[0], vocab)
+    for start in range(0, vocab, _VOCAB_BLOCK):
+        stop = min(start + _VOCAB_BLOCK, vocab)
+        torch.mm(hidden, weight[start:stop].T, out=out[:, start:stop])
+    return out
 
 
 def _shifted_logits(hidden: torch.Tensor, weight: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """``hidden @ weight.T`` in ``acc``, shifted in place so every row's maximum is 0."""
-    logits = (hidden @ weight.T).to(acc)
+    logits = _logits(hidden, weight).to(acc)
     return logits.sub_(logits.amax(dim=-1, keepdim=True))
 
 

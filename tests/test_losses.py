@@ -9,6 +9,26 @@ from tiny import tiny_model, tokens
 from pruneframe.losses import linear_cross_entropy
 
 
+@pytest.fixture(params=[None, 4], ids=["one-matmul", "vocab-blocks"])
+def vocab_block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a test with the logits in one matmul and in vocabulary slices of 4 rows (the last one short)."""
+    import pruneframe.losses
+
+    if request.param is not None:
+        monkeypatch.setattr(pruneframe.losses, "_VOCAB_BLOCK", request.param)
+
+
+def test_logits_in_vocabulary_blocks_equal_one_matmul() -> None:
+    from pruneframe.losses import _VOCAB_BLOCK, _logits
+
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(9, 16, generator=g)
+    weight = torch.randn(2 * _VOCAB_BLOCK + 5, 16, generator=g)
+    torch.testing.assert_close(_logits(hidden, weight), hidden @ weight.T, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(_logits(hidden[:3], weight[:7]), hidden[:3] @ weight[:7].T, atol=0, rtol=0)
+
+
+@pytest.mark.usefixtures("vocab_block")
 @pytest.mark.parametrize("chunk", [None, 1, 3, 7, 64])
 def test_linear_cross_entropy_matches_cross_entropy(chunk: int | None) -> None:
     g = torch.Generator().manual_seed(0)
@@ -54,6 +74,7 @@ def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("vocab_block")
 @pytest.mark.parametrize("chunk", [None, 1, 4, 64])
 def test_linear_kl_divergence_matches_kl_div(chunk: int | None) -> None:
     from pruneframe.losses import linear_kl_divergence
