@@ -28,6 +28,7 @@ from torch import nn
 from pruneframe._io import atomic_dir, write_json_atomic
 from pruneframe.architectures.llama import _base_architecture
 from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
+from pruneframe.checkpoint.validate import check_replaceable
 from pruneframe.fold import layer_widths
 
 __all__ = ["save", "load_pruned", "read_report", "software_versions", "MODELING_FILE", "REPORT_FILE"]
@@ -68,9 +69,11 @@ def _pruned_config(model: nn.Module) -> dict[str, Any]:
 def save(path: str | Path, model: nn.Module, report: dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
     """Write ``model`` (a folded model) as a loadable checkpoint folder, atomically.
 
-    The folder appears complete or not at all; an existing folder at ``path`` is replaced.
+    The folder appears complete or not at all; an existing checkpoint (or empty folder) at ``path`` is
+    replaced, anything else there raises ``FileExistsError`` before anything is written.
     """
     path = Path(path)
+    check_replaceable(path)
     config = _pruned_config(model)
     with atomic_dir(path, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

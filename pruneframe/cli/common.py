@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pruneframe.checkpoint.validate import is_checkpoint_folder
 from pruneframe.harness.config import InputError, normalise_methods
 from pruneframe.harness.runner import Log
 
@@ -27,6 +28,10 @@ __all__ = [
     "add_data_flags",
     "add_eval_flags",
     "add_output_flags",
+    "OutputKind",
+    "is_results_folder",
+    "is_eval_record",
+    "guard_output",
     "read_config_file",
     "deep_merge",
     "flag_settings",
@@ -151,12 +156,76 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, help="measure prefill/decode speed (default on)")
 
 
-def add_output_flags(parser: argparse.ArgumentParser, out_help: str, config: bool = True, required: bool = False) -> None:
-    """``--out``, ``--quiet`` and (with ``config``) ``--config FILE``."""
+def add_output_flags(parser: argparse.ArgumentParser, out_help: str, config: bool = True, required: bool = False,
+                     overwrite_help: str = "replace an existing output written by pruneframe") -> None:
+    """``--out``, ``--overwrite``, ``--quiet`` and (with ``config``) ``--config FILE``."""
     parser.add_argument("--out", metavar="PATH", help=out_help, required=required)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     if config:
         parser.add_argument("--config", type=Path, metavar="FILE", help="YAML or JSON settings file; flags override it")
+
+
+#: What an ``--out`` path receives: a checkpoint folder, a comparison results folder or an eval JSON file.
+OutputKind = Literal["checkpoint", "results", "eval"]
+
+
+def is_results_folder(path: Path) -> bool:
+    """Whether ``path`` holds a comparison's ``results.json`` or at least one run record under ``runs/``."""
+    if (path / "results.json").is_file():
+        return True
+    for record in sorted((path / "runs").glob("*.json")) if (path / "runs").is_dir() else []:
+        try:
+            if "cache_key" in json.loads(record.read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError, TypeError):
+            continue
+    return False
+
+
+def is_eval_record(path: Path) -> bool:
+    """Whether ``path`` is a JSON file written by ``pruneframe eval`` (an object with ``eval`` and ``protocol``)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"eval", "protocol"} <= record.keys()
+
+
+def _empty(path: Path) -> bool:
+    return (path.is_dir() and not any(path.iterdir())) or (path.is_file() and path.stat().st_size == 0)
+
+
+_OURS = {
+    "checkpoint": (True, is_checkpoint_folder, "a pruneframe checkpoint"),
+    "results": (True, is_results_folder, "a pruneframe comparison results folder"),
+    "eval": (False, is_eval_record, "a pruneframe eval record"),
+}
+
+
+def guard_output(path: str | Path, kind: OutputKind, overwrite: bool) -> Path:
+    """Refuse an output path whose current content pruneframe did not write; returns the path.
+
+    A missing path or an empty file/folder is always fine. An existing output of the same kind is fine
+    for ``results`` (the comparison reuses its cached runs) and, for ``checkpoint`` and ``eval``, only
+    with ``overwrite``. Anything else raises :class:`InputError` naming the path, before any work starts.
+    """
+    target = Path(path).expanduser()
+    if not target.exists() and not target.is_symlink():
+        return target
+    if _empty(target):
+        return target
+    folder, ours, what = _OURS[kind]
+    shape = "folder" if folder else "file"
+    if target.is_dir() != folder:
+        raise InputError(f"--out {str(target)!r} is a {'folder' if target.is_dir() else 'file'}; expected a {shape} "
+                         f"for {what}")
+    if not ours(target):
+        raise InputError(f"--out {str(target)!r} exists and is not {what}; refusing to replace it "
+                         "(choose another --out, or move it away)")
+    if kind != "results" and not overwrite:
+        raise InputError(f"--out {str(target)!r} is {what} already; pass --overwrite to replace it")
+    return target
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from pruneframe._io import atomic_dir
 from pruneframe.cli.common import (
     Command,
     add_budget_flags,
@@ -23,10 +26,11 @@ from pruneframe.cli.common import (
     add_seed_flags,
     deep_merge,
     flag_settings,
+    guard_output,
     make_log,
     read_config_file,
 )
-from pruneframe.harness import CompareConfig, InputError, compare, explain
+from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare, explain
 from pruneframe.host import PluginHost
 
 __all__ = ["COMMAND", "compare_config"]
@@ -40,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_flags(parser, many=True)
     add_data_flags(parser)
     add_eval_flags(parser)
-    add_output_flags(parser, "results folder (default results/compare-<model>)")
+    add_output_flags(parser, "results folder (default results/compare-<model>); an existing results folder is "
+                     "reused (its finished runs are cached), any other existing folder is refused",
+                     overwrite_help="recompute every run instead of reusing the results folder's cached runs; the "
+                     "new results replace the old folder only when the comparison finishes")
 
 
 def compare_config(args: argparse.Namespace) -> CompareConfig:
@@ -60,10 +67,22 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
         raise InputError(f"{explain(exc)} (from {source})") from exc
 
 
+def _compare(config: CompareConfig, target: Path, args: argparse.Namespace) -> CompareOutcome:
+    """The comparison written to ``target``; with ``--overwrite`` built in a sibling folder that replaces it at the end."""
+    host, progress, log = PluginHost.create(), not args.quiet, make_log(args.quiet)
+    if not args.overwrite:
+        return compare(config, host=host, progress=progress, log=log)
+    with atomic_dir(target, overwrite=True) as tmp:
+        outcome = compare(config, host=host, progress=progress, log=log, out=tmp)
+    files = {name: target / path.relative_to(tmp) for name, path in outcome.files.items()}
+    return dataclasses.replace(outcome, out=target, files=files)
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, run (resuming from cached runs) and print where the results are."""
     config = compare_config(args)
-    outcome = compare(config, host=PluginHost.create(), progress=not args.quiet, log=make_log(args.quiet))
+    target = guard_output(config.out_dir(), "results", args.overwrite)
+    outcome = _compare(config, target, args)
     if not args.quiet:
         print(outcome.files["md"].read_text(encoding="utf-8"))
     failed = len(outcome.failed)

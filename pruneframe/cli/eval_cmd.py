@@ -23,6 +23,7 @@ from pruneframe.cli.common import (
     add_seed_flags,
     deep_merge,
     flag_settings,
+    guard_output,
     make_log,
     read_config_file,
 )
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_flags(parser, many=False)
     add_data_flags(parser, calib=False)
     add_eval_flags(parser)
-    add_output_flags(parser, "JSON file to write (default: print the JSON to stdout)")
+    add_output_flags(parser, "JSON file to write (default: print the JSON to stdout); an existing file is refused "
+                     "unless it is a pruneframe eval record and --overwrite is given",
+                     overwrite_help="replace the eval record already at --out")
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -72,6 +75,8 @@ def _headline(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write (or print) one JSON record stamped with its protocol."""
     config = eval_config(args)
+    if args.out:
+        guard_output(args.out, "eval", args.overwrite)
     with input_phase(f"model {config.model!r}"):
         identity = model_identity(config.model)
     size = config.evaluation.get("size")
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "software": software_versions(),
     }
     if args.out:
-        write_json_atomic(args.out, record)
+        write_json_atomic(guard_output(args.out, "eval", args.overwrite), record)
         print(f"{config.model}: {_headline(results)}\nwritten: {args.out}")
     else:
         print(json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -30,6 +30,7 @@ from pruneframe.cli.common import (
     add_output_flags,
     add_seed_flags,
     flag_settings,
+    guard_output,
     make_log,
 )
 from pruneframe.harness import CompareConfig, InputError, explain
@@ -47,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_budget_flags(parser, many=False)
     add_seed_flags(parser, many=False)
     add_data_flags(parser, evaluation=False)
-    add_output_flags(parser, "checkpoint folder to write (replaced if it exists)", config=False, required=True)
+    add_output_flags(parser, "checkpoint folder to write (an existing folder is refused unless it is a pruneframe "
+                     "checkpoint and --overwrite is given)", config=False, required=True,
+                     overwrite_help="replace the pruneframe checkpoint already at --out")
 
 
 def _settings(args: argparse.Namespace) -> tuple[CompareConfig, str, dict[str, Any]]:
@@ -88,6 +91,7 @@ def summary(report: dict[str, Any], path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load, check the budget, prune in place, save with the tokenizer, print the summary (rank 0 under torchrun)."""
     config, name, settings = _settings(args)
+    out = guard_output(args.out, "checkpoint", args.overwrite)
     host = PluginHost.create()
     with input_phase(f"method {name!r}"):
         method = host.method(name, settings)
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if not main:
             return 0
         result.report.update(model=identity, calibration_source=stamp, wall_s=wall, memory=memory.report.as_dict())
-        path = result.save(Path(args.out).expanduser(), tokenizer=tokenizer)
+        path = result.save(guard_output(out, "checkpoint", args.overwrite), tokenizer=tokenizer)
     print(summary(result.report, path))
     return 0
 

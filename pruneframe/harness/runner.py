@@ -233,15 +233,17 @@ def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log)
 
 
 def compare(
-    config: CompareConfig, *, host: PluginHost | None = None, progress: bool = True, log: Log = _silent
+    config: CompareConfig, *, host: PluginHost | None = None, progress: bool = True, log: Log = _silent,
+    out: Path | None = None,
 ) -> CompareOutcome:
     """Run every (method, budget, seed) of ``config`` on one model and write the results folder.
 
-    Finished runs found in ``<out>/runs`` with the same cache key are loaded, not recomputed.
+    Finished runs found in ``<out>/runs`` with the same cache key are loaded, not recomputed. ``out``
+    (default ``config.out_dir()``) is where the files go, e.g. a temporary folder renamed into place later.
     """
     host = host or PluginHost.create()
     prep = prepare(config, host, log)
-    out = config.out_dir()
+    out = Path(out) if out is not None else config.out_dir()
     runs_dir = out / "runs"
     dense, computed = run_dense(prep, runs_dir, progress, log)
     done = ["dense"] if computed else []
