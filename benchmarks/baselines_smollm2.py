@@ -26,7 +26,7 @@ import torch
 import pruneframe
 from pruneframe._io import write_json_atomic
 from pruneframe._memory import PeakMemory, peak_rss_bytes
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions

@@ -31,7 +31,7 @@ import torch
 
 from pruneframe._io import write_json_atomic
 from pruneframe._memory import PeakMemory
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import project
 from pruneframe.checkpoint import software_versions
 from pruneframe.gates import UnitGates

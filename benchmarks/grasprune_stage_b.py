@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from pruneframe._io import write_json_atomic
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import make_budget, resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions

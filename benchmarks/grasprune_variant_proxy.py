@@ -21,7 +21,7 @@ import torch
 
 import pruneframe
 from pruneframe._io import write_json_atomic
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.calibration import CalibrationData
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity

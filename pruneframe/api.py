@@ -18,7 +18,6 @@ from torch import nn
 
 from pruneframe import checkpoint
 from pruneframe._memory import release_unused_memory
-from pruneframe.architectures.llama import layer_modules
 from pruneframe.budget import BudgetKind, check_meets_budget, make_budget, resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost
@@ -137,7 +136,7 @@ def prune(
     check_meets_budget(mask, units.cost, target, groups=units.groups, minimum=minimum)
     recalibration = host.recalibrate(method_obj, context, mask)
     t2 = time.perf_counter()
-    added = _added_bias_params(model, recalibration)
+    added = _added_bias_params(model, units, recalibration)
     folded = host.fold(model, units, mask, recalibration, inplace).eval()
     t3 = time.perf_counter()
     if not inplace:
@@ -170,12 +169,12 @@ def prune(
     return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
 
 
-def _added_bias_params(model: nn.Module, rec: Recalibration | None) -> int:
+def _added_bias_params(model: nn.Module, units: UnitSet, rec: Recalibration | None) -> int:
     """Bias parameters the fold creates: a correction on a down_proj / o_proj that had no bias."""
     if rec is None:
         return 0
     added = 0
-    for mods in layer_modules(model):
+    for mods in units.layer_slices(model):
         if rec.mlp_bias is not None and mods.down_proj.bias is None:
             added += mods.down_proj.out_features
         if rec.attn_bias is not None and mods.o_proj.bias is None:

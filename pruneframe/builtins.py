@@ -5,14 +5,24 @@ They run last (``trylast``), so any plugin can override a stage by implementing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from pruneframe.architectures import ArchitectureAdapter, builtin_adapters
 from pruneframe.fold import fold
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
-from pruneframe.projection import project
+from pruneframe.projection import Policy, Scope, project
 from pruneframe.units import UnitSet
+
+
+@hookimpl(trylast=True)
+def pruneframe_register_architectures(register: Callable[[ArchitectureAdapter], None]) -> None:
+    """The core's families: Llama/Mistral/Qwen2/Qwen3, Gemma 3, Phi-3."""
+    for adapter in builtin_adapters():
+        register(adapter)
 
 
 @hookimpl(trylast=True)
@@ -29,7 +39,7 @@ def pruneframe_recalibrate(method: PruningMethod, context: ScoringContext, mask:
 
 @hookimpl(trylast=True)
 def pruneframe_project(
-    scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str
+    scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: Policy, scope: Scope
 ) -> torch.Tensor:
     """The core projector: a mask that meets the budget exactly."""
     return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope)

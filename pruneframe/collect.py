@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruneframe.architectures.llama import LayerModules, layer_modules
+from pruneframe.architectures import ArchitectureAdapter, LayerSlices, adapter_for
 from pruneframe.distributed import shard_rows, summed, world
 
 __all__ = ["Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches"]
@@ -133,28 +133,31 @@ def batches(windows: torch.Tensor, batch_size: int | None) -> Iterator[torch.Ten
 def collect_layer_inputs(
     model: nn.Module,
     windows: torch.Tensor,
-    targets: Mapping[str, Callable[[LayerModules], nn.Module]],
+    targets: Mapping[str, Callable[[LayerSlices], nn.Module]],
     make: Callable[[int], Accumulator],
     *,
     batch_size: int | None = None,
     progress: bool = True,
     desc: str = "calibration",
+    adapter: ArchitectureAdapter | None = None,
 ) -> dict[str, list[Accumulator]]:
     """Per target and decoder layer, an accumulator fed with that module's inputs over ``windows``.
 
     Args:
-        model: a llama-family causal LM (weights untouched; hooks are removed on exit). Gates set
-            on it stay active: the statistics are of the model as it runs.
+        model: a causal LM of a supported family (weights untouched; hooks are removed on exit).
+            Gates set on it stay active: the statistics are of the model as it runs.
         windows: ``[num, seq_len]`` token ids. Under ``torchrun`` each rank runs its round-robin
             share and the accumulators are merged across ranks (:meth:`Accumulator.merge_ranks`),
             so every rank returns the statistics of all windows.
-        targets: name -> which module of a layer to watch (e.g. ``lambda m: m.down_proj``).
+        targets: name -> which module of a layer's :class:`~pruneframe.architectures.LayerSlices` to
+            watch (e.g. ``lambda m: m.down_proj``, or ``lambda m: m.mlp_in`` for the MLP input).
         make: ``in_features -> accumulator`` (e.g. :meth:`Moments.empty`).
         batch_size: windows per forward pass (all at once when None).
         progress: show a progress bar.
         desc: progress bar label.
+        adapter: the model's architecture adapter (``units.adapter``; looked up when omitted).
     """
-    layers = layer_modules(model)
+    layers = (adapter or adapter_for(model)).layer_slices(model)
     rank, size = world()
     windows = shard_rows(windows, rank, size)
     stats = {name: [make(pick(m).in_features) for m in layers] for name, pick in targets.items()}
@@ -189,11 +192,14 @@ def collect_layer_inputs(
 def collect_input_moments(
     model: nn.Module,
     windows: torch.Tensor,
-    targets: Mapping[str, Callable[[LayerModules], nn.Module]],
+    targets: Mapping[str, Callable[[LayerSlices], nn.Module]],
     *,
     batch_size: int | None = None,
     progress: bool = True,
     desc: str = "calibration",
+    adapter: ArchitectureAdapter | None = None,
 ) -> dict[str, list[Moments]]:
     """Per target and layer, the diagonal :class:`Moments` of the module's input (see :func:`collect_layer_inputs`)."""
-    return collect_layer_inputs(model, windows, targets, Moments.empty, batch_size=batch_size, progress=progress, desc=desc)
+    return collect_layer_inputs(
+        model, windows, targets, Moments.empty, batch_size=batch_size, progress=progress, desc=desc, adapter=adapter
+    )

@@ -1,73 +1,156 @@
 """Folding: turn a mask (and scales / bias corrections) into a smaller dense model.
 
-The result has no hooks and no extra parameters: FFN channels are sliced out of gate/up rows and
-down columns; KV groups are removed from q/k/v rows and o columns together; FFN scales multiply
-down_proj columns; KV-group scales multiply the group's k_proj and v_proj rows (and their biases);
-output scales multiply down_proj / o_proj rows (and their own biases); bias corrections become
-down_proj / o_proj biases; replacement down_proj weights (a refit of the kept
-columns) are sliced like the originals. Its logits equal those of the dense model run
-under :func:`pruneframe.gates.gated` with the same arguments.
+The result has no hooks and no extra parameters. Every linear layer that holds unit slices (see
+:class:`~pruneframe.architectures.WeightSlice`; fused ones included) keeps the rows and columns of
+its kept units; a unit's scale multiplies its gated slices (an FFN channel's down_proj column, a
+KV group's k and v rows and their bias entries); output scales multiply down_proj / o_proj rows
+(and their own biases); bias corrections become down_proj / o_proj biases; replacement down_proj
+weights (a refit of the kept columns) are sliced like the originals. The family's adapter then
+updates the attributes its forward reads (head counts, widths). Its logits equal those of the dense
+model run under :func:`pruneframe.gates.gated` with the same arguments.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures.base import LayerSlices, LayerWidths, WeightSlice, unit_indices
 from pruneframe.methods import Recalibration
 from pruneframe.units import UnitKind, UnitSet
 
-__all__ = ["fold", "head_rows"]
+__all__ = ["fold", "fold_layer", "head_rows"]
 
 
 def head_rows(groups: torch.Tensor, rows_per_group: int) -> torch.Tensor:
     """Row indices of whole blocks: for each kept group ``g``, ``g*rows .. (g+1)*rows - 1``."""
-    return (groups[:, None] * rows_per_group + torch.arange(rows_per_group)[None, :]).reshape(-1)
+    return unit_indices(groups, rows_per_group)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        if bias is not None:
-            out.bias.copy_(bias)
-    out.weight.requires_grad_(like.weight.requires_grad)
-    return out
+@dataclass
+class _Cut:
+    """What one linear layer keeps along each axis, and the factors folded into it."""
+
+    rows: list[torch.Tensor] = field(default_factory=list)
+    row_scale: list[torch.Tensor | None] = field(default_factory=list)
+    cols: list[torch.Tensor] = field(default_factory=list)
+    col_scale: list[torch.Tensor | None] = field(default_factory=list)
 
 
-def _rows(linear: nn.Linear, rows: torch.Tensor, scale: torch.Tensor | None = None) -> nn.Linear:
-    w = linear.weight.detach()[rows]
-    b = None if linear.bias is None else linear.bias.detach()[rows]
-    if scale is not None:
-        w = w * scale[:, None].to(w.dtype)
-        b = None if b is None else b * scale.to(b.dtype)
-    return _linear(w, b, linear)
+def _gather(size: int, pieces: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Kept indices along one axis of length ``size`` and their scales (None: all ones).
+
+    ``pieces`` are ``(start, stop, kept indices, scale per kept index or None)`` of the slices on this
+    axis; indices outside every slice are kept unscaled.
+    """
+    idx: list[torch.Tensor] = []
+    scale: list[torch.Tensor] = []
+    any_scale = False
+    pos = 0
+    for start, stop, kept, s in sorted(pieces, key=lambda p: p[0]):
+        if start > pos:
+            idx.append(torch.arange(pos, start))
+            scale.append(torch.ones(start - pos))
+        idx.append(kept)
+        scale.append(torch.ones(kept.numel()) if s is None else s)
+        any_scale = any_scale or s is not None
+        pos = stop
+    if pos < size:
+        idx.append(torch.arange(pos, size))
+        scale.append(torch.ones(size - pos))
+    return torch.cat(idx), (torch.cat(scale) if any_scale else None)
 
 
-def _cols(
+def _shrink(
     linear: nn.Linear,
-    cols: torch.Tensor,
-    scale: torch.Tensor | None = None,
-    extra_bias: torch.Tensor | None = None,
+    rows: tuple[torch.Tensor, torch.Tensor | None] | None,
+    cols: tuple[torch.Tensor, torch.Tensor | None] | None,
+    *,
     weight: torch.Tensor | None = None,
-    row_scale: torch.Tensor | None = None,
+    out_scale: torch.Tensor | None = None,
+    extra_bias: torch.Tensor | None = None,
 ) -> nn.Linear:
-    source = linear.weight.detach() if weight is None else weight.detach().to(linear.weight)
-    w = source[:, cols]
-    if scale is not None:
-        w = w * scale[None, :].to(w.dtype)
-    b = None if linear.bias is None else linear.bias.detach().clone()
-    if row_scale is not None:
-        row = row_scale.to(device=w.device, dtype=w.dtype)
+    """A new linear layer with the kept rows/columns of ``linear`` (or of ``weight``) and the factors applied."""
+    w = linear.weight.detach() if weight is None else weight.detach().to(linear.weight)
+    b = None if linear.bias is None else linear.bias.detach()
+    if rows is not None:
+        index, scale = rows
+        index = index.to(w.device)
+        w = w[index]
+        b = None if b is None else b[index]
+        if scale is not None:
+            w = w * scale.to(device=w.device, dtype=w.dtype)[:, None]
+            b = None if b is None else b * scale.to(device=b.device, dtype=b.dtype)
+    if cols is not None:
+        index, scale = cols
+        w = w[:, index.to(w.device)]
+        if scale is not None:
+            w = w * scale.to(device=w.device, dtype=w.dtype)[None, :]
+    if b is not None and rows is None:
+        b = b.clone()
+    if out_scale is not None:
+        row = out_scale.to(device=w.device, dtype=w.dtype)
         w = w * row[:, None]
         b = None if b is None else b * row
     if extra_bias is not None:
         extra = extra_bias.to(device=w.device, dtype=w.dtype)
         b = extra if b is None else b + extra
-    return _linear(w, b, linear)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if b is not None:
+            out.bias.copy_(b)
+    out.weight.requires_grad_(linear.weight.requires_grad)
+    return out
+
+
+def fold_layer(
+    layer: LayerSlices,
+    keep: dict[UnitKind, torch.Tensor],
+    scales: dict[UnitKind, torch.Tensor | None],
+    *,
+    down_proj: torch.Tensor | None = None,
+    mlp_out_scale: torch.Tensor | None = None,
+    attn_out_scale: torch.Tensor | None = None,
+    mlp_bias: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
+) -> None:
+    """Shrink one decoder layer in place: every sliced linear keeps the rows/columns of ``keep``.
+
+    Args:
+        layer: the layer's slices (from the adapter).
+        keep: per unit kind, the kept unit indices (sorted).
+        scales: per unit kind, one factor per kept unit folded into the gated slices (None: none).
+        down_proj: a replacement down_proj weight (full width) sliced like the original.
+        mlp_out_scale / attn_out_scale: per-output factors of down_proj / o_proj.
+        mlp_bias / attn_bias: vectors added to down_proj / o_proj outputs.
+    """
+    by_linear: dict[tuple[int, str], tuple[WeightSlice, list[WeightSlice]]] = {}
+    for s in layer.slices:
+        key = (id(s.owner), s.attr)
+        by_linear.setdefault(key, (s, []))[1].append(s)
+    down_key = (id(layer.slice("down_proj").owner), layer.slice("down_proj").attr)
+    o_key = (id(layer.slice("o_proj").owner), layer.slice("o_proj").attr)
+    for key, (first, slices) in by_linear.items():
+        linear = first.linear
+        pieces: dict[int, list[tuple[int, int, torch.Tensor, torch.Tensor | None]]] = {0: [], 1: []}
+        for s in slices:
+            kept = keep[s.kind]
+            scale = scales.get(s.kind) if s.gated else None
+            pieces[s.axis].append(
+                (s.start, s.stop, s.indices(kept), None if scale is None else scale.repeat_interleave(s.per_unit))
+            )
+        rows = _gather(linear.out_features, pieces[0]) if pieces[0] else None
+        cols = _gather(linear.in_features, pieces[1]) if pieces[1] else None
+        extra: dict[str, torch.Tensor | None] = {}
+        if key == down_key:
+            extra = dict(weight=down_proj, out_scale=mlp_out_scale, extra_bias=mlp_bias)
+        elif key == o_key:
+            extra = dict(out_scale=attn_out_scale, extra_bias=attn_bias)
+        setattr(first.owner, first.attr, _shrink(linear, rows, cols, **extra))
 
 
 def fold(
@@ -84,7 +167,8 @@ def fold(
         model: a model whose units are ``units`` (from discovery on this very model).
         mask: bool keep-mask, one entry per unit.
         recalibration: optional scales and bias corrections.
-        inplace: modify ``model`` instead of a deep copy (saves memory on large models).
+        inplace: modify ``model`` instead of a deep copy (saves memory on large models). Layers are
+            shrunk one at a time, so old and new weights of more than one layer never coexist.
 
     Raises:
         ValueError: on a mask of the wrong length or a layer left without any KV group.
@@ -92,56 +176,33 @@ def fold(
     mask = mask.bool().cpu()
     if mask.shape != (len(units),):
         raise ValueError(f"mask must have shape ({len(units)},), got {tuple(mask.shape)}")
+    adapter = units.require_adapter()
     rec = recalibration or Recalibration()
     scales = None if rec.scales is None else rec.scales.detach().float().cpu()
     target = model if inplace else copy.deepcopy(model)
-    for i, mods in enumerate(layer_modules(target)):
-        ffn_sl, kv_sl = units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)
-        keep_ffn = torch.nonzero(mask[ffn_sl]).flatten()
-        keep_kv = torch.nonzero(mask[kv_sl]).flatten()
-        if keep_kv.numel() == 0:
+    for i, layer in enumerate(adapter.layer_slices(target)):
+        keep = {kind: torch.nonzero(mask[units.slice(i, kind)]).flatten() for kind in (UnitKind.FFN, UnitKind.KV)}
+        if keep[UnitKind.KV].numel() == 0:
             raise ValueError(f"layer {i} would keep no KV group; raise the per-layer minimum to at least 1")
-        ffn_scale = None if scales is None else scales[ffn_sl][keep_ffn]
-        kv_scale = None if scales is None else scales[kv_sl][keep_kv]
-        mlp_bias = None if rec.mlp_bias is None else rec.mlp_bias[i].detach()
-        attn_bias = None if rec.attn_bias is None else rec.attn_bias[i].detach()
+        kept_scales = {
+            kind: None if scales is None else scales[units.slice(i, kind)][keep[kind]] for kind in (UnitKind.FFN, UnitKind.KV)
+        }
 
-        mlp = mods.mlp
-        mlp.gate_proj = _rows(mods.gate_proj, keep_ffn)
-        mlp.up_proj = _rows(mods.up_proj, keep_ffn)
-        down = None if rec.down_proj is None else rec.down_proj[i]
-        mlp_out = None if rec.mlp_out_scale is None else rec.mlp_out_scale[i].detach()
-        attn_out = None if rec.attn_out_scale is None else rec.attn_out_scale[i].detach()
-        mlp.down_proj = _cols(mods.down_proj, keep_ffn, ffn_scale, mlp_bias, weight=down, row_scale=mlp_out)
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = int(keep_ffn.numel())
+        def per_layer(value: torch.Tensor | list | None) -> torch.Tensor | None:
+            return None if value is None else value[i].detach()
 
-        hd, g = mods.head_dim, mods.queries_per_group
-        q_rows = head_rows(keep_kv, g * hd)
-        kv_rows = head_rows(keep_kv, hd)
-        kv_row_scale = None if kv_scale is None else kv_scale.repeat_interleave(hd)
-        attn = mods.attention
-        attn.q_proj = _rows(mods.q_proj, q_rows)
-        attn.k_proj = _rows(mods.k_proj, kv_rows, kv_row_scale)
-        attn.v_proj = _rows(mods.v_proj, kv_rows, kv_row_scale)
-        attn.o_proj = _cols(mods.o_proj, q_rows, extra_bias=attn_bias, row_scale=attn_out)
-        for name, value in (("num_heads", g * keep_kv.numel()), ("num_key_value_heads", keep_kv.numel())):
-            if hasattr(attn, name):
-                setattr(attn, name, int(value))
-    return target
-
-
-def layer_widths(model: nn.Module) -> list[dict[str, int | bool]]:
-    """Per layer of a (folded) model: FFN width, KV heads, query heads and output-bias flags."""
-    out = []
-    for mods in layer_modules(model):
-        out.append(
-            {
-                "intermediate_size": mods.down_proj.in_features,
-                "num_key_value_heads": mods.kv_groups,
-                "num_attention_heads": mods.q_proj.out_features // mods.head_dim,
-                "down_proj_bias": mods.down_proj.bias is not None,
-                "o_proj_bias": mods.o_proj.bias is not None,
-            }
+        fold_layer(
+            layer, keep, kept_scales,
+            down_proj=None if rec.down_proj is None else rec.down_proj[i],
+            mlp_out_scale=per_layer(rec.mlp_out_scale), attn_out_scale=per_layer(rec.attn_out_scale),
+            mlp_bias=per_layer(rec.mlp_bias), attn_bias=per_layer(rec.attn_bias),
         )
-    return out
+        down, o = layer.down_proj, layer.o_proj
+        n_kv = int(keep[UnitKind.KV].numel())
+        widths = LayerWidths(
+            index=i, ffn=int(keep[UnitKind.FFN].numel()), q_heads=n_kv * layer.queries_per_group, kv_heads=n_kv,
+            head_dim=layer.head_dim, hidden=int(o.out_features),
+            down_proj_bias=down.bias is not None, o_proj_bias=o.bias is not None,
+        )
+        adapter.set_widths(layer, widths, target.config)
+    return target

@@ -3,11 +3,12 @@
 A gate vector ``z`` (one value per unit, flat unit order) multiplies:
 
 * each FFN channel's activation, i.e. the input of down_proj (``down(act(gate(x)) * up(x) * z)``),
-  by a forward pre-hook on down_proj. With ``fused_glu`` (the training loops) the SiLU MLPs of the
-  supported families compute ``silu(g) * u * z`` as one autograd function that keeps only ``g``,
+  by a forward pre-hook on down_proj. With ``fused_glu`` (the training loops) the SiLU MLPs the
+  family's adapter marks as such (:attr:`~pruneframe.architectures.LayerSlices.glu`) compute ``silu(g) * u * z`` as one autograd function that keeps only ``g``,
   ``u`` and ``z`` for the backward pass: two activations per layer fewer than the operators one by
   one, same values and gradients bit for bit; other hooks on down_proj then see its gated input;
-* each KV group's keys and values, i.e. the outputs of k_proj and v_proj. RoPE is linear per head, so
+* each KV group's keys and values, i.e. its gated output rows (k_proj and v_proj, or their row
+  ranges inside a fused qkv_proj). RoPE is linear per head, so
   scaling keys before RoPE equals scaling the post-RoPE keys. (In Qwen3 the per-head k_norm removes a
   positive key scale, exactly as it would after folding the scale into k_proj rows; a zero still
   zeroes the group.)
@@ -27,14 +28,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import ArchitectureAdapter, adapter_for
+from pruneframe.architectures.base import WeightSlice
 from pruneframe.methods import Recalibration
-from pruneframe.units import UnitSet
+from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["UnitGates", "gated", "gate_values", "replaced_weights"]
-
-#: MLP classes whose forward is ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``.
-_GLU_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
 
 
 class _GatedSiLU(torch.autograd.Function):
@@ -81,13 +80,6 @@ class _GatedSiLU(torch.autograd.Function):
             if need_g:
                 grad_g = torch.ops.aten.silu_backward(grad_a.mul_(u), g)
         return grad_g, grad_u, grad_z
-
-
-def _is_silu_glu(mlp: nn.Module) -> bool:
-    """Whether ``mlp`` runs its class's own SiLU GLU forward (no other patch of its ``forward``)."""
-    act = getattr(mlp, "act_fn", None)
-    silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
-    return silu and type(mlp).__name__ in _GLU_MLPS and "forward" not in vars(mlp)
 
 
 class _ForwardPatch:
@@ -152,16 +144,20 @@ class UnitGates:
         """Register the hooks."""
         if self._handles:
             return self
-        for i, mods in enumerate(layer_modules(self.model)):
+        for i, layer in enumerate(self.units.layer_slices(self.model)):
             ffn, kv = 2 * i, 2 * i + 1
-            if self.fused_glu and _is_silu_glu(mods.mlp):
-                self._handles.append(_ForwardPatch(mods.mlp, self._glu_forward(ffn, mods.mlp)))
+            if self.fused_glu and layer.glu is not None:
+                self._handles.append(_ForwardPatch(layer.mlp, self._glu_forward(ffn, layer.mlp, *layer.glu)))
             else:
-                self._handles.append(mods.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
-            self._handles.append(mods.down_proj.register_forward_hook(self._output_hook(i, "mlp")))
-            self._handles.append(mods.o_proj.register_forward_hook(self._output_hook(i, "attn")))
-            for proj in (mods.k_proj, mods.v_proj):
-                self._handles.append(proj.register_forward_hook(self._kv_hook(kv, mods.head_dim)))
+                self._handles.append(layer.down_proj.register_forward_pre_hook(self._ffn_hook(ffn)))
+            self._handles.append(layer.down_proj.register_forward_hook(self._output_hook(i, "mlp")))
+            self._handles.append(layer.o_proj.register_forward_hook(self._output_hook(i, "attn")))
+            by_linear: dict[int, list[WeightSlice]] = {}
+            for s in layer.slices:
+                if s.gated and s.kind == UnitKind.KV and s.axis == 0:
+                    by_linear.setdefault(id(s.linear), []).append(s)
+            for slices in by_linear.values():
+                self._handles.append(slices[0].linear.register_forward_hook(self._kv_hook(kv, slices)))
         return self
 
     def remove(self) -> None:
@@ -197,24 +193,38 @@ class UnitGates:
 
         return hook
 
-    def _glu_forward(self, index: int, mlp: nn.Module):
+    def _glu_forward(self, index: int, mlp: nn.Module, gate_proj: nn.Linear, up_proj: nn.Linear):
         original = mlp.forward
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self.z is None:
                 return original(x)
-            g, u = mlp.gate_proj(x), mlp.up_proj(x)
+            g, u = gate_proj(x), up_proj(x)
             return mlp.down_proj(_GatedSiLU.apply(g, u, self._part(index).to(g.dtype)))
 
         return forward
 
-    def _kv_hook(self, index: int, head_dim: int):
+    def _kv_hook(self, index: int, slices: list[WeightSlice]):
+        """Multiply each slice's output range by its units' gates (one range per unit of ``per_unit`` rows)."""
+        whole = len(slices) == 1 and not slices[0].fused
+        ranges = sorted((s.start, s.stop, s.per_unit) for s in slices)
+
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
             if self.z is None:
                 return None
             g = self._part(index).to(out.dtype)
-            shape = out.shape
-            return (out.view(*shape[:-1], -1, head_dim) * g[:, None]).view(shape)
+            lead = out.shape[:-1]
+            if whole:
+                return (out.view(*lead, -1, ranges[0][2]) * g[:, None]).view(out.shape)
+            pieces, pos = [], 0
+            for start, stop, per_unit in ranges:
+                if start > pos:
+                    pieces.append(out[..., pos:start])
+                pieces.append((out[..., start:stop].reshape(*lead, -1, per_unit) * g[:, None]).reshape(*lead, stop - start))
+                pos = stop
+            if pos < out.shape[-1]:
+                pieces.append(out[..., pos:])
+            return torch.cat(pieces, dim=-1)
 
         return hook
 
@@ -239,15 +249,19 @@ def gate_values(mask: torch.Tensor, recalibration: Recalibration | None = None) 
 
 
 @contextmanager
-def replaced_weights(model: nn.Module, down_proj: list[torch.Tensor] | None) -> Iterator[nn.Module]:
+def replaced_weights(
+    model: nn.Module, down_proj: list[torch.Tensor] | None, adapter: ArchitectureAdapter | None = None
+) -> Iterator[nn.Module]:
     """Use ``down_proj[i]`` as layer i's down_proj weight inside the block (``None``: unchanged).
+
+    ``adapter``: the model's architecture adapter (looked up when omitted).
 
     The original weights are restored on exit, also after an error.
     """
     if down_proj is None:
         yield model
         return
-    mods = layer_modules(model)
+    mods = (adapter or adapter_for(model)).layer_slices(model)
     if len(down_proj) != len(mods):
         raise ValueError(f"down_proj replacements: expected {len(mods)} layers, got {len(down_proj)}")
     saved = []
@@ -271,5 +285,5 @@ def gated(model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: R
     gates.set(gate_values(mask, rec))
     gates.set_bias(rec.mlp_bias, rec.attn_bias)
     gates.set_output_scales(rec.mlp_out_scale, rec.attn_out_scale)
-    with gates, replaced_weights(model, rec.down_proj):
+    with gates, replaced_weights(model, rec.down_proj, units.adapter):
         yield model

@@ -1,7 +1,7 @@
 """The pluggy contract: one hook per stage of structured pruning.
 
 Every hook is prefixed ``pruneframe_`` and called with keyword arguments only. The core's own
-behaviour (llama-family discovery, the budget projector, folding, dispatching to method objects) is
+behaviour (the Llama, Gemma 3 and Phi-3 adapters, the budget projector, folding, dispatching to method objects) is
 itself implemented as plugins, registered like any third-party one, so a plugin can override any
 stage with ``tryfirst=True``. Plugins are found through the ``pruneframe`` entry-point group.
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pruneframe.architectures.base import ArchitectureAdapter
     from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+    from pruneframe.projection import Policy, Scope
     from pruneframe.units import UnitSet
 
 PROJECT_NAME = "pruneframe"
@@ -43,15 +45,14 @@ def pruneframe_register_evaluators(register: Callable[[type[Any]], None]) -> Non
 
 
 @hookspec
-def pruneframe_architectures() -> list[str]:
-    """Return the model class names this plugin can discover units for (used in error messages)."""
+def pruneframe_register_architectures(register: Callable[[ArchitectureAdapter], None]) -> None:
+    """Announce model families: call ``register(adapter)`` once per :class:`~pruneframe.architectures.ArchitectureAdapter`.
 
-
-@hookspec(firstresult=True)
-def pruneframe_discover_units(model: nn.Module) -> UnitSet | None:
-    """Return the :class:`~pruneframe.units.UnitSet` of ``model``, or ``None`` if the architecture is not yours.
-
-    The sum of unit costs plus the non-prunable parameters must equal the model's parameter count.
+    Every implementation is called (collect-all). A model is handled by the first adapter whose
+    ``matches(model)`` is true, plugins before the core, so a plugin can take over a built-in family.
+    The adapter answers every family-specific question: units and their exact costs (the sum of unit
+    costs plus the non-prunable parameters must equal the model's parameter count), each unit's
+    weight slices, the decoder layers, the per-layer widths and the checkpoint config.
     """
 
 
@@ -70,8 +71,8 @@ def pruneframe_project(
     units: UnitSet,
     budget: int,
     minimum: torch.Tensor,
-    policy: str,
-    scope: str,
+    policy: Policy,
+    scope: Scope,
 ) -> torch.Tensor | None:
     """Turn scores into a boolean keep-mask whose cost meets ``budget`` exactly.
 

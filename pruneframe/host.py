@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from pruneframe import hookspecs
+from pruneframe.architectures.base import ArchitectureAdapter
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.units import UnitSet
 
 __all__ = ["PluginHost", "PluginInfo", "UnknownNameError", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "pruneframe"
-CORE_PLUGINS = ("pruneframe.builtins", "pruneframe.architectures.llama", "pruneframe.evaluation.builtin")
+CORE_PLUGINS = ("pruneframe.builtins", "pruneframe.evaluation.builtin")
 
 
 class UnknownNameError(KeyError):
@@ -60,6 +61,7 @@ class PluginHost:
         self.failures = dict(failures or {})
         self._methods: dict[str, type[PruningMethod]] | None = None
         self._evaluators: dict[str, type[Any]] | None = None
+        self._adapters: list[tuple[ArchitectureAdapter, str]] | None = None
         self._method_origin: dict[str, str] = {}
         self._evaluator_origin: dict[str, str] = {}
 
@@ -140,15 +142,33 @@ class PluginHost:
 
     # stages -----------------------------------------------------------------------------------
 
+    def adapters(self) -> list[ArchitectureAdapter]:
+        """Every registered architecture adapter, plugins' before the core's."""
+        if self._adapters is None:
+            found: list[tuple[ArchitectureAdapter, str]] = []
+            for impl in self.pm.hook.pruneframe_register_architectures.get_hookimpls()[::-1]:
+                def register(adapter: ArchitectureAdapter, _plugin: str = impl.plugin_name) -> None:
+                    if not isinstance(adapter, ArchitectureAdapter):
+                        raise TypeError(f"plugin {_plugin!r} registered {adapter!r}, not an ArchitectureAdapter instance")
+                    found.append((adapter, _plugin))
+                impl.function(register=register)
+            self._adapters = found
+        return [a for a, _ in self._adapters]
+
+    def adapter_for(self, model: nn.Module) -> ArchitectureAdapter:
+        """The first registered adapter that handles ``model``."""
+        adapters = self.adapters()
+        for adapter in adapters:
+            if adapter.matches(model):
+                return adapter
+        supported = sorted({a for adapter in adapters for a in adapter.architectures})
+        raise NotImplementedError(
+            f"no installed plugin handles {type(model).__name__}; supported: {', '.join(supported)}"
+        )
+
     def discover_units(self, model: nn.Module) -> UnitSet:
-        """The model's units, from the first discovery plugin that knows its architecture."""
-        units = self.pm.hook.pruneframe_discover_units(model=model)
-        if units is None:
-            supported = sorted({a for names in self.pm.hook.pruneframe_architectures() for a in names})
-            raise NotImplementedError(
-                f"no installed plugin discovers units of {type(model).__name__}; supported: {', '.join(supported)}"
-            )
-        return units
+        """The model's units, from the adapter that handles its architecture."""
+        return self.adapter_for(model).discover(model)
 
     def score(self, method: PruningMethod, context: ScoringContext) -> torch.Tensor:
         """One score per unit, validated (shape and finiteness)."""

@@ -10,19 +10,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+if TYPE_CHECKING:
+    from pruneframe.architectures.base import LayerSlices
+
 from pruneframe.calibration import CalibrationData
+from pruneframe.projection import Policy, Scope
 from pruneframe.units import UnitSet
 
 __all__ = ["MethodConfig", "PruningMethod", "Recalibration", "ScoringContext", "Policy", "Scope"]
-
-Policy = Literal["rank", "density", "optimal"]
-Scope = Literal["global", "uniform"]
 
 
 class MethodConfig(BaseModel):
@@ -102,6 +103,10 @@ class ScoringContext:
     progress: bool = True
     stats: dict[str, Any] = field(default_factory=dict)
     score_with: Callable[[str, dict[str, Any] | None], torch.Tensor] | None = None
+
+    def layers(self) -> "list[LayerSlices]":
+        """Per decoder layer, where each unit's weights are (:class:`~pruneframe.architectures.LayerSlices`)."""
+        return self.units.layer_slices(self.model)
 
     def require_calibration(self, method: str) -> CalibrationData:
         """The calibration data, or a clear error naming the method that needs it."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruneframe.architectures.llama import layer_modules
 from pruneframe.collect import SecondMoments, collect_layer_inputs
 from pruneframe.gates import gated
 from pruneframe.methods import Recalibration
@@ -71,7 +70,7 @@ def ffn_input_moments(
     with gated(model, units, mask.to(device), Recalibration(mlp_bias=bias[0], attn_bias=bias[1])):
         stats = collect_layer_inputs(
             model, windows, {"down_proj": lambda m: m.down_proj}, SecondMoments.empty,
-            batch_size=1, progress=progress, desc="refit moments",
+            batch_size=1, progress=progress, desc="refit moments", adapter=units.adapter,
         )
     return [acc.total for acc in stats["down_proj"]]
 
@@ -80,7 +79,7 @@ def refit_down_proj(model: nn.Module, units: UnitSet, mask: torch.Tensor, moment
     """Per layer, the refit down_proj weight for ``mask`` (see :func:`ridge_refit_columns`)."""
     mask = mask.bool().cpu()
     out = []
-    for i, m in enumerate(layer_modules(model)):
+    for i, m in enumerate(units.layer_slices(model)):
         keep = mask[units.slice(i, UnitKind.FFN)]
         w = m.down_proj.weight.detach()
         out.append(ridge_refit_columns(w.cpu(), moments[i], keep, damping).to(w.device))

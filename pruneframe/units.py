@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices
 
 __all__ = ["UnitKind", "UnitSet", "LayerShape"]
 
@@ -52,6 +56,8 @@ class UnitSet:
         total_params: ``sum(p.numel() for p in model.parameters())`` (tied weights counted once).
         head_dim: attention head dimension.
         hidden_size: model width.
+        adapter: the :class:`~pruneframe.architectures.ArchitectureAdapter` that discovered the
+            units (fold, gates and the collector ask it where each unit's weights are).
     """
 
     architecture: str
@@ -59,6 +65,7 @@ class UnitSet:
     total_params: int
     head_dim: int
     hidden_size: int
+    adapter: "ArchitectureAdapter | None" = field(default=None, repr=False, compare=False)
     layer: torch.Tensor = field(init=False, repr=False)
     kind: torch.Tensor = field(init=False, repr=False)
     index: torch.Tensor = field(init=False, repr=False)
@@ -78,6 +85,19 @@ class UnitSet:
         self.cost = torch.cat(cost) if cost else torch.zeros(0, dtype=torch.long)
         if self.nonprunable_params < 0:
             raise ValueError("unit costs exceed the model's parameter count; discovery is inconsistent")
+
+    def layer_slices(self, model: torch.nn.Module) -> "list[LayerSlices]":
+        """Per decoder layer of ``model`` (the model these units were discovered on), its weight slices."""
+        return self.require_adapter().layer_slices(model)
+
+    def require_adapter(self) -> "ArchitectureAdapter":
+        """The adapter that discovered these units (an error names how to get one when there is none)."""
+        if self.adapter is None:
+            raise ValueError(
+                f"this UnitSet ({self.architecture}) carries no architecture adapter; "
+                "discover units with ArchitectureAdapter.discover or PluginHost.discover_units"
+            )
+        return self.adapter
 
     def __len__(self) -> int:
         return int(self.cost.numel())

@@ -10,13 +10,14 @@ from pydantic import ValidationError
 from tiny import tiny_model, tokens
 
 import pruneframe
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import CalibrationData
+from pruneframe.gates import gated
 from pruneframe.host import PluginHost
 from pruneframe.methods import ScoringContext
 from pruneframe.units import UnitKind
-from pruneframe_baselines._stats import resolve_layer_range
+from pruneframe_baselines.ranges import resolve_layer_range
 
 METHODS = ["magnitude", "llm-pruner", "wanda-sp", "flap", "random"]
 FFN_PARTS = (("gate_proj", 0), ("up_proj", 0), ("down_proj", 1))  # (matrix, axis of its channels)
@@ -84,7 +85,7 @@ def test_random_scores_depend_on_the_seed() -> None:
     assert not torch.equal(a.score(_context(model, a)), b.score(_context(model, b)))
 
 
-@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha-bias"])
+@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha-bias", "gemma3", "phi3"])
 @pytest.mark.parametrize("name", METHODS)
 def test_prune_meets_the_budget_and_folds_to_the_expected_size(name: str, family: str) -> None:
     model = tiny_model(family)
@@ -100,6 +101,11 @@ def test_prune_meets_the_budget_and_folds_to_the_expected_size(name: str, family
         for layer in model.model.layers:
             added += model.config.hidden_size * ((layer.mlp.down_proj.bias is None) + (layer.self_attn.o_proj.bias is None))
     assert sum(p.numel() for p in result.model.parameters()) == units.kept_params(result.mask) + added
+    ids = tokens(2, 10, seed=5)
+    with torch.no_grad(), gated(model, units, result.mask, result.recalibration):
+        want = model(ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(ids).logits, want, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- llm-pruner

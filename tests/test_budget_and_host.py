@@ -10,7 +10,7 @@ import torch
 from tiny import tiny_model
 
 import pruneframe
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import BudgetError, KeepParams, KeepPrunable, KeepTotal, make_budget, resolve
 from pruneframe.hookspecs import hookimpl
 from pruneframe.host import PluginHost, UnknownNameError

@@ -49,8 +49,8 @@ def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.Monke
     monkeypatch.setattr(host_module.metadata, "entry_points", lambda group: [*real(group=group), BrokenEntryPoint()])
     assert main(["plugins"]) == 0
     text = capsys.readouterr().out
-    for expected in ("pruneframe.builtins", "pruneframe.architectures.llama", "pruneframe.evaluation.builtin",
-                     "discover_units", "register_evaluators", "perplexity, size, speed, zeroshot", "magnitude",
+    for expected in ("pruneframe.builtins", "pruneframe.evaluation.builtin",
+                     "register_architectures", "register_evaluators", "perplexity, size, speed, zeroshot", "magnitude",
                      "failed to load (1)", "broken-plugin: ImportError: needs a library"):
         assert expected in text
     assert main(["plugins", "--json"]) == 0

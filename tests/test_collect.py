@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from tiny import on_ranks, tiny_model, tokens
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import layer_slices as layer_modules
 from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
 
 TARGETS = {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj}

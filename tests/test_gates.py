@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as forward_ad
 
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.gates import UnitGates
 from pruneframe.units import UnitKind
 from tiny import FAMILIES, tiny_model, tokens
@@ -85,10 +85,11 @@ def test_fused_glu_equals_hooks_bit_for_bit(family: str) -> None:
     z0[:: 3] = 0.0  # hard zeros as in a mask
     scale0 = 1 + 0.1 * torch.randn(units.num_layers, model.config.hidden_size, generator=g)
     results = []
+    glu = [ls.glu is not None for ls in units.layer_slices(model)]
     for fused in (False, True):
         z, scale = z0.clone().requires_grad_(True), scale0.clone().requires_grad_(True)
         with UnitGates(model, units, fused_glu=fused) as gates:
-            assert all(("forward" in vars(layer.mlp)) == fused for layer in model.model.layers)
+            assert [("forward" in vars(layer.mlp)) for layer in model.model.layers] == [fused and has_glu for has_glu in glu]
             gates.set(z)
             gates.set_output_scales(scale, None)
             logits = model(ids).logits

@@ -207,7 +207,7 @@ def test_training_loss_is_the_plain_causal_lm_loss_and_attention_is_restored() -
 
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen3"])
 def test_distillation_loss_is_kl_from_the_ungated_model(family: str) -> None:
-    from pruneframe.architectures.llama import discover
+    from pruneframe.architectures import discover
     from pruneframe.gates import UnitGates
     from pruneframe_grasprune.training import DenseTeacher, distillation_loss, frozen
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import tiny_model, tokens
 
-from pruneframe.architectures.llama import discover, layer_modules
+from pruneframe.architectures import discover, layer_slices as layer_modules
 from pruneframe.gates import gated
 from pruneframe.refit import ffn_input_moments, ridge_refit_columns
 from pruneframe.units import UnitKind

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny import FAMILIES, tiny_model, tokens
 
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.checkpoint import load_pruned, save
 from pruneframe.fold import fold
 from pruneframe.gates import gated
@@ -60,7 +60,7 @@ def test_unit_costs_add_up_to_parameter_count(family: str) -> None:
     units = discover(model)
     assert units.prunable_params + units.nonprunable_params == _count(model)
     cfg = model.config
-    d, hd = cfg.hidden_size, cfg.head_dim
+    d, hd = cfg.hidden_size, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     G = cfg.num_attention_heads // cfg.num_key_value_heads
     bias_ffn = 2 if getattr(cfg, "mlp_bias", False) else 0
     qkv_bias = getattr(cfg, "attention_bias", False) or family == "qwen2"
@@ -70,7 +70,7 @@ def test_unit_costs_add_up_to_parameter_count(family: str) -> None:
     # removing everything prunable leaves exactly the non-prunable parameters
     non = _count(model) - sum(
         p.numel() for n, p in model.named_parameters()
-        if any(k in n for k in ("gate_proj", "up_proj", "q_proj", "k_proj", "v_proj"))
+        if any(k in n for k in ("gate_proj", "up_proj", "q_proj", "k_proj", "v_proj", "qkv_proj", "gate_up_proj"))
         or (n.endswith("weight") and any(k in n for k in ("down_proj", "o_proj")))
     )
     assert units.nonprunable_params == non

@@ -37,9 +37,8 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import unit_indices
 from pruneframe.collect import Moments, collect_input_moments
-from pruneframe.fold import head_rows
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.units import UnitKind
@@ -115,7 +114,7 @@ class FLAP(PruningMethod):
         windows = calibration.windows(cfg.num_windows, cfg.seq_len)
         moments = collect_input_moments(
             context.model, windows, _TARGETS, batch_size=cfg.batch_size,
-            progress=context.progress, desc="flap fluctuation",
+            progress=context.progress, desc="flap fluctuation", adapter=context.units.adapter,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = context.stats.get("forward_passes", 0) + -(-len(windows) // cfg.batch_size)
@@ -127,7 +126,7 @@ class FLAP(PruningMethod):
         units, metric = context.units, self.config.metric
         moments = self._collect(context)
         scores = torch.empty(len(units), dtype=torch.float32)
-        for i, mods in enumerate(layer_modules(context.model)):
+        for i, mods in enumerate(context.layers()):
             mlp = standardise(channel_metric(metric, mods.down_proj.weight, moments["down_in"][i]))
             attn = standardise(channel_metric(metric, mods.o_proj.weight, moments["o_in"][i]).square())
             per_group = mods.queries_per_group * mods.head_dim
@@ -141,7 +140,7 @@ class FLAP(PruningMethod):
             return None
         units, mask = context.units, mask.bool().cpu()
         moments = self._collect(context)
-        layers = layer_modules(context.model)
+        layers = context.layers()
         hidden = layers[0].o_proj.out_features
         mlp_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
         attn_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
@@ -150,7 +149,7 @@ class FLAP(PruningMethod):
                 removed = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
                 mlp_bias[i] = _mean_contribution(mods.down_proj.weight, moments["down_in"][i], removed)
                 groups = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
-                cols = head_rows(groups, mods.queries_per_group * mods.head_dim)
+                cols = unit_indices(groups, mods.queries_per_group * mods.head_dim)
                 attn_bias[i] = _mean_contribution(mods.o_proj.weight, moments["o_in"][i], cols)
         context.stats["bias_compensation"] = True
         return Recalibration(mlp_bias=mlp_bias.float(), attn_bias=attn_bias.float())

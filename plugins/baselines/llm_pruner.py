@@ -38,20 +38,13 @@ from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import WeightSlice
 from pruneframe.collect import batches
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.units import UnitKind, UnitSet
 from pruneframe_baselines import AllocationConfig
-from pruneframe_baselines._stats import (
-    LayerBound,
-    Part,
-    channels_to_units,
-    range_minimum,
-    resolve_layer_range,
-    unit_parts,
-)
+from pruneframe_baselines.ranges import LayerBound, range_minimum, resolve_layer_range
 
 __all__ = ["LLMPrunerConfig", "LLMPruner", "salience", "unit_importance"]
 
@@ -93,10 +86,13 @@ def salience(weight: torch.Tensor, grad: torch.Tensor, fisher: torch.Tensor | No
     return s
 
 
-def unit_importance(part: Part, s: torch.Tensor, importance: Importance) -> torch.Tensor:
-    """One matrix's share of each unit's importance: per channel ``|sum S|`` or ``sum |S|``, summed per unit."""
+def unit_importance(part: WeightSlice, s: torch.Tensor, importance: Importance) -> torch.Tensor:
+    """One slice's share of each unit's importance: per channel ``|sum S|`` or ``sum |S|``, summed per unit.
+
+    ``s``: the salience of the slice's weights (``part.take`` of the whole weight's salience).
+    """
     per_channel = part.channel_sum(s).abs() if importance == "vector" else part.channel_sum(s.abs())
-    return channels_to_units(per_channel, part.per_unit)
+    return per_channel.reshape(part.units, part.per_unit).sum(dim=1)
 
 
 @contextmanager
@@ -138,8 +134,13 @@ class LLMPruner(PruningMethod):
         cfg, units, model = self.config, context.units, context.model
         windows = context.require_calibration(self.name).windows(cfg.num_samples, cfg.seq_len)
         device = next(model.parameters()).device
-        parts = [(i, part) for i, mods in enumerate(layer_modules(model)) for part in unit_parts(mods)]
-        weights = [part.linear.weight for _, part in parts]
+        # slices grouped by the weight that holds them (a fused weight holds several)
+        by_weight: dict[int, tuple[nn.Parameter, list[tuple[int, WeightSlice]]]] = {}
+        for i, layer in enumerate(context.layers()):
+            for part in layer.slices:
+                w = part.linear.weight
+                by_weight.setdefault(id(w), (w, []))[1].append((i, part))
+        weights = [w for w, _ in by_weight.values()]
         shares: dict[tuple[int, str], torch.Tensor] = {}
         fisher: dict[int, torch.Tensor] = {}
         n = len(windows)
@@ -152,12 +153,13 @@ class LLMPruner(PruningMethod):
             fisher[id(p)] = fisher[id(p)] + g2 if id(p) in fisher else g2
             p.grad = None
 
-        def reduce_to_units(i: int, part: Part):
+        def reduce_to_units(parts: list[tuple[int, WeightSlice]]):
             def hook(p: torch.Tensor) -> None:
                 if not state["reduce"]:
                     return  # an earlier micro-batch: let the gradient accumulate
                 s = salience(p, p.grad, fisher.pop(id(p), None))
-                shares[(i, part.name)] = unit_importance(part, s, cfg.importance).cpu()
+                for i, part in parts:
+                    shares[(i, part.name)] = unit_importance(part, part.take(s), cfg.importance).cpu()
                 p.grad = None
 
             return hook
@@ -184,9 +186,7 @@ class LLMPruner(PruningMethod):
                     for h in handles:
                         h.remove()
                     losses.clear()
-                handles = [
-                    part.linear.weight.register_post_accumulate_grad_hook(reduce_to_units(i, part)) for i, part in parts
-                ]
+                handles = [w.register_post_accumulate_grad_hook(reduce_to_units(parts)) for w, parts in by_weight.values()]
                 for k, batch in enumerate(micro):
                     state["reduce"] = k == len(micro) - 1
                     backward(batch, len(batch) / n)
@@ -199,14 +199,14 @@ class LLMPruner(PruningMethod):
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = context.stats["backward_passes"] = state["passes"]
         context.stats["calibration_loss"] = sum(losses) / n
-        return self._combine(units, model, shares)
+        return self._combine(units, context.layers(), shares)
 
-    def _combine(self, units: UnitSet, model: nn.Module, shares: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
+    def _combine(self, units: UnitSet, layers: list, shares: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
         scores = torch.empty(len(units), dtype=torch.float32)
         reduce = {"sum": lambda x: x.sum(0), "mean": lambda x: x.mean(0), "max": lambda x: x.max(0).values}
-        for i, mods in enumerate(layer_modules(model)):
+        for i, layer in enumerate(layers):
             for kind in (UnitKind.FFN, UnitKind.KV):
-                names = [p.name for p in unit_parts(mods) if p.kind == kind]
+                names = [p.name for p in layer.of(kind)]
                 missing = [name for name in names if (i, name) not in shares]
                 if missing:
                     raise RuntimeError(

@@ -2,8 +2,8 @@
 LLM-Pruner, Ma et al. 2023, and of Li et al. 2017, "Pruning Filters for Efficient ConvNets").
 
 A unit's weights are all weight entries it owns: an FFN channel's gate_proj and up_proj rows and its
-down_proj column; a KV group's q/k/v rows and o_proj columns (see :func:`~pruneframe_baselines._stats.unit_parts`;
-biases are not counted). The norm is normalised per parameter so that FFN channels (3d entries) and
+down_proj column; a KV group's q/k/v rows and o_proj columns (the weight slices the architecture
+adapter names, fused projections included; biases are not counted). The norm is normalised per parameter so that FFN channels (3d entries) and
 KV groups ((2G+2)·hd·d entries) compare under one global budget: L1 is ``sum|w| / n``, L2 is
 ``sqrt(sum w^2 / n)``, i.e. the mean absolute value and the root mean square.
 """
@@ -15,12 +15,11 @@ from typing import Literal
 
 import torch
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import WeightSlice
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
-from pruneframe_baselines._stats import Part, channels_to_units, unit_parts
 
 __all__ = ["MagnitudeConfig", "Magnitude"]
 
@@ -51,19 +50,19 @@ class Magnitude(PruningMethod):
         units = context.units
         scores = torch.empty(len(units), dtype=torch.float32)
         with torch.no_grad():
-            for i, mods in enumerate(layer_modules(context.model)):
+            for i, layer in enumerate(context.layers()):
                 for kind in (UnitKind.FFN, UnitKind.KV):
-                    parts = [p for p in unit_parts(mods) if p.kind == kind]
+                    parts = layer.of(kind)
                     total = sum(self._part_total(p) for p in parts)
                     n = sum(p.params_per_unit for p in parts)
                     mean = total / n
                     scores[units.slice(i, kind)] = (mean if self.config.norm == "l1" else mean.sqrt()).float()
         return scores
 
-    def _part_total(self, part: Part) -> torch.Tensor:
-        w = part.linear.weight.detach().to(torch.float64)
+    def _part_total(self, part: WeightSlice) -> torch.Tensor:
+        w = part.weight.detach().to(torch.float64)
         per_element = w.abs() if self.config.norm == "l1" else w.square()
-        return channels_to_units(part.channel_sum(per_element), part.per_unit).cpu()
+        return part.per_unit_sum(per_element).cpu()
 
 
 @hookimpl

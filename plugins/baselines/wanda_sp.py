@@ -29,13 +29,11 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 
-from pruneframe.architectures.llama import layer_modules
 from pruneframe.collect import collect_input_moments
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
-from pruneframe_baselines._stats import channels_to_units, unit_parts
 
 __all__ = ["WandaSPConfig", "WandaSP"]
 
@@ -47,9 +45,9 @@ _INPUT_OF = {
     "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
 }
 _TARGETS = {
-    "mlp_in": lambda m: m.gate_proj,
+    "mlp_in": lambda m: m.mlp_in,
     "down_in": lambda m: m.down_proj,
-    "attn_in": lambda m: m.q_proj,
+    "attn_in": lambda m: m.attn_in,
     "o_in": lambda m: m.o_proj,
 }
 _OUTPUT_PARTS = ("down_proj", "o_proj")
@@ -89,23 +87,25 @@ class WandaSP(PruningMethod):
         keys = {_INPUT_OF[p] for p in _OUTPUT_PARTS} if cfg.matrices == "output" else set(_TARGETS)
         moments = collect_input_moments(
             context.model, windows, {k: _TARGETS[k] for k in sorted(keys)},
-            batch_size=cfg.batch_size, progress=context.progress, desc="wanda-sp norms",
+            batch_size=cfg.batch_size, progress=context.progress, desc="wanda-sp norms", adapter=units.adapter,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = -(-len(windows) // cfg.batch_size)
         scores = torch.empty(len(units), dtype=torch.float32)
         with torch.no_grad():
-            for i, mods in enumerate(layer_modules(context.model)):
+            for i, layer in enumerate(context.layers()):
                 for kind in (UnitKind.FFN, UnitKind.KV):
-                    parts = [p for p in unit_parts(mods) if p.kind == kind]
+                    parts = layer.of(kind)
                     if cfg.matrices == "output":
                         parts = [p for p in parts if p.name in _OUTPUT_PARTS]
                     total = 0.0
                     for part in parts:
-                        w = part.linear.weight.detach()
+                        w = part.weight.detach()
                         norm = moments[_INPUT_OF[part.name]][i].mean_square().sqrt().to(w.device)
+                        if part.axis == 1:  # the input features of a column slice are its own columns
+                            norm = norm[part.start : part.stop]
                         weighted = w.abs().to(torch.float64) * norm[None, :]
-                        total = total + channels_to_units(part.channel_sum(weighted), part.per_unit).cpu()
+                        total = total + part.per_unit_sum(weighted).cpu()
                     n = sum(p.params_per_unit for p in parts)
                     scores[units.slice(i, kind)] = (total / n).float()
         return scores

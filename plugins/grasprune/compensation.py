@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruneframe.architectures.llama import layer_modules
+from pruneframe.architectures import unit_indices
 from pruneframe.collect import collect_input_moments
-from pruneframe.fold import head_rows
 from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["mean_projection_inputs", "compensation_bias"]
@@ -31,7 +30,7 @@ def compensation_bias(
     model: nn.Module, units: UnitSet, mask: torch.Tensor, mlp_mean: list[torch.Tensor], attn_mean: list[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[layers, hidden]`` biases: each removed unit's weight columns times its mean input."""
-    mods = layer_modules(model)
+    mods = units.layer_slices(model)
     mask = mask.bool().cpu()
     mlp_bias = torch.zeros(units.num_layers, units.hidden_size)
     attn_bias = torch.zeros(units.num_layers, units.hidden_size)
@@ -40,7 +39,7 @@ def compensation_bias(
         w = m.down_proj.weight.detach().double().cpu()
         mlp_bias[i] = (w[:, gone] @ mlp_mean[i][gone]).float()
         gone_kv = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
-        cols = head_rows(gone_kv, m.queries_per_group * m.head_dim)
+        cols = unit_indices(gone_kv, m.queries_per_group * m.head_dim)
         w = m.o_proj.weight.detach().double().cpu()
         attn_bias[i] = (w[:, cols] @ attn_mean[i][cols]).float()
     return mlp_bias, attn_bias

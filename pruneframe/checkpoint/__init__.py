@@ -3,14 +3,19 @@
 Layout written by :func:`save`::
 
     model.safetensors            weights (sharded files + index for large models)
-    config.json                  the original config + ``pruned_layers`` (per-layer widths) + auto_map
-    modeling_pruneframe.py       the only code the folder declares (torch + transformers only)
+    config.json                  see below
+    modeling_pruneframe.py       only when layers differ: the code the folder declares (torch + transformers only)
     pruning.json                 method, budget, achieved cost, widths, software versions
     tokenizer files              when a tokenizer is given
 
-:func:`load_pruned` rebuilds the model from the package's own copy of the modeling code (it never
-imports code from the folder); ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``
-uses the copy in the folder, so lm-eval and other tools can load it too.
+When every layer keeps the same widths (and no output bias was added), ``config.json`` is a plain
+config of the original family (``model_type`` llama, qwen2, gemma3_text, phi3, ...) with the new
+widths: ``AutoModelForCausalLM.from_pretrained(path)`` loads it without ``trust_remote_code``.
+Otherwise it is the original config plus ``pruned_layers`` (per-layer widths) and an ``auto_map`` to
+the shipped modeling code, and ``from_pretrained(path, trust_remote_code=True)`` loads it (lm-eval
+and other tools included). The family's architecture adapter decides both forms.
+:func:`load_pruned` loads either form from the package's own copy of the modeling code (it never
+imports code from the folder).
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ import torch
 from torch import nn
 
 from pruneframe._io import atomic_dir, write_json_atomic
-from pruneframe.architectures.llama import _base_architecture
+from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for
+from pruneframe.checkpoint import modeling_pruneframe
 from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
 from pruneframe.checkpoint.validate import check_replaceable
-from pruneframe.fold import layer_widths
 
 __all__ = ["save", "load_pruned", "read_report", "software_versions", "MODELING_FILE", "REPORT_FILE"]
 
@@ -48,22 +53,43 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def _pruned_config(model: nn.Module) -> dict[str, Any]:
-    arch = _base_architecture(model)
-    if arch is None:
-        raise NotImplementedError(f"cannot save {type(model).__name__}: supported: {', '.join(FAMILIES)}")
-    config_cls, model_cls = FAMILIES[arch]
+def _checkpoint_config(model: nn.Module) -> tuple[dict[str, Any], list[LayerWidths], bool]:
+    """``(config.json content, per-layer widths, whether it is a plain config of the original family)``."""
+    adapter = adapter_for(model)
+    arch = adapter.architecture_of(model)
+    widths = adapter.layer_widths(model)
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg.pop("auto_map", None)
+    cfg.pop("pruned_layers", None)
+    cfg["architectures"] = [arch]
+    uniform = bool(widths) and all(w.same_shape(widths[0]) for w in widths)
+    plain = adapter.plain_config(cfg, widths[0]) if uniform else None
+    if plain is not None:
+        family = adapter.family_class(model)
+        plain["model_type"] = family.config_class.model_type
+        if _builds_widths(adapter, family, plain, widths):
+            return plain, widths, True
+    config_name, model_name = adapter.checkpoint_classes(model)
+    config_cls = getattr(modeling_pruneframe, config_name)
     cfg["model_type"] = config_cls.model_type
-    cfg["architectures"] = [model_cls.__name__]
+    cfg["architectures"] = [model_name]
     cfg["auto_map"] = {
-        "AutoConfig": f"modeling_pruneframe.{config_cls.__name__}",
-        "AutoModelForCausalLM": f"modeling_pruneframe.{model_cls.__name__}",
+        "AutoConfig": f"modeling_pruneframe.{config_name}",
+        "AutoModelForCausalLM": f"modeling_pruneframe.{model_name}",
     }
-    cfg["pruned_layers"] = layer_widths(model)
-    return cfg
+    cfg["pruned_layers"] = [w.to_config() for w in widths]
+    return cfg, widths, False
+
+
+def _builds_widths(adapter: ArchitectureAdapter, family: type[nn.Module], config: dict[str, Any], widths: list[LayerWidths]) -> bool:
+    """Whether the family's own class, built from ``config`` (on the meta device: no memory), has exactly ``widths``."""
+    try:
+        with torch.device("meta"):
+            probe = family(family.config_class.from_dict(config))
+        return adapter.layer_widths(probe) == widths
+    except Exception:  # a config the family cannot build has no plain form
+        return False
 
 
 def save(path: str | Path, model: nn.Module, report: dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
@@ -74,17 +100,19 @@ def save(path: str | Path, model: nn.Module, report: dict[str, Any] | None = Non
     """
     path = Path(path)
     check_replaceable(path)
-    config = _pruned_config(model)
+    config, widths, plain = _checkpoint_config(model)
     with atomic_dir(path, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / "generation_config.json").unlink(missing_ok=True)
-        shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
+        if not plain:
+            shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         full = dict(report or {})
         full.setdefault("software", software_versions())
-        full["layers"] = config["pruned_layers"]
+        full["layers"] = [w.to_config() for w in widths]
+        full["config_form"] = "plain" if plain else "pruneframe"
         full["parameters"] = sum(p.numel() for p in model.parameters())
         write_json_atomic(tmp / REPORT_FILE, full)
     return path
@@ -109,14 +137,20 @@ def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_t
         raise FileNotFoundError(f"{path} has no config.json; not a checkpoint folder")
     model_type = json.loads(config_file.read_text()).get("model_type", "")
     by_type = {cfg.model_type: (cfg, mdl) for cfg, mdl in FAMILIES.values()}
-    if model_type not in by_type:
-        raise ValueError(f"{path}: model_type {model_type!r} is not a pruneframe checkpoint; expected one of {sorted(by_type)}")
-    config_cls, model_cls = by_type[model_type]
-    config = config_cls.from_pretrained(path)
-    kwargs: dict[str, Any] = {"config": config}
+    plain_types = {cfg.model_type.removeprefix("pruneframe_") for cfg, _ in FAMILIES.values()}
+    kwargs: dict[str, Any] = {}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model = model_cls.from_pretrained(path, **kwargs).eval()
+    if model_type in by_type:
+        config_cls, model_cls = by_type[model_type]
+        model = model_cls.from_pretrained(path, config=config_cls.from_pretrained(path), **kwargs).eval()
+    elif model_type in plain_types:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs).eval()
+    else:
+        expected = sorted(by_type) + sorted(plain_types)
+        raise ValueError(f"{path}: model_type {model_type!r} is not a pruneframe checkpoint; expected one of {expected}")
     tokenizer = None
     if with_tokenizer and any(path.glob("tokenizer*")):
         from transformers import AutoTokenizer

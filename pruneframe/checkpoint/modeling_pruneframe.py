@@ -1,20 +1,28 @@
-"""Modeling code shipped inside every pruneframe checkpoint (needs only torch and transformers).
+"""Modeling code shipped inside every pruneframe checkpoint with uneven layers (needs only torch and transformers).
 
-A pruned Llama-family model is the original architecture with different widths per layer: each
-layer's FFN width, KV heads, query heads, and whether down_proj / o_proj gained an output bias are
-recorded in ``config.pruned_layers``. These classes build the original model, then resize each
-layer's linear modules to the recorded shapes, so the safetensors weights load with strict shapes.
+A pruned model is the original architecture with different widths per layer: each layer's FFN
+width, KV heads, query heads, and whether down_proj / o_proj gained an output bias are recorded in
+``config.pruned_layers``. These classes build the original model, then resize each layer's linear
+modules to the recorded shapes, so the safetensors weights load with strict shapes. Two layouts:
+separate projections (Llama, Mistral, Qwen2, Qwen3, Gemma 3) and fused ``qkv_proj`` /
+``gate_up_proj`` (Phi-3, whose attention reads its head counts from a per-layer config copy).
 Load with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
 """
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -24,6 +32,23 @@ from transformers import (
 
 def _resize(linear: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
     return nn.Linear(in_features, out_features, bias=bias, device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def _resize_split(mlp: nn.Module, attn: nn.Module, width: int, q: int, kv: int, shape: dict) -> None:
+    mlp.gate_proj = _resize(mlp.gate_proj, mlp.gate_proj.in_features, width, mlp.gate_proj.bias is not None)
+    mlp.up_proj = _resize(mlp.up_proj, mlp.up_proj.in_features, width, mlp.up_proj.bias is not None)
+    attn.q_proj = _resize(attn.q_proj, attn.q_proj.in_features, q, attn.q_proj.bias is not None)
+    attn.k_proj = _resize(attn.k_proj, attn.k_proj.in_features, kv, attn.k_proj.bias is not None)
+    attn.v_proj = _resize(attn.v_proj, attn.v_proj.in_features, kv, attn.v_proj.bias is not None)
+
+
+def _resize_fused(mlp: nn.Module, attn: nn.Module, width: int, q: int, kv: int, shape: dict) -> None:
+    mlp.gate_up_proj = _resize(mlp.gate_up_proj, mlp.gate_up_proj.in_features, 2 * width, mlp.gate_up_proj.bias is not None)
+    attn.qkv_proj = _resize(attn.qkv_proj, attn.qkv_proj.in_features, q + 2 * kv, attn.qkv_proj.bias is not None)
+    own = copy.copy(attn.config)
+    own.num_attention_heads = int(shape["num_attention_heads"])
+    own.num_key_value_heads = int(shape["num_key_value_heads"])
+    attn.config = own
 
 
 def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
@@ -38,14 +63,11 @@ def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
         width = int(shape["intermediate_size"])
         kv = int(shape["num_key_value_heads"]) * head_dim
         q = int(shape["num_attention_heads"]) * head_dim
-        mlp.gate_proj = _resize(mlp.gate_proj, mlp.gate_proj.in_features, width, mlp.gate_proj.bias is not None)
-        mlp.up_proj = _resize(mlp.up_proj, mlp.up_proj.in_features, width, mlp.up_proj.bias is not None)
+        resize = _resize_fused if hasattr(attn, "qkv_proj") else _resize_split
+        resize(mlp, attn, width, q, kv, shape)
         mlp.down_proj = _resize(mlp.down_proj, width, mlp.down_proj.out_features, bool(shape.get("down_proj_bias", False)))
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = width
-        attn.q_proj = _resize(attn.q_proj, attn.q_proj.in_features, q, attn.q_proj.bias is not None)
-        attn.k_proj = _resize(attn.k_proj, attn.k_proj.in_features, kv, attn.k_proj.bias is not None)
-        attn.v_proj = _resize(attn.v_proj, attn.v_proj.in_features, kv, attn.v_proj.bias is not None)
         attn.o_proj = _resize(attn.o_proj, q, attn.o_proj.out_features, bool(shape.get("o_proj_bias", False)))
         for name, value in (("num_heads", shape["num_attention_heads"]), ("num_key_value_heads", shape["num_key_value_heads"])):
             if hasattr(attn, name):
@@ -106,9 +128,35 @@ class PrunedQwen3ForCausalLM(_PrunedMixin, Qwen3ForCausalLM):
     config_class = PrunedQwen3Config
 
 
+class PrunedGemma3TextConfig(Gemma3TextConfig):
+    """Gemma 3 text config with per-layer widths in ``pruned_layers``."""
+
+    model_type = "pruneframe_gemma3_text"
+
+
+class PrunedPhi3Config(Phi3Config):
+    """Phi-3 config with per-layer widths in ``pruned_layers``."""
+
+    model_type = "pruneframe_phi3"
+
+
+class PrunedGemma3ForCausalLM(_PrunedMixin, Gemma3ForCausalLM):
+    """A Gemma 3 text model with per-layer widths."""
+
+    config_class = PrunedGemma3TextConfig
+
+
+class PrunedPhi3ForCausalLM(_PrunedMixin, Phi3ForCausalLM):
+    """A Phi-3 model with per-layer widths."""
+
+    config_class = PrunedPhi3Config
+
+
 FAMILIES = {
     "LlamaForCausalLM": (PrunedLlamaConfig, PrunedLlamaForCausalLM),
     "MistralForCausalLM": (PrunedMistralConfig, PrunedMistralForCausalLM),
     "Qwen2ForCausalLM": (PrunedQwen2Config, PrunedQwen2ForCausalLM),
     "Qwen3ForCausalLM": (PrunedQwen3Config, PrunedQwen3ForCausalLM),
+    "Gemma3ForCausalLM": (PrunedGemma3TextConfig, PrunedGemma3ForCausalLM),
+    "Phi3ForCausalLM": (PrunedPhi3Config, PrunedPhi3ForCausalLM),
 }

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from pruneframe.architectures import LayerWidths, adapter_for
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
 from pruneframe.evaluation.protocol import SizeProtocol
 
 __all__ = [
-    "PRUNABLE_PROJECTIONS",
     "LayerWidths",
     "decoder_layers",
     "layer_widths",
@@ -24,73 +24,17 @@ __all__ = [
     "SizeEvaluator",
 ]
 
-#: The projections whose rows/columns structured pruning removes.
-PRUNABLE_PROJECTIONS: tuple[str, ...] = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-@dataclass(frozen=True)
-class LayerWidths:
-    """The prunable widths of one decoder layer, as its modules have them now.
-
-    Attributes:
-        index: layer index.
-        ffn: FFN (intermediate) channels, ``mlp.down_proj.in_features``.
-        q_heads: query heads, ``q_proj.out_features // head_dim``.
-        kv_heads: KV heads, ``k_proj.out_features // head_dim``.
-        head_dim: per-head width.
-        hidden: model width, ``o_proj.out_features``.
-    """
-
-    index: int
-    ffn: int
-    q_heads: int
-    kv_heads: int
-    head_dim: int
-    hidden: int
-
-
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers of a Llama-style model: the modules holding both ``self_attn`` and ``mlp``."""
-    layers = [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
-    if not layers:
-        raise ValueError(f"{type(model).__name__}: no decoder layers (modules with self_attn and mlp) found")
-    return layers
-
-
-def _head_dim(model: torch.nn.Module, attn: torch.nn.Module) -> int:
-    head_dim = getattr(attn, "head_dim", None)
-    if head_dim is None:
-        config = getattr(model, "config", None)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return int(head_dim)
+    """The decoder layers of a supported model, in order (from its architecture adapter)."""
+    return adapter_for(model).decoder_layers(model)
 
 
 def layer_widths(model: torch.nn.Module) -> list[LayerWidths]:
     """Per-layer widths read from the modules (so a pruned model reports its own, possibly uneven, widths)."""
-    widths = []
-    for index, layer in enumerate(decoder_layers(model)):
-        attn, mlp = layer.self_attn, layer.mlp
-        head_dim = _head_dim(model, attn)
-        widths.append(
-            LayerWidths(
-                index=index,
-                ffn=int(mlp.down_proj.in_features),
-                q_heads=int(attn.q_proj.out_features) // head_dim,
-                kv_heads=int(attn.k_proj.out_features) // head_dim,
-                head_dim=head_dim,
-                hidden=int(attn.o_proj.out_features),
-            )
-        )
-    return widths
+    return adapter_for(model).layer_widths(model)
 
 
 def _unique_numel(params: Any) -> int:
@@ -104,14 +48,9 @@ def _unique_numel(params: Any) -> int:
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    """``total`` (tied weights counted once), ``prunable`` (see ``PRUNABLE_PROJECTIONS``) and ``other``."""
+    """``total`` (tied weights counted once), ``prunable`` (every linear layer holding unit slices) and ``other``."""
     total = _unique_numel(model.parameters())
-    prunable_params = []
-    for layer in decoder_layers(model):
-        for path in PRUNABLE_PROJECTIONS:
-            module = layer.get_submodule(path)
-            prunable_params.extend(module.parameters(recurse=False))
-    prunable = _unique_numel(prunable_params)
+    prunable = _unique_numel(adapter_for(model).prunable_parameters(model))
     return {"total": total, "prunable": prunable, "other": total - prunable}
 
 

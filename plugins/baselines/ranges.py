@@ -1,86 +1,24 @@
-"""Shared helpers of the baseline methods: where a unit's weights are, layer ranges.
+"""Layer ranges shared by the baselines: keep layers outside a range whole, as LLM-Pruner does.
 
-Input statistics come from the core collector, :mod:`pruneframe.collect`.
-
-* :func:`unit_parts` lists, per layer, the weight matrices that make up its units and along which
-  axis a unit's channels lie (FFN channel: gate/up rows + down column; KV group: q/k/v rows + o
-  columns), so every method gathers "the weights of a unit" the same way.
-* :func:`resolve_layer_range` and :func:`range_minimum` keep layers outside a range whole, as
-  LLM-Pruner does with the first and last layers.
+:func:`resolve_layer_range` reads a range from layer indices or fractions; :func:`range_minimum`
+turns it into the projector's per-group minimum. Where a unit's weights are comes from the core's
+architecture adapter (:meth:`pruneframe.methods.ScoringContext.layers`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
-from torch import nn
 
-from pruneframe.architectures.llama import LayerModules
 from pruneframe.units import UnitKind, UnitSet
 
 __all__ = [
-    "Part",
-    "unit_parts",
-    "channels_to_units",
     "resolve_layer_range",
     "range_minimum",
     "LayerBound",
 ]
 
 LayerBound = int | float
-
-
-@dataclass(frozen=True)
-class Part:
-    """One weight matrix's share of a layer's units.
-
-    Attributes:
-        name: the linear layer's attribute name (``gate_proj``, ``o_proj``, ...).
-        linear: the layer itself.
-        kind: which units of the layer it belongs to.
-        axis: the weight axis that indexes channels (0: output rows, 1: input columns).
-        per_unit: consecutive channels along ``axis`` that form one unit (1 for FFN channels,
-            ``G * head_dim`` for q rows / o columns, ``head_dim`` for k/v rows).
-    """
-
-    name: str
-    linear: nn.Linear
-    kind: UnitKind
-    axis: int
-    per_unit: int
-
-    @property
-    def params_per_unit(self) -> int:
-        """Weight entries one unit owns in this matrix."""
-        other = self.linear.weight.shape[1 - self.axis]
-        return self.per_unit * int(other)
-
-    def channel_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a weight-shaped tensor over the non-channel axis: one value per channel."""
-        return values.sum(dim=1 - self.axis)
-
-
-def unit_parts(mods: LayerModules) -> list[Part]:
-    """The seven projection matrices of one layer with the unit layout of each."""
-    hd, g = mods.head_dim, mods.queries_per_group
-    return [
-        Part("gate_proj", mods.gate_proj, UnitKind.FFN, 0, 1),
-        Part("up_proj", mods.up_proj, UnitKind.FFN, 0, 1),
-        Part("down_proj", mods.down_proj, UnitKind.FFN, 1, 1),
-        Part("q_proj", mods.q_proj, UnitKind.KV, 0, g * hd),
-        Part("k_proj", mods.k_proj, UnitKind.KV, 0, hd),
-        Part("v_proj", mods.v_proj, UnitKind.KV, 0, hd),
-        Part("o_proj", mods.o_proj, UnitKind.KV, 1, g * hd),
-    ]
-
-
-def channels_to_units(values: torch.Tensor, per_unit: int) -> torch.Tensor:
-    """Sum consecutive blocks of ``per_unit`` channel values: one value per unit."""
-    if values.numel() % per_unit:
-        raise ValueError(f"{values.numel()} channel values do not split into units of {per_unit}")
-    return values.reshape(-1, per_unit).sum(dim=1)
 
 
 # ----------------------------------------------------------------------------- layer ranges
