@@ -9,8 +9,8 @@ import torch
 from tiny import FAMILIES, tiny_model, tokens
 from transformers import AutoModelForCausalLM
 
-from pruneframe.architectures import LayerSlices, adapter_for, discover
-from pruneframe.architectures.llama import SplitProjectionAdapter
+from pruneframe.architectures import LayerSlices, SplitProjectionAdapter, adapter_for, discover
+from pruneframe.architectures import SplitProjectionAdapter
 from pruneframe.checkpoint import load_pruned, read_report, save
 from pruneframe.evaluation.size import layer_widths, parameter_counts
 from pruneframe.fold import fold

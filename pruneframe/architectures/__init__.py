@@ -1,7 +1,8 @@
 """Architecture adapters: how units are found and reached inside each family of models.
 
 Public names for plugin authors: :class:`ArchitectureAdapter` (subclass it for a new family and
-register an instance through ``pruneframe_register_architectures``), :class:`LayerSlices`,
+register an instance through ``pruneframe_register_architectures``; :class:`SplitProjectionAdapter`
+already covers any family with Llama's module names), :class:`LayerSlices`,
 :class:`WeightSlice`, :class:`LayerWidths`, and :func:`adapter_for` (the adapter of a model).
 """
 
@@ -20,6 +21,8 @@ from pruneframe.architectures.base import (
     unit_indices,
 )
 
+from pruneframe.architectures.llama import SplitProjectionAdapter
+
 if TYPE_CHECKING:
     from pruneframe.host import PluginHost
     from pruneframe.units import UnitSet
@@ -28,6 +31,7 @@ __all__ = [
     "ArchitectureAdapter",
     "LayerSlices",
     "LayerWidths",
+    "SplitProjectionAdapter",
     "WeightSlice",
     "adapter_for",
     "builtin_adapters",
