@@ -25,7 +25,7 @@ import torch
 
 import pruneframe
 from pruneframe._io import write_json_atomic
-from pruneframe._memory import PeakMemory, peak_rss_bytes
+from pruneframe.memory import PeakMemory, peak_rss_bytes
 from pruneframe.architectures import discover
 from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import CalibrationData

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from pruneframe._io import write_json_atomic
-from pruneframe._memory import PeakMemory
+from pruneframe.memory import PeakMemory
 from pruneframe.architectures import discover
 from pruneframe.budget import project
 from pruneframe.checkpoint import software_versions

@@ -32,7 +32,7 @@ import torch
 
 import pruneframe
 from pruneframe._io import write_json_atomic
-from pruneframe._memory import PeakMemory
+from pruneframe.memory import PeakMemory
 from pruneframe.architectures import discover
 from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import CalibrationData

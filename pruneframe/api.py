@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pruneframe import checkpoint
-from pruneframe._memory import release_unused_memory
+from pruneframe.memory import release_unused_memory
 from pruneframe.budget import BudgetKind, check_meets_budget, make_budget, resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost

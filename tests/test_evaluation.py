@@ -13,7 +13,7 @@ from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pruneframe._io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from pruneframe._memory import PeakMemory, current_rss_bytes, peak_rss_bytes
+from pruneframe.memory import PeakMemory, current_rss_bytes, peak_rss_bytes
 from pruneframe.evaluation import (
     BUILTIN_EVALUATORS,
     EvalContext,
@@ -277,7 +277,7 @@ def test_release_unused_memory_hands_freed_heap_back() -> None:
     import ctypes
     import sys
 
-    from pruneframe._memory import current_rss_bytes, release_unused_memory
+    from pruneframe.memory import current_rss_bytes, release_unused_memory
 
     if not sys.platform.startswith("linux"):
         assert release_unused_memory() is False

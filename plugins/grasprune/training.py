@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruneframe._memory import PeakMemory
+from pruneframe.memory import PeakMemory
 from pruneframe.distributed import all_reduce_sum_, shard_rows, shard_weight, world
 from pruneframe.gates import UnitGates
 from pruneframe.losses import linear_cross_entropy, linear_kl_divergence
