@@ -136,7 +136,10 @@ def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path],
                  "--no-speed", "--out", str(out), "--quiet"]) == 0
     record = json.loads(out.read_text())
     assert record["model"]["kind"] == "pruned" and record["pruning"]["method"] == "magnitude"
-    assert record["eval"]["perplexity"]["protocol"]["num_windows"] == 2
+    assert record["eval"]["perplexity"]["sources"]["eval"]["protocol"]["num_windows"] == 2
+    ratio = record["perplexity_ratios"]["eval"]
+    assert ratio["value"] == pytest.approx(record["eval"]["perplexity"]["sources"]["eval"]["ppl"] / ratio["dense_ppl"])
+    assert ratio["low"] <= ratio["value"] <= ratio["high"]
     assert record["eval"]["size"]["params"]["total"] == report["kept_params"]
     assert 0 < record["eval"]["size"]["kept_fraction"] < 1 and record["eval"]["size"]["checkpoint_bytes"]["weights"] > 0
     assert main(["prune", "--method", "magnitude,random", "--budget", "0.5", "--out", str(tmp_path / "x")]) == 2
@@ -151,7 +154,9 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
         host.method(name, config.method_configs.get(name))
     for name, settings in config.enabled_evaluators().items():
         host.evaluator(name, settings)
-    assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 16
+    assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 8
+    assert config.seeds_for("grasprune") == [0, 1] and config.seeds_for("flap") == [0]
+    assert config.method_configs["grasprune"] == {"num_sequences": 64, "seq_len": 256, "epochs": 2, "rescale_sequences": 64}
 
 
 def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 from pruneframe.cli import main
 from pruneframe.harness import runner
+from pruneframe.harness.report import ZEROSHOT_HOWTO
+from pruneframe.harness.summary import summarise
 from tiny import tiny_model
 
 WORDS = (
@@ -51,9 +54,11 @@ def make_workspace(root: Path) -> dict[str, Path]:
     tiny_model("llama-gqa").save_pretrained(model_dir)
     make_tokenizer().save_pretrained(model_dir)
     paths = {"model": model_dir, "calib": root / "calib.txt", "eval": root / "eval.txt", "task": root / "tiny_mc.jsonl",
-             "data_dir": root / "no-shared-data"}
+             "data_dir": root / "no-shared-data", "other": root / "other" / "other.txt"}
     paths["calib"].write_text(random_text(1, 3000))
-    paths["eval"].write_text(random_text(2, 1500))
+    paths["eval"].write_text(random_text(2, 1500))  # beside the calibration text: the same domain
+    paths["other"].parent.mkdir()
+    paths["other"].write_text(random_text(3, 1500))  # another folder: another domain
     paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
     paths["data_dir"].mkdir()
     return paths
@@ -67,7 +72,7 @@ def compare_settings(ws: dict[str, Path], out: Path, zeroshot: bool = False) -> 
         "budgets": [0.8, 0.5],
         "calibration": {"data": str(ws["calib"])},
         "evaluation": {
-            "perplexity": {"data": str(ws["eval"]), "seq_len": 32, "num_windows": 4},
+            "perplexity": {"sources": [str(ws["eval"]), str(ws["other"])], "seq_len": 32, "num_windows": 4},
             "zeroshot": {"tasks": [str(ws["task"])], "limit": 3, "batch_size": 4} if zeroshot else None,
             "speed": {"prefill_len": 16, "decode_tokens": 4, "warmup": 0, "repeats": 1},
         },
@@ -89,14 +94,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def full_run(workspace: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One comparison with every evaluator (zero-shot included), shared by the output checks."""
     out = tmp_path_factory.mktemp("full") / "out"
-    config = write_config(out.parent / "compare.json", compare_settings(workspace, out, zeroshot=True))
+    settings = {**compare_settings(workspace, out, zeroshot=True), "method_seeds": {"random": [0, 1]}}
+    config = write_config(out.parent / "compare.json", settings)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
         assert main(["compare", "--config", str(config), "--quiet"]) == 0
     return out
 
 
-RUN_IDS = ["random-0.8-s0", "magnitude-0.8-s0", "random-0.5-s0", "magnitude-0.5-s0"]
+RUN_IDS = ["random-0.8-s0", "random-0.8-s1", "magnitude-0.8-s0", "random-0.5-s0", "random-0.5-s1", "magnitude-0.5-s0"]
+GROUPS = 4  # method x budget, seeds combined
 
 
 def test_every_output_exists_and_parses(full_run: Path) -> None:
@@ -107,12 +114,19 @@ def test_every_output_exists_and_parses(full_run: Path) -> None:
     with (full_run / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["run_id"] for r in rows] == ["dense", *RUN_IDS]
-    assert all(float(r["ppl"]) > 1 for r in rows) and rows[1]["acc_pf_tiny_mc"] != ""
+    assert all(float(r["ppl_eval"]) > 1 and float(r["ppl_other"]) > 1 for r in rows) and rows[1]["acc_pf_tiny_mc"] != ""
+    for row in rows[1:]:
+        assert float(row["ratio_other_low"]) <= float(row["ratio_other"]) <= float(row["ratio_other_high"])
+        assert float(row["ood_ratio"]) == pytest.approx(float(row["ratio_other"]))  # the one out-of-domain source
+        assert float(row["acc_pf_tiny_mc_low"]) <= float(row["acc_pf_tiny_mc"]) <= float(row["acc_pf_tiny_mc_high"])
     for plot in ("ppl_vs_params.png", "acc_vs_params.png"):
         assert (full_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (full_run / "results.md").read_text()
-    assert md.count("\n| ") == 2 + 1 + len(RUN_IDS)  # header, separator, dense, runs
-    assert "prefill speedup (meas / ideal)" in md and "acc pf_tiny_mc" in md
+    assert md.count("\n| ") == 2 + 1 + GROUPS  # header, separator, dense, one row per method and budget
+    assert "| random | keep 0.8 of prunable params | 0,1 |" in md and "| magnitude | keep 0.8 of prunable params | 0 |" in md
+    assert "prefill speedup (meas ±IQR / ideal)" in md and "acc pf_tiny_mc" in md
+    assert "eval (in-domain) ppl/dense" in md and "other ppl/dense" in md and "OOD geomean" in md
+    assert "Kendall tau" in md and ZEROSHOT_HOWTO not in md
 
 
 def test_runs_share_budgets_calibration_and_protocol(full_run: Path) -> None:
@@ -141,26 +155,36 @@ def test_each_run_is_stamped_with_its_protocol(full_run: Path, workspace: dict[s
     assert protocol["budget"] == {"kind": "prunable", "keep": 0.5, "label": "keep 0.5 of prunable params"}
     assert protocol["calibration"]["origin"] == str(workspace["calib"].resolve()) and protocol["calibration"]["tokens"] > 2000
     assert protocol["code"]["pruneframe"] and protocol["code"]["schema"] >= 1
-    ppl = record["eval"]["perplexity"]["protocol"]
-    assert (ppl["seq_len"], ppl["num_windows"], ppl["dtype"]) == (32, 4, "float32")
-    assert ppl["data"]["fingerprint"] == protocol["evaluation"]["perplexity"]["data"]["fingerprint"]
+    for label, folder in (("eval", workspace["eval"].parent), ("other", workspace["other"].parent)):
+        source = record["eval"]["perplexity"]["sources"][label]
+        ppl = source["protocol"]
+        assert (ppl["seq_len"], ppl["num_windows"], ppl["dtype"], ppl["protocol_name"]) == (32, 4, "float32", "custom")
+        assert ppl["data"]["fingerprint"] == protocol["evaluation"]["perplexity"]["data"][label]["fingerprint"]
+        assert source["domain"] == ppl["data"]["domain"] == f"folder:{folder.resolve()}"
+        assert len(source["window_nll"]) == 4 and source["window_tokens"] == 31
+        assert math.fsum(source["window_nll"]) / (4 * 31) == pytest.approx(source["mean_nll"], rel=1e-12)
+    assert protocol["calibration"]["domain"] == f"folder:{workspace['calib'].parent.resolve()}"
+    items = record["eval"]["zeroshot"]["tasks"]["pf_tiny_mc"]["items"]["acc"]
+    assert len(items) == 3 and sum(items) / 3 == pytest.approx(record["eval"]["zeroshot"]["tasks"]["pf_tiny_mc"]["acc"])
     assert record["eval"]["zeroshot"]["protocol"]["limit"] == 3
     assert record["prune"]["wall_s"] > 0 and record["prune"]["memory"]["peak_rss_bytes"] > 0
     assert set(record["eval"]["speed"]) >= {"measured_speedup", "ideal_speedup"}
 
 
-def test_markdown_bolds_the_best_value_per_budget(full_run: Path) -> None:
+def test_markdown_bolds_only_separated_leaders_and_ranks_match_the_summary(full_run: Path) -> None:
+    results = json.loads((full_run / "results.json").read_text())
+    recomputed = summarise(results["dense"], results["runs"], results["calibration"]["domain"]).as_dict()
+    assert recomputed["groups"] == results["summary"]["groups"]  # the stored records reproduce the summary
     lines = [line for line in (full_run / "results.md").read_text().splitlines() if line.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    ppl = header.index("ppl")
     assert "**" not in " ".join(body[0])  # the dense row is the reference, never ranked
-    for budget in ("keep 0.8 of prunable params", "keep 0.5 of prunable params"):
-        cells = [row[ppl] for row in body if row[header.index("budget")] == budget]
-        bold = [c for c in cells if c.startswith("**")]
-        assert len(cells) == 2 and bold
-        best = min(float(c.strip("*")) for c in cells)
-        assert all(float(c.strip("*")) == best for c in bold)
+    ood, rank = header.index("OOD geomean"), header.index("rank")
+    for group in results["summary"]["groups"]:
+        row = next(r for r in body[1:] if r[0] == group["method"] and r[1] == group["budget"])
+        assert row[rank] == str(group["ranks"]["ood"])
+        peers = [g["ranks"]["ood"] for g in results["summary"]["groups"] if g["budget"] == group["budget"]]
+        assert row[ood].startswith("**") == (group["ranks"]["ood"] == 1 and max(peers) > 1)
 
 
 def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
@@ -196,3 +220,63 @@ def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
     calls.clear()  # another method setting is another run; the others stay cached
     assert main(["compare", "--config", str(config), "--quiet", "--method-config", 'magnitude={"norm": "l2"}']) == 0
     assert calls == ["magnitude", "magnitude"]
+
+
+# --------------------------------------------------------------------------- evaluation settings from files and flags
+
+
+def parsed_config(argv: list[str]):
+    from pruneframe.cli import build_parser
+    from pruneframe.cli.compare_cmd import compare_config
+
+    return compare_config(build_parser().parse_args(["compare", *argv]))
+
+
+def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog", lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"])
+    config = parsed_config([])
+    ppl = config.evaluation["perplexity"]
+    assert ppl == {}  # the evaluator's own defaults apply
+    from pruneframe.evaluation.perplexity import PerplexityConfig
+
+    evaluated = PerplexityConfig.model_validate(ppl)
+    assert [(s.data, s.split) for s in evaluated.sources] == [("wikitext-2", "test"), ("moby-dick", "test"),
+                                                             ("embedded", "test"), ("c4", "test")]
+    assert (evaluated.seq_len, evaluated.num_windows, evaluated.protocol) == (512, 64, "custom")
+
+
+def test_eval_flags_windows_all_sources_and_protocol(tmp_path: Path) -> None:
+    file = write_config(tmp_path / "c.json", {"evaluation": {"perplexity": {"sources": ["embedded", "moby-dick"],
+                                                                            "seq_len": 256, "num_windows": 8}}})
+    config = parsed_config(["--config", str(file), "--eval-windows", "all"])
+    assert config.evaluation["perplexity"] == {"sources": ["embedded", "moby-dick"], "seq_len": 256, "num_windows": "all"}
+    config = parsed_config(["--config", str(file), "--eval-data", "wikitext-2,embedded"])
+    assert config.evaluation["perplexity"]["sources"] == ["wikitext-2", "embedded"]
+    # a named protocol replaces the file's sources and windowing as a whole
+    config = parsed_config(["--config", str(file), "--protocol", "wikitext2-2048"])
+    assert config.evaluation["perplexity"] == {"protocol": "wikitext2-2048"}
+    legacy = write_config(tmp_path / "l.json", {"evaluation": {"perplexity": {"data": "embedded", "split": "test"}}})
+    assert parsed_config(["--config", str(legacy), "--eval-data", "moby-dick"]).evaluation["perplexity"] == {
+        "sources": ["moby-dick"]}
+    from pruneframe.harness import InputError
+
+    with pytest.raises(InputError, match="protocol 'llm-pruner-128' fixes seq_len = 128"):
+        from pruneframe.harness.inputs import build_evaluators
+        from pruneframe.host import PluginHost
+
+        build_evaluators(PluginHost.create(), parsed_config(["--protocol", "llm-pruner-128", "--seq-len", "512"]))
+
+
+def test_method_seeds_replace_seeds_for_the_methods_named() -> None:
+    from pydantic import ValidationError
+
+    from pruneframe.harness import CompareConfig
+
+    config = CompareConfig(methods=["random", "flap"], seeds=[3], method_seeds={"random": [0, 1]})
+    assert config.seeds_for("random") == [0, 1] and config.seeds_for("flap") == [3]
+    with pytest.raises(ValidationError, match="method_seeds has seeds for 'grasprune'"):
+        CompareConfig(methods=["random"], method_seeds={"grasprune": [0]})
+    with pytest.raises(ValidationError, match="method_seeds.random contains duplicates"):
+        CompareConfig(methods=["random"], method_seeds={"random": [1, 1]})

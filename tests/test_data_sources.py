@@ -56,6 +56,7 @@ def test_txt_file_is_read_whole(tmp_path: Path) -> None:
         "split": "file",
         "fingerprint": source.fingerprint,
         "chars": len(source.text),
+        "domain": f"folder:{tmp_path.resolve()}",
     }
 
 
@@ -199,3 +200,79 @@ def test_calibration_data_is_the_whole_stream_named_by_origin(tmp_path, tokenize
     assert calib.name == str(path.resolve()) or calib.name.endswith("calib.txt")
     assert torch.equal(calib.windows(2, 8), token_windows(resolve_text(str(path)), tokenizer, 8, 2))
     assert len(calibration_data(str(path), tokenizer, max_tokens=10)) == 10
+
+
+# --------------------------------------------------------------------------- domains, Moby-Dick, the default catalog
+
+
+def book(chapters: int) -> str:
+    """A small Gutenberg-style book: front matter, then numbered chapters of different lengths."""
+    parts = ["MOBY DICK; OR THE WHALE\n\nETYMOLOGY.\n\nfront matter text.\n"]
+    for number in range(1, chapters + 1):
+        parts.append(f"\nCHAPTER {number}. Title {number}.\n\n" + f"sentence {number} of the sea. " * (10 + number) + "\n")
+    return "".join(parts)
+
+
+def test_moby_dick_halves_are_cut_at_the_middle_chapter(empty_data_dir: Path, offline: None) -> None:
+    (empty_data_dir / "literature").mkdir()
+    text = book(9)
+    (empty_data_dir / "literature" / "moby_dick.txt").write_text(text)
+    dev, test = resolve_text("moby-dick", "validation"), resolve_text("moby-dick", "test")
+    assert dev.text + test.text == text and test.text.startswith("CHAPTER ")
+    starts = [i for i in range(len(text)) if text.startswith("\nCHAPTER ", i)]
+    assert abs(len(dev.text) - len(text) // 2) == min(abs(s + 1 - len(text) // 2) for s in starts)
+    assert resolve_text("moby-dick", "calibration").fingerprint == dev.fingerprint
+    assert dev.domain == test.domain == "literature" and (dev.split, test.split) == ("validation", "test")
+    check_disjoint(dev, test)
+    with pytest.raises(DataSourceError, match="unknown split 'train'"):
+        resolve_text("moby-dick", "train")
+    (empty_data_dir / "literature" / "moby_dick.txt").write_text("no headings here")
+    with pytest.raises(DataSourceError, match="no 'CHAPTER n' headings"):
+        resolve_text("moby-dick", "test")
+
+
+def test_moby_dick_without_the_file_says_where_it_looked(empty_data_dir: Path, offline: None) -> None:
+    with pytest.raises(DataSourceError) as info:
+        resolve_text("moby-dick", "test")
+    assert str(empty_data_dir / "literature" / "moby_dick.txt") in str(info.value)
+
+
+def test_domains_follow_the_named_corpus_or_the_folder(empty_data_dir: Path, tmp_path: Path) -> None:
+    folder = empty_data_dir / "wikitext-2"
+    folder.mkdir()
+    (folder / "wiki.valid.tokens").write_text("valid text\n")
+    (folder / "wiki.test.raw").write_text("test text\n")
+    assert resolve_text("wikitext-2", "test").domain == "wikitext-2"
+    assert resolve_text(str(folder / "wiki.valid.tokens")).domain == "wikitext-2"  # same corpus, given as a path
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.txt").write_text("a")
+    (mine / "b.txt").write_text("b")
+    assert resolve_text(str(mine / "a.txt")).domain == resolve_text(str(mine / "b.txt")).domain == f"folder:{mine.resolve()}"
+    assert resolve_text(str(mine)).domain == f"folder:{mine.resolve()}"
+    assert resolve_text("embedded", "test").domain == "embedded"
+    assert resolve_text("embedded", "test").describe()["domain"] == "embedded"
+
+
+def test_catalog_lists_what_is_available(empty_data_dir: Path) -> None:
+    assert sources.eval_source_catalog(online=False) == ["embedded"]
+    assert sources.eval_source_catalog(online=True) == ["embedded", "c4", "ptb"]
+    (empty_data_dir / "wikitext-2").mkdir()
+    (empty_data_dir / "wikitext-2" / "wiki.valid.tokens").write_text("calibration only")
+    assert sources.eval_source_catalog(online=False) == ["embedded"]  # no test file: not an evaluation source
+    (empty_data_dir / "wikitext-2" / "wiki.test.raw").write_text("test")
+    (empty_data_dir / "literature").mkdir()
+    (empty_data_dir / "literature" / "moby_dick.txt").write_text(book(3))
+    (empty_data_dir / "ptb").mkdir()
+    (empty_data_dir / "ptb" / "ptb.test.txt").write_text("ptb test")
+    assert sources.eval_source_catalog(online=False) == ["wikitext-2", "moby-dick", "ptb", "embedded"]
+    assert sources.eval_source_catalog(online=True) == ["wikitext-2", "moby-dick", "ptb", "embedded", "c4"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "literature" / "moby_dick.txt").is_file(), reason="shared data folder absent")
+def test_shared_moby_dick_halves_are_disjoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(SHARED_DATA))
+    dev, test = resolve_text("moby-dick", "validation"), resolve_text("moby-dick", "test")
+    assert 0.45 < len(dev.text) / (len(dev.text) + len(test.text)) < 0.55
+    check_disjoint(dev, test, samples=400)
+    check_disjoint(resolve_text("wikitext-2", "calibration"), test)

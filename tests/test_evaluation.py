@@ -15,7 +15,6 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from pruneframe._io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pruneframe.memory import PeakMemory, current_rss_bytes, peak_rss_bytes
 from pruneframe.evaluation import (
-    BUILTIN_EVALUATORS,
     EvalContext,
     NonFiniteError,
     PerplexityEvaluator,
@@ -27,7 +26,8 @@ from pruneframe.evaluation import (
     parameter_counts,
     perplexity,
 )
-from pruneframe.evaluation.protocol import PerplexityProtocol
+from pruneframe.data import resolve_text, token_windows
+from pruneframe.evaluation.protocol import PerplexityProtocol, PerplexitySetProtocol
 from pruneframe.evaluation.speed import flops_per_token
 from pruneframe.models import load_model, parse_dtype, resolve_model_path
 from pruneframe.models import smollm2
@@ -66,6 +66,10 @@ def test_perplexity_matches_hand_computation(model: LlamaForCausalLM) -> None:
     expected = math.exp(nll_sum / count)
     result = perplexity(model, windows, batch_size=2, progress=False)
     assert result.tokens == count and result.windows == 5
+    with torch.no_grad():  # each window's own NLL sum, in window order
+        by_hand = [-torch.log_softmax(model(input_ids=row[None]).logits[0, :-1].double(), -1).gather(1, row[1:, None]).sum().item()
+                   for row in windows]
+    assert list(result.window_nll) == pytest.approx(by_hand, rel=1e-5)
     assert result.ppl == pytest.approx(expected, rel=1e-5)
     assert result.mean_nll == pytest.approx(nll_sum / count, rel=1e-5)
     assert perplexity(model, windows, batch_size=5, progress=False).ppl == pytest.approx(result.ppl, rel=1e-6)
@@ -90,11 +94,14 @@ def test_perplexity_evaluator_stamps_protocol(
     text.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
     evaluator = PerplexityEvaluator({"data": str(text), "seq_len": 16, "num_windows": 4, "batch_size": 3})
     result = evaluator.evaluate(model, tokenizer, EvalContext(progress=False))
-    assert math.isfinite(result["ppl"]) and result["windows"] == 4 and result["tokens"] == 4 * 15
-    protocol = PerplexityProtocol.model_validate(result["protocol"])
-    assert protocol.data.origin == str(text.resolve()) and protocol.seq_len == 16
+    row = result["sources"]["eval"]
+    assert math.isfinite(row["ppl"]) and row["windows"] == 4 and row["tokens"] == 4 * 15 and len(row["window_nll"]) == 4
+    assert row["domain"] == f"folder:{tmp_path.resolve()}"
+    protocol = PerplexityProtocol.model_validate(row["protocol"])
+    assert protocol.data.origin == str(text.resolve()) and protocol.seq_len == 16 and protocol.protocol_name == "custom"
     assert protocol.num_windows == 4 and protocol.dtype == "float32" and protocol.tokens_predicted == 60
     assert protocol.tokenizer == "tiny-bpe-eval" and len(protocol.tokenizer_fingerprint) == 16
+    assert PerplexitySetProtocol.model_validate(result["protocol"]).sources["eval"] == protocol
     json.dumps(result)
     with pytest.raises(ValueError, match="config dtype 'bfloat16' but the model is 'float32'"):
         PerplexityEvaluator({"data": str(text), "dtype": "bfloat16"}).evaluate(model, tokenizer, EvalContext())
@@ -102,8 +109,37 @@ def test_perplexity_evaluator_stamps_protocol(
         PerplexityEvaluator({"seqlen": 16})
 
 
-def test_builtin_evaluators_are_named() -> None:
-    assert set(BUILTIN_EVALUATORS) == {"perplexity", "zeroshot", "size", "speed"}
+def test_perplexity_evaluator_measures_every_source_with_its_own_windows(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    first, second = tmp_path / "a" / "first.txt", tmp_path / "second.txt"
+    first.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
+    second.write_text("a completely different text about rivers, hills and ships at sea. " * 30)
+    evaluator = PerplexityEvaluator({"sources": [str(first), {"data": str(second), "label": "other", "domain": "sea",
+                                                              "num_windows": "all"}],
+                                     "seq_len": 16, "num_windows": 3})
+    result = evaluator.evaluate(model, tokenizer, EvalContext(progress=False))
+    assert list(result["sources"]) == ["first", "other"]
+    windows = token_windows(resolve_text(str(second)), tokenizer, 16)  # every full window
+    alone = perplexity(model, windows, progress=False)
+    assert result["sources"]["other"]["windows"] == windows.shape[0] > 3 and result["sources"]["first"]["windows"] == 3
+    assert result["sources"]["other"]["ppl"] == pytest.approx(alone.ppl, rel=1e-6)
+    assert result["sources"]["other"]["domain"] == "sea"
+    with pytest.raises(Exception, match="labels .* repeat"):
+        PerplexityEvaluator({"sources": [str(first), str(first)]})
+    with pytest.raises(Exception, match="either sources or data"):
+        PerplexityEvaluator({"sources": [str(first)], "data": str(second)})
+
+
+def test_named_protocols_fix_windowing_and_are_recorded() -> None:
+    config = PerplexityEvaluator({"protocol": "wikitext2-2048"}).config
+    assert (config.seq_len, config.num_windows, [s.data for s in config.sources]) == (2048, "all", ["wikitext-2"])
+    config = PerplexityEvaluator({"protocol": "llm-pruner-128", "sources": ["embedded"]}).config
+    assert (config.seq_len, config.num_windows, [s.data for s in config.sources]) == (128, "all", ["embedded"])
+    with pytest.raises(Exception, match="fixes seq_len = 2048"):
+        PerplexityEvaluator({"protocol": "wikitext2-2048", "seq_len": 512})
+    assert PerplexityEvaluator({"num_windows": None, "sources": ["embedded"]}).config.num_windows == "all"
 
 
 # --------------------------------------------------------------------------- size and speed
@@ -147,13 +183,19 @@ def test_flops_and_ideal_speedup(model: LlamaForCausalLM) -> None:
 
 
 def test_speed_evaluator_reports_throughput_and_ratios(model: LlamaForCausalLM) -> None:
-    config = {"prefill_len": 8, "decode_tokens": 3, "warmup": 1, "repeats": 2}
+    config = {"prefill_len": 8, "decode_tokens": 3, "warmup": 1, "repeats": 3}
     result = SpeedEvaluator(config).evaluate(model, None, EvalContext(dense_model=plain_llama(1)))
     for name in ("model", "dense"):
         assert result[name]["prefill_tokens_per_s"] > 0 and result[name]["decode_tokens_per_s"] > 0
         assert result[name]["peak_rss_bytes"] > 0
     assert result["ideal_speedup"] == pytest.approx(1.0)
     assert set(result["measured_speedup"]) == {"prefill", "decode"}
+    for phase in ("prefill", "decode"):
+        per_repeat = result["repeat_speedups"][phase]
+        spread = result["speedup_spread"][phase]
+        assert len(per_repeat) == 3 and spread["min"] == min(per_repeat) and spread["max"] == max(per_repeat)
+        assert spread["median"] == pytest.approx(sorted(per_repeat)[1])
+        assert spread["min"] <= spread["q25"] <= spread["median"] <= spread["q75"] <= spread["max"]
     assert result["protocol"]["prefill_len"] == 8 and result["protocol"]["threads"] >= 1
 
 

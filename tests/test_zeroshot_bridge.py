@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -61,13 +62,74 @@ def test_local_task_config_is_lm_eval_multiple_choice(task_file: Path) -> None:
     assert resolve_task("hellaswag") == "hellaswag"
 
 
-def test_malformed_rows_are_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"choices": ["a", "b"], "label": 0}, r"missing field\(s\) \['question'\]"),
+        ({"question": "q", "label": 0}, r"missing field\(s\) \['choices'\]"),
+        ({"question": "q", "choices": ["a", "b"]}, r"missing field\(s\) \['label'\]"),
+        ({"question": "q", "choices": ["a", "b"], "label": 2}, r"'label' 2 is out of range for 2 choices"),
+        ({"question": "q", "choices": ["a", "b"], "label": -1}, r"'label' -1 is out of range"),
+        ({"question": "q", "choices": ["a", "b"], "label": True}, r"'label' must be an integer"),
+        ({"question": "q", "choices": [], "label": 0}, r"'choices' must be a non-empty list"),
+        ({"question": "q", "choices": ["a"], "label": 0}, r"'choices' has 1 entry; .* at least 2"),
+        ({"question": "q", "choices": ["a", ""], "label": 0}, r"every entry of 'choices' must be a non-empty string"),
+        ({"question": 3, "choices": ["a", "b"], "label": 0}, r"'question' must be a string"),
+        (["q", ["a", "b"], 0], r"expected a JSON object"),
+    ],
+)
+def test_malformed_rows_are_named_with_file_and_line(tmp_path: Path, row: object, message: str) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"question": "q", "choices": ["a", "b"], "label": 2}) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+    bad.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=rf"bad\.jsonl:3: {message}"):
         local_task(bad)
+
+
+def test_missing_and_empty_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         local_task(tmp_path / "missing.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no rows"):
+        local_task(empty)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(ROWS[0]) + "\n{oops\n")
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: not valid JSON"):
+        local_task(broken)
+
+
+def choice_loglikelihoods(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, row: dict) -> list[float]:
+    """log P(" " + choice | "Question: ...\nAnswer:") for every choice, summed over the choice's tokens."""
+    context = PROMPT.replace("{{question}}", row["question"])
+    context_ids = tokenizer.encode(context)
+    out = []
+    for choice in row["choices"]:
+        ids = tokenizer.encode(context + " " + choice)
+        assert ids[: len(context_ids)] == context_ids  # the choice's tokens follow the context's
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+        out.append(sum(logprobs[pos - 1, ids[pos]].item() for pos in range(len(context_ids), len(ids))))
+    return out
+
+
+def test_accuracy_matches_the_choice_loglikelihoods_by_hand(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_file: Path
+) -> None:
+    assert tokenizer.encode("x y") == tokenizer.encode("x y", add_special_tokens=False)  # no BOS to account for
+    lls = [choice_loglikelihoods(model, tokenizer, row) for row in ROWS]
+    picks = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
+    norm_picks = [max(range(len(ll)), key=lambda i, ll=ll, row=row: ll[i] / len(row["choices"][i])) for ll, row in zip(lls, ROWS)]
+    correct = [int(p == row["label"]) for p, row in zip(picks, ROWS)]
+    correct_norm = [int(p == row["label"]) for p, row in zip(norm_picks, ROWS)]
+    off_by_one = [int(p == (row["label"] + 1) % len(row["choices"])) for p, row in zip(picks, ROWS)]
+    assert correct != off_by_one  # so a label read one off would fail below
+
+    result = zeroshot(model, tokenizer, [str(task_file)], batch_size=2)["tasks"]["pf_tiny_mc"]
+    assert result["items"] == {"acc": correct, "acc_norm": correct_norm}
+    assert result["acc"] == pytest.approx(sum(correct) / len(ROWS))
+    assert result["acc_norm"] == pytest.approx(sum(correct_norm) / len(ROWS))
+    low, high = result["acc_ci"]
+    assert low <= result["acc"] <= high
 
 
 def test_bridge_scores_every_doc_and_honours_limit(

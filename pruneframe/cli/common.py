@@ -84,6 +84,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _windows(text: str) -> int | str:
+    return "all" if text.strip().lower() == "all" else _positive(text)
+
+
 def _limit(text: str) -> int | None:
     return None if text.strip().lower() in ("none", "all", "0") else _positive(text)
 
@@ -141,12 +145,19 @@ def add_data_flags(parser: argparse.ArgumentParser, calib: bool = True, evaluati
                             "(default wikitext-2 when the data folder has it, else embedded)")
         parser.add_argument("--calib-tokens", type=_positive, metavar="N", help="use only the first N calibration tokens")
     if evaluation:
-        parser.add_argument("--eval-data", metavar="SOURCE", help="perplexity text (same sources as --calib; default like --calib, test split)")
+        parser.add_argument("--eval-data", type=_names, metavar="SOURCES",
+                            help="comma-separated perplexity texts (same sources as --calib, plus moby-dick), each read "
+                            "with its test split (default: every source available: wikitext-2, moby-dick, embedded; "
+                            "c4 and ptb online)")
 
 
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """Evaluation knobs: windows, sequence length, zero-shot tasks and limit, speed on/off."""
-    parser.add_argument("--eval-windows", type=_positive, metavar="N", help="perplexity windows (default 64)")
+    parser.add_argument("--eval-windows", type=_windows, metavar="N", help="perplexity windows per source, or 'all' "
+                        "for every full window (default 64)")
+    parser.add_argument("--protocol", choices=["custom", "wikitext2-2048", "llm-pruner-128"],
+                        help="a named perplexity protocol: wikitext2-2048 (all of WikiText-2 test in 2,048-token "
+                        "windows: SparseGPT, Wanda, SliceGPT), llm-pruner-128 (every 128-token window: LLM-Pruner)")
     parser.add_argument("--seq-len", type=_positive, metavar="N", help="perplexity window length in tokens (default 512)")
     parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
                         help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
@@ -259,7 +270,8 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
     evaluation: dict[str, Any] = {}
     perplexity = {key: getattr(args, flag, None) for key, flag in
-                  (("data", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"))}
+                  (("sources", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"),
+                   ("protocol", "protocol"))}
     perplexity = {k: v for k, v in perplexity.items() if v is not None}
     if perplexity:
         evaluation["perplexity"] = perplexity

@@ -2,6 +2,7 @@
 
     pruneframe compare --config examples/compare_smollm2.yaml
     pruneframe compare --methods magnitude,random --budgets 0.8,0.5 --eval-windows 8 --no-speed
+    pruneframe compare --config examples/compare_smollm2.yaml --protocol wikitext2-2048   # a paper's protocol
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pruneframe.cli.common import (
     read_config_file,
 )
 from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare, explain
+from pruneframe.harness.config import protocol_flag_over_file
 from pruneframe.host import PluginHost
 
 __all__ = ["COMMAND", "compare_config"]
@@ -54,6 +56,7 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     """The validated comparison settings: the ``--config`` file with the given flags on top."""
     data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     flags = flag_settings(args)
+    data = protocol_flag_over_file(data, flags)
     if "methods" in flags and "method_configs" in data:  # selecting methods drops the file's settings of the others
         data["method_configs"] = {k: v for k, v in data["method_configs"].items() if k in flags["methods"]}
     for name, settings in args.method_configs or []:

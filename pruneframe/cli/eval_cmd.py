@@ -1,6 +1,7 @@
 """``pruneframe eval``: run the comparison's evaluators on one model (a pruned checkpoint or any HF model).
 
-    pruneframe eval --model pruned/magnitude-0.5 --dense smollm2-135m --out eval.json
+    pruneframe eval --model pruned/magnitude-0.5 --dense smollm2-135m --out eval.json   # + ratios to dense
+    pruneframe eval --model pruned/magnitude-0.5 --protocol wikitext2-2048               # a paper's protocol
     pruneframe eval --config examples/compare_smollm2.yaml --model pruned/magnitude-0.5   # same protocol
 """
 
@@ -28,7 +29,9 @@ from pruneframe.cli.common import (
     read_config_file,
 )
 from pruneframe.evaluation.base import EvalContext
+from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
 from pruneframe.harness import EvalConfig, InputError, explain
+from pruneframe.harness.config import protocol_flag_over_file
 from pruneframe.harness.cache import code_identity, model_identity
 from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
 from pruneframe.harness.runner import evaluate_model
@@ -40,7 +43,8 @@ __all__ = ["COMMAND", "eval_config"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval flags: the model, an optional dense reference, and the evaluation knobs."""
     add_model_flags(parser)
-    parser.add_argument("--dense", metavar="MODEL", help="the unpruned model, for kept-fraction and measured/ideal speedups")
+    parser.add_argument("--dense", metavar="MODEL", help="the unpruned model, for kept-fraction, measured/ideal speedups "
+                        "and perplexity ratios with 95%% paired-bootstrap intervals")
     add_seed_flags(parser, many=False)
     add_data_flags(parser, calib=False)
     add_eval_flags(parser)
@@ -53,8 +57,9 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The model and evaluation settings: those of a ``--config`` file (other keys ignored), flags on top."""
     data = read_config_file(args.config) if args.config else {}
     fields = set(EvalConfig.model_fields)
-    merged = deep_merge({k: v for k, v in data.items() if k in fields},
-                       {k: v for k, v in flag_settings(args).items() if k in fields})
+    flags = {k: v for k, v in flag_settings(args).items() if k in fields}
+    data = protocol_flag_over_file({k: v for k, v in data.items() if k in fields}, flags)
+    merged = deep_merge(data, flags)
     try:
         return EvalConfig.model_validate(merged)
     except ValidationError as exc:
@@ -63,13 +68,25 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def _headline(results: dict[str, Any]) -> str:
     parts = []
-    if "perplexity" in results:
-        parts.append(f"ppl {results['perplexity']['ppl']:.3f}")
+    for label, row in (results.get("perplexity", {}).get("sources") or {}).items():
+        parts.append(f"ppl {label} {row['ppl']:.3f}")
     for task, row in (results.get("zeroshot", {}).get("tasks") or {}).items():
-        parts.append(f"{task} acc {row['acc']:.3f}")
+        if row.get("acc") is not None:
+            parts.append(f"{task} acc {row['acc']:.3f} ± {row['acc_stderr'] or 0:.3f}")
     if "size" in results:
         parts.append(f"{results['size']['params']['total']:,} params")
     return ", ".join(parts)
+
+
+def _ratios(model_ppl: dict[str, Any], dense_ppl: dict[str, Any]) -> dict[str, Any]:
+    """Per source: perplexity / dense perplexity with its 95% paired-bootstrap interval, and the dense record."""
+    out: dict[str, Any] = {}
+    for label, row in model_ppl["sources"].items():
+        reference = dense_ppl["sources"][label]
+        interval = ratio_interval(row["window_nll"], reference["window_nll"], [row["window_tokens"]] * row["windows"])
+        out[label] = {**interval.as_dict(), "dense_ppl": reference["ppl"], "dense_window_nll": reference["window_nll"],
+                      "domain": row["domain"], "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED}}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     seed = (args.seeds or [0])[0]
     context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
     results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+    ratios = None
+    if dense is not None and "perplexity" in evaluators:
+        log(f"[{args.dense}] evaluating perplexity (the reference of the ratios)")
+        dense_ppl = evaluators["perplexity"].evaluate(dense[0], dense[1], context)
+        ratios = _ratios(results["perplexity"], dense_ppl)
     record = {
         "model": identity,
         "dense_model": dense[2] if dense else None,
@@ -97,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         "pruning": read_report(identity["location"]) if identity["kind"] == "pruned" else None,
         "eval": results,
         "eval_wall_s": walls,
+        "perplexity_ratios": ratios,
         "software": software_versions(),
     }
     if args.out:

@@ -6,11 +6,19 @@
   such files (concatenated in sorted name order; when some file names mention the split, e.g.
   ``wiki.test.raw``, only those are used, so a folder never mixes calibration and test text);
 - ``wikitext-2``, ``ptb``, ``c4``: first looked up under ``$PRUNEFRAME_DATA_DIR``, then on the hub;
+- ``moby-dick``: ``<data dir>/literature/moby_dick.txt``, cut at a chapter heading into two disjoint halves
+  (see :func:`moby_dick_part`), local only;
 - ``hf:owner/name[:config]``: any ``datasets`` id (column ``text``, else the only string column);
 - ``embedded``: the standard library's documentation topics (see :mod:`pruneframe.data.embedded`),
   available offline everywhere, split into disjoint ``calibration`` and ``test`` parts.
 
 When nothing works a :class:`DataSourceError` lists every path and name tried and how to provide the data.
+
+Every source carries a **domain** tag: the folder a named corpus lives in (``wikitext-2``, ``ptb``, ``c4``,
+``literature``), ``embedded``, ``hf:owner/name``, or for any other local path its folder
+(``folder:/abs/path``). A local file inside ``<data dir>/<corpus folder>`` gets that corpus's tag, so
+``<data dir>/wikitext-2/wiki.valid.tokens`` passed as a path is in the same domain as ``wikitext-2``.
+Two sources share a domain exactly when their tags are equal.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable
@@ -35,6 +44,8 @@ __all__ = [
     "data_dir",
     "hub_reachable",
     "check_disjoint",
+    "moby_dick_part",
+    "eval_source_catalog",
     "TEXT_SUFFIXES",
 ]
 
@@ -62,6 +73,7 @@ class TextSource:
         split: the split that was selected (``"file"`` for a single local file).
         text: the whole text.
         fingerprint: the first 16 hex digits of the SHA-256 of ``text``.
+        domain: the domain tag (see the module docstring); equal tags mean the same domain.
     """
 
     name: str
@@ -69,6 +81,7 @@ class TextSource:
     split: str
     text: str = field(repr=False)
     fingerprint: str
+    domain: str = ""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description for stamping into evaluation protocols."""
@@ -78,6 +91,7 @@ class TextSource:
             "split": self.split,
             "fingerprint": self.fingerprint,
             "chars": len(self.text),
+            "domain": self.domain,
         }
 
 
@@ -85,10 +99,10 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _make(name: str, origin: str, split: str, text: str) -> TextSource:
+def _make(name: str, origin: str, split: str, text: str, domain: str) -> TextSource:
     if not text.strip():
         raise DataSourceError(f"text source {name!r} ({origin}, split {split!r}) is empty")
-    return TextSource(name=name, origin=origin, split=split, text=text, fingerprint=_fingerprint(text))
+    return TextSource(name=name, origin=origin, split=split, text=text, fingerprint=_fingerprint(text), domain=domain)
 
 
 # ----------------------------------------------------------------------------- local files
@@ -156,9 +170,19 @@ def _folder_files(folder: Path, split: str) -> list[Path]:
     return []
 
 
+def _local_domain(path: Path) -> str:
+    """The domain of a local file or folder: a named corpus's folder under the data dir, else ``folder:<abs>``."""
+    folder = path.resolve() if path.is_dir() else path.resolve().parent
+    root = data_dir()
+    if root is not None and folder.parent == root.resolve() and folder.name in {n.folder for n in _NAMED.values()}:
+        return folder.name
+    return f"folder:{folder}"
+
+
 def _from_local(name: str, path: Path, split: str) -> TextSource:
+    domain = _local_domain(path)
     if path.is_file():
-        return _make(name, str(path.resolve()), "file", _read_file(path))
+        return _make(name, str(path.resolve()), "file", _read_file(path), domain)
     files = _folder_files(path, split)
     if not files:
         raise DataSourceError(
@@ -166,7 +190,7 @@ def _from_local(name: str, path: Path, split: str) -> TextSource:
         )
     text = "\n\n".join(_read_file(p) for p in files)
     origin = str(path.resolve()) + " [" + ", ".join(p.name for p in files) + "]"
-    return _make(name, origin, split, text)
+    return _make(name, origin, split, text, domain)
 
 
 # ----------------------------------------------------------------------------- the hub
@@ -252,6 +276,7 @@ class _Named:
     local: dict[str, tuple[str, ...]]  # canonical split -> file names under $PRUNEFRAME_DATA_DIR/folder
     hub: Callable[[str], tuple[str, str]]  # canonical split -> (text, origin)
     hub_label: Callable[[str], str]
+    part: Callable[[str, str], str] | None = None  # (whole local file text, canonical split) -> that split's text
 
 
 _C4_FILES = {
@@ -303,7 +328,44 @@ _NAMED: dict[str, _Named] = {
         hub_label=lambda split: f"hub dataset allenai/c4 file {_C4_FILES[split]} (first {_C4_ROWS} rows)",
     ),
 }
+_NAMED["moby-dick"] = _Named(
+    folder="literature",
+    splits={"test": "test", "validation": "validation", "valid": "validation", "dev": "validation",
+            "calibration": "validation"},
+    local={"test": ("moby_dick.txt",), "validation": ("moby_dick.txt",)},
+    hub=lambda split: _no_hub("moby-dick"),
+    hub_label=lambda split: "the hub (moby-dick is read from the data folder only)",
+    part=lambda text, split: moby_dick_part(text, split),
+)
 _ALIASES = {"wikitext2": "wikitext-2", "wikitext": "wikitext-2", "wikitext-2-raw-v1": "wikitext-2", "c4-en": "c4"}
+_CHAPTER = re.compile(r"^CHAPTER \d+\b", re.MULTILINE)
+
+
+def _no_hub(name: str) -> tuple[str, str]:
+    raise DataSourceError(f"{name} has no hub recipe")
+
+
+def moby_dick_part(text: str, split: str) -> str:
+    """One of the two disjoint halves of *Moby-Dick*: ``validation`` (before the cut) or ``test`` (from it on).
+
+    The cut is the ``CHAPTER n`` heading nearest to the middle of the text (chapter 67 of 135 in the
+    Gutenberg text), so no sentence is shared: the front matter and first half are the development part
+    (``validation``, also what ``calibration`` reads), the second half and the epilogue are ``test``.
+
+    Raises:
+        DataSourceError: the text has no ``CHAPTER`` headings, or ``split`` is neither part.
+    """
+    starts = [m.start() for m in _CHAPTER.finditer(text)]
+    if not starts:
+        raise DataSourceError("moby-dick: no 'CHAPTER n' headings found; is this the Gutenberg text of Moby-Dick?")
+    cut = min(starts, key=lambda start: abs(start - len(text) // 2))
+    if split == "validation":
+        return text[:cut]
+    if split == "test":
+        return text[cut:]
+    raise DataSourceError(f"moby-dick: unknown part {split!r}; expected 'validation' or 'test'")
+
+
 _EMBEDDED_SPLITS = {"test": "test", "calibration": "calibration", "calib": "calibration", "train": "calibration",
                     "validation": "calibration", "valid": "calibration"}
 
@@ -331,14 +393,16 @@ def _resolve_named(source: str, key: str, split: str, tried: list[str]) -> TextS
             candidate = root / named.folder / file_name
             if candidate.is_file():
                 text = _read_file(candidate)
-                return _make(source, str(candidate.resolve()), canonical, text)
+                if named.part is not None:
+                    text = named.part(text, canonical)
+                return _make(source, str(candidate.resolve()), canonical, text, named.folder)
             tried.append(f"{candidate} (not found; {via})")
     try:
         text, origin = named.hub(canonical)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes a listed attempt
         tried.append(f"{named.hub_label(canonical)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         raise _error(source, split, tried) from exc
-    return _make(source, origin, canonical, text)
+    return _make(source, origin, canonical, text, named.folder)
 
 
 def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
@@ -355,15 +419,15 @@ def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
         first = str(exc).splitlines()[0] if str(exc) else ""
         tried.append(f"hub dataset {spec!r} split {canonical!r} ({type(exc).__name__}: {first})")
         raise _error(source, split, tried) from exc
-    return _make(source, origin, canonical, text)
+    return _make(source, origin, canonical, text, f"hf:{path}")
 
 
 def resolve_text(source: str, split: str = "test") -> TextSource:
-    """Resolve ``source`` (a path, ``wikitext-2``, ``ptb``, ``c4``, ``hf:id[:config]`` or ``embedded``).
+    """Resolve ``source`` (a path, ``wikitext-2``, ``ptb``, ``c4``, ``moby-dick``, ``hf:id[:config]`` or ``embedded``).
 
     ``split`` selects the part: ``test``, ``validation``, ``train`` or ``calibration`` (for named corpora
-    ``calibration`` means ``validation``, for ``c4`` it means ``train``, for ``embedded`` it is the
-    calibration half). A single local file is used whole and reported with split ``"file"``.
+    ``calibration`` means ``validation``, for ``c4`` it means ``train``, for ``embedded`` and ``moby-dick``
+    it is the half that ``test`` never reads). A single local file is used whole and reported with split ``"file"``.
 
     Raises:
         DataSourceError: nothing matched; the message lists every path and name tried.
@@ -373,7 +437,7 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
     lowered = key.lower()
     if lowered == "embedded":
         canonical = _split_for(source, split, _EMBEDDED_SPLITS)
-        return _make(source, embedded_origin(), canonical, embedded_text(canonical))
+        return _make(source, embedded_origin(), canonical, embedded_text(canonical), "embedded")
     if lowered.startswith("hf:"):
         return _resolve_hf(key, split, tried)
     path = Path(key).expanduser()
@@ -416,3 +480,34 @@ def check_disjoint(calib: TextSource, eval: TextSource, samples: int = 50, chunk
                 f"{calib.name!r} ({calib.origin}, split {calib.split!r}): the {len(passage)}-character passage "
                 f"at offset {start} ({passage[:60]!r}...) appears verbatim in the calibration text"
             )
+
+
+# ----------------------------------------------------------------------------- default evaluation sources
+
+#: Named evaluation corpora read from the data folder when their test file is there, in report order.
+_LOCAL_EVAL_CORPORA: tuple[str, ...] = ("wikitext-2", "moby-dick")
+#: Hub corpora added when the hub answers (and no offline variable is set).
+_HUB_EVAL_CORPORA: tuple[str, ...] = ("c4", "ptb")
+
+
+def eval_source_catalog(online: bool | None = None) -> list[str]:
+    """The perplexity sources available here, each read with split ``test``, in report order.
+
+    Offline: ``wikitext-2`` and ``moby-dick`` when their files are under the data folder, and ``embedded``
+    (always). Online (``online=None`` probes :func:`hub_reachable`; an offline variable such as
+    ``HF_HUB_OFFLINE`` counts as offline here) also ``c4`` (validation) and ``ptb`` (test), unless the data
+    folder already holds them.
+    """
+    root = data_dir()
+    found = []
+    for name in (*_LOCAL_EVAL_CORPORA, *_HUB_EVAL_CORPORA):
+        named = _NAMED[name]
+        canonical = named.splits["test"]
+        if root is not None and any((root / named.folder / f).is_file() for f in named.local.get(canonical, ())):
+            found.append(name)
+    found.append("embedded")
+    if online is None:
+        online = not _offline_env() and hub_reachable()[0]
+    if online:
+        found += [name for name in _HUB_EVAL_CORPORA if name not in found]
+    return found

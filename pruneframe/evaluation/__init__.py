@@ -11,13 +11,7 @@ from pruneframe.evaluation.size import SizeEvaluator, checkpoint_bytes, layer_wi
 from pruneframe.evaluation.speed import SpeedEvaluator, ideal_speedup, measure_speed, model_flops_per_token
 from pruneframe.evaluation.zeroshot import ZeroShotEvaluator, zeroshot
 
-#: The built-in evaluators by name.
-BUILTIN_EVALUATORS: dict[str, type[Evaluator]] = {
-    cls.name: cls for cls in (PerplexityEvaluator, ZeroShotEvaluator, SizeEvaluator, SpeedEvaluator)
-}
-
 __all__ = [
-    "BUILTIN_EVALUATORS",
     "EvalContext",
     "Evaluator",
     "NonFiniteError",

@@ -1,4 +1,17 @@
-"""Perplexity: exact token-weighted mean negative log-likelihood over fixed token windows."""
+"""Perplexity: exact token-weighted mean negative log-likelihood over fixed token windows, on several sources.
+
+One evaluator measures every configured text source (by default every one available: see
+:func:`pruneframe.data.sources.eval_source_catalog`), records each window's NLL sum so paired intervals
+can be recomputed, and stamps each source with its protocol, domain tag and named protocol preset.
+
+Named protocols (``protocol``):
+
+- ``custom`` (default): the configured sources, ``seq_len`` and ``num_windows``.
+- ``wikitext2-2048``: the whole WikiText-2 test split in non-overlapping 2,048-token windows, as SparseGPT,
+  Wanda and SliceGPT report it.
+- ``llm-pruner-128``: every non-overlapping 128-token window, as LLM-Pruner reports it (its papers use
+  WikiText-2 and PTB test; add ``ptb`` to ``sources`` when it is available).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +22,24 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
-from pruneframe.data.sources import resolve_text
+from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import token_windows, tokenizer_fingerprint
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
-from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol
+from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
 
-__all__ = ["NonFiniteError", "PerplexityResult", "perplexity", "PerplexityConfig", "PerplexityEvaluator"]
+__all__ = [
+    "NonFiniteError",
+    "PerplexityResult",
+    "perplexity",
+    "PROTOCOLS",
+    "ProtocolName",
+    "PerplexitySource",
+    "PerplexityConfig",
+    "PerplexityEvaluator",
+]
 
 
 _IGNORE = -100
@@ -36,12 +58,14 @@ class PerplexityResult:
         mean_nll: sum of per-token negative log-likelihoods (float64) / number of predicted tokens.
         tokens: predicted tokens, ``windows * (seq_len - 1)``.
         windows: number of windows.
+        window_nll: each window's NLL sum (float64), in window order (``seq_len - 1`` tokens each).
     """
 
     ppl: float
     mean_nll: float
     tokens: int
     windows: int
+    window_nll: tuple[float, ...] = ()
 
 
 @torch.inference_mode()
@@ -65,7 +89,7 @@ def perplexity(
         raise ValueError(f"perplexity: batch_size must be >= 1, got {batch_size}")
     count, seq_len = windows.shape
     device = model_device(model)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    sums: list[torch.Tensor] = []
     with tqdm(total=count, desc="perplexity", unit="win", disable=not progress) as bar:
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
@@ -78,54 +102,161 @@ def perplexity(
             nll = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=_IGNORE, reduction="none"
             )
-            batch_sum = nll.sum(dtype=torch.float64)
-            if not torch.isfinite(batch_sum):
+            window_sums = nll.view(stop - start, seq_len).sum(dim=1, dtype=torch.float64)
+            if not torch.isfinite(window_sums).all():
                 raise NonFiniteError(
                     f"perplexity: non-finite loss in windows {start}..{stop - 1} (of {count}); "
                     "the model produced NaN/inf logits"
                 )
-            total += batch_sum
+            sums.append(window_sums)
             bar.update(stop - start)
+    per_window = tuple(float(v) for v in torch.cat(sums).cpu().tolist())
     tokens = count * (seq_len - 1)
-    mean_nll = float(total.item()) / tokens
-    return PerplexityResult(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=count)
+    mean_nll = math.fsum(per_window) / tokens
+    return PerplexityResult(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=count, window_nll=per_window)
 
 
-class PerplexityConfig(BaseModel):
-    """Perplexity settings: which text, which split, and how it is cut into windows."""
+ProtocolName = Literal["custom", "wikitext2-2048", "llm-pruner-128"]
+WindowCount = Annotated[int, Field(ge=1)] | Literal["all"]
+
+#: The named protocols: the settings each one fixes (``sources`` only when none are given).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "wikitext2-2048": {"sources": [{"data": "wikitext-2", "split": "test"}], "seq_len": 2048, "num_windows": "all"},
+    "llm-pruner-128": {"sources": [{"data": "wikitext-2", "split": "test"}], "seq_len": 128, "num_windows": "all"},
+}
+
+
+def _default_sources() -> list[dict[str, Any]]:
+    return [{"data": name, "split": "test"} for name in eval_source_catalog()]
+
+
+class PerplexitySource(BaseModel):
+    """One perplexity text: the source, its split, the column label, and optionally its own window count.
+
+    Attributes:
+        data: any source :func:`pruneframe.data.resolve_text` takes (``wikitext-2``, ``moby-dick``,
+            ``embedded``, ``c4``, ``ptb``, a local file or folder, ``hf:owner/name``).
+        split: the split read (``test`` by default).
+        label: the column name in reports (default: ``data``, or a path's file stem).
+        domain: override the domain tag (default: derived from the source, see ``pruneframe.data.sources``).
+        num_windows: windows of this source (default: the evaluator's ``num_windows``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field("wikitext-2", description="text source (see pruneframe.data.resolve_text)")
+    data: Annotated[str, Field(min_length=1)]
     split: str = "test"
+    label: Annotated[str, Field(min_length=1)] | None = None
+    domain: Annotated[str, Field(min_length=1)] | None = None
+    num_windows: WindowCount | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"data": value} if isinstance(value, str) else value
+
+    def column(self) -> str:
+        """The report label: ``label``, else the name of a named source, else a path's stem."""
+        if self.label:
+            return self.label
+        path = Path(self.data).expanduser()
+        return path.stem if (path.suffix or "/" in self.data) and not self.data.startswith("hf:") else self.data
+
+
+class PerplexityConfig(BaseModel):
+    """Perplexity settings: which texts, which protocol, and how each text is cut into windows.
+
+    ``data``/``split`` are accepted as a shorthand for one source. ``num_windows`` counts windows per
+    source (``"all"``: every full window). A named ``protocol`` fixes ``seq_len`` and ``num_windows``
+    (and the sources when none are given); setting either to another value is an error.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: Annotated[list[PerplexitySource], Field(min_length=1)] = Field(
+        default_factory=lambda: [PerplexitySource.model_validate(s) for s in _default_sources()],
+        description="text sources; default: every one available (see eval_source_catalog)",
+    )
+    protocol: ProtocolName = "custom"
     seq_len: Annotated[int, Field(ge=2)] = 512
-    num_windows: Annotated[int, Field(ge=1)] | None = 64
+    num_windows: WindowCount = 64
     offset_windows: Annotated[int, Field(ge=0)] = 0
     batch_size: Annotated[int, Field(ge=1)] = 1
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="expected model dtype; the model is never converted, a mismatch is an error"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand_and_protocol(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        if "data" in value or "split" in value:
+            if "sources" in value:
+                raise ValueError("give either sources or data/split (one source), not both")
+            value["sources"] = [{"data": value.pop("data", "wikitext-2"), "split": value.pop("split", "test")}]
+        if value.get("num_windows") is None and "num_windows" in value:
+            value["num_windows"] = "all"
+        preset = PROTOCOLS.get(value.get("protocol", "custom"))
+        if preset is not None:
+            for key in ("seq_len", "num_windows"):
+                if key in value and value[key] != preset[key]:
+                    raise ValueError(
+                        f"protocol {value['protocol']!r} fixes {key} = {preset[key]!r}, but {key} = {value[key]!r} "
+                        "was given; drop one of them"
+                    )
+                value[key] = preset[key]
+            value.setdefault("sources", preset["sources"])
+        return value
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> PerplexityConfig:
+        labels = [s.column() for s in self.sources]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"sources: the labels {repeated} repeat; give each source a distinct 'label'")
+        return self
+
 
 class PerplexityEvaluator(Evaluator):
-    """Perplexity on a text source; results: ``ppl``, ``mean_nll``, ``tokens``, ``windows``, ``protocol``."""
+    """Perplexity on every configured source.
+
+    Result: ``{"sources": {label: {ppl, mean_nll, tokens, windows, window_tokens, window_nll, domain,
+    protocol}}, "protocol": PerplexitySetProtocol}``.
+    """
 
     name: ClassVar[str] = "perplexity"
     Config: ClassVar[type[BaseModel]] = PerplexityConfig
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
-        """Resolve the text, cut windows, measure perplexity and stamp the protocol."""
+        """Resolve each text, cut windows, measure perplexity per source and stamp the protocols."""
         cfg: PerplexityConfig = self.config  # type: ignore[assignment]
         dtype = model_dtype(model)
         if cfg.dtype is not None and cfg.dtype != dtype:
             raise ValueError(f"perplexity: config dtype {cfg.dtype!r} but the model is {dtype!r}; load it as {cfg.dtype!r}")
         if tokenizer is None:
             raise ValueError("perplexity: a tokenizer is required (the model was loaded without one)")
-        source = resolve_text(cfg.data, cfg.split)
-        windows = token_windows(source, tokenizer, cfg.seq_len, cfg.num_windows, cfg.offset_windows)
-        result = perplexity(model, windows, batch_size=cfg.batch_size, progress=context.progress)
+        results: dict[str, Any] = {}
+        for spec in cfg.sources:
+            results[spec.column()] = self._one(model, tokenizer, spec, cfg, dtype, context.progress)
+        protocol = PerplexitySetProtocol(
+            protocol_name=cfg.protocol,
+            sources={label: PerplexityProtocol.model_validate(r["protocol"]) for label, r in results.items()},
+        )
+        return {"sources": results, "protocol": protocol.model_dump(mode="json")}
+
+    @staticmethod
+    def _one(model: Any, tokenizer: Any, spec: PerplexitySource, cfg: PerplexityConfig, dtype: str,
+             progress: bool) -> dict[str, Any]:
+        source = resolve_text(spec.data, spec.split)
+        count = spec.num_windows if spec.num_windows is not None else cfg.num_windows
+        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows)
+        result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress)
+        domain = spec.domain or source.domain
         protocol = PerplexityProtocol(
-            data=DataStamp(**source.describe()),
+            protocol_name=cfg.protocol,
+            data=DataStamp(**{**source.describe(), "domain": domain}),
             tokenizer=Path(str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)).name,
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
             seq_len=cfg.seq_len,
@@ -139,5 +270,8 @@ class PerplexityEvaluator(Evaluator):
             "mean_nll": result.mean_nll,
             "tokens": result.tokens,
             "windows": result.windows,
+            "window_tokens": cfg.seq_len - 1,
+            "window_nll": list(result.window_nll),
+            "domain": domain,
             "protocol": protocol.model_dump(mode="json"),
         }

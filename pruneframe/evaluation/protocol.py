@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "DataStamp",
     "PerplexityProtocol",
+    "PerplexitySetProtocol",
     "ZeroShotTaskStamp",
     "ZeroShotProtocol",
     "SizeProtocol",
@@ -42,12 +43,14 @@ class DataStamp(_Frozen):
     split: str
     fingerprint: str
     chars: Annotated[int, Field(ge=0)]
+    domain: str | None = None
 
 
 class PerplexityProtocol(_Frozen):
     """How a perplexity was measured: text, windowing, tokenizer and numeric type."""
 
     kind: Literal["perplexity"] = "perplexity"
+    protocol_name: str = "custom"
     data: DataStamp
     tokenizer: str
     tokenizer_fingerprint: str
@@ -71,6 +74,18 @@ class PerplexityProtocol(_Frozen):
             self.offset_windows,
             self.dtype,
         )
+
+
+class PerplexitySetProtocol(_Frozen):
+    """The perplexity protocol of a whole evaluation: the named protocol and each source's protocol by label."""
+
+    kind: Literal["perplexity_set"] = "perplexity_set"
+    protocol_name: str = "custom"
+    sources: dict[str, PerplexityProtocol]
+
+    def comparison_key(self) -> tuple[Any, ...]:
+        """Every source comparable, under the same labels."""
+        return (self.kind, tuple((label, p.comparison_key()) for label, p in sorted(self.sources.items())))
 
 
 class ZeroShotTaskStamp(_Frozen):
@@ -133,5 +148,6 @@ class SpeedProtocol(_Frozen):
 
 
 Protocol = Annotated[
-    PerplexityProtocol | ZeroShotProtocol | SizeProtocol | SpeedProtocol, Field(discriminator="kind")
+    PerplexityProtocol | PerplexitySetProtocol | ZeroShotProtocol | SizeProtocol | SpeedProtocol,
+    Field(discriminator="kind"),
 ]

@@ -1,7 +1,9 @@
 """Speed: prefill and batch-1 greedy decode throughput, peak memory, and the FLOPs-based ideal speedup.
 
 Timings are medians over a few repeats after a warmup run. With a dense model in the context the two
-models are measured alternately in the same run, so the quoted speedup is a same-run ratio.
+models are measured alternately in the same run, so the quoted speedup is a same-run ratio; each
+alternating pair also gives one speedup, and their spread (``speedup_spread``: min, quartiles, max) shows
+how far a rerun could move the median.
 """
 
 from __future__ import annotations
@@ -221,6 +223,12 @@ class SpeedEvaluator(Evaluator):
                 "prefill": result["model"]["prefill_tokens_per_s"] / result["dense"]["prefill_tokens_per_s"],
                 "decode": result["model"]["decode_tokens_per_s"] / result["dense"]["decode_tokens_per_s"],
             }
+            pairs = list(zip(runs["dense"], runs["model"]))
+            result["repeat_speedups"] = {
+                "prefill": [d.prefill_s / m.prefill_s for d, m in pairs],
+                "decode": [d.decode_s / m.decode_s for d, m in pairs],
+            }
+            result["speedup_spread"] = {k: _spread(v) for k, v in result["repeat_speedups"].items()}
             result["ideal_speedup"] = ideal_speedup(
                 model_flops_per_token(dense, context_len), model_flops_per_token(model, context_len)
             )
@@ -236,6 +244,18 @@ class SpeedEvaluator(Evaluator):
         )
         result["protocol"] = protocol.model_dump(mode="json")
         return result
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """``min``, ``q25``, ``median``, ``q75``, ``max`` and the relative half-width of the quartiles."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        q25 = q75 = ordered[0]
+    else:
+        q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
+    median = statistics.median(ordered)
+    return {"min": ordered[0], "q25": q25, "median": median, "q75": q75, "max": ordered[-1],
+            "iqr_rel": (q75 - q25) / (2 * median) if median else 0.0}
 
 
 def _median_of(results: list[SpeedResult], prefill_len: int, decode_tokens: int) -> SpeedResult:

@@ -7,7 +7,9 @@ Each entry of ``tasks`` is either
   on the fly as a ``multiple_choice`` task read by the ``json`` dataset builder (works offline);
 - any other string: an lm-eval task name or task YAML file (data from the hub: needs a network or a cache).
 
-Results per task: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` and ``docs``.
+Results per task: ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr``, ``docs``, the 95% Wilson
+intervals ``acc_ci`` and ``acc_norm_ci`` (``[low, high]``), and ``items``: each document's 0/1 correctness
+per metric in document order, so intervals and paired comparisons can be recomputed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pruneframe.data.jsonl import iter_jsonl
 from pruneframe.data.sources import data_dir
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
+from pruneframe.evaluation.stats import proportion_interval
 
 __all__ = [
     "PROMPT",
@@ -52,23 +55,44 @@ class LocalTask(BaseModel):
     docs: int
 
 
+_FIELDS = ("question", "choices", "label")
+
+
+def _row_problem(row: Any) -> str | None:
+    """What is wrong with one multiple-choice row, or None when it is valid."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    missing = [name for name in _FIELDS if name not in row]
+    if missing:
+        return f"missing field(s) {missing}"
+    question, choices, label = row["question"], row["choices"], row["label"]
+    if not isinstance(question, str):
+        return f"'question' must be a string, got {type(question).__name__}"
+    if not isinstance(choices, list) or not choices:
+        return "'choices' must be a non-empty list of strings"
+    if len(choices) < 2:
+        return f"'choices' has {len(choices)} entry; a multiple-choice item needs at least 2"
+    if not all(isinstance(c, str) and c.strip() for c in choices):
+        return "every entry of 'choices' must be a non-empty string"
+    if isinstance(label, bool) or not isinstance(label, int):
+        return f"'label' must be an integer index into 'choices', got {label!r}"
+    if not 0 <= label < len(choices):
+        return f"'label' {label} is out of range for {len(choices)} choices (0..{len(choices) - 1})"
+    return None  # other fields (ids, sources) are allowed and ignored
+
+
 def _check_rows(path: Path) -> int:
-    """Validate every row of a multiple-choice JSONL file; return how many there are."""
+    """Validate every row of a multiple-choice JSONL file; return how many there are.
+
+    Raises:
+        ValueError: ``"<path>:<line>: <what is wrong>"`` for the first bad row, or an empty file.
+    """
     count = 0
     for lineno, row in iter_jsonl(path):
-        choices = row.get("choices") if isinstance(row, dict) else None
-        label = row.get("label") if isinstance(row, dict) else None
-        if (
-            not isinstance(row, dict)
-            or not isinstance(row.get("question"), str)
-            or not isinstance(choices, list)
-            or len(choices) < 2
-            or not all(isinstance(c, str) for c in choices)
-            or not isinstance(label, int)
-            or not 0 <= label < len(choices)
-        ):
+        problem = _row_problem(row)
+        if problem is not None:
             raise ValueError(
-                f"{path}:{lineno}: expected {{question: str, choices: [str, ...] (>= 2), label: int index}}"
+                f"{path}:{lineno}: {problem} (rows are {{\"question\": str, \"choices\": [str, ...], \"label\": int}})"
             )
         count += 1
     if count == 0:
@@ -130,6 +154,21 @@ def _metric(row: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _item_results(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-document correctness (document order) and the Wilson interval of each metric lm-eval logged."""
+    ordered = sorted(samples, key=lambda sample: sample.get("doc_id", 0))
+    items: dict[str, list[int]] = {}
+    for metric in _METRICS:
+        values = [sample.get(metric) for sample in ordered]
+        if values and all(v in (0, 1, 0.0, 1.0, True, False) for v in values):
+            items[metric] = [int(v) for v in values]
+    out: dict[str, Any] = {"items": items}
+    for metric, values in items.items():
+        summary = proportion_interval(values)
+        out[f"{metric}_ci"] = [summary["low"], summary["high"]]
+    return out
+
+
 def zeroshot(
     model: Any,
     tokenizer: Any,
@@ -142,7 +181,8 @@ def zeroshot(
 ) -> dict[str, Any]:
     """Zero-shot accuracy of an in-memory model on ``tasks`` (local JSONL files or lm-eval names).
 
-    Returns ``{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, docs, source}}, "protocol": ...}``.
+    Returns ``{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, acc_ci, acc_norm_ci, docs, source,
+    items}}, "protocol": ...}`` (``items``: per-document 0/1 correctness by metric, in document order).
 
     Raises:
         ValueError: no tasks, a malformed local file, or an lm-eval task name that is unknown.
@@ -171,7 +211,7 @@ def zeroshot(
         num_fewshot=num_fewshot,
         limit=limit,
         task_manager=manager,
-        log_samples=False,
+        log_samples=True,
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -182,6 +222,7 @@ def zeroshot(
     results: dict[str, Any] = {}
     stamps: list[ZeroShotTaskStamp] = []
     local_by_name = {t.task: t for t in locals_}
+    samples = output.get("samples") or {}
     for name, row in output["results"].items():
         docs = int(output.get("n-samples", {}).get(name, {}).get("effective", 0))
         local = local_by_name.get(name)
@@ -193,6 +234,7 @@ def zeroshot(
             "acc_norm_stderr": _metric(row, "acc_norm_stderr"),
             "docs": docs,
             "source": source,
+            **_item_results(samples.get(name) or []),
         }
         stamps.append(
             ZeroShotTaskStamp(task=name, source=source, fingerprint=local.fingerprint if local else None, docs=docs)

@@ -1,9 +1,11 @@
 """What a comparison runs, as validated settings: model, methods, budgets, seeds, data and evaluators.
 
 Everything here is identical across the runs of one comparison (that is what makes it fair); the
-runner turns it into runtime state. Defaults follow the shared data folder: WikiText-2 when
-``$PRUNEFRAME_DATA_DIR`` (or ``../shared/data``) holds it, else the offline ``embedded`` corpus, and
-the local zero-shot JSONL tasks found under ``<data dir>/zeroshot``.
+runner turns it into runtime state. Defaults follow the shared data folder: calibration on WikiText-2
+validation when ``$PRUNEFRAME_DATA_DIR`` (or ``../shared/data``) holds it, else on the offline
+``embedded`` corpus; perplexity on every source available (WikiText-2 test, Moby-Dick's test half and the
+embedded test half offline, plus C4 and PTB when the hub answers); zero-shot on the local JSONL tasks
+found under ``<data dir>/zeroshot``.
 
 Example (YAML or JSON)::
 
@@ -14,7 +16,7 @@ Example (YAML or JSON)::
     budget_kind: prunable
     calibration: {data: wikitext-2}
     evaluation:
-      perplexity: {num_windows: 16, seq_len: 512}
+      perplexity: {sources: [wikitext-2, moby-dick, embedded], num_windows: 16, seq_len: 512}
       zeroshot: {limit: 100}
       speed: null                           # null switches an evaluator off
 """
@@ -41,6 +43,7 @@ __all__ = [
     "default_text_source",
     "default_zeroshot_tasks",
     "default_evaluation",
+    "protocol_flag_over_file",
     "budget_slug",
 ]
 
@@ -96,7 +99,7 @@ def default_evaluation() -> dict[str, dict[str, Any] | None]:
     """The evaluators a comparison runs when nothing else is said, with their default settings."""
     tasks = default_zeroshot_tasks()
     return {
-        "perplexity": {"data": default_text_source("test"), "split": "test", "seq_len": 512, "num_windows": 64},
+        "perplexity": {},  # the evaluator's defaults: every available source, 64 windows of 512 tokens each
         "zeroshot": {"tasks": tasks, "limit": 200} if tasks else None,
         "size": {},
         "speed": {},
@@ -116,6 +119,27 @@ def _merge_evaluation(value: Any) -> Any:
             continue  # no local tasks on this machine and none named: zero-shot stays off
         merged[name] = {**base, **settings} if isinstance(base, dict) and isinstance(settings, dict) else settings
     return merged
+
+
+_PROTOCOL_FIXED = ("sources", "data", "split", "seq_len", "num_windows")
+_SOURCE_KEYS = ("sources", "data", "split")
+
+
+def protocol_flag_over_file(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> dict[str, Any]:
+    """``file_settings`` without the perplexity settings that the flags replace as a whole.
+
+    A ``--protocol`` flag names a whole perplexity protocol (sources, window length and count), so the
+    file's own values of those settings are dropped rather than reported as conflicting with it; flags
+    given next to ``--protocol`` still apply (and are checked against it). ``--eval-data`` replaces the
+    file's sources (given as ``sources`` or as the one-source ``data``/``split`` shorthand).
+    """
+    flagged = ((flag_settings.get("evaluation") or {}).get("perplexity") or {})
+    file_ppl = ((file_settings.get("evaluation") or {}).get("perplexity"))
+    if not isinstance(file_ppl, dict):
+        return file_settings
+    dropped = _PROTOCOL_FIXED if "protocol" in flagged else _SOURCE_KEYS if "sources" in flagged else ()
+    kept = {k: v for k, v in file_ppl.items() if k not in dropped}
+    return {**file_settings, "evaluation": {**file_settings["evaluation"], "perplexity": kept}}
 
 
 def budget_slug(budget: Any) -> str:
@@ -177,6 +201,8 @@ class CompareConfig(EvalConfig):
         budgets: numbers read with ``budget_kind`` (keep-ratios in (0, 1], or parameter counts).
         budget_kind: ``prunable`` (default), ``total`` or ``params``.
         seeds: one run per seed (passed as the method config's ``seed``).
+        method_seeds: per-method seeds replacing ``seeds`` for the methods listed (e.g. one seed for a
+            deterministic method, several for one that depends on the calibration order).
         calibration: the calibration source (see :class:`CalibrationSettings`).
         out: output folder (default ``results/compare-<model>``).
     """
@@ -186,6 +212,7 @@ class CompareConfig(EvalConfig):
     budgets: Annotated[list[float | int], Field(min_length=1)] = Field(default_factory=lambda: [0.5])
     budget_kind: BudgetKind = "prunable"
     seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    method_seeds: dict[str, Annotated[list[int], Field(min_length=1)]] = Field(default_factory=dict)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     out: str | None = None
 
@@ -207,6 +234,11 @@ class CompareConfig(EvalConfig):
             raise ValueError(f"budgets contain duplicates: {self.budgets}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds contain duplicates: {self.seeds}")
+        for name, seeds in self.method_seeds.items():
+            if self.methods is not None and name not in self.methods:
+                raise ValueError(f"method_seeds has seeds for {name!r}, which is not among methods {self.methods}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"method_seeds.{name} contains duplicates: {seeds}")
         if self.methods is not None and len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods contain duplicates: {self.methods}")
         for name, cfg in self.method_configs.items():
@@ -215,6 +247,10 @@ class CompareConfig(EvalConfig):
             if "seed" in cfg:
                 raise ValueError(f"method_configs.{name}.seed: set seeds with 'seeds' (one run per seed)")
         return self
+
+    def seeds_for(self, method: str) -> list[int]:
+        """The seeds ``method`` runs with: ``method_seeds[method]`` when given, else ``seeds``."""
+        return self.method_seeds.get(method, self.seeds)
 
     def budget_objects(self) -> list[Any]:
         """The budgets as typed budget objects (see :func:`pruneframe.budget.make_budget`)."""

@@ -67,7 +67,7 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
     """Instantiate the enabled evaluators; return them, the evaluation stamp and the text sources they read.
 
     The stamp holds each evaluator's validated settings, its module hash, and the fingerprints of the
-    data it reads (text sources for ``data``/``split`` settings, task files for ``tasks``).
+    data it reads (text sources for ``sources`` or ``data``/``split`` settings, task files for ``tasks``).
     """
     evaluators: dict[str, Evaluator] = {}
     stamp: dict[str, Any] = {}
@@ -77,7 +77,13 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
             evaluator = host.evaluator(name, settings)
             cfg = evaluator.config
             entry: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "code": source_hash(type(evaluator))}
-            if hasattr(cfg, "data") and hasattr(cfg, "split"):
+            if isinstance(getattr(cfg, "sources", None), list):
+                entry["data"] = {}
+                for spec in cfg.sources:
+                    source = resolve_text(spec.data, spec.split)
+                    sources.append(source)
+                    entry["data"][spec.column()] = {**source.describe(), "domain": spec.domain or source.domain}
+            elif hasattr(cfg, "data") and hasattr(cfg, "split"):
                 source = resolve_text(cfg.data, cfg.split)
                 sources.append(source)
                 entry["data"] = source.describe()

@@ -1,8 +1,12 @@
 """Comparison outputs: ``results.json``, ``results.csv``, ``results.md`` and two PNG plots, all written atomically.
 
-One row per run (plus the dense model): kept parameters, perplexity and its ratio to the dense model,
-zero-shot accuracy per task, measured and ideal (FLOPs) speedups, prune time, tokens read, peak RSS.
-In the Markdown table the best value of each column among the methods at the same budget is bold.
+``results.csv`` has one row per run (plus the dense model) with every number and its interval.
+``results.md`` has one row per method and budget (seeds combined, see :mod:`pruneframe.harness.summary`):
+kept parameters, the perplexity ratio to dense per source with its 95% interval (the in-domain source
+marked), the out-of-domain geometric mean that ranks the methods, the rank, accuracies with standard
+errors, measured and ideal speedups with their repeat spread, prune time and memory. A value is bold
+only where it is better than the next method's beyond the intervals. ``results.json`` keeps the records
+(per-window NLLs, per-item correctness) and the summary, so every number can be recomputed.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pruneframe._io import write_json_atomic, write_text_atomic
+from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from pruneframe.harness.summary import Group, Summary, summarise
 
-__all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "write_bytes_atomic"]
+__all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
 
 _MB = 2**20
+
+#: What the report says when no zero-shot task ran.
+ZEROSHOT_HOWTO = (
+    "Zero-shot accuracy: not measured (no tasks found or configured). To add tasks: online, name lm-eval tasks "
+    "(`--zeroshot hellaswag,arc_easy` or `evaluation.zeroshot.tasks`); offline, put JSONL files with one "
+    '`{"question": str, "choices": [str, ...], "label": int}` object per line under `<data dir>/zeroshot/` '
+    "(the file name is the task name) or pass their paths."
+)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
@@ -48,16 +62,17 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
-def _row(record: dict[str, Any], dense_ppl: float | None, dense_params: int | None) -> dict[str, Any]:
-    """The flat numbers of one record (dense or pruned)."""
+def _calibration_domain(meta: dict[str, Any]) -> str | None:
+    return _get(meta, "calibration", "domain") or None
+
+
+def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> dict[str, Any]:
+    """The flat numbers of one record (dense or pruned), intervals included."""
     ev, report = record.get("eval", {}), _get(record, "prune", "report") or {}
-    ppl = _get(ev, "perplexity", "ppl")
-    tasks = _get(ev, "zeroshot", "tasks") or {}
-    accs = {name: row.get("acc") for name, row in tasks.items()}
-    known = [a for a in accs.values() if a is not None]
     dense = record.get("kind") == "dense"
+    measures = summary.per_run.get(str(record.get("run_id")), {})
     memory = _get(record, "prune", "memory") or {}
-    return {
+    row: dict[str, Any] = {
         "run_id": record.get("run_id"),
         "kind": record.get("kind"),
         "status": record.get("status"),
@@ -68,25 +83,45 @@ def _row(record: dict[str, Any], dense_ppl: float | None, dense_params: int | No
         "kept_params": dense_params if dense else report.get("kept_params"),
         "kept_fraction": 1.0 if dense else report.get("kept_fraction_of_total"),
         "kept_prunable_fraction": 1.0 if dense else report.get("kept_fraction_of_prunable"),
-        "ppl": ppl,
-        "ppl_ratio": ppl / dense_ppl if ppl is not None and dense_ppl else None,
-        **{f"acc_{name}": acc for name, acc in accs.items()},
-        "acc_mean": statistics.fmean(known) if known else None,
-        "prefill_speedup": _get(ev, "speed", "measured_speedup", "prefill"),
-        "decode_speedup": _get(ev, "speed", "measured_speedup", "decode"),
+    }
+    for source in summary.sources:
+        row[f"ppl_{source.label}"] = _get(ev, "perplexity", "sources", source.label, "ppl")
+        measure = measures.get(f"ratio:{source.label}")
+        low, high = measure.interval() if measure else (None, None)
+        row[f"ratio_{source.label}"] = 1.0 if dense else measure.value() if measure else None
+        row[f"ratio_{source.label}_low"], row[f"ratio_{source.label}_high"] = low, high
+    ood = measures.get("ood")
+    row["ood_ratio"] = 1.0 if dense else ood.value() if ood else None
+    row["ood_ratio_low"], row["ood_ratio_high"] = ood.interval() if ood else (None, None)
+    accs = []
+    for task, values in (_get(ev, "zeroshot", "tasks") or {}).items():
+        row[f"acc_{task}"] = values.get("acc")
+        row[f"acc_{task}_se"] = values.get("acc_stderr")
+        row[f"acc_{task}_low"], row[f"acc_{task}_high"] = (values.get("acc_ci") or [None, None])[:2]
+        if values.get("acc") is not None:
+            accs.append(values["acc"])
+    row["acc_mean"] = statistics.fmean(accs) if accs else None
+    for phase in ("prefill", "decode"):
+        row[f"{phase}_speedup"] = _get(ev, "speed", "measured_speedup", phase)
+        spread = _get(ev, "speed", "speedup_spread", phase) or {}
+        row[f"{phase}_speedup_q25"], row[f"{phase}_speedup_q75"] = spread.get("q25"), spread.get("q75")
+        row[f"{phase}_speedup_min"], row[f"{phase}_speedup_max"] = spread.get("min"), spread.get("max")
+    row.update({
         "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
         "prune_s": _get(record, "prune", "wall_s"),
         "tokens_processed": _get(record, "prune", "tokens_processed"),
         "peak_rss_mb": memory["peak_rss_bytes"] / _MB if memory.get("peak_rss_bytes") else None,
         "delta_rss_mb": memory["delta_rss_bytes"] / _MB if memory.get("delta_rss_bytes") is not None else None,
         "error": record.get("error"),
-    }
+    })
+    return row
 
 
-def rows(dense: dict[str, Any], runs: list[dict[str, Any]], dense_params: int | None) -> list[dict[str, Any]]:
+def rows(dense: dict[str, Any], runs: list[dict[str, Any]], dense_params: int | None,
+         summary: Summary | None = None, calibration_domain: str | None = None) -> list[dict[str, Any]]:
     """Flat rows: the dense model first, then every run in order."""
-    dense_ppl = _get(dense, "eval", "perplexity", "ppl")
-    return [_row(record, dense_ppl, dense_params) for record in [dense, *runs]]
+    summary = summary or summarise(dense, runs, calibration_domain)
+    return [_row(record, dense_params, summary) for record in [dense, *runs]]
 
 
 def csv_text(table: list[dict[str, Any]]) -> str:
@@ -101,90 +136,149 @@ def csv_text(table: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _count(n: float) -> str:
+    """``134.5M`` / ``4.20M`` for large counts, ``45,360`` for small ones."""
+    return f"{n / 1e6:.1f}M" if n >= 1e7 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,.0f}"
+
+
+def _mean(values: list[Any]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def _ratio_cell(group: Group, key: str) -> str:
+    measure = group.measures.get(key)
+    if measure is None:
+        return "-"
+    low, high = measure.interval()
+    text = f"{measure.value():.2f} [{low:.2f}, {high:.2f}]"
+    if len(measure.seed_points) > 1:
+        smin, smax = measure.seed_range()
+        text += f" s {smin:.2f}-{smax:.2f}"
+    return text
+
+
+def _acc_cell(group: Group, task: str) -> str:
+    measure = group.measures.get(f"acc:{task}")
+    if measure is None:
+        return "-"
+    ses = [_get(r, "eval", "zeroshot", "tasks", task, "acc_stderr") for r in group.records]
+    se = ses[0] if len(ses) == 1 and ses[0] is not None else measure.se()
+    text = f"{measure.value():.3f} ±{se:.3f}"
+    if len(measure.seed_points) > 1:
+        smin, smax = measure.seed_range()
+        text += f" s {smin:.3f}-{smax:.3f}"
+    return text
+
+
+def _speed_cell(group: Group, phase: str) -> str:
+    values = [_get(r, "eval", "speed", "measured_speedup", phase) for r in group.records]
+    ideal = _mean([_get(r, "eval", "speed", "ideal_speedup") for r in group.records])
+    widths = [_get(r, "eval", "speed", "speedup_spread", phase, "iqr_rel") for r in group.records]
+    value = _mean(values)
+    if value is None:
+        return "-"
+    width = max((w for w in widths if w is not None), default=None)
+    text = f"{value:.2f}x" + (f" ±{width:.0%}" if width is not None else "")
+    return text + (f" / {ideal:.2f}x" if ideal else "")
+
+
+def _kept_cell(group: Group) -> str:
+    kept = _mean([_get(r, "prune", "report", "kept_params") for r in group.records])
+    frac = _mean([_get(r, "prune", "report", "kept_fraction_of_total") for r in group.records])
+    return "-" if kept is None else f"{_count(kept)} ({frac:.1%})" if frac is not None else _count(kept)
+
+
+def _rss_cell(group: Group) -> str:
+    peaks = [_get(r, "prune", "memory", "peak_rss_bytes") for r in group.records]
+    deltas = [_get(r, "prune", "memory", "delta_rss_bytes") for r in group.records]
+    if not any(peaks):
+        return "-"
+    return f"{max(p for p in peaks if p) / _MB:,.0f} (+{max(d or 0 for d in deltas) / _MB:,.0f})"
+
+
 @dataclass(frozen=True)
 class _Column:
-    """A Markdown column: header, cell text, and which value is best (None: not ranked)."""
+    """A Markdown column: its header, the dense row's cell, a group's cell, and the measure key ranked (if any)."""
 
     header: str
-    cell: Callable[[dict[str, Any]], str]
-    value: Callable[[dict[str, Any]], float | None] = lambda row: None
-    better: Literal["min", "max"] | None = None
+    dense: Callable[[dict[str, Any]], str]
+    cell: Callable[[Group], str]
+    key: str | None = None
 
 
-def _num(header: str, key: str, fmt: str, better: Literal["min", "max"] | None) -> _Column:
-    def cell(row: dict[str, Any]) -> str:
-        return "-" if row.get(key) is None else format(row[key], fmt)
-    return _Column(header, cell, lambda row: row.get(key), better)
-
-
-def _speed(header: str, key: str) -> _Column:
-    def cell(row: dict[str, Any]) -> str:
-        if row.get(key) is None:
-            return "-"
-        return f"{row[key]:.2f}x / {row['ideal_speedup']:.2f}x" if row.get("ideal_speedup") else f"{row[key]:.2f}x"
-    return _Column(header, cell, lambda row: row.get(key), "max")
-
-
-def _count(n: int) -> str:
-    """``134.5M`` / ``4.20M`` for large counts, ``45,360`` for small ones."""
-    return f"{n / 1e6:.1f}M" if n >= 1e7 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
-
-
-def _columns(table: list[dict[str, Any]]) -> list[_Column]:
-    tasks = sorted({k for row in table for k in row if k.startswith("acc_") and k != "acc_mean"})
-    kept = _Column("kept params", lambda r: "-" if r["kept_params"] is None else
-                   f"{_count(r['kept_params'])} ({r['kept_fraction']:.1%})")
-    columns = [_Column("method", lambda r: str(r["method"])), _Column("budget", lambda r: str(r["budget"]))]
-    if len({r["seed"] for r in table if r["kind"] != "dense"}) > 1:
-        columns.append(_Column("seed", lambda r: "-" if r["seed"] is None else str(r["seed"])))
-    columns += [kept, _num("ppl", "ppl", ".3f", "min"), _num("ppl / dense", "ppl_ratio", ".3f", "min")]
-    columns += [_num(f"acc {t.removeprefix('acc_')}", t, ".3f", "max") for t in tasks]
-    if tasks:
-        columns.append(_num("mean acc", "acc_mean", ".3f", "max"))
-    return columns + [
-        _speed("prefill speedup (meas / ideal)", "prefill_speedup"),
-        _speed("decode speedup (meas / ideal)", "decode_speedup"),
-        _num("prune time (s)", "prune_s", ".1f", "min"),
-        _num("calib tokens", "tokens_processed", ",", None),
-        _Column("peak RSS MB (+ while pruning)", _rss_cell, lambda row: row.get("delta_rss_mb"), "min"),
+def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
+    seeds = any(len(g.records) > 1 for g in summary.groups)
+    columns = [_Column("method", lambda d: "dense", lambda g: g.method),
+               _Column("budget", lambda d: "-", lambda g: g.budget)]
+    if seeds:
+        columns.append(_Column("seeds", lambda d: "-", lambda g: ",".join(str(s) for s in g.seeds)))
+    columns.append(_Column("kept params", lambda d: d["kept"], _kept_cell))
+    for source in summary.sources:
+        mark = " (in-domain)" if source.in_domain else ""
+        columns.append(_Column(f"{source.label}{mark} ppl/dense", lambda d, s=source: f"ppl {s.dense_ppl:.2f}",
+                               lambda g, s=source: _ratio_cell(g, f"ratio:{s.label}"), f"ratio:{source.label}"))
+    scope = "OOD" if summary.summary_scope == "out-of-domain" else "all-source"
+    columns.append(_Column(f"{scope} geomean", lambda d: "1", lambda g: _ratio_cell(g, "ood"), "ood"))
+    columns.append(_Column("rank", lambda d: "-", lambda g: str(g.ranks["ood"]) if "ood" in g.ranks else "-"))
+    for task in summary.tasks:
+        columns.append(_Column(f"acc {task}", lambda d, t=task: _dense_acc(dense, t),
+                               lambda g, t=task: _acc_cell(g, t), f"acc:{task}"))
+    if any(_get(r, "eval", "speed", "measured_speedup") for g in summary.groups for r in g.records):
+        columns += [_Column("prefill speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "prefill")),
+                    _Column("decode speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "decode"))]
+    columns += [
+        _Column("prune time (s)", lambda d: "-",
+                lambda g: f"{_mean([_get(r, 'prune', 'wall_s') for r in g.records]) or 0:.1f}"),
+        _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
     ]
+    return columns
 
 
-def _rss_cell(row: dict[str, Any]) -> str:
-    """Process peak RSS while pruning, and how far it rose above the RSS at the start (what is ranked)."""
-    if row.get("peak_rss_mb") is None:
+def _dense_acc(dense: dict[str, Any], task: str) -> str:
+    row = _get(dense, "eval", "zeroshot", "tasks", task) or {}
+    if row.get("acc") is None:
         return "-"
-    return f"{row['peak_rss_mb']:,.0f} (+{row['delta_rss_mb']:,.0f})"
+    return f"{row['acc']:.3f} ±{row.get('acc_stderr') or 0:.3f}"
 
 
-def _best(table: list[dict[str, Any]], column: _Column) -> dict[str, str]:
-    """Per budget, the cell text of the best pruned row (ties as displayed are all bold)."""
-    best: dict[str, tuple[float, str]] = {}
-    for row in table:
-        value = column.value(row)
-        if row["kind"] == "dense" or value is None or column.better is None:
-            continue
-        current = best.get(row["budget"])
-        if current is None or (value < current[0] if column.better == "min" else value > current[0]):
-            best[row["budget"]] = (value, column.cell(row))
-    return {budget: text for budget, (_, text) in best.items()}
+def _bold(group: Group, key: str | None, summary: Summary) -> bool:
+    """Rank 1 in the column while some method at the budget ranks lower (so the lead is beyond the intervals)."""
+    if key is None or group.ranks.get(key) != 1:
+        return False
+    peers = [g.ranks.get(key) for g in summary.groups if g.budget == group.budget and key in g.ranks]
+    return any(rank is not None and rank > 1 for rank in peers)
 
 
-def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str, Any]) -> str:
-    """The results as a Markdown document: the protocol, then one table row per model."""
-    columns = _columns(table)
-    bests = [_best(table, c) for c in columns]
-    lines = [f"# Comparison on {meta['model']['spec']}", "", *_protocol_lines(meta, dense), "",
-             "Bold: the best value of each column among the methods at the same budget.", "",
+def _order(summary: Summary) -> list[Group]:
+    budgets = list(dict.fromkeys(g.budget for g in summary.groups))
+    def key(g: Group) -> tuple[int, float, str]:
+        ood = g.measures.get("ood")
+        return budgets.index(g.budget), ood.point if ood else float("inf"), g.method
+    return sorted(summary.groups, key=key)
+
+
+def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str, Any],
+             summary: Summary | None = None) -> str:
+    """The results as a Markdown document: the protocol, one row per method and budget, rank agreement."""
+    summary = summary or summarise(dense, [], _calibration_domain(meta))
+    columns = _columns(summary, dense)
+    dense_cells = {"kept": _count(table[0]["kept_params"]) + " (100%)" if table and table[0].get("kept_params") else "-"}
+    lines = [f"# Comparison on {meta['model']['spec']}", "", *_protocol_lines(meta, dense, summary), "",
+             *_legend(summary), "",
              "| " + " | ".join(c.header for c in columns) + " |",
-             "| " + " | ".join("---" for _ in columns) + " |"]
-    for row in table:
-        cells = []
-        for column, best in zip(columns, bests):
-            text = column.cell(row)
-            bold = row["kind"] != "dense" and text != "-" and best.get(row["budget"]) == text
-            cells.append(f"**{text}**" if bold else text)
+             "| " + " | ".join("---" for _ in columns) + " |",
+             "| " + " | ".join(c.dense(dense_cells) for c in columns) + " |"]
+    for group in _order(summary):
+        cells = [c.cell(group) for c in columns]
+        cells = [f"**{text}**" if _bold(group, c.key, summary) and text != "-" else text for c, text in zip(columns, cells)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _tau_lines(summary)
+    if "zeroshot" not in meta.get("evaluation", {}):
+        lines += ["", ZEROSHOT_HOWTO]
     failed = [row for row in table if row["status"] == "failed"]
     if failed:
         lines += ["", "Failed runs (not cached; rerun the comparison to retry them):", ""]
@@ -192,27 +286,60 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str,
     return "\n".join(lines) + "\n"
 
 
-def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any]) -> list[str]:
+def _legend(summary: Summary) -> list[str]:
+    scope = ("the out-of-domain sources (those not marked in-domain)" if summary.summary_scope == "out-of-domain"
+             else "every source (none is out of the calibration domain)")
+    return [
+        f"Perplexity columns: perplexity / the dense model's on the same windows, with a 95% paired-bootstrap interval "
+        f"over windows ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); the dense row gives its perplexity. "
+        f"In-domain: the source shares the calibration text's domain. Geomean: the geometric mean of the ratios over "
+        f"{scope}; it ranks the methods. Accuracies: mean ± standard error.",
+        "With several seeds a cell is the seeds' mean (geometric for ratios), its interval, and `s min-max` over seeds.",
+        "Rank: 1 + the number of methods at the same budget that are better beyond the 95% interval of the paired "
+        "difference (and, with several seeds each, whose seed ranges do not overlap); equal ranks are ties. Bold: the "
+        "rank-1 value(s) of a column where another method ranks below. Speedups: median of alternating "
+        "dense/pruned repeats, ± half the interquartile range of the per-repeat speedups, / the FLOPs ideal.",
+    ]
+
+
+def _tau_lines(summary: Summary) -> list[str]:
+    entries = [(budget, pairs) for budget, pairs in summary.taus.items() if pairs]
+    if not entries:
+        return []
+    lines = ["", "Rank agreement between sources (Kendall tau of the methods' ratios to dense, per budget):", ""]
+    for budget, pairs in entries:
+        parts = [f"{name} {'-' if tau is None else f'{tau:+.2f}'}" for name, tau in pairs.items()]
+        lines.append(f"- {budget}: " + "; ".join(parts))
+    return lines
+
+
+def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summary) -> list[str]:
     cal, ev, cfg = meta["calibration"], meta["evaluation"], meta["config"]
     targets = ", ".join(f"{slug}: {n:,}" for slug, n in meta["budgets"].items())
     lines = [
         f"- model: `{meta['model']['spec']}` ({cfg['dtype']}), {meta['units']['total_params']:,} parameters, "
         f"{meta['units']['prunable_params']:,} prunable",
         f"- budgets ({cfg['budget_kind']}), as prunable parameters every method must meet: {targets}",
-        f"- calibration: `{cal['name']}` ({cal['origin']}, split {cal['split']}), {cal['tokens']:,} tokens, "
-        f"fingerprint {cal['fingerprint']}",
+        f"- calibration: `{cal['name']}` ({cal['origin']}, split {cal['split']}, domain `{cal.get('domain') or '?'}`), "
+        f"{cal['tokens']:,} tokens, fingerprint {cal['fingerprint']}",
     ]
     if "perplexity" in ev:
-        p, d = ev["perplexity"]["config"], ev["perplexity"]["data"]
-        lines.append(f"- perplexity: `{d['name']}` ({d['origin']}, split {d['split']}, fingerprint {d['fingerprint']}), "
-                     f"{p['num_windows']} windows x {p['seq_len']} tokens")
+        p = ev["perplexity"]["config"]
+        lines.append(f"- perplexity protocol `{p.get('protocol', 'custom')}`: {p['seq_len']}-token windows, per source:")
+        for source in summary.sources:
+            stamp = _get(dense, "eval", "perplexity", "sources", source.label, "protocol", "data") or {}
+            mark = " **in-domain**" if source.in_domain else ""
+            lines.append(f"  - `{source.label}`{mark}: domain `{source.domain}`, {stamp.get('origin')} split "
+                         f"{stamp.get('split')} (fingerprint {stamp.get('fingerprint')}), {source.windows} windows")
     if "zeroshot" in ev:
         z = ev["zeroshot"]["config"]
         lines.append(f"- zero-shot: {', '.join(z['tasks'])} (limit {z['limit']} items per task)")
     speed = _get(dense, "eval", "speed", "model")
     if speed:
+        repeats = _get(dense, "eval", "speed", "protocol", "repeats")
         lines.append(f"- speed: dense {speed['prefill_tokens_per_s']:.0f} prefill tok/s, "
-                     f"{speed['decode_tokens_per_s']:.1f} decode tok/s; ideal = dense FLOPs / pruned FLOPs")
+                     f"{speed['decode_tokens_per_s']:.1f} decode tok/s; {repeats} alternating repeats per run; "
+                     "ideal = dense FLOPs / pruned FLOPs")
     return lines
 
 
@@ -255,15 +382,18 @@ def _plot(table: list[dict[str, Any]], key: str, ylabel: str, log_y: bool) -> by
 
 def write_results(out: Path, meta: dict[str, Any], dense: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Path]:
     """Write the combined outputs into ``out``; returns them by name (plots only when there is data)."""
-    table = rows(dense, runs, meta["units"].get("total_params"))
+    summary = summarise(dense, runs, _calibration_domain(meta))
+    table = rows(dense, runs, meta["units"].get("total_params"), summary)
     protocols = {protocol_key(r) for r in [dense, *runs] if r.get("status") == "ok"}
-    combined = {**meta, "comparable": len(protocols) == 1, "rows": table, "dense": dense, "runs": runs}
+    combined = {**meta, "comparable": len(protocols) == 1, "rows": table, "summary": summary.as_dict(),
+                "dense": dense, "runs": runs}
     files = {
         "json": write_json_atomic(out / "results.json", combined),
         "csv": write_text_atomic(out / "results.csv", csv_text(table)),
-        "md": write_text_atomic(out / "results.md", markdown(table, meta, dense)),
+        "md": write_text_atomic(out / "results.md", markdown(table, meta, dense, summary)),
     }
-    for name, key, label, log_y in (("ppl_vs_params", "ppl", "perplexity (log)", True),
+    scope = "out-of-domain" if summary.summary_scope == "out-of-domain" else "all-source"
+    for name, key, label, log_y in (("ppl_vs_params", "ood_ratio", f"{scope} geomean perplexity / dense (log)", True),
                                     ("acc_vs_params", "acc_mean", "mean zero-shot accuracy", False)):
         image = _plot(table, key, label, log_y)
         if image is not None:

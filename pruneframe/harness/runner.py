@@ -151,7 +151,7 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
                 prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units))
-            for seed in config.seeds:
+            for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
                 prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, source_hash(type(method))))
     return prep
