@@ -32,6 +32,7 @@ from pruneframe.evaluation.base import EvalContext
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
 from pruneframe.harness import EvalConfig, InputError, explain
 from pruneframe.harness.config import protocol_flag_over_file
+from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.cache import code_identity, model_identity
 from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
 from pruneframe.harness.runner import evaluate_model
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     seed = (args.seeds or [0])[0]
     context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
     results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+    if "zeroshot" not in evaluators:
+        log(ZEROSHOT_HOWTO)
     ratios = None
     if dense is not None and "perplexity" in evaluators:
         log(f"[{args.dense}] evaluating perplexity (the reference of the ratios)")
