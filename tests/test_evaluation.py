@@ -140,6 +140,8 @@ def test_named_protocols_fix_windowing_and_are_recorded() -> None:
     with pytest.raises(Exception, match="fixes seq_len = 2048"):
         PerplexityEvaluator({"protocol": "wikitext2-2048", "seq_len": 512})
     assert PerplexityEvaluator({"num_windows": None, "sources": ["embedded"]}).config.num_windows == "all"
+    with pytest.raises(Exception, match="fixes every source's windows"):
+        PerplexityEvaluator({"protocol": "llm-pruner-128", "sources": [{"data": "embedded", "num_windows": 2}]})
 
 
 # --------------------------------------------------------------------------- size and speed
@@ -340,3 +342,12 @@ def test_release_unused_memory_hands_freed_heap_back() -> None:
         assert current_rss_bytes() < before - 300_000_000
     finally:
         libc.free(pin)
+
+
+def test_a_split_alone_applies_to_the_default_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog",
+                        lambda online=None: ["moby-dick", "embedded"])
+    config = PerplexityEvaluator({"split": "validation"}).config
+    assert [(s.data, s.split) for s in config.sources] == [("moby-dick", "validation"), ("embedded", "validation")]

@@ -141,4 +141,4 @@ def test_eval_refuses_a_foreign_file_and_replaces_its_record_only_with_overwrite
     assert main(eval_flags(ws, out)) == 2
     assert "pass --overwrite" in capfd.readouterr().err and out.read_text() == first
     assert main([*eval_flags(ws, out), "--overwrite"]) == 0
-    assert json.loads(out.read_text())["eval"]["perplexity"]["ppl"] == json.loads(first)["eval"]["perplexity"]["ppl"]
+    assert json.loads(out.read_text())["eval"]["perplexity"]["sources"] == json.loads(first)["eval"]["perplexity"]["sources"]

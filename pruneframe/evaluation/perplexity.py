@@ -166,7 +166,8 @@ class PerplexitySource(BaseModel):
 class PerplexityConfig(BaseModel):
     """Perplexity settings: which texts, which protocol, and how each text is cut into windows.
 
-    ``data``/``split`` are accepted as a shorthand for one source. ``num_windows`` counts windows per
+    ``data``/``split`` are accepted as a shorthand for one source (``split`` alone: the default sources
+    read with that split). ``num_windows`` counts windows per
     source (``"all"``: every full window). A named ``protocol`` fixes ``seq_len`` and ``num_windows``
     (and the sources when none are given); setting either to another value is an error.
     """
@@ -195,7 +196,11 @@ class PerplexityConfig(BaseModel):
         if "data" in value or "split" in value:
             if "sources" in value:
                 raise ValueError("give either sources or data/split (one source), not both")
-            value["sources"] = [{"data": value.pop("data", "wikitext-2"), "split": value.pop("split", "test")}]
+            split = value.pop("split", "test")
+            if "data" in value:
+                value["sources"] = [{"data": value.pop("data"), "split": split}]
+            else:  # a split alone applies to the default sources
+                value["sources"] = [{**source, "split": split} for source in _default_sources()]
         if value.get("num_windows") is None and "num_windows" in value:
             value["num_windows"] = "all"
         preset = PROTOCOLS.get(value.get("protocol", "custom"))
@@ -212,6 +217,9 @@ class PerplexityConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique_labels(self) -> PerplexityConfig:
+        own = [s.column() for s in self.sources if s.num_windows is not None]
+        if self.protocol != "custom" and own:
+            raise ValueError(f"protocol {self.protocol!r} fixes every source's windows; drop num_windows of {own}")
         labels = [s.column() for s in self.sources]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
