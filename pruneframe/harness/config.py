@@ -14,6 +14,8 @@ Example (YAML or JSON)::
     method_configs: {magnitude: {norm: l1}}
     budgets: [0.8, 0.5]
     budget_kind: prunable
+    seeds: [0]
+    method_seeds: {random: [0, 1]}          # per-method seeds replace `seeds`
     calibration: {data: wikitext-2}
     evaluation:
       perplexity: {sources: [wikitext-2, moby-dick, embedded], num_windows: 16, seq_len: 512}

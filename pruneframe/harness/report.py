@@ -268,7 +268,7 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str,
     columns = _columns(summary, dense)
     dense_cells = {"kept": _count(table[0]["kept_params"]) + " (100%)" if table and table[0].get("kept_params") else "-"}
     lines = [f"# Comparison on {meta['model']['spec']}", "", *_protocol_lines(meta, dense, summary), "",
-             *_legend(summary), "",
+             *(line for part in _legend(summary) for line in (part, "")),
              "| " + " | ".join(c.header for c in columns) + " |",
              "| " + " | ".join("---" for _ in columns) + " |",
              "| " + " | ".join(c.dense(dense_cells) for c in columns) + " |"]
