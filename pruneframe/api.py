@@ -18,7 +18,7 @@ from torch import nn
 
 from pruneframe import checkpoint
 from pruneframe.memory import release_unused_memory
-from pruneframe.budget import BudgetKind, check_meets_budget, make_budget, resolve
+from pruneframe.budget import BudgetKind, check_meets_budget, group_round_to, make_budget, resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
@@ -102,11 +102,12 @@ def prune(
     budget_obj = make_budget(budget, budget_kind)
     units = host.discover_units(model)
     minimum = method_obj.minimum(units)
-    target = resolve(budget_obj, units, minimum)
+    round_to = group_round_to(units, method_obj.config.round_to)
+    target = resolve(budget_obj, units, minimum, round_to)
     policy, scope = method_obj.config.policy, method_obj.config.scope
 
     def project(scores: torch.Tensor) -> torch.Tensor:
-        return host.project(scores.detach().float().cpu(), units, target, minimum, policy, scope)
+        return host.project(scores.detach().float().cpu(), units, target, minimum, policy, scope, round_to)
 
     context = ScoringContext(
         model=model, units=units, calibration=_as_calibration(calibration), budget=target,
@@ -133,7 +134,7 @@ def prune(
         context.stats["scores"] = "precomputed"
     t1 = time.perf_counter()
     mask = project(scores)
-    check_meets_budget(mask, units.cost, target, groups=units.groups, minimum=minimum)
+    check_meets_budget(mask, units.cost, target, groups=units.groups, minimum=minimum, round_to=round_to)
     recalibration = host.recalibrate(method_obj, context, mask)
     t2 = time.perf_counter()
     added = _added_bias_params(model, units, recalibration)

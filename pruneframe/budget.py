@@ -7,7 +7,9 @@ Three conventions, one per paper family:
 * ``params``: an absolute number of parameters to keep.
 
 Every budget resolves to one integer, the largest summed cost of kept units, which is what the
-projector (:func:`project`, re-exported here) meets exactly.
+projector (:func:`project`, re-exported here) meets exactly. With a method's ``round_to`` (kept FFN
+channels of every layer a multiple of it; KV groups are whole anyway), :func:`group_round_to` gives
+the projector its per-group rounding and "exactly" reads as in :mod:`pruneframe.projection`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Annotated, Literal, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from pruneframe.projection import BudgetError, project
-from pruneframe.units import UnitSet
+from pruneframe.projection import BudgetError, project, rounded_minimum
+from pruneframe.units import UnitKind, UnitSet
 
-__all__ = ["Budget", "BudgetKind", "KeepPrunable", "KeepTotal", "KeepParams", "BudgetError", "project", "make_budget", "resolve", "check_meets_budget", "mandatory_cost"]
+__all__ = ["Budget", "BudgetKind", "KeepPrunable", "KeepTotal", "KeepParams", "BudgetError", "project", "make_budget",
+           "resolve", "check_meets_budget", "mandatory_cost", "group_round_to"]
 
 BudgetKind = Literal["prunable", "total", "params"]
 
@@ -116,29 +119,47 @@ def make_budget(value: float | int | dict | _BudgetBase, kind: BudgetKind = "pru
     return _adapter.validate_python({"kind": kind, "keep": value})
 
 
-def resolve(budget: _BudgetBase, units: UnitSet, minimum: torch.Tensor | None = None) -> int:
+def group_round_to(units: UnitSet, round_to: int | None) -> torch.Tensor | None:
+    """Per projection group, the multiple its kept width must be: ``round_to`` for every layer's FFN
+    channels, 1 for its KV groups; ``None`` when ``round_to`` is ``None`` or 1."""
+    if round_to is None or round_to == 1:
+        return None
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a whole number >= 1 (e.g. 64), got {round_to!r}")
+    per_kind = {UnitKind.FFN: round_to, UnitKind.KV: 1}
+    return torch.tensor([per_kind[kind] for _ in range(units.num_layers) for kind in (UnitKind.FFN, UnitKind.KV)],
+                        dtype=torch.long)
+
+
+def resolve(budget: _BudgetBase, units: UnitSet, minimum: torch.Tensor | None = None,
+            round_to: torch.Tensor | None = None) -> int:
     """Resolve ``budget`` against ``units`` and check it is at least the mandatory minimum.
+
+    ``round_to``: per-group rounding (:func:`group_round_to`); the minimum is rounded up with it.
 
     Raises:
         BudgetError: when the budget cannot hold the per-group minimum (or is negative).
     """
     target = budget.resolve(units)
     minimum = units.default_minimum() if minimum is None else minimum
-    floor = mandatory_cost(units, minimum)
+    floor = mandatory_cost(units, minimum, round_to)
     if target < floor:
+        rounded = "" if round_to is None else ", rounded up to multiples of round_to"
         raise BudgetError(
             f"budget '{budget.label()}' allows {target:,} prunable parameters, below the mandatory "
-            f"minimum of {floor:,} (the cheapest units of each layer that must be kept); allowed: "
+            f"minimum of {floor:,} (the cheapest units of each layer that must be kept{rounded}); allowed: "
             f"budgets from {floor + units.nonprunable_params:,} to {units.total_params:,} total parameters "
             f"(keep-ratio of prunable >= {floor / max(units.prunable_params, 1):.4g})"
         )
     return min(target, units.prunable_params)
 
 
-def mandatory_cost(units: UnitSet, minimum: torch.Tensor) -> int:
-    """Cost of the cheapest units that satisfy ``minimum`` in every group."""
-    total = 0
+def mandatory_cost(units: UnitSet, minimum: torch.Tensor, round_to: torch.Tensor | None = None) -> int:
+    """Cost of the cheapest units that satisfy ``minimum`` (rounded up with ``round_to``) in every group."""
     groups = units.groups
+    counts = torch.bincount(groups, minlength=units.num_groups)
+    minimum = rounded_minimum(minimum.to(torch.long), counts, round_to)
+    total = 0
     for g in range(units.num_groups):
         need = int(minimum[g])
         if need:
@@ -153,24 +174,59 @@ def check_meets_budget(
     budget: int,
     groups: torch.Tensor | None = None,
     minimum: torch.Tensor | None = None,
+    round_to: torch.Tensor | None = None,
 ) -> None:
     """Raise ``BudgetError`` unless ``mask`` meets ``budget`` exactly and holds the minimums.
 
-    Exactly: kept cost <= budget, and every dropped unit costs more than what is left over.
+    Exactly: kept cost <= budget, and every dropped unit costs more than what is left over. With
+    ``round_to`` (per group, needs ``groups``): every group ``g`` with ``round_to[g] > 1`` keeps a
+    multiple of it or all its units, and instead of its single units its next admissible addition
+    (``min(round_to[g], n_g - kept_g)`` units) must not fit; the minimum is rounded up likewise.
     """
     mask = mask.bool()
     kept = int(costs[mask].sum())
     if kept > budget:
         raise BudgetError(f"mask keeps cost {kept:,} > budget {budget:,}")
-    dropped = costs[~mask]
-    if dropped.numel() and int(dropped.min()) <= budget - kept:
+    left = budget - kept
+    rounded = None
+    if round_to is not None:
+        if groups is None:
+            raise ValueError("check_meets_budget: round_to needs groups")
+        rounded = _check_rounded(mask, costs, groups, round_to, left)
+    dropped = costs[~mask] if rounded is None else costs[~mask & ~rounded.index_select(0, groups)]
+    if dropped.numel() and int(dropped.min()) <= left:
         raise BudgetError(
             f"mask is not tight: a dropped unit of cost {int(dropped.min()):,} still fits in the "
-            f"{budget - kept:,} left of budget {budget:,}"
+            f"{left:,} left of budget {budget:,}"
         )
     if groups is not None and minimum is not None:
         counts = torch.bincount(groups[mask], minlength=len(minimum))
+        if round_to is not None:
+            minimum = rounded_minimum(minimum.to(torch.long), torch.bincount(groups, minlength=len(minimum)), round_to)
         short = torch.nonzero(counts < minimum).flatten()
         if short.numel():
             g = int(short[0])
             raise BudgetError(f"group {g} keeps {int(counts[g])} units, below its minimum {int(minimum[g])}")
+
+
+def _check_rounded(mask: torch.Tensor, costs: torch.Tensor, groups: torch.Tensor, round_to: torch.Tensor,
+                   left: int) -> torch.Tensor:
+    """Check the rounded groups' widths and tightness; return which groups are rounded."""
+    n = torch.bincount(groups, minlength=round_to.numel())
+    kept = torch.bincount(groups[mask], minlength=round_to.numel())
+    r = round_to.to(torch.long)[: n.numel()]
+    rounded = (r > 1) & (n > 1)
+    odd = rounded & (kept % r != 0) & (kept != n)
+    if bool(odd.any()):
+        g = int(odd.nonzero()[0, 0])
+        raise BudgetError(f"group {g} keeps {int(kept[g])} of {int(n[g])} units, not a multiple of its round_to {int(r[g])}")
+    unit_cost = torch.zeros_like(n).scatter_reduce(0, groups, costs, "amax", include_self=False)
+    step = torch.minimum(r, n - kept) * unit_cost
+    fits = rounded & (kept < n) & (step <= left)
+    if bool(fits.any()):
+        g = int(fits.nonzero()[0, 0])
+        raise BudgetError(
+            f"mask is not tight: {int(min(r[g], n[g] - kept[g]))} more units of group {g} (cost {int(step[g]):,}) "
+            f"still fit in the {left:,} left"
+        )
+    return rounded

@@ -39,10 +39,12 @@ def pruneframe_recalibrate(method: PruningMethod, context: ScoringContext, mask:
 
 @hookimpl(trylast=True)
 def pruneframe_project(
-    scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: Policy, scope: Scope
+    scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: Policy, scope: Scope,
+    round_to: torch.Tensor | None,
 ) -> torch.Tensor:
     """The core projector: a mask that meets the budget exactly."""
-    return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope)
+    return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope,
+                   round_to=round_to)
 
 
 @hookimpl(trylast=True)

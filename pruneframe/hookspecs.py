@@ -73,11 +73,15 @@ def pruneframe_project(
     minimum: torch.Tensor,
     policy: Policy,
     scope: Scope,
+    round_to: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """Turn scores into a boolean keep-mask whose cost meets ``budget`` exactly.
 
     ``budget`` is the largest allowed summed cost of kept units; ``minimum`` holds, per projection
-    group (``units.groups``), the number of units that must be kept. The core's projector
+    group (``units.groups``), the number of units that must be kept; ``round_to`` (``None``: no
+    rounding) holds per group the multiple its kept width must be (or the whole group), as in
+    :func:`pruneframe.projection.project`. An implementation that cannot round must return ``None``
+    when ``round_to`` is given (the mask is checked against it). The core's projector
     (:func:`pruneframe.budget.project`) is the default implementation.
     """
 

@@ -181,10 +181,11 @@ class PluginHost:
             raise ValueError(f"method {method.name!r} returned NaN scores (first at unit {int(bad[0])})")
         return scores.detach().float().cpu()
 
-    def project(self, scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str) -> torch.Tensor:
-        """A boolean keep-mask meeting ``budget`` exactly."""
+    def project(self, scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str,
+                round_to: torch.Tensor | None = None) -> torch.Tensor:
+        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples)."""
         return self.pm.hook.pruneframe_project(
-            scores=scores, units=units, budget=budget, minimum=minimum, policy=policy, scope=scope
+            scores=scores, units=units, budget=budget, minimum=minimum, policy=policy, scope=scope, round_to=round_to
         )
 
     def recalibrate(self, method: PruningMethod, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 if TYPE_CHECKING:
@@ -34,6 +34,10 @@ class MethodConfig(BaseModel):
             ``optimal`` maximises the kept score sum).
         scope: ``global`` (one ranking across layers and kinds) or ``uniform`` (same keep fraction in
             every layer and kind).
+        round_to: keep a multiple of this many FFN channels in every layer (or all of them), e.g. 64
+            for tensor-core friendly widths; KV groups are whole units anyway. ``None`` = any width.
+            Honoured by every projection (iterative methods' too); the budget is then met exactly in
+            the rounded sense of :mod:`pruneframe.projection`.
         seed: seed for anything random the method does.
     """
 
@@ -41,6 +45,7 @@ class MethodConfig(BaseModel):
 
     policy: Policy = "rank"
     scope: Scope = "global"
+    round_to: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
 
 

@@ -11,7 +11,16 @@ from tiny import tiny_model
 
 import pruneframe
 from pruneframe.architectures import discover
-from pruneframe.budget import BudgetError, KeepParams, KeepPrunable, KeepTotal, make_budget, resolve
+from pruneframe.budget import (
+    BudgetError,
+    KeepParams,
+    KeepPrunable,
+    KeepTotal,
+    check_meets_budget,
+    group_round_to,
+    make_budget,
+    resolve,
+)
 from pruneframe.hookspecs import hookimpl
 from pruneframe.host import PluginHost, UnknownNameError
 from pruneframe.methods import PruningMethod
@@ -91,6 +100,56 @@ def test_prune_inplace_shrinks_the_given_model() -> None:
     result = pruneframe.prune(model, "by-index", 0.5, host=_host(), progress=False, inplace=True)
     assert result.model is model
     assert sum(p.numel() for p in model.parameters()) == result.report["kept_params"]
+
+
+@pytest.mark.parametrize("policy", ["rank", "density", "optimal"])
+@pytest.mark.parametrize("scope", ["global", "uniform"])
+@pytest.mark.parametrize("keep", [0.4, 0.6, 0.85])
+def test_prune_round_to_keeps_whole_blocks_of_channels(policy: str, scope: str, keep: float) -> None:
+    model = tiny_model()  # 3 layers of 40 FFN channels and 2 KV groups
+    units = discover(model)
+    config = {"round_to": 8, "policy": policy, "scope": scope}
+    result = pruneframe.prune(model, "by-index", keep, config=config, host=_host(), progress=False)
+    target, kept = result.report["budget_prunable_params"], units.kept_cost(result.mask)
+    widths = units.widths(result.mask)
+    assert result.report["config"]["round_to"] == 8
+    assert all(w["ffn_channels"] % 8 == 0 and w["ffn_channels"] >= 8 for w in widths)
+    assert kept <= target
+    for shape, w in zip(units.layers, widths):  # no whole block of 8 channels and no KV group still fits
+        assert w["ffn_channels"] == shape.ffn_channels or min(8, shape.ffn_channels - w["ffn_channels"]) * shape.ffn_cost > target - kept
+        assert w["kv_groups"] == shape.kv_groups or shape.kv_cost > target - kept
+    folded = [layer.mlp.down_proj.in_features for layer in result.model.model.layers]
+    assert folded == [w["ffn_channels"] for w in widths]
+
+
+def test_check_meets_budget_with_round_to_rejects_odd_widths_and_slack() -> None:
+    groups = torch.tensor([0] * 8 + [1] * 2)
+    costs = torch.tensor([1] * 8 + [5] * 2)
+    round_to = torch.tensor([4, 1])
+    full_block = torch.tensor([True] * 4 + [False] * 4 + [True, False])
+    check_meets_budget(full_block, costs, 12, groups, torch.tensor([1, 1]), round_to)  # 9 kept, next block 4 > 3
+    with pytest.raises(BudgetError, match="group 0 keeps 3 of 8 units, not a multiple of its round_to 4"):
+        check_meets_budget(torch.tensor([True] * 3 + [False] * 5 + [True, False]), costs, 12, groups, None, round_to)
+    with pytest.raises(BudgetError, match="4 more units of group 0 .*still fit"):
+        check_meets_budget(full_block, costs, 13, groups, None, round_to)
+    all_channels = torch.tensor([True] * 8 + [True, False])
+    with pytest.raises(BudgetError, match="dropped unit of cost 5"):
+        check_meets_budget(all_channels, costs, 18, groups, None, round_to)
+    with pytest.raises(BudgetError, match="group 0 keeps 4 units, below its minimum 8"):  # 5 rounded up to 8
+        check_meets_budget(full_block, costs, 9, groups, torch.tensor([5, 1]), round_to)
+
+
+def test_round_to_groups_and_rounded_minimum() -> None:
+    units = discover(tiny_model())
+    assert group_round_to(units, 8).tolist() == [8, 1] * 3
+    assert group_round_to(units, 1) is None and group_round_to(units, None) is None
+    with pytest.raises(ValueError, match="round_to must be a whole number"):
+        group_round_to(units, 0)
+    ffn, kv = units.layers[0].ffn_cost, units.layers[0].kv_cost
+    with pytest.raises(BudgetError, match="minimum of {:,} .*rounded up".format(3 * (16 * ffn + kv))):
+        resolve(KeepParams(params=units.nonprunable_params + 3 * (16 * ffn + kv) - 1), units, None, group_round_to(units, 16))
+    with pytest.raises(ValueError, match="round_to"):
+        pruneframe.prune(tiny_model(), "by-index", 0.5, config={"round_to": 0}, host=_host(), progress=False)
 
 
 def test_unknown_method_suggests_close_names() -> None:

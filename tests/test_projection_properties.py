@@ -21,6 +21,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pruneframe import projection
+from pruneframe.budget import check_meets_budget
 from pruneframe.projection import BudgetError, forced_units, project, tie_break_order
 
 POLICIES = ("rank", "density", "optimal")
@@ -462,3 +463,227 @@ def test_invalid_inputs(kwargs: dict, message: str) -> None:
             "groups": torch.tensor([0, 1, 2]), "minimum": None} | kwargs
     with pytest.raises(ValueError, match=message):
         project(args.pop("scores"), args.pop("costs"), args.pop("budget"), **args)
+
+
+# --- rounded widths (round_to) ----------------------------------------------------------------------
+
+
+@st.composite
+def rounded_cases(draw, max_layers: int = 5, max_group: int = 14, max_units: int | None = None,
+                  cost_modes=("model", "two", "one", "per_group", "per_unit")) -> tuple[Case, list[int]]:
+    """A case and a per-group ``round_to``; rounded groups (``r > 1``) have one unit cost each."""
+    case = draw(cases(max_layers=max_layers, max_group=max_group, max_units=max_units, cost_modes=cost_modes))
+    g, c = case.g, case.c
+    single = {j: len({ci for ci, gi in zip(c, g) if gi == j}) == 1 for j in range(case.num_groups)}
+    kind = draw(st.sampled_from(("ffn", "all", "random")))
+    r_values = st.integers(2, 6)
+    if kind == "ffn":  # the model case: FFN groups (even ids) rounded, KV groups whole units
+        r = draw(r_values)
+        round_to = [r if j % 2 == 0 else 1 for j in range(case.num_groups)]
+    elif kind == "all":
+        round_to = [draw(r_values)] * case.num_groups
+    else:
+        round_to = draw(st.lists(st.integers(1, 6), min_size=case.num_groups, max_size=case.num_groups))
+    round_to = [r if single[j] else 1 for j, r in enumerate(round_to)]
+    assume(any(r > 1 and g.count(j) > 1 for j, r in enumerate(round_to)))
+    return case, round_to
+
+
+def ref_rounded_minimum(case: Case, round_to: list[int]) -> list[int]:
+    size = Counter(case.g)
+    return [min(-(-m // r) * r, size[j]) for j, (m, r) in enumerate(zip(case.mins, round_to))]
+
+
+def ref_rounded(case: Case, round_to: list[int], policy: str, scope: str, budget: int) -> list[bool]:
+    """Plain sequential reference: blocks of each group by rank, walked by mean key, skip-and-continue,
+    a rounded group closed at its first block that does not fit."""
+    s, c, g = case.s, case.c, case.g
+    unit_keys = [s[i] / c[i] for i in range(len(s))] if policy == "density" else s
+    order = ref_walk(unit_keys, g)
+    rank, size = ref_ranks(order, g), Counter(g)
+    keys = ref_keys(case, policy, scope)
+    mins = ref_rounded_minimum(case, round_to)
+    by_group: dict[int, list[int]] = {}
+    for i in order:
+        by_group.setdefault(g[i], []).append(i)
+    seen: Counter[int] = Counter()
+    frac = {}
+    for i in range(len(g)):
+        frac[i] = (seen[g[i]] + 0.5) / size[g[i]]
+        seen[g[i]] += 1
+    blocks = []  # (mean weight, mean finite, tie fraction, group, members)
+    for j in sorted(by_group):
+        members, r = by_group[j], round_to[j]
+        chunks = [members[k : k + r] for k in range(0, len(members), r)]
+        for b, chunk in enumerate(chunks):
+            w = [1.0 if keys[i] == math.inf else -1.0 if keys[i] == -math.inf else 0.0 for i in chunk]
+            f = [0.0 if math.isinf(keys[i]) else keys[i] for i in chunk]
+            if scope == "uniform":
+                first = rank[chunk[0]]
+                f = [(1.0 - (first + (len(chunk) - 1) / 2) / size[j]) * len(chunk)]
+            tie = frac[chunk[0]] if r == 1 else (b + 0.5) / len(chunks)
+            blocks.append((sum(w) / len(chunk), math.fsum(f) / len(chunk), tie, j, b, chunk))
+    keep = [False] * len(s)
+    left = budget
+    for blk in blocks:  # forced: the blocks inside the rounded minimum
+        if blk[4] * round_to[blk[3]] < mins[blk[3]]:
+            for i in blk[5]:
+                keep[i] = True
+            left -= sum(c[i] for i in blk[5])
+    walk = sorted(blocks, key=lambda b: (-b[0], -b[1], b[2], b[3], b[4]))
+    closed = set()
+    for _, _, _, j, b, chunk in walk:
+        if keep[chunk[0]] or j in closed:
+            continue
+        cost = sum(c[i] for i in chunk)
+        if cost <= left:
+            for i in chunk:
+                keep[i] = True
+            left -= cost
+        elif round_to[j] > 1:
+            closed.add(j)
+    return keep
+
+
+def draw_rounded_budget(data: st.DataObject, case: Case, round_to: list[int], policy: str) -> int:
+    """A budget from the cost of the rounded forced minimum up to the total (+1)."""
+    unit_keys = [si / ci for si, ci in zip(case.s, case.c)] if policy == "density" else case.s
+    rank, mins = ref_ranks(ref_walk(unit_keys, case.g), case.g), ref_rounded_minimum(case, round_to)
+    floor = sum(ci for ci, gi, ri in zip(case.c, case.g, rank) if ri < mins[gi])
+    return data.draw(st.integers(floor, sum(case.c) + 1), label="budget")
+
+
+def assert_rounded_contract(mask: torch.Tensor, case: Case, round_to: list[int], budget: int, policy: str) -> None:
+    """Admissible widths, rounded minimums, prefix of the group's own order, and exact budget:
+    no dropped unit of an unrounded group and no next block of a rounded group fits."""
+    keep, c, g = mask.tolist(), case.c, case.g
+    size = Counter(g)
+    kept_count = Counter(gi for gi, k in zip(g, keep) if k)
+    kept = sum(ci for ci, k in zip(c, keep) if k)
+    assert kept <= budget
+    left = budget - kept
+    for j, r in enumerate(round_to):
+        n, k = size[j], kept_count[j]
+        assert k >= ref_rounded_minimum(case, round_to)[j]
+        if r == 1 or n <= 1:
+            assert all(ci > left for ci, kk, gi in zip(c, keep, g) if gi == j and not kk), "a dropped unit still fits"
+            continue
+        assert k % r == 0 or k == n, f"group {j} keeps {k} of {n}, not a multiple of {r}"
+        if k < n:
+            unit = next(ci for ci, gi in zip(c, g) if gi == j)
+            assert min(r, n - k) * unit > left, "the group's next block still fits"
+        unit_keys = [case.s[i] / c[i] if policy == "density" else case.s[i] for i in range(len(c))]
+        rank = ref_ranks(ref_walk(unit_keys, g), g)
+        assert all(rank[i] < k for i in range(len(c)) if g[i] == j and keep[i]), "kept units are not the group's best"
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("policy", POLICIES)
+@given(data=st.data())
+def test_rounded_widths_meet_budget_exactly(policy: str, scope: str, data: st.DataObject) -> None:
+    case, round_to = data.draw(rounded_cases(), label="case")
+    budget = draw_rounded_budget(data, case, round_to, policy)
+    rt = torch.tensor(round_to)
+    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy,
+                   scope=scope, round_to=rt)
+    assert_rounded_contract(mask, case, round_to, budget, policy)
+    assert torch.equal(mask, project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum,
+                                     policy=policy, scope=scope, round_to=rt)), "not deterministic"
+    check_meets_budget(mask, case.costs, budget, case.groups, torch.tensor(case.mins), rt)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("policy", ("rank", "density"))
+@given(data=st.data(), rounds=st.sampled_from((0, 1, 64)))
+def test_rounded_greedy_equals_sequential_reference(policy: str, scope: str, data: st.DataObject, rounds: int) -> None:
+    """Also with the vectorised rounds cut short (0, 1) so the plain loop finishes the walk."""
+    case, round_to = data.draw(rounded_cases(), label="case")
+    budget = draw_rounded_budget(data, case, round_to, policy)
+    with mock.patch.object(projection, "_MAX_ROUNDS", rounds):
+        mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy,
+                       scope=scope, round_to=torch.tensor(round_to))
+    assert mask.tolist() == ref_rounded(case, round_to, policy, scope, budget)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@given(data=st.data())
+def test_rounded_optimal_reaches_brute_force_optimum(scope: str, data: st.DataObject) -> None:
+    """Rounded groups whose size is a multiple of round_to, blocks of two costs, N <= 12: the best of
+    all masks with admissible widths that meet the budget exactly (rounded sense) and hold the minimums."""
+    case = data.draw(cases(max_layers=3, max_units=12, cost_modes=("model", "two", "one")), label="case")
+    size = Counter(case.g)
+    round_to = [data.draw(st.sampled_from([d for d in range(1, size[j] + 1) if size[j] % d == 0]), label=f"round_to[{j}]")
+                for j in range(case.num_groups)]
+    assume(any(r > 1 for r in round_to))
+    assume(len({case.c[case.g.index(j)] * r for j, r in enumerate(round_to)}) <= 2)  # blocks of two costs
+    mins = ref_rounded_minimum(case, round_to)
+    floor = sum(case.c[case.g.index(j)] * m for j, m in enumerate(mins) if m)
+    budget = data.draw(st.integers(floor, sum(case.c) + 1), label="budget")
+    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy="optimal",
+                   scope=scope, round_to=torch.tensor(round_to))
+    assert_rounded_contract(mask, case, round_to, budget, "optimal")
+    n = len(case.c)
+    masks = (torch.arange(2**n)[:, None] >> torch.arange(n)) & 1 == 1
+    kept = (masks.long() * case.costs).sum(1)
+    counts = torch.zeros(2**n, case.num_groups, dtype=torch.int64).index_add_(1, case.groups, masks.long())
+    r, total = torch.tensor(round_to), torch.tensor([size[j] for j in range(case.num_groups)])
+    unit = torch.tensor([case.c[case.g.index(j)] for j in range(case.num_groups)])
+    admissible = ((counts % r == 0) | (counts == total)).all(1) & (counts >= torch.tensor(mins)).all(1)
+    step = torch.minimum(r, total - counts) * unit
+    tight = ((counts == total) | (step > (budget - kept)[:, None])).all(1)
+    valid = admissible & (kept <= budget) & tight
+    keys = ref_keys(case, "optimal", scope)
+    weight, sums = objective(keys, masks[valid])
+    best_weight = weight.max()
+    best_sum = sums[weight == best_weight].max()
+    got_weight, got_sum = objective(keys, mask)
+    tol = 1e-9 * sum(abs(k) for k in keys if math.isfinite(k))
+    assert int(got_weight) == int(best_weight)
+    assert float(got_sum) >= float(best_sum) - tol
+
+
+@given(data=st.data(), policy=st.sampled_from(POLICIES), scope=st.sampled_from(SCOPES))
+def test_round_to_one_is_no_rounding(data: st.DataObject, policy: str, scope: str) -> None:
+    case = data.draw(cases(), label="case")
+    budget = draw_budget(data, case, policy)
+    plain = case.project(budget, policy, scope)
+    for round_to in (1, torch.ones(case.num_groups, dtype=torch.int64)):
+        assert torch.equal(project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum,
+                                   policy=policy, scope=scope, round_to=round_to), plain)
+
+
+def test_rounded_mixed_costs_and_bad_round_to_are_rejected() -> None:
+    scores, groups = torch.zeros(4), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="one unit cost per rounded group: group 1"):
+        project(scores, torch.tensor([2, 2, 3, 4]), 10, groups=groups, round_to=2)
+    with pytest.raises(ValueError, match=r"round_to must be >= 1 \(group 0"):
+        project(scores, torch.ones(4, dtype=torch.int64), 10, groups=groups, round_to=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="out of range for a round_to"):
+        project(scores, torch.ones(4, dtype=torch.int64), 10, groups=groups, round_to=torch.tensor([2]))
+    with pytest.raises(BudgetError, match="rounded up to multiples of round_to"):
+        project(scores, torch.ones(4, dtype=torch.int64), 2, groups=groups, round_to=2)
+
+
+def test_rounded_example_keeps_whole_blocks() -> None:
+    # one FFN group of 8 channels (cost 1) with round_to 4, one KV group of 2 units (cost 3)
+    groups = torch.tensor([0] * 8 + [1] * 2)
+    costs = torch.tensor([1] * 8 + [3] * 2)
+    scores = torch.tensor([9.0, 8, 7, 6, 5, 4, 3, 2, 4.5, 1])
+    mask = project(scores, costs, 10, groups=groups, minimum=0, round_to=torch.tensor([4, 1]))
+    # blocks: {9,8,7,6} mean 7.5, {5,4,3,2} mean 3.5; KV 4.5 then 1 -> first block (4), KV (3), second
+    # block does not fit in the 3 left, so the group closes; the other KV unit (3) fits
+    assert mask.tolist() == [True] * 4 + [False] * 4 + [True, True]
+    # unrounded: channels 9..5 (5), KV 4.5 (3), channels 4 and 3 (2): seven channels
+    assert project(scores, costs, 10, groups=groups, minimum=0).tolist() == [True] * 7 + [False] + [True, False]
+    assert project(scores, costs, 9, groups=groups, minimum=0, round_to=torch.tensor([4, 1])).tolist() == \
+        [True] * 4 + [False] * 4 + [True, False]
+
+
+@given(data=st.data(), order_key=st.sampled_from(("score", "density")))
+def test_forced_units_with_round_to_equal_reference(data: st.DataObject, order_key: str) -> None:
+    case, round_to = data.draw(rounded_cases(), label="case")
+    got = forced_units(case.scores, case.costs, case.groups, case.minimum, order_key=order_key,
+                       round_to=torch.tensor(round_to))
+    unit_keys = [si / ci for si, ci in zip(case.s, case.c)] if order_key == "density" else case.s
+    rank, mins = ref_ranks(ref_walk(unit_keys, case.g), case.g), ref_rounded_minimum(case, round_to)
+    assert got.tolist() == [rank[i] < mins[case.g[i]] for i in range(len(case.g))]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pruneframe.budget import check_meets_budget
+from pruneframe.budget import check_meets_budget, group_round_to
 from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
@@ -109,6 +109,7 @@ class GRASPrune(PruningMethod):
         steps = cfg.epochs * -(-len(windows) // cfg.batch_size)
         device = next(context.model.parameters()).device
         scores = self._initial_scores(context).to(device).requires_grad_(True)
+        round_to = group_round_to(units, cfg.round_to)
         if cfg.optimizer == "block-adam":
             optimizer = BlockAdam([scores], units.kind, lr=cfg.lr, betas=cfg.betas)
         else:
@@ -117,7 +118,7 @@ class GRASPrune(PruningMethod):
         def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
             p = torch.sigmoid(scores / cfg.tau)
             mask = context.project(p)
-            check_meets_budget(mask, units.cost, context.budget, units.groups, context.minimum)
+            check_meets_budget(mask, units.cost, context.budget, units.groups, context.minimum, round_to)
             kept = units.kept_cost(mask)
             z = mask.to(p) + p - p.detach()
             return z, {"kept_cost": kept, "kept": kept / units.prunable_params}

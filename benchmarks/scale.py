@@ -1,0 +1,152 @@
+"""How prune time and memory grow with model size: random-weight bf16 models built from configs.
+
+Three shapes (no downloads; random weights, tied embeddings, vocabulary 49,152):
+
+* ``135m``: SmolLM2-135M (30 layers, hidden 576, FFN 1,536, 9 / 3 heads);
+* ``0.5b``: 24 layers, hidden 1,152, FFN 4,608, 18 / 6 heads (524M parameters);
+* ``1b``: Llama-3.2-1B's layers (16 layers, hidden 2,048, FFN 8,192, 32 / 8 heads; 1,073,809,408 parameters).
+
+Every (size, method) runs in a fresh worker process that builds the model straight in bfloat16,
+then prunes it in place (``pruneframe.prune(..., inplace=True)``) to ``--budget`` of the prunable
+parameters with random calibration token ids. Recorded: prune wall time (and the score stage's),
+calibration tokens per second of the score stage (tokens the method read / score time; methods
+without calibration have none), and the memory measure of the scale issue: (peak RSS of the worker
+- its RSS after imports, before the model exists) / bytes of the dense weights. The peak covers
+building the model and pruning it. ``--windows`` overrides the forward-statistics methods'
+``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
+Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes/methods are kept).
+
+Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT = Path(__file__).resolve().parent / "results" / "scale.json"
+
+#: name -> (layers, hidden, FFN, query heads, KV heads)
+SHAPES = {
+    "135m": (30, 576, 1536, 9, 3),
+    "0.5b": (24, 1152, 4608, 18, 6),
+    "1b": (16, 2048, 8192, 32, 8),
+}
+FORWARD_ONLY = ("magnitude", "random", "wanda-sp", "flap")
+WINDOWED = {"wanda-sp": "num_windows", "flap": "num_windows", "grasprune": "num_sequences", "llm-pruner": "num_samples"}
+
+
+def build(name: str):  # noqa: ANN201 - a transformers model
+    """The random-weight bf16 model of shape ``name`` (built in bf16: no fp32 copy)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    layers, hidden, ffn, heads, kv = SHAPES[name]
+    config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, head_dim=64, tie_word_embeddings=True,
+                         max_position_embeddings=2048)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        return LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
+def worker(size: str, method: str, budget: float, windows: int | None) -> dict[str, Any]:
+    """Build, prune in place, measure; runs in its own process."""
+    import torch
+
+    import pruneframe
+    from pruneframe.memory import PeakMemory, current_rss_bytes, release_unused_memory
+    from pruneframe.architectures import discover
+
+    release_unused_memory()
+    bare = current_rss_bytes()
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        model = build(size)
+        t_build = time.perf_counter() - t0
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        params = sum(p.numel() for p in model.parameters())
+        units = discover(model)
+        calibration = torch.randint(0, 49152, (200_000,), generator=torch.Generator().manual_seed(0))
+        config = {WINDOWED[method]: windows} if windows and method in WINDOWED else None
+        t1 = time.perf_counter()
+        result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False,
+                                  inplace=True)
+        t_prune = time.perf_counter() - t1
+    report = result.report
+    stats = report.get("method_stats") or {}
+    tokens = stats.get("calibration_tokens")
+    score_s = report["timings_s"]["score"]
+    return {
+        "size": size, "method": method, "budget": budget, "dtype": "bfloat16", "params": params,
+        "prunable_params": units.prunable_params, "weight_bytes": weight_bytes,
+        "config": report["config"], "build_s": t_build, "prune_s": t_prune, "timings_s": report["timings_s"],
+        "calibration_tokens": tokens, "calibration_tokens_per_s": tokens / score_s if tokens else None,
+        "bare_rss_bytes": bare, "peak_rss_bytes": mem.report.peak_rss,
+        "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes, "memory_source": mem.report.source,
+        "kept_fraction_of_prunable": report["kept_fraction_of_prunable"], "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    """Run the workers, print one line each, merge into the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="135m,0.5b,1b", help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--methods", default=",".join(FORWARD_ONLY), help="comma-separated registered methods")
+    parser.add_argument("--budget", type=float, default=0.8, help="keep-ratio of the prunable parameters")
+    parser.add_argument("--windows", type=int, default=16, help="calibration windows of the windowed methods (0: their default)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.budget, args.windows or None)))
+        return
+    sizes = [s for s in args.sizes.split(",") if s]
+    if bad := [s for s in sizes if s not in SHAPES]:
+        parser.error(f"unknown size(s) {bad}; choose from {', '.join(SHAPES)}")
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    rows = {(r["size"], r["method"]): r for r in old.get("rows", [])}
+    for size in sizes:
+        for method in [m for m in args.methods.split(",") if m]:
+            cmd = [sys.executable, __file__, "--worker", size, method, "--budget", str(args.budget),
+                   "--windows", str(args.windows)]
+            load = os.getloadavg()[0]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
+            except subprocess.TimeoutExpired:
+                print(f"{size:>5} {method:>10}: timed out after {args.timeout:.0f} s", flush=True)
+                continue
+            if done.returncode != 0:
+                print(f"{size:>5} {method:>10}: failed\n{done.stderr[-2000:]}", flush=True)
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg_1min_at_start": load}
+            rows[(size, method)] = row
+            rate = row["calibration_tokens_per_s"]
+            print(f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score']:6.1f} s), "
+                  f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
+                  f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
+                  f"  [load {load:.1f}]", flush=True)
+    from pruneframe._io import write_json_atomic
+
+    write_json_atomic(args.out, {
+        "benchmark": "scale", "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
+        "rows": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["size"]), r["method"])),
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
