@@ -5,10 +5,11 @@ The embedded ``smollm2-135m`` is pruned to keep ``--keep`` of its prunable param
 ``round_to`` = ``--round-to`` (every layer keeps a multiple of that many FFN channels). The dense
 model and both pruned models are then timed on the same random prompts (``--prompt-lens``), one
 prefill forward each, interleaved and in alternating order for ``--reps`` rounds; the quoted ratio
-is the rounded model's prefill tokens/s over the unrounded one's, medians of the same run.
+is the rounded model's prefill tokens/s over the unrounded one's, medians of the same run (also
+from process CPU time, steadier than wall time on a shared machine).
 Writes ``benchmarks/results/prefill_rounding.json``.
 
-Usage: ``python benchmarks/prefill_rounding.py [--method magnitude] [--keep 0.5] [--round-to 64] [--reps 10]``
+Usage: ``python benchmarks/prefill_rounding.py [--method magnitude] [--keep 0.5] [--round-to 64] [--reps 10] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -38,8 +40,11 @@ def main() -> None:
     parser.add_argument("--prompt-lens", default="256,512")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dense, _ = load_model("smollm2-135m", dtype=args.dtype)
     models = {"dense": dense}
     widths = {}
@@ -57,6 +62,7 @@ def main() -> None:
     labels = list(models)
     lens = [int(x) for x in args.prompt_lens.split(",")]
     times: dict[tuple[str, int], list[float]] = {(m, n): [] for m in labels for n in lens}
+    cpu: dict[tuple[str, int], list[float]] = {(m, n): [] for m in labels for n in lens}
     prompts = {n: torch.randint(0, dense.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)) for n in lens}
     with torch.inference_mode():
         for n in lens:  # warm-up
@@ -65,18 +71,24 @@ def main() -> None:
         for rep in range(args.reps):
             for n in lens:
                 for m in labels if rep % 2 == 0 else labels[::-1]:
+                    start = time.process_time()
                     times[(m, n)].append(time_generation(models[m], prompts[n], 0)[0])
+                    cpu[(m, n)].append(time.process_time() - start)
     rows = []
     rounded = labels[2]
     for n in lens:
         median = {m: statistics.median(times[(m, n)]) for m in labels}
+        cpu_median = {m: statistics.median(cpu[(m, n)]) for m in labels}
         row = {"prompt_len": n, **{f"{m}_prefill_tokens_per_s": n / median[m] for m in labels},
+               **{f"{m}_prefill_cpu_s": cpu_median[m] for m in labels},
                "rounded_over_unrounded": median["unrounded"] / median[rounded],
+               "rounded_over_unrounded_cpu_time": cpu_median["unrounded"] / cpu_median[rounded],
                "unrounded_over_dense": median["dense"] / median["unrounded"],
                "rounded_over_dense": median["dense"] / median[rounded]}
         rows.append(row)
         print(f"prompt {n}: " + ", ".join(f"{m} {n / median[m]:.0f} tok/s" for m in labels)
-              + f"; rounded / unrounded = {row['rounded_over_unrounded']:.3f}", flush=True)
+              + f"; rounded / unrounded = {row['rounded_over_unrounded']:.3f} (wall), "
+              f"{row['rounded_over_unrounded_cpu_time']:.3f} (CPU time)", flush=True)
     write_json_atomic(args.out, {
         "benchmark": "prefill_rounding", "model": "smollm2-135m", "dtype": args.dtype, "method": args.method,
         "keep_prunable": args.keep, "round_to": args.round_to, "reps": args.reps, "threads": torch.get_num_threads(),

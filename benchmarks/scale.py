@@ -16,7 +16,7 @@ building the model and pruning it. ``--windows`` overrides the forward-statistic
 ``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
 Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes/methods are kept).
 
-Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16]``
+Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -107,10 +107,15 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.8, help="keep-ratio of the prunable parameters")
     parser.add_argument("--windows", type=int, default=16, help="calibration windows of the windowed methods (0: their default)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         print(json.dumps(worker(*args.worker, args.budget, args.windows or None)))
         return
     sizes = [s for s in args.sizes.split(",") if s]
@@ -121,7 +126,7 @@ def main() -> None:
     for size in sizes:
         for method in [m for m in args.methods.split(",") if m]:
             cmd = [sys.executable, __file__, "--worker", size, method, "--budget", str(args.budget),
-                   "--windows", str(args.windows)]
+                   "--windows", str(args.windows), "--threads", str(args.threads)]
             load = os.getloadavg()[0]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)

@@ -410,9 +410,9 @@ def _two_cost(weight: torch.Tensor, finite: torch.Tensor, order: torch.Tensor, f
     """Exact optimum when the non-forced items have at most two distinct costs ``a < b``.
 
     ``order`` lists the items by descending ``(weight, finite)``. For ``k_a`` extra cost-``a``
-    items, tightness forces ``k_b = min(n_b, (R - k_a a) // b)``, and the best items of each class
-    are its top scorers; every ``k_a`` is scored at once from prefix sums. Ties: larger kept cost,
-    then smaller ``k_a``.
+    items, tightness forces ``k_b = min(n_b, (R - k_a a) // b)`` (and the other way round), and the
+    best items of each class are its top scorers; every count of the smaller class is scored at once
+    from prefix sums. Ties: larger kept cost, then smaller ``k_a``.
     """
     c = costs.masked_fill(forced, 0).index_select(0, order)  # 0: forced, already paid for
     free = c[c > 0]
@@ -423,19 +423,28 @@ def _two_cost(weight: torch.Tensor, finite: torch.Tensor, order: torch.Tensor, f
     def prefix(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x.new_zeros(1), torch.cumsum(x, 0)])
 
-    k_a = torch.arange(n_a + 1, device=costs.device)
-    rest = remaining - k_a * a
-    k_b = torch.div(rest, b, rounding_mode="floor").clamp(0, n_b)
-    left = rest - k_b * b
-    valid = (rest >= 0) & ((k_a == n_a) | (left < a))
+    if n_b < n_a:  # enumerate the smaller class; the other one's count is then the largest that fits
+        k_b = torch.arange(n_b + 1, device=costs.device)
+        rest = remaining - k_b * b
+        k_a = torch.div(rest, a, rounding_mode="floor").clamp(0, n_a)
+        left = rest - k_a * a
+        valid = (rest >= 0) & ((k_b == n_b) | (left < b))
+    else:
+        k_a = torch.arange(n_a + 1, device=costs.device)
+        rest = remaining - k_a * a
+        k_b = torch.div(rest, b, rounding_mode="floor").clamp(0, n_b)
+        left = rest - k_b * b
+        valid = (rest >= 0) & ((k_a == n_a) | (left < a))
     if bool(weight.any()):
-        p = prefix(weight.index_select(0, units_a)) + prefix(weight.index_select(0, units_b)).index_select(0, k_b)
+        p = prefix(weight.index_select(0, units_a)).index_select(0, k_a) + \
+            prefix(weight.index_select(0, units_b)).index_select(0, k_b)
         valid &= p == p.masked_fill(~valid, -math.inf).max()
-    s = prefix(finite.index_select(0, units_a)) + prefix(finite.index_select(0, units_b)).index_select(0, k_b)
+    s = prefix(finite.index_select(0, units_a)).index_select(0, k_a) + \
+        prefix(finite.index_select(0, units_b)).index_select(0, k_b)
     valid &= s == s.masked_fill(~valid, -math.inf).max()
     valid &= left == left.masked_fill(~valid, torch.iinfo(torch.int64).max).min()
-    best = int(valid.nonzero()[0, 0])
-    mask = forced.clone().index_fill_(0, units_a[:best], True)
+    best = int(k_a.masked_fill(~valid, torch.iinfo(torch.int64).max).argmin())
+    mask = forced.clone().index_fill_(0, units_a[: int(k_a[best])], True)
     return mask.index_fill_(0, units_b[: int(k_b[best])], True)
 
 
