@@ -23,15 +23,17 @@ methods (N ~ 350k units), so the hot path is vectorised: sorts, cumulative sums,
 rounded up to the next admissible width). Its units, in that order, are cut into *blocks* of ``r``
 (the last one holds the ``n_g mod r`` rest), and the walk keeps or drops whole blocks: a block walks
 by the mean of its units' keys (for ``"density"``, with one cost per group, that is the block's
-``sum(score) / sum(cost)``) and a group takes no block after one of its blocks did not fit, so its
-kept units stay a prefix. ``"optimal"`` maximises the kept-key sum over blocks, exactly when each
-rounded group's width is a multiple of ``r`` and the blocks have at most two costs. A rounded group
-must have one unit cost (every FFN channel of a layer costs the same). Groups with ``r = 1`` behave
-as without rounding, and without any ``r > 1`` the result is the unrounded mask. **Meets the budget
-exactly** then reads: kept cost ``<= budget`` and no admissible addition fits in what is left: for
-a rounded group short of full width, its next block (``min(r, n_g - kept_g)`` units) costs more than
-``budget - kept_cost``; for a group with ``r = 1``, every dropped unit does. The kept cost is thus
-within one block (``r`` units) of the budget, never above it.
+``sum(score) / sum(cost)``; for ``"uniform"``, ``1 - mean rank / n_g``), a group's blocks are walked
+in block order (even where float rounding makes two nearly equal means swap), and a group takes no
+block after one of its blocks did not fit, so its kept units stay a prefix. ``"optimal"``
+maximises the kept-key sum over blocks, exactly when each rounded group's width is a multiple of
+``r`` and the blocks have at most two costs. A rounded group must have one unit cost (every FFN
+channel of a layer costs the same). Groups with ``r = 1`` behave as without rounding, and without
+any ``r > 1`` the result is the unrounded mask. **Meets the budget exactly** then reads: kept cost
+``<= budget`` and no admissible addition fits in what is left: for a rounded group short of full
+width, its next block (``min(r, n_g - kept_g)`` units) costs more than ``budget - kept_cost``; for
+a group with ``r = 1``, every dropped unit does. What is left is thus less than the cheapest such
+addition (at most one block), never negative.
 
 **Tie-break** (deterministic: same inputs, same mask): units with equal key are ordered by their
 fractional position inside their group, ``(position_in_group + 0.5) / group_size`` ascending
