@@ -34,9 +34,9 @@ from pruneframe._io import atomic_dir, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for
 from pruneframe.checkpoint import modeling_pruneframe
 from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
-from pruneframe.checkpoint.validate import check_replaceable
+from pruneframe.checkpoint.validate import CheckpointError, check_replaceable, validate_checkpoint
 
-__all__ = ["save", "load_pruned", "read_report", "software_versions", "MODELING_FILE", "REPORT_FILE"]
+__all__ = ["save", "load_pruned", "CheckpointError", "read_report", "software_versions", "MODELING_FILE", "REPORT_FILE"]
 
 MODELING_FILE = Path(__file__).with_name("modeling_pruneframe.py")
 REPORT_FILE = "pruning.json"
@@ -129,7 +129,9 @@ def read_report(path: str | Path) -> dict[str, Any]:
 def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_tokenizer: bool = True) -> tuple[nn.Module, Any]:
     """Load a checkpoint written by :func:`save`; returns ``(model, tokenizer or None)``.
 
-    Uses the package's own modeling classes; no code from the folder is executed.
+    Uses the package's own modeling classes; no code from the folder is executed. The folder is checked
+    first (:func:`~pruneframe.checkpoint.validate.validate_checkpoint`): files that disagree raise
+    :class:`CheckpointError` before any weight is read.
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -143,11 +145,16 @@ def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_t
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if model_type in by_type:
         config_cls, model_cls = by_type[model_type]
-        model = model_cls.from_pretrained(path, config=config_cls.from_pretrained(path), **kwargs).eval()
+        config = config_cls.from_pretrained(path)
+        validate_checkpoint(path, model_cls, config)
+        model = model_cls.from_pretrained(path, config=config, **kwargs).eval()
     elif model_type in plain_types:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs).eval()
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        validate_checkpoint(path, MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], config)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=False, **kwargs).eval()
     else:
         expected = sorted(by_type) + sorted(plain_types)
         raise ValueError(f"{path}: model_type {model_type!r} is not a pruneframe checkpoint; expected one of {expected}")
@@ -156,5 +163,5 @@ def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_t
         from transformers import AutoTokenizer
 
         # never consult the folder's auto_map: loading must not run (or ask to run) its code
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config, trust_remote_code=False)
     return model, tokenizer
