@@ -104,18 +104,18 @@ def make_budget(value: float | int | dict | _BudgetBase, kind: BudgetKind = "pru
     """Build a budget from a number and a kind, a dict (``{"kind": ..., ...}``) or a budget object.
 
     Raises:
-        ValueError: with what was wrong and what is allowed.
+        ValueError: with what was wrong and what is allowed (``BudgetError``, or pydantic's ``ValidationError``).
     """
     if isinstance(value, _BudgetBase):
         return value
     if isinstance(value, dict):
         return _adapter.validate_python(value)
     if kind == "params":
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"a 'params' budget is a whole number of parameters, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise BudgetError(f"a 'params' budget is a whole number of parameters, got {value!r}")
         return KeepParams(params=int(value))
     if kind not in ("prunable", "total"):
-        raise ValueError(f"budget kind must be one of prunable, total, params; got {kind!r}")
+        raise BudgetError(f"budget kind must be one of prunable, total, params; got {kind!r}")
     return _adapter.validate_python({"kind": kind, "keep": value})
 
 

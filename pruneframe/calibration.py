@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CalibrationData"]
+__all__ = ["CalibrationData", "InsufficientCalibrationError"]
+
+
+class InsufficientCalibrationError(ValueError):
+    """The calibration stream is shorter than a method's settings need; the message says found and needed."""
 
 
 @dataclass
@@ -34,15 +38,15 @@ class CalibrationData:
         """``num`` non-overlapping windows of ``seq_len`` tokens, starting after ``offset`` windows.
 
         Raises:
-            ValueError: when the stream is too short; the message names the source and sizes.
+            InsufficientCalibrationError: the stream is too short; the message names the source and sizes.
         """
         if num <= 0 or seq_len <= 1:
             raise ValueError(f"need num >= 1 and seq_len >= 2 windows, got num={num}, seq_len={seq_len}")
         start, stop = offset * seq_len, (offset + num) * seq_len
         if stop > len(self):
-            raise ValueError(
-                f"calibration source {self.name!r} has {len(self)} tokens; {num} windows of {seq_len} "
-                f"after {offset} windows need {stop}"
+            raise InsufficientCalibrationError(
+                f"calibration source {self.name!r} has {len(self):,} tokens; {num} windows of {seq_len} "
+                f"after {offset} windows need {stop:,} (give more text, or ask the method for fewer or shorter windows)"
             )
         self.tokens_read = max(self.tokens_read, stop)
         return self.tokens[start:stop].view(num, seq_len).clone()

@@ -2,12 +2,25 @@
 
 Build a fresh host per run (``PluginHost.create()``); there is no global manager, so tests and
 parallel runs never share registrations.
+
+Plugin faults are named: a plugin's hook that raises, or returns something the contract forbids
+(wrong type or shape, NaN scores, a mask over budget), and two plugins registering one method name,
+raise :class:`PluginError` naming the plugin. Errors that describe bad input (settings, budgets,
+calibration size) pass through unchanged, and so does anything raised by pruneframe's own plugins.
+
+Which installed plugins load is set from the environment, as pytest does:
+
+- ``PRUNEFRAME_DISABLE_PLUGIN_AUTOLOAD=1``: load only the plugins pruneframe itself ships (the core
+  stages, GRASPrune and the baselines), no third-party entry points;
+- ``PRUNEFRAME_PLUGINS=grasprune,magnitude``: load exactly these entry-point plugins (plus the core
+  stages); a listed name that is not installed is reported by ``pruneframe plugins``.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -15,17 +28,37 @@ from typing import Any
 
 import pluggy
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from pruneframe import hookspecs
 from pruneframe.architectures.base import ArchitectureAdapter
+from pruneframe.calibration import InsufficientCalibrationError
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.projection import BudgetError
+from pruneframe.resume import StaleCheckpointError
 from pruneframe.units import UnitSet
 
-__all__ = ["PluginHost", "PluginInfo", "UnknownNameError", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "PluginHost", "PluginInfo", "PluginError", "UnknownNameError", "ENTRY_POINT_GROUP", "DISABLE_AUTOLOAD_ENV", "PLUGINS_ENV",
+]
 
 ENTRY_POINT_GROUP = "pruneframe"
 CORE_PLUGINS = ("pruneframe.builtins", "pruneframe.evaluation.builtin")
+#: Set to 1 to load only the plugins pruneframe ships (third-party entry points are skipped).
+DISABLE_AUTOLOAD_ENV = "PRUNEFRAME_DISABLE_PLUGIN_AUTOLOAD"
+#: Comma-separated entry-point plugin names: load exactly these (the core stages always load).
+PLUGINS_ENV = "PRUNEFRAME_PLUGINS"
+#: The distribution whose entry-point plugins count as pruneframe's own.
+OWN_DISTRIBUTION = "pruneframe"
+
+
+class PluginError(RuntimeError):
+    """A plugin raised, or returned what the hook contract forbids; ``plugins`` names the plugin(s) at fault."""
+
+    def __init__(self, message: str, plugins: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.plugins = plugins
 
 
 class UnknownNameError(KeyError):
@@ -33,6 +66,10 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+#: Exceptions that describe bad input rather than a faulty plugin: never re-labelled as a plugin's fault.
+_INPUT_ERRORS = (ValidationError, BudgetError, InsufficientCalibrationError, StaleCheckpointError, UnknownNameError, PluginError)
 
 
 @dataclass
@@ -53,17 +90,46 @@ def _did_you_mean(kind: str, name: str, known: list[str]) -> UnknownNameError:
     return UnknownNameError(f"unknown {kind} {name!r}{hint} (installed: {', '.join(sorted(known)) or 'none'})")
 
 
+def _env_names(value: str | None) -> set[str] | None:
+    return None if value is None or not value.strip() else {n.strip() for n in value.split(",") if n.strip()}
+
+
+def _is_own(entry_point: Any) -> bool:
+    dist = getattr(entry_point, "dist", None)
+    return str(getattr(dist, "name", "")).lower() == OWN_DISTRIBUTION
+
+
+def _object_name(plugin: object, pm: pluggy.PluginManager) -> str:
+    """A readable, unique registration name for a plugin object: its module or class name."""
+    base = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+    name, n = base, 2
+    while pm.has_plugin(name):
+        name, n = f"{base}#{n}", n + 1
+    return name
+
+
+def _retitled(exc: ValidationError, title: str) -> ValidationError:
+    """``exc`` with another title (pydantic prints it as "N validation errors for <title>")."""
+    try:
+        return ValidationError.from_exception_data(title, exc.errors())
+    except (TypeError, ValueError, KeyError):  # an error type pydantic cannot rebuild: keep the original
+        return exc
+
+
 class PluginHost:
     """A PluginManager with the pruneframe hookspecs, plus typed calls for every stage."""
 
-    def __init__(self, pm: pluggy.PluginManager, failures: dict[str, str] | None = None) -> None:
+    def __init__(self, pm: pluggy.PluginManager, failures: dict[str, str] | None = None, own: set[str] | None = None) -> None:
         self.pm = pm
         self.failures = dict(failures or {})
+        #: Plugins pruneframe ships (core stages, its own entry points): their exceptions pass through as raised.
+        self.own = set(CORE_PLUGINS) if own is None else set(own)
         self._methods: dict[str, type[PruningMethod]] | None = None
         self._evaluators: dict[str, type[Any]] | None = None
         self._adapters: list[tuple[ArchitectureAdapter, str]] | None = None
         self._method_origin: dict[str, str] = {}
         self._evaluator_origin: dict[str, str] = {}
+        self._conflicts: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def create(
@@ -75,68 +141,105 @@ class PluginHost:
     ) -> "PluginHost":
         """A new host with the core plugins, the installed entry-point plugins and ``plugins``.
 
-        A plugin that fails to import is recorded in :attr:`failures` (shown by ``pruneframe
-        plugins``) instead of breaking every other method.
+        Entry points are filtered by ``$PRUNEFRAME_PLUGINS`` and ``$PRUNEFRAME_DISABLE_PLUGIN_AUTOLOAD``
+        (see the module docstring). A plugin that fails to import is recorded in :attr:`failures`
+        (shown by ``pruneframe plugins``) instead of breaking every other method.
         """
         pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)
         failures: dict[str, str] = {}
+        own = set(CORE_PLUGINS)
         for name in CORE_PLUGINS:
             pm.register(importlib.import_module(name), name=name)
         if entry_points:
-            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            chosen = _env_names(os.environ.get(PLUGINS_ENV))
+            own_only = os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+            installed = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+            for ep in installed:
                 if ep.name in block or pm.get_plugin(ep.name) is not None:
+                    continue
+                if (chosen is not None and ep.name not in chosen) or (chosen is None and own_only and not _is_own(ep)):
                     continue
                 try:
                     pm.register(ep.load(), name=ep.name)
                 except Exception as exc:  # a broken plugin must not take the others down
                     failures[ep.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if _is_own(ep):
+                    own.add(ep.name)
+            for name in sorted((chosen or set()) - {ep.name for ep in installed}):
+                failures[name] = (f"${PLUGINS_ENV} names {name!r}, but no installed plugin is called that "
+                                  f"(installed: {', '.join(sorted(ep.name for ep in installed)) or 'none'})")
         for plugin in plugins:
-            pm.register(plugin)
+            pm.register(plugin, name=_object_name(plugin, pm))
         pm.check_pending()
-        return cls(pm, failures)
+        return cls(pm, failures, own)
 
     # registries -------------------------------------------------------------------------------
 
-    def _collect(self, hook_name: str) -> tuple[dict[str, type[Any]], dict[str, str]]:
+    def _collect(self, hook_name: str, kind: str) -> tuple[dict[str, type[Any]], dict[str, str]]:
         found: dict[str, type[Any]] = {}
         origin: dict[str, str] = {}
+        claims: dict[str, list[str]] = {}
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             def register(obj: type[Any], _plugin: str = impl.plugin_name) -> None:
                 name = getattr(obj, "name", None)
                 if not isinstance(name, str) or not name:
-                    raise TypeError(f"plugin {_plugin!r} registered {obj!r} without a string 'name'")
+                    raise PluginError(f"plugin {_plugin!r} registered {obj!r} without a string 'name'", (_plugin,))
                 if name in found and found[name] is not obj:
-                    raise ValueError(f"{name!r} is registered by both {origin[name]!r} and {_plugin!r}")
+                    claims.setdefault(name, [origin[name]]).append(_plugin)
+                    return
                 found[name], origin[name] = obj, _plugin
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except PluginError as exc:
+                self.failures[impl.plugin_name] = str(exc)
+            except Exception as exc:  # one plugin's broken registration must not hide the other plugins' names
+                self.failures[impl.plugin_name] = f"{hook_name} raised {type(exc).__name__}: {exc}"
+        for name, plugins in claims.items():
+            found.pop(name)
+            origin.pop(name)
+            self._conflicts[name] = tuple(plugins)
+            for plugin in plugins:
+                self.failures[plugin] = f"{kind} {name!r} is registered by plugins {', '.join(map(repr, plugins))}; none is used"
         return found, origin
 
     def methods(self) -> dict[str, type[PruningMethod]]:
-        """Every registered method class by name."""
+        """Every registered method class by name (a name two plugins claim is left out, see :meth:`method`)."""
         if self._methods is None:
-            self._methods, self._method_origin = self._collect("pruneframe_register_methods")
+            self._methods, self._method_origin = self._collect("pruneframe_register_methods", "method")
         return dict(self._methods)
 
     def evaluators(self) -> dict[str, type[Any]]:
         """Every registered evaluator class by name."""
         if self._evaluators is None:
-            self._evaluators, self._evaluator_origin = self._collect("pruneframe_register_evaluators")
+            self._evaluators, self._evaluator_origin = self._collect("pruneframe_register_evaluators", "evaluator")
         return dict(self._evaluators)
+
+    def _unknown(self, kind: str, name: str, known: list[str]) -> Exception:
+        if name in self._conflicts:
+            plugins = self._conflicts[name]
+            return PluginError(f"{kind} {name!r} is registered by plugins {', '.join(map(repr, plugins))}; uninstall "
+                               f"all but one, or choose the plugins to load with ${PLUGINS_ENV}", plugins)
+        return _did_you_mean(kind, name, known)
 
     def method(self, name: str, config: Any = None) -> PruningMethod:
         """An instance of method ``name`` with ``config`` validated by its config model."""
         methods = self.methods()
         if name not in methods:
-            raise _did_you_mean("method", name, list(methods))
-        return methods[name](config)
+            raise self._unknown("method", name, list(methods))
+        cls = methods[name]
+        try:
+            return cls(config)
+        except ValidationError as exc:  # name the method as well as the field
+            raise _retitled(exc, f"method {name!r} ({exc.title})") from exc
 
     def evaluator(self, name: str, config: Any = None) -> Any:
         """An instance of evaluator ``name`` with its validated ``config``."""
         evaluators = self.evaluators()
         if name not in evaluators:
-            raise _did_you_mean("evaluator", name, list(evaluators))
+            raise self._unknown("evaluator", name, list(evaluators))
         cls = evaluators[name]
         return cls(cls.Config.model_validate(config or {}))
 
@@ -149,7 +252,8 @@ class PluginHost:
             for impl in self.pm.hook.pruneframe_register_architectures.get_hookimpls()[::-1]:
                 def register(adapter: ArchitectureAdapter, _plugin: str = impl.plugin_name) -> None:
                     if not isinstance(adapter, ArchitectureAdapter):
-                        raise TypeError(f"plugin {_plugin!r} registered {adapter!r}, not an ArchitectureAdapter instance")
+                        raise PluginError(f"plugin {_plugin!r} registered {adapter!r}, not an ArchitectureAdapter instance",
+                                          (_plugin,))
                     found.append((adapter, _plugin))
                 impl.function(register=register)
             self._adapters = found
@@ -166,37 +270,110 @@ class PluginHost:
             f"no installed plugin handles {type(model).__name__}; supported: {', '.join(supported)}"
         )
 
+    def method_plugin(self, method: PruningMethod) -> str:
+        """The plugin that registered ``method``'s class (its module name for an unregistered method object)."""
+        self.methods()
+        origin = self._method_origin.get(getattr(method, "name", ""))
+        if origin is not None and self._methods is not None and self._methods.get(method.name) is type(method):
+            return origin
+        return type(method).__module__
+
+    def _is_own(self, plugin: str) -> bool:
+        return plugin in self.own or plugin.split(".")[0] in ("pruneframe", "pruneframe_grasprune", "pruneframe_baselines")
+
+    def _call(self, hook_name: str, what: str, owner: PruningMethod | None = None, /, **kwargs: Any) -> tuple[Any, str]:
+        """Call a first-result hook as pluggy does; returns the result and the plugin that produced it.
+
+        When the implementation is a core stage that only calls the method object (scoring,
+        recalibration), the method's own plugin is the one named. A third-party plugin's exception is
+        raised as :class:`PluginError` naming it.
+        """
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):  # wrappers need pluggy's own loop
+            return getattr(self.pm.hook, hook_name)(**kwargs), "?"
+        for impl in reversed(impls):  # pluggy's order: tryfirst first, trylast (the core) last
+            plugin = self.method_plugin(owner) if owner is not None and impl.plugin_name in CORE_PLUGINS else impl.plugin_name
+            try:
+                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except _INPUT_ERRORS:
+                raise
+            except Exception as exc:
+                if self._is_own(plugin):
+                    raise
+                raise PluginError(f"plugin {plugin!r} failed in {what}: {type(exc).__name__}: {exc}", (plugin,)) from exc
+            if result is not None:
+                return result, plugin
+        return None, "?"
+
+    @staticmethod
+    def _fault(plugin: str, message: str) -> PluginError:
+        return PluginError(f"plugin {plugin!r}: {message}", (plugin,))
+
     def discover_units(self, model: nn.Module) -> UnitSet:
         """The model's units, from the adapter that handles its architecture."""
-        return self.adapter_for(model).discover(model)
+        adapter = self.adapter_for(model)
+        plugin = next(p for a, p in self._adapters or [] if a is adapter)
+        try:
+            units = adapter.discover(model)
+        except _INPUT_ERRORS:
+            raise
+        except Exception as exc:
+            if self._is_own(plugin):
+                raise
+            raise PluginError(f"plugin {plugin!r} failed in unit discovery ({type(adapter).__name__}): "
+                              f"{type(exc).__name__}: {exc}", (plugin,)) from exc
+        if not isinstance(units, UnitSet):
+            raise self._fault(plugin, f"{type(adapter).__name__}.discover returned {type(units).__name__}, expected a UnitSet")
+        return units
 
     def score(self, method: PruningMethod, context: ScoringContext) -> torch.Tensor:
-        """One score per unit, validated (shape and finiteness)."""
-        scores = self.pm.hook.pruneframe_score_units(method=method, context=context)
+        """One score per unit, validated (type, shape and finiteness)."""
+        scores, plugin = self._call("pruneframe_score_units", f"scoring with method {method.name!r}", method, method=method,
+                                    context=context)
         if not isinstance(scores, torch.Tensor) or scores.shape != (len(context.units),):
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(f"method {method.name!r} returned scores of shape {got}, expected ({len(context.units)},)")
-        bad = torch.nonzero(torch.isnan(scores)).flatten()
+            raise self._fault(plugin, f"method {method.name!r} returned scores of shape {got}, expected ({len(context.units)},)")
+        if not (scores.dtype.is_floating_point or scores.dtype in (torch.int32, torch.int64, torch.bool)):
+            raise self._fault(plugin, f"method {method.name!r} returned scores of dtype {scores.dtype}, expected real numbers")
+        bad = torch.nonzero(torch.isnan(scores.detach().float())).flatten()
         if bad.numel():
-            raise ValueError(f"method {method.name!r} returned NaN scores (first at unit {int(bad[0])})")
+            raise self._fault(plugin, f"method {method.name!r} returned NaN scores (first at unit {int(bad[0])})")
         return scores.detach().float().cpu()
 
     def project(self, scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str,
                 round_to: torch.Tensor | None = None) -> torch.Tensor:
-        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples)."""
-        return self.pm.hook.pruneframe_project(
-            scores=scores, units=units, budget=budget, minimum=minimum, policy=policy, scope=scope, round_to=round_to
-        )
+        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples).
+
+        A plugin's mask of the wrong type or shape, or over budget, is its fault (:class:`PluginError`).
+        """
+        mask, plugin = self._call("pruneframe_project", "projection", scores=scores, units=units, budget=budget,
+                                  minimum=minimum, policy=policy, scope=scope, round_to=round_to)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (len(units),):
+            got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise self._fault(plugin, f"pruneframe_project returned {got}, expected a bool mask of shape ({len(units)},)")
+        kept = units.kept_cost(mask)
+        if kept > budget:
+            raise self._fault(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > budget {budget:,}")
+        return mask
 
     def recalibrate(self, method: PruningMethod, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """The method's recalibration for ``mask`` (``None`` when it has none)."""
-        return self.pm.hook.pruneframe_recalibrate(method=method, context=context, mask=mask)
+        result, plugin = self._call("pruneframe_recalibrate", f"recalibration with method {method.name!r}", method,
+                                    method=method, context=context, mask=mask)
+        if result is not None and not isinstance(result, Recalibration):
+            raise self._fault(plugin, f"method {method.name!r} recalibration returned {type(result).__name__}, expected "
+                              "a Recalibration or None")
+        return result
 
     def fold(
         self, model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None, inplace: bool = False
     ) -> nn.Module:
         """The smaller dense model (``inplace``: shrink ``model`` itself)."""
-        return self.pm.hook.pruneframe_fold(model=model, units=units, mask=mask, recalibration=recalibration, inplace=inplace)
+        folded, plugin = self._call("pruneframe_fold", "fold", model=model, units=units, mask=mask,
+                                    recalibration=recalibration, inplace=inplace)
+        if not isinstance(folded, nn.Module):
+            raise self._fault(plugin, f"pruneframe_fold returned {type(folded).__name__}, expected the folded nn.Module")
+        return folded
 
     # introspection ----------------------------------------------------------------------------
 

@@ -22,8 +22,10 @@ from pruneframe.budget import (
     resolve,
 )
 from pruneframe.hookspecs import hookimpl
-from pruneframe.host import PluginHost, UnknownNameError
+from pruneframe.fold import fold
+from pruneframe.host import PluginError, PluginHost, UnknownNameError
 from pruneframe.methods import PruningMethod
+from pruneframe.projection import project
 
 
 class Scores(PruningMethod):
@@ -205,17 +207,27 @@ def test_unsupported_model_error_lists_architectures() -> None:
 
 
 def test_a_plugin_can_override_the_projector() -> None:
-    calls = []
+    masks = []
 
     class Override:
+        """Keeps the lowest-index units instead (the core keeps the highest ones for by-index scores)."""
+
         @hookimpl(tryfirst=True)
         def pruneframe_project(self, scores, units, budget, minimum, policy, scope):
-            calls.append(budget)
-            return None  # defer to the core projector
+            mask = project(-scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope)
+            masks.append(mask)
+            return mask
 
+    model = tiny_model()
     host = PluginHost.create(plugins=[RegisterScores(), Override()])
-    pruneframe.prune(tiny_model(), "by-index", 0.5, host=host, progress=False)
-    assert len(calls) == 1
+    result = pruneframe.prune(model, "by-index", 0.5, host=host, progress=False)
+    units = discover(model)
+    core = PluginHost.create(plugins=[RegisterScores()])
+    core_mask = pruneframe.prune(model, "by-index", 0.5, host=core, progress=False).mask
+    assert len(masks) == 1 and torch.equal(result.mask, masks[0]) and not torch.equal(masks[0], core_mask)
+    want = fold(model, units, masks[0]).state_dict()
+    got = result.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)  # the override's mask is folded
 
 
 def test_method_returning_wrong_shape_is_named() -> None:
@@ -225,5 +237,5 @@ def test_method_returning_wrong_shape_is_named() -> None:
         def score(self, context):
             return torch.zeros(3)
 
-    with pytest.raises(ValueError, match="'bad' returned scores of shape"):
+    with pytest.raises(PluginError, match=r"plugin 'test_budget_and_host': method 'bad' returned scores of shape \(3,\)"):
         pruneframe.prune(tiny_model(), Bad(), 0.5, host=_host(), progress=False)

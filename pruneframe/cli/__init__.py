@@ -2,7 +2,8 @@
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
 errors, invalid settings, unknown names, unreachable data, infeasible budgets) prints one message to
-stderr and exits with 2; anything else is a bug and keeps its traceback.
+stderr and exits with 2; a plugin's fault (:class:`~pruneframe.host.PluginError`) prints one message naming
+the plugin and exits with 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pruneframe.cli import compare_cmd, eval_cmd, plugins_cmd, prune_cmd
 from pruneframe.cli.common import Command
 from pruneframe.harness.config import InputError
+from pruneframe.host import PluginError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -22,6 +24,8 @@ COMMANDS: tuple[Command, ...] = (plugins_cmd.COMMAND, prune_cmd.COMMAND, eval_cm
 
 #: Exit code for bad input.
 USAGE_ERROR = 2
+#: Exit code for a fault of an installed plugin.
+PLUGIN_FAULT = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,3 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"pruneframe {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except PluginError as exc:
+        print(f"pruneframe {args.command}: error: {exc}", file=sys.stderr)
+        return PLUGIN_FAULT

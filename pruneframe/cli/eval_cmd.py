@@ -100,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
     size = config.evaluation.get("size")
     if size is not None and "checkpoint" not in size and identity["kind"] != "hub":
         config = config.model_copy(update={"evaluation": {**config.evaluation, "size": {**size, "checkpoint": identity["location"]}}})
-    evaluators, stamp, _ = build_evaluators(PluginHost.create(), config)
+    host = PluginHost.create()
+    evaluators, stamp, _ = build_evaluators(host, config)
     log = make_log(args.quiet)
     log(f"loading model {config.model} ({config.dtype})")
     model, tokenizer, identity = load_dense(config.model, config.dtype)
+    with input_phase(f"model {config.model!r}"):
+        host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
     dense = load_dense(args.dense, config.dtype) if args.dense else None
     seed = (args.seeds or [0])[0]
     context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pruneframe._memory import PeakMemory
 from pruneframe.api import prune
 from pruneframe.budget import resolve
-from pruneframe.calibration import CalibrationData
+from pruneframe.calibration import CalibrationData, InsufficientCalibrationError
 from pruneframe.distributed import process_group_from_env
 from pruneframe.cli.common import (
     Command,
@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading model {config.model} ({config.dtype})")
         model, tokenizer, identity = load_dense(config.model, config.dtype)
         tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
-        with input_phase(f"budget {budget.label()!r} for method {name!r}"):
+        with input_phase(f"model {config.model!r}"):
             units = host.discover_units(model)
+        with input_phase(f"budget {budget.label()!r} for method {name!r}"):
             resolve(budget, units, method.minimum(units))
         log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
         with PeakMemory(interval_s=0.05) as memory:
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = prune(model, method, budget, CalibrationData(tokens, name=str(stamp["name"])), host=host,
                                progress=main and not args.quiet, inplace=True)
-            except StaleCheckpointError as exc:
+            except (StaleCheckpointError, InsufficientCalibrationError) as exc:
                 raise InputError(f"method {name!r}: {exc}") from exc
             wall = time.perf_counter() - start
         if not main:

@@ -14,6 +14,7 @@ A spec is one of:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,11 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
         return ResolvedModel(text, "embedded", str(EMBEDDED_MODELS[text.lower()]()))
     path = Path(text).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            raise ValueError(
+                f"model spec {text!r} is a GGUF file; pruneframe reads GGUF only for {SMOLLM2_NAME!r}. Convert it to a "
+                "Hugging Face folder first (transformers: from_pretrained(folder, gguf_file=...).save_pretrained(out))"
+            )
         if not path.is_dir():
             raise FileNotFoundError(f"model spec {text!r} is a file; expected a model folder, a hub id or {SMOLLM2_NAME!r}")
         if (path / _PRUNED_MARKER).is_file():
@@ -98,15 +104,56 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
     return ResolvedModel(text, "hub", text)
 
 
+def _check_causal_lm(location: str) -> None:
+    """Refuse a local folder whose config names no causal-LM class (an encoder such as BERT, or an encoder-decoder)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = json.loads((Path(location) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{location}/config.json is not readable JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{location}/config.json holds {type(config).__name__}, not a JSON object")
+    architectures = config.get("architectures") or []
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if config.get("is_encoder_decoder") or (architectures and not any(name in causal for name in architectures)):
+        kind = "an encoder-decoder model" if config.get("is_encoder_decoder") else "not a causal language model"
+        raise ValueError(
+            f"config.json names {', '.join(architectures) or config.get('model_type', '?')}, {kind}; "
+            "pruneframe prunes decoder-only causal LMs (Llama, Mistral, Qwen2, Qwen3)"
+        )
+
+
+def _check_loading_info(location: str, info: dict[str, Any]) -> None:
+    """Raise when the weights and config.json disagree (transformers would re-initialise or drop tensors silently)."""
+    problems = [f"{name}: shape {tuple(found)} in the weights, config.json implies {tuple(wanted)}"
+                for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
+    problems += [f"{name}: missing from the weights" for name in sorted(info.get("missing_keys") or [])]
+    problems += [f"{name}: in the weights but not in the model config.json describes"
+                 for name in sorted(info.get("unexpected_keys") or [])]
+    if problems:
+        more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        raise ValueError(f"the weights in {location} do not match its config.json: " + "; ".join(problems[:6]) + more)
+
+
 def _from_pretrained(location: str, torch_dtype: torch.dtype, hub: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not hub:
+        from pruneframe.checkpoint.validate import header_shapes
+
+        _check_causal_lm(location)
+        if any((Path(location) / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+            header_shapes(location)  # a truncated or corrupt weight file fails here, naming the file
 
     local_only = False
     if hub:
         reachable, reason = hub_reachable()
         local_only = not reachable
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=local_only)
+        model, info = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=local_only,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+        _check_loading_info(location, info)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
         if hub and local_only:
