@@ -246,7 +246,11 @@ def test_block_adam_gates_meet_the_budget_and_learn_a_different_ranking() -> Non
     assert len(spy.calls) == FAST["epochs"] * FAST["num_sequences"] + 1
     assert all(cost <= budget for _, cost in spy.calls)
     adamw = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
-    assert not torch.equal(result.scores, adamw.scores)
+    # a different ranking, not just other values: some pair of units is ordered the other way round
+    a, b = result.scores, adamw.scores
+    assert len(a.unique()) > 1 and len(b.unique()) > 1
+    swapped = (a[:, None] > a[None, :]) & (b[:, None] < b[None, :])
+    assert bool(swapped.any())
 
 
 def test_init_from_another_method_starts_the_gates_at_its_ranks() -> None:

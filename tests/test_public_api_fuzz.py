@@ -6,7 +6,7 @@ import typing
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -70,7 +70,9 @@ def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input(method,
                                   host=HOST, progress=False)
     except INPUT_ERRORS as exc:
         assert str(exc)
+        event(f"refused: {type(exc).__name__}")
         return
+    event("pruned")
     report, mask = result.report, result.mask
     target = resolve(make_budget(value, kind), UNITS, HOST.method(name, config).minimum(UNITS))
     kept = UNITS.kept_cost(mask)

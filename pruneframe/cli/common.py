@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,7 @@ __all__ = [
     "deep_merge",
     "flag_settings",
     "make_log",
+    "silenced",
 ]
 
 
@@ -321,3 +324,34 @@ def make_log(quiet: bool) -> Log:
     from tqdm.auto import tqdm
 
     return lambda message: tqdm.write(message, file=sys.stderr)
+
+
+@contextmanager
+def silenced(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, discard everything written to stdout and stderr inside the block.
+
+    Both the Python streams and the file descriptors are redirected, so library progress bars
+    (lm-eval's, datasets'), warnings and subprocess output (the ``fatal: not a git repository`` of
+    lm-eval's version lookup) are silenced too. The streams are restored when the block ends, also on
+    an exception, so final lines and error messages printed afterwards are shown.
+    """
+    if not quiet:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    sink = os.open(os.devnull, os.O_WRONLY)
+    streams = sys.stdout, sys.stderr
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as text_sink:
+            for fd in saved:
+                os.dup2(sink, fd)
+            sys.stdout = sys.stderr = text_sink
+            yield
+    finally:
+        sys.stdout, sys.stderr = streams
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(sink)

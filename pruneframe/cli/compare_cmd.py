@@ -29,6 +29,7 @@ from pruneframe.cli.common import (
     flag_settings,
     guard_output,
     make_log,
+    silenced,
     read_config_file,
 )
 from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare, explain
@@ -83,9 +84,10 @@ def _compare(config: CompareConfig, target: Path, args: argparse.Namespace) -> C
 
 def run(args: argparse.Namespace) -> int:
     """Validate, run (resuming from cached runs) and print where the results are."""
-    config = compare_config(args)
-    target = guard_output(config.out_dir(), "results", args.overwrite)
-    outcome = _compare(config, target, args)
+    with silenced(args.quiet):
+        config = compare_config(args)
+        target = guard_output(config.out_dir(), "results", args.overwrite)
+        outcome = _compare(config, target, args)
     if not args.quiet:
         print(outcome.files["md"].read_text(encoding="utf-8"))
     failed = len(outcome.failed)

@@ -26,6 +26,7 @@ from pruneframe.cli.common import (
     flag_settings,
     guard_output,
     make_log,
+    silenced,
     read_config_file,
 )
 from pruneframe.evaluation.base import EvalContext
@@ -92,42 +93,43 @@ def _ratios(model_ppl: dict[str, Any], dense_ppl: dict[str, Any]) -> dict[str, A
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write (or print) one JSON record stamped with its protocol."""
-    config = eval_config(args)
-    if args.out:
-        guard_output(args.out, "eval", args.overwrite)
-    with input_phase(f"model {config.model!r}"):
-        identity = model_identity(config.model)
-    size = config.evaluation.get("size")
-    if size is not None and "checkpoint" not in size and identity["kind"] != "hub":
-        config = config.model_copy(update={"evaluation": {**config.evaluation, "size": {**size, "checkpoint": identity["location"]}}})
-    host = PluginHost.create()
-    evaluators, stamp, _ = build_evaluators(host, config)
-    log = make_log(args.quiet)
-    log(f"loading model {config.model} ({config.dtype})")
-    model, tokenizer, identity = load_dense(config.model, config.dtype)
-    with input_phase(f"model {config.model!r}"):
-        host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
-    dense = load_dense(args.dense, config.dtype) if args.dense else None
-    seed = (args.seeds or [0])[0]
-    context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
-    results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
-    if "zeroshot" not in evaluators:
-        log(ZEROSHOT_HOWTO)
-    ratios = None
-    if dense is not None and "perplexity" in evaluators:
-        log(f"[{args.dense}] evaluating perplexity (the reference of the ratios)")
-        dense_ppl = evaluators["perplexity"].evaluate(dense[0], dense[1], context)
-        ratios = _ratios(results["perplexity"], dense_ppl)
-    record = {
-        "model": identity,
-        "dense_model": dense[2] if dense else None,
-        "protocol": {"model": identity, "dtype": config.dtype, "evaluation": stamp, "seed": seed, "code": code_identity()},
-        "pruning": read_report(identity["location"]) if identity["kind"] == "pruned" else None,
-        "eval": results,
-        "eval_wall_s": walls,
-        "perplexity_ratios": ratios,
-        "software": software_versions(),
-    }
+    with silenced(args.quiet):
+        config = eval_config(args)
+        if args.out:
+            guard_output(args.out, "eval", args.overwrite)
+        with input_phase(f"model {config.model!r}"):
+            identity = model_identity(config.model)
+        size = config.evaluation.get("size")
+        if size is not None and "checkpoint" not in size and identity["kind"] != "hub":
+            config = config.model_copy(update={"evaluation": {**config.evaluation, "size": {**size, "checkpoint": identity["location"]}}})
+        host = PluginHost.create()
+        evaluators, stamp, _ = build_evaluators(host, config)
+        log = make_log(args.quiet)
+        log(f"loading model {config.model} ({config.dtype})")
+        model, tokenizer, identity = load_dense(config.model, config.dtype)
+        with input_phase(f"model {config.model!r}"):
+            host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
+        dense = load_dense(args.dense, config.dtype) if args.dense else None
+        seed = (args.seeds or [0])[0]
+        context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
+        results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+        if "zeroshot" not in evaluators:
+            log(ZEROSHOT_HOWTO)
+        ratios = None
+        if dense is not None and "perplexity" in evaluators:
+            log(f"[{args.dense}] evaluating perplexity (the reference of the ratios)")
+            dense_ppl = evaluators["perplexity"].evaluate(dense[0], dense[1], context)
+            ratios = _ratios(results["perplexity"], dense_ppl)
+        record = {
+            "model": identity,
+            "dense_model": dense[2] if dense else None,
+            "protocol": {"model": identity, "dtype": config.dtype, "evaluation": stamp, "seed": seed, "code": code_identity()},
+            "pruning": read_report(identity["location"]) if identity["kind"] == "pruned" else None,
+            "eval": results,
+            "eval_wall_s": walls,
+            "perplexity_ratios": ratios,
+            "software": software_versions(),
+        }
     if args.out:
         write_json_atomic(guard_output(args.out, "eval", args.overwrite), record)
         print(f"{config.model}: {_headline(results)}\nwritten: {args.out}")

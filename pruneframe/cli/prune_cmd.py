@@ -32,6 +32,7 @@ from pruneframe.cli.common import (
     flag_settings,
     guard_output,
     make_log,
+    silenced,
 )
 from pruneframe.harness import CompareConfig, InputError, explain
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     with input_phase(f"method {name!r}"):
         method = host.method(name, settings)
     budget = config.budget_objects()[0]
-    with process_group_from_env() as (rank, _):
+    with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
         log = make_log(args.quiet or not main)
         log(f"loading model {config.model} ({config.dtype})")
