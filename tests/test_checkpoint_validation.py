@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging as hf_logging
 
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.checkpoint import CheckpointError, load_pruned, save
 from pruneframe.checkpoint.modeling_pruneframe import PrunedLlamaForCausalLM
 from pruneframe.cli import main

@@ -10,6 +10,7 @@ import torch
 
 import pruneframe
 import pruneframe.host as host_module
+from pruneframe.architectures.llama import LlamaAdapter
 from pruneframe.calibration import InsufficientCalibrationError
 from pruneframe.checkpoint import load_pruned
 from pruneframe.cli import main
@@ -97,9 +98,15 @@ class WrongFold:
 
 
 class WrongDiscovery:
-    @hookimpl(tryfirst=True)
-    def pruneframe_discover_units(self, model):
-        return "units"
+    """Registers an adapter whose discovery returns a string."""
+
+    @hookimpl
+    def pruneframe_register_architectures(self, register):
+        class Broken(LlamaAdapter):
+            def discover(self, model):
+                return "units"
+
+        register(Broken())
 
 
 @pytest.mark.parametrize("plugin,message", [
@@ -107,7 +114,7 @@ class WrongDiscovery:
     (FloatMask(), r"plugin 'FloatMask': pruneframe_project returned torch.float32 tensor of shape \(126,\), expected a bool mask"),
     (RaisingProjector(), "plugin 'RaisingProjector' failed in projection: ZeroDivisionError: division by zero"),
     (WrongFold(), "plugin 'WrongFold': pruneframe_fold returned dict, expected the folded nn.Module"),
-    (WrongDiscovery(), "plugin 'WrongDiscovery': pruneframe_discover_units returned str, expected a UnitSet"),
+    (WrongDiscovery(), "plugin 'WrongDiscovery': Broken.discover returned str, expected a UnitSet"),
 ])
 def test_a_faulty_stage_plugin_is_named(plugin, message) -> None:
     with pytest.raises(PluginError, match=message):
@@ -172,7 +179,7 @@ def test_autoload_can_be_disabled_and_plugins_allow_listed(install, monkeypatch:
     assert main(["plugins"]) == 0
     text = capsys.readouterr().out
     loaded = {line.split()[0] for line in text.split("failed to load")[0].splitlines()[1:] if line.strip()}
-    assert loaded == {"pruneframe.builtins", "pruneframe.architectures.llama", "pruneframe.evaluation.builtin", "grasprune",
+    assert loaded == {"pruneframe.builtins", "pruneframe.evaluation.builtin", "grasprune",
                       "magnitude", "extra"}
     assert "nope: $PRUNEFRAME_PLUGINS names 'nope'" in text
 

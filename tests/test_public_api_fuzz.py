@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import pruneframe
-from pruneframe.architectures.llama import discover
+from pruneframe.architectures import discover
 from pruneframe.budget import BudgetError, make_budget, resolve
 from pruneframe.calibration import InsufficientCalibrationError
 from pruneframe.host import PluginHost
@@ -36,11 +36,15 @@ def _literal_values(annotation) -> list:
 
 
 def _values(field) -> st.SearchStrategy:
+    """Half plausible values (the field's choices, small positive numbers), half anything."""
     choices = _literal_values(field.annotation)
-    return st.one_of(
-        st.none(), st.booleans(), st.integers(-2, 6), st.floats(-1.5, 2.5), st.sampled_from([float("nan"), float("inf")]),
-        st.text(max_size=4), st.sampled_from(choices or ["x"]), st.just([0.9, 0.99]),
+    plausible = st.one_of(st.sampled_from(choices), st.booleans()) if choices else st.one_of(
+        st.integers(1, 4), st.floats(0.05, 1.0), st.booleans())
+    anything = st.one_of(
+        st.none(), st.integers(-2, 6), st.floats(-1.5, 2.5), st.sampled_from([float("nan"), float("inf")]),
+        st.text(max_size=4), st.just([0.9, 0.99]),
     )
+    return st.booleans().flatmap(lambda ok: plausible if ok else anything)
 
 
 @st.composite
@@ -49,11 +53,13 @@ def method_settings(draw) -> tuple[str, dict]:
     fields = HOST.methods()[name].Config.model_fields
     fast = {k: v for k, v in FAST.items() if k in fields}
     keys = draw(st.lists(st.sampled_from([*sorted(k for k in fields if k not in ("checkpoint_dir", "init_from")), "bogus"]),
-                         max_size=3, unique=True))
+                         max_size=2, unique=True))
     return name, {**fast, **{k: draw(_values(fields.get(k) or fields["seed"])) for k in keys}}
 
 
 budgets = st.one_of(
+    st.tuples(st.sampled_from(["prunable", "total"]), st.floats(0.5, 1.0)),
+    st.tuples(st.just("params"), st.integers(UNITS.total_params // 2, UNITS.total_params)),
     st.tuples(st.sampled_from(["prunable", "total"]), st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0, 1, float("nan")]))),
     st.tuples(st.just("params"), st.one_of(st.integers(-10, UNITS.total_params + 10), st.floats(0, UNITS.total_params),
                                            st.sampled_from([float("nan"), float("inf")]))),
