@@ -85,7 +85,8 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
     if path.exists():
         if path.is_file() and path.suffix.lower() == ".gguf":
             raise ValueError(
-                f"model spec {text!r} is a GGUF file; pruneframe reads GGUF only for {SMOLLM2_NAME!r}. Convert it to a "
+                f"model spec {text!r} is a GGUF file; pruneframe reads GGUF only for its embedded models "
+                f"({', '.join(sorted(EMBEDDED_MODELS))}). Convert it to a "
                 "Hugging Face folder first (transformers: from_pretrained(folder, gguf_file=...).save_pretrained(out))"
             )
         if not path.is_dir():
@@ -120,7 +121,7 @@ def _check_causal_lm(location: str) -> None:
         kind = "an encoder-decoder model" if config.get("is_encoder_decoder") else "not a causal language model"
         raise ValueError(
             f"config.json names {', '.join(architectures) or config.get('model_type', '?')}, {kind}; "
-            "pruneframe prunes decoder-only causal LMs (Llama, Mistral, Qwen2, Qwen3)"
+            "pruneframe prunes decoder-only causal LMs (pruneframe plugins lists the supported architectures)"
         )
 
 
