@@ -252,8 +252,7 @@ class PluginHost:
             for impl in self.pm.hook.pruneframe_register_architectures.get_hookimpls()[::-1]:
                 def register(adapter: ArchitectureAdapter, _plugin: str = impl.plugin_name) -> None:
                     if not isinstance(adapter, ArchitectureAdapter):
-                        raise PluginError(f"plugin {_plugin!r} registered {adapter!r}, not an ArchitectureAdapter instance",
-                                          (_plugin,))
+                        raise TypeError(f"plugin {_plugin!r} registered {adapter!r}, not an ArchitectureAdapter instance")
                     found.append((adapter, _plugin))
                 impl.function(register=register)
             self._adapters = found
