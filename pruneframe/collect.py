@@ -3,7 +3,9 @@
 One collector serves every method that needs calibration statistics (Wanda-sp's norms, FLAP's
 means and fluctuations, GRASPrune's compensation means and least-squares moments): forward
 pre-hooks on the watched modules feed an accumulator per (target, layer) while the decoder stack
-runs over the calibration windows (the LM head is skipped: its logits are never needed).
+runs over the calibration windows (the LM head is skipped: its logits are never needed). With
+``streaming=True`` the stack runs one decoder layer at a time on a compute device
+(:mod:`pruneframe.streaming`), for models larger than that device; the statistics are the same.
 
 The hooks are prepended, so a module's input is seen before any gate hook on the same module
 (:mod:`pruneframe.gates`) multiplies it by a mask: under gates the statistics are those of the
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, LayerSlices, adapter_for
 from pruneframe.distributed import shard_rows, summed, world
+from pruneframe.streaming import resolve_compute_device, streamed_forward
 
 __all__ = ["Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches"]
 
@@ -140,6 +143,8 @@ def collect_layer_inputs(
     progress: bool = True,
     desc: str = "calibration",
     adapter: ArchitectureAdapter | None = None,
+    streaming: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, list[Accumulator]]:
     """Per target and decoder layer, an accumulator fed with that module's inputs over ``windows``.
 
@@ -156,8 +161,14 @@ def collect_layer_inputs(
         progress: show a progress bar.
         desc: progress bar label.
         adapter: the model's architecture adapter (``units.adapter``; looked up when omitted).
+        streaming: run the decoder one layer at a time on ``device`` (:func:`pruneframe.streaming.streamed_forward`):
+            only that layer's weights and the calibration hidden states occupy the device, the
+            other layers stay where they are. The statistics equal the whole-model pass's.
+        device: the compute device of a streamed pass (None: CUDA when present, else the model's
+            device); ignored without ``streaming`` (the model runs where it is).
     """
-    layers = (adapter or adapter_for(model)).layer_slices(model)
+    adapter = adapter or adapter_for(model)
+    layers = adapter.layer_slices(model)
     rank, size = world()
     windows = shard_rows(windows, rank, size)
     stats = {name: [make(pick(m).in_features) for m in layers] for name, pick in targets.items()}
@@ -169,16 +180,20 @@ def collect_layer_inputs(
 
         return pre
 
-    device = next(model.parameters()).device
+    device = resolve_compute_device(model, device) if streaming else next(model.parameters()).device
     try:
         for name, pick in targets.items():
             for i, mods in enumerate(layers):
                 handles.append(pick(mods).register_forward_pre_hook(hook(stats[name][i]), prepend=True))
         total = -(-len(windows) // (batch_size or max(len(windows), 1)))
         with torch.inference_mode():
-            for batch in tqdm(batches(windows, batch_size), total=total, desc=desc, disable=not progress or rank != 0,
-                              leave=False):
-                model.get_decoder()(input_ids=batch.to(device), use_cache=False)
+            if streaming:
+                streamed_forward(model, batches(windows, batch_size), device, adapter=adapter,
+                                 progress=progress and rank == 0, desc=f"{desc} (layers)")
+            else:
+                for batch in tqdm(batches(windows, batch_size), total=total, desc=desc,
+                                  disable=not progress or rank != 0, leave=False):
+                    model.get_decoder()(input_ids=batch.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -198,8 +213,11 @@ def collect_input_moments(
     progress: bool = True,
     desc: str = "calibration",
     adapter: ArchitectureAdapter | None = None,
+    streaming: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, list[Moments]]:
     """Per target and layer, the diagonal :class:`Moments` of the module's input (see :func:`collect_layer_inputs`)."""
     return collect_layer_inputs(
-        model, windows, targets, Moments.empty, batch_size=batch_size, progress=progress, desc=desc, adapter=adapter
+        model, windows, targets, Moments.empty, batch_size=batch_size, progress=progress, desc=desc, adapter=adapter,
+        streaming=streaming, device=device,
     )

@@ -41,6 +41,7 @@ from pruneframe.architectures import unit_indices
 from pruneframe.collect import Moments, collect_input_moments
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.streaming import StreamingOptions
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
@@ -52,7 +53,7 @@ Metric = Literal["WIFV", "IFV", "WIFN"]
 _TARGETS = {"o_in": lambda m: m.o_proj, "down_in": lambda m: m.down_proj}
 
 
-class FLAPConfig(AllocationConfig):
+class FLAPConfig(AllocationConfig, StreamingOptions):
     """FLAP settings.
 
     Attributes:
@@ -62,6 +63,8 @@ class FLAPConfig(AllocationConfig):
         batch_size: windows per forward pass.
         bias_compensation: fold the removed channels' mean contribution into output biases.
         allocation: ``global`` (FLAP's adaptive structure) or ``uniform``.
+        offload, compute_device: ``offload="cpu"`` streams the calibration pass one decoder layer
+            at a time through ``compute_device`` (:class:`~pruneframe.streaming.StreamingOptions`).
     """
 
     metric: Metric = "WIFV"
@@ -115,6 +118,7 @@ class FLAP(PruningMethod):
         moments = collect_input_moments(
             context.model, windows, _TARGETS, batch_size=cfg.batch_size,
             progress=context.progress, desc="flap fluctuation", adapter=context.units.adapter,
+            streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = context.stats.get("forward_passes", 0) + -(-len(windows) // cfg.batch_size)

@@ -32,6 +32,7 @@ from pydantic import Field
 from pruneframe.collect import collect_input_moments
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, ScoringContext
+from pruneframe.streaming import StreamingOptions
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
@@ -53,7 +54,7 @@ _TARGETS = {
 _OUTPUT_PARTS = ("down_proj", "o_proj")
 
 
-class WandaSPConfig(AllocationConfig):
+class WandaSPConfig(AllocationConfig, StreamingOptions):
     """Wanda-sp settings.
 
     Attributes:
@@ -63,6 +64,8 @@ class WandaSPConfig(AllocationConfig):
         matrices: ``all`` (every weight of a unit) or ``output`` (down_proj / o_proj columns only,
             as in the FLAP repository's wanda-sp).
         allocation: ``uniform`` (FLAP's wanda-sp prunes every layer by the same ratio) or ``global``.
+        offload, compute_device: ``offload="cpu"`` streams the calibration pass one decoder layer
+            at a time through ``compute_device`` (:class:`~pruneframe.streaming.StreamingOptions`).
     """
 
     num_windows: PositiveInt = 64
@@ -88,6 +91,7 @@ class WandaSP(PruningMethod):
         moments = collect_input_moments(
             context.model, windows, {k: _TARGETS[k] for k in sorted(keys)},
             batch_size=cfg.batch_size, progress=context.progress, desc="wanda-sp norms", adapter=units.adapter,
+            streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = -(-len(windows) // cfg.batch_size)

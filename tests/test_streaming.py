@@ -1,0 +1,159 @@
+"""Layer-streamed calibration: the same statistics, scores and masks as the whole-model pass, one layer at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
+from tiny import FAMILIES, on_ranks, tiny_model, tokens
+
+import pruneframe
+from pruneframe.architectures import adapter_for
+from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
+from pruneframe.gates import gated
+from pruneframe.host import PluginHost
+from pruneframe.streaming import capture_layer_calls, streamed_forward
+
+#: every input the methods watch: the MLP and attention inputs and the two output projections' inputs
+TARGETS = {
+    "mlp_in": lambda m: m.mlp_in,
+    "attn_in": lambda m: m.attn_in,
+    "down_in": lambda m: m.down_proj,
+    "o_in": lambda m: m.o_proj,
+}
+RTOL = 1e-5
+
+
+def _assert_same_moments(streamed: dict, whole: dict) -> None:
+    for name in whole:
+        for i, (s, w) in enumerate(zip(streamed[name], whole[name], strict=True)):
+            assert s.count == w.count > 0, f"{name}[{i}]: {s.count} tokens streamed, {w.count} whole"
+            for field in ("total", "total_sq") if isinstance(w, Moments) else ("total",):
+                torch.testing.assert_close(getattr(s, field), getattr(w, field), rtol=RTOL, atol=1e-8,
+                                           msg=lambda m, f=field: f"{name}[{i}].{f}: {m}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_moments_equal_the_whole_model_pass(family: str) -> None:
+    # 16-token windows: longer than gemma3's sliding window (4), so its sliding and full layers differ
+    model, windows = tiny_model(family), tokens(5, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    whole = collect_input_moments(model, windows, TARGETS, batch_size=2, progress=False)
+    streamed = collect_input_moments(model, windows, TARGETS, batch_size=2, progress=False, streaming=True, device="cpu")
+    _assert_same_moments(streamed, whole)
+    full_whole = collect_layer_inputs(model, windows, {"down_in": TARGETS["down_in"]}, SecondMoments.empty, progress=False)
+    full_streamed = collect_layer_inputs(model, windows, {"down_in": TARGETS["down_in"]}, SecondMoments.empty,
+                                         progress=False, streaming=True, device="cpu")
+    _assert_same_moments(full_streamed, full_whole)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"streaming changed {name}"
+    for layer in adapter_for(model).decoder_layers(model):
+        assert type(layer).__name__.endswith("DecoderLayer"), "a recorder was left in place of a decoder layer"
+        assert not layer._forward_pre_hooks and not layer._forward_hooks
+    for mods in adapter_for(model).layer_slices(model):
+        assert not mods.down_proj._forward_pre_hooks and not mods.o_proj._forward_pre_hooks
+
+
+def test_gemma3_layers_get_their_own_masks_and_rotary_tables() -> None:
+    """Layer 0's arguments are not reused: gemma3's full-attention layer 1 gets another mask and rotary table."""
+    model = tiny_model("gemma3")
+    layers = adapter_for(model).decoder_layers(model)
+    with torch.inference_mode():
+        hidden, calls = capture_layer_calls(model, layers, tokens(2, 16), torch.device("cpu"))
+        want = model.get_input_embeddings()(tokens(2, 16))
+    torch.testing.assert_close(hidden, want)  # the scaled embeddings are layer 0's input
+    sliding, full = calls[0].kwargs, calls[1].kwargs
+    assert calls[2].kwargs["position_embeddings"] is sliding["position_embeddings"]
+    assert not torch.equal(sliding["position_embeddings"][0], full["position_embeddings"][0])
+    assert sliding["attention_mask"] is not full["attention_mask"]
+
+
+def test_layers_run_one_at_a_time_in_order_over_every_batch() -> None:
+    model = tiny_model("llama-gqa")
+    layers = adapter_for(model).decoder_layers(model)
+    order: list[int] = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: order.append(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            streamed_forward(model, tokens(5, 8).split(2), "cpu")
+    finally:
+        for h in handles:
+            h.remove()
+    assert order == [i for i in range(len(layers)) for _ in range(3)]
+
+
+def test_streaming_composes_with_gates() -> None:
+    """Under gates (GRASPrune's compensation statistics) the streamed pass sees the gated model too."""
+    model, windows = tiny_model("qwen2"), tokens(3, 12)
+    units = PluginHost.create().discover_units(model)
+    mask = torch.rand(len(units), generator=torch.Generator().manual_seed(0)) > 0.4
+    with gated(model, units, mask):
+        whole = collect_input_moments(model, windows, TARGETS, progress=False)
+        streamed = collect_input_moments(model, windows, TARGETS, progress=False, streaming=True, device="cpu")
+    _assert_same_moments(streamed, whole)
+    dense = collect_input_moments(model, windows, {"down_in": TARGETS["down_in"]}, progress=False)
+    assert not torch.allclose(dense["down_in"][1].total_sq, whole["down_in"][1].total_sq)  # the gates did act
+
+
+@pytest.mark.parametrize("method", ["wanda-sp", "flap"])
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2", "gemma3"])
+def test_streamed_method_scores_equal_the_whole_model_path(method: str, family: str) -> None:
+    config = {"num_windows": 4, "seq_len": 12, "batch_size": 3}
+    calibration = tokens(6, 16, seed=3)
+    whole = pruneframe.prune(tiny_model(family), method, 0.6, calibration=calibration, config=config, progress=False)
+    streamed = pruneframe.prune(tiny_model(family), method, 0.6, calibration=calibration,
+                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    torch.testing.assert_close(streamed.scores, whole.scores, rtol=RTOL, atol=1e-6)
+    assert torch.equal(streamed.mask, whole.mask)
+    if method == "flap":
+        torch.testing.assert_close(streamed.recalibration.mlp_bias, whole.recalibration.mlp_bias, rtol=RTOL, atol=1e-6)
+        torch.testing.assert_close(streamed.recalibration.attn_bias, whole.recalibration.attn_bias, rtol=RTOL, atol=1e-6)
+
+
+def test_offload_settings_are_validated_and_named() -> None:
+    host = PluginHost.create()
+    assert host.method("wanda-sp", {"offload": "cpu"}).config.streaming
+    assert not host.method("flap").config.streaming
+    with pytest.raises(ValidationError, match="offload"):
+        host.method("flap", {"offload": "disk"}).config  # noqa: B018
+    with pytest.raises(ValidationError, match="compute_device='gpu0'"):
+        host.method("wanda-sp", {"offload": "cpu", "compute_device": "gpu0"}).config  # noqa: B018
+
+
+def _rank_moments(windows: torch.Tensor, streaming: bool) -> list[torch.Tensor]:
+    moments = collect_input_moments(tiny_model(), windows, {"down_in": TARGETS["down_in"]}, batch_size=1,
+                                    progress=False, streaming=streaming, device="cpu")["down_in"]
+    return [m.total_sq for m in moments] + [torch.tensor(float(m.count)) for m in moments]
+
+
+def test_streamed_collection_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    windows = tokens(5, 10)
+    one = _rank_moments(windows, streaming=False)
+    for got in on_ranks(2, tmp_path, _rank_moments, windows, True):
+        for a, b in zip(got, one, strict=True):
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-8)
+
+
+def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from pruneframe.checkpoint import load_pruned, read_report
+    from pruneframe.cli import main
+
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    folders = {}
+    for name, config in (("whole", '{"num_windows": 4, "seq_len": 16}'),
+                         ("streamed", '{"num_windows": 4, "seq_len": 16, "offload": "cpu", "compute_device": "cpu"}')):
+        folders[name] = tmp_path / name
+        assert main(["prune", "--model", str(workspace["model"]), "--method", "wanda-sp", "--budget", "0.6",
+                     "--method-config", config, "--calib", str(workspace["calib"]), "--out", str(folders[name]),
+                     "--quiet"]) == 0
+    assert read_report(folders["streamed"])["config"]["offload"] == "cpu"
+    whole, streamed = (load_pruned(folders[k])[0].state_dict() for k in ("whole", "streamed"))
+    assert whole.keys() == streamed.keys()
+    for key in whole:
+        assert whole[key].shape == streamed[key].shape, f"{key}: streamed kept other units"
+        torch.testing.assert_close(streamed[key], whole[key], rtol=0, atol=0)
