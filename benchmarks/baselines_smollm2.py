@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-import pruneframe
 from pruneframe._io import write_json_atomic
 from pruneframe.memory import PeakMemory, peak_rss_bytes
 from pruneframe.architectures import discover
@@ -34,6 +33,7 @@ from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
 from pruneframe.host import PluginHost
 from pruneframe.models import load_model
+from pruneframe.session import PruneSession
 
 METHODS = ("magnitude", "llm-pruner", "wanda-sp", "flap", "random")
 CALIBRATION_SEQ_LEN = 128  # the stream is cut into whole windows of this length before concatenation
@@ -96,36 +96,30 @@ def main() -> None:
         for name in methods:
             calibration = CalibrationData(stream, name=calib_src.origin)
             gc.collect()
-            t0 = time.perf_counter()
-            with PeakMemory() as mem:
-                result = pruneframe.prune(
-                    model, name, keep, calibration=calibration, budget_kind="prunable", host=host,
-                    progress=not args.quiet,
-                )
-            wall = time.perf_counter() - t0
+            session = PruneSession(model, name, keep, budget_kind="prunable", host=host)
+            result = session.run(calibration, progress=not args.quiet)
             rep = result.report
-            minimum = host.method(name, rep["config"]).minimum(units)
-            check_meets_budget(result.mask, units.cost, rep["budget_prunable_params"], units.groups, minimum)
+            check_meets_budget(result.mask, units.cost, rep.budget_prunable_params, units.groups, session.minimum)
             params = sum(p.numel() for p in result.model.parameters())
             ppl = _ppl(result.model, evalw)
             run = {
-                "method": name, "keep": keep, "config": rep["config"],
+                "method": name, "keep": keep, "config": rep.config,
                 "ppl": ppl, "ratio_to_dense": ppl / dense_ppl,
-                "prune_wall_s": wall, "timings_s": rep["timings_s"],
-                "peak_rss_prune": mem.report.as_dict(),
-                "budget_prunable_params": rep["budget_prunable_params"],
-                "kept_prunable_params": rep["kept_prunable_params"],
-                "kept_fraction_of_prunable": rep["kept_fraction_of_prunable"],
+                "prune_wall_s": rep.timings.total_s, "timings_s": rep.timings.model_dump(),
+                "peak_rss_prune": rep.memory.model_dump(),
+                "budget_prunable_params": rep.budget_prunable_params,
+                "kept_prunable_params": rep.kept_prunable_params,
+                "kept_fraction_of_prunable": rep.kept_fraction_of_prunable,
                 "kept_params": params, "kept_fraction_of_total": params / units.total_params,
-                "added_bias_params": params - units.kept_params(result.mask),
-                "calibration_tokens_read": calibration.tokens_read,
-                "method_stats": rep["method_stats"],
+                "added_bias_params": rep.added_params,
+                "calibration_tokens_read": rep.calibration_tokens,
+                "method_stats": rep.method_stats,
                 "widths": units.widths(result.mask),
             }
             out["runs"].append(run)
             print(
-                f"keep {keep} {name}: ppl {ppl:.3f} ({ppl / dense_ppl:.2f}x dense) prune {wall:.1f}s "
-                f"peak rss {mem.report.peak_rss / 2**20:.0f} MiB kept {params:,} params",
+                f"keep {keep} {name}: ppl {ppl:.3f} ({ppl / dense_ppl:.2f}x dense) prune {rep.timings.total_s:.1f}s "
+                f"peak rss {rep.memory.peak_rss_bytes / 2**20:.0f} MiB kept {params:,} params",
                 flush=True,
             )
             del result

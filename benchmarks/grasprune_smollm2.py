@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 import pruneframe
+from pruneframe.session import PruneSession
 from pruneframe._io import write_json_atomic
 from pruneframe.memory import PeakMemory
 from pruneframe.architectures import discover
@@ -140,19 +141,16 @@ def run_one(inputs: _Inputs, keep: float, name: str, seed: int, progress: bool, 
         _ppl(model, evalw[:4])
     cfg = variant_config(name, inputs.protocol, seed)
     calibration = CalibrationData(inputs.calib.reshape(-1), name=inputs.calib_src.origin)
-    t0 = time.perf_counter()
     source = VARIANTS[name].get("reuse_gates")
     scores = torch.load(_scores_file(scores_dir, keep, source, seed)) if source else None
-    with PeakMemory() as mem:
-        result = pruneframe.prune(model, "grasprune", keep, calibration=calibration, config=cfg, progress=progress, scores=scores)
-    wall = time.perf_counter() - t0
+    result = PruneSession(model, "grasprune", keep, cfg).run(calibration, progress=progress, scores=scores)
     torch.save(result.scores, _scores_file(scores_dir, keep, name, seed))
     rate_after, _ = _forward_rate(model, inputs.calib[:8])
     rate256 = (rate_before + rate_after) / 2
     rep = result.report
-    check_meets_budget(result.mask, units.cost, rep["budget_prunable_params"], units.groups, units.default_minimum())
-    gates = rep["method_stats"].get("gates")  # None when the gates were reused
-    steps_ok = None if gates is None else all(c <= rep["budget_prunable_params"] for c in gates["kept_cost_per_step"])
+    check_meets_budget(result.mask, units.cost, rep.budget_prunable_params, units.groups, units.default_minimum())
+    gates = rep.method_stats.get("gates")  # None when the gates were reused
+    steps_ok = None if gates is None else all(c <= rep.budget_prunable_params for c in gates["kept_cost_per_step"])
     with gated(model, units, result.mask):
         hard_ppl = _ppl(model, evalw)
     few = evalw[:8]
@@ -160,19 +158,19 @@ def run_one(inputs: _Inputs, keep: float, name: str, seed: int, progress: bool, 
         gated_few = _ppl(model, few)
     folded_few = _ppl(result.model, few)
     folded_ppl = _ppl(result.model, evalw)
-    rescale = dict(rep["method_stats"].get("rescale", {}))
+    rescale = dict(rep.method_stats.get("rescale", {}))
     rescale.pop("kept_cost_per_step", None)
     row: dict[str, Any] = {
-        "variant": name, "seed": seed, "keep": keep, "config": rep["config"], "gates_from": source or name,
-        "budget_prunable_params": rep["budget_prunable_params"],
-        "kept_prunable_params": rep["kept_prunable_params"],
-        "kept_fraction_of_prunable": rep["kept_fraction_of_prunable"],
-        "kept_params": rep["kept_params"], "budget_met_every_step": steps_ok,
+        "variant": name, "seed": seed, "keep": keep, "config": rep.config, "gates_from": source or name,
+        "budget_prunable_params": rep.budget_prunable_params,
+        "kept_prunable_params": rep.kept_prunable_params,
+        "kept_fraction_of_prunable": rep.kept_fraction_of_prunable,
+        "kept_params": rep.kept_params, "budget_met_every_step": steps_ok,
         "ppl_hard_mask": hard_ppl, "ppl_folded": folded_ppl,
         "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
         "dense_forward_tokens_per_s_256": rate256,
         "dense_forward_tokens_per_s_256_before_after": [rate_before, rate_after],
-        "rescale": rescale, "prune_wall_s": wall, "peak_rss_prune": mem.report.as_dict(),
+        "rescale": rescale, "prune_wall_s": rep.timings.total_s, "peak_rss_prune": rep.memory.model_dump(),
         "peak_rss_dense_forward_256": mem256, "peak_rss_dense_eval_512": mem512.report.as_dict(),
         "widths": result.units.widths(result.mask),
     }

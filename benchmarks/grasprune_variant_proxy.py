@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-import pruneframe
 from pruneframe._io import write_json_atomic
 from pruneframe.architectures import discover
 from pruneframe.calibration import CalibrationData
@@ -27,6 +25,7 @@ from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
 from pruneframe.gates import gated
 from pruneframe.models import load_model
+from pruneframe.session import PruneSession
 
 PROTOCOL = dict(num_sequences=64, seq_len=256, epochs=2, rescale_sequences=64)
 
@@ -50,17 +49,15 @@ def main() -> None:
         return float(perplexity(m, evalw, batch_size=1, progress=False).ppl)
 
     dense = ppl(model)
-    t0 = time.perf_counter()
-    result = pruneframe.prune(model, "grasprune", args.keep, calibration=CalibrationData(calib.reshape(-1), name="wiki.valid"),
-                              config={**PROTOCOL, **overrides}, progress=False)
-    wall = time.perf_counter() - t0
+    result = PruneSession(model, "grasprune", args.keep, {**PROTOCOL, **overrides}).run(
+        CalibrationData(calib.reshape(-1), name="wiki.valid"), progress=False)
     with gated(model, units, result.mask):
         hard = ppl(model)
     folded = ppl(result.model)
-    gates = result.report["method_stats"]["gates"]
+    gates = result.report.method_stats["gates"]
     row = {"name": args.name, "keep": args.keep, "overrides": overrides, "eval_windows": args.eval_windows,
            "dense": dense, "hard": hard, "folded": folded, "folded_to_dense": folded / dense,
-           "kept_fraction_of_prunable": result.report["kept_fraction_of_prunable"], "prune_wall_s": wall,
+           "kept_fraction_of_prunable": result.report.kept_fraction_of_prunable, "prune_wall_s": result.report.timings.total_s,
            "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"]}
     print(json.dumps(row), flush=True)
     path = Path(args.out)

@@ -3,7 +3,8 @@
 Public API::
 
     import pruneframe
-    result = pruneframe.prune(model, method="grasprune", budget=0.5, calibration=tokens)
+    result = pruneframe.prune(model, method="grasprune", budget=0.5, calibration=tokens, device="auto")
+    print(result.report.kept_params, result.report.timings.total_s)   # a typed PruneReport
     result.save("out/")
     model, tokenizer = pruneframe.load_pruned("out/")
     mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
@@ -11,6 +12,8 @@ Public API::
 
 from pruneframe import budget
 from pruneframe.api import PruneResult, load_pruned, prune
+from pruneframe.prune_report import PruneReport
+from pruneframe.session import PruneSession
 from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost
 from pruneframe.hookspecs import hookimpl
@@ -22,6 +25,8 @@ __version__ = "0.1.0"
 __all__ = [
     "prune",
     "PruneResult",
+    "PruneSession",
+    "PruneReport",
     "load_pruned",
     "budget",
     "CalibrationData",

@@ -94,7 +94,7 @@ def test_prune_meets_the_budget_and_folds_to_the_expected_size(name: str, family
     )
     units = result.units
     minimum = PluginHost.create().method(name, SMALL[name]).minimum(units)
-    budget = result.report["budget_prunable_params"]
+    budget = result.report.budget_prunable_params
     check_meets_budget(result.mask, units.cost, budget, groups=units.groups, minimum=minimum)
     added = 0
     if name == "flap":  # bias compensation adds a bias to every down_proj / o_proj that had none

@@ -89,11 +89,11 @@ def test_prune_meets_budget_and_counts_parameters_exactly(kind: str, value) -> N
     value = value if value is not None else units.total_params - units.prunable_params // 3
     result = pruneframe.prune(model, "by-index", value, budget_kind=kind, host=_host(), progress=False)
     rep = result.report
-    target = rep["budget_prunable_params"]
+    target = rep.budget_prunable_params
     kept = units.kept_cost(result.mask)
     assert kept <= target
     assert units.cost[~result.mask].min() > target - kept
-    assert sum(p.numel() for p in result.model.parameters()) == units.kept_params(result.mask) == rep["kept_params"]
+    assert sum(p.numel() for p in result.model.parameters()) == units.kept_params(result.mask) == rep.kept_params
     assert sum(p.numel() for p in model.parameters()) == units.total_params  # dense model untouched
 
 
@@ -101,7 +101,7 @@ def test_prune_inplace_shrinks_the_given_model() -> None:
     model = tiny_model()
     result = pruneframe.prune(model, "by-index", 0.5, host=_host(), progress=False, inplace=True)
     assert result.model is model
-    assert sum(p.numel() for p in model.parameters()) == result.report["kept_params"]
+    assert sum(p.numel() for p in model.parameters()) == result.report.kept_params
 
 
 @pytest.mark.parametrize("policy", ["rank", "density", "optimal"])

@@ -126,9 +126,9 @@ def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path],
                  "--quiet"]) == 0
     assert "pruned with magnitude to keep 0.5 of prunable params" in capsys.readouterr().out
     report = read_report(ckpt)
-    assert report["config"]["norm"] == "l1" and report["calibration_source"]["origin"] == str(offline_data["calib"].resolve())
+    assert report.config["norm"] == "l1" and report.calibration_source["origin"] == str(offline_data["calib"].resolve())
     model, tokenizer = load_pruned(ckpt)
-    assert tokenizer is not None and sum(p.numel() for p in model.parameters()) == report["kept_params"]
+    assert tokenizer is not None and sum(p.numel() for p in model.parameters()) == report.kept_params
 
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(ckpt), "--dense", str(offline_data["model"]), "--eval-data",
@@ -140,7 +140,7 @@ def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path],
     ratio = record["perplexity_ratios"]["eval"]
     assert ratio["value"] == pytest.approx(record["eval"]["perplexity"]["sources"]["eval"]["ppl"] / ratio["dense_ppl"])
     assert ratio["low"] <= ratio["value"] <= ratio["high"]
-    assert record["eval"]["size"]["params"]["total"] == report["kept_params"]
+    assert record["eval"]["size"]["params"]["total"] == report.kept_params
     assert 0 < record["eval"]["size"]["kept_fraction"] < 1 and record["eval"]["size"]["checkpoint_bytes"]["weights"] > 0
     assert main(["prune", "--method", "magnitude,random", "--budget", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "exactly one value" in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dic
     two, _ = load_pruned(tmp_path / "two")
     a, b = one.state_dict(), two.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    stats = read_report(tmp_path / "two")["method_stats"]["gates"]
+    stats = read_report(tmp_path / "two").method_stats["gates"]
     assert stats["steps"] == 8 and all(c <= stats["budget"] for c in stats["kept_cost_per_step"])
 
 

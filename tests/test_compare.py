@@ -17,6 +17,7 @@ from pruneframe.cli import main
 from pruneframe.harness import runner
 from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.summary import summarise
+from pruneframe.harness.cache import package_digest
 from tiny import tiny_model
 
 WORDS = (
@@ -102,6 +103,19 @@ def full_run(workspace: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     return out
 
 
+def count_prunes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The method names of the prunes the runner starts from now on, in order."""
+    calls: list[str] = []
+
+    class CountingSession(runner.PruneSession):
+        def run(self, *args, **kwargs):
+            calls.append(self.method.name)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "PruneSession", CountingSession)
+    return calls
+
+
 RUN_IDS = ["random-0.8-s0", "random-0.8-s1", "magnitude-0.8-s0", "random-0.5-s0", "random-0.5-s1", "magnitude-0.5-s0"]
 GROUPS = 4  # method x budget, seeds combined
 
@@ -133,9 +147,9 @@ def test_runs_share_budgets_calibration_and_protocol(full_run: Path) -> None:
     results = json.loads((full_run / "results.json").read_text())
     runs, dense = results["runs"], results["dense"]
     for slug in ("0.8", "0.5"):
-        targets = {r["prune"]["report"]["budget_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
+        targets = {r["prune"]["budget_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
         assert targets == {results["budgets"][slug]}
-        kept = {r["prune"]["report"]["kept_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
+        kept = {r["prune"]["kept_prunable_params"] for r in runs if r["run_id"].split("-")[1] == slug}
         assert max(kept) <= results["budgets"][slug]
     assert len({json.dumps(r["protocol"]["calibration"], sort_keys=True) for r in runs}) == 1
     for name in ("perplexity", "zeroshot", "size", "speed"):
@@ -154,7 +168,9 @@ def test_each_run_is_stamped_with_its_protocol(full_run: Path, workspace: dict[s
     assert protocol["method"]["config"]["seed"] == 0 and protocol["method"]["code"] != "unknown"
     assert protocol["budget"] == {"kind": "prunable", "keep": 0.5, "label": "keep 0.5 of prunable params"}
     assert protocol["calibration"]["origin"] == str(workspace["calib"].resolve()) and protocol["calibration"]["tokens"] > 2000
-    assert protocol["code"]["pruneframe"] and protocol["code"]["schema"] >= 1
+    assert len(protocol["code"]["source"]) == 16 and protocol["code"]["schema"] >= 1
+    assert set(protocol["code"]["versions"]) == {"pruneframe", "torch", "transformers", "lm_eval"}
+    assert protocol["method"]["code"] == package_digest("pruneframe_baselines")
     for label, folder in (("eval", workspace["eval"].parent), ("other", workspace["other"].parent)):
         source = record["eval"]["perplexity"]["sources"][label]
         ppl = source["protocol"]
@@ -167,7 +183,7 @@ def test_each_run_is_stamped_with_its_protocol(full_run: Path, workspace: dict[s
     items = record["eval"]["zeroshot"]["tasks"]["pf_tiny_mc"]["items"]["acc"]
     assert len(items) == 3 and sum(items) / 3 == pytest.approx(record["eval"]["zeroshot"]["tasks"]["pf_tiny_mc"]["acc"])
     assert record["eval"]["zeroshot"]["protocol"]["limit"] == 3
-    assert record["prune"]["wall_s"] > 0 and record["prune"]["memory"]["peak_rss_bytes"] > 0
+    assert record["prune"]["timings"]["total_s"] > 0 and record["prune"]["memory"]["peak_rss_bytes"] > 0
     assert set(record["eval"]["speed"]) >= {"measured_speedup", "ideal_speedup"}
 
 
@@ -195,14 +211,7 @@ def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
     settings = compare_settings(workspace, out)
     settings["evaluation"]["speed"] = None
     config = write_config(tmp_path / "c.json", settings)
-    calls: list[str] = []
-    real_prune = runner.prune
-
-    def counting_prune(model, method, *args, **kwargs):
-        calls.append(method)
-        return real_prune(model, method, *args, **kwargs)
-
-    monkeypatch.setattr(runner, "prune", counting_prune)
+    calls = count_prunes(monkeypatch)
     assert main(["compare", "--config", str(config), "--quiet"]) == 0
     assert len(calls) == 4
     first = json.loads((out / "results.json").read_text())

@@ -50,9 +50,9 @@ def test_budget_met_at_every_step_and_export_reloads(tmp_path, family: str) -> N
     result = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, host=host, progress=False)
     steps = FAST["epochs"] * FAST["num_sequences"]
     assert len(spy.calls) == steps + 1  # one projection per training step, then the final one
-    budget = result.report["budget_prunable_params"]
+    budget = result.report.budget_prunable_params
     assert all(cost <= budget for _, cost in spy.calls)
-    assert result.report["method_stats"]["gates"]["kept_cost_per_step"] == [c for _, c in spy.calls[:-1]]
+    assert result.report.method_stats["gates"]["kept_cost_per_step"] == [c for _, c in spy.calls[:-1]]
     # the exported checkpoint reloads to identical logits
     out = result.save(tmp_path / "ckpt")
     loaded, _ = load_pruned(out)
@@ -183,7 +183,7 @@ def test_precomputed_scores_skip_gate_training_and_keep_the_mask() -> None:
     again = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "rescale_outputs": True},
                              scores=first.scores, progress=False)
     assert torch.equal(again.mask, first.mask)
-    stats = again.report["method_stats"]
+    stats = again.report.method_stats
     assert "gates" not in stats and stats["scores"] == "precomputed" and "rescale" in stats
     assert again.recalibration.mlp_out_scale is not None
     with pytest.raises(ValueError, match="scores must have shape"):
@@ -242,7 +242,7 @@ def test_block_adam_gates_meet_the_budget_and_learn_a_different_ranking() -> Non
     host = PluginHost.create(plugins=[spy])
     cfg = {**FAST, "optimizer": "block-adam"}
     result = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config=cfg, host=host, progress=False)
-    budget = result.report["budget_prunable_params"]
+    budget = result.report.budget_prunable_params
     assert len(spy.calls) == FAST["epochs"] * FAST["num_sequences"] + 1
     assert all(cost <= budget for _, cost in spy.calls)
     adamw = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
@@ -263,15 +263,15 @@ def test_init_from_another_method_starts_the_gates_at_its_ranks() -> None:
     ranks = torch.argsort(torch.argsort(prior)).float()
     p0 = torch.sigmoid(2.0 * (ranks / (len(ranks) - 1) - 0.5) / 1.5)
     first = spy.calls[0][0]
-    want = host.project(p0, result.units, result.report["budget_prunable_params"], result.units.default_minimum(), "rank", "global")
+    want = host.project(p0, result.units, result.report.budget_prunable_params, result.units.default_minimum(), "rank", "global")
     assert torch.equal(first, want)
-    assert "random" in result.report["method_stats"]["scored_with"]
+    assert "random" in result.report.method_stats["scored_with"]
 
     uniform = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**cfg, "init_scope": "uniform"},
                                host=host, progress=False)
     units, first = uniform.units, spy.calls[-(FAST["epochs"] * FAST["num_sequences"] + 1)][0]
     p0 = torch.sigmoid(2.0 * (normalised_ranks(prior, units.groups) - 0.5) / 1.5)
-    want = host.project(p0, units, uniform.report["budget_prunable_params"], units.default_minimum(), "rank", "global")
+    want = host.project(p0, units, uniform.report.budget_prunable_params, units.default_minimum(), "rank", "global")
     assert torch.equal(first, want)
     from pruneframe.host import UnknownNameError
 

@@ -27,9 +27,9 @@ def _same(a: pruneframe.PruneResult, b: pruneframe.PruneResult) -> None:
     assert torch.equal(a.mask, b.mask)
     assert torch.equal(a.recalibration.scales, b.recalibration.scales)
     for stage in ("gates", "rescale"):
-        sa, sb = a.report["method_stats"][stage], b.report["method_stats"][stage]
+        sa, sb = a.report.method_stats[stage], b.report.method_stats[stage]
         assert sa["steps"] == sb["steps"] and sa["last_loss"] == sb["last_loss"]
-    assert a.report["method_stats"]["gates"]["kept_cost_per_step"] == b.report["method_stats"]["gates"]["kept_cost_per_step"]
+    assert a.report.method_stats["gates"]["kept_cost_per_step"] == b.report.method_stats["gates"]["kept_cost_per_step"]
 
 
 class _Interrupt(Exception):
@@ -98,9 +98,9 @@ def _grasprune_on_rank(config: dict) -> dict:
 
     training.causal_lm_loss = loss
     result = _prune(config)
-    stats = result.report["method_stats"]
+    stats = result.report.method_stats
     return {"scores": result.scores, "mask": result.mask, "scales": result.recalibration.scales,
-            "kept": stats["gates"]["kept_cost_per_step"], "budget": result.report["budget_prunable_params"],
+            "kept": stats["gates"]["kept_cost_per_step"], "budget": result.report.budget_prunable_params,
             "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]], "rows": rows}
 
 
@@ -119,7 +119,7 @@ def test_two_ranks_compute_the_single_process_result(tmp_path, batch_size: int) 
     assert all(n == 1 for r in ranks for n in r["rows"])
     got = ranks[0]
     assert torch.equal(got["mask"], single.mask)
-    assert got["kept"] == single.report["method_stats"]["gates"]["kept_cost_per_step"]
+    assert got["kept"] == single.report.method_stats["gates"]["kept_cost_per_step"]
     if batch_size == 1:
         # one row per step: rank 0 computes it all, rank 1 contributes zeros; identical to one process
         assert torch.equal(got["scores"], single.scores) and torch.equal(got["scales"], single.recalibration.scales)
@@ -127,7 +127,7 @@ def test_two_ranks_compute_the_single_process_result(tmp_path, batch_size: int) 
         # each rank takes one row; the global mean is summed across ranks (another rounding order)
         torch.testing.assert_close(got["scores"], single.scores, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got["scales"], single.recalibration.scales, rtol=1e-4, atol=1e-6)
-    stats = single.report["method_stats"]["gates"]
+    stats = single.report.method_stats["gates"]
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor([stats["first_loss"], stats["last_loss"]]),
                                rtol=1e-5, atol=1e-6)
 

@@ -5,7 +5,8 @@ Layout written by :func:`save`::
     model.safetensors            weights (sharded files + index for large models)
     config.json                  see below
     modeling_pruneframe.py       only when layers differ: the code the folder declares (torch + transformers only)
-    pruning.json                 method, budget, achieved cost, widths, software versions
+    pruning.json                 the prune's typed report (method, budget, achieved cost, time, memory,
+                                 software versions) plus the saved widths: a ``CheckpointReport``
     tokenizer files              when a tokenizer is given
 
 When every layer keeps the same widths (and no output bias was added), ``config.json`` is a plain
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from pruneframe._io import atomic_dir, write_json_atomic
@@ -35,8 +37,10 @@ from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_f
 from pruneframe.checkpoint import modeling_pruneframe
 from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
 from pruneframe.checkpoint.validate import CheckpointError, check_replaceable, validate_checkpoint
+from pruneframe.prune_report import CheckpointReport, PruneReport
 
-__all__ = ["save", "load_pruned", "CheckpointError", "read_report", "software_versions", "MODELING_FILE", "REPORT_FILE"]
+__all__ = ["save", "load_pruned", "CheckpointError", "read_report", "read_report_json", "software_versions", "MODELING_FILE",
+           "REPORT_FILE"]
 
 MODELING_FILE = Path(__file__).with_name("modeling_pruneframe.py")
 REPORT_FILE = "pruning.json"
@@ -92,15 +96,25 @@ def _builds_widths(adapter: ArchitectureAdapter, family: type[nn.Module], config
         return False
 
 
-def save(path: str | Path, model: nn.Module, report: dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
+def save(path: str | Path, model: nn.Module, report: PruneReport | dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
     """Write ``model`` (a folded model) as a loadable checkpoint folder, atomically.
 
-    The folder appears complete or not at all; an existing checkpoint (or empty folder) at ``path`` is
-    replaced, anything else there raises ``FileExistsError`` before anything is written.
+    ``report`` is the prune's :class:`~pruneframe.prune_report.PruneReport` (stored as a
+    :class:`~pruneframe.prune_report.CheckpointReport` with the saved widths), or for a model folded
+    by hand any JSON-ready dict. The folder appears complete or not at all; an existing checkpoint (or
+    empty folder) at ``path`` is replaced, anything else there raises ``FileExistsError`` before
+    anything is written.
     """
     path = Path(path)
     check_replaceable(path)
     config, widths, plain = _checkpoint_config(model)
+    stored = {"layers": [w.to_config() for w in widths], "config_form": "plain" if plain else "pruneframe",
+              "parameters": sum(p.numel() for p in model.parameters())}
+    if isinstance(report, PruneReport):
+        fields = {**report.model_dump(), **stored, "software": report.software or software_versions()}
+        record: dict[str, Any] = CheckpointReport.model_validate(fields).model_dump(mode="json")
+    else:
+        record = {"software": software_versions(), **(report or {}), **stored}
     with atomic_dir(path, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -109,29 +123,47 @@ def save(path: str | Path, model: nn.Module, report: dict[str, Any] | None = Non
             shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        full = dict(report or {})
-        full.setdefault("software", software_versions())
-        full["layers"] = [w.to_config() for w in widths]
-        full["config_form"] = "plain" if plain else "pruneframe"
-        full["parameters"] = sum(p.numel() for p in model.parameters())
-        write_json_atomic(tmp / REPORT_FILE, full)
+        write_json_atomic(tmp / REPORT_FILE, record)
     return path
 
 
-def read_report(path: str | Path) -> dict[str, Any]:
-    """The ``pruning.json`` of a checkpoint folder."""
+def read_report_json(path: str | Path) -> dict[str, Any]:
+    """The ``pruning.json`` of a checkpoint folder, as stored."""
     file = Path(path) / REPORT_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a pruneframe checkpoint (no {REPORT_FILE})")
     return json.loads(file.read_text())
 
 
-def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_tokenizer: bool = True) -> tuple[nn.Module, Any]:
+def read_report(path: str | Path) -> CheckpointReport:
+    """The typed ``pruning.json`` of a checkpoint folder written from a prune.
+
+    Raises:
+        FileNotFoundError: the folder has no ``pruning.json``.
+        ValueError: the file is not a prune's report (a model folded by hand, or an older pruneframe);
+            :func:`read_report_json` still reads it.
+    """
+    data = read_report_json(path)
+    try:
+        return CheckpointReport.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
+        raise ValueError(f"{Path(path) / REPORT_FILE} is not a prune's report (fields: {fields})") from None
+
+
+def load_pruned(
+    path: str | Path,
+    dtype: torch.dtype | str | None = None,
+    with_tokenizer: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, Any]:
     """Load a checkpoint written by :func:`save`; returns ``(model, tokenizer or None)``.
 
     Uses the package's own modeling classes; no code from the folder is executed. The folder is checked
     first (:func:`~pruneframe.checkpoint.validate.validate_checkpoint`): files that disagree raise
-    :class:`CheckpointError` before any weight is read.
+    :class:`CheckpointError` before any weight is read. ``dtype`` (a torch dtype, its name, or
+    ``"auto"`` for the stored one) and ``device`` place the weights as they are read (``None``: the
+    stored dtype, the CPU).
     """
     path = Path(path)
     config_file = path / "config.json"
@@ -142,7 +174,9 @@ def load_pruned(path: str | Path, dtype: torch.dtype | str | None = None, with_t
     plain_types = {cfg.model_type.removeprefix("pruneframe_") for cfg, _ in FAMILIES.values()}
     kwargs: dict[str, Any] = {}
     if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
     if model_type in by_type:
         config_cls, model_cls = by_type[model_type]
         config = config_cls.from_pretrained(path)

@@ -24,6 +24,7 @@ __all__ = [
     "Command",
     "Log",
     "add_model_flags",
+    "add_device_flags",
     "add_method_flags",
     "add_budget_flags",
     "add_seed_flags",
@@ -113,7 +114,14 @@ def _method_config(text: str) -> tuple[str | None, dict[str, Any]]:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--dtype``."""
     parser.add_argument("--model", help="HF hub id, local model folder, pruned checkpoint or smollm2-135m (default)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="load and evaluate in this dtype (default float32)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="load and evaluate in this dtype (default auto: the checkpoint's own on an accelerator, float32 on the CPU)")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model is loaded, pruned and evaluated."""
+    parser.add_argument("--device", metavar="DEVICE", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:N or mps "
+                        "(default auto); a device this machine lacks exits 2 listing those it has")
 
 
 def add_method_flags(parser: argparse.ArgumentParser, many: bool) -> None:
@@ -296,7 +304,7 @@ def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the given flags express, shaped like a config file (absent flags are left out)."""
     out: dict[str, Any] = {}
-    for key, flag in (("model", "model"), ("dtype", "dtype"), ("methods", "methods"), ("budgets", "budgets"),
+    for key, flag in (("model", "model"), ("dtype", "dtype"), ("device", "device"), ("methods", "methods"), ("budgets", "budgets"),
                       ("budget_kind", "budget_kind"), ("seeds", "seeds"), ("out", "out")):
         value = getattr(args, flag, None)
         if value is not None:

@@ -20,6 +20,7 @@ from pruneframe.cli.common import (
     Command,
     add_budget_flags,
     add_data_flags,
+    add_device_flags,
     add_eval_flags,
     add_method_flags,
     add_model_flags,
@@ -42,6 +43,7 @@ __all__ = ["COMMAND", "compare_config"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The compare flags (all optional; a ``--config`` file can hold them instead)."""
     add_model_flags(parser)
+    add_device_flags(parser)
     add_method_flags(parser, many=True)
     add_budget_flags(parser, many=True)
     add_seed_flags(parser, many=True)

@@ -14,10 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from pruneframe._io import write_json_atomic
-from pruneframe.checkpoint import read_report, software_versions
+from pruneframe.checkpoint import read_report, read_report_json, software_versions
 from pruneframe.cli.common import (
     Command,
     add_data_flags,
+    add_device_flags,
     add_eval_flags,
     add_model_flags,
     add_output_flags,
@@ -29,6 +30,7 @@ from pruneframe.cli.common import (
     silenced,
     read_config_file,
 )
+from pruneframe.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
 from pruneframe.harness import EvalConfig, InputError, explain
@@ -45,6 +47,7 @@ __all__ = ["COMMAND", "eval_config"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval flags: the model, an optional dense reference, and the evaluation knobs."""
     add_model_flags(parser)
+    add_device_flags(parser)
     parser.add_argument("--dense", metavar="MODEL", help="the unpruned model, for kept-fraction, measured/ideal speedups "
                         "and perplexity ratios with 95%% paired-bootstrap intervals")
     add_seed_flags(parser, many=False)
@@ -91,6 +94,16 @@ def _ratios(model_ppl: dict[str, Any], dense_ppl: dict[str, Any]) -> dict[str, A
     return out
 
 
+def _pruning_record(identity: dict[str, Any]) -> dict[str, Any] | None:
+    """A pruned checkpoint's typed report (as JSON); a hand-folded one's ``pruning.json`` as stored."""
+    if identity["kind"] != "pruned":
+        return None
+    try:
+        return read_report(identity["location"]).model_dump(mode="json")
+    except ValueError:
+        return read_report_json(identity["location"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write (or print) one JSON record stamped with its protocol."""
     with silenced(args.quiet):
@@ -105,13 +118,15 @@ def run(args: argparse.Namespace) -> int:
         host = PluginHost.create()
         evaluators, stamp, _ = build_evaluators(host, config)
         log = make_log(args.quiet)
-        log(f"loading model {config.model} ({config.dtype})")
-        model, tokenizer, identity = load_dense(config.model, config.dtype)
+        log(f"loading model {config.model} ({config.dtype}, device {config.device})")
+        model, tokenizer, identity = load_dense(config.model, config.dtype, config.device)
         with input_phase(f"model {config.model!r}"):
             host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
-        dense = load_dense(args.dense, config.dtype) if args.dense else None
+        dense = load_dense(args.dense, config.dtype, config.device) if args.dense else None
         seed = (args.seeds or [0])[0]
-        context = EvalContext(dense_model=dense[0] if dense else None, dtype=config.dtype, progress=not args.quiet, seed=seed)
+        device, dtype = str(model_device(model)), dtype_name(next(model.parameters()).dtype)
+        context = EvalContext(dense_model=dense[0] if dense else None, device=device, dtype=dtype, progress=not args.quiet,
+                              seed=seed)
         results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
         if "zeroshot" not in evaluators:
             log(ZEROSHOT_HOWTO)
@@ -123,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
         record = {
             "model": identity,
             "dense_model": dense[2] if dense else None,
-            "protocol": {"model": identity, "dtype": config.dtype, "evaluation": stamp, "seed": seed, "code": code_identity()},
-            "pruning": read_report(identity["location"]) if identity["kind"] == "pruned" else None,
+            "protocol": {"model": identity, "dtype": dtype, "device": device, "evaluation": stamp, "seed": seed,
+                         "code": code_identity()},
+            "pruning": _pruning_record(identity),
             "eval": results,
             "eval_wall_s": walls,
             "perplexity_ratios": ratios,

@@ -10,21 +10,18 @@ method, whose calibration loops shard their batches across the ranks where they 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from pruneframe._memory import PeakMemory
-from pruneframe.api import prune
-from pruneframe.budget import resolve
 from pruneframe.calibration import CalibrationData, InsufficientCalibrationError
 from pruneframe.distributed import process_group_from_env
 from pruneframe.cli.common import (
     Command,
     add_budget_flags,
     add_data_flags,
+    add_device_flags,
     add_method_flags,
     add_model_flags,
     add_output_flags,
@@ -37,7 +34,9 @@ from pruneframe.cli.common import (
 from pruneframe.harness import CompareConfig, InputError, explain
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
 from pruneframe.host import PluginHost
+from pruneframe.prune_report import PruneReport
 from pruneframe.resume import StaleCheckpointError
+from pruneframe.session import PruneSession
 
 __all__ = ["COMMAND", "summary"]
 
@@ -45,6 +44,7 @@ __all__ = ["COMMAND", "summary"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The prune flags: one method, one budget, calibration source and the checkpoint folder."""
     add_model_flags(parser)
+    add_device_flags(parser)
     add_method_flags(parser, many=False)
     add_budget_flags(parser, many=False)
     add_seed_flags(parser, many=False)
@@ -73,52 +73,49 @@ def _settings(args: argparse.Namespace) -> tuple[CompareConfig, str, dict[str, A
     return config, name, {**settings, "seed": config.seeds[0]}
 
 
-def summary(report: dict[str, Any], path: Path) -> str:
+def summary(report: PruneReport, path: Path) -> str:
     """The report's headline numbers, one per line."""
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.get("timings_s", {}).items())
-    calibration = report.get("calibration") or {}
-    memory = report.get("memory") or {}
+    t = report.timings
     return "\n".join([
-        f"pruned with {report['method']} to {report['budget']['label']}",
-        f"  prunable: {report['kept_prunable_params']:,} kept of budget {report['budget_prunable_params']:,} "
-        f"({report['kept_fraction_of_prunable']:.2%} of {report['prunable_params']:,})",
-        f"  parameters: {report['dense_params']:,} -> {report['kept_params']:,} ({report['kept_fraction_of_total']:.2%})",
-        f"  calibration tokens read: {calibration.get('tokens_read', 0):,}",
-        f"  time: {report.get('wall_s', 0.0):.1f} s ({timings}); peak RSS {memory.get('peak_rss_bytes', 0) / 2**20:,.0f} MB",
+        f"pruned with {report.method} to {report.budget_label} on {report.device} ({report.dtype})",
+        f"  prunable: {report.kept_prunable_params:,} kept of budget {report.budget_prunable_params:,} "
+        f"({report.kept_fraction_of_prunable:.2%} of {report.prunable_params:,})",
+        f"  parameters: {report.dense_params:,} -> {report.kept_params:,} ({report.kept_fraction_of_total:.2%})",
+        f"  calibration tokens read: {report.calibration_tokens:,}",
+        f"  time: {t.total_s:.1f} s (score {t.score_s:.1f} s, project_recalibrate {t.project_recalibrate_s:.1f} s, "
+        f"fold {t.fold_s:.1f} s); peak RSS {report.memory.peak_rss_bytes / 2**20:,.0f} MB",
         f"  saved: {path}",
     ])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, check the budget, prune in place, save with the tokenizer, print the summary (rank 0 under torchrun)."""
+    """Load onto the device, check the budget, shrink the loaded model in place, save, print the summary.
+
+    Under torchrun every rank prunes and rank 0 alone logs and saves.
+    """
     config, name, settings = _settings(args)
     out = guard_output(args.out, "checkpoint", args.overwrite)
     host = PluginHost.create()
+    budget = config.budget_objects()[0]
     with input_phase(f"method {name!r}"):
         method = host.method(name, settings)
-    budget = config.budget_objects()[0]
     with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
         log = make_log(args.quiet or not main)
-        log(f"loading model {config.model} ({config.dtype})")
-        model, tokenizer, identity = load_dense(config.model, config.dtype)
+        log(f"loading model {config.model} ({config.dtype}, device {config.device})")
+        model, tokenizer, identity = load_dense(config.model, config.dtype, config.device)
         tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
-        with input_phase(f"model {config.model!r}"):
-            units = host.discover_units(model)
-        with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-            resolve(budget, units, method.minimum(units))
+        with input_phase(f"model {config.model!r}, budget {budget.label()!r} for method {name!r}"):
+            session = PruneSession(model, method, budget, host=host, model_identity=identity)
+        del model  # the session holds the one copy, which the prune shrinks in place
         log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
-        with PeakMemory(interval_s=0.05) as memory:
-            start = time.perf_counter()
-            try:
-                result = prune(model, method, budget, CalibrationData(tokens, name=str(stamp["name"])), host=host,
-                               progress=main and not args.quiet, inplace=True)
-            except (StaleCheckpointError, InsufficientCalibrationError) as exc:
-                raise InputError(f"method {name!r}: {exc}") from exc
-            wall = time.perf_counter() - start
+        try:
+            result = session.run(CalibrationData(tokens, name=str(stamp["name"])), progress=main and not args.quiet,
+                                 inplace=True, calibration_source=stamp)
+        except (StaleCheckpointError, InsufficientCalibrationError) as exc:
+            raise InputError(f"method {name!r}: {exc}") from exc
         if not main:
             return 0
-        result.report.update(model=identity, calibration_source=stamp, wall_s=wall, memory=memory.report.as_dict())
         path = result.save(guard_output(out, "checkpoint", args.overwrite), tokenizer=tokenizer)
     print(summary(result.report, path))
     return 0

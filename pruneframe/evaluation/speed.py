@@ -201,6 +201,8 @@ class SpeedEvaluator(Evaluator):
 
     name: ClassVar[str] = "speed"
     Config: ClassVar[type[BaseModel]] = SpeedConfig
+    #: measures the dense model next to the pruned one (alternating repeats), so it needs both loaded
+    pairs_with_dense: ClassVar[bool] = True
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Measure ``model`` (and the dense model, alternating repeats, when one is given)."""

@@ -5,17 +5,24 @@ A run is reused when its JSON exists, parses, finished, and carries the same key
 written atomically when the run ends, an interrupted comparison resumes at the first unfinished run.
 
 The key is a SHA-256 over: the model's identity (spec, resolved location, config.json hash, weight
-file names + sizes + mtimes, or the hub id), the dtype, the method name + validated config dump +
-a hash of the method's module file, the budget, the seed, the calibration stream's fingerprint and
-size, the evaluation protocol (each evaluator's validated settings, its data fingerprints and module
-hash), and the pruneframe version plus the results schema version.
+file names + sizes + mtimes, or the hub id), the dtype and device, the method name + validated config
+dump + the digest of the method's whole package, the budget, the seed, the calibration stream's
+fingerprint and size, the evaluation protocol (each evaluator's validated settings, its data
+fingerprints and its package's digest), and :func:`code_identity`: the digest of every ``.py`` file of
+the ``pruneframe`` package, the versions of pruneframe, torch, transformers and lm-eval, and the results
+schema version. An edit anywhere in that code (a comment included) recomputes every run.
+
+Package digests are computed once per process and cached (:func:`clear_digests` forgets them).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import inspect
 import json
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "sha256_file",
     "source_hash",
+    "package_root",
+    "tree_digest",
+    "package_digest",
+    "clear_digests",
     "model_identity",
     "code_identity",
     "cache_key",
@@ -33,8 +44,10 @@ __all__ = [
 ]
 
 #: Bumped whenever the layout of a run's JSON changes, so older files are recomputed.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+#: Distributions whose versions shape a run's numbers (the import machinery, the models, the zero-shot harness).
+_VERSIONED = ("pruneframe", "torch", "transformers", "lm_eval")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -75,13 +88,71 @@ def model_identity(spec: str) -> dict[str, Any]:
     return identity
 
 
-def code_identity() -> dict[str, Any]:
-    """The pruneframe version and results schema a run was produced with."""
+def package_root(package: str) -> Path | None:
+    """The folder (or, for a one-file module, the file) holding top-level ``package``; None when it has none."""
+    module = sys.modules.get(package)
+    spec = getattr(module, "__spec__", None) if module is not None else importlib.util.find_spec(package)
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    if locations:
+        return Path(locations[0])
+    return Path(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
+
+
+@functools.lru_cache(maxsize=None)
+def tree_digest(root: Path) -> str:
+    """First 16 hex digits of a SHA-256 over every ``.py`` file under ``root`` (or of ``root`` itself).
+
+    Files are visited in sorted order of their path relative to ``root``; each contributes its relative
+    path and its bytes, so adding, removing, renaming or editing any file changes the digest.
+    """
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix())
+    digest = hashlib.sha256()
+    for file in files:
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        digest.update(name.encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def package_digest(obj: Any) -> str:
+    """The :func:`tree_digest` of the top-level package defining ``obj`` (a class, a module name or a module).
+
+    For a method plugin that is its whole plugin package (every file of it, not only the one holding
+    the class); ``"unknown"`` when the package has no files (e.g. defined in ``__main__``, a REPL).
+    """
+    if isinstance(obj, str):
+        name = obj
+    else:
+        name = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", None) or ""
+    top = name.split(".")[0]
+    if not top or top == "__main__":
+        return source_hash(obj) if not isinstance(obj, str) else "unknown"
+    root = package_root(top)
+    return tree_digest(root) if root is not None and root.exists() else "unknown"
+
+
+def clear_digests() -> None:
+    """Forget the cached package digests (the next key reads the files again)."""
+    tree_digest.cache_clear()
+
+
+def _version(distribution: str) -> str:
     try:
-        version = metadata.version("pruneframe")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"pruneframe": version, "schema": SCHEMA_VERSION}
+        return "not installed"
+
+
+def code_identity() -> dict[str, Any]:
+    """What code a run was produced with: the ``pruneframe`` source digest, the versions that shape results, the schema."""
+    return {
+        "source": package_digest("pruneframe"),
+        "versions": {name: _version(name) for name in _VERSIONED},
+        "schema": SCHEMA_VERSION,
+    }
 
 
 def cache_key(fields: dict[str, Any]) -> str:

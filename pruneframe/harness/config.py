@@ -39,6 +39,7 @@ __all__ = [
     "explain",
     "normalise_methods",
     "Dtype",
+    "Device",
     "CalibrationSettings",
     "EvalConfig",
     "CompareConfig",
@@ -49,7 +50,9 @@ __all__ = [
     "budget_slug",
 ]
 
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when the model loads).
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 
 #: Files under ``<data dir>/wikitext-2`` that make ``wikitext-2`` usable offline, per split.
 _WIKITEXT_FILES = {"test": ("wiki.test.raw", "wiki.test.tokens"), "calibration": ("wiki.valid.tokens", "wiki.valid.raw")}
@@ -171,7 +174,9 @@ class EvalConfig(BaseModel):
 
     Attributes:
         model: ``smollm2-135m``, a local folder, a pruned checkpoint or a hub id.
-        dtype: the dtype every model is loaded and evaluated in.
+        dtype: the dtype every model is loaded and evaluated in (``auto``: the checkpoint's own on an
+            accelerator, float32 on the CPU).
+        device: where every model is loaded, pruned and evaluated (``auto``: CUDA when present).
         evaluation: evaluator name -> its settings (validated by that evaluator's ``Config``), or
             ``null`` to switch it off; merged over :func:`default_evaluation`.
     """
@@ -179,7 +184,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Annotated[str, Field(min_length=1)] = "smollm2-135m"
-    dtype: Dtype = "float32"
+    dtype: Dtype = "auto"
+    device: Device = "auto"
     evaluation: dict[str, dict[str, Any] | None] = Field(default_factory=default_evaluation)
 
     @field_validator("evaluation", mode="before")

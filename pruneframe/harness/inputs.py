@@ -18,7 +18,7 @@ from pruneframe.data import calibration_data, resolve_text
 from pruneframe.data.windows import tokenizer_fingerprint
 from pruneframe.evaluation.base import Evaluator
 from pruneframe.evaluation.zeroshot import resolve_task
-from pruneframe.harness.cache import model_identity, source_hash
+from pruneframe.harness.cache import model_identity, package_digest
 from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
 from pruneframe.host import PluginHost
 from pruneframe.models import load_model
@@ -38,11 +38,14 @@ def input_phase(what: str) -> Iterator[None]:
         raise InputError(f"{what}: {explain(exc)}") from exc
 
 
-def load_dense(spec: str, dtype: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """Load ``spec`` as ``(model, tokenizer, identity)``; a missing tokenizer is an input error."""
+def load_dense(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Load ``spec`` onto ``device`` in ``dtype`` as ``(model, tokenizer, identity)``.
+
+    A missing tokenizer, or a device this machine lacks, is an input error.
+    """
     with input_phase(f"model {spec!r}"):
         identity = model_identity(spec)
-        model, tokenizer = load_model(spec, dtype)
+        model, tokenizer = load_model(spec, dtype, device)
     if tokenizer is None:
         raise InputError(f"model {spec!r}: no tokenizer found next to the weights; save one with the model")
     return model, tokenizer, identity
@@ -76,7 +79,7 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
         with input_phase(f"evaluation.{name}"):
             evaluator = host.evaluator(name, settings)
             cfg = evaluator.config
-            entry: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "code": source_hash(type(evaluator))}
+            entry: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "code": package_digest(type(evaluator))}
             if isinstance(getattr(cfg, "sources", None), list):
                 entry["data"] = {}
                 for spec in cfg.sources:

@@ -25,6 +25,7 @@ from typing import Any
 from pruneframe._io import write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.summary import Group, Summary, summarise
+from pruneframe.prune_report import PruneReport
 
 __all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
 
@@ -62,16 +63,21 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
+def _prune_report(record: dict[str, Any]) -> PruneReport | None:
+    """The run's typed prune report (None for the dense record and failed runs)."""
+    return PruneReport.model_validate(record["prune"]) if record.get("prune") else None
+
+
 def _calibration_domain(meta: dict[str, Any]) -> str | None:
     return _get(meta, "calibration", "domain") or None
 
 
 def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> dict[str, Any]:
     """The flat numbers of one record (dense or pruned), intervals included."""
-    ev, report = record.get("eval", {}), _get(record, "prune", "report") or {}
+    ev = record.get("eval", {})
+    report = _prune_report(record)
     dense = record.get("kind") == "dense"
     measures = summary.per_run.get(str(record.get("run_id")), {})
-    memory = _get(record, "prune", "memory") or {}
     row: dict[str, Any] = {
         "run_id": record.get("run_id"),
         "kind": record.get("kind"),
@@ -79,10 +85,10 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         "method": "dense" if dense else _get(record, "protocol", "method", "name"),
         "budget": "-" if dense else _get(record, "protocol", "budget", "label"),
         "seed": None if dense else _get(record, "protocol", "seed"),
-        "budget_prunable_params": report.get("budget_prunable_params"),
-        "kept_params": dense_params if dense else report.get("kept_params"),
-        "kept_fraction": 1.0 if dense else report.get("kept_fraction_of_total"),
-        "kept_prunable_fraction": 1.0 if dense else report.get("kept_fraction_of_prunable"),
+        "budget_prunable_params": report and report.budget_prunable_params,
+        "kept_params": dense_params if dense else report and report.kept_params,
+        "kept_fraction": 1.0 if dense else report and report.kept_fraction_of_total,
+        "kept_prunable_fraction": 1.0 if dense else report and report.kept_fraction_of_prunable,
     }
     for source in summary.sources:
         row[f"ppl_{source.label}"] = _get(ev, "perplexity", "sources", source.label, "ppl")
@@ -108,10 +114,10 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         row[f"{phase}_speedup_min"], row[f"{phase}_speedup_max"] = spread.get("min"), spread.get("max")
     row.update({
         "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
-        "prune_s": _get(record, "prune", "wall_s"),
-        "tokens_processed": _get(record, "prune", "tokens_processed"),
-        "peak_rss_mb": memory["peak_rss_bytes"] / _MB if memory.get("peak_rss_bytes") else None,
-        "delta_rss_mb": memory["delta_rss_bytes"] / _MB if memory.get("delta_rss_bytes") is not None else None,
+        "prune_s": report and report.timings.total_s,
+        "tokens_processed": report and report.calibration_tokens,
+        "peak_rss_mb": report and report.memory.peak_rss_bytes / _MB,
+        "delta_rss_mb": report and report.memory.delta_rss_bytes / _MB,
         "error": record.get("error"),
     })
     return row
@@ -186,15 +192,19 @@ def _speed_cell(group: Group, phase: str) -> str:
     return text + (f" / {ideal:.2f}x" if ideal else "")
 
 
+def _reports(group: Group) -> list[PruneReport]:
+    return [report for report in map(_prune_report, group.records) if report is not None]
+
+
 def _kept_cell(group: Group) -> str:
-    kept = _mean([_get(r, "prune", "report", "kept_params") for r in group.records])
-    frac = _mean([_get(r, "prune", "report", "kept_fraction_of_total") for r in group.records])
+    kept = _mean([r.kept_params for r in _reports(group)])
+    frac = _mean([r.kept_fraction_of_total for r in _reports(group)])
     return "-" if kept is None else f"{_count(kept)} ({frac:.1%})" if frac is not None else _count(kept)
 
 
 def _rss_cell(group: Group) -> str:
-    peaks = [_get(r, "prune", "memory", "peak_rss_bytes") for r in group.records]
-    deltas = [_get(r, "prune", "memory", "delta_rss_bytes") for r in group.records]
+    peaks = [r.memory.peak_rss_bytes for r in _reports(group)]
+    deltas = [r.memory.delta_rss_bytes for r in _reports(group)]
     if not any(peaks):
         return "-"
     return f"{max(p for p in peaks if p) / _MB:,.0f} (+{max(d or 0 for d in deltas) / _MB:,.0f})"
@@ -232,7 +242,7 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
                     _Column("decode speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "decode"))]
     columns += [
         _Column("prune time (s)", lambda d: "-",
-                lambda g: f"{_mean([_get(r, 'prune', 'wall_s') for r in g.records]) or 0:.1f}"),
+                lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
         _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
     ]
     return columns

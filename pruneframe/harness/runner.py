@@ -3,11 +3,16 @@
 :func:`compare` is the whole flow; :func:`prepare` raises
 :class:`~pruneframe.harness.config.InputError` for any bad input before the first run starts. A run
 that fails later is recorded as failed (never cached) and the others go on.
+
+One copy of the weights: the dense model is evaluated once and released; every run loads the dense
+weights afresh from their (memory-mapped) files, prunes that copy in place through a
+:class:`~pruneframe.session.PruneSession`, and evaluates it. Only evaluators that measure the dense
+model next to each pruned one (``pairs_with_dense``, e.g. the paired speed timings) get a second
+copy, loaded from the files after the prune.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import time
 import traceback
@@ -21,18 +26,20 @@ import torch
 from tqdm.auto import tqdm
 
 from pruneframe._io import write_json_atomic
-from pruneframe._memory import PeakMemory
-from pruneframe.api import prune
+from pruneframe.memory import release_unused_memory
 from pruneframe.budget import resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import check_disjoint
+from pruneframe.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
-from pruneframe.harness.cache import cache_key, code_identity, load_cached, source_hash
+from pruneframe.harness.cache import cache_key, code_identity, load_cached, package_digest
 from pruneframe.harness.config import CompareConfig, InputError, budget_slug
 from pruneframe.harness.inputs import build_evaluators, calibration_stream, input_phase, load_dense
 from pruneframe.harness.report import write_results
 from pruneframe.host import PluginHost
+from pruneframe.models import load_model
+from pruneframe.session import PruneSession
 
 __all__ = [
     "Log",
@@ -75,12 +82,18 @@ class RunSpec:
 
 @dataclass
 class Prepared:
-    """Runtime state shared by every run of a comparison (never part of a config)."""
+    """Runtime state shared by every run of a comparison (never part of a config).
+
+    ``model`` is the dense model until it has been evaluated, then ``None`` (runs reload it from its
+    files); ``device`` and ``dtype`` are what ``auto`` resolved to.
+    """
 
     config: CompareConfig
     host: PluginHost
-    model: torch.nn.Module
+    model: torch.nn.Module | None
     tokenizer: Any
+    device: str
+    dtype: str
     model_stamp: dict[str, Any]
     evaluators: dict[str, Evaluator]
     evaluation_stamp: dict[str, Any]
@@ -131,15 +144,16 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
         with input_phase(f"method {name!r}"):
             methods[name] = host.method(name, config.method_configs.get(name))
     evaluators, evaluation_stamp, eval_sources = build_evaluators(host, config)
-    log(f"loading model {config.model} ({config.dtype})")
-    model, tokenizer, model_stamp = load_dense(config.model, config.dtype)
+    log(f"loading model {config.model} ({config.dtype}, device {config.device})")
+    model, tokenizer, model_stamp = load_dense(config.model, config.dtype, config.device)
     tokens, calibration_stamp, calib_source = calibration_stream(config.calibration, tokenizer)
     for source in eval_sources:
         with input_phase("calibration and evaluation data must not overlap"):
             check_disjoint(calib_source, source)
     log(f"calibration: {calibration_stamp['tokens']:,} tokens of {calibration_stamp['origin']}")
     prep = Prepared(
-        config=config, host=host, model=model, tokenizer=tokenizer, model_stamp=model_stamp,
+        config=config, host=host, model=model, tokenizer=tokenizer, device=str(model_device(model)),
+        dtype=dtype_name(next(model.parameters()).dtype), model_stamp=model_stamp,
         evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
         calibration_stamp=calibration_stamp,
     )
@@ -153,13 +167,13 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
                 prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
-                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, source_hash(type(method))))
+                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, package_digest(type(method))))
     return prep
 
 
 def _base_fields(prep: Prepared) -> dict[str, Any]:
-    return {"model": prep.model_stamp, "dtype": prep.config.dtype, "evaluation": prep.evaluation_stamp,
-            "eval_seed": EVAL_SEED, "code": code_identity()}
+    return {"model": prep.model_stamp, "dtype": prep.dtype, "device": torch.device(prep.device).type,
+            "evaluation": prep.evaluation_stamp, "eval_seed": EVAL_SEED, "code": code_identity()}
 
 
 def _finish(path: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +191,9 @@ def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple
     if cached is not None:
         log("[dense] cached")
         return cached, False
-    context = EvalContext(dtype=prep.config.dtype, progress=progress, seed=EVAL_SEED)
+    if prep.model is None:
+        raise RuntimeError("the dense model was already released; run_dense comes before the runs")
+    context = EvalContext(device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
     results, walls = evaluate_model(prep.model, prep.tokenizer, prep.evaluators, context, log, "dense")
     record = {"run_id": "dense", "kind": "dense", "cache_key": key, "protocol": fields, "eval": results,
               "eval_wall_s": walls}
@@ -210,26 +226,30 @@ def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, lo
     return _finish(path, record), True
 
 
+def _load_weights(prep: Prepared) -> torch.nn.Module:
+    """A fresh copy of the dense model, read from its files onto the comparison's device and dtype."""
+    model, _ = load_model(prep.config.model, prep.dtype, prep.device)
+    return model
+
+
+def _pairs_with_dense(prep: Prepared) -> bool:
+    """Whether an evaluator measures the dense model next to each pruned one (it then needs a second copy)."""
+    return any(getattr(evaluator, "pairs_with_dense", False) for evaluator in prep.evaluators.values())
+
+
 def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log) -> dict[str, Any]:
-    """Prune a copy of the dense model in place, then evaluate the folded model against the dense one."""
-    model = copy.deepcopy(prep.model)  # the dense model itself is never handed to a method
+    """Prune a fresh copy of the dense weights in place, then evaluate the folded model."""
     calibration = CalibrationData(prep.calibration, name=str(prep.calibration_stamp["name"]))
+    session = PruneSession(_load_weights(prep), spec.method, spec.budget, spec.config,
+                           budget_kind=prep.config.budget_kind, host=prep.host, model_identity=prep.model_stamp)
     torch.manual_seed(spec.seed)
     log(f"[{spec.run_id}] pruning")
-    with PeakMemory(interval_s=0.05) as memory:
-        start = time.perf_counter()
-        result = prune(model, spec.method, spec.budget, calibration, config=spec.config,
-                       budget_kind=prep.config.budget_kind, host=prep.host, progress=progress, inplace=True)
-        wall = time.perf_counter() - start
-    context = EvalContext(dense_model=prep.model, dtype=prep.config.dtype, progress=progress, seed=EVAL_SEED)
+    result = session.run(calibration, progress=progress, inplace=True, calibration_source=prep.calibration_stamp)
+    del session
+    dense = _load_weights(prep) if _pairs_with_dense(prep) else None
+    context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
     results, walls = evaluate_model(result.model, prep.tokenizer, prep.evaluators, context, log, spec.run_id)
-    report = result.report
-    return {
-        "prune": {"report": report, "wall_s": wall,
-                  "tokens_processed": (report.get("calibration") or {}).get("tokens_read", 0),
-                  "memory": memory.report.as_dict()},
-        "eval": results, "eval_wall_s": walls,
-    }
+    return {"prune": result.report.model_dump(mode="json"), "eval": results, "eval_wall_s": walls}
 
 
 def compare(
@@ -246,6 +266,8 @@ def compare(
     out = Path(out) if out is not None else config.out_dir()
     runs_dir = out / "runs"
     dense, computed = run_dense(prep, runs_dir, progress, log)
+    prep.model = None  # every run reloads the weights from their files: one copy at a time
+    release_unused_memory()
     done = ["dense"] if computed else []
     records = []
     with tqdm(total=len(prep.runs), desc="compare", unit="run", disable=not progress) as bar:
@@ -258,7 +280,7 @@ def compare(
     meta = {
         "config": config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
         "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
-        "budgets": prep.budgets, "code": code_identity(),
+        "budgets": prep.budgets, "device": prep.device, "dtype": prep.dtype, "code": code_identity(),
     }
     files = write_results(out, meta, dense, records)
     log(f"results in {out}")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from pruneframe.data.sources import hub_reachable
+from pruneframe.devices import DTYPES, parse_dtype, resolve_device
 from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 
@@ -29,16 +30,6 @@ from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3}
 
 __all__ = ["DTYPES", "EMBEDDED_MODELS", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
-
-#: Accepted dtype strings (and short aliases).
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 ModelKind = Literal["embedded", "pruned", "local", "hub"]
 _PRUNED_MARKER = "pruning.json"
@@ -57,18 +48,6 @@ class ResolvedModel:
     spec: str
     kind: ModelKind
     location: str
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float32"``/``"bfloat16"``/``"float16"`` (or fp32/bf16/fp16, or a torch dtype) to a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ValueError(f"dtype {dtype} is not supported; expected one of float32, bfloat16, float16")
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}") from None
 
 
 def resolve_model_path(spec: str | Path) -> ResolvedModel:
@@ -137,7 +116,20 @@ def _check_loading_info(location: str, info: dict[str, Any]) -> None:
         raise ValueError(f"the weights in {location} do not match its config.json: " + "; ".join(problems[:6]) + more)
 
 
-def _from_pretrained(location: str, torch_dtype: torch.dtype, hub: bool) -> tuple[Any, Any]:
+def _placement(torch_dtype: torch.dtype | str, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load straight onto ``device`` in ``torch_dtype``.
+
+    The weights are read from their (memory-mapped) files into the target dtype on the target device;
+    no float32 copy is built on the CPU first. On the CPU no ``device_map`` is needed (transformers
+    builds the model on the meta device and fills it from the files).
+    """
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    return kwargs
+
+
+def _from_pretrained(location: str, placement: dict[str, Any], hub: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not hub:
@@ -152,8 +144,8 @@ def _from_pretrained(location: str, torch_dtype: torch.dtype, hub: bool) -> tupl
         reachable, reason = hub_reachable()
         local_only = not reachable
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, local_files_only=local_only,
-                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+        model, info = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True, **placement)
         _check_loading_info(location, info)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
@@ -166,19 +158,33 @@ def _from_pretrained(location: str, torch_dtype: torch.dtype, hub: bool) -> tupl
     return model, tokenizer
 
 
-def load_model(spec: str | Path, dtype: str | torch.dtype = "float32") -> tuple[Any, Any]:
-    """Load ``spec`` (see the module docstring) as ``(model, tokenizer)``, in eval mode, on CPU.
+def load_model(
+    spec: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
+) -> tuple[Any, Any]:
+    """Load ``spec`` (see the module docstring) as ``(model, tokenizer)``, in eval mode, on ``device``.
 
-    For a pruned checkpoint without a saved tokenizer the tokenizer is None.
+    Args:
+        spec: the model to load.
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (the checkpoint's own dtype on an
+            accelerator, float32 on the CPU).
+        device: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    The weights go straight from their files to ``device`` in the target dtype. For a pruned
+    checkpoint without a saved tokenizer the tokenizer is None.
+
+    Raises:
+        pruneframe.devices.DeviceUnavailableError: ``device`` is not on this machine.
     """
-    torch_dtype = parse_dtype(dtype)
+    target = resolve_device(device)
+    auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
+    # "auto" on an accelerator lets transformers keep the stored dtype without reading it twice
+    torch_dtype: torch.dtype | str = torch.float32 if auto and target.type == "cpu" else "auto" if auto else parse_dtype(dtype)
     resolved = resolve_model_path(spec)
     if resolved.kind == "pruned":
         from pruneframe.checkpoint import load_pruned  # lazy: optional at import time
 
-        model, tokenizer = load_pruned(resolved.location)
-        model = model.to(torch_dtype)
+        model, tokenizer = load_pruned(resolved.location, dtype=torch_dtype, device=target)
     else:
-        model, tokenizer = _from_pretrained(resolved.location, torch_dtype, hub=resolved.kind == "hub")
+        model, tokenizer = _from_pretrained(resolved.location, _placement(torch_dtype, target), hub=resolved.kind == "hub")
     model.eval()
     return model, tokenizer

@@ -1,0 +1,128 @@
+"""Peak memory of ``pruneframe prune`` and ``pruneframe compare`` in copies of the weights.
+
+Builds a Llama-shaped model with random weights from a named shape (no downloads), saves it in
+bf16 as safetensors to a temporary folder (with the embedded SmolLM2 tokenizer), then runs each
+command in its own process and reads that process's peak RSS from the kernel (``wait4``). The figure
+quoted is ``(peak RSS - bare RSS) / weight bytes``, where the bare RSS is the peak of ``pruneframe
+plugins`` (the interpreter, torch and transformers, no model): 1.0 means one copy of the weights.
+
+    python benchmarks/memory_one_copy.py --shape 135m --out benchmarks/results/memory_one_copy_135m.json
+    python benchmarks/memory_one_copy.py --shape 1b --out benchmarks/results/memory_one_copy_1b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruneframe._io import write_json_atomic
+from pruneframe.checkpoint import software_versions
+
+#: Layer shapes: SmolLM2-135M's, a ~0.5B one, and Llama-3.2-1B's with SmolLM2's vocabulary.
+SHAPES: dict[str, dict[str, Any]] = {
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, head_dim=64),
+    "0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 num_key_value_heads=4, head_dim=64),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64),
+}
+VOCAB = 49_152
+
+
+def build_model(shape: str, folder: Path, dtype: torch.dtype) -> int:
+    """Save a random-weight model of ``shape`` (and the SmolLM2 tokenizer) in ``folder``; return its weight bytes."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pruneframe.models import resolve_model_path
+
+    config = LlamaConfig(**SHAPES[shape], vocab_size=VOCAB, tie_word_embeddings=True, max_position_embeddings=2048,
+                         rms_norm_eps=1e-5)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(dtype)  # straight to the target dtype: no fp32 model is built
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m").location).save_pretrained(folder)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    del model
+    return weight_bytes
+
+
+def peak_rss_of(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``command`` to the end; its exit code, wall seconds and peak RSS (bytes, from the kernel)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = child.stdout.read() if child.stdout else b""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {"command": command[2:], "returncode": child.returncode, "wall_s": time.perf_counter() - start,
+            "peak_rss_bytes": usage.ru_maxrss * 1024, "output_tail": output.decode(errors="replace")[-1500:]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="135m")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--prune-methods", default="magnitude,wanda-sp", help="methods measured through `pruneframe prune`")
+    parser.add_argument("--budget", default="0.8", help="the budget of the prune runs")
+    parser.add_argument("--compare-methods", default="magnitude,random", help="methods of the one `pruneframe compare` run")
+    parser.add_argument("--compare-budgets", default="0.8,0.5")
+    parser.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens (wanda-sp's default 64 x 128)")
+    parser.add_argument("--speed", action="store_true", help="also run compare with the paired speed evaluator")
+    parser.add_argument("--out", default="benchmarks/results/memory_one_copy.json")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cli = [sys.executable, "-m", "pruneframe"]
+    common = ["--dtype", args.dtype, "--device", "cpu", "--calib", "embedded", "--calib-tokens", str(args.calib_tokens)]
+    with tempfile.TemporaryDirectory(prefix="pruneframe-memory-") as tmp:
+        folder = Path(tmp) / f"random-{args.shape}"
+        weight_bytes = build_model(args.shape, folder, dtype)
+        runs: dict[str, Any] = {"bare": peak_rss_of([*cli, "plugins"], env)}
+        for method in args.prune_methods.split(","):
+            runs[f"prune {method}"] = peak_rss_of(
+                [*cli, "prune", "--model", str(folder), "--method", method, "--budget", args.budget, *common,
+                 "--out", str(Path(tmp) / f"pruned-{method}"), "--quiet"], env)
+        evaluation = ["--eval-data", "embedded", "--eval-windows", "4", "--seq-len", "128", "--zeroshot", "none"]
+        compare = [*cli, "compare", "--model", str(folder), "--methods", args.compare_methods, "--budgets",
+                   args.compare_budgets, *common, *evaluation, "--quiet"]
+        runs["compare"] = peak_rss_of([*compare, "--no-speed", "--out", str(Path(tmp) / "compare")], env)
+        if args.speed:
+            runs["compare with paired speed"] = peak_rss_of([*compare, "--out", str(Path(tmp) / "compare-speed")], env)
+    bare = runs["bare"]["peak_rss_bytes"]
+    for name, run in runs.items():
+        run["over_weights"] = (run["peak_rss_bytes"] - bare) / weight_bytes
+        print(f"{name:28s} rc {run['returncode']} peak {run['peak_rss_bytes'] / 2**30:.2f} GiB "
+              f"({run['over_weights']:.2f}x the weights) {run['wall_s']:.0f} s", flush=True)
+    write_json_atomic(args.out, {
+        "protocol": {"shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
+                     "dtype": args.dtype, "device": "cpu", "budget": args.budget, "calibration": "embedded",
+                     "calib_tokens": args.calib_tokens, "compare_methods": args.compare_methods,
+                     "compare_budgets": args.compare_budgets,
+                     "measure": "(peak RSS of the process - peak RSS of `pruneframe plugins`) / weight bytes"},
+        "weight_bytes": weight_bytes,
+        "bare_rss_bytes": bare,
+        "runs": runs,
+        "software": software_versions(),
+        "threads": torch.get_num_threads(),
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

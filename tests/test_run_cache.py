@@ -1,0 +1,84 @@
+"""The run cache knows the code: an edit anywhere in pruneframe or in a method's plugin package recomputes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pruneframe.cli import main
+from pruneframe.harness import cache
+from test_compare import compare_settings, count_prunes, write_config
+from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
+
+
+def _copy_package(name: str, into: Path) -> Path:
+    root = cache.package_root(name)
+    assert root is not None and root.is_dir()
+    return Path(shutil.copytree(root, into / name, ignore=shutil.ignore_patterns("__pycache__")))
+
+
+@pytest.fixture
+def fresh_digests():
+    cache.clear_digests()
+    yield
+    cache.clear_digests()
+
+
+def test_tree_digest_follows_every_file_and_is_computed_once(tmp_path: Path, fresh_digests) -> None:
+    copy = _copy_package("pruneframe", tmp_path)
+    original = cache.package_digest("pruneframe")
+    assert cache.tree_digest(copy) == original  # same files, same relative paths: same digest wherever they live
+    (copy / "projection.py").write_text((copy / "projection.py").read_text() + "# a comment\n")
+    assert cache.tree_digest(copy) == original  # cached for the process: the files are read once
+    cache.clear_digests()
+    edited = cache.tree_digest(copy)
+    assert edited != original
+    (copy / "evaluation" / "extra.py").write_text("")
+    cache.clear_digests()
+    assert cache.tree_digest(copy) not in (original, edited)  # a new file counts too
+
+
+def test_package_digest_covers_the_methods_whole_plugin_package(tmp_path: Path, fresh_digests) -> None:
+    from pruneframe_baselines.magnitude import Magnitude
+
+    assert cache.package_digest(Magnitude) == cache.tree_digest(cache.package_root("pruneframe_baselines"))
+    assert cache.package_digest(Magnitude) != cache.package_digest("pruneframe")
+    versions = cache.code_identity()["versions"]
+    assert {"torch", "transformers", "lm_eval", "pruneframe"} == set(versions)
+
+
+def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests  # noqa: F811
+) -> None:
+    copies = {name: _copy_package(name, tmp_path / "code") for name in ("pruneframe", "pruneframe_baselines")}
+    real_root = cache.package_root
+    monkeypatch.setattr(cache, "package_root", lambda name: copies.get(name) or real_root(name))
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    settings = compare_settings(workspace, tmp_path / "out")
+    settings.update(methods={"magnitude": {}}, budgets=[0.5])
+    settings["evaluation"]["speed"] = None
+    config = write_config(tmp_path / "c.json", settings)
+    calls = count_prunes(monkeypatch)
+
+    def rerun() -> tuple[list[str], str]:
+        calls.clear()
+        cache.clear_digests()  # a new process would read the files again
+        assert main(["compare", "--config", str(config), "--quiet"]) == 0
+        dense = json.loads((tmp_path / "out" / "runs" / "dense.json").read_text())
+        return list(calls), dense["cache_key"]
+
+    first, dense_key = rerun()
+    assert first == ["magnitude"]
+    assert rerun() == ([], dense_key)  # nothing changed: everything cached
+
+    fold = copies["pruneframe"] / "fold.py"
+    fold.write_text(fold.read_text() + "# an edit to the core\n")
+    again, edited_key = rerun()
+    assert again == ["magnitude"] and edited_key != dense_key  # the dense evaluation is recomputed too
+
+    plugin = copies["pruneframe_baselines"] / "_stats.py"
+    plugin.write_text(plugin.read_text() + "# an edit to a file other than the method's own\n")
+    assert rerun() == (["magnitude"], edited_key)  # the method's runs recompute, the dense one stays cached
