@@ -63,13 +63,13 @@ def test_prune_refuses_a_file(ws: dict[str, Path], tmp_path: Path, capfd) -> Non
 def test_prune_replaces_its_own_checkpoint_only_with_overwrite(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
     out = tmp_path / "ckpt"
     assert main(prune_flags(ws, out, "0.5")) == 0
-    first = read_report(out)["kept_params"]
+    first = read_report(out).kept_params
     assert main(prune_flags(ws, out, "0.8")) == 2
     err = capfd.readouterr().err
     assert "is a pruneframe checkpoint already; pass --overwrite" in err and str(out) in err
-    assert read_report(out)["kept_params"] == first
+    assert read_report(out).kept_params == first
     assert main([*prune_flags(ws, out, "0.8"), "--overwrite"]) == 0
-    assert read_report(out)["kept_params"] > first
+    assert read_report(out).kept_params > first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
@@ -77,7 +77,7 @@ def test_prune_writes_into_an_empty_folder(ws: dict[str, Path], tmp_path: Path) 
     out = tmp_path / "empty"
     out.mkdir()
     assert main(prune_flags(ws, out)) == 0
-    assert read_report(out)["method"] == "random"
+    assert read_report(out).method == "random"
 
 
 def test_the_library_save_refuses_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
