@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 import pruneframe
-from pruneframe.session import PruneSession
 from pruneframe._io import write_json_atomic
 from pruneframe.memory import PeakMemory
 from pruneframe.architectures import discover
@@ -42,6 +41,7 @@ from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
 from pruneframe.gates import gated
 from pruneframe.models import load_model
+from pruneframe.session import PruneSession
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # the reference method and settings, at the benchmark's calibration size

@@ -50,6 +50,7 @@ def build_model(shape: str, folder: Path, dtype: torch.dtype) -> int:
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device="cpu").to(dtype)  # straight to the target dtype: no fp32 model is built
+    model.tie_weights()  # to_empty gives the tied lm_head its own storage; share the embedding again
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
@@ -82,45 +83,53 @@ def main() -> None:
     parser.add_argument("--budget", default="0.8", help="the budget of the prune runs")
     parser.add_argument("--compare-methods", default="magnitude,random", help="methods of the one `pruneframe compare` run")
     parser.add_argument("--compare-budgets", default="0.8,0.5")
-    parser.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens (wanda-sp's default 64 x 128)")
+    parser.add_argument("--calib-windows", type=int, default=16,
+                        help="wanda-sp's calibration windows of 128 tokens (its default is 64; memory hardly depends on it)")
     parser.add_argument("--speed", action="store_true", help="also run compare with the paired speed evaluator")
     parser.add_argument("--out", default="benchmarks/results/memory_one_copy.json")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     env = {**os.environ, "TQDM_DISABLE": "1"}
     cli = [sys.executable, "-m", "pruneframe"]
-    common = ["--dtype", args.dtype, "--device", "cpu", "--calib", "embedded", "--calib-tokens", str(args.calib_tokens)]
+    common = ["--dtype", args.dtype, "--device", "cpu", "--calib", "embedded", "--calib-tokens", str(128 * args.calib_windows)]
+    settings = {"wanda-sp": ["--method-config", f'{{"num_windows": {args.calib_windows}}}']}
+    report: dict[str, Any] = {
+        "protocol": {"shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
+                     "dtype": args.dtype, "device": "cpu", "budget": args.budget, "calibration": "embedded",
+                     "calib_windows": args.calib_windows, "compare_methods": args.compare_methods,
+                     "compare_budgets": args.compare_budgets,
+                     "measure": "(peak RSS of the process - peak RSS of `pruneframe plugins`) / weight bytes"},
+        "software": software_versions(),
+        "threads": torch.get_num_threads(),
+        "runs": {},
+    }
+
+    def measure(name: str, command: list[str]) -> None:
+        run = report["runs"][name] = peak_rss_of(command, env)
+        bare = report["runs"]["bare"]["peak_rss_bytes"]
+        run["over_weights"] = (run["peak_rss_bytes"] - bare) / report["weight_bytes"]
+        print(f"{name:28s} rc {run['returncode']} peak {run['peak_rss_bytes'] / 2**30:.2f} GiB "
+              f"({run['over_weights']:.2f}x the weights) {run['wall_s']:.0f} s", flush=True)
+        write_json_atomic(args.out, report)  # every finished measurement is kept
+
     with tempfile.TemporaryDirectory(prefix="pruneframe-memory-") as tmp:
         folder = Path(tmp) / f"random-{args.shape}"
-        weight_bytes = build_model(args.shape, folder, dtype)
-        runs: dict[str, Any] = {"bare": peak_rss_of([*cli, "plugins"], env)}
+        report["weight_bytes"] = build_model(args.shape, folder, dtype)
+        report["runs"]["bare"] = {"peak_rss_bytes": 0}
+        measure("bare", [*cli, "plugins"])
+        report["bare_rss_bytes"] = report["runs"]["bare"]["peak_rss_bytes"]
+        # the interpreter with the command line imported, no plugins loaded: a lower bare figure
+        measure("import only", [sys.executable, "-c", "import pruneframe.cli, transformers.models.llama"])
         for method in args.prune_methods.split(","):
-            runs[f"prune {method}"] = peak_rss_of(
-                [*cli, "prune", "--model", str(folder), "--method", method, "--budget", args.budget, *common,
-                 "--out", str(Path(tmp) / f"pruned-{method}"), "--quiet"], env)
+            measure(f"prune {method}", [*cli, "prune", "--model", str(folder), "--method", method, "--budget", args.budget,
+                                        *common, *settings.get(method, []), "--out", str(Path(tmp) / f"pruned-{method}"),
+                                        "--quiet"])
         evaluation = ["--eval-data", "embedded", "--eval-windows", "4", "--seq-len", "128", "--zeroshot", "none"]
         compare = [*cli, "compare", "--model", str(folder), "--methods", args.compare_methods, "--budgets",
                    args.compare_budgets, *common, *evaluation, "--quiet"]
-        runs["compare"] = peak_rss_of([*compare, "--no-speed", "--out", str(Path(tmp) / "compare")], env)
+        measure("compare", [*compare, "--no-speed", "--out", str(Path(tmp) / "compare")])
         if args.speed:
-            runs["compare with paired speed"] = peak_rss_of([*compare, "--out", str(Path(tmp) / "compare-speed")], env)
-    bare = runs["bare"]["peak_rss_bytes"]
-    for name, run in runs.items():
-        run["over_weights"] = (run["peak_rss_bytes"] - bare) / weight_bytes
-        print(f"{name:28s} rc {run['returncode']} peak {run['peak_rss_bytes'] / 2**30:.2f} GiB "
-              f"({run['over_weights']:.2f}x the weights) {run['wall_s']:.0f} s", flush=True)
-    write_json_atomic(args.out, {
-        "protocol": {"shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
-                     "dtype": args.dtype, "device": "cpu", "budget": args.budget, "calibration": "embedded",
-                     "calib_tokens": args.calib_tokens, "compare_methods": args.compare_methods,
-                     "compare_budgets": args.compare_budgets,
-                     "measure": "(peak RSS of the process - peak RSS of `pruneframe plugins`) / weight bytes"},
-        "weight_bytes": weight_bytes,
-        "bare_rss_bytes": bare,
-        "runs": runs,
-        "software": software_versions(),
-        "threads": torch.get_num_threads(),
-    })
+            measure("compare with paired speed", [*compare, "--out", str(Path(tmp) / "compare-speed")])
     print(f"wrote {args.out}")
 
 

@@ -25,6 +25,7 @@ from pruneframe.data.sources import hub_reachable
 from pruneframe.devices import DTYPES, parse_dtype, resolve_device
 from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
+from pruneframe.models.unmap import own_weights
 
 #: Names of the embedded models and the function that builds (once) and returns each one's folder.
 EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3}
@@ -169,8 +170,10 @@ def load_model(
             accelerator, float32 on the CPU).
         device: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
-    The weights go straight from their files to ``device`` in the target dtype. For a pruned
-    checkpoint without a saved tokenizer the tokenizer is None.
+    The weights go straight from their files to ``device`` in the target dtype; on the CPU they are
+    then moved off the file mapping one tensor at a time (see :mod:`pruneframe.models.unmap`), so
+    shrinking the model in place returns the old weights' memory. For a pruned checkpoint without a
+    saved tokenizer the tokenizer is None.
 
     Raises:
         pruneframe.devices.DeviceUnavailableError: ``device`` is not on this machine.
@@ -186,5 +189,7 @@ def load_model(
         model, tokenizer = load_pruned(resolved.location, dtype=torch_dtype, device=target)
     else:
         model, tokenizer = _from_pretrained(resolved.location, _placement(torch_dtype, target), hub=resolved.kind == "hub")
+    if target.type == "cpu":
+        own_weights(model)  # off the file mapping: an in-place prune can then hand the old weights back
     model.eval()
     return model, tokenizer
