@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from pruneframe.architectures import LayerSlices, SplitProjectionAdapter, adapter_for, discover
 from pruneframe.architectures import SplitProjectionAdapter
-from pruneframe.checkpoint import load_pruned, read_report, save
+from pruneframe.checkpoint import load_pruned, read_report_json, save
 from pruneframe.evaluation.size import layer_widths, parameter_counts
 from pruneframe.fold import fold
 from pruneframe.gates import gated
@@ -64,7 +64,7 @@ def test_uneven_checkpoint_reloads_identically_through_both_loaders(tmp_path, fa
     out = save(tmp_path / "ckpt", folded)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"].startswith("pruneframe_") and "auto_map" in config
-    assert read_report(out)["config_form"] == "pruneframe"
+    assert read_report_json(out)["config_form"] == "pruneframe"
     ids = tokens(2, 10, seed=4)
     loaded, _ = load_pruned(out)
     remote = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -94,7 +94,7 @@ def test_uniform_widths_save_a_plain_config_of_the_family(tmp_path, family: str)
         torch.testing.assert_close(plain(ids).logits, folded(ids).logits, atol=0, rtol=0)
     loaded, _ = load_pruned(out)
     assert type(loaded) is type(model)
-    assert read_report(out)["config_form"] == "plain"
+    assert read_report_json(out)["config_form"] == "plain"
 
 
 def test_folding_a_reloaded_checkpoint_again_stays_exact(tmp_path) -> None:

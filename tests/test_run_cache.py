@@ -79,6 +79,6 @@ def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
     again, edited_key = rerun()
     assert again == ["magnitude"] and edited_key != dense_key  # the dense evaluation is recomputed too
 
-    plugin = copies["pruneframe_baselines"] / "_stats.py"
+    plugin = copies["pruneframe_baselines"] / "ranges.py"
     plugin.write_text(plugin.read_text() + "# an edit to a file other than the method's own\n")
     assert rerun() == (["magnitude"], edited_key)  # the method's runs recompute, the dense one stays cached

@@ -60,7 +60,7 @@ def test_checkpoint_and_comparison_table_read_the_report_by_field(tmp_path: Path
     stored = read_report(path)
     assert isinstance(stored, CheckpointReport) and stored.kept_params == result.report.kept_params == stored.parameters
     assert [layer["intermediate_size"] for layer in stored.layers] == [w["ffn_channels"] for w in result.units.widths(result.mask)]
-    assert PruneReport.model_validate(stored.model_dump(exclude={"layers", "parameters"})) == result.report
+    assert PruneReport.model_validate(stored.model_dump(exclude={"layers", "config_form", "parameters"})) == result.report
 
     record = {"run_id": "magnitude-0.5-s0", "kind": "pruned", "status": "ok", "prune": result.report.model_dump(mode="json"),
               "eval": {"perplexity": {"ppl": 20.0}}}
