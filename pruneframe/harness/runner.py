@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pruneframe._io import write_json_atomic
 from pruneframe.memory import release_unused_memory
-from pruneframe.budget import resolve
+from pruneframe.budget import group_round_to, resolve
 from pruneframe.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import check_disjoint
@@ -164,7 +164,8 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
     for budget in config.budget_objects():
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units))
+                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units),
+                                                             group_round_to(units, method.config.round_to))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
                 prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, package_digest(type(method))))
