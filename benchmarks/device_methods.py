@@ -42,12 +42,12 @@ def run(model: torch.nn.Module, method: str, keep: float, calibration, device: s
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     report = result.report
-    tokens = (report.get("method_stats") or {}).get("calibration_tokens")
-    score_s = report["timings_s"]["score"]
+    tokens = report.method_stats.get("calibration_tokens")
+    score_s = report.timings.score_s
     return {
         "mask": result.mask.cpu(), "prune_s": wall, "score_s": score_s, "calibration_tokens": tokens,
         "calibration_tokens_per_s": tokens / score_s if tokens else None,
-        "kept_prunable_params": report["kept_prunable_params"],
+        "kept_prunable_params": report.kept_prunable_params,
         "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
     }
 

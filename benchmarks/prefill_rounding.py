@@ -54,10 +54,10 @@ def main() -> None:
         widths[label] = {
             "ffn_channels": [w["ffn_channels"] for w in result.units.widths(result.mask)],
             "kv_groups": [w["kv_groups"] for w in result.units.widths(result.mask)],
-            "kept_params": result.report["kept_params"],
-            "kept_fraction_of_prunable": result.report["kept_fraction_of_prunable"],
+            "kept_params": result.report.kept_params,
+            "kept_fraction_of_prunable": result.report.kept_fraction_of_prunable,
         }
-        print(f"{label}: kept {result.report['kept_fraction_of_prunable']:.4%} of prunable; FFN widths "
+        print(f"{label}: kept {result.report.kept_fraction_of_prunable:.4%} of prunable; FFN widths "
               f"{sorted(set(widths[label]['ffn_channels']))[:8]}...", flush=True)
     labels = list(models)
     lens = [int(x) for x in args.prompt_lens.split(",")]

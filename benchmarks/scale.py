@@ -85,17 +85,17 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
                                   inplace=True)
         t_prune = time.perf_counter() - t1
     report = result.report
-    stats = report.get("method_stats") or {}
+    stats = report.method_stats
     tokens = stats.get("calibration_tokens")
-    score_s = report["timings_s"]["score"]
+    score_s = report.timings.score_s
     return {
         "size": size, "method": method, "budget": budget, "dtype": "bfloat16", "params": params,
         "prunable_params": units.prunable_params, "weight_bytes": weight_bytes,
-        "config": report["config"], "build_s": t_build, "prune_s": t_prune, "timings_s": report["timings_s"],
+        "config": report.config, "build_s": t_build, "prune_s": t_prune, "timings_s": report.timings.model_dump(),
         "calibration_tokens": tokens, "calibration_tokens_per_s": tokens / score_s if tokens else None,
         "bare_rss_bytes": bare, "peak_rss_bytes": mem.report.peak_rss,
         "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes, "memory_source": mem.report.source,
-        "kept_fraction_of_prunable": report["kept_fraction_of_prunable"], "threads": torch.get_num_threads(),
+        "kept_fraction_of_prunable": report.kept_fraction_of_prunable, "threads": torch.get_num_threads(),
     }
 
 

@@ -112,9 +112,9 @@ def test_prune_round_to_keeps_whole_blocks_of_channels(policy: str, scope: str, 
     units = discover(model)
     config = {"round_to": 8, "policy": policy, "scope": scope}
     result = pruneframe.prune(model, "by-index", keep, config=config, host=_host(), progress=False)
-    target, kept = result.report["budget_prunable_params"], units.kept_cost(result.mask)
+    target, kept = result.report.budget_prunable_params, units.kept_cost(result.mask)
     widths = units.widths(result.mask)
-    assert result.report["config"]["round_to"] == 8
+    assert result.report.config["round_to"] == 8
     assert all(w["ffn_channels"] % 8 == 0 and w["ffn_channels"] >= 8 for w in widths)
     assert kept <= target
     for shape, w in zip(units.layers, widths):  # no whole block of 8 channels and no KV group still fits
