@@ -159,7 +159,7 @@ def check_prune_fold_reload(
     result = pruneframe.prune(model, method=method, budget=budget, calibration=tokens(4, 16), config=config, progress=False)
     units = result.units
     minimum = PluginHost.create().method(method, config).minimum(units)
-    check_meets_budget(result.mask, units.cost, result.report["budget_prunable_params"], groups=units.groups, minimum=minimum)
+    check_meets_budget(result.mask, units.cost, result.report.budget_prunable_params, groups=units.groups, minimum=minimum)
     ids = tokens(2, 10, seed=5)
     with torch.no_grad(), gated(model, units, result.mask, result.recalibration):
         want = model(ids).logits

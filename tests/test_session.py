@@ -63,9 +63,9 @@ def test_checkpoint_and_comparison_table_read_the_report_by_field(tmp_path: Path
     assert PruneReport.model_validate(stored.model_dump(exclude={"layers", "config_form", "parameters"})) == result.report
 
     record = {"run_id": "magnitude-0.5-s0", "kind": "pruned", "status": "ok", "prune": result.report.model_dump(mode="json"),
-              "eval": {"perplexity": {"ppl": 20.0}}}
-    _, row = rows({"kind": "dense", "eval": {"perplexity": {"ppl": 10.0}}}, [record], result.report.dense_params)
-    assert row["kept_params"] == result.report.kept_params and row["ppl_ratio"] == 2.0
+              "eval": {}}
+    _, row = rows({"run_id": "dense", "kind": "dense", "eval": {}}, [record], result.report.dense_params)
+    assert row["kept_params"] == result.report.kept_params and row["kept_fraction"] == result.report.kept_fraction_of_total
     assert row["prune_s"] == result.report.timings.total_s and row["tokens_processed"] == 0
     assert row["peak_rss_mb"] == result.report.memory.peak_rss_bytes / 2**20
 
