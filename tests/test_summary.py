@@ -10,6 +10,7 @@ import pytest
 
 from pruneframe.harness.report import ZEROSHOT_HOWTO, markdown, rows
 from pruneframe.harness.summary import summarise
+from pruneframe.prune_report import MemoryRecord, PruneReport, Timings
 
 WINDOWS, TOKENS = 40, 31
 DOMAINS = {"wiki": "wikitext-2", "book": "literature", "docs": "embedded"}
@@ -33,7 +34,18 @@ def record(method: str, seed: int, nll: dict[str, np.ndarray], items: list[int] 
         ev["zeroshot"] = {"tasks": {"mc": {"acc": float(np.mean(items)), "acc_stderr": 0.1, "items": {"acc": items}}}}
     return {"run_id": f"{method}-0.5-s{seed}", "kind": "pruned", "status": "ok", "eval": ev,
             "protocol": {"method": {"name": method}, "budget": {"label": "keep 0.5"}, "seed": seed},
-            "prune": {"report": {"kept_params": 100, "kept_fraction_of_total": 0.5}, "wall_s": 1.0, "memory": {}}}
+            "prune": PRUNE_REPORT}
+
+
+#: A run's prune record as the runner stores it (a typed report, serialised).
+PRUNE_REPORT = PruneReport(
+    method="m", config={}, budget={"kind": "prunable", "keep": 0.5}, budget_label="keep 0.5", budget_prunable_params=50,
+    kept_prunable_params=50, prunable_params=100, kept_params=100, dense_params=200, kept_fraction_of_prunable=0.5,
+    kept_fraction_of_total=0.5, architecture="LlamaForCausalLM", units=10,
+    timings=Timings(score_s=0.5, project_recalibrate_s=0.25, fold_s=0.25, total_s=1.0),
+    memory=MemoryRecord(start_rss_bytes=1, peak_rss_bytes=2, delta_rss_bytes=1, source="sampling"),
+    device="cpu", dtype="float32",
+).model_dump(mode="json")
 
 
 @pytest.fixture
