@@ -137,7 +137,7 @@ def test_two_plugins_claiming_one_method_name_are_both_named() -> None:
     assert caught.value.plugins == ("twin-plugin", "twin-plugin#2")
     assert "twin" not in host.methods() and "magnitude" in host.methods()  # the others still work
     assert "method 'twin' is registered by plugins" in host.failures["twin-plugin#2"]
-    assert prune(host, "magnitude").report["method"] == "magnitude"
+    assert prune(host, "magnitude").report.method == "magnitude"
 
 
 # installed (entry-point) plugins ------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
         assert main(["prune", "--model", str(workspace["model"]), "--method", "wanda-sp", "--budget", "0.6",
                      "--method-config", config, "--calib", str(workspace["calib"]), "--out", str(folders[name]),
                      "--quiet"]) == 0
-    assert read_report(folders["streamed"])["config"]["offload"] == "cpu"
+    assert read_report(folders["streamed"]).config["offload"] == "cpu"
     whole, streamed = (load_pruned(folders[k])[0].state_dict() for k in ("whole", "streamed"))
     assert whole.keys() == streamed.keys()
     for key in whole:
