@@ -82,10 +82,10 @@ def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input(method,
     report, mask = result.report, result.mask
     target = resolve(make_budget(value, kind), UNITS, HOST.method(name, config).minimum(UNITS))
     kept = UNITS.kept_cost(mask)
-    assert report["budget_prunable_params"] == target and report["kept_prunable_params"] == kept <= target
+    assert report.budget_prunable_params == target and report.kept_prunable_params == kept <= target
     dropped = UNITS.cost[~mask]
     assert dropped.numel() == 0 or int(dropped.min()) > target - kept  # no dropped unit still fits
-    assert sum(p.numel() for p in result.model.parameters()) == report["kept_params"]
+    assert sum(p.numel() for p in result.model.parameters()) == report.kept_params
     assert sum(p.numel() for p in MODEL.parameters()) == UNITS.total_params  # the dense model is untouched
     with torch.no_grad():
         assert torch.isfinite(result.model(tokens(1, 8)).logits).all()

@@ -77,7 +77,8 @@ def summary(report: PruneReport, path: Path) -> str:
     """The report's headline numbers, one per line."""
     t = report.timings
     return "\n".join([
-        f"pruned with {report.method} to {report.budget_label} on {report.device} ({report.dtype})",
+        f"pruned with {report.method} to {report.budget_label}",
+        f"  model: {report.architecture} on {report.device} in {report.dtype}",
         f"  prunable: {report.kept_prunable_params:,} kept of budget {report.budget_prunable_params:,} "
         f"({report.kept_fraction_of_prunable:.2%} of {report.prunable_params:,})",
         f"  parameters: {report.dense_params:,} -> {report.kept_params:,} ({report.kept_fraction_of_total:.2%})",
