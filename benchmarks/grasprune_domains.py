@@ -133,8 +133,8 @@ def main() -> None:
     print("dense " + " ".join(f"{k} {v['ppl']:.2f}" for k, v in out["dense"].items()), flush=True)
     done = {(r["keep"], r["run"]) for r in out["runs"]}
     del model
-    for keep in [float(b) for b in args.budgets.split(",")]:
-        for name in names:
+    for name in names:
+        for keep in [float(b) for b in args.budgets.split(",")]:
             if (keep, name) in done:
                 continue
             method, config = RUNS[name]
