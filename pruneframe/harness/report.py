@@ -25,6 +25,7 @@ from typing import Any
 from pruneframe._io import write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.summary import Group, Summary, summarise
+from pruneframe.harness.summary import nested_get as _get
 from pruneframe.prune_report import PruneReport
 
 __all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
@@ -54,13 +55,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         raise
     return path
 
-
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 def _prune_report(record: dict[str, Any]) -> PruneReport | None:

@@ -40,10 +40,11 @@ from pruneframe.evaluation.stats import (
     percentile_interval,
 )
 
-__all__ = ["SourceInfo", "Measure", "Group", "Summary", "summarise", "perplexity_sources"]
+__all__ = ["nested_get", "SourceInfo", "Measure", "Group", "Summary", "summarise", "perplexity_sources"]
 
 
-def _get(data: Any, *keys: str) -> Any:
+def nested_get(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]...``, or ``None`` as soon as a level is missing or not a dict."""
     for key in keys:
         if not isinstance(data, dict):
             return None
@@ -124,7 +125,7 @@ class Group:
     @property
     def seeds(self) -> list[int]:
         """The seeds of the successful runs."""
-        return [int(_get(r, "protocol", "seed") or 0) for r in self.records]
+        return [int(nested_get(r, "protocol", "seed") or 0) for r in self.records]
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Summary:
 def perplexity_sources(dense: dict[str, Any], calibration_domain: str | None) -> list[SourceInfo]:
     """The dense record's perplexity sources, each marked in-domain when it shares the calibration domain."""
     found = []
-    for label, row in (_get(dense, "eval", "perplexity", "sources") or {}).items():
+    for label, row in (nested_get(dense, "eval", "perplexity", "sources") or {}).items():
         if not row.get("window_nll"):
             continue
         domain = row.get("domain") or ""
@@ -171,7 +172,7 @@ def _comparable(run_row: dict[str, Any], dense_row: dict[str, Any]) -> bool:
     """Same windows: the data fingerprint, windowing and count of both stamps agree."""
     keys = ("seq_len", "num_windows", "offset_windows", "tokenizer_fingerprint")
     a, b = run_row.get("protocol") or {}, dense_row.get("protocol") or {}
-    return (all(a.get(k) == b.get(k) for k in keys) and _get(a, "data", "fingerprint") == _get(b, "data", "fingerprint")
+    return (all(a.get(k) == b.get(k) for k in keys) and nested_get(a, "data", "fingerprint") == nested_get(b, "data", "fingerprint")
             and len(run_row.get("window_nll") or []) == len(dense_row.get("window_nll") or []))
 
 
@@ -179,8 +180,8 @@ def _task_sizes(records: Iterable[dict[str, Any]]) -> dict[str, int]:
     """Tasks with per-item ``acc`` recorded, and their item count (only when every record agrees)."""
     sizes: dict[str, set[int]] = {}
     for record in records:
-        for task, row in (_get(record, "eval", "zeroshot", "tasks") or {}).items():
-            items = _get(row, "items", "acc")
+        for task, row in (nested_get(record, "eval", "zeroshot", "tasks") or {}).items():
+            items = nested_get(row, "items", "acc")
             sizes.setdefault(task, set()).add(len(items) if items else -1)
     return {task: next(iter(n)) for task, n in sorted(sizes.items()) if len(n) == 1 and next(iter(n)) > 0}
 
@@ -197,8 +198,8 @@ def _run_measures(record: dict[str, Any], dense: dict[str, Any], sources: list[S
                   item_indices: dict[str, np.ndarray], scope: list[str]) -> dict[str, Measure]:
     measures: dict[str, Measure] = {}
     for source in sources:
-        row = _get(record, "eval", "perplexity", "sources", source.label)
-        dense_row = _get(dense, "eval", "perplexity", "sources", source.label)
+        row = nested_get(record, "eval", "perplexity", "sources", source.label)
+        dense_row = nested_get(dense, "eval", "perplexity", "sources", source.label)
         if not row or not _comparable(row, dense_row):
             continue
         tokens = [source.tokens] * source.windows
@@ -210,7 +211,7 @@ def _run_measures(record: dict[str, Any], dense: dict[str, Any], sources: list[S
         point = statistics.fmean(p.point for p in parts)  # type: ignore[union-attr]
         measures["ood"] = Measure(point, np.mean([p.draws for p in parts], axis=0), [point], log_scale=True)  # type: ignore[union-attr]
     for task, n in tasks.items():
-        items = _get(record, "eval", "zeroshot", "tasks", task, "items", "acc")
+        items = nested_get(record, "eval", "zeroshot", "tasks", task, "items", "acc")
         if items and len(items) == n:
             values = np.asarray(items, dtype=np.float64)
             point = float(values.mean())
@@ -263,7 +264,7 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     scope, scope_name = (ood, "out-of-domain") if ood else ([s.label for s in sources], "all")
     indices = {s.label: bootstrap_indices(s.windows, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + i) for i, s in enumerate(sources)}
     dense_draws = {
-        s.label: log_ppl_draws(_get(dense, "eval", "perplexity", "sources", s.label, "window_nll"),
+        s.label: log_ppl_draws(nested_get(dense, "eval", "perplexity", "sources", s.label, "window_nll"),
                                [s.tokens] * s.windows, indices[s.label])
         for s in sources
     }
@@ -274,7 +275,7 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     per_run = {r["run_id"]: _run_measures(r, dense, sources, indices, dense_draws, tasks, item_indices, scope) for r in ok}
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in ok:
-        key = (str(_get(record, "protocol", "method", "name")), str(_get(record, "protocol", "budget", "label")))
+        key = (str(nested_get(record, "protocol", "method", "name")), str(nested_get(record, "protocol", "budget", "label")))
         grouped.setdefault(key, []).append(record)
     groups = []
     better: dict[str, Literal["min", "max"]] = {}
