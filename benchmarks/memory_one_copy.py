@@ -64,15 +64,25 @@ def build_model(shape: str, folder: Path, dtype: torch.dtype) -> int:
     return weight_bytes
 
 
+#: Runs argv[1:] and prints its peak RSS. Linux keeps a process's RSS high-water mark across fork and exec,
+#: so the command is started from this bare interpreter (a few MB), not from the benchmark holding a model.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print('PEAK_RSS_KB', usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def peak_rss_of(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``command`` to the end; its exit code, wall seconds and peak RSS (bytes, from the kernel)."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = child.stdout.read() if child.stdout else b""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return {"command": command[2:], "returncode": child.returncode, "wall_s": time.perf_counter() - start,
-            "peak_rss_bytes": usage.ru_maxrss * 1024, "output_tail": output.decode(errors="replace")[-1500:]}
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *command], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, check=False)
+    output = done.stdout.decode(errors="replace")
+    peak_kb, returncode = next(line.split()[1:] for line in reversed(output.splitlines()) if line.startswith("PEAK_RSS_KB"))
+    return {"command": command[2:], "returncode": int(returncode), "wall_s": time.perf_counter() - start,
+            "peak_rss_bytes": int(peak_kb) * 1024, "output_tail": output[-1500:]}
 
 
 def main() -> None:
