@@ -8,7 +8,7 @@ import os
 # Select with HYPOTHESIS_PROFILE=ci|dev (default dev). "ci" runs 300 examples per property.
 from hypothesis import settings
 
-settings.register_profile("ci", max_examples=300, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
