@@ -180,7 +180,12 @@ def fold(
     rec = recalibration or Recalibration()
     scales = None if rec.scales is None else rec.scales.detach().float().cpu()
     target = model if inplace else copy.deepcopy(model)
-    for i, layer in enumerate(adapter.layer_slices(target)):
+    layers: list[LayerSlices | None] = list(adapter.layer_slices(target))
+    for i in range(len(layers)):
+        # A LayerSlices holds its layer's input linears (mlp_in, attn_in, glu): drop each layer's entry
+        # once folded, so the replaced weights of more than one layer are never alive together.
+        layer, layers[i] = layers[i], None
+        assert layer is not None
         keep = {kind: torch.nonzero(mask[units.slice(i, kind)]).flatten() for kind in (UnitKind.FFN, UnitKind.KV)}
         if keep[UnitKind.KV].numel() == 0:
             raise ValueError(f"layer {i} would keep no KV group; raise the per-layer minimum to at least 1")
@@ -205,4 +210,5 @@ def fold(
             down_proj_bias=down.bias is not None, o_proj_bias=o.bias is not None,
         )
         adapter.set_widths(layer, widths, target.config)
+        del layer, down, o
     return target

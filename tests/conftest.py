@@ -10,6 +10,7 @@ from hypothesis import settings
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("stress", max_examples=2000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

@@ -27,6 +27,7 @@ from pruneframe.evaluation import (
     perplexity,
 )
 from pruneframe.data import resolve_text, token_windows
+from pruneframe.data.windows import prepended_bos
 from pruneframe.evaluation.protocol import PerplexityProtocol, PerplexitySetProtocol
 from pruneframe.evaluation.speed import flops_per_token
 from pruneframe.models import load_model, parse_dtype, resolve_model_path
@@ -130,6 +131,29 @@ def test_perplexity_evaluator_measures_every_source_with_its_own_windows(
         PerplexityEvaluator({"sources": [str(first), str(first)]})
     with pytest.raises(Exception, match="either sources or data"):
         PerplexityEvaluator({"sources": [str(first)], "data": str(second)})
+
+
+def test_windows_start_with_the_bos_a_tokenizer_prepends(model: LlamaForCausalLM, tmp_path: Path) -> None:
+    from tokenizers.processors import TemplateProcessing
+
+    plain, with_bos = tiny_tokenizer("tiny-bpe-plain"), tiny_tokenizer("tiny-bpe-bos")
+    with_bos.add_special_tokens({"bos_token": "<bos>"})
+    bos = with_bos.bos_token_id
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    assert prepended_bos(plain) is None and prepended_bos(with_bos) == bos < VOCAB
+    text = tmp_path / "eval.txt"
+    text.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
+    windows = token_windows(resolve_text(str(text)), with_bos, 16, num_windows=3, bos=bos)
+    assert windows.shape == (3, 16) and (windows[:, 0] == bos).all()
+    assert torch.equal(windows[:, 1:], token_windows(resolve_text(str(text)), plain, 15, num_windows=3))
+
+    evaluator = PerplexityEvaluator({"data": str(text), "seq_len": 16, "num_windows": 3})
+    row = evaluator.evaluate(model, with_bos, EvalContext(progress=False))["sources"]["eval"]
+    assert row["ppl"] == pytest.approx(perplexity(model, windows, progress=False).ppl, rel=1e-9)
+    assert row["tokens"] == 3 * 15 and PerplexityProtocol.model_validate(row["protocol"]).add_special_tokens
+    plain_row = evaluator.evaluate(model, plain, EvalContext(progress=False))["sources"]["eval"]
+    assert not PerplexityProtocol.model_validate(plain_row["protocol"]).add_special_tokens
+    assert plain_row["ppl"] != row["ppl"]
 
 
 def test_named_protocols_fix_windowing_and_are_recorded() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from importlib import metadata
 
 import pytest
@@ -136,6 +138,28 @@ def test_mask_zero_gate_equals_removal_in_qwen3_key_norm() -> None:
     with torch.no_grad():
         got = fold(model, units, mask)(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "phi3"])
+def test_inplace_fold_frees_each_layers_old_weights_before_the_next(family: str, monkeypatch) -> None:
+    model = tiny_model(family, num_hidden_layers=3)
+    units = discover(model)
+    adapter = units.require_adapter()
+    old = [[weakref.ref(p) for p in layer.parameters()] for layer in model.model.layers]
+    alive_when_folding: list[list[int]] = []
+    set_widths = type(adapter).set_widths
+
+    def spy(self, layer, widths, config) -> None:
+        gc.collect()
+        alive_when_folding.append([sum(ref() is not None for ref in refs) for refs in old])
+        set_widths(self, layer, widths, config)
+
+    monkeypatch.setattr(type(adapter), "set_widths", spy)
+    fold(model, units, _random_mask(units, 0), inplace=True)
+    # While layer i is finished, only layers i+1.. still hold weights that will be replaced; norms stay.
+    norms = [sum(1 for n, _ in layer.named_parameters() if "norm" in n) for layer in model.model.layers]
+    for i, alive in enumerate(alive_when_folding):
+        assert alive[:i] == norms[:i], f"layer {i}: replaced weights of earlier layers still alive: {alive}"
 
 
 def test_fold_rejects_layer_without_kv_group() -> None:

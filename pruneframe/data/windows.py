@@ -13,7 +13,7 @@ from pruneframe.calibration import CalibrationData
 
 from pruneframe.data.sources import TextSource, resolve_text
 
-__all__ = ["token_windows", "calibration_windows", "count_tokens", "clear_token_cache", "tokenizer_fingerprint"]
+__all__ = ["token_windows", "prepended_bos", "calibration_windows", "count_tokens", "clear_token_cache", "tokenizer_fingerprint"]
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
@@ -67,17 +67,34 @@ def count_tokens(text: str | TextSource, tokenizer: Any) -> int:
     return int(_token_ids(body, fingerprint, tokenizer).numel())
 
 
+def prepended_bos(tokenizer: Any) -> int | None:
+    """The BOS id ``tokenizer`` puts before every input it encodes (Gemma's, Llama 2's), else None.
+
+    Asked by encoding a probe, since tokenizers prepend it from a post-processor as often as from an
+    ``add_bos_token`` flag. A model trained that way scores text without its BOS far worse (Gemma 3
+    270M: WikiText-2 perplexity about 32 without, 14.5 with).
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return int(bos) if len(ids) > 0 and ids[0] == bos else None
+
+
 def token_windows(
     text: str | TextSource,
     tokenizer: Any,
     seq_len: int,
     num_windows: int | None = None,
     offset_windows: int = 0,
+    bos: int | None = None,
 ) -> torch.Tensor:
     """Cut the tokenized ``text`` into non-overlapping windows of ``seq_len`` tokens.
 
     The whole text is tokenized once, as it is (no BOS/EOS added), and windows are taken in order,
     skipping the first ``offset_windows``. ``num_windows=None`` takes every full window that remains.
+    With ``bos`` (see :func:`prepended_bos`) every window is that id followed by ``seq_len - 1`` text
+    tokens, so a model that expects a BOS sees one and every text token of the window is predicted.
 
     Returns:
         A ``torch.long`` tensor of shape ``[num_windows, seq_len]`` (a fresh copy, safe to modify).
@@ -92,6 +109,11 @@ def token_windows(
         raise ValueError(f"token_windows: offset_windows must be >= 0, got {offset_windows}")
     if num_windows is not None and num_windows < 1:
         raise ValueError(f"token_windows: num_windows must be >= 1 or None, got {num_windows}")
+    if bos is not None:
+        if seq_len < 2:
+            raise ValueError(f"token_windows: seq_len must be >= 2 with a BOS, got {seq_len}")
+        text_windows = token_windows(text, tokenizer, seq_len - 1, num_windows, offset_windows)
+        return torch.cat([torch.full((text_windows.shape[0], 1), bos, dtype=torch.long), text_windows], dim=1)
     body, fingerprint, label = _text_and_fingerprint(text)
     ids = _token_ids(body, fingerprint, tokenizer)
     available = ids.numel() // seq_len

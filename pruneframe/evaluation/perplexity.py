@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from pruneframe.data.sources import eval_source_catalog, resolve_text
-from pruneframe.data.windows import token_windows, tokenizer_fingerprint
+from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
 
@@ -259,7 +259,9 @@ class PerplexityEvaluator(Evaluator):
              progress: bool) -> dict[str, Any]:
         source = resolve_text(spec.data, spec.split)
         count = spec.num_windows if spec.num_windows is not None else cfg.num_windows
-        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows)
+        bos = prepended_bos(tokenizer)
+        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows,
+                                bos=bos)
         result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress)
         domain = spec.domain or source.domain
         protocol = PerplexityProtocol(
@@ -267,6 +269,7 @@ class PerplexityEvaluator(Evaluator):
             data=DataStamp(**{**source.describe(), "domain": domain}),
             tokenizer=Path(str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)).name,
             tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            add_special_tokens=bos is not None,
             seq_len=cfg.seq_len,
             num_windows=result.windows,
             offset_windows=cfg.offset_windows,

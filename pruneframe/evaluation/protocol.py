@@ -47,7 +47,11 @@ class DataStamp(_Frozen):
 
 
 class PerplexityProtocol(_Frozen):
-    """How a perplexity was measured: text, windowing, tokenizer and numeric type."""
+    """How a perplexity was measured: text, windowing, tokenizer and numeric type.
+
+    ``add_special_tokens``: every window starts with the BOS the tokenizer prepends to its inputs
+    (``seq_len - 1`` text tokens follow it), as models trained that way (Gemma) expect.
+    """
 
     kind: Literal["perplexity"] = "perplexity"
     protocol_name: str = "custom"

@@ -24,7 +24,7 @@ from typing import Any
 
 from pruneframe._io import write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from pruneframe.harness.summary import Group, Summary, summarise
+from pruneframe.harness.summary import Group, Measure, Summary, summarise
 from pruneframe.harness.summary import nested_get as _get
 from pruneframe.prune_report import PruneReport
 
@@ -149,16 +149,20 @@ def _mean(values: list[Any]) -> float | None:
     return statistics.fmean(known) if known else None
 
 
+def _seed_suffix(measure: Measure, digits: int) -> str:
+    """`` s low-high`` over the seeds' values when there are several, else nothing."""
+    if len(measure.seed_points) < 2:
+        return ""
+    smin, smax = measure.seed_range()
+    return f" s {smin:.{digits}f}-{smax:.{digits}f}"
+
+
 def _ratio_cell(group: Group, key: str) -> str:
     measure = group.measures.get(key)
     if measure is None:
         return "-"
     low, high = measure.interval()
-    text = f"{measure.value():.2f} [{low:.2f}, {high:.2f}]"
-    if len(measure.seed_points) > 1:
-        smin, smax = measure.seed_range()
-        text += f" s {smin:.2f}-{smax:.2f}"
-    return text
+    return f"{measure.value():.2f} [{low:.2f}, {high:.2f}]" + _seed_suffix(measure, 2)
 
 
 def _acc_cell(group: Group, task: str) -> str:
@@ -167,11 +171,7 @@ def _acc_cell(group: Group, task: str) -> str:
         return "-"
     ses = [_get(r, "eval", "zeroshot", "tasks", task, "acc_stderr") for r in group.records]
     se = ses[0] if len(ses) == 1 and ses[0] is not None else measure.se()
-    text = f"{measure.value():.3f} ±{se:.3f}"
-    if len(measure.seed_points) > 1:
-        smin, smax = measure.seed_range()
-        text += f" s {smin:.3f}-{smax:.3f}"
-    return text
+    return f"{measure.value():.3f} ±{se:.3f}" + _seed_suffix(measure, 3)
 
 
 def _speed_cell(group: Group, phase: str) -> str:

