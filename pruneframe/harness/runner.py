@@ -13,7 +13,6 @@ copy, loaded from the files after the prune.
 
 from __future__ import annotations
 
-import gc
 import time
 import traceback
 from collections.abc import Callable
@@ -223,7 +222,7 @@ def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, lo
         write_json_atomic(path, record)
         return record, True
     finally:
-        gc.collect()
+        release_unused_memory()  # the run's model is gone: hand its pages back before the next load
     return _finish(path, record), True
 
 
