@@ -32,18 +32,18 @@ def tables(data: dict[str, Any]) -> list[str]:
     dense, protocol = data["dense"], data["protocol"]
     seq_len = next(iter(protocol["evaluation"].values()))["seq_len"]
     windows = next(iter(protocol["evaluation"].values()))["windows"]
-    head = ["run", *DEV, "dev OOD geomean", *TEST, "test OOD geomean", "prune s"]
+    head = ["run", *DEV, "dev OOD geomean", *TEST, "test OOD geomean"]
     out = [f"Dense perplexity ({windows} windows of {seq_len} tokens per source): "
            + ", ".join(f"{name} {dense[name]['ppl']:.2f}" for name in (*DEV, *TEST)) + ".", ""]
     for keep in sorted({run["keep"] for run in data["runs"]}, reverse=True):
-        runs = [run for run in data["runs"] if run["keep"] == keep]
+        runs = sorted((run for run in data["runs"] if run["keep"] == keep), key=lambda r: r["method"] != "grasprune")
         out += [f"**keep {keep}** (ratio of perplexity to dense, 95% paired-bootstrap interval over windows)", "",
                 "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for run in runs:
             label = run["run"] if run["method"] == "grasprune" else f"{run['run']} (baseline)"
             cells = [cell(run, dense, s, seq_len) for s in DEV] + [f"{run['dev_ood_geomean']:.2f}"]
             cells += [cell(run, dense, s, seq_len) for s in TEST] + [f"{run['test_ood_geomean']:.2f}"]
-            out.append(f"| {label} | " + " | ".join(cells) + f" | {run['prune_wall_s']:.0f} |")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
         grasp = [run for run in runs if run["method"] == "grasprune"]
         if grasp:
             best = min(grasp, key=lambda r: (r["dev_ood_geomean"], r["ratio_to_dense"]["wiki-valid-heldout"]))

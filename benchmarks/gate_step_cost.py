@@ -41,11 +41,11 @@ from pruneframe_grasprune.training import attention_implementation, causal_lm_lo
 CONFIGS = [("eager", "plain"), ("eager", "lean"), ("sdpa", "plain"), ("sdpa", "lean"), ("sdpa", "distill")]
 
 
-class _Setup:
-    """The model, its units, one batch and the gate scores, shared by every measurement."""
+class GateStepSetup:
+    """The model (in ``dtype``), its units, one batch and the fp32 gate scores, shared by every measurement."""
 
-    def __init__(self, seq_len: int) -> None:
-        self.model, _ = load_model("smollm2-135m", dtype="float32")
+    def __init__(self, seq_len: int, dtype: str = "float32") -> None:
+        self.model, _ = load_model("smollm2-135m", dtype=dtype)
         self.units = discover(self.model)
         g = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, self.model.config.vocab_size, (1, seq_len), generator=g)
@@ -78,7 +78,7 @@ def _timed(fn: Callable[[], None]) -> float:
 
 def time_all(reps: int, seq_len: int) -> dict[str, Any]:
     """Median seconds of a dense forward and of a step per configuration, interleaved ``reps`` times."""
-    s = _Setup(seq_len)
+    s = GateStepSetup(seq_len)
     s.forward()
     for cfg in CONFIGS:  # warm-up
         s.step(*cfg)
@@ -92,7 +92,7 @@ def time_all(reps: int, seq_len: int) -> dict[str, Any]:
 
 def memory_one(attention: str, loss_path: str, steps: int, seq_len: int) -> dict[str, int]:
     """Peak RSS of dense forwards, then of gate steps, in this (fresh) process."""
-    s = _Setup(seq_len)
+    s = GateStepSetup(seq_len)
     with PeakMemory() as fwd:
         for _ in range(steps):
             s.forward()
