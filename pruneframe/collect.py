@@ -26,7 +26,10 @@ from pruneframe.architectures import ArchitectureAdapter, LayerSlices, adapter_f
 from pruneframe.distributed import shard_rows, summed, world
 from pruneframe.streaming import resolve_compute_device, streamed_forward
 
-__all__ = ["Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches"]
+__all__ = [
+    "Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches",
+    "mean_contribution",
+]
 
 
 class Accumulator(Protocol):
@@ -46,6 +49,18 @@ class Accumulator(Protocol):
 def _accumulation_device(x: torch.Tensor) -> torch.device:
     """The input's device where it supports float64, else the CPU."""
     return x.device if x.device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``W[:, cols] @ mean[cols]`` in float64: what input channels ``cols`` add to a linear layer's output on average.
+
+    The bias that keeps a layer's mean output when those channels are removed (FLAP's compensation).
+    Only the removed columns leave the weight, and the product runs on the weight's device (the CPU
+    where that device has no float64). Returns a CPU float64 vector ``[out_features]``.
+    """
+    device = _accumulation_device(weight)
+    w = weight.detach()[:, cols.to(weight.device)].to(device=device, dtype=torch.float64)
+    return (w @ mean.to(device=device, dtype=torch.float64)[cols.to(device)]).cpu()
 
 
 @dataclass

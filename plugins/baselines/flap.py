@@ -38,7 +38,7 @@ import torch
 from pydantic import Field
 
 from pruneframe.architectures import unit_indices
-from pruneframe.collect import Moments, collect_input_moments
+from pruneframe.collect import Moments, collect_input_moments, mean_contribution
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.streaming import StreamingOptions
@@ -151,18 +151,12 @@ class FLAP(PruningMethod):
         with torch.no_grad():
             for i, mods in enumerate(layers):
                 removed = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
-                mlp_bias[i] = _mean_contribution(mods.down_proj.weight, moments["down_in"][i], removed)
+                mlp_bias[i] = mean_contribution(mods.down_proj.weight, moments["down_in"][i].mean(), removed)
                 groups = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
                 cols = unit_indices(groups, mods.queries_per_group * mods.head_dim)
-                attn_bias[i] = _mean_contribution(mods.o_proj.weight, moments["o_in"][i], cols)
+                attn_bias[i] = mean_contribution(mods.o_proj.weight, moments["o_in"][i].mean(), cols)
         context.stats["bias_compensation"] = True
         return Recalibration(mlp_bias=mlp_bias.float(), attn_bias=attn_bias.float())
-
-
-def _mean_contribution(weight: torch.Tensor, moments: Moments, cols: torch.Tensor) -> torch.Tensor:
-    """``W[:, cols] @ mean(x)[cols]``: what the removed input channels add to the output on average."""
-    w = weight.detach()[:, cols.to(weight.device)].to(device="cpu", dtype=torch.float64)
-    return w @ moments.mean().cpu()[cols]
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pruneframe.architectures import unit_indices
-from pruneframe.collect import collect_input_moments
+from pruneframe.collect import collect_input_moments, mean_contribution
 from pruneframe.units import UnitKind, UnitSet
 
 __all__ = ["mean_projection_inputs", "compensation_bias"]
@@ -36,10 +36,8 @@ def compensation_bias(
     attn_bias = torch.zeros(units.num_layers, units.hidden_size)
     for i, m in enumerate(mods):
         gone = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
-        w = m.down_proj.weight.detach().double().cpu()
-        mlp_bias[i] = (w[:, gone] @ mlp_mean[i][gone]).float()
+        mlp_bias[i] = mean_contribution(m.down_proj.weight, mlp_mean[i], gone).float()
         gone_kv = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
         cols = unit_indices(gone_kv, m.queries_per_group * m.head_dim)
-        w = m.o_proj.weight.detach().double().cpu()
-        attn_bias[i] = (w[:, cols] @ attn_mean[i][cols]).float()
+        attn_bias[i] = mean_contribution(m.o_proj.weight, attn_mean[i], cols).float()
     return mlp_bias, attn_bias
