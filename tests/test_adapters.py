@@ -150,3 +150,24 @@ def test_a_plugin_registers_a_family_through_the_one_hook() -> None:
                 register(object())
 
         PluginHost.create(plugins=[Bad()]).adapters()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("max_elements", [1, 50, 1 << 22])
+def test_blockwise_per_unit_sums_equal_the_whole_slice_sums(family: str, max_elements: int) -> None:
+    """``per_unit_sum_of`` (float64 a block at a time) equals ``per_unit_sum`` of the whole upcast slice,
+    and each block function sees the slice channels its block covers."""
+    model = tiny_model(family).to(torch.bfloat16)
+    for layer in adapter_for(model).layer_slices(model):
+        for kind in (UnitKind.FFN, UnitKind.KV):
+            for part in layer.of(kind):
+                w = part.weight.detach().double()
+                whole = part.per_unit_sum(w.square())
+                blocks = part.per_unit_sum_of(lambda block, _: block.square(), max_elements=max_elements)
+                torch.testing.assert_close(blocks, whole, rtol=1e-12, atol=0)
+                # weight each slice channel (row or column) by its position: the block must see its own channels
+                position = torch.arange(w.shape[part.axis], dtype=torch.float64)
+                shaped = (lambda p: p[:, None]) if part.axis == 0 else (lambda p: p[None, :])
+                ref = part.per_unit_sum(w.abs() * shaped(position))
+                got = part.per_unit_sum_of(lambda block, ch: block.abs() * shaped(position[ch]), max_elements=max_elements)
+                torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -23,6 +24,7 @@ from pruneframe.evaluation import (
     checkpoint_bytes,
     ideal_speedup,
     layer_widths,
+    measure_speed,
     parameter_counts,
     perplexity,
 )
@@ -223,6 +225,19 @@ def test_speed_evaluator_reports_throughput_and_ratios(model: LlamaForCausalLM) 
         assert spread["median"] == pytest.approx(sorted(per_repeat)[1])
         assert spread["min"] <= spread["q25"] <= spread["median"] <= spread["q75"] <= spread["max"]
     assert result["protocol"]["prefill_len"] == 8 and result["protocol"]["threads"] >= 1
+
+
+def test_speed_statistic_reduces_repeats_to_the_fastest_or_the_median(monkeypatch: pytest.MonkeyPatch, model: LlamaForCausalLM) -> None:
+    import pruneframe.evaluation.speed as speed
+
+    times = itertools.cycle([(4.0, 8.0), (1.0, 2.0), (2.0, 9.0)])
+    monkeypatch.setattr(speed, "time_generation", lambda *a, **k: next(times))
+    fastest = measure_speed(model, prefill_len=8, decode_tokens=2, warmup=0, repeats=3)
+    middle = measure_speed(model, prefill_len=8, decode_tokens=2, warmup=0, repeats=3, statistic="median")
+    assert (fastest.prefill_s, fastest.decode_s) == (1.0, 2.0) and fastest.prefill_tokens_per_s == 8.0
+    assert (middle.prefill_s, middle.decode_s) == (2.0, 8.0)
+    result = SpeedEvaluator({"prefill_len": 8, "decode_tokens": 2, "repeats": 1}).evaluate(model, None, EvalContext())
+    assert result["protocol"]["statistic"] == "min"
 
 
 # --------------------------------------------------------------------------- models

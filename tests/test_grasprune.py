@@ -126,6 +126,17 @@ def test_non_finite_loss_stops_with_step() -> None:
         pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
 
 
+def test_backbone_dtype_follows_the_model_unless_named() -> None:
+    """``dtype: auto`` trains on a bf16 model as loaded (fp32 gates and scales); a named dtype must match."""
+    model = tiny_model().to(torch.bfloat16)
+    result = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
+    assert result.scores.dtype is torch.float32 and result.recalibration.scales.dtype is torch.float32
+    assert next(result.model.parameters()).dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype=float32 but the model is torch.bfloat16"):
+        pruneframe.prune(tiny_model().to(torch.bfloat16), "grasprune", 0.5, calibration=tokens(6, 12),
+                         config={**FAST, "dtype": "float32"}, progress=False)
+
+
 def test_config_is_typed() -> None:
     from pruneframe_grasprune import GRASPruneConfig
 

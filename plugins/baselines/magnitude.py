@@ -60,9 +60,8 @@ class Magnitude(PruningMethod):
         return scores
 
     def _part_total(self, part: WeightSlice) -> torch.Tensor:
-        w = part.weight.detach().to(torch.float64)
-        per_element = w.abs() if self.config.norm == "l1" else w.square()
-        return part.per_unit_sum(per_element).cpu()
+        l1 = self.config.norm == "l1"
+        return part.per_unit_sum_of(lambda block, _: block.abs() if l1 else block.square()).cpu()
 
 
 @hookimpl

@@ -93,4 +93,8 @@ class GRASPruneConfig(MethodConfig):
         "a rerun of the same configuration on the same model and data resumes after the last saved step",
     )
     checkpoint_every: PositiveInt = Field(50, description="steps between two saves of the resumable state")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="compute dtype of the frozen backbone")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="compute dtype of the frozen backbone: auto = the dtype the model was loaded in; a named "
+        "dtype is checked against the model (gates, scales and optimiser state are float32 either way)",
+    )

@@ -55,7 +55,9 @@ class GRASPrune(PruningMethod):
     def _windows(self, context: ScoringContext, num: int, offset: int) -> torch.Tensor:
         return context.require_calibration(self.name).windows(num, self.config.seq_len, offset=offset)
 
-    def _cast(self, model: torch.nn.Module) -> None:
+    def _check_dtype(self, model: torch.nn.Module) -> None:
+        if self.config.dtype == "auto":
+            return
         dtype = getattr(torch, self.config.dtype)
         if next(model.parameters()).dtype != dtype:
             raise ValueError(
@@ -103,7 +105,7 @@ class GRASPrune(PruningMethod):
     def score(self, context: ScoringContext) -> torch.Tensor:
         """Train the gates (stage A) and return the final keep probabilities p."""
         cfg = self.config
-        self._cast(context.model)
+        self._check_dtype(context.model)
         units = context.units
         windows = self._windows(context, cfg.num_sequences, offset=0)
         steps = cfg.epochs * -(-len(windows) // cfg.batch_size)

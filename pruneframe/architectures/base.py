@@ -24,6 +24,7 @@ A family is one subclass (see :mod:`pruneframe.architectures.llama` for split pr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -125,6 +126,30 @@ class WeightSlice:
         """Sum a slice-shaped tensor over everything a unit owns: one value per unit."""
         per_channel = self.channel_sum(values)
         return per_channel.reshape(self.units, self.per_unit).sum(dim=1)
+
+    def per_unit_sum_of(
+        self,
+        fn: Callable[[torch.Tensor, slice], torch.Tensor],
+        *,
+        dtype: torch.dtype = torch.float64,
+        max_elements: int = 1 << 22,
+    ) -> torch.Tensor:
+        """``per_unit_sum(fn(weight in dtype))``, computed a block of units at a time.
+
+        ``fn(block, channels)`` gets the weights of a block of whole units, converted to ``dtype``, and
+        which rows (``axis=0``) or columns (``axis=1``) of the slice they are. Only one block (at most
+        ``max_elements`` weights, or one unit) exists in ``dtype`` at a time, so a score accumulated in
+        float64 never holds a float64 copy of a whole layer. Returns one value per unit, on the weight's device.
+        """
+        w = self.weight.detach()
+        span = int(w.shape[1 - self.axis]) * self.per_unit
+        step = max(1, max_elements // max(span, 1))
+        sums = []
+        for first in range(0, self.units, step):
+            channels = slice(first * self.per_unit, min(self.units, first + step) * self.per_unit)
+            block = (w[channels] if self.axis == 0 else w[:, channels]).to(dtype)
+            sums.append(self.channel_sum(fn(block, channels)).reshape(-1, self.per_unit).sum(dim=1))
+        return torch.cat(sums) if sums else torch.zeros(0, dtype=dtype, device=w.device)
 
     def indices(self, keep: torch.Tensor) -> torch.Tensor:
         """Rows/columns of the whole linear layer owned by the units ``keep`` (indices into the slice)."""
