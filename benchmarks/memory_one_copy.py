@@ -13,6 +13,7 @@ plugins`` (the interpreter, torch and transformers, no model): 1.0 means one cop
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -102,7 +103,11 @@ def main() -> None:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     cli = [sys.executable, "-m", "pruneframe"]
     common = ["--dtype", args.dtype, "--device", "cpu", "--calib", "embedded", "--calib-tokens", str(128 * args.calib_windows)]
-    settings = {"wanda-sp": ["--method-config", f'{{"num_windows": {args.calib_windows}}}']}
+    windows = json.dumps({"num_windows": args.calib_windows})
+    # GRASPrune's schedule shrunk to a few steps: memory does not grow with the number of steps
+    short = json.dumps({"num_sequences": 4, "seq_len": 128, "epochs": 1, "rescale_sequences": 2})
+    settings = {"wanda-sp": ["--method-config", f"wanda-sp={windows}"], "flap": ["--method-config", f"flap={windows}"],
+                "grasprune": ["--method-config", f"grasprune={short}"]}
     report: dict[str, Any] = {
         "protocol": {"shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
                      "dtype": args.dtype, "device": "cpu", "budget": args.budget, "calibration": "embedded",

@@ -139,7 +139,7 @@ def main() -> None:
             row = json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg_1min_at_start": load}
             rows[(size, method)] = row
             rate = row["calibration_tokens_per_s"]
-            print(f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score']:6.1f} s), "
+            print(f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
                   f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
                   f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
                   f"  [load {load:.1f}]", flush=True)

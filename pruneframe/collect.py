@@ -63,6 +63,17 @@ def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, cols: torch.Tens
     return (w @ mean.to(device=device, dtype=torch.float64)[cols.to(device)]).cpu()
 
 
+#: Largest number of elements :class:`Moments` converts to float64 at once (32 MiB).
+UPCAST_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Consecutive row blocks of a ``[rows, features]`` tensor, each at most :data:`UPCAST_BLOCK_ELEMENTS`."""
+    step = max(1, UPCAST_BLOCK_ELEMENTS // max(flat.shape[1], 1))
+    for start in range(0, flat.shape[0], step):
+        yield flat[start : start + step]
+
+
 @dataclass
 class Moments:
     """Running first and second moments of one linear layer's input features (float64 sums).
@@ -88,10 +99,12 @@ class Moments:
         device = _accumulation_device(x)
         if self.total.device != device:
             self.total, self.total_sq = self.total.to(device), self.total_sq.to(device)
-        flat = x.detach().reshape(-1, x.shape[-1]).to(device=device, dtype=torch.float64)
+        flat = x.detach().reshape(-1, x.shape[-1])
         self.count += flat.shape[0]
-        self.total += flat.sum(0)
-        self.total_sq += flat.square().sum(0)
+        for block in _row_blocks(flat):  # float64 a block of rows at a time, never the whole batch
+            block = block.to(device=device, dtype=torch.float64)
+            self.total += block.sum(0)
+            self.total_sq += block.square().sum(0)
 
     def merge_ranks(self) -> None:
         """Sum the counts and sums over all ranks."""
