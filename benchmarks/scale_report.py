@@ -161,7 +161,11 @@ def memory_section() -> list[str]:
         "`python benchmarks/memory_one_copy.py --shape SHAPE`: a random-weight model saved as bf16 safetensors, each "
         "command in its own process; (peak RSS - peak RSS of `pruneframe plugins`) / weight bytes, so 1.0 is one "
         "copy of the weights. `prune` runs at keep 0.8; `compare` runs the listed methods at two budgets (and "
-        "evaluates the dense model once).", "",
+        "evaluates the dense model once); grasprune runs a shortened schedule (4 sequences of 128 tokens, one "
+        "epoch), as memory does not grow with the number of steps. At small shapes the fixed costs (tokenizer, "
+        "calibration text, logits over the 49,152-token vocabulary) weigh more. llm-pruner's extra is its backward "
+        "pass: the activations of the whole calibration batch and its logits (each weight's gradient is reduced "
+        "to unit scores and freed as soon as it is complete).", "",
         "| shape | command | peak RSS - bare / weights | wall s |",
         "| --- | --- | ---: | ---: |",
     ]
