@@ -27,7 +27,7 @@ from pruneframe.distributed import shard_rows, summed, world
 from pruneframe.streaming import resolve_compute_device, streamed_forward
 
 __all__ = [
-    "Accumulator", "Moments", "SecondMoments", "collect_layer_inputs", "collect_input_moments", "batches",
+    "Accumulator", "Moments", "SecondMoments", "column_sums_of", "collect_layer_inputs", "collect_input_moments", "batches",
     "mean_contribution",
 ]
 
@@ -72,6 +72,27 @@ def _row_blocks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
     step = max(1, UPCAST_BLOCK_ELEMENTS // max(flat.shape[1], 1))
     for start in range(0, flat.shape[0], step):
         yield flat[start : start + step]
+
+
+def column_sums_of(
+    weight: torch.Tensor,
+    fn: Callable[[torch.Tensor, slice], torch.Tensor],
+    *,
+    max_elements: int = UPCAST_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """``fn(W[:, cols] in float64, cols).sum(0)`` for every input column of a linear weight ``[out, in]``.
+
+    Computed a block of columns at a time on the weight's device (the CPU where it has no float64),
+    so no float64 copy of the whole weight ever exists. Returns a CPU float64 vector ``[in_features]``.
+    """
+    device = _accumulation_device(weight)
+    w = weight.detach()
+    step = max(1, max_elements // max(w.shape[0], 1))
+    sums = []
+    for start in range(0, w.shape[1], step):
+        cols = slice(start, min(start + step, w.shape[1]))
+        sums.append(fn(w[:, cols].to(device=device, dtype=torch.float64), cols).sum(0).cpu())
+    return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny import on_ranks, tiny_model, tokens
 
@@ -70,3 +71,17 @@ def test_ranks_share_the_windows_and_merge_to_the_single_process_statistics(tmp_
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         for name, mask in got["masks"].items():
             assert torch.equal(mask, single["masks"][name]), name
+
+
+@pytest.mark.parametrize("max_elements", [1, 7, 1 << 22])
+def test_column_sums_of_equals_the_whole_weight_reduction(max_elements: int) -> None:
+    """Block by block, the column sums are those of the whole float64 weight, each block seeing its own columns."""
+    from pruneframe.collect import column_sums_of
+
+    weight = torch.randn(5, 11, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    w = weight.double()
+    scale = torch.arange(11, dtype=torch.float64)
+    torch.testing.assert_close(column_sums_of(weight, lambda b, _: b.square(), max_elements=max_elements),
+                               w.square().sum(0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(column_sums_of(weight, lambda b, cols: b.abs() * scale[cols][None, :], max_elements=max_elements),
+                               (w.abs() * scale[None, :]).sum(0), rtol=1e-12, atol=0)

@@ -38,7 +38,7 @@ import torch
 from pydantic import Field
 
 from pruneframe.architectures import unit_indices
-from pruneframe.collect import Moments, collect_input_moments, mean_contribution
+from pruneframe.collect import Moments, collect_input_moments, column_sums_of, mean_contribution
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.streaming import StreamingOptions
@@ -77,12 +77,12 @@ class FLAPConfig(AllocationConfig, StreamingOptions):
 
 def channel_metric(metric: Metric, weight: torch.Tensor, moments: Moments) -> torch.Tensor:
     """FLAP's per-input-channel metric of a linear layer from its input moments (float64, CPU)."""
-    w = weight.detach().to(device="cpu", dtype=torch.float64)
     if metric == "IFV":
         return moments.variance().cpu()
     if metric == "WIFV":
-        return moments.variance().cpu() * w.square().sum(0)
-    return (w.abs() * moments.mean_square().cpu().sqrt()[None, :]).mean(0)
+        return moments.variance().cpu() * column_sums_of(weight, lambda block, _: block.square())
+    norm = moments.mean_square().sqrt()
+    return column_sums_of(weight, lambda block, cols: block.abs() * norm[cols].to(block.device)[None, :]) / weight.shape[0]
 
 
 def standardise(values: torch.Tensor) -> torch.Tensor:
