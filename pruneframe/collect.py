@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, LayerSlices, adapter_for
+from pruneframe.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
 from pruneframe.distributed import shard_rows, summed, world
 from pruneframe.streaming import resolve_compute_device, streamed_forward
 
@@ -63,17 +64,6 @@ def mean_contribution(weight: torch.Tensor, mean: torch.Tensor, cols: torch.Tens
     return (w @ mean.to(device=device, dtype=torch.float64)[cols.to(device)]).cpu()
 
 
-#: Largest number of elements :class:`Moments` converts to float64 at once (32 MiB).
-UPCAST_BLOCK_ELEMENTS = 1 << 22
-
-
-def _row_blocks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Consecutive row blocks of a ``[rows, features]`` tensor, each at most :data:`UPCAST_BLOCK_ELEMENTS`."""
-    step = max(1, UPCAST_BLOCK_ELEMENTS // max(flat.shape[1], 1))
-    for start in range(0, flat.shape[0], step):
-        yield flat[start : start + step]
-
-
 def column_sums_of(
     weight: torch.Tensor,
     fn: Callable[[torch.Tensor, slice], torch.Tensor],
@@ -85,13 +75,8 @@ def column_sums_of(
     Computed a block of columns at a time on the weight's device (the CPU where it has no float64),
     so no float64 copy of the whole weight ever exists. Returns a CPU float64 vector ``[in_features]``.
     """
-    device = _accumulation_device(weight)
-    w = weight.detach()
-    step = max(1, max_elements // max(w.shape[0], 1))
-    sums = []
-    for start in range(0, w.shape[1], step):
-        cols = slice(start, min(start + step, w.shape[1]))
-        sums.append(fn(w[:, cols].to(device=device, dtype=torch.float64), cols).sum(0).cpu())
+    blocks = float64_blocks(weight.detach(), 1, device=_accumulation_device(weight), max_elements=max_elements)
+    sums = [fn(block, cols).sum(0).cpu() for cols, block in blocks]
     return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64)
 
 
@@ -122,8 +107,7 @@ class Moments:
             self.total, self.total_sq = self.total.to(device), self.total_sq.to(device)
         flat = x.detach().reshape(-1, x.shape[-1])
         self.count += flat.shape[0]
-        for block in _row_blocks(flat):  # float64 a block of rows at a time, never the whole batch
-            block = block.to(device=device, dtype=torch.float64)
+        for _, block in float64_blocks(flat, 0, device=device):  # never the whole batch in float64
             self.total += block.sum(0)
             self.total_sq += block.square().sum(0)
 

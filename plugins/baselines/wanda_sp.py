@@ -107,19 +107,12 @@ class WandaSP(PruningMethod):
                         norm = moments[_INPUT_OF[part.name]][i].mean_square().sqrt().to(part.weight.device)
                         if part.axis == 1:  # the input features of a column slice are its own columns
                             norm = norm[part.start : part.stop]
-                        total = total + part.per_unit_sum_of(_weighted_by(norm, part.axis)).cpu()
+                        total = total + part.per_unit_sum_of(
+                            lambda block, ch: block.abs() * (norm[ch] if part.axis == 1 else norm)[None, :]
+                        ).cpu()
                     n = sum(p.params_per_unit for p in parts)
                     scores[units.slice(i, kind)] = (total / n).float()
         return scores
-
-
-def _weighted_by(norm: torch.Tensor, axis: int):  # noqa: ANN202 - a per_unit_sum_of block function
-    """``|W| * ||X_j||`` for one block of a slice (a column block also selects its inputs' norms)."""
-
-    def weighted(block: torch.Tensor, channels: slice) -> torch.Tensor:
-        return block.abs() * (norm[channels] if axis == 1 else norm)[None, :]
-
-    return weighted
 
 
 @hookimpl

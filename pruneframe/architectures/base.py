@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from pruneframe.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
 from pruneframe.units import LayerShape, UnitKind, UnitSet
 
 __all__ = ["WeightSlice", "LayerSlices", "LayerWidths", "ArchitectureAdapter", "count_parameters", "unit_indices"]
@@ -128,28 +129,19 @@ class WeightSlice:
         return per_channel.reshape(self.units, self.per_unit).sum(dim=1)
 
     def per_unit_sum_of(
-        self,
-        fn: Callable[[torch.Tensor, slice], torch.Tensor],
-        *,
-        dtype: torch.dtype = torch.float64,
-        max_elements: int = 1 << 22,
+        self, fn: Callable[[torch.Tensor, slice], torch.Tensor], *, max_elements: int = UPCAST_BLOCK_ELEMENTS
     ) -> torch.Tensor:
-        """``per_unit_sum(fn(weight in dtype))``, computed a block of units at a time.
+        """``per_unit_sum(fn(weight in float64))``, computed a block of units at a time.
 
-        ``fn(block, channels)`` gets the weights of a block of whole units, converted to ``dtype``, and
-        which rows (``axis=0``) or columns (``axis=1``) of the slice they are. Only one block (at most
-        ``max_elements`` weights, or one unit) exists in ``dtype`` at a time, so a score accumulated in
-        float64 never holds a float64 copy of a whole layer. Returns one value per unit, on the weight's device.
+        ``fn(block, channels)`` gets the float64 weights of a block of whole units and which rows
+        (``axis=0``) or columns (``axis=1``) of the slice they are. Only one block (at most
+        ``max_elements`` weights, or one unit) exists in float64 at a time, so a score never holds a
+        float64 copy of a whole layer. Returns one value per unit, on the weight's device.
         """
         w = self.weight.detach()
-        span = int(w.shape[1 - self.axis]) * self.per_unit
-        step = max(1, max_elements // max(span, 1))
-        sums = []
-        for first in range(0, self.units, step):
-            channels = slice(first * self.per_unit, min(self.units, first + step) * self.per_unit)
-            block = (w[channels] if self.axis == 0 else w[:, channels]).to(dtype)
-            sums.append(self.channel_sum(fn(block, channels)).reshape(-1, self.per_unit).sum(dim=1))
-        return torch.cat(sums) if sums else torch.zeros(0, dtype=dtype, device=w.device)
+        sums = [self.channel_sum(fn(block, channels)).reshape(-1, self.per_unit).sum(dim=1)
+                for channels, block in float64_blocks(w, self.axis, group=self.per_unit, max_elements=max_elements)]
+        return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64, device=w.device)
 
     def indices(self, keep: torch.Tensor) -> torch.Tensor:
         """Rows/columns of the whole linear layer owned by the units ``keep`` (indices into the slice)."""
