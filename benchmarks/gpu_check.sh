@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # GPU check (at most ~10 minutes on one H200): every step runs under `timeout`, writes JSON under
 # the results folder, and the script ends with a summary.
-#   1. the main comparison's methods on SmolLM2-135M in bf16 on the device (calibration tokens/s,
-#      peak device memory, keep masks against the CPU run with the same seed and data);
-#   2. a random-weight model of the 1B shape through `pruneframe prune` and `pruneframe compare`;
-#   3. one layer-streamed prune, when this build has a streaming flag (skipped with a message if not).
-# Usage: benchmarks/gpu_check.sh            (results in $OUT if set, else benchmarks/results/gpu_check)
+#   methods: the main comparison's methods on SmolLM2-135M in bf16 on the device (calibration tokens/s,
+#            peak device memory, keep masks against the CPU run with the same seed and data);
+#   big:     a random-weight model of the 1B shape through `pruneframe prune` (wanda-sp, llm-pruner and a
+#            short GRASPrune schedule, that one also under a one-rank `torchrun`) and `pruneframe compare`
+#            (magnitude and wanda-sp at two budgets);
+#   stream:  one layer-streamed prune of that model: weights on the CPU, each decoder layer in turn on
+#            the device (wanda-sp with `offload: cpu`).
+# Usage: benchmarks/gpu_check.sh  (results in $RESULTS_DIR, else $OUT, else benchmarks/results/gpu_check)
 # Settings (environment): DEVICE=cuda|cpu  SHAPE=1b|0.5b|135m  METHODS=magnitude,...  PYTHON=path
+#   PARTS=methods,big,stream (which parts run; default all)  MODEL_135M=smollm2-135m|folder
+#   TOKENIZER=folder (the 1B model's tokenizer; default the embedded SmolLM2's, same vocabulary)
 # A CPU dry run of the same steps: DEVICE=cpu SHAPE=135m METHODS=magnitude benchmarks/gpu_check.sh
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
 DEVICE="${DEVICE:-cuda}"
 SHAPE="${SHAPE:-1b}"
-METHODS="${METHODS:-magnitude,llm-pruner,wanda-sp,flap,random}"
-RESULTS="${OUT:-benchmarks/results/gpu_check}"
+METHODS="${METHODS:-grasprune,magnitude,llm-pruner,wanda-sp,flap,random}"
+PARTS="${PARTS:-methods,big,stream}"
+MODEL_135M="${MODEL_135M:-smollm2-135m}"
+TOKENIZER="${TOKENIZER:-}"
+RESULTS="${RESULTS_DIR:-${OUT:-benchmarks/results/gpu_check}}"
 PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
@@ -22,6 +30,7 @@ fi
 mkdir -p "$RESULTS"
 STEPS="$RESULTS/steps.tsv"
 : >"$STEPS"
+wanted() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 # step NAME SECONDS COMMAND...: run under timeout, log to NAME.log, record status and seconds.
 step() {
@@ -42,38 +51,54 @@ info = {'python': sys.version.split()[0], 'torch': torch.__version__, 'cuda': to
         'devices': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
 json.dump(info, open('$RESULTS/env.json', 'w'), indent=2); print(info)"
 
-step methods-135m 240 "$PY" benchmarks/device_methods.py --device "$DEVICE" --dtype bfloat16 \
-  --methods "$METHODS" --out "$RESULTS/methods_135m.json"
+if wanted methods; then
+  step methods-135m 300 "$PY" benchmarks/device_methods.py --device "$DEVICE" --dtype bfloat16 \
+    --model "$MODEL_135M" --methods "$METHODS" --out "$RESULTS/methods_135m.json"
+fi
 
 MODEL_DIR="$RESULTS/model-$SHAPE"
-step "build-$SHAPE" 90 "$PY" -c "
+if wanted big || wanted stream; then
+  step "build-$SHAPE" 120 "$PY" -c "
 import sys; sys.path.insert(0, 'benchmarks')
 from scale import build
-from pruneframe.models import load_model
 model = build('$SHAPE')
 model.save_pretrained('$MODEL_DIR')
-load_model('smollm2-135m')[1].save_pretrained('$MODEL_DIR')  # same vocabulary (49,152)
+if '$TOKENIZER':
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained('$TOKENIZER')
+else:
+    from pruneframe.models import load_model
+    tokenizer = load_model('smollm2-135m')[1]
+tokenizer.save_pretrained('$MODEL_DIR')  # same vocabulary (49,152)
 print(sum(p.numel() for p in model.parameters()), 'parameters')"
+fi
 
 CLI=("$PY" -m pruneframe)
-if ! timeout 60 "${CLI[@]}" prune --help | grep -q -- '--device'; then
-  echo "!! this build's CLI has no --device flag: the prune and compare steps will fail (see their logs)"
+COMMON=(--model "$MODEL_DIR" --dtype bfloat16 --calib embedded --calib-tokens 40000 --quiet)
+SHORT_GRASPRUNE=(--method-config 'grasprune={"num_sequences": 16, "seq_len": 256, "epochs": 1, "rescale_sequences": 16}')
+if wanted big; then
+  for method in wanda-sp llm-pruner grasprune; do
+    extra=()
+    [[ $method == grasprune ]] && extra=("${SHORT_GRASPRUNE[@]}")
+    step "prune-$method-$SHAPE" 120 "${CLI[@]}" prune "${COMMON[@]}" --device "$DEVICE" --method "$method" \
+      "${extra[@]}" --budget 0.8 --out "$RESULTS/prune-$method-$SHAPE"
+    rm -f "$RESULTS/prune-$method-$SHAPE"/*.safetensors  # random weights: only the report is worth keeping
+  done
+  # torchrun on the device: one rank, its model on LOCAL_RANK's device, gradients reduced there.
+  step "torchrun-grasprune-$SHAPE" 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m pruneframe \
+    prune "${COMMON[@]}" --device "$DEVICE" --method grasprune "${SHORT_GRASPRUNE[@]}" --budget 0.8 \
+    --out "$RESULTS/prune-torchrun-grasprune-$SHAPE"
+  rm -f "$RESULTS/prune-torchrun-grasprune-$SHAPE"/*.safetensors
+  step "compare-$SHAPE" 180 "${CLI[@]}" compare "${COMMON[@]}" --device "$DEVICE" --methods magnitude,wanda-sp \
+    --budgets 0.8,0.5 --eval-windows 8 --seq-len 512 --zeroshot none --out "$RESULTS/compare-$SHAPE"
 fi
-COMMON=(--model "$MODEL_DIR" --device "$DEVICE" --dtype bfloat16 --calib embedded --calib-tokens 40000 --quiet)
 
-step "prune-$SHAPE" 90 "${CLI[@]}" prune "${COMMON[@]}" --method wanda-sp --budget 0.8 \
-  --out "$RESULTS/prune-$SHAPE"
-
-step "compare-$SHAPE" 150 "${CLI[@]}" compare "${COMMON[@]}" --methods magnitude,wanda-sp --budgets 0.8,0.5 \
-  --eval-windows 8 --seq-len 512 --zeroshot none --out "$RESULTS/compare-$SHAPE"
-
-STREAM_FLAG=$(timeout 60 "${CLI[@]}" prune --help | grep -o -- '--offload' | head -n 1)
-if [[ -n "$STREAM_FLAG" ]]; then
-  step "stream-$SHAPE" 90 "${CLI[@]}" prune "${COMMON[@]}" --offload cpu --method wanda-sp --budget 0.8 \
-    --out "$RESULTS/stream-$SHAPE"
-else
-  echo "== stream: this build has no layer-streaming flag (--offload); streamed run skipped"
-  printf 'stream-%s\tskipped\t0\n' "$SHAPE" >>"$STEPS"
+if wanted stream; then
+  # The weights stay on the CPU; each decoder layer in turn runs on $DEVICE.
+  step "stream-$SHAPE" 120 "${CLI[@]}" prune "${COMMON[@]}" --device cpu --method wanda-sp \
+    --method-config "wanda-sp={\"offload\": \"cpu\", \"compute_device\": \"$DEVICE\"}" --budget 0.8 \
+    --out "$RESULTS/stream-wanda-sp-$SHAPE"
+  rm -f "$RESULTS/stream-wanda-sp-$SHAPE"/*.safetensors
 fi
 
 rm -rf "$MODEL_DIR"  # random weights: nothing worth keeping
@@ -83,7 +108,7 @@ import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
 steps = [line.split("\t") for line in (root / "steps.tsv").read_text().splitlines()]
 for name, status, seconds in steps:
-    print(f"  {name:<16} {'ok' if status == '0' else 'skipped' if status == 'skipped' else 'FAILED (' + status + ')':<12} {seconds:>4} s")
+    print(f"  {name:<24} {'ok' if status == '0' else 'skipped' if status == 'skipped' else 'FAILED (' + status + ')':<12} {seconds:>4} s")
 methods = root / "methods_135m.json"
 if methods.exists():
     for row in json.loads(methods.read_text())["rows"]:
@@ -96,10 +121,13 @@ if methods.exists():
         print(f"  {row['method']:<11} {'-' if rate is None else f'{rate:,.0f} tok/s':>14}  peak "
               f"{'-' if peak is None else f'{peak / 2**30:.2f} GiB':>9}  masks identical {row['masks_identical']}"
               f" ({row['mask_agreement']:.2%})")
-for name in ("prune", "stream"):
-    for report in root.glob(f"{name}-*/pruning.json"):
-        rep = json.loads(report.read_text())
-        print(f"  {report.parent.name}: kept {rep['kept_fraction_of_prunable']:.2%} of prunable, timings {rep.get('timings_s')}, memory {rep.get('memory')}")
+for report in sorted([*root.glob("prune-*/pruning.json"), *root.glob("stream-*/pruning.json")]):
+    rep = json.loads(report.read_text())
+    mem = rep.get("memory") or {}
+    cuda = mem.get("cuda_peak_allocated_bytes")
+    print(f"  {report.parent.name}: kept {rep.get('kept_fraction_of_prunable')} of prunable, timings {rep.get('timings')}, "
+          f"peak RSS {mem.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, peak CUDA "
+          f"{'-' if cuda is None else f'{cuda / 2**30:.2f} GiB'}")
 summary = {"steps": [{"name": n, "status": s, "seconds": int(t)} for n, s, t in steps]}
 (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 PYEOF

@@ -12,13 +12,17 @@ recomputation, a fraction of the memory.
 :func:`linear_kl_divergence` does the same for distillation from a frozen teacher's hidden states
 through the same output matrix: ``KL(teacher || student)``, whose logits gradient is
 ``softmax(student) - softmax(teacher)``.
+
+:func:`causal_lm_loss` is the plain causal-LM loss of a model through that path whenever its output
+layer allows it (:func:`lean_head`): what gradient-based methods call over a frozen backbone.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-__all__ = ["linear_cross_entropy", "linear_kl_divergence"]
+__all__ = ["linear_cross_entropy", "linear_kl_divergence", "lean_head", "causal_lm_loss"]
 
 _CHUNK_ELEMENTS = 1 << 24  # logits elements per chunk: 64 MiB in fp32 (one chunk for 256 tokens of a 49k vocabulary)
 # On CPU one [tokens, d] x [d, vocab] matmul with a large vocabulary is slower than the same product
@@ -144,3 +148,32 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             f"{tuple(weight.shape)}, {tuple(targets.shape)}"
         )
     return _ChunkedLinearLoss.apply(hidden, targets.long(), weight, _chunk(weight, chunk_tokens), _cross_entropy_rows)
+
+
+def lean_head(model: nn.Module) -> nn.Linear | None:
+    """``model``'s output embedding when the lean losses apply to it, else None.
+
+    They apply to a frozen, bias-free ``nn.Linear`` whose outputs are the logits as they are (no
+    final logit soft-capping in the model's config).
+    """
+    head = model.get_output_embeddings()
+    capped = getattr(getattr(model, "config", None), "final_logit_softcapping", None) is not None
+    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad and not capped:
+        return head
+    return None
+
+
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` over every predicted token of ``input_ids`` (``[B, L]``).
+
+    The loss of ``model(input_ids, labels=input_ids)``. With ``lean`` and an output layer
+    :func:`lean_head` accepts, it is computed from the decoder's hidden states through
+    :func:`linear_cross_entropy`: the logits of the last position, which predict nothing, are never
+    formed, and the full ``[tokens, vocab]`` logits never exist at once. Otherwise the model's own
+    forward computes it (the family's logit post-processing included).
+    """
+    head = lean_head(model) if lean else None
+    if head is None:
+        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, input_ids[:, 1:].reshape(-1))

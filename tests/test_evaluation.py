@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -390,3 +391,42 @@ def test_a_split_alone_applies_to_the_default_sources(monkeypatch: pytest.Monkey
                         lambda online=None: ["moby-dick", "embedded"])
     config = PerplexityEvaluator({"split": "validation"}).config
     assert [(s.data, s.split) for s in config.sources] == [("moby-dick", "validation"), ("embedded", "validation")]
+
+
+_LARGE_BLOCKS_PROBE = """
+import ctypes, sys
+from pruneframe.memory import current_rss_bytes, return_large_blocks
+applied = return_large_blocks() if sys.argv[1] == "on" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+mb = 1 << 20
+first = libc.malloc(16 * mb)  # mapped on its own; freeing it raises glibc's dynamic threshold to 16 MiB
+libc.free(first)
+base = current_rss_bytes()
+blocks = [libc.malloc(8 * mb) for _ in range(24)]  # weight-sized temporaries
+for b in blocks:
+    ctypes.memset(b, 1, 8 * mb)
+pin = libc.malloc(mb)  # a live block above them keeps the heap from shrinking at its top
+for b in blocks:
+    libc.free(b)
+print(applied, (current_rss_bytes() - base) // mb)
+"""
+
+
+def test_return_large_blocks_keeps_freed_temporaries_out_of_the_resident_set() -> None:
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    kept = {}
+    for mode in ("off", "on"):
+        out = subprocess.run([sys.executable, "-c", _LARGE_BLOCKS_PROBE, mode], capture_output=True, text=True,
+                             env=env, check=True).stdout.split()
+        kept[mode] = int(out[1])
+        if mode == "on":
+            assert out[0] == "True"
+    assert kept["off"] > 150  # the default allocator keeps the 192 MB of freed blocks
+    assert kept["on"] < 20  # each was mapped on its own and went back to the OS when freed

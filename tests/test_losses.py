@@ -7,6 +7,7 @@ import torch
 from tiny import tiny_model, tokens
 
 from pruneframe.losses import linear_cross_entropy
+from pruneframe.testing import FAMILIES
 
 
 @pytest.fixture(params=[None, 4], ids=["one-matmul", "vocab-blocks"])
@@ -50,11 +51,12 @@ def test_linear_cross_entropy_rejects_trainable_weight_and_bad_shapes() -> None:
         linear_cross_entropy(torch.randn(3, 4), torch.randn(5, 6), torch.zeros(3, dtype=torch.long))
 
 
-@pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family: str) -> None:
     from pruneframe.architectures import discover
     from pruneframe.gates import UnitGates
-    from pruneframe_grasprune.training import causal_lm_loss, frozen
+    from pruneframe.losses import causal_lm_loss
+    from pruneframe_grasprune.training import frozen
 
     model = tiny_model(family)
     units = discover(model)
@@ -94,3 +96,18 @@ def test_linear_kl_divergence_matches_kl_div(chunk: int | None) -> None:
     assert float(linear_kl_divergence(teacher, teacher, weight)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="do not match"):
         linear_kl_divergence(hidden, teacher[:3], weight)
+
+
+def test_causal_lm_loss_leaves_soft_capped_logits_to_the_model() -> None:
+    from pruneframe.losses import causal_lm_loss, lean_head
+
+    model = tiny_model("gemma3", final_logit_softcapping=5.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = tokens(2, 12)
+    assert lean_head(model) is None  # the lean path would skip the tanh cap
+    want = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(causal_lm_loss(model, ids), want)
+    model.config.final_logit_softcapping = None
+    assert lean_head(model) is model.get_output_embeddings()
+    torch.testing.assert_close(causal_lm_loss(model, ids), model(input_ids=ids, labels=ids).loss, atol=1e-5, rtol=1e-5)

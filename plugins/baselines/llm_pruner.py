@@ -41,7 +41,9 @@ from tqdm.auto import tqdm
 from pruneframe.architectures import WeightSlice
 from pruneframe.collect import batches
 from pruneframe.hookspecs import hookimpl
+from pruneframe.losses import causal_lm_loss
 from pruneframe.methods import PruningMethod, ScoringContext
+from pruneframe.recompute import recompute_decoder_layers
 from pruneframe.units import UnitKind, UnitSet
 from pruneframe_baselines import AllocationConfig
 from pruneframe_baselines.ranges import LayerBound, range_minimum, resolve_layer_range
@@ -65,6 +67,9 @@ class LLMPrunerConfig(AllocationConfig):
         layer_end: end (exclusive) of the pruned layers, same forms; layers outside are kept whole.
             Fractions apply to models with at least 8 layers; smaller models prune every layer.
         allocation: ``uniform`` (same ratio per pruned layer and kind) or ``global``.
+        recompute: keep only each decoder layer's inputs during the forward pass and recompute its
+            activations in the backward pass (:mod:`pruneframe.recompute`): the activations of one
+            layer at a time instead of all, for one more forward pass; the same gradients.
     """
 
     importance: Importance = "element1"
@@ -75,6 +80,7 @@ class LLMPrunerConfig(AllocationConfig):
     layer_start: LayerBound = 0.1
     layer_end: LayerBound = 0.95
     allocation: Literal["global", "uniform"] = "uniform"
+    recompute: bool = True
 
 
 def salience(weight: torch.Tensor, grad: torch.Tensor, fisher: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,7 +174,7 @@ class LLMPruner(PruningMethod):
             # the loss is a mean over the batch's tokens; weighting each micro-batch by its share of
             # the (equal-length) sequences makes the accumulated gradient that of the mean over all
             ids = batch.to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = causal_lm_loss(model, ids)
             (loss * weight).backward()
             state["passes"] += 1
             losses.append(float(loss.detach()) * len(batch))
@@ -177,7 +183,7 @@ class LLMPruner(PruningMethod):
         bar = tqdm(total=(n if cfg.importance == "element2" else 0) + len(micro), desc="llm-pruner gradients",
                    disable=not context.progress)
         try:
-            with _only_these_require_grad(model, weights):
+            with _only_these_require_grad(model, weights), recompute_decoder_layers(model, cfg.recompute):
                 if cfg.importance == "element2":
                     handles = [w.register_post_accumulate_grad_hook(accumulate_fisher) for w in weights]
                     for row in windows:

@@ -50,6 +50,12 @@ class GRASPruneConfig(MethodConfig):
     num_sequences: PositiveInt = Field(512, description="calibration sequences for gate training")
     seq_len: PositiveInt = Field(256, description="tokens per calibration sequence")
     batch_size: PositiveInt = 1
+    recompute: bool = Field(
+        False,
+        description="keep only each decoder layer's inputs in the forward pass and recompute its activations in "
+        "the backward pass (pruneframe.recompute): one layer's activations at a time for one more forward pass, "
+        "the same gradients; for long sequences or large batches on a large model",
+    )
     shuffle: bool = Field(True, description="reshuffle the sequences every epoch (seeded)")
     loss: Literal["lm", "distill"] = Field(
         "lm",

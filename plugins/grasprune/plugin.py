@@ -34,6 +34,7 @@ from pruneframe.budget import check_meets_budget, group_round_to
 from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.recompute import recompute_decoder_layers
 from pruneframe.refit import ffn_input_moments, refit_down_proj
 from pruneframe.resume import LoopCheckpoint, tensor_digest
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
@@ -126,7 +127,7 @@ class GRASPrune(PruningMethod):
             return z, {"kept_cost": kept, "kept": kept / units.prunable_params}
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                UnitGates(context.model, units, fused_glu=True) as gates:
+                recompute_decoder_layers(context.model, cfg.recompute), UnitGates(context.model, units, fused_glu=True) as gates:
             loss_fn = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress)
             stats = run_loop(
                 context.model, gates, [scores], gate_fn, loss_fn, windows,
@@ -175,7 +176,8 @@ class GRASPrune(PruningMethod):
         optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                UnitGates(context.model, units, fused_glu=True) as gates, replaced_weights(context.model, down_proj):
+                recompute_decoder_layers(context.model, cfg.recompute), UnitGates(context.model, units, fused_glu=True) as gates, \
+                replaced_weights(context.model, down_proj):
             gates.set_bias(mlp_bias, attn_bias)
 
             def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from pruneframe.memory import PeakMemory
 from pruneframe.distributed import all_reduce_sum_, shard_rows, shard_weight, world
 from pruneframe.gates import UnitGates
-from pruneframe.losses import linear_cross_entropy, linear_kl_divergence
+from pruneframe.losses import causal_lm_loss, lean_head, linear_kl_divergence
 from pruneframe.resume import LoopCheckpoint
 
 __all__ = [
@@ -59,32 +59,6 @@ def attention_implementation(model: nn.Module, name: str | None) -> Iterator[nn.
             config._attn_implementation = previous
 
 
-def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True) -> torch.Tensor:
-    """Mean next-token cross-entropy over every predicted token (the plain causal-LM loss).
-
-    Computed from the decoder's hidden states and the output embeddings directly: the logits of the
-    last position, which predict nothing, are never formed. With ``lean`` and a frozen, bias-free
-    output matrix (the training loops freeze the backbone) the memory-lean
-    :func:`~pruneframe.losses.linear_cross_entropy` never holds the full logits; otherwise the plain
-    ``cross_entropy`` of the logits.
-    """
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    head = _lean_head(model)
-    targets = input_ids[:, 1:].reshape(-1)
-    if lean and head is not None:
-        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
-    logits = model.get_output_embeddings()(hidden)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
-
-
-def _lean_head(model: nn.Module) -> nn.Linear | None:
-    """The output embedding when the lean losses apply to it (frozen, bias-free ``nn.Linear``)."""
-    head = model.get_output_embeddings()
-    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad:
-        return head
-    return None
-
-
 class DenseTeacher:
     """The dense model's final hidden states for every calibration window, computed once.
 
@@ -114,7 +88,7 @@ def distillation_loss(model: nn.Module, input_ids: torch.Tensor, teacher_hidden:
     position (see :class:`DenseTeacher`); both go through the model's own output embedding.
     """
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    head = _lean_head(model)
+    head = lean_head(model)
     if head is not None:
         d = hidden.shape[-1]
         return linear_kl_divergence(hidden.reshape(-1, d), teacher_hidden.reshape(-1, d), head.weight)

@@ -16,6 +16,7 @@ from pruneframe.cli import compare_cmd, eval_cmd, plugins_cmd, prune_cmd
 from pruneframe.cli.common import Command
 from pruneframe.harness.config import InputError
 from pruneframe.host import PluginError
+from pruneframe.memory import return_large_blocks
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return USAGE_ERROR
+    return_large_blocks()  # freed weight-sized temporaries go back to the OS (see its docstring)
     try:
         return args.run(args)
     except InputError as exc:
