@@ -189,7 +189,7 @@ class UnitGates:
             if self.z is None:
                 return None
             x = args[0]
-            return (x * self._part(index).to(x.dtype),) + tuple(args[1:])
+            return (x * self._part(index).to(device=x.device, dtype=x.dtype),) + tuple(args[1:])
 
         return hook
 
@@ -200,7 +200,7 @@ class UnitGates:
             if self.z is None:
                 return original(x)
             g, u = gate_proj(x), up_proj(x)
-            return mlp.down_proj(_GatedSiLU.apply(g, u, self._part(index).to(g.dtype)))
+            return mlp.down_proj(_GatedSiLU.apply(g, u, self._part(index).to(device=g.device, dtype=g.dtype)))
 
         return forward
 
@@ -212,7 +212,7 @@ class UnitGates:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
             if self.z is None:
                 return None
-            g = self._part(index).to(out.dtype)
+            g = self._part(index).to(device=out.device, dtype=out.dtype)
             lead = out.shape[:-1]
             if whole:
                 return (out.view(*lead, -1, ranges[0][2]) * g[:, None]).view(out.shape)

@@ -33,6 +33,7 @@ from pruneframe.devices import dtype_name, model_device, resolve_device
 from pruneframe.host import PluginHost
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.prune_report import CalibrationRecord, MemoryRecord, PruneReport, Timings
+from pruneframe.streaming import resolve_compute_device
 from pruneframe.units import UnitSet
 
 __all__ = ["PruneSession", "PruneResult", "as_calibration"]
@@ -151,6 +152,13 @@ class PruneSession:
         context.score_with = score_with
         return context
 
+    def _compute_device(self, model: nn.Module) -> torch.device:
+        """Where the method computes: the model's device, or its streaming ``compute_device`` when it offloads."""
+        config = self.method.config
+        if getattr(config, "offload", "none") != "none":
+            return resolve_compute_device(model, getattr(config, "compute_device", None))
+        return model_device(model)
+
     def run(
         self,
         calibration: CalibrationData | torch.Tensor | None = None,
@@ -184,7 +192,7 @@ class PruneSession:
             raise ValueError(f"scores must have shape ({len(units)},) for this model's units, got {tuple(scores.shape)}")
         was_training = model.training
         model.eval()
-        with PeakMemory(device=str(model_device(model))) as memory:
+        with PeakMemory(device=str(self._compute_device(model))) as memory:
             t0 = time.perf_counter()
             if scores is None:
                 scores = self.host.score(self.method, context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import weakref
 from importlib import metadata
@@ -182,7 +183,10 @@ def test_folded_model_decodes_with_kv_cache() -> None:
         # cached decoding gives the same next-token logits as a full forward
         full = folded(out[:, :-1]).logits[:, -1]
         past = folded(out[:, :-2], use_cache=True)
-        step = folded(out[:, -2:-1], past_key_values=past.past_key_values, use_cache=True).logits[:, -1]
+        cache = getattr(past, "cache", None) or past.past_key_values
+        # transformers >= 5.2x names the cache argument `cache` (and warns on `past_key_values`)
+        name = "cache" if "cache" in inspect.signature(folded.forward).parameters else "past_key_values"
+        step = folded(out[:, -2:-1], use_cache=True, **{name: cache}).logits[:, -1]
     assert out.shape == (1, 13)
     torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
 
