@@ -12,7 +12,8 @@ parameters with random calibration token ids. Recorded: prune wall time (and the
 calibration tokens per second of the score stage (tokens the method read / score time; methods
 without calibration have none), and the memory measure of the scale issue: (peak RSS of the worker
 - its RSS after imports, before the model exists) / bytes of the dense weights. The peak covers
-building the model and pruning it. ``--windows`` overrides the forward-statistics methods'
+building the model and pruning it. The worker calls ``pruneframe.memory.return_large_blocks()`` first,
+as the command line does. ``--windows`` overrides the forward-statistics methods'
 ``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
 Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes/methods are kept).
 
@@ -66,9 +67,10 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
     import torch
 
     import pruneframe
-    from pruneframe.memory import PeakMemory, current_rss_bytes, release_unused_memory
     from pruneframe.architectures import discover
+    from pruneframe.memory import PeakMemory, current_rss_bytes, release_unused_memory, return_large_blocks
 
+    return_large_blocks()  # as the command line does, and as the README advises API users
     release_unused_memory()
     bare = current_rss_bytes()
     with PeakMemory() as mem:
