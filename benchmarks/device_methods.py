@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 
 import pruneframe
 from pruneframe._io import write_json_atomic
+from pruneframe.cli.common import _method_config
 from pruneframe.data import calibration_data
 from pruneframe.data.sources import DataSourceError, resolve_text
 from pruneframe.data.windows import token_windows
@@ -44,15 +44,6 @@ SHORT_SETTINGS = {
     "grasprune": {"num_sequences": 16, "seq_len": 256, "epochs": 1, "rescale_sequences": 16,
                   "loss": "distill", "rescale_loss": "distill"},
 }
-
-
-def method_setting(text: str) -> tuple[str, dict]:
-    """``NAME=JSON`` -> (name, settings)."""
-    name, _, payload = text.partition("=")
-    settings = json.loads(payload)
-    if not name or not isinstance(settings, dict):
-        raise argparse.ArgumentTypeError(f"--method-config {text!r}: expected NAME='{{...}}'")
-    return name, settings
 
 
 def run(model: torch.nn.Module, method: str, keep: float, calibration, device: str,  # noqa: ANN001
@@ -91,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="smollm2-135m", help="model name or local folder")
-    parser.add_argument("--method-config", dest="method_configs", action="append", type=method_setting, default=[],
+    parser.add_argument("--method-config", dest="method_configs", action="append", type=_method_config, default=[],
                         metavar="NAME=JSON", help="a method's settings (repeatable)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -103,6 +94,8 @@ def main() -> None:
                         help="perplexity of every pruned model on this many 512-token WikiText-2 test windows")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if any(name is None for name, _ in args.method_configs):
+        parser.error("--method-config needs NAME=JSON here (several methods run)")
     model, tokenizer = load_model(args.model, dtype=args.dtype)
     settings = SHORT_SETTINGS | dict(args.method_configs)
     calibration = calibration_data("embedded", tokenizer, max_tokens=args.calib_tokens)

@@ -117,7 +117,7 @@ def compare_section(compare: dict[str, Any]) -> list[str]:
         "",
         f"At batch {proto['batch_size']} a 1B model does not keep an H200 busy: the dense prefill runs at "
         f"{rate:,.0f} tokens/s, {tflops:.0f} TFLOP/s",
-        f"by the FLOPs count (the card's bf16 matrix rate is about 790), and decoding at "
+        f"by the FLOPs count (NVIDIA's datasheet gives about 990 dense bf16 TFLOP/s), and decoding at "
         f"{dense['decode_tokens_per_s']:.0f} tokens/s. The time goes",
         "to kernel launches and Python, which pruning does not shrink, so the measured speedups stay near 1x;",
         "the ideal column is what fewer FLOPs buy once the device is busy (larger batches, longer sequences,",

@@ -33,7 +33,7 @@ from pruneframe.devices import dtype_name, model_device, resolve_device
 from pruneframe.host import PluginHost
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.prune_report import CalibrationRecord, MemoryRecord, PruneReport, Timings
-from pruneframe.streaming import resolve_compute_device
+from pruneframe.streaming import StreamingOptions, resolve_compute_device
 from pruneframe.units import UnitSet
 
 __all__ = ["PruneSession", "PruneResult", "as_calibration"]
@@ -155,8 +155,8 @@ class PruneSession:
     def _compute_device(self, model: nn.Module) -> torch.device:
         """Where the method computes: the model's device, or its streaming ``compute_device`` when it offloads."""
         config = self.method.config
-        if getattr(config, "offload", "none") != "none":
-            return resolve_compute_device(model, getattr(config, "compute_device", None))
+        if isinstance(config, StreamingOptions) and config.offload != "none":
+            return resolve_compute_device(model, config.compute_device)
         return model_device(model)
 
     def run(

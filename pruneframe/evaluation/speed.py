@@ -151,19 +151,21 @@ Statistic = Literal["min", "median"]
 _REDUCE = {"min": min, "median": statistics.median}
 
 
-def _summarise(
-    times: list[tuple[float, float]], prefill_len: int, decode_tokens: int, mem: PeakMemory, statistic: Statistic
+def _reduced(
+    prefill_times: list[float], decode_times: list[float], prefill_len: int, decode_tokens: int, statistic: Statistic,
+    peak_rss_bytes: int, delta_rss_bytes: int, cuda_peak_allocated_bytes: int | None,
 ) -> SpeedResult:
-    prefill = _REDUCE[statistic]([t[0] for t in times])
-    decode = _REDUCE[statistic]([t[1] for t in times])
+    """Prefill and decode times reduced by ``statistic``, their throughputs, and the given peak memory."""
+    prefill = _REDUCE[statistic](prefill_times)
+    decode = _REDUCE[statistic](decode_times)
     return SpeedResult(
         prefill_tokens_per_s=prefill_len / prefill,
         decode_tokens_per_s=decode_tokens / decode,
         prefill_s=prefill,
         decode_s=decode,
-        peak_rss_bytes=mem.report.peak_rss,
-        delta_rss_bytes=mem.report.delta_rss,
-        cuda_peak_allocated_bytes=mem.report.cuda_peak_allocated,
+        peak_rss_bytes=peak_rss_bytes,
+        delta_rss_bytes=delta_rss_bytes,
+        cuda_peak_allocated_bytes=cuda_peak_allocated_bytes,
     )
 
 
@@ -192,7 +194,9 @@ def measure_speed(
         time_generation(model, prompt, decode_tokens)
     with PeakMemory(device=str(model_device(model))) as mem:
         times = [time_generation(model, prompt, decode_tokens) for _ in range(repeats)]
-    return _summarise(times, prefill_len, decode_tokens, mem, statistic)
+    report = mem.report
+    return _reduced([t[0] for t in times], [t[1] for t in times], prefill_len, decode_tokens, statistic,
+                    report.peak_rss, report.delta_rss, report.cuda_peak_allocated)
 
 
 class SpeedConfig(BaseModel):
@@ -277,16 +281,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def _reduce(results: list[SpeedResult], prefill_len: int, decode_tokens: int, statistic: Statistic) -> SpeedResult:
     """Single-repeat results reduced to one (fastest or median times; peak memory: the maximum)."""
-    prefill = _REDUCE[statistic]([r.prefill_s for r in results])
-    decode = _REDUCE[statistic]([r.decode_s for r in results])
-    return SpeedResult(
-        prefill_tokens_per_s=prefill_len / prefill,
-        decode_tokens_per_s=decode_tokens / decode,
-        prefill_s=prefill,
-        decode_s=decode,
-        peak_rss_bytes=max(r.peak_rss_bytes for r in results),
-        delta_rss_bytes=max(r.delta_rss_bytes for r in results),
-        cuda_peak_allocated_bytes=max(
-            (r.cuda_peak_allocated_bytes for r in results if r.cuda_peak_allocated_bytes is not None), default=None
-        ),
+    cuda = [r.cuda_peak_allocated_bytes for r in results if r.cuda_peak_allocated_bytes is not None]
+    return _reduced(
+        [r.prefill_s for r in results], [r.decode_s for r in results], prefill_len, decode_tokens, statistic,
+        max(r.peak_rss_bytes for r in results), max(r.delta_rss_bytes for r in results), max(cuda, default=None),
     )
