@@ -6,8 +6,9 @@
 #   big:     a random-weight model of the 1B shape through `pruneframe prune` (wanda-sp, llm-pruner and a
 #            short GRASPrune schedule, that one also under a one-rank `torchrun`) and `pruneframe compare`
 #            (magnitude and wanda-sp at two budgets);
-#   stream:  one layer-streamed prune of that model: weights on the CPU, each decoder layer in turn on
-#            the device (wanda-sp with `offload: cpu`).
+#   stream:  layer-streamed prunes of that model: weights on the CPU, each decoder layer in turn on the
+#            device (`offload: cpu`): wanda-sp (forward only), llm-pruner and the short GRASPrune schedule
+#            (streamed backward passes).
 # Usage: benchmarks/gpu_check.sh  (results in $RESULTS_DIR, else $OUT, else benchmarks/results/gpu_check)
 # Settings (environment): DEVICE=cuda|cpu  SHAPE=1b|0.5b|135m  METHODS=magnitude,...  PYTHON=path
 #   PARTS=methods,big,stream (which parts run; default all)  MODEL_135M=smollm2-135m|folder
@@ -94,11 +95,16 @@ if wanted big; then
 fi
 
 if wanted stream; then
-  # The weights stay on the CPU; each decoder layer in turn runs on $DEVICE.
-  step "stream-$SHAPE" 120 "${CLI[@]}" prune "${COMMON[@]}" --device cpu --method wanda-sp \
-    --method-config "wanda-sp={\"offload\": \"cpu\", \"compute_device\": \"$DEVICE\"}" --budget 0.8 \
-    --out "$RESULTS/stream-wanda-sp-$SHAPE"
-  rm -f "$RESULTS/stream-wanda-sp-$SHAPE"/*.safetensors
+  # The weights stay on the CPU; each decoder layer in turn runs on $DEVICE (forward, and for the
+  # gradient methods the backward pass too).
+  STREAM="\"offload\": \"cpu\", \"compute_device\": \"$DEVICE\""
+  for method in wanda-sp llm-pruner grasprune; do
+    config="$method={$STREAM}"
+    [[ $method == grasprune ]] && config="grasprune={\"num_sequences\": 16, \"seq_len\": 256, \"epochs\": 1, \"rescale_sequences\": 16, $STREAM}"
+    step "stream-$method-$SHAPE" 150 "${CLI[@]}" prune "${COMMON[@]}" --device cpu --method "$method" \
+      --method-config "$config" --budget 0.8 --out "$RESULTS/stream-$method-$SHAPE"
+    rm -f "$RESULTS/stream-$method-$SHAPE"/*.safetensors
+  done
 fi
 
 rm -rf "$MODEL_DIR"  # random weights: nothing worth keeping

@@ -49,8 +49,9 @@ def steps_section(steps: list[dict[str, Any]]) -> list[str]:
 
 def prunes_section(prunes: dict[str, Any]) -> list[str]:
     """The 1B-shape prunes through the command line: time and memory per mode."""
+    streamed = "streamed: weights on the CPU, `offload: cpu`, layers on `cuda`"
     modes = {"prune-torchrun-grasprune-1b": "torchrun, 1 rank, `--device cuda`",
-             "stream-wanda-sp-1b": "streamed: weights on the CPU, `offload: cpu`, layers on `cuda`"}
+             **{f"stream-{m}-1b": streamed for m in ("wanda-sp", "llm-pruner", "grasprune")}}
     out = [
         "## A 1B-shape model through `pruneframe prune`",
         "",
@@ -80,8 +81,9 @@ def prunes_section(prunes: dict[str, Any]) -> list[str]:
         )
     out += [
         "",
-        "The streamed run never holds the model on the device: its CUDA peak is not recorded by the prune",
-        "report (the model's own device is the CPU), and its fold runs on the CPU, which is most of its time.",
+        "A streamed run never holds the model on the device: its CUDA peak, where recorded, is that of the",
+        "compute device (one layer, the calibration hidden states and, for a gradient method, one layer's",
+        "recomputed activations), and its fold runs on the CPU, which is most of its time.",
         "",
     ]
     return out

@@ -114,7 +114,7 @@ class UnitGates:
         self.attn_out_scale: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle | _ForwardPatch] = []
         self._sizes = [n for shape in units.layers for n in (shape.ffn_channels, shape.kv_groups)]
-        self._split: tuple[torch.Tensor | None, tuple[torch.Tensor, ...]] = (None, ())
+        self._split: tuple[torch.Tensor | None, bool, tuple[torch.Tensor, ...]] = (None, False, ())
 
     def set(self, z: torch.Tensor | None) -> None:
         """Set the gate vector (length ``len(units)``); ``None`` disables gating."""
@@ -178,10 +178,10 @@ class UnitGates:
         The vector is split once per ``z`` rather than sliced in every hook: one split node
         in the autograd graph instead of a full-length zero-filled gradient per slice.
         """
-        z, parts = self._split
-        if z is not self.z:
+        z, grad, parts = self._split
+        if z is not self.z or grad != torch.is_grad_enabled():  # a split made without autograd carries no gradient
             parts = self.z.split(self._sizes)
-            self._split = (self.z, parts)
+            self._split = (self.z, torch.is_grad_enabled(), parts)
         return parts[index]
 
     def _ffn_hook(self, index: int):

@@ -15,14 +15,18 @@ through the same output matrix: ``KL(teacher || student)``, whose logits gradien
 
 :func:`causal_lm_loss` is the plain causal-LM loss of a model through that path whenever its output
 layer allows it (:func:`lean_head`): what gradient-based methods call over a frozen backbone.
+:func:`hidden_state_loss` is either loss as a function of the decoder's final hidden states, the
+form a layer-streamed backward pass needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-__all__ = ["linear_cross_entropy", "linear_kl_divergence", "lean_head", "causal_lm_loss"]
+__all__ = ["linear_cross_entropy", "linear_kl_divergence", "lean_head", "hidden_state_loss", "causal_lm_loss"]
 
 _CHUNK_ELEMENTS = 1 << 24  # logits elements per chunk: 64 MiB in fp32 (one chunk for 256 tokens of a 49k vocabulary)
 # On CPU one [tokens, d] x [d, vocab] matmul with a large vocabulary is slower than the same product
@@ -163,6 +167,37 @@ def lean_head(model: nn.Module) -> nn.Linear | None:
     return None
 
 
+def hidden_state_loss(
+    model: nn.Module, input_ids: torch.Tensor, teacher_hidden: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of ``input_ids`` as a function of the decoder's final hidden states (``[B, L, d]``).
+
+    Without ``teacher_hidden``: the mean next-token cross-entropy (:func:`linear_cross_entropy`);
+    with it (the dense model's final hidden states without the last position, ``[B, L - 1, d]``):
+    the mean ``KL(teacher || model)`` (:func:`linear_kl_divergence`). Both run where the hidden
+    states are (the output matrix and targets are brought there), so the function serves a
+    layer-streamed pass as well as a whole-model one.
+
+    Raises:
+        ValueError: the model's output layer is not one :func:`lean_head` accepts.
+    """
+    head = lean_head(model)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__}: the hidden-state loss needs a frozen, bias-free linear output layer "
+            "without logit soft-capping"
+        )
+
+    def loss(hidden: torch.Tensor) -> torch.Tensor:
+        weight = head.weight.to(hidden.device)
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        if teacher_hidden is None:
+            return linear_cross_entropy(h, weight, input_ids[:, 1:].reshape(-1).to(hidden.device))
+        return linear_kl_divergence(h, teacher_hidden.to(hidden.device).reshape(h.shape), weight)
+
+    return loss
+
+
 def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy of ``model`` over every predicted token of ``input_ids`` (``[B, L]``).
 
@@ -172,8 +207,7 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, lean: bool = True)
     formed, and the full ``[tokens, vocab]`` logits never exist at once. Otherwise the model's own
     forward computes it (the family's logit post-processing included).
     """
-    head = lean_head(model) if lean else None
-    if head is None:
+    if not lean or lean_head(model) is None:
         return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, input_ids[:, 1:].reshape(-1))
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    return hidden_state_loss(model, input_ids)(hidden)

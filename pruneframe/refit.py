@@ -59,18 +59,21 @@ def ridge_refit_columns(weight: torch.Tensor, moments: torch.Tensor, keep: torch
 def ffn_input_moments(
     model: nn.Module, units: UnitSet, mask: torch.Tensor, windows: torch.Tensor, progress: bool = False,
     bias: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    stream_device: torch.device | None = None,
 ) -> list[torch.Tensor]:
     """Per layer, ``sum a a^T`` (float64) of down_proj's ungated input with ``mask`` applied as gates.
 
     Args:
         windows: ``[num, seq_len]`` token ids, one forward each.
         bias: optional ``(mlp_bias, attn_bias)`` set on the gates while collecting.
+        stream_device: run the pass one decoder layer at a time there (None: the model runs where it is).
     """
     device = next(model.parameters()).device
     with gated(model, units, mask.to(device), Recalibration(mlp_bias=bias[0], attn_bias=bias[1])):
         stats = collect_layer_inputs(
             model, windows, {"down_proj": lambda m: m.down_proj}, SecondMoments.empty,
             batch_size=1, progress=progress, desc="refit moments", adapter=units.adapter,
+            streaming=stream_device is not None, device=stream_device,
         )
     return [acc.total for acc in stats["down_proj"]]
 

@@ -1,4 +1,4 @@
-"""Layer-streamed forward passes: the decoder stack run one layer at a time on a compute device.
+"""Layer-streamed passes: the decoder stack run one layer at a time on a compute device.
 
 For models larger than the device (the approach of Wanda's and SparseGPT's calibration): the
 decoder's own forward runs once per batch with every decoder layer replaced by a recorder (the
@@ -14,11 +14,16 @@ The compute device holds one layer's weights, the calibration hidden states ``[w
 hidden]`` in the model's dtype (one set; each batch's output replaces its input) and the layers'
 masks and position embeddings; embeddings, masks and position embeddings are computed where the
 embedding layer lives.
+
+Gradient methods stream their backward pass too (:func:`streamed_backward`): a forward sweep keeps
+each layer's input, then the layers run again from the last to the first, each alone on the device,
+recomputing its output with autograd on and passing the gradient of its input to the layer before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +34,10 @@ from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, adapter_for
 
-__all__ = ["LayerCall", "StreamingOptions", "capture_layer_calls", "resolve_compute_device", "streamed_forward"]
+__all__ = [
+    "LayerCall", "StreamingOptions", "capture_layer_calls", "on_device", "resolve_compute_device", "streamed_backward",
+    "streamed_forward", "streamed_hidden_states",
+]
 
 Offload = Literal["none", "cpu"]
 
@@ -221,6 +229,20 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextmanager
+def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``module`` moved to ``device`` inside the block and back to its own device after, also on error.
+
+    Parameters keep their identity (hooks, ``requires_grad`` and accumulated ``.grad`` move with them).
+    """
+    home = _device_of(module)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
 def streamed_forward(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -229,27 +251,110 @@ def streamed_forward(
     adapter: ArchitectureAdapter | None = None,
     progress: bool = False,
     desc: str = "layers",
-) -> None:
+) -> list[torch.Tensor]:
     """Run ``model``'s decoder over token-id ``batches``, one decoder layer at a time on ``device``.
 
     Every module inside a layer sees exactly the inputs it sees in a whole-model forward, so
     forward hooks (statistics, gates) work unchanged. Each layer is returned to its own device
     afterwards, also on error. Call under :func:`torch.inference_mode` or :func:`torch.no_grad`.
+
+    Returns:
+        per batch, the last decoder layer's output on ``device`` (before the final norm; see
+        :func:`streamed_hidden_states` for the decoder's output).
     """
     device = torch.device(device)
     layers = (adapter or adapter_for(model)).decoder_layers(model)
     embed_device = model.get_input_embeddings().weight.device
     captured = [capture_layer_calls(model, layers, batch.to(embed_device), device) for batch in batches]
     if not captured:
-        return
+        return []
     hidden = [h for h, _ in captured]
     per_batch = [calls for _, calls in captured]
     del captured  # the hidden-state list is the only reference: each output frees its input
     for i, layer in enumerate(tqdm(layers, desc=desc, disable=not progress, leave=False)):
-        home = _device_of(layer)
-        layer.to(device)
-        try:
+        with on_device(layer, device):
             for b, calls in enumerate(per_batch):
                 hidden[b] = calls[i](layer, hidden[b])
-        finally:
-            layer.to(home)
+    return hidden
+
+
+def streamed_hidden_states(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    device: str | torch.device,
+    *,
+    adapter: ArchitectureAdapter | None = None,
+    progress: bool = False,
+    desc: str = "layers",
+) -> list[torch.Tensor]:
+    """Per batch, the decoder's final hidden states (``last_hidden_state``) on ``device``, computed as :func:`streamed_forward`."""
+    device = torch.device(device)
+    adapter = adapter or adapter_for(model)
+    last = streamed_forward(model, batches, device, adapter=adapter, progress=progress, desc=desc)
+    with on_device(adapter.final_norm(model), device) as norm:
+        return [norm(h) for h in last]
+
+
+def streamed_backward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    loss_of_hidden: Callable[[torch.Tensor], torch.Tensor],
+    device: str | torch.device,
+    *,
+    scale: float = 1.0,
+    adapter: ArchitectureAdapter | None = None,
+) -> torch.Tensor:
+    """Backpropagate ``scale * loss_of_hidden(final hidden states)`` through ``model``, one decoder layer at a time on ``device``.
+
+    The backward pass of a model larger than the device, with the schedule of activation
+    recomputation: a forward sweep without autograd keeps each layer's input hidden states (on
+    ``device``: ``[batch, seq_len, hidden]`` per layer); the loss runs on the final norm's output;
+    then, from the last layer to the first, the layer alone is moved to ``device``, recomputes its
+    output from its kept input with autograd on, and backpropagates the gradient of its output,
+    which yields the gradient of its input for the layer before. Gradients accumulate wherever
+    parameters and forward-hook tensors require them (gate scores, or a method's chosen weights,
+    whose ``.grad`` lives on ``device`` while the layer is there and moves back with it); values
+    and gradients are those of the whole-model pass. Forward hooks inside a layer run twice.
+
+    Args:
+        model: a causal LM some installed adapter handles; its layers stay where they are between uses.
+        input_ids: ``[batch, seq_len]`` token ids.
+        loss_of_hidden: the scalar loss of the decoder's final hidden states (``[batch, seq_len,
+            hidden]`` on ``device``), e.g. :func:`pruneframe.losses.hidden_state_loss`.
+        device: where each layer, the final norm and the loss run.
+        scale: the gradient is that of ``scale * loss`` (a micro-batch's or a rank's share).
+        adapter: the model's adapter (found from the installed plugins when omitted).
+
+    Returns:
+        the (unscaled) loss, detached.
+    """
+    device = torch.device(device)
+    adapter = adapter or adapter_for(model)
+    layers = adapter.decoder_layers(model)
+    embed_device = model.get_input_embeddings().weight.device
+    inputs: list[torch.Tensor] = []
+    with torch.no_grad():  # not inference mode: the kept inputs re-enter autograd below
+        hidden, calls = capture_layer_calls(model, layers, input_ids.to(embed_device), device)
+        for layer, call in zip(layers, calls, strict=True):
+            inputs.append(hidden)
+            with on_device(layer, device):
+                hidden = call(layer, hidden)
+    # retain_graph: tensors that reach every layer through hooks (a gate vector and the graph from
+    # its scores) are backpropagated through once per layer; each layer's own graph is freed with
+    # its output right after its backward call
+    with torch.enable_grad(), on_device(adapter.final_norm(model), device) as norm:
+        last = hidden.detach().requires_grad_(True)
+        loss = loss_of_hidden(norm(last))
+        (loss * scale).backward(retain_graph=True)
+        loss = loss.detach()
+    grad = last.grad
+    del hidden, last
+    for i in range(len(layers) - 1, -1, -1):
+        x = inputs.pop().detach().requires_grad_(i > 0)
+        with torch.enable_grad(), on_device(layers[i], device) as layer:
+            out = calls[i](layer, x)
+            if out.requires_grad:
+                out.backward(grad, retain_graph=True)
+        grad = x.grad
+        del x, out
+    return loss

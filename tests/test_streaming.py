@@ -15,7 +15,7 @@ from pruneframe.architectures import adapter_for
 from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
 from pruneframe.gates import gated
 from pruneframe.host import PluginHost
-from pruneframe.streaming import capture_layer_calls, streamed_forward
+from pruneframe.streaming import capture_layer_calls, streamed_backward, streamed_forward, streamed_hidden_states
 
 #: every input the methods watch: the MLP and attention inputs and the two output projections' inputs
 TARGETS = {
@@ -157,3 +157,93 @@ def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
     for key in whole:
         assert whole[key].shape == streamed[key].shape, f"{key}: streamed kept other units"
         torch.testing.assert_close(streamed[key], whole[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_backward_gives_the_whole_model_loss_and_gradients(family: str) -> None:
+    """Weight gradients of every decoder layer and the loss equal a whole-model backward pass."""
+    from pruneframe.losses import causal_lm_loss, hidden_state_loss
+
+    model, ids = tiny_model(family), tokens(3, 16, seed=2)
+    adapter = adapter_for(model)
+    weights = [p for layer in adapter.decoder_layers(model) for p in layer.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for w in weights:
+        w.requires_grad_(True)
+    whole_loss = causal_lm_loss(model, ids)
+    (whole_loss * 0.5).backward()
+    whole = [w.grad.clone() for w in weights]
+    for w in weights:
+        w.grad = None
+    streamed_loss = streamed_backward(model, ids, hidden_state_loss(model, ids), "cpu", scale=0.5)
+    torch.testing.assert_close(streamed_loss, whole_loss.detach(), rtol=RTOL, atol=1e-7)
+    assert not streamed_loss.requires_grad
+    for i, (w, want) in enumerate(zip(weights, whole, strict=True)):
+        assert w.grad is not None, f"parameter {i} got no gradient"
+        torch.testing.assert_close(w.grad, want, rtol=RTOL, atol=1e-7, msg=lambda m, i=i: f"parameter {i}: {m}")
+
+
+def test_streamed_hidden_states_are_the_decoders_output() -> None:
+    model, ids = tiny_model("gemma3"), tokens(4, 16)
+    with torch.inference_mode():
+        want = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        got = streamed_hidden_states(model, ids.split(3), "cpu")
+    torch.testing.assert_close(torch.cat(got), want, rtol=RTOL, atol=1e-6)
+
+
+@pytest.mark.parametrize("importance", ["vector", "element1", "element2"])
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2", "gemma3", "phi3"])
+def test_streamed_llm_pruner_scores_equal_the_whole_model_path(importance: str, family: str) -> None:
+    config = {"num_samples": 4, "seq_len": 12, "batch_size": 3, "importance": importance}
+    calibration = tokens(6, 16, seed=3)
+    whole = pruneframe.prune(tiny_model(family), "llm-pruner", 0.6, calibration=calibration, config=config, progress=False)
+    streamed = pruneframe.prune(tiny_model(family), "llm-pruner", 0.6, calibration=calibration,
+                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    torch.testing.assert_close(streamed.scores, whole.scores, rtol=RTOL, atol=1e-7)
+    assert torch.equal(streamed.mask, whole.mask)
+    assert streamed.report.method_stats["calibration_loss"] == pytest.approx(whole.report.method_stats["calibration_loss"], rel=RTOL)
+
+
+GRASPRUNE_FAST = {"num_sequences": 4, "seq_len": 12, "epochs": 2, "batch_size": 2, "rescale_sequences": 2, "lr": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [("llama-gqa", {}), ("qwen2", {"loss": "distill", "rescale_loss": "distill"}),
+     ("gemma3", {"bias_compensation": True, "least_squares": True, "rescale_outputs": True}), ("phi3", {})],
+    ids=["lm", "distill", "compensated", "fused"],
+)
+def test_streamed_grasprune_trains_the_whole_model_paths_gates_and_scales(family: str, extra: dict) -> None:
+    config = {**GRASPRUNE_FAST, **extra}
+    calibration = tokens(8, 16, seed=4)
+    whole = pruneframe.prune(tiny_model(family), "grasprune", 0.6, calibration=calibration, config=config, progress=False)
+    streamed = pruneframe.prune(tiny_model(family), "grasprune", 0.6, calibration=calibration,
+                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    # several optimiser steps: allow float reassociation to compound slightly
+    torch.testing.assert_close(streamed.scores, whole.scores, rtol=1e-4, atol=1e-6)
+    assert torch.equal(streamed.mask, whole.mask)
+    torch.testing.assert_close(streamed.recalibration.scales, whole.recalibration.scales, rtol=1e-4, atol=1e-6)
+    for stage in ("gates", "rescale"):
+        got, want = streamed.report.method_stats[stage], whole.report.method_stats[stage]
+        assert got["steps"] == want["steps"] > 0
+        assert got["last_loss"] == pytest.approx(want["last_loss"], rel=1e-4)
+    assert streamed.report.method_stats["gates"]["kept_cost_per_step"] == whole.report.method_stats["gates"]["kept_cost_per_step"]
+
+
+def test_streamed_backward_visits_layers_forward_then_in_reverse() -> None:
+    model, ids = tiny_model("llama-gqa"), tokens(2, 8)
+    layers = adapter_for(model).decoder_layers(model)
+    order: list[int] = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: order.append(i)) for i, layer in enumerate(layers)]
+    try:
+        from pruneframe.losses import hidden_state_loss
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        streamed_backward(model, ids, hidden_state_loss(model, ids), "cpu")
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(layers)
+    assert order == list(range(n)) + list(reversed(range(n)))

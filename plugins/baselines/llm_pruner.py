@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 from pruneframe.architectures import WeightSlice
 from pruneframe.collect import batches
 from pruneframe.hookspecs import hookimpl
-from pruneframe.losses import causal_lm_loss
+from pruneframe.losses import causal_lm_loss, hidden_state_loss
 from pruneframe.methods import PruningMethod, ScoringContext
 from pruneframe.recompute import recompute_decoder_layers
+from pruneframe.streaming import StreamingOptions, streamed_backward
 from pruneframe.units import UnitKind, UnitSet
 from pruneframe_baselines import AllocationConfig
 from pruneframe_baselines.ranges import LayerBound, range_minimum, resolve_layer_range
@@ -54,7 +55,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Importance = Literal["vector", "element1", "element2"]
 
 
-class LLMPrunerConfig(AllocationConfig):
+class LLMPrunerConfig(AllocationConfig, StreamingOptions):
     """LLM-Pruner settings.
 
     Attributes:
@@ -70,6 +71,9 @@ class LLMPrunerConfig(AllocationConfig):
         recompute: keep only each decoder layer's inputs during the forward pass and recompute its
             activations in the backward pass (:mod:`pruneframe.recompute`): the activations of one
             layer at a time instead of all, for one more forward pass; the same gradients.
+        offload, compute_device: ``offload="cpu"`` runs the gradient passes one decoder layer at a
+            time on ``compute_device`` (:func:`pruneframe.streaming.streamed_backward`; the weights
+            stay where they are, recomputation is implied; :class:`~pruneframe.streaming.StreamingOptions`).
     """
 
     importance: Importance = "element1"
@@ -140,6 +144,7 @@ class LLMPruner(PruningMethod):
         cfg, units, model = self.config, context.units, context.model
         windows = context.require_calibration(self.name).windows(cfg.num_samples, cfg.seq_len)
         device = next(model.parameters()).device
+        stream = cfg.device_for(model) if cfg.streaming else None
         # slices grouped by the weight that holds them (a fused weight holds several)
         by_weight: dict[int, tuple[nn.Parameter, list[tuple[int, WeightSlice]]]] = {}
         for i, layer in enumerate(context.layers()):
@@ -155,7 +160,8 @@ class LLMPruner(PruningMethod):
         losses: list[float] = []
 
         def accumulate_fisher(p: torch.Tensor) -> None:
-            g2 = p.grad.float().square() / n
+            # streamed, the weight visits the compute device: its Fisher buffer stays with the model
+            g2 = (p.grad.float().square() / n).to(device if stream is not None else p.grad.device)
             fisher[id(p)] = fisher[id(p)] + g2 if id(p) in fisher else g2
             p.grad = None
 
@@ -163,7 +169,8 @@ class LLMPruner(PruningMethod):
             def hook(p: torch.Tensor) -> None:
                 if not state["reduce"]:
                     return  # an earlier micro-batch: let the gradient accumulate
-                s = salience(p, p.grad, fisher.pop(id(p), None))
+                f = fisher.pop(id(p), None)
+                s = salience(p, p.grad, None if f is None else f.to(p.grad.device))
                 for i, part in parts:
                     shares[(i, part.name)] = unit_importance(part, part.take(s), cfg.importance).cpu()
                 p.grad = None
@@ -173,9 +180,13 @@ class LLMPruner(PruningMethod):
         def backward(batch: torch.Tensor, weight: float) -> None:
             # the loss is a mean over the batch's tokens; weighting each micro-batch by its share of
             # the (equal-length) sequences makes the accumulated gradient that of the mean over all
-            ids = batch.to(device)
-            loss = causal_lm_loss(model, ids)
-            (loss * weight).backward()
+            if stream is not None:
+                loss = streamed_backward(model, batch, hidden_state_loss(model, batch), stream, scale=weight,
+                                         adapter=units.adapter)
+            else:
+                ids = batch.to(device)
+                loss = causal_lm_loss(model, ids)
+                (loss * weight).backward()
             state["passes"] += 1
             losses.append(float(loss.detach()) * len(batch))
 
@@ -183,7 +194,7 @@ class LLMPruner(PruningMethod):
         bar = tqdm(total=(n if cfg.importance == "element2" else 0) + len(micro), desc="llm-pruner gradients",
                    disable=not context.progress)
         try:
-            with _only_these_require_grad(model, weights), recompute_decoder_layers(model, cfg.recompute):
+            with _only_these_require_grad(model, weights), recompute_decoder_layers(model, cfg.recompute and stream is None):
                 if cfg.importance == "element2":
                     handles = [w.register_post_accumulate_grad_hook(accumulate_fisher) for w in weights]
                     for row in windows:

@@ -17,11 +17,16 @@ from pruneframe.units import UnitKind, UnitSet
 __all__ = ["mean_projection_inputs", "compensation_bias"]
 
 
-def mean_projection_inputs(model: nn.Module, windows: torch.Tensor, progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, the mean input of down_proj and of o_proj over every token of ``windows``."""
+def mean_projection_inputs(
+    model: nn.Module, windows: torch.Tensor, progress: bool = False, stream_device: torch.device | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the mean input of down_proj and of o_proj over every token of ``windows``.
+
+    With ``stream_device`` the pass runs one decoder layer at a time there.
+    """
     moments = collect_input_moments(
         model, windows, {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
-        batch_size=1, progress=progress, desc="grasprune means",
+        batch_size=1, progress=progress, desc="grasprune means", streaming=stream_device is not None, device=stream_device,
     )
     return [m.mean().cpu() for m in moments["down_proj"]], [m.mean().cpu() for m in moments["o_proj"]]
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from pruneframe.methods import MethodConfig
+from pruneframe.streaming import StreamingOptions
 
 __all__ = ["GRASPruneConfig"]
 
@@ -14,11 +15,16 @@ PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class GRASPruneConfig(MethodConfig):
+class GRASPruneConfig(MethodConfig, StreamingOptions):
     """GRASPrune settings (stage A: gate training; stage B: scale recalibration).
 
     The projection ``policy`` (inherited) is ``rank`` by default, i.e. units are ordered by their
     gate probability p, not p/cost; ``density`` orders by p/cost.
+
+    ``offload="cpu"`` (inherited from :class:`~pruneframe.streaming.StreamingOptions`) runs every
+    forward and backward pass of both stages, the dense teacher and the compensation statistics one
+    decoder layer at a time on ``compute_device`` (:func:`pruneframe.streaming.streamed_backward`):
+    for a model whose weights do not fit the device. ``recompute`` is then implied.
     """
 
     policy: Literal["rank", "density"] = "rank"

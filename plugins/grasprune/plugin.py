@@ -66,6 +66,10 @@ class GRASPrune(PruningMethod):
                 "load the model in the compute dtype"
             )
 
+    def _stream_device(self, model: torch.nn.Module) -> torch.device | None:
+        """The device the decoder layers stream through under ``offload``, else None (the model runs where it is)."""
+        return self.config.device_for(model) if self.config.streaming else None
+
     def _attention(self) -> str | None:
         choice = self.config.attn_implementation
         return None if choice == "model" else choice
@@ -126,14 +130,16 @@ class GRASPrune(PruningMethod):
             z = mask.to(p) + p - p.detach()
             return z, {"kept_cost": kept, "kept": kept / units.prunable_params}
 
+        stream = self._stream_device(context.model)
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                recompute_decoder_layers(context.model, cfg.recompute), UnitGates(context.model, units, fused_glu=True) as gates:
-            loss_fn = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress)
+                recompute_decoder_layers(context.model, cfg.recompute and stream is None), \
+                UnitGates(context.model, units, fused_glu=True) as gates:
+            loss_backward = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress, stream)
             stats = run_loop(
-                context.model, gates, [scores], gate_fn, loss_fn, windows,
+                context.model, gates, [scores], gate_fn, loss_backward, windows,
                 batches(len(windows), cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
                 steps, optimizer, "grasprune gates", context.progress,
-                self._checkpoint("gates", context, windows),
+                self._checkpoint("gates", context, windows), compute_device=stream,
             )
         context.stats["gates"] = {
             "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
@@ -155,13 +161,15 @@ class GRASPrune(PruningMethod):
             return None
         num = cfg.rescale_sequences or cfg.num_sequences
         windows = self._windows(context, num, offset=cfg.num_sequences)
+        stream = self._stream_device(context.model)
         mlp_bias = attn_bias = None
         if cfg.bias_compensation:
-            means = mean_projection_inputs(context.model, windows, context.progress)
+            means = mean_projection_inputs(context.model, windows, context.progress, stream)
             mlp_bias, attn_bias = compensation_bias(context.model, context.units, mask, *means)
         down_proj = None
         if cfg.least_squares:
-            moments = ffn_input_moments(context.model, context.units, mask, windows, context.progress, (mlp_bias, attn_bias))
+            moments = ffn_input_moments(context.model, context.units, mask, windows, context.progress,
+                                        (mlp_bias, attn_bias), stream)
             down_proj = refit_down_proj(context.model, context.units, mask, moments, cfg.least_squares_damping)
             del moments
         if not cfg.rescale:
@@ -176,8 +184,8 @@ class GRASPrune(PruningMethod):
         optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
         with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                recompute_decoder_layers(context.model, cfg.recompute), UnitGates(context.model, units, fused_glu=True) as gates, \
-                replaced_weights(context.model, down_proj):
+                recompute_decoder_layers(context.model, cfg.recompute and stream is None), \
+                UnitGates(context.model, units, fused_glu=True) as gates, replaced_weights(context.model, down_proj):
             gates.set_bias(mlp_bias, attn_bias)
 
             def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -185,12 +193,13 @@ class GRASPrune(PruningMethod):
                     gates.set_output_scales(*self._scale(u))
                 return hard * self._scale(t), {}
 
-            loss_fn = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size, context.progress)
+            loss_backward = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size,
+                                        context.progress, stream)
             stats = run_loop(
-                context.model, gates, params, gate_fn, loss_fn, windows,
+                context.model, gates, params, gate_fn, loss_backward, windows,
                 batches(len(windows), cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
                 steps, optimizer, "grasprune scales", context.progress,
-                self._checkpoint("scales", context, windows, mask),
+                self._checkpoint("scales", context, windows, mask), compute_device=stream,
             )
         context.stats["rescale"] = {
             "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,

@@ -17,14 +17,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.memory import PeakMemory
-from pruneframe.distributed import all_reduce_sum_, shard_rows, shard_weight, world
+from pruneframe.distributed import shard_rows, shard_weight, summed, world
 from pruneframe.gates import UnitGates
-from pruneframe.losses import causal_lm_loss, lean_head, linear_kl_divergence
+from pruneframe.losses import causal_lm_loss, hidden_state_loss, lean_head
+from pruneframe.streaming import streamed_backward, streamed_hidden_states
 from pruneframe.resume import LoopCheckpoint
 
 __all__ = [
-    "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LoopStats",
-    "run_loop", "batches", "window_loss",
+    "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LossBackward",
+    "LoopStats", "run_loop", "batches", "window_loss",
 ]
 
 
@@ -64,17 +65,28 @@ class DenseTeacher:
 
     The backbone is frozen and the teacher is the same model with its gates disabled, so its
     outputs never change: one no-grad forward per window, cached (``windows x (seq_len - 1) x
-    hidden`` values), instead of one per step and epoch.
+    hidden`` values), instead of one per step and epoch. With ``stream_device`` the forward runs
+    one decoder layer at a time there (:func:`pruneframe.streaming.streamed_hidden_states`) and the
+    cache is kept where the embeddings are.
     """
 
-    def __init__(self, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool) -> None:
+    def __init__(
+        self, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool,
+        stream_device: torch.device | None = None,
+    ) -> None:
         device = next(model.parameters()).device
-        decoder = model.get_decoder()
-        parts = []
         with gates.disabled(), torch.inference_mode():
-            for start in tqdm(range(0, len(windows), batch_size), desc="dense teacher", disable=not progress, leave=False):
-                ids = windows[start : start + batch_size].to(device)
-                parts.append(decoder(input_ids=ids, use_cache=False).last_hidden_state[:, :-1].clone())
+            if stream_device is not None:
+                states = streamed_hidden_states(model, windows.split(batch_size), stream_device, progress=progress,
+                                                desc="dense teacher (layers)")
+                parts = [h[:, :-1].to(device) for h in states]
+                del states
+            else:
+                decoder = model.get_decoder()
+                parts = [
+                    decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state[:, :-1].clone()
+                    for ids in tqdm(windows.split(batch_size), desc="dense teacher", disable=not progress, leave=False)
+                ]
         self.hidden = torch.cat(parts)
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
@@ -87,33 +99,52 @@ def distillation_loss(model: nn.Module, input_ids: torch.Tensor, teacher_hidden:
     ``teacher_hidden`` are the dense model's final hidden states for ``input_ids`` without the last
     position (see :class:`DenseTeacher`); both go through the model's own output embedding.
     """
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    head = lean_head(model)
-    if head is not None:
-        d = hidden.shape[-1]
-        return linear_kl_divergence(hidden.reshape(-1, d), teacher_hidden.reshape(-1, d), head.weight)
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    if lean_head(model) is not None:
+        return hidden_state_loss(model, input_ids, teacher_hidden)(hidden)
     out = model.get_output_embeddings()
-    log_s = torch.log_softmax(out(hidden).float(), dim=-1).flatten(0, 1)
+    log_s = torch.log_softmax(out(hidden[:, :-1]).float(), dim=-1).flatten(0, 1)
     log_t = torch.log_softmax(out(teacher_hidden).float(), dim=-1).flatten(0, 1)
     return torch.nn.functional.kl_div(log_s, log_t.detach(), log_target=True, reduction="batchmean")
 
 
+#: ``(rows, scale) -> loss``: backpropagates ``scale`` times the mean loss on ``windows[rows]`` and
+#: returns that loss (unscaled, detached)
+LossBackward = Callable[[torch.Tensor, float], torch.Tensor]
+
+
 def window_loss(
-    kind: str, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The training loss on ``windows[rows]`` as a function of ``rows``.
+    kind: str, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool,
+    stream_device: torch.device | None = None,
+) -> LossBackward:
+    """The training step's forward and backward pass on ``windows[rows]``, as a function of ``rows``.
 
     ``kind`` is ``"lm"`` (causal-LM cross-entropy on the calibration text) or ``"distill"`` (KL
     divergence from the dense model, i.e. the same backbone with the gates disabled; its hidden
-    states are computed once up front by :class:`DenseTeacher`).
+    states are computed once up front by :class:`DenseTeacher`). With ``stream_device`` both
+    passes run one decoder layer at a time there (:func:`pruneframe.streaming.streamed_backward`),
+    for a model whose weights do not fit the device; gradients are the same.
     """
+    if kind not in ("lm", "distill"):
+        raise ValueError(f"unknown loss {kind!r}; expected 'lm' or 'distill'")
+    teacher = DenseTeacher(model, gates, windows, batch_size, progress, stream_device) if kind == "distill" else None
+    if stream_device is not None:
+
+        def streamed(rows: torch.Tensor, scale: float) -> torch.Tensor:
+            ids = windows[rows]
+            loss_of = hidden_state_loss(model, ids, None if teacher is None else teacher[rows])
+            return streamed_backward(model, ids, loss_of, stream_device, scale=scale)
+
+        return streamed
     device = next(model.parameters()).device
-    if kind == "lm":
-        return lambda rows: causal_lm_loss(model, windows[rows].to(device))
-    if kind == "distill":
-        teacher = DenseTeacher(model, gates, windows, batch_size, progress)
-        return lambda rows: distillation_loss(model, windows[rows].to(device), teacher[rows])
-    raise ValueError(f"unknown loss {kind!r}; expected 'lm' or 'distill'")
+
+    def whole(rows: torch.Tensor, scale: float) -> torch.Tensor:
+        ids = windows[rows].to(device)
+        loss = causal_lm_loss(model, ids) if teacher is None else distillation_loss(model, ids, teacher[rows])
+        (loss * scale).backward()
+        return loss.detach()
+
+    return whole
 
 
 def batches(count: int, batch_size: int, epochs: int, shuffle: bool, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -141,32 +172,24 @@ class LoopStats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def _sharded_backward(
-    loss_fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, params: list[torch.Tensor], where: str
-) -> float:
+def _sharded_backward(loss_backward: LossBackward, rows: torch.Tensor, params: list[torch.Tensor], where: str) -> float:
     """Loss on this rank's share of ``rows``, backward, gradients summed over ranks; returns the global loss.
 
-    In one process this is ``loss_fn(rows).backward()``. Across ranks each mean loss is weighted by
+    In one process this is ``loss_backward(rows, 1)``. Across ranks each mean loss is weighted by
     its share of the rows, so the summed gradient is that of the global batch; every rank checks
     the same summed loss, so a non-finite loss stops all ranks alike.
     """
     rank, size = world()
     if size == 1:
-        loss = loss_fn(rows)
-        _check_finite(loss, where)
-        loss.backward()
-        return float(loss.detach())
-    local = shard_rows(rows, rank, size)
-    loss = loss_fn(local) * shard_weight(len(local), len(rows)) if len(local) else None
-    total = torch.zeros((), device=params[0].device) if loss is None else loss.detach().float().clone()
-    all_reduce_sum_([total])
+        total = loss_backward(rows, 1.0).float()
+    else:
+        local = shard_rows(rows, rank, size)
+        weight = shard_weight(len(local), len(rows))
+        total = loss_backward(local, weight).float() * weight if len(local) else torch.zeros((), device=params[0].device)
+        total = summed(total)
+        for p in params:  # a rank without rows (or a parameter without a path) contributes zeros
+            p.grad = summed(p.grad if p.grad is not None else torch.zeros_like(p))
     _check_finite(total, where)
-    if loss is not None:
-        loss.backward()
-    for p in params:  # a rank without rows (or a parameter without a path) contributes zeros
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    all_reduce_sum_([p.grad for p in params])
     return float(total)
 
 
@@ -180,7 +203,7 @@ def run_loop(
     gates: UnitGates,
     params: list[torch.Tensor],
     gate_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_backward: LossBackward,
     windows: torch.Tensor,
     data: Iterator[tuple[int, torch.Tensor]],
     total_steps: int,
@@ -188,14 +211,16 @@ def run_loop(
     desc: str,
     progress: bool,
     checkpoint: LoopCheckpoint | None = None,
+    compute_device: torch.device | None = None,
 ) -> LoopStats:
-    """Minimise ``loss_fn`` over ``params`` with gates from ``gate_fn(step)``.
+    """Minimise the loss of ``loss_backward`` over ``params`` with gates from ``gate_fn(step)``.
 
-    ``data`` yields ``(epoch, rows)`` (the same sequence on every rank); ``loss_fn(rows)`` is the
-    mean loss on ``windows[rows]`` (rows let a loss look up per-window constants such as a teacher's
-    outputs). ``gate_fn`` returns the gate vector for this step (carrying gradients to ``params``)
-    and numbers recorded per step and shown in the progress bar. A non-finite loss stops the loop
-    with an error naming the step.
+    ``data`` yields ``(epoch, rows)`` (the same sequence on every rank); ``loss_backward(rows,
+    scale)`` backpropagates the mean loss on ``windows[rows]`` (rows let a loss look up per-window
+    constants such as a teacher's outputs), see :func:`window_loss`. ``gate_fn`` returns the gate
+    vector for this step (carrying gradients to ``params``) and numbers recorded per step and shown
+    in the progress bar. A non-finite loss stops the loop with an error naming the step. Peak
+    memory is recorded on ``compute_device`` (default: the model's device).
 
     Under ``torchrun`` each rank computes the loss of its round-robin share of every batch and the
     gradients are summed across ranks (see :mod:`pruneframe.distributed`): the updates are those of
@@ -208,7 +233,7 @@ def run_loop(
         start = _restore(state, params, optimizer, stats)
     rank, _ = world()
     bar = tqdm(total=total_steps, initial=start, desc=desc, disable=not progress or rank != 0, leave=False)
-    memory = PeakMemory(device=str(next(model.parameters()).device)).__enter__()
+    memory = PeakMemory(device=str(compute_device or next(model.parameters()).device)).__enter__()
     try:
         for step, (epoch, rows) in enumerate(data):
             if step < start:
@@ -217,7 +242,7 @@ def run_loop(
             z, record = gate_fn(step)
             gates.set(z)
             optimizer.zero_grad(set_to_none=True)
-            loss = _sharded_backward(loss_fn, rows, params, f"{desc}: step {step} (epoch {epoch})")
+            loss = _sharded_backward(loss_backward, rows, params, f"{desc}: step {step} (epoch {epoch})")
             optimizer.step()
             stats.losses.append(loss)
             stats.records.append(record)

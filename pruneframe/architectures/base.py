@@ -297,6 +297,14 @@ class ArchitectureAdapter(ABC):
         """The decoder layers in order (default: ``model.model.layers``)."""
         return list(model.model.layers)
 
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The norm the decoder applies after its last layer (default: the decoder's ``norm``).
+
+        A layer-streamed gradient pass (:func:`pruneframe.streaming.streamed_backward`) applies it to
+        the last layer's output to form the decoder's final hidden states.
+        """
+        return model.get_decoder().norm
+
     def head_dim(self, model: nn.Module) -> int:
         """Per-head width from the config (``head_dim``, else ``hidden_size // num_attention_heads``)."""
         config = model.config

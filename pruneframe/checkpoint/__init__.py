@@ -57,18 +57,39 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def _checkpoint_config(model: nn.Module) -> tuple[dict[str, Any], list[LayerWidths], bool]:
-    """``(config.json content, per-layer widths, whether it is a plain config of the original family)``."""
-    adapter = adapter_for(model)
+#: transformers' attribute name of each width a layer may override in ``per_layer_config``
+_PER_LAYER_FIELDS = {"intermediate_size": "ffn", "num_attention_heads": "q_heads", "num_key_value_heads": "kv_heads"}
+
+
+def per_layer_config(config: dict[str, Any], widths: list[LayerWidths]) -> dict[str, dict[str, int]]:
+    """transformers' ``per_layer_config`` for ``widths``: per layer (index as a string), the widths that differ from ``config``'s."""
+    out: dict[str, dict[str, int]] = {}
+    for w in widths:
+        diff = {key: getattr(w, attr) for key, attr in _PER_LAYER_FIELDS.items() if getattr(w, attr) != config.get(key)}
+        if diff:
+            out[str(w.index)] = diff
+    return out
+
+
+def _checkpoint_config(
+    model: nn.Module, adapter: ArchitectureAdapter | None = None
+) -> tuple[dict[str, Any], list[LayerWidths], bool]:
+    """``(config.json content, per-layer widths, whether it is a plain config of the original family)``.
+
+    A plain config is written when the family's own class, built from it, has exactly the saved
+    widths: every layer alike (the adapter's :meth:`~ArchitectureAdapter.plain_config`), or uneven
+    layers in transformers' ``per_layer_config`` form for a family whose modeling code honours it.
+    """
+    adapter = adapter or adapter_for(model)
     arch = adapter.architecture_of(model)
     widths = adapter.layer_widths(model)
     cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg.pop("auto_map", None)
-    cfg.pop("pruned_layers", None)
+    for key in ("quantization_config", "auto_map", "pruned_layers", "per_layer_config", "allow_global_per_layer_attribute_access"):
+        cfg.pop(key, None)
     cfg["architectures"] = [arch]
     uniform = bool(widths) and all(w.same_shape(widths[0]) for w in widths)
-    plain = adapter.plain_config(cfg, widths[0]) if uniform else None
+    layered = per_layer_config(cfg, widths)
+    plain = adapter.plain_config(cfg, widths[0]) if uniform else {**cfg, "per_layer_config": layered}
     if plain is not None:
         family = adapter.family_class(model)
         plain["model_type"] = family.config_class.model_type
@@ -83,6 +104,11 @@ def _checkpoint_config(model: nn.Module) -> tuple[dict[str, Any], list[LayerWidt
         "AutoModelForCausalLM": f"modeling_pruneframe.{model_name}",
     }
     cfg["pruned_layers"] = [w.to_config() for w in widths]
+    if layered:
+        # the same widths in transformers' own per-layer form (read by its caches, among others); the
+        # family's modeling code builds every layer at the global widths, which the shipped code then resizes
+        cfg["per_layer_config"] = layered
+        cfg["allow_global_per_layer_attribute_access"] = True
     return cfg, widths, False
 
 

@@ -12,6 +12,9 @@ Load with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 from transformers import (
@@ -74,31 +77,60 @@ def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
                 setattr(attn, name, int(value))
 
 
+@contextmanager
+def _global_widths() -> Iterator[None]:
+    """Inside, reading a heterogeneous config's global widths logs nothing.
+
+    A config with uneven layers also carries them in transformers' ``per_layer_config`` form, and
+    with ``allow_global_per_layer_attribute_access`` the family's own code builds every layer at
+    the global (original) widths, which :func:`apply_layer_shapes` then resizes: those reads are
+    intended, so transformers' warning about them is kept quiet while the model is built.
+    """
+    log = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+class _PrunedConfigMixin:
+    def __init__(self, *args, **kwargs):
+        with _global_widths():
+            super().__init__(*args, **kwargs)
+
+    def validate_architecture(self):
+        with _global_widths():
+            super().validate_architecture()
+
+
 class _PrunedMixin:
     def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
+        with _global_widths():
+            super().__init__(config, *args, **kwargs)
         apply_layer_shapes(self, list(getattr(config, "pruned_layers", None) or []))
 
 
-class PrunedLlamaConfig(LlamaConfig):
+class PrunedLlamaConfig(_PrunedConfigMixin, LlamaConfig):
     """Llama config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_llama"
 
 
-class PrunedMistralConfig(MistralConfig):
+class PrunedMistralConfig(_PrunedConfigMixin, MistralConfig):
     """Mistral config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_mistral"
 
 
-class PrunedQwen2Config(Qwen2Config):
+class PrunedQwen2Config(_PrunedConfigMixin, Qwen2Config):
     """Qwen2 config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_qwen2"
 
 
-class PrunedQwen3Config(Qwen3Config):
+class PrunedQwen3Config(_PrunedConfigMixin, Qwen3Config):
     """Qwen3 config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_qwen3"
@@ -128,13 +160,13 @@ class PrunedQwen3ForCausalLM(_PrunedMixin, Qwen3ForCausalLM):
     config_class = PrunedQwen3Config
 
 
-class PrunedGemma3TextConfig(Gemma3TextConfig):
+class PrunedGemma3TextConfig(_PrunedConfigMixin, Gemma3TextConfig):
     """Gemma 3 text config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_gemma3_text"
 
 
-class PrunedPhi3Config(Phi3Config):
+class PrunedPhi3Config(_PrunedConfigMixin, Phi3Config):
     """Phi-3 config with per-layer widths in ``pruned_layers``."""
 
     model_type = "pruneframe_phi3"
