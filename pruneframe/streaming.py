@@ -36,7 +36,7 @@ from pruneframe.architectures import ArchitectureAdapter, adapter_for
 
 __all__ = [
     "LayerCall", "StreamingOptions", "capture_layer_calls", "on_device", "resolve_compute_device", "streamed_backward",
-    "streamed_forward", "streamed_hidden_states",
+    "streamed_forward",
 ]
 
 Offload = Literal["none", "cpu"]
@@ -251,6 +251,7 @@ def streamed_forward(
     adapter: ArchitectureAdapter | None = None,
     progress: bool = False,
     desc: str = "layers",
+    final_norm: bool = False,
 ) -> list[torch.Tensor]:
     """Run ``model``'s decoder over token-id ``batches``, one decoder layer at a time on ``device``.
 
@@ -259,11 +260,12 @@ def streamed_forward(
     afterwards, also on error. Call under :func:`torch.inference_mode` or :func:`torch.no_grad`.
 
     Returns:
-        per batch, the last decoder layer's output on ``device`` (before the final norm; see
-        :func:`streamed_hidden_states` for the decoder's output).
+        per batch, on ``device``, the last decoder layer's output, or with ``final_norm`` the
+        decoder's final hidden states (its ``last_hidden_state``: that output after the final norm).
     """
     device = torch.device(device)
-    layers = (adapter or adapter_for(model)).decoder_layers(model)
+    adapter = adapter or adapter_for(model)
+    layers = adapter.decoder_layers(model)
     embed_device = model.get_input_embeddings().weight.device
     captured = [capture_layer_calls(model, layers, batch.to(embed_device), device) for batch in batches]
     if not captured:
@@ -275,24 +277,10 @@ def streamed_forward(
         with on_device(layer, device):
             for b, calls in enumerate(per_batch):
                 hidden[b] = calls[i](layer, hidden[b])
+    if final_norm:
+        with on_device(adapter.final_norm(model), device) as norm:
+            hidden = [norm(h) for h in hidden]
     return hidden
-
-
-def streamed_hidden_states(
-    model: nn.Module,
-    batches: Iterable[torch.Tensor],
-    device: str | torch.device,
-    *,
-    adapter: ArchitectureAdapter | None = None,
-    progress: bool = False,
-    desc: str = "layers",
-) -> list[torch.Tensor]:
-    """Per batch, the decoder's final hidden states (``last_hidden_state``) on ``device``, computed as :func:`streamed_forward`."""
-    device = torch.device(device)
-    adapter = adapter or adapter_for(model)
-    last = streamed_forward(model, batches, device, adapter=adapter, progress=progress, desc=desc)
-    with on_device(adapter.final_norm(model), device) as norm:
-        return [norm(h) for h in last]
 
 
 def streamed_backward(

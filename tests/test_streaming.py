@@ -15,7 +15,7 @@ from pruneframe.architectures import adapter_for
 from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
 from pruneframe.gates import gated
 from pruneframe.host import PluginHost
-from pruneframe.streaming import capture_layer_calls, streamed_backward, streamed_forward, streamed_hidden_states
+from pruneframe.streaming import capture_layer_calls, streamed_backward, streamed_forward
 
 #: every input the methods watch: the MLP and attention inputs and the two output projections' inputs
 TARGETS = {
@@ -184,11 +184,11 @@ def test_streamed_backward_gives_the_whole_model_loss_and_gradients(family: str)
         torch.testing.assert_close(w.grad, want, rtol=RTOL, atol=1e-7, msg=lambda m, i=i: f"parameter {i}: {m}")
 
 
-def test_streamed_hidden_states_are_the_decoders_output() -> None:
+def test_streamed_forward_with_final_norm_gives_the_decoders_output() -> None:
     model, ids = tiny_model("gemma3"), tokens(4, 16)
     with torch.inference_mode():
         want = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-        got = streamed_hidden_states(model, ids.split(3), "cpu")
+        got = streamed_forward(model, ids.split(3), "cpu", final_norm=True)
     torch.testing.assert_close(torch.cat(got), want, rtol=RTOL, atol=1e-6)
 
 

@@ -20,7 +20,7 @@ from pruneframe.memory import PeakMemory
 from pruneframe.distributed import shard_rows, shard_weight, summed, world
 from pruneframe.gates import UnitGates
 from pruneframe.losses import causal_lm_loss, hidden_state_loss, lean_head
-from pruneframe.streaming import streamed_backward, streamed_hidden_states
+from pruneframe.streaming import streamed_backward, streamed_forward
 from pruneframe.resume import LoopCheckpoint
 
 __all__ = [
@@ -66,7 +66,7 @@ class DenseTeacher:
     The backbone is frozen and the teacher is the same model with its gates disabled, so its
     outputs never change: one no-grad forward per window, cached (``windows x (seq_len - 1) x
     hidden`` values), instead of one per step and epoch. With ``stream_device`` the forward runs
-    one decoder layer at a time there (:func:`pruneframe.streaming.streamed_hidden_states`) and the
+    one decoder layer at a time there (:func:`pruneframe.streaming.streamed_forward`) and the
     cache is kept where the embeddings are.
     """
 
@@ -77,8 +77,8 @@ class DenseTeacher:
         device = next(model.parameters()).device
         with gates.disabled(), torch.inference_mode():
             if stream_device is not None:
-                states = streamed_hidden_states(model, windows.split(batch_size), stream_device, progress=progress,
-                                                desc="dense teacher (layers)")
+                states = streamed_forward(model, windows.split(batch_size), stream_device, progress=progress,
+                                          desc="dense teacher (layers)", final_norm=True)
                 parts = [h[:, :-1].to(device) for h in states]
                 del states
             else:
