@@ -247,3 +247,16 @@ def test_streamed_backward_visits_layers_forward_then_in_reverse() -> None:
             h.remove()
     n = len(layers)
     assert order == list(range(n)) + list(reversed(range(n)))
+
+
+def _streamed_grasprune(config: dict) -> list[torch.Tensor]:
+    result = pruneframe.prune(tiny_model(), "grasprune", 0.6, calibration=tokens(8, 16, seed=4), config=config, progress=False)
+    return [result.scores, result.recalibration.scales, result.mask.float()]
+
+
+def test_streamed_grasprune_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    config = {**GRASPRUNE_FAST, "offload": "cpu", "compute_device": "cpu"}
+    one = _streamed_grasprune(config)
+    for got in on_ranks(2, tmp_path, _streamed_grasprune, config):
+        for a, b in zip(got, one, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
