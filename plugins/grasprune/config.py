@@ -24,7 +24,9 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
     ``offload="cpu"`` (inherited from :class:`~pruneframe.streaming.StreamingOptions`) runs every
     forward and backward pass of both stages, the dense teacher and the compensation statistics one
     decoder layer at a time on ``compute_device`` (:func:`pruneframe.streaming.streamed_backward`):
-    for a model whose weights do not fit the device. ``recompute`` is then implied.
+    for a model whose weights do not fit the device. ``recompute`` is then implied. Every step moves
+    each layer to the device twice (forward, then backward), so a larger ``batch_size`` amortises the
+    transfers.
     """
 
     policy: Literal["rank", "density"] = "rank"
