@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["linear_cross_entropy", "linear_kl_divergence", "lean_head", "hidden_state_loss", "causal_lm_loss"]
+__all__ = ["linear_cross_entropy", "linear_kl_divergence", "logits_layer", "lean_head", "hidden_state_loss", "causal_lm_loss"]
 
 _CHUNK_ELEMENTS = 1 << 24  # logits elements per chunk: 64 MiB in fp32 (one chunk for 256 tokens of a 49k vocabulary)
 # On CPU one [tokens, d] x [d, vocab] matmul with a large vocabulary is slower than the same product
@@ -154,17 +154,23 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _ChunkedLinearLoss.apply(hidden, targets.long(), weight, _chunk(weight, chunk_tokens), _cross_entropy_rows)
 
 
-def lean_head(model: nn.Module) -> nn.Linear | None:
-    """``model``'s output embedding when the lean losses apply to it, else None.
+def logits_layer(model: nn.Module) -> nn.Linear | None:
+    """``model``'s output embedding when its outputs are the model's logits as they are, else None.
 
-    They apply to a frozen, bias-free ``nn.Linear`` whose outputs are the logits as they are (no
-    final logit soft-capping in the model's config).
+    That is a bias-free ``nn.Linear`` and no final logit soft-capping in the model's config: then the
+    logits are ``hidden @ weight.T`` of the decoder's final hidden states.
     """
     head = model.get_output_embeddings()
     capped = getattr(getattr(model, "config", None), "final_logit_softcapping", None) is not None
-    if isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad and not capped:
+    if isinstance(head, nn.Linear) and head.bias is None and not capped:
         return head
     return None
+
+
+def lean_head(model: nn.Module) -> nn.Linear | None:
+    """``model``'s output embedding when the lean losses apply to it: a frozen :func:`logits_layer`; else None."""
+    head = logits_layer(model)
+    return head if head is not None and not head.weight.requires_grad else None
 
 
 def hidden_state_loss(

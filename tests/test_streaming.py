@@ -260,3 +260,36 @@ def test_streamed_grasprune_on_two_ranks_equals_one_process(tmp_path: Path) -> N
     for got in on_ranks(2, tmp_path, _streamed_grasprune, config):
         for a, b in zip(got, one, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_perplexity_equals_the_whole_model_pass(family: str) -> None:
+    from pruneframe.evaluation.perplexity import perplexity
+
+    model, windows = tiny_model(family), tokens(5, 16, seed=6)
+    whole = perplexity(model, windows, batch_size=2, progress=False)
+    streamed = perplexity(model, windows, batch_size=2, progress=False, stream_device="cpu")
+    assert streamed.tokens == whole.tokens and streamed.windows == whole.windows
+    torch.testing.assert_close(torch.tensor(streamed.window_nll), torch.tensor(whole.window_nll), rtol=RTOL, atol=1e-6)
+    for layer in adapter_for(model).decoder_layers(model):
+        assert type(layer).__name__.endswith("DecoderLayer")
+
+
+def test_cli_eval_scores_perplexity_layer_by_layer_with_the_same_result(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import json
+
+    from pruneframe.cli import main
+
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    records = {}
+    for name, extra in (("whole", []), ("streamed", ["--eval-compute-device", "cpu"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
+                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", "none", "--no-speed", "--out", str(out),
+                     "--quiet", *extra]) == 0
+        records[name] = json.loads(out.read_text())
+    (whole,), (streamed,) = (list(r["eval"]["perplexity"]["sources"].values()) for r in records.values())
+    assert streamed["ppl"] == pytest.approx(whole["ppl"], rel=RTOL)
+    assert records["streamed"]["protocol"]["evaluation"]["perplexity"]["config"]["offload"] == "cpu"

@@ -170,6 +170,10 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
                         help="a named perplexity protocol: wikitext2-2048 (all of WikiText-2 test in 2,048-token "
                         "windows: SparseGPT, Wanda, SliceGPT), llm-pruner-128 (every 128-token window: LLM-Pruner)")
     parser.add_argument("--seq-len", type=_positive, metavar="N", help="perplexity window length in tokens (default 512)")
+    parser.add_argument("--eval-compute-device", metavar="DEVICE",
+                        help="score perplexity one decoder layer at a time on DEVICE (cuda, cuda:N, ...), the weights "
+                        "staying where they were loaded: for a model larger than the device (sets the perplexity "
+                        "evaluator's offload: cpu and compute_device)")
     parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
                         help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
                         "(default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)")
@@ -284,6 +288,8 @@ def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
                   (("sources", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"),
                    ("protocol", "protocol"))}
     perplexity = {k: v for k, v in perplexity.items() if v is not None}
+    if getattr(args, "eval_compute_device", None):
+        perplexity.update(offload="cpu", compute_device=args.eval_compute_device)
     if perplexity:
         evaluation["perplexity"] = perplexity
     tasks = getattr(args, "zeroshot", None)

@@ -16,6 +16,7 @@ Named protocols (``protocol``):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -29,6 +30,8 @@ from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
+from pruneframe.losses import logits_layer
+from pruneframe.streaming import StreamingOptions, on_device, streamed_forward
 
 __all__ = [
     "NonFiniteError",
@@ -70,15 +73,24 @@ class PerplexityResult:
 
 @torch.inference_mode()
 def perplexity(
-    model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 1,
+    progress: bool = True,
+    stream_device: str | torch.device | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on ``windows`` (``LongTensor[n, L]``), every window scored independently.
 
     Each window predicts its tokens 1..L-1 from the ones before; the mean NLL is weighted by token,
-    summed in float64. Runs under ``torch.inference_mode`` with ``use_cache=False``.
+    summed in float64. Runs under ``torch.inference_mode`` with ``use_cache=False``. With
+    ``stream_device`` the decoder runs one layer at a time there (:func:`pruneframe.streaming.streamed_forward`,
+    for a model larger than the device): every window's hidden states are carried from layer to layer
+    on that device, then the output layer scores them batch by batch; the NLLs are those of the
+    whole-model pass.
 
     Raises:
-        ValueError: ``windows`` is not a 2-D integer tensor with ``L >= 2``, or ``batch_size < 1``.
+        ValueError: ``windows`` is not a 2-D integer tensor with ``L >= 2``, or ``batch_size < 1``, or
+            (streamed) the model's output logits need more than its output layer.
         NonFiniteError: a batch gave a NaN/inf loss (never skipped; the window range is named).
     """
     if windows.dim() != 2 or windows.dtype not in (torch.long, torch.int32) or windows.shape[1] < 2:
@@ -88,32 +100,59 @@ def perplexity(
     if batch_size < 1:
         raise ValueError(f"perplexity: batch_size must be >= 1, got {batch_size}")
     count, seq_len = windows.shape
-    device = model_device(model)
+    batches = windows.long().split(batch_size)
     sums: list[torch.Tensor] = []
     with tqdm(total=count, desc="perplexity", unit="win", disable=not progress) as bar:
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            ids = windows[start:stop].to(device=device, dtype=torch.long, non_blocking=True)
-            logits = model(input_ids=ids, use_cache=False).logits
-            # position t predicts token t+1; the last position predicts nothing (ignored, NLL 0).
-            # Shifting the labels rather than slicing the logits avoids copying the [b, L, V] logits.
-            labels = torch.full_like(ids, _IGNORE)
-            labels[:, :-1] = ids[:, 1:]
-            nll = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=_IGNORE, reduction="none"
-            )
-            window_sums = nll.view(stop - start, seq_len).sum(dim=1, dtype=torch.float64)
-            if not torch.isfinite(window_sums).all():
-                raise NonFiniteError(
-                    f"perplexity: non-finite loss in windows {start}..{stop - 1} (of {count}); "
-                    "the model produced NaN/inf logits"
-                )
-            sums.append(window_sums)
-            bar.update(stop - start)
+        for start, ids, logits in _batch_logits(model, batches, stream_device, progress):
+            sums.append(_window_nll(ids, logits, start, count))
+            bar.update(len(ids))
     per_window = tuple(float(v) for v in torch.cat(sums).cpu().tolist())
     tokens = count * (seq_len - 1)
     mean_nll = math.fsum(per_window) / tokens
     return PerplexityResult(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=count, window_nll=per_window)
+
+
+def _batch_logits(
+    model: torch.nn.Module, batches: tuple[torch.Tensor, ...], stream_device: str | torch.device | None, progress: bool
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(first window index, token ids, logits)`` per batch, on the device the logits are computed on."""
+    if stream_device is None:
+        device = model_device(model)
+        start = 0
+        for batch in batches:
+            ids = batch.to(device=device, non_blocking=True)
+            yield start, ids, model(input_ids=ids, use_cache=False).logits
+            start += len(batch)
+        return
+    device = torch.device(stream_device)
+    if logits_layer(model) is None:
+        raise ValueError(
+            f"perplexity: {type(model).__name__}'s logits are more than its output layer's (a bias or logit "
+            "soft-capping); it cannot be scored layer by layer"
+        )
+    hidden = streamed_forward(model, batches, device, progress=progress, desc="perplexity (layers)", final_norm=True)
+    start = 0
+    with on_device(model.get_output_embeddings(), device) as head:
+        for batch, states in zip(batches, hidden, strict=True):
+            yield start, batch.to(device), head(states)
+            start += len(batch)
+
+
+def _window_nll(ids: torch.Tensor, logits: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Each window's summed next-token NLL (float64); the last position predicts nothing."""
+    # Shifting the labels rather than slicing the logits avoids copying the [b, L, V] logits.
+    labels = torch.full_like(ids, _IGNORE)
+    labels[:, :-1] = ids[:, 1:]
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=_IGNORE, reduction="none"
+    )
+    window_sums = nll.view(ids.shape).sum(dim=1, dtype=torch.float64)
+    if not torch.isfinite(window_sums).all():
+        raise NonFiniteError(
+            f"perplexity: non-finite loss in windows {start}..{start + len(ids) - 1} (of {count}); "
+            "the model produced NaN/inf logits"
+        )
+    return window_sums
 
 
 ProtocolName = Literal["custom", "wikitext2-2048", "llm-pruner-128"]
@@ -163,13 +202,15 @@ class PerplexitySource(BaseModel):
         return path.stem if (path.suffix or "/" in self.data) and not self.data.startswith("hf:") else self.data
 
 
-class PerplexityConfig(BaseModel):
+class PerplexityConfig(StreamingOptions):
     """Perplexity settings: which texts, which protocol, and how each text is cut into windows.
 
     ``data``/``split`` are accepted as a shorthand for one source (``split`` alone: the default sources
     read with that split). ``num_windows`` counts windows per
     source (``"all"``: every full window). A named ``protocol`` fixes ``seq_len`` and ``num_windows``
     (and the sources when none are given); setting either to another value is an error.
+    ``offload="cpu"`` scores one decoder layer at a time on ``compute_device`` (inherited from
+    :class:`~pruneframe.streaming.StreamingOptions`), for a model larger than the device.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -262,7 +303,8 @@ class PerplexityEvaluator(Evaluator):
         bos = prepended_bos(tokenizer)
         windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows,
                                 bos=bos)
-        result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress)
+        stream = cfg.device_for(model) if cfg.streaming else None
+        result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress, stream_device=stream)
         domain = spec.domain or source.domain
         protocol = PerplexityProtocol(
             protocol_name=cfg.protocol,
