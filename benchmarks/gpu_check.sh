@@ -8,7 +8,7 @@
 #            (magnitude and wanda-sp at two budgets);
 #   stream:  layer-streamed prunes of that model: weights on the CPU, each decoder layer in turn on the
 #            device (`offload: cpu`): wanda-sp (forward only), llm-pruner and the short GRASPrune schedule
-#            (streamed backward passes).
+#            (streamed backward passes); and a perplexity evaluation scored the same way.
 # Usage: benchmarks/gpu_check.sh  (results in $RESULTS_DIR, else $OUT, else benchmarks/results/gpu_check)
 # Settings (environment): DEVICE=cuda|cpu  SHAPE=1b|0.5b|135m  METHODS=magnitude,...  PYTHON=path
 #   PARTS=methods,big,stream (which parts run; default all)  MODEL_135M=smollm2-135m|folder
@@ -105,6 +105,9 @@ if wanted stream; then
       --method-config "$config" --budget 0.8 --out "$RESULTS/stream-$method-$SHAPE"
     rm -f "$RESULTS/stream-$method-$SHAPE"/*.safetensors
   done
+  step "stream-eval-$SHAPE" 120 "${CLI[@]}" eval --model "$MODEL_DIR" --dtype bfloat16 --device cpu \
+    --eval-compute-device "$DEVICE" --eval-data embedded --eval-windows 8 --zeroshot none --no-speed --quiet \
+    --out "$RESULTS/stream-eval-$SHAPE.json"
 fi
 
 rm -rf "$MODEL_DIR"  # random weights: nothing worth keeping
