@@ -82,6 +82,14 @@ def test_config_width_that_disagrees_with_the_tensors(ckpt: Path, capfd) -> None
     assert "layer 1: model.layers.1.mlp.down_proj.weight" in eval_exits_2(ckpt, capfd)
 
 
+def test_per_layer_config_that_disagrees_with_the_widths(ckpt: Path, capfd) -> None:
+    edit_json(ckpt / "config.json", lambda c: c["per_layer_config"]["1"].update(intermediate_size=30))
+    with pytest.raises(CheckpointError, match=r"per_layer_config disagrees with its pruned_layers: layer 1: "
+                       r"per_layer_config gives intermediate_size 30, pruned_layers 33"):
+        load_pruned(ckpt)
+    assert "layer 1: per_layer_config gives intermediate_size 30" in eval_exits_2(ckpt, capfd)
+
+
 def test_nothing_is_loaded_before_the_checks_pass(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("weights were read before the checkpoint was checked")

@@ -191,6 +191,28 @@ def _check_report(folder: Path, report: dict[str, Any], model_cls: type[nn.Modul
         raise CheckpointError(f"{folder}: {REPORT_FILE} records {recorded_params:,} parameters, the weights hold {params:,}")
 
 
+#: the widths transformers' ``per_layer_config`` states, as named in each ``pruned_layers`` entry
+_PER_LAYER_WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+def _check_per_layer_config(folder: Path, config: Any) -> None:
+    """transformers' ``per_layer_config`` (read by its caches, among others) must state the widths the weights have."""
+    declared = getattr(config, WIDTHS_FIELD, None)
+    if not declared or not getattr(config, "is_heterogeneous", False):
+        return
+    views = config.per_layer_config
+    problems = [
+        f"layer {i}: per_layer_config gives {key} {getattr(view, key)}, {WIDTHS_FIELD} {widths.get(key)}"
+        for i, (view, widths) in enumerate(zip(views, declared))
+        for key in _PER_LAYER_WIDTHS
+        if getattr(view, key) != widths.get(key)
+    ]
+    if len(views) != len(declared):
+        problems.append(f"per_layer_config describes {len(views)} layers, {WIDTHS_FIELD} {len(declared)}")
+    if problems:
+        _fail(folder, f"config.json's per_layer_config disagrees with its {WIDTHS_FIELD}", problems)
+
+
 def _with_widths(config: Any, layers: list[Any]) -> Any:
     other = config.__class__.from_dict(config.to_dict())
     setattr(other, WIDTHS_FIELD, layers)
@@ -201,8 +223,9 @@ def validate_checkpoint(folder: str | Path, model_cls: type[nn.Module], config: 
     """Raise :class:`CheckpointError` unless the folder's weights are exactly what ``config`` and ``pruning.json`` describe.
 
     Checks, from headers only: the weight files exist and parse (a truncated file fails here), every
-    tensor ``model_cls(config)`` has is present with its shape, none is extra, and ``pruning.json``
-    (when present) records the same per-layer widths and parameter count.
+    tensor ``model_cls(config)`` has is present with its shape, none is extra, transformers'
+    ``per_layer_config`` (when present) states the same widths, and ``pruning.json`` (when present)
+    records the same per-layer widths and parameter count.
     """
     folder = Path(folder)
     found, origin = header_shapes(folder)
@@ -210,6 +233,7 @@ def validate_checkpoint(folder: str | Path, model_cls: type[nn.Module], config: 
     problems = _differences(expected, found, origin, "config.json")
     if problems:
         _fail(folder, "the weights do not match config.json", problems)
+    _check_per_layer_config(folder, config)
     report = _read_report(folder)
     if report is not None:
         _check_report(folder, report, model_cls, config, found, origin, params)
