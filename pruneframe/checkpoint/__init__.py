@@ -39,8 +39,10 @@ from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
 from pruneframe.checkpoint.validate import CheckpointError, check_replaceable, validate_checkpoint
 from pruneframe.prune_report import CheckpointReport, PruneReport
 
-__all__ = ["save", "load_pruned", "CheckpointError", "read_report", "read_report_json", "software_versions", "MODELING_FILE",
-           "REPORT_FILE"]
+__all__ = [
+    "save", "load_pruned", "CheckpointError", "per_layer_config", "read_report", "read_report_json", "software_versions",
+    "MODELING_FILE", "REPORT_FILE",
+]
 
 MODELING_FILE = Path(__file__).with_name("modeling_pruneframe.py")
 REPORT_FILE = "pruning.json"
