@@ -36,7 +36,7 @@ from pruneframe._io import atomic_dir, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for
 from pruneframe.checkpoint import modeling_pruneframe
 from pruneframe.checkpoint.modeling_pruneframe import FAMILIES
-from pruneframe.checkpoint.validate import CheckpointError, check_replaceable, validate_checkpoint
+from pruneframe.checkpoint.validate import PER_LAYER_WIDTHS, CheckpointError, check_replaceable, validate_checkpoint
 from pruneframe.prune_report import CheckpointReport, PruneReport
 
 __all__ = [
@@ -59,15 +59,12 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-#: transformers' attribute name of each width a layer may override in ``per_layer_config``
-_PER_LAYER_FIELDS = {"intermediate_size": "ffn", "num_attention_heads": "q_heads", "num_key_value_heads": "kv_heads"}
-
-
 def per_layer_config(config: dict[str, Any], widths: list[LayerWidths]) -> dict[str, dict[str, int]]:
     """transformers' ``per_layer_config`` for ``widths``: per layer (index as a string), the widths that differ from ``config``'s."""
     out: dict[str, dict[str, int]] = {}
     for w in widths:
-        diff = {key: getattr(w, attr) for key, attr in _PER_LAYER_FIELDS.items() if getattr(w, attr) != config.get(key)}
+        entry = w.to_config()
+        diff = {key: entry[key] for key in PER_LAYER_WIDTHS if entry[key] != config.get(key)}
         if diff:
             out[str(w.index)] = diff
     return out

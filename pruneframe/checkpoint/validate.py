@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "PER_LAYER_WIDTHS",
     "REPORT_FILE",
     "WIDTHS_FIELD",
     "CheckpointError",
@@ -192,7 +193,7 @@ def _check_report(folder: Path, report: dict[str, Any], model_cls: type[nn.Modul
 
 
 #: the widths transformers' ``per_layer_config`` states, as named in each ``pruned_layers`` entry
-_PER_LAYER_WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
+PER_LAYER_WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 
 def _check_per_layer_config(folder: Path, config: Any) -> None:
@@ -204,7 +205,7 @@ def _check_per_layer_config(folder: Path, config: Any) -> None:
     problems = [
         f"layer {i}: per_layer_config gives {key} {getattr(view, key)}, {WIDTHS_FIELD} {widths.get(key)}"
         for i, (view, widths) in enumerate(zip(views, declared))
-        for key in _PER_LAYER_WIDTHS
+        for key in PER_LAYER_WIDTHS
         if getattr(view, key) != widths.get(key)
     ]
     if len(views) != len(declared):
