@@ -7,7 +7,8 @@ Unit sets shaped like Llama models, built from their layer shapes alone (no weig
 parameters, every policy x scope, without rounding and with ``round_to`` 64 on the FFN channels.
 Each projection is timed ``--reps`` times after one warm-up (the tie-break order is cached across
 calls, as in a training loop); the median and minimum wall time and the median process CPU time
-are recorded, with torch's thread count and the load average (on a shared machine the wall time
+are recorded, with torch's thread count and the load average, and per size the CPU time of one stable
+sort of that many int64 keys and one gather of that many indices (the bulk work of a projection) (on a shared machine the wall time
 grows with the load; CPU time much less). Writes ``benchmarks/results/projector_speed.json``.
 
 Usage: ``python benchmarks/projector_speed.py [--sizes 7b,70b] [--reps 7] [--threads 1]``
@@ -63,6 +64,24 @@ def time_projection(scores: torch.Tensor, costs: torch.Tensor, groups: torch.Ten
     return {"wall_ms_median": statistics.median(wall), "wall_ms_min": min(wall), "cpu_ms_median": statistics.median(cpu)}
 
 
+def time_primitives(n: int, reps: int) -> dict[str, float]:
+    """Median CPU ms of the projector's two bulk primitives at ``n`` units: one stable sort of random
+    int64 keys (the packed group/score keys of a walk) and one gather of ``n`` int64 indices."""
+    g = torch.Generator().manual_seed(1)
+    keys = torch.randint(0, 2**62, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)
+    out = {}
+    for name, fn in (("sort_ms", lambda: torch.sort(keys, stable=True)), ("gather_ms", lambda: perm.index_select(0, perm))):
+        fn()
+        times = []
+        for _ in range(reps):
+            c = time.process_time()
+            fn()
+            times.append(1e3 * (time.process_time() - c))
+        out[name] = statistics.median(times)
+    return out
+
+
 def main() -> None:
     """Measure, print and write the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,9 +97,10 @@ def main() -> None:
     unknown = [s for s in sizes if s not in SHAPES]
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose from {', '.join(SHAPES)}")
-    rows = []
+    rows, primitives = [], {}
     for name in sizes:
         costs, groups, layers = unit_set(name)
+        primitives[name] = {"units": costs.numel(), **time_primitives(costs.numel(), args.reps)}
         scores = torch.rand(costs.numel(), generator=torch.Generator().manual_seed(0))
         budget = int(costs.sum()) // 2
         rounding = torch.tensor([args.round_to, 1] * layers)
@@ -105,6 +125,7 @@ def main() -> None:
         "reps": args.reps,
         "budget": "half of the prunable parameters",
         "rows": rows,
+        "primitives": primitives,
     }
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")

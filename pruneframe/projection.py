@@ -293,11 +293,24 @@ def _policy_key(scores: torch.Tensor, costs: torch.Tensor, density: bool) -> tor
     return scores / costs.to(torch.float64) if density else scores
 
 
+# The last few (costs, groups, per-group single cost): a training loop projects the same units, and
+# their blocks, on every step.
+_single_cost_cache: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+_SINGLE_COST_CACHE_SIZE = 4
+
+
 def _single_cost(costs: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Per group: all its units cost the same (True for empty groups)."""
+    for c, g, single in _single_cost_cache:
+        if single.numel() == num_groups and c.shape == costs.shape and c.device == costs.device \
+                and torch.equal(c, costs) and torch.equal(g, groups):
+            return single
     lo = torch.zeros(num_groups, dtype=torch.int64, device=costs.device)
     lo = lo.scatter_reduce(0, groups, costs, "amin", include_self=False)
-    return lo == lo.scatter_reduce(0, groups, costs, "amax", include_self=False)
+    single = lo == lo.scatter_reduce(0, groups, costs, "amax", include_self=False)
+    _single_cost_cache.append((costs.clone(), groups.clone(), single))
+    del _single_cost_cache[:-_SINGLE_COST_CACHE_SIZE]
+    return single
 
 
 def _rank_key(scores: torch.Tensor, key: torch.Tensor, density: bool, single_cost: bool) -> torch.Tensor:
@@ -395,10 +408,17 @@ def _greedy_loop(mask: torch.Tensor, cand: torch.Tensor, c: torch.Tensor, remain
 
 def _split_inf(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lexicographic objective parts: +1/-1 for +inf/-inf keys, and the finite keys (0 for inf)."""
-    weight = torch.isposinf(key).to(torch.float64) - torch.isneginf(key).to(torch.float64)
-    finite = torch.where(torch.isinf(key), torch.zeros_like(key), key)
     n = key.numel()
-    if n and float(finite.abs().max()) > torch.finfo(torch.float64).max / (n + 1):
+    if n == 0:
+        return key.clone(), key.clone()
+    low, high = (float(v) for v in torch.aminmax(key))  # one pass; NaN was rejected, so inf shows here
+    if math.isinf(low) or math.isinf(high):
+        weight = torch.isposinf(key).to(torch.float64) - torch.isneginf(key).to(torch.float64)
+        finite = torch.where(torch.isinf(key), torch.zeros_like(key), key)
+        largest = float(finite.abs().max())
+    else:
+        weight, finite, largest = torch.zeros_like(key), key, max(-low, high)
+    if largest > torch.finfo(torch.float64).max / (n + 1):
         finite = finite * 2.0 ** -math.ceil(math.log2(n + 1))  # exact rescale, sums cannot overflow
     return weight, finite
 
@@ -408,8 +428,8 @@ def _objective(weight: torch.Tensor, finite: torch.Tensor, mask: torch.Tensor) -
 
 
 def _two_cost(weight: torch.Tensor, finite: torch.Tensor, order: torch.Tensor, forced: torch.Tensor,
-              costs: torch.Tensor, remaining: int) -> torch.Tensor:
-    """Exact optimum when the non-forced items have at most two distinct costs ``a < b``.
+              costs: torch.Tensor, remaining: int, a: int, b: int) -> torch.Tensor:
+    """Exact optimum when the non-forced items have at most two distinct costs ``a <= b``.
 
     ``order`` lists the items by descending ``(weight, finite)``. For ``k_a`` extra cost-``a``
     items, tightness forces ``k_b = min(n_b, (R - k_a a) // b)`` (and the other way round), and the
@@ -417,8 +437,6 @@ def _two_cost(weight: torch.Tensor, finite: torch.Tensor, order: torch.Tensor, f
     from prefix sums. Ties: larger kept cost, then smaller ``k_a``.
     """
     c = costs.masked_fill(forced, 0).index_select(0, order)  # 0: forced, already paid for
-    free = c[c > 0]
-    a, b = int(free.min()), int(free.max())
     units_a, units_b = order[c == a], (order[c == b] if b != a else order[:0])
     n_a, n_b = units_a.numel(), units_b.numel()
 
@@ -502,13 +520,15 @@ def _optimal(items: _Items, remaining: int, walk: torch.Tensor | None = None) ->
 
     ``walk``: the items by descending key, when already known.
     """
-    free = items.costs[~items.forced]
-    if free.numel() == 0:
+    none_free = torch.iinfo(torch.int64).max
+    a = int(items.costs.masked_fill(items.forced, none_free).min()) if items.costs.numel() else none_free
+    if a == none_free:  # no items, or every item forced
         return items.forced.clone()
+    b = int(items.costs.masked_fill(items.forced, 0).max())
     if bool(_single_cost(items.costs, items.groups, items.num_groups).all()) and \
-            bool(((free == free.min()) | (free == free.max())).all()):
+            bool(((items.costs == a) | (items.costs == b) | items.forced).all()):
         by_sum = walk if items.size is None and walk is not None else items.walk(total=True)
-        return _two_cost(items.weight, items.finite, by_sum, items.forced, items.costs, remaining)
+        return _two_cost(items.weight, items.finite, by_sum, items.forced, items.costs, remaining, a, b)
     by_rank = items.greedy(items.walk() if walk is None else walk, remaining)
     by_density = items.greedy(items.walk(density=True), remaining)
     better = _objective(items.weight, items.finite, by_density) > _objective(items.weight, items.finite, by_rank)

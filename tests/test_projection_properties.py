@@ -9,6 +9,7 @@ brute-force optimum on small two-cost instances.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -424,8 +425,20 @@ def test_edge_budgets_and_empty_input() -> None:
     assert project(torch.zeros(3), costs, 10**30, minimum=0).all()
     assert not project(torch.zeros(3), costs, 0, minimum=0).any()
     assert project(torch.zeros(3), costs, 1, minimum=0).tolist() == [False] * 3
-    empty = project(torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0, policy="optimal", scope="uniform")
-    assert empty.dtype == torch.bool and empty.shape == (0,)
+    for policy, scope, round_to, budget in itertools.product(POLICIES, SCOPES, (None, 4), (0, 5)):
+        empty = project(torch.zeros(0), torch.zeros(0, dtype=torch.int64), budget, policy=policy, scope=scope,
+                        round_to=round_to)
+        assert empty.dtype == torch.bool and empty.shape == (0,)
+
+
+def test_costs_changed_in_place_are_seen() -> None:
+    """Per-group facts remembered between calls (one cost per group) follow the costs, not their identity."""
+    scores, groups = torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.tensor([0, 0, 0, 0])
+    costs = torch.tensor([1, 1, 1, 1])
+    assert project(scores, costs, 2, groups=groups, round_to=2, policy="optimal").tolist() == [True, True, False, False]
+    costs[1] = 2  # now two unit costs in the rounded group
+    with pytest.raises(ValueError, match="one unit cost per rounded group"):
+        project(scores, costs, 2, groups=groups, round_to=2, policy="optimal")
 
 
 def test_budget_error_message() -> None:
