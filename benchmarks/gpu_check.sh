@@ -8,7 +8,8 @@
 #            (magnitude and wanda-sp at two budgets);
 #   stream:  layer-streamed prunes of that model: weights on the CPU, each decoder layer in turn on the
 #            device (`offload: cpu`): wanda-sp (forward only), llm-pruner and the short GRASPrune schedule
-#            (streamed backward passes); and a perplexity evaluation scored the same way.
+#            (streamed backward passes); and an evaluation (perplexity, a zero-shot task) scored the same
+#            way, against the whole model on the device.
 # Usage: benchmarks/gpu_check.sh  (results in $RESULTS_DIR, else $OUT, else benchmarks/results/gpu_check)
 # Settings (environment): DEVICE=cuda|cpu  SHAPE=1b|0.5b|135m  METHODS=magnitude,...  PYTHON=path
 #   PARTS=methods,big,stream (which parts run; default all)  MODEL_135M=smollm2-135m|folder
@@ -105,9 +106,22 @@ if wanted stream; then
       --method-config "$config" --budget 0.8 --out "$RESULTS/stream-$method-$SHAPE"
     rm -f "$RESULTS/stream-$method-$SHAPE"/*.safetensors
   done
-  step "stream-eval-$SHAPE" 120 "${CLI[@]}" eval --model "$MODEL_DIR" --dtype bfloat16 --device cpu \
-    --eval-compute-device "$DEVICE" --eval-data embedded --eval-windows 8 --zeroshot none --no-speed --quiet \
+  # Evaluation streamed the same way, against the whole model on the device: perplexity and a
+  # made-up multiple-choice task (random weights: only whether both passes answer alike matters).
+  TASK="$RESULTS/made_up_choices.jsonl"
+  "$PY" - "$TASK" <<'PYEOF'
+import json, sys
+words = ["river", "stone", "cloud", "apple", "chair", "lamp", "window", "garden", "letter", "bridge", "candle"]
+with open(sys.argv[1], "w") as handle:
+    for i in range(40):
+        choices = [words[(i * 7 + k) % len(words)] for k in range(3)]
+        row = {"question": f"Which word follows {words[i % len(words)]}?", "choices": choices, "label": i % 3}
+        handle.write(json.dumps(row) + "\n")
+PYEOF
+  EVAL=(eval --model "$MODEL_DIR" --dtype bfloat16 --eval-data embedded --eval-windows 8 --zeroshot "$TASK" --no-speed --quiet)
+  step "stream-eval-$SHAPE" 150 "${CLI[@]}" "${EVAL[@]}" --device cpu --eval-compute-device "$DEVICE" \
     --out "$RESULTS/stream-eval-$SHAPE.json"
+  step "whole-eval-$SHAPE" 150 "${CLI[@]}" "${EVAL[@]}" --device "$DEVICE" --out "$RESULTS/whole-eval-$SHAPE.json"
 fi
 
 rm -rf "$MODEL_DIR"  # random weights: nothing worth keeping
@@ -137,6 +151,22 @@ for report in sorted([*root.glob("prune-*/pruning.json"), *root.glob("stream-*/p
     print(f"  {report.parent.name}: kept {rep.get('kept_fraction_of_prunable')} of prunable, timings {rep.get('timings')}, "
           f"peak RSS {mem.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, peak CUDA "
           f"{'-' if cuda is None else f'{cuda / 2**30:.2f} GiB'}")
+evals = {mode: root / f"{mode}-eval-{shape}.json" for shape in [p.stem.split("-eval-")[1]
+         for p in root.glob("stream-eval-*.json")][:1] for mode in ("stream", "whole")}
+if evals and all(path.exists() for path in evals.values()):
+    streamed, whole = (json.loads(evals[m].read_text())["eval"] for m in ("stream", "whole"))
+    agreement = {"perplexity": {src: {"streamed": streamed["perplexity"]["sources"][src]["ppl"], "whole": r["ppl"]}
+                                for src, r in whole["perplexity"]["sources"].items()},
+                 "zeroshot": {}}
+    for task, r in whole["zeroshot"]["tasks"].items():
+        a, b = r["items"]["acc"], streamed["zeroshot"]["tasks"][task]["items"]["acc"]
+        agreement["zeroshot"][task] = {"items": len(a), "answered_alike": sum(x == y for x, y in zip(a, b)),
+                                       "acc_streamed": streamed["zeroshot"]["tasks"][task]["acc"], "acc_whole": r["acc"]}
+    (root / "eval_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n")
+    for src, r in agreement["perplexity"].items():
+        print(f"  eval {src}: perplexity streamed {r['streamed']:.4f}, whole {r['whole']:.4f}")
+    for task, r in agreement["zeroshot"].items():
+        print(f"  eval {task}: {r['answered_alike']} of {r['items']} items answered alike streamed and whole")
 summary = {"steps": [{"name": n, "status": s, "seconds": int(t)} for n, s, t in steps]}
 (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 PYEOF

@@ -190,6 +190,27 @@ def methods_section(short: dict[str, Any] | None, protocol: dict[str, Any] | Non
     return out
 
 
+def eval_section(agreement: dict[str, Any]) -> list[str]:
+    """Streamed evaluation (weights on the CPU, layers on the device) against the whole model on the device."""
+    out = [
+        "## Evaluation streamed layer by layer against the whole model",
+        "",
+        "The 1B-shape model evaluated twice on the device, `--eval-data embedded --eval-windows 8` and a made-up",
+        "40-item multiple-choice task: once with the weights on the CPU and `--eval-compute-device cuda`, once",
+        "whole on the GPU. Random weights, so only whether both passes agree matters.",
+        "",
+        "| what | streamed | whole | agreement |",
+        "| --- | --- | --- | --- |",
+    ]
+    for source, r in agreement["perplexity"].items():
+        out.append(f"| perplexity, {source} | {r['streamed']:.4f} | {r['whole']:.4f} | "
+                   f"{abs(r['streamed'] / r['whole'] - 1):.1e} relative |")
+    for task, r in agreement["zeroshot"].items():
+        out.append(f"| accuracy, {task} | {r['acc_streamed']:.3f} | {r['acc_whole']:.3f} | "
+                   f"{r['answered_alike']} of {r['items']} items alike |")
+    return out + [""]
+
+
 def how_section() -> list[str]:
     """How to rerun it."""
     return [
@@ -223,6 +244,8 @@ def main() -> None:
         lines += prunes_section(prunes)
     if (compare := load("compare_1b")) is not None:
         lines += compare_section(compare)
+    if (agreement := load("eval_agreement")) is not None:
+        lines += eval_section(agreement)
     lines += methods_section(load("methods_135m"), load("methods_135m_protocol"))
     lines += how_section()
     write_text_atomic(DOC, "\n".join(lines))

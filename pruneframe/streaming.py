@@ -33,10 +33,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, adapter_for
+from pruneframe.losses import logits_layer
 
 __all__ = [
-    "LayerCall", "StreamingOptions", "capture_layer_calls", "on_device", "resolve_compute_device", "streamed_backward",
-    "streamed_forward",
+    "LayerCall", "StreamingOptions", "capture_layer_calls", "check_streamable_logits", "on_device", "resolve_compute_device", "streamed_backward",
+    "streamed_forward", "streamed_logits",
 ]
 
 Offload = Literal["none", "cpu"]
@@ -281,6 +282,46 @@ def streamed_forward(
         with on_device(adapter.final_norm(model), device) as norm:
             hidden = [norm(h) for h in hidden]
     return hidden
+
+
+def check_streamable_logits(model: nn.Module) -> None:
+    """Raise ValueError unless ``model``'s logits are its output layer applied to its final hidden states.
+
+    Logits with a bias or a soft-capping need the family's own head code, which a layer-streamed
+    pass does not run.
+    """
+    if logits_layer(model) is None:
+        raise ValueError(
+            f"{type(model).__name__}'s logits are more than its output layer's (a bias or logit soft-capping); "
+            "it cannot be run layer by layer"
+        )
+
+
+def streamed_logits(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    device: str | torch.device,
+    *,
+    progress: bool = False,
+    desc: str = "layers",
+) -> Iterator[torch.Tensor]:
+    """Per batch of token ids, ``model``'s logits (``[batch, seq_len, vocab]``, on ``device``), one decoder layer at a time.
+
+    :func:`streamed_forward` to the final hidden states, then the output layer, moved to ``device``
+    for the duration, applied to each batch's states in turn: the logits of a whole-model forward.
+
+    Raises:
+        ValueError: the model's logits are more than its output layer's (a bias or logit soft-capping).
+    """
+    check_streamable_logits(model)  # here, before the first batch is asked for
+
+    def logits() -> Iterator[torch.Tensor]:
+        hidden = streamed_forward(model, batches, device, progress=progress, desc=desc, final_norm=True)
+        with on_device(model.get_output_embeddings(), device) as head:
+            while hidden:
+                yield head(hidden.pop(0))  # each batch's states are freed once its logits are formed
+
+    return logits()
 
 
 def streamed_backward(

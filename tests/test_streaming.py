@@ -293,3 +293,86 @@ def test_cli_eval_scores_perplexity_layer_by_layer_with_the_same_result(
     (whole,), (streamed,) = (list(r["eval"]["perplexity"]["sources"].values()) for r in records.values())
     assert streamed["ppl"] == pytest.approx(whole["ppl"], rel=RTOL)
     assert records["streamed"]["protocol"]["evaluation"]["perplexity"]["config"]["offload"] == "cpu"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_logits_equal_the_whole_model_forward(family: str) -> None:
+    from pruneframe.streaming import streamed_logits
+
+    model, batches = tiny_model(family), tokens(5, 16, seed=7).split(2)
+    with torch.no_grad():
+        streamed = list(streamed_logits(model, batches, "cpu"))
+        whole = [model(input_ids=b, use_cache=False).logits for b in batches]
+    assert len(streamed) == len(whole) == 3
+    for s, w in zip(streamed, whole, strict=True):
+        torch.testing.assert_close(s, w, rtol=RTOL, atol=1e-5)
+
+
+def test_streamed_logits_refuse_a_soft_capped_head_before_any_pass() -> None:
+    from pruneframe.evaluation.streamed_lm import StreamedHFLM
+    from pruneframe.streaming import streamed_logits
+
+    model = tiny_model("gemma3", final_logit_softcapping=30.0)
+    with pytest.raises(ValueError, match="Gemma3ForCausalLM's logits are more than its output layer's"):
+        streamed_logits(model, [tokens(1, 8)], "cpu")
+    with pytest.raises(ValueError, match="soft-capping"):
+        StreamedHFLM(model, None, 1, "cpu")
+
+
+def test_streamed_zero_shot_gives_the_same_accuracy_item_by_item(workspace: dict[str, Path]) -> None:  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pruneframe.evaluation.zeroshot import zeroshot
+
+    model = AutoModelForCausalLM.from_pretrained(workspace["model"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
+    task = [str(workspace["task"])]
+    whole = zeroshot(model, tokenizer, task, batch_size=3)["tasks"]
+    streamed = zeroshot(model, tokenizer, task, batch_size=3, stream_device="cpu")["tasks"]
+    (name,) = whole
+    assert whole[name]["docs"] == streamed[name]["docs"] > 0
+    for metric in ("acc", "acc_norm", "items"):
+        assert streamed[name][metric] == whole[name][metric], metric
+
+
+def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(workspace: dict[str, Path]) -> None:  # noqa: F811
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pruneframe.evaluation.streamed_lm import StreamedHFLM
+
+    model = AutoModelForCausalLM.from_pretrained(workspace["model"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
+    pairs = [("the quick brown", " fox"), ("over the lazy", " dog jumps"), ("a", " b c d e f")]
+
+    class Request:  # what HFLM.loglikelihood reads of an lm-eval Instance
+        def __init__(self, pair: tuple[str, str]) -> None:
+            self.args = pair
+
+    whole = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2).loglikelihood([Request(p) for p in pairs])
+    streamed = StreamedHFLM(model, tokenizer, 2, "cpu").loglikelihood([Request(p) for p in pairs])
+    assert [greedy for _, greedy in streamed] == [greedy for _, greedy in whole]
+    torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]),
+                               rtol=RTOL, atol=1e-5)
+    assert all(lp < 0 for lp, _ in whole)
+
+
+def test_cli_eval_compute_device_streams_zero_shot_too(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import json
+
+    from pruneframe.cli import main
+
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    records = {}
+    for name, extra in (("whole", []), ("streamed", ["--eval-compute-device", "cpu"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
+                     "--eval-windows", "2", "--seq-len", "16", "--zeroshot", str(workspace["task"]), "--no-speed",
+                     "--out", str(out), "--quiet", *extra]) == 0
+        records[name] = json.loads(out.read_text())
+    whole, streamed = (r["eval"]["zeroshot"]["tasks"] for r in records.values())
+    assert streamed == whole and whole
+    config = records["streamed"]["protocol"]["evaluation"]["zeroshot"]["config"]
+    assert config["offload"] == "cpu" and config["compute_device"] == "cpu"

@@ -171,9 +171,10 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
                         "windows: SparseGPT, Wanda, SliceGPT), llm-pruner-128 (every 128-token window: LLM-Pruner)")
     parser.add_argument("--seq-len", type=_positive, metavar="N", help="perplexity window length in tokens (default 512)")
     parser.add_argument("--eval-compute-device", metavar="DEVICE",
-                        help="score perplexity one decoder layer at a time on DEVICE (cuda, cuda:N, ...), the weights "
-                        "staying where they were loaded: for a model larger than the device (sets the perplexity "
-                        "evaluator's offload: cpu and compute_device)")
+                        help="score perplexity and zero-shot tasks one decoder layer at a time on DEVICE (cuda, "
+                        "cuda:N, ...), the weights staying where they were loaded: for a model larger than the device "
+                        "(sets offload: cpu and compute_device of both evaluators; speed still needs the whole model "
+                        "on one device: add --no-speed)")
     parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
                         help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
                         "(default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)")
@@ -299,6 +300,8 @@ def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
         zeroshot = {"tasks": tasks} if tasks else {}
         if hasattr(args, "zeroshot_limit"):
             zeroshot["limit"] = args.zeroshot_limit
+        if getattr(args, "eval_compute_device", None):
+            zeroshot.update(offload="cpu", compute_device=args.eval_compute_device)
         if zeroshot:
             evaluation["zeroshot"] = zeroshot
     speed = getattr(args, "speed", None)

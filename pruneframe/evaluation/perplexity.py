@@ -30,8 +30,7 @@ from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
-from pruneframe.losses import logits_layer
-from pruneframe.streaming import StreamingOptions, on_device, streamed_forward
+from pruneframe.streaming import StreamingOptions, streamed_logits
 
 __all__ = [
     "NonFiniteError",
@@ -125,17 +124,11 @@ def _batch_logits(
             start += len(batch)
         return
     device = torch.device(stream_device)
-    if logits_layer(model) is None:
-        raise ValueError(
-            f"perplexity: {type(model).__name__}'s logits are more than its output layer's (a bias or logit "
-            "soft-capping); it cannot be scored layer by layer"
-        )
-    hidden = streamed_forward(model, batches, device, progress=progress, desc="perplexity (layers)", final_norm=True)
+    logits = streamed_logits(model, batches, device, progress=progress, desc="perplexity (layers)")
     start = 0
-    with on_device(model.get_output_embeddings(), device) as head:
-        for batch, states in zip(batches, hidden, strict=True):
-            yield start, batch.to(device), head(states)
-            start += len(batch)
+    for batch in batches:
+        yield start, batch.to(device), next(logits)
+        start += len(batch)
 
 
 def _window_nll(ids: torch.Tensor, logits: torch.Tensor, start: int, count: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.data.jsonl import iter_jsonl
@@ -27,6 +28,7 @@ from pruneframe.data.sources import data_dir
 from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
 from pruneframe.evaluation.stats import proportion_interval
+from pruneframe.streaming import StreamingOptions
 
 __all__ = [
     "PROMPT",
@@ -178,8 +180,13 @@ def zeroshot(
     batch_size: int = 8,
     num_fewshot: int = 0,
     seed: int = 0,
+    stream_device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Zero-shot accuracy of an in-memory model on ``tasks`` (local JSONL files or lm-eval names).
+
+    With ``stream_device`` every forward pass runs one decoder layer at a time there
+    (:class:`~pruneframe.evaluation.streamed_lm.StreamedHFLM`), the weights staying where they are:
+    for a model larger than the device; the accuracies are the same.
 
     Returns ``{"tasks": {name: {acc, acc_stderr, acc_norm, acc_norm_stderr, acc_ci, acc_norm_ci, docs, source,
     items}}, "protocol": ...}`` (``items``: per-document 0/1 correctness by metric, in document order).
@@ -203,7 +210,12 @@ def zeroshot(
             f"zeroshot: unknown lm-eval task(s) {unknown}; give a registered lm-eval task name or a local "
             ".jsonl file with {question, choices, label} rows"
         )
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if stream_device is None:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    else:
+        from pruneframe.evaluation.streamed_lm import StreamedHFLM
+
+        lm = StreamedHFLM(model, tokenizer, batch_size, stream_device)
     specs: list[str | dict[str, Any]] = [jsonl_task_config(t) for t in locals_] + names
     output = simple_evaluate(
         model=lm,
@@ -250,8 +262,12 @@ def zeroshot(
     return {"tasks": results, "protocol": protocol.model_dump(mode="json")}
 
 
-class ZeroShotConfig(BaseModel):
-    """Zero-shot settings: tasks (local JSONL paths, shared-data names or lm-eval names) and limits."""
+class ZeroShotConfig(StreamingOptions):
+    """Zero-shot settings: tasks (local JSONL paths, shared-data names or lm-eval names) and limits.
+
+    ``offload="cpu"`` runs every forward pass one decoder layer at a time on ``compute_device``
+    (inherited from :class:`~pruneframe.streaming.StreamingOptions`), for a model larger than the device.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -280,4 +296,5 @@ class ZeroShotEvaluator(Evaluator):
             batch_size=cfg.batch_size,
             num_fewshot=cfg.num_fewshot,
             seed=context.seed,
+            stream_device=cfg.device_for(model) if cfg.streaming else None,
         )
