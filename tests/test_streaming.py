@@ -275,7 +275,7 @@ def test_streamed_perplexity_equals_the_whole_model_pass(family: str) -> None:
         assert type(layer).__name__.endswith("DecoderLayer")
 
 
-def test_cli_eval_scores_perplexity_layer_by_layer_with_the_same_result(
+def test_cli_eval_scores_perplexity_and_zero_shot_layer_by_layer_with_the_same_result(
     workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     import json
@@ -287,12 +287,16 @@ def test_cli_eval_scores_perplexity_layer_by_layer_with_the_same_result(
     for name, extra in (("whole", []), ("streamed", ["--eval-compute-device", "cpu"])):
         out = tmp_path / f"{name}.json"
         assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
-                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", "none", "--no-speed", "--out", str(out),
-                     "--quiet", *extra]) == 0
+                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", str(workspace["task"]), "--no-speed",
+                     "--out", str(out), "--quiet", *extra]) == 0
         records[name] = json.loads(out.read_text())
     (whole,), (streamed,) = (list(r["eval"]["perplexity"]["sources"].values()) for r in records.values())
     assert streamed["ppl"] == pytest.approx(whole["ppl"], rel=RTOL)
-    assert records["streamed"]["protocol"]["evaluation"]["perplexity"]["config"]["offload"] == "cpu"
+    tasks = [r["eval"]["zeroshot"]["tasks"] for r in records.values()]
+    assert tasks[0] and tasks[1] == tasks[0]  # accuracies and every item's answer
+    for evaluator in ("perplexity", "zeroshot"):
+        config = records["streamed"]["protocol"]["evaluation"][evaluator]["config"]
+        assert config["offload"] == "cpu" and config["compute_device"] == "cpu", evaluator
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -355,24 +359,3 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(workspace: di
     torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]),
                                rtol=RTOL, atol=1e-5)
     assert all(lp < 0 for lp, _ in whole)
-
-
-def test_cli_eval_compute_device_streams_zero_shot_too(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
-) -> None:
-    import json
-
-    from pruneframe.cli import main
-
-    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
-    records = {}
-    for name, extra in (("whole", []), ("streamed", ["--eval-compute-device", "cpu"])):
-        out = tmp_path / f"{name}.json"
-        assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
-                     "--eval-windows", "2", "--seq-len", "16", "--zeroshot", str(workspace["task"]), "--no-speed",
-                     "--out", str(out), "--quiet", *extra]) == 0
-        records[name] = json.loads(out.read_text())
-    whole, streamed = (r["eval"]["zeroshot"]["tasks"] for r in records.values())
-    assert streamed == whole and whole
-    config = records["streamed"]["protocol"]["evaluation"]["zeroshot"]["config"]
-    assert config["offload"] == "cpu" and config["compute_device"] == "cpu"
