@@ -359,3 +359,39 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(workspace: di
     torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]),
                                rtol=RTOL, atol=1e-5)
     assert all(lp < 0 for lp, _ in whole)
+
+
+def test_compare_with_every_stage_streamed_gives_the_same_report(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A calibrated method streamed, perplexity and zero-shot streamed: the same numbers as the whole-model job."""
+    import json
+
+    from test_compare import compare_settings, write_config
+
+    from pruneframe.cli import main
+
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    stream = {"offload": "cpu", "compute_device": "cpu"}
+    results = {}
+    for name, streamed in (("whole", False), ("streamed", True)):
+        settings = compare_settings(workspace, tmp_path / name, zeroshot=True)
+        settings["methods"] = {"wanda-sp": {"num_windows": 4, "seq_len": 32, **(stream if streamed else {})}}
+        settings["budgets"] = [0.5]
+        settings["evaluation"]["speed"] = None
+        if streamed:
+            settings["evaluation"]["perplexity"].update(stream)
+            settings["evaluation"]["zeroshot"].update(stream)
+        assert main(["compare", "--config", str(write_config(tmp_path / f"{name}.json", settings)), "--quiet"]) == 0
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+    whole, streamed = results["whole"], results["streamed"]
+    for key in ("dense", "runs"):
+        a, b = (r if key == "runs" else [r] for r in (whole[key], streamed[key]))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            assert y["eval"]["zeroshot"]["tasks"] == x["eval"]["zeroshot"]["tasks"]
+            for source, r in x["eval"]["perplexity"]["sources"].items():
+                assert y["eval"]["perplexity"]["sources"][source]["ppl"] == pytest.approx(r["ppl"], rel=RTOL)
+    (a,), (b,) = whole["runs"], streamed["runs"]
+    assert b["prune"]["units"] == a["prune"]["units"] and b["prune"]["kept_params"] == a["prune"]["kept_params"]
+    assert b["prune"]["config"]["offload"] == "cpu" and a["prune"]["config"]["offload"] == "none"
