@@ -81,6 +81,22 @@ def _json_ready(stats: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(stats, default=str))
 
 
+def _check_weights_present(model: nn.Module) -> None:
+    """Raise ValueError when a weight of ``model`` has no data (on the meta device).
+
+    That is a model loaded with accelerate's offload (``device_map`` entries ``"cpu"``/``"disk"``
+    keep the weights outside the module until its forward runs) or built without weights: scores and
+    the fold read the weights directly, so it cannot be pruned.
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(
+                f"{type(model).__name__}.{name} has no data (it is on the meta device, as with accelerate's "
+                "device_map offload to 'cpu' or 'disk'); load the model without offload, on the CPU for one "
+                "larger than the device, and set the method's offload: cpu to run it one layer at a time there"
+            )
+
+
 class PruneSession:
     """One method, one budget, one model: units discovered and the budget resolved once, then :meth:`run`.
 
@@ -99,6 +115,7 @@ class PruneSession:
     Raises:
         pruneframe.budget.BudgetError: the budget cannot hold the method's per-layer minimum.
         pruneframe.devices.DeviceUnavailableError: ``device`` is not on this machine.
+        ValueError: a weight of the model has no data (meta device: accelerate offload).
     """
 
     def __init__(
@@ -121,6 +138,7 @@ class PruneSession:
         self.budget = make_budget(budget, budget_kind)
         if device is not None:
             model.to(resolve_device(device))
+        _check_weights_present(model)
         self.model = model
         self.units = self.host.discover_units(model)
         self.minimum = self.method.minimum(self.units)

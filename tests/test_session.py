@@ -89,3 +89,17 @@ def test_device_argument_moves_the_model_and_is_recorded() -> None:
     model = tiny_model().to(torch.bfloat16)
     result = PruneSession(model, "magnitude", 0.5, device="cpu").run(progress=False)
     assert (result.report.device, result.report.dtype) == ("cpu", "bfloat16")
+
+
+def test_a_model_with_offloaded_weights_is_refused_by_name() -> None:
+    """Weights left on the meta device (accelerate's offload keeps them outside the module) cannot be scored or folded."""
+    from accelerate import cpu_offload
+
+    model = tiny_model("llama-gqa")
+    model.model.layers[1].mlp.down_proj.to("meta")
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM\.model\.layers\.1\.mlp\.down_proj\.weight has no data"):
+        PruneSession(model, "magnitude", 0.5)
+    offloaded = cpu_offload(tiny_model("llama-gqa"), execution_device=torch.device("cpu"))
+    assert offloaded(tokens(1, 4)).logits.shape[-1] == 97  # it runs, its weights outside the module
+    with pytest.raises(ValueError, match=r"embed_tokens\.weight has no data .*offload: cpu"):
+        PruneSession(offloaded, "magnitude", 0.5)
