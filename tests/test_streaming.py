@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -284,10 +285,11 @@ def test_cli_eval_scores_perplexity_and_zero_shot_layer_by_layer_with_the_same_r
 
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     records = {}
-    for name, extra in (("whole", []), ("streamed", ["--eval-compute-device", "cpu"])):
+    # streamed, speed is left out without --no-speed: the whole model would have to be on one device
+    for name, extra in (("whole", ["--no-speed"]), ("streamed", ["--eval-compute-device", "cpu"])):
         out = tmp_path / f"{name}.json"
         assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
-                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", str(workspace["task"]), "--no-speed",
+                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", str(workspace["task"]),
                      "--out", str(out), "--quiet", *extra]) == 0
         records[name] = json.loads(out.read_text())
     (whole,), (streamed,) = (list(r["eval"]["perplexity"]["sources"].values()) for r in records.values())
@@ -297,6 +299,19 @@ def test_cli_eval_scores_perplexity_and_zero_shot_layer_by_layer_with_the_same_r
     for evaluator in ("perplexity", "zeroshot"):
         config = records["streamed"]["protocol"]["evaluation"][evaluator]["config"]
         assert config["offload"] == "cpu" and config["compute_device"] == "cpu", evaluator
+    assert set(records["streamed"]["eval"]) == set(records["whole"]["eval"]) == {"perplexity", "size", "zeroshot"}
+
+
+def test_eval_compute_device_leaves_speed_out_unless_asked_for() -> None:
+    from pruneframe.cli.common import _evaluation_flags
+
+    def flags(**kw):
+        return _evaluation_flags(argparse.Namespace(**{"speed": None, "eval_compute_device": None, **kw}))
+
+    assert "speed" not in flags()
+    assert flags(eval_compute_device="cuda")["speed"] is None
+    assert flags(eval_compute_device="cuda", speed=True)["speed"] == {}
+    assert flags(speed=False)["speed"] is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -173,8 +173,8 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-compute-device", metavar="DEVICE",
                         help="score perplexity and zero-shot tasks one decoder layer at a time on DEVICE (cuda, "
                         "cuda:N, ...), the weights staying where they were loaded: for a model larger than the device "
-                        "(sets offload: cpu and compute_device of both evaluators; speed still needs the whole model "
-                        "on one device: add --no-speed)")
+                        "(sets offload: cpu and compute_device of both evaluators; speed, which needs the whole model "
+                        "on one device, is then left out unless --speed is given)")
     parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
                         help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
                         "(default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)")
@@ -305,6 +305,8 @@ def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
         if zeroshot:
             evaluation["zeroshot"] = zeroshot
     speed = getattr(args, "speed", None)
+    if speed is None and getattr(args, "eval_compute_device", None):
+        speed = False  # a model scored layer by layer is too large to be timed whole, unless asked for
     if speed is not None:
         evaluation["speed"] = {} if speed else None
     return evaluation
