@@ -354,11 +354,19 @@ def test_streamed_zero_shot_gives_the_same_accuracy_item_by_item(workspace: dict
         assert streamed[name][metric] == whole[name][metric], metric
 
 
-def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(workspace: dict[str, Path]) -> None:  # noqa: F811
+@pytest.mark.parametrize(("per_sweep", "sweeps"), [(64, 1), (2, 2), (1, 3)])
+def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, per_sweep: int, sweeps: int  # noqa: F811
+) -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import pruneframe.streaming
     from pruneframe.evaluation.streamed_lm import StreamedHFLM
+
+    passes = []
+    forward = pruneframe.streaming.streamed_forward
+    monkeypatch.setattr(pruneframe.streaming, "streamed_forward", lambda *a, **k: passes.append(1) or forward(*a, **k))
 
     model = AutoModelForCausalLM.from_pretrained(workspace["model"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
@@ -368,8 +376,10 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(workspace: di
         def __init__(self, pair: tuple[str, str]) -> None:
             self.args = pair
 
-    whole = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2).loglikelihood([Request(p) for p in pairs])
-    streamed = StreamedHFLM(model, tokenizer, 2, "cpu").loglikelihood([Request(p) for p in pairs])
+    whole = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1).loglikelihood([Request(p) for p in pairs])
+    lm = StreamedHFLM(model, tokenizer, 1, "cpu", batches_per_sweep=per_sweep)
+    streamed = lm.loglikelihood([Request(p) for p in pairs])
+    assert len(passes) == lm.sweeps == sweeps  # one sweep of the decoder serves up to per_sweep batches
     assert [greedy for _, greedy in streamed] == [greedy for _, greedy in whole]
     torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]),
                                rtol=RTOL, atol=1e-5)
@@ -410,3 +420,14 @@ def test_compare_with_every_stage_streamed_gives_the_same_report(
     (a,), (b,) = whole["runs"], streamed["runs"]
     assert b["prune"]["units"] == a["prune"]["units"] and b["prune"]["kept_params"] == a["prune"]["kept_params"]
     assert b["prune"]["config"]["offload"] == "cpu" and a["prune"]["config"]["offload"] == "none"
+
+
+def test_streamed_lm_refuses_generation(workspace: dict[str, Path]) -> None:  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pruneframe.evaluation.streamed_lm import StreamedHFLM
+
+    model = AutoModelForCausalLM.from_pretrained(workspace["model"]).eval()
+    lm = StreamedHFLM(model, AutoTokenizer.from_pretrained(workspace["model"]), 1, "cpu")
+    with pytest.raises(ValueError, match="generative tasks cannot be scored layer by layer"):
+        lm._model_generate(torch.zeros(1, 3, dtype=torch.long), max_length=8, stop=[])
