@@ -18,6 +18,7 @@ embedding layer lives.
 Gradient methods stream their backward pass too (:func:`streamed_backward`): a forward sweep keeps
 each layer's input, then the layers run again from the last to the first, each alone on the device,
 recomputing its output with autograd on and passing the gradient of its input to the layer before.
+Evaluation takes the logits of a streamed forward (:func:`streamed_logits`).
 """
 
 from __future__ import annotations
