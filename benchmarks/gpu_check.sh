@@ -151,10 +151,11 @@ for report in sorted([*root.glob("prune-*/pruning.json"), *root.glob("stream-*/p
     print(f"  {report.parent.name}: kept {rep.get('kept_fraction_of_prunable')} of prunable, timings {rep.get('timings')}, "
           f"peak RSS {mem.get('peak_rss_bytes', 0) / 2**30:.2f} GiB, peak CUDA "
           f"{'-' if cuda is None else f'{cuda / 2**30:.2f} GiB'}")
-evals = {mode: root / f"{mode}-eval-{shape}.json" for shape in [p.stem.split("-eval-")[1]
-         for p in root.glob("stream-eval-*.json")][:1] for mode in ("stream", "whole")}
-if evals and all(path.exists() for path in evals.values()):
-    streamed, whole = (json.loads(evals[m].read_text())["eval"] for m in ("stream", "whole"))
+for streamed_file in sorted(root.glob("stream-eval-*.json"))[:1]:
+    whole_file = root / streamed_file.name.replace("stream-", "whole-", 1)
+    if not whole_file.exists():
+        break
+    streamed, whole = (json.loads(f.read_text())["eval"] for f in (streamed_file, whole_file))
     agreement = {"perplexity": {src: {"streamed": streamed["perplexity"]["sources"][src]["ppl"], "whole": r["ppl"]}
                                 for src, r in whole["perplexity"]["sources"].items()},
                  "zeroshot": {}}
