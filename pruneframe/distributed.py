@@ -13,13 +13,16 @@ on the number of ranks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "is_main_process", "process_group_from_env", "shard_rows", "shard_weight", "all_reduce_sum_", "summed"]
+__all__ = [
+    "world", "is_main_process", "process_group_from_env", "shard_rows", "shard_weight", "all_reduce_sum_", "summed",
+    "sharded_backward",
+]
 
 
 def world() -> tuple[int, int]:
@@ -72,6 +75,34 @@ def summed(t: torch.Tensor) -> torch.Tensor:
     buffer = t.detach().to(on, copy=True)
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.to(t.device)
+
+
+def sharded_backward(
+    loss_backward: Callable[[torch.Tensor, float], torch.Tensor], rows: torch.Tensor, params: list[torch.Tensor], where: str
+) -> float:
+    """Loss on this rank's share of ``rows``, backward, gradients summed over ranks; returns the global loss.
+
+    ``loss_backward(rows, weight)`` backpropagates ``weight`` times the mean loss over ``rows`` and
+    returns that mean loss. In one process this is ``loss_backward(rows, 1)``. Across ranks each mean
+    loss is weighted by its share of the rows, so the summed gradient is that of the global batch;
+    every rank checks the same summed loss, so a non-finite loss stops all ranks alike.
+
+    Raises:
+        FloatingPointError: the loss is not finite; the message starts with ``where``.
+    """
+    rank, size = world()
+    if size == 1:
+        total = loss_backward(rows, 1.0).float()
+    else:
+        local = shard_rows(rows, rank, size)
+        weight = shard_weight(len(local), len(rows))
+        total = loss_backward(local, weight).float() * weight if len(local) else torch.zeros((), device=params[0].device)
+        total = summed(total)
+        for p in params:  # a rank without rows (or a parameter without a path) contributes zeros
+            p.grad = summed(p.grad if p.grad is not None else torch.zeros_like(p))
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"{where}: non-finite loss {total.item()}")
+    return float(total)
 
 
 @contextmanager

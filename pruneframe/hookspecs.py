@@ -45,6 +45,16 @@ def pruneframe_register_evaluators(register: Callable[[type[Any]], None]) -> Non
 
 
 @hookspec
+def pruneframe_register_recoveries(register: Callable[[type[Any]], None]) -> None:
+    """Announce recovery plugins: call ``register(RecoveryClass)`` once per :class:`pruneframe.recovery.Recovery` subclass.
+
+    Every implementation is called (collect-all). A recovery heals a folded model after pruning
+    (fine-tuning, distillation) without changing its widths or parameter count; the class's ``name``
+    is how users select it (``--recover NAME``, ``recovery: [...]`` in a comparison).
+    """
+
+
+@hookspec
 def pruneframe_register_architectures(register: Callable[[ArchitectureAdapter], None]) -> None:
     """Announce model families: call ``register(adapter)`` once per :class:`~pruneframe.architectures.ArchitectureAdapter`.
 

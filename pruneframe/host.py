@@ -81,6 +81,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     evaluators: list[str] = field(default_factory=list)
+    recoveries: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -126,6 +127,8 @@ class PluginHost:
         self.own = set(CORE_PLUGINS) if own is None else set(own)
         self._methods: dict[str, type[PruningMethod]] | None = None
         self._evaluators: dict[str, type[Any]] | None = None
+        self._recoveries: dict[str, type[Any]] | None = None
+        self._recovery_origin: dict[str, str] = {}
         self._adapters: list[tuple[ArchitectureAdapter, str]] | None = None
         self._method_origin: dict[str, str] = {}
         self._evaluator_origin: dict[str, str] = {}
@@ -217,6 +220,28 @@ class PluginHost:
             self._evaluators, self._evaluator_origin = self._collect("pruneframe_register_evaluators", "evaluator")
         return dict(self._evaluators)
 
+    def recoveries(self) -> dict[str, type[Any]]:
+        """Every registered recovery class by name (``none``, ``lora``, ``distill``, ...)."""
+        if self._recoveries is None:
+            self._recoveries, self._recovery_origin = self._collect("pruneframe_register_recoveries", "recovery")
+        return dict(self._recoveries)
+
+    def recovery(self, name: str, config: Any = None) -> Any:
+        """An instance of recovery ``name`` with ``config`` validated by its config model."""
+        recoveries = self.recoveries()
+        if name not in recoveries:
+            raise self._unknown("recovery", name, list(recoveries))
+        cls = recoveries[name]
+        try:
+            return cls(config)
+        except ValidationError as exc:
+            raise _retitled(exc, f"recovery {name!r} ({exc.title})") from exc
+
+    def recovery_plugin(self, recovery: Any) -> str:
+        """The plugin that registered ``recovery``'s class (its module name otherwise)."""
+        self.recoveries()
+        return self._recovery_origin.get(getattr(recovery, "name", ""), type(recovery).__module__)
+
     def _unknown(self, kind: str, name: str, known: list[str]) -> Exception:
         if name in self._conflicts:
             plugins = self._conflicts[name]
@@ -278,7 +303,7 @@ class PluginHost:
         return type(method).__module__
 
     def _is_own(self, plugin: str) -> bool:
-        return plugin in self.own or plugin.split(".")[0] in ("pruneframe", "pruneframe_grasprune", "pruneframe_baselines")
+        return plugin in self.own or plugin.split(".")[0] in ("pruneframe", "pruneframe_grasprune", "pruneframe_baselines", "pruneframe_recovery")
 
     def _call(self, hook_name: str, what: str, owner: PruningMethod | None = None, /, **kwargs: Any) -> tuple[Any, str]:
         """Call a first-result hook as pluggy does; returns the result and the plugin that produced it.
@@ -380,6 +405,7 @@ class PluginHost:
         """Every loaded plugin with its hooks and registrations, then every plugin that failed."""
         self.methods()
         self.evaluators()
+        self.recoveries()
         infos: dict[str, PluginInfo] = {}
         for name, plugin in self.pm.list_name_plugin():
             module = getattr(plugin, "__name__", type(plugin).__name__)
@@ -391,6 +417,8 @@ class PluginHost:
             infos[plugin_name].methods.append(name)
         for name, plugin_name in self._evaluator_origin.items():
             infos[plugin_name].evaluators.append(name)
+        for name, plugin_name in self._recovery_origin.items():
+            infos[plugin_name].recoveries.append(name)
         out = list(infos.values())
         out += [PluginInfo(name=n, module="?", error=err) for n, err in self.failures.items()]
         return out

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.memory import PeakMemory
-from pruneframe.distributed import shard_rows, shard_weight, summed, world
+from pruneframe.distributed import sharded_backward, world
 from pruneframe.gates import UnitGates
 from pruneframe.losses import causal_lm_loss, hidden_state_loss, lean_head
 from pruneframe.streaming import streamed_backward, streamed_forward
@@ -172,32 +172,6 @@ class LoopStats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def _sharded_backward(loss_backward: LossBackward, rows: torch.Tensor, params: list[torch.Tensor], where: str) -> float:
-    """Loss on this rank's share of ``rows``, backward, gradients summed over ranks; returns the global loss.
-
-    In one process this is ``loss_backward(rows, 1)``. Across ranks each mean loss is weighted by
-    its share of the rows, so the summed gradient is that of the global batch; every rank checks
-    the same summed loss, so a non-finite loss stops all ranks alike.
-    """
-    rank, size = world()
-    if size == 1:
-        total = loss_backward(rows, 1.0).float()
-    else:
-        local = shard_rows(rows, rank, size)
-        weight = shard_weight(len(local), len(rows))
-        total = loss_backward(local, weight).float() * weight if len(local) else torch.zeros((), device=params[0].device)
-        total = summed(total)
-        for p in params:  # a rank without rows (or a parameter without a path) contributes zeros
-            p.grad = summed(p.grad if p.grad is not None else torch.zeros_like(p))
-    _check_finite(total, where)
-    return float(total)
-
-
-def _check_finite(loss: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{where}: non-finite loss {loss.item()}")
-
-
 def run_loop(
     model: nn.Module,
     gates: UnitGates,
@@ -242,7 +216,7 @@ def run_loop(
             z, record = gate_fn(step)
             gates.set(z)
             optimizer.zero_grad(set_to_none=True)
-            loss = _sharded_backward(loss_backward, rows, params, f"{desc}: step {step} (epoch {epoch})")
+            loss = sharded_backward(loss_backward, rows, params, f"{desc}: step {step} (epoch {epoch})")
             optimizer.step()
             stats.losses.append(loss)
             stats.records.append(record)
