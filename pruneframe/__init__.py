@@ -7,12 +7,14 @@ Public API::
     print(result.report.kept_params, result.report.timings.total_s)   # a typed PruneReport
     result.save("out/")
     model, tokenizer = pruneframe.load_pruned("out/")
+    healed = pruneframe.recover(result.model, "distill", stream, teacher=dense_model).model   # see pruneframe.recovery
     mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
 """
 
 from pruneframe import budget
 from pruneframe.api import PruneResult, load_pruned, prune
 from pruneframe.prune_report import PruneReport
+from pruneframe.recovery import recover
 from pruneframe.session import PruneSession
 from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "prune",
+    "recover",
     "PruneResult",
     "PruneSession",
     "PruneReport",

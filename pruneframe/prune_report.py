@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
+from pruneframe.recovery.base import RecoveryRecord
 from pruneframe.budget import Budget
 
 __all__ = ["CalibrationRecord", "Timings", "MemoryRecord", "PruneReport", "CheckpointReport"]
@@ -93,6 +94,7 @@ class PruneReport(_Record):
         software: versions of the packages that shape the numbers.
         model: the dense model's identity, when the caller knows it (spec, location, fingerprints).
         calibration_source: where the calibration stream came from, when the caller knows it.
+        recovery: the recovery the folded model went through after the prune (``None``: none).
     """
 
     method: str
@@ -118,6 +120,7 @@ class PruneReport(_Record):
     software: dict[str, str] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
     calibration_source: dict[str, Any] | None = None
+    recovery: RecoveryRecord | None = None
 
     @property
     def calibration_tokens(self) -> int:

@@ -30,6 +30,8 @@ __all__ = [
     "add_seed_flags",
     "add_data_flags",
     "add_eval_flags",
+    "add_recovery_flags",
+    "recovery_flag_settings",
     "add_output_flags",
     "OutputKind",
     "is_results_folder",
@@ -181,6 +183,34 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zeroshot-limit", type=_limit, default=argparse.SUPPRESS, metavar="N",
                         help="items per zero-shot task, or 'none' for all (default 200)")
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, help="measure prefill/decode speed (default on)")
+
+
+def add_recovery_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """``--recover``, ``--recover-tokens``, ``--recover-config`` and ``--recover-data``."""
+    parser.add_argument("--recover", metavar="NAME", required=required,
+                        help="heal the pruned model with this recovery: distill, lora or none (pruneframe plugins lists them)")
+    parser.add_argument("--recover-tokens", type=_positive, metavar="N", help="the recovery's token budget (default 16384)")
+    parser.add_argument("--recover-config", type=_method_config, metavar="JSON",
+                        help="the recovery's settings as a JSON object, e.g. '{\"lr\": 1e-4, \"seq_len\": 256}'")
+    parser.add_argument("--recover-data", metavar="SOURCE", help="recovery text (default: WikiText-2 validation when the data "
+                        "folder has it, else embedded's calibration half); checked disjoint from the evaluation text")
+
+
+def recovery_flag_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """``(recovery name, its settings, recovery-data settings)`` from the recovery flags (name ``None``: not given)."""
+    name = getattr(args, "recover", None)
+    settings: dict[str, Any] = {}
+    if getattr(args, "recover_config", None) is not None:
+        config_name, values = args.recover_config
+        if config_name not in (None, name):
+            raise InputError(f"--recover-config is for {config_name!r} but the recovery is {name!r}")
+        settings.update(values)
+    if getattr(args, "recover_tokens", None) is not None:
+        settings["tokens"] = args.recover_tokens
+    data = {"data": args.recover_data} if getattr(args, "recover_data", None) else {}
+    if name is None and (settings or data):
+        raise InputError("--recover-tokens, --recover-config and --recover-data need --recover NAME")
+    return name, settings, data
 
 
 def add_output_flags(parser: argparse.ArgumentParser, out_help: str, config: bool = True, required: bool = False,

@@ -25,16 +25,27 @@ from pruneframe.cli.common import (
     add_method_flags,
     add_model_flags,
     add_output_flags,
+    add_recovery_flags,
     add_seed_flags,
     flag_settings,
     guard_output,
     make_log,
+    recovery_flag_settings,
     silenced,
 )
 from pruneframe.harness import CompareConfig, InputError, explain
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
+from pruneframe.harness.recovery_inputs import (
+    RecoveryDataSettings,
+    default_eval_sources,
+    recovery_object,
+    recovery_stream,
+    recovery_text,
+)
 from pruneframe.host import PluginHost
+from pruneframe import checkpoint
 from pruneframe.prune_report import PruneReport
+from pruneframe.recovery import compute_teacher, recover
 from pruneframe.resume import StaleCheckpointError
 from pruneframe.session import PruneSession
 
@@ -49,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_budget_flags(parser, many=False)
     add_seed_flags(parser, many=False)
     add_data_flags(parser, evaluation=False)
+    add_recovery_flags(parser)
     add_output_flags(parser, "checkpoint folder to write (an existing folder is refused unless it is a pruneframe "
                      "checkpoint and --overwrite is given)", config=False, required=True,
                      overwrite_help="replace the pruneframe checkpoint already at --out")
@@ -85,6 +97,9 @@ def summary(report: PruneReport, path: Path) -> str:
         f"  calibration tokens read: {report.calibration_tokens:,}",
         f"  time: {t.total_s:.1f} s (score {t.score_s:.1f} s, project_recalibrate {t.project_recalibrate_s:.1f} s, "
         f"fold {t.fold_s:.1f} s); peak RSS {report.memory.peak_rss_bytes / 2**20:,.0f} MB",
+        *([f"  recovery: {report.recovery.name} on {report.recovery.tokens:,} tokens in {report.recovery.wall_s:.1f} s "
+           f"({report.recovery.tokens_per_s:,.0f} tokens/s), loss {report.recovery.loss_first:.3f} -> {report.recovery.loss_last:.3f}"]
+          if report.recovery is not None and report.recovery.steps else []),
         f"  saved: {path}",
     ])
 
@@ -100,12 +115,26 @@ def run(args: argparse.Namespace) -> int:
     budget = config.budget_objects()[0]
     with input_phase(f"method {name!r}"):
         method = host.method(name, settings)
+    recovery_name, recovery_settings, recovery_data = recovery_flag_settings(args)
+    recovery = recovery_object(recovery_name, host, recovery_settings) if recovery_name else None
+    with input_phase("--recover-data"):
+        data_settings = RecoveryDataSettings.model_validate(recovery_data)
+    recovery_source = recovery_text(data_settings, default_eval_sources()) if recovery is not None and recovery.trains else None
     with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
         log = make_log(args.quiet or not main)
         log(f"loading model {config.model} ({config.dtype}, device {config.device})")
         model, tokenizer, identity = load_dense(config.model, config.dtype, config.device)
         tokens, stamp, _ = calibration_stream(config.calibration, tokenizer)
+        stream = teacher = None
+        if recovery is not None and recovery.trains:
+            with input_phase(f"recovery {recovery.name!r}"):
+                recovery.check(model)
+            stream = recovery_stream(recovery, recovery_source, tokenizer)
+            if recovery.needs_teacher:  # the dense outputs, before the one copy of the weights is pruned
+                log(f"teacher outputs for {recovery.name}: {stream.tokens:,} tokens")
+                teacher = compute_teacher(model, stream, recovery.teacher_top_k(), recovery.teacher_hidden(),
+                                          recovery.config.batch_size, main and not args.quiet, identity)
         with input_phase(f"model {config.model!r}, budget {budget.label()!r} for method {name!r}"):
             session = PruneSession(model, method, budget, host=host, model_identity=identity)
         del model  # the session holds the one copy, which the prune shrinks in place
@@ -115,10 +144,16 @@ def run(args: argparse.Namespace) -> int:
                                  inplace=True, calibration_source=stamp)
         except (StaleCheckpointError, InsufficientCalibrationError) as exc:
             raise InputError(f"method {name!r}: {exc}") from exc
+        pruned, report = result.model, result.report
+        if recovery is not None:
+            log(f"recovering with {recovery.name} ({recovery.label()})")
+            healed = recover(pruned, recovery, stream, teacher=teacher, host=host, progress=main and not args.quiet,
+                             model_identity=identity)
+            pruned, report = healed.model, report.model_copy(update={"recovery": healed.record})
         if not main:
             return 0
-        path = result.save(guard_output(out, "checkpoint", args.overwrite), tokenizer=tokenizer)
-    print(summary(result.report, path))
+        path = checkpoint.save(guard_output(out, "checkpoint", args.overwrite), pruned, report=report, tokenizer=tokenizer)
+    print(summary(report, path))
     return 0
 
 

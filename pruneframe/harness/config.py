@@ -17,6 +17,8 @@ Example (YAML or JSON)::
     seeds: [0]
     method_seeds: {random: [0, 1]}          # per-method seeds replace `seeds`
     calibration: {data: wikitext-2}
+    recovery: [none, {name: distill, tokens: 65536}]   # every run is also evaluated after each recovery
+    recovery_data: {data: wikitext-2}       # development text, checked disjoint from the evaluation text
     evaluation:
       perplexity: {sources: [wikitext-2, moby-dick, embedded], num_windows: 16, seq_len: 512}
       zeroshot: {limit: 100}
@@ -41,6 +43,7 @@ __all__ = [
     "Dtype",
     "Device",
     "CalibrationSettings",
+    "RecoveryDataSettings",
     "EvalConfig",
     "CompareConfig",
     "default_text_source",
@@ -169,6 +172,22 @@ class CalibrationSettings(BaseModel):
     max_tokens: Annotated[int, Field(ge=2)] | None = None
 
 
+class RecoveryDataSettings(BaseModel):
+    """Where the recovery text comes from (one text for every recovery of a comparison).
+
+    Attributes:
+        data: any source :func:`pruneframe.data.resolve_text` takes (default: WikiText-2 validation
+            when the data folder holds it, else ``embedded``'s calibration half: development text).
+        split: the split read; ``calibration`` maps to validation for named corpora and to the half
+            that evaluation never reads for ``embedded`` and ``moby-dick``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Annotated[str, Field(min_length=1)] = Field(default_factory=lambda: default_text_source("calibration"))
+    split: str = "calibration"
+
+
 class EvalConfig(BaseModel):
     """The model and evaluation protocol (what ``pruneframe eval`` reads from a config file).
 
@@ -212,6 +231,10 @@ class CompareConfig(EvalConfig):
         method_seeds: per-method seeds replacing ``seeds`` for the methods listed (e.g. one seed for a
             deterministic method, several for one that depends on the calibration order).
         calibration: the calibration source (see :class:`CalibrationSettings`).
+        recovery: recoveries every pruned model also goes through, each evaluated as its own row:
+            ``none`` or a name (``distill``, ``lora``) or ``{name: distill, tokens: 65536, ...}`` with that
+            recovery's settings. The unrecovered model is always evaluated.
+        recovery_data: the recovery text (see :class:`RecoveryDataSettings`).
         out: output folder (default ``results/compare-<model>``).
     """
 
@@ -222,6 +245,8 @@ class CompareConfig(EvalConfig):
     seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
     method_seeds: dict[str, Annotated[list[int], Field(min_length=1)]] = Field(default_factory=dict)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    recovery: list[Annotated[str, Field(min_length=1)] | dict[str, Any]] = Field(default_factory=lambda: ["none"])
+    recovery_data: RecoveryDataSettings = Field(default_factory=RecoveryDataSettings)
     out: str | None = None
 
     @model_validator(mode="before")
@@ -247,6 +272,9 @@ class CompareConfig(EvalConfig):
                 raise ValueError(f"method_seeds has seeds for {name!r}, which is not among methods {self.methods}")
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"method_seeds.{name} contains duplicates: {seeds}")
+        for index, entry in enumerate(self.recovery):
+            if isinstance(entry, dict) and not isinstance(entry.get("name"), str):
+                raise ValueError(f"recovery[{index}] = {entry!r}: a mapping needs a 'name' (none, lora, distill, ...)")
         if self.methods is not None and len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods contain duplicates: {self.methods}")
         for name, cfg in self.method_configs.items():

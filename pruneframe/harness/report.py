@@ -78,6 +78,7 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         "status": record.get("status"),
         "method": "dense" if dense else _get(record, "protocol", "method", "name"),
         "budget": "-" if dense else _get(record, "protocol", "budget", "label"),
+        "recovery": "none" if dense else _get(record, "protocol", "recovery", "label") or "none",
         "seed": None if dense else _get(record, "protocol", "seed"),
         "budget_prunable_params": report and report.budget_prunable_params,
         "kept_params": dense_params if dense else report and report.kept_params,
@@ -112,6 +113,9 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         "tokens_processed": report and report.calibration_tokens,
         "peak_rss_mb": report and report.memory.peak_rss_bytes / _MB,
         "delta_rss_mb": report and report.memory.delta_rss_bytes / _MB,
+        "recovery_s": _get(record, "recovery", "wall_s"),
+        "recovery_tokens": _get(record, "recovery", "tokens"),
+        "recovery_tokens_per_s": _get(record, "recovery", "tokens_per_s"),
         "error": record.get("error"),
     })
     return row
@@ -218,6 +222,9 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     seeds = any(len(g.records) > 1 for g in summary.groups)
     columns = [_Column("method", lambda d: "dense", lambda g: g.method),
                _Column("budget", lambda d: "-", lambda g: g.budget)]
+    recovered = any(g.recovery != "none" for g in summary.groups)
+    if recovered:
+        columns.append(_Column("recovery", lambda d: "-", lambda g: g.recovery))
     if seeds:
         columns.append(_Column("seeds", lambda d: "-", lambda g: ",".join(str(s) for s in g.seeds)))
     columns.append(_Column("kept params", lambda d: d["kept"], _kept_cell))
@@ -239,7 +246,15 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
                 lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
         _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
     ]
+    if recovered:
+        columns.append(_Column("recovery time (s), tokens/s", lambda d: "-", _recovery_cell))
     return columns
+
+
+def _recovery_cell(group: Group) -> str:
+    walls = [_get(r, "recovery", "wall_s") for r in group.records if _get(r, "recovery", "steps")]
+    rates = [_get(r, "recovery", "tokens_per_s") for r in group.records if _get(r, "recovery", "steps")]
+    return "-" if not walls else f"{_mean(walls):.1f}, {_mean(rates):,.0f}"
 
 
 def _dense_acc(dense: dict[str, Any], task: str) -> str:
@@ -253,15 +268,15 @@ def _bold(group: Group, key: str | None, summary: Summary) -> bool:
     """Rank 1 in the column while some method at the budget ranks lower (so the lead is beyond the intervals)."""
     if key is None or group.ranks.get(key) != 1:
         return False
-    peers = [g.ranks.get(key) for g in summary.groups if g.budget == group.budget and key in g.ranks]
+    peers = [g.ranks.get(key) for g in summary.groups if g.setting == group.setting and key in g.ranks]
     return any(rank is not None and rank > 1 for rank in peers)
 
 
 def _order(summary: Summary) -> list[Group]:
-    budgets = list(dict.fromkeys(g.budget for g in summary.groups))
+    settings = list(dict.fromkeys(g.setting for g in summary.groups))
     def key(g: Group) -> tuple[int, float, str]:
         ood = g.measures.get("ood")
-        return budgets.index(g.budget), ood.point if ood else float("inf"), g.method
+        return settings.index(g.setting), ood.point if ood else float("inf"), g.method
     return sorted(summary.groups, key=key)
 
 
@@ -315,6 +330,13 @@ def _tau_lines(summary: Summary) -> list[str]:
     for budget, pairs in entries:
         parts = [f"{name} {'-' if tau is None else f'{tau:+.2f}'}" for name, tau in pairs.items()]
         lines.append(f"- {budget}: " + "; ".join(parts))
+    recovery = [(budget, taus) for budget, taus in summary.recovery_taus.items() if taus]
+    if recovery:
+        lines += ["", "Does recovery change which method is best? Kendall tau between the methods' OOD geomeans before "
+                  "and after recovery (+1: same order), per budget:", ""]
+        for budget, taus in recovery:
+            parts = [f"{name} {'-' if tau is None else f'{tau:+.2f}'}" for name, tau in taus.items()]
+            lines.append(f"- {budget}: " + "; ".join(parts))
     return lines
 
 
@@ -351,11 +373,12 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
 
 
 def _series(table: list[dict[str, Any]], key: str) -> dict[str, list[tuple[float, float]]]:
-    """Per method: (kept params, mean of ``key`` over seeds) points sorted by params."""
+    """Per method (and recovery): (kept params, mean of ``key`` over seeds) points sorted by params."""
     grouped: dict[str, dict[float, list[float]]] = {}
     for row in table:
         if row["kind"] != "dense" and row.get(key) is not None and row.get("kept_params"):
-            grouped.setdefault(row["method"], {}).setdefault(row["kept_params"], []).append(row[key])
+            label = row["method"] if row.get("recovery", "none") == "none" else f"{row['method']} ({row['recovery']})"
+            grouped.setdefault(label, {}).setdefault(row["kept_params"], []).append(row[key])
     return {m: sorted((p, statistics.fmean(v)) for p, v in pts.items()) for m, pts in grouped.items()}
 
 

@@ -35,9 +35,12 @@ from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.harness.cache import cache_key, code_identity, load_cached, package_digest
 from pruneframe.harness.config import CompareConfig, InputError, budget_slug
 from pruneframe.harness.inputs import build_evaluators, calibration_stream, input_phase, load_dense
+from pruneframe.harness.recovery_inputs import recovery_object, recovery_stream, recovery_text
 from pruneframe.harness.report import write_results
 from pruneframe.host import PluginHost
 from pruneframe.models import load_model
+from pruneframe.recovery import Recovery, RecoveryStream, TeacherTargets, recover
+from pruneframe.recovery.teacher import load_or_compute_teacher
 from pruneframe.session import PruneSession
 
 __all__ = [
@@ -50,6 +53,8 @@ __all__ = [
     "prepare",
     "run_dense",
     "run_pruned",
+    "run_cell",
+    "prepare_teachers",
     "compare",
 ]
 
@@ -101,6 +106,9 @@ class Prepared:
     budgets: dict[str, int] = field(default_factory=dict)
     units: dict[str, Any] = field(default_factory=dict)
     runs: list[RunSpec] = field(default_factory=list)
+    recoveries: list[Recovery] = field(default_factory=list)
+    streams: dict[str, RecoveryStream] = field(default_factory=dict)
+    teachers: dict[str, TeacherTargets] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,11 +158,22 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
         with input_phase("calibration and evaluation data must not overlap"):
             check_disjoint(calib_source, source)
     log(f"calibration: {calibration_stamp['tokens']:,} tokens of {calibration_stamp['origin']}")
+    recoveries = [r for r in (recovery_object(spec, host) for spec in config.recovery) if r.trains]
+    labels = [r.label() for r in recoveries]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"recovery: two entries have the same name and token budget: {labels}")
+    streams: dict[str, RecoveryStream] = {}
+    if recoveries:
+        recovery_source = recovery_text(config.recovery_data, eval_sources)
+        for recovery in recoveries:
+            with input_phase(f"recovery {recovery.name!r}"):
+                recovery.check(model)
+            streams[recovery.label()] = recovery_stream(recovery, recovery_source, tokenizer)
     prep = Prepared(
         config=config, host=host, model=model, tokenizer=tokenizer, device=str(model_device(model)),
         dtype=dtype_name(next(model.parameters()).dtype), model_stamp=model_stamp,
         evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
-        calibration_stamp=calibration_stamp,
+        calibration_stamp=calibration_stamp, recoveries=recoveries, streams=streams,
     )
     with input_phase(f"model {config.model!r}"):
         units = host.discover_units(model)
@@ -200,30 +219,139 @@ def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple
     return _finish(path, record), True
 
 
-def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
-    """Prune a fresh copy of the dense model for ``spec``, evaluate it, store it; returns ``(record, computed)``."""
-    fields = {
+def _pruned_fields(prep: Prepared, spec: RunSpec) -> dict[str, Any]:
+    return {
         "kind": "pruned", **_base_fields(prep),
         "method": {"name": spec.method, "config": spec.config, "code": spec.code},
         "budget": {**spec.budget.model_dump(mode="json"), "label": spec.budget.label()},
         "seed": spec.seed, "calibration": prep.calibration_stamp,
     }
+
+
+def _recovered_fields(prep: Prepared, spec: RunSpec, recovery: Recovery) -> dict[str, Any]:
+    """The pruned run's fields plus the recovery: its settings, code and the exact token stream.
+
+    The teacher's outputs are a function of the dense model and the stream, both already in the key.
+    """
+    stream = prep.streams[recovery.label()]
+    return {**_pruned_fields(prep, spec), "kind": "recovered",
+            "recovery": {"name": recovery.name, "label": recovery.label(), "config": recovery.config.model_dump(mode="json"),
+                         "code": package_digest(type(recovery)), "data": stream.describe()}}
+
+
+def _recovered_path(runs_dir: Path, spec: RunSpec, recovery: Recovery) -> Path:
+    return runs_dir / f"{spec.run_id}+{recovery.label().replace(' ', '-')}.json"
+
+
+def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
+    """Prune a fresh copy of the dense model for ``spec``, evaluate it, store it; returns ``(record, computed)``."""
+    return run_cell(prep, spec, runs_dir, progress, log)[0]
+
+
+def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log: Log) -> list[tuple[dict[str, Any], bool]]:
+    """The run of ``spec`` and one recovered run per recovery of the comparison; returns ``(record, computed)`` each.
+
+    Cached records are loaded; the prune runs (once) when any of them is missing, and each missing
+    recovery starts from the same pruned weights.
+    """
+    fields = _pruned_fields(prep, spec)
     key, path = cache_key(fields), runs_dir / f"{spec.run_id}.json"
     cached = load_cached(path, key)
+    pending = []
+    done: dict[str, tuple[dict[str, Any], bool]] = {}
+    for recovery in prep.recoveries:
+        r_fields = _recovered_fields(prep, spec, recovery)
+        r_key, r_path = cache_key(r_fields), _recovered_path(runs_dir, spec, recovery)
+        r_cached = load_cached(r_path, r_key)
+        if r_cached is not None:
+            log(f"[{r_path.stem}] cached")
+            done[recovery.label()] = (r_cached, False)
+        else:
+            pending.append((recovery, r_fields, r_key, r_path))
     if cached is not None:
         log(f"[{spec.run_id}] cached")
-        return cached, False
+    if cached is not None and not pending:
+        return [(cached, False), *(done[r.label()] for r in prep.recoveries)]
     record: dict[str, Any] = {"run_id": spec.run_id, "kind": "pruned", "cache_key": key, "protocol": fields}
+    model = None
     try:
-        record.update(_prune_and_evaluate(prep, spec, progress, log))
+        model, outcome = _prune_and_evaluate(prep, spec, progress, log, evaluate=cached is None)
+        record.update(outcome)
     except Exception as exc:  # one failing method must not lose the other runs; failures are never cached
         log(f"[{spec.run_id}] FAILED: {type(exc).__name__}: {exc}")
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         write_json_atomic(path, record)
-        return record, True
-    finally:
-        release_unused_memory()  # the run's model is gone: hand its pages back before the next load
-    return _finish(path, record), True
+    if cached is not None:
+        base = (cached, False)
+    else:
+        base = (record if record.get("status") == "failed" else _finish(path, record), True)
+    if model is not None:
+        _recover_all(prep, spec, model, record.get("prune") or cached.get("prune"), pending, done, progress, log)
+    else:
+        for recovery, r_fields, r_key, r_path in pending:
+            failed = {"run_id": r_path.stem, "kind": "recovered", "cache_key": r_key, "protocol": r_fields, "status": "failed",
+                      "error": f"the prune of {spec.run_id} failed"}
+            write_json_atomic(r_path, failed)
+            done[recovery.label()] = (failed, True)
+    del model
+    release_unused_memory()  # the run's model is gone: hand its pages back before the next load
+    return [base, *(done[r.label()] for r in prep.recoveries)]
+
+
+def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_report: dict[str, Any],
+                 pending: list[tuple[Recovery, dict[str, Any], str, Path]], done: dict[str, tuple[dict[str, Any], bool]],
+                 progress: bool, log: Log) -> None:
+    """Each pending recovery from the same pruned weights: recover, evaluate, store (a failure is recorded, never cached)."""
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(pending) > 1 else None
+    for index, (recovery, r_fields, r_key, r_path) in enumerate(pending):
+        run_id = r_path.stem
+        record: dict[str, Any] = {"run_id": run_id, "kind": "recovered", "cache_key": r_key, "protocol": r_fields}
+        try:
+            if index and snapshot is not None:
+                model.load_state_dict(snapshot)
+            torch.manual_seed(recovery.config.seed)
+            log(f"[{run_id}] recovering with {recovery.label()}")
+            healed = recover(model, recovery, prep.streams[recovery.label()], teacher=prep.teachers.get(recovery.label()),
+                             host=prep.host, progress=progress, model_identity=prep.model_stamp)
+            model = healed.model
+            dense = _load_weights(prep) if _pairs_with_dense(prep) else None
+            context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
+            results, walls = evaluate_model(model, prep.tokenizer, prep.evaluators, context, log, run_id)
+            del dense
+            record.update(prune={**prune_report, "recovery": healed.record.model_dump(mode="json")},
+                          recovery=healed.record.model_dump(mode="json"), eval=results, eval_wall_s=walls)
+            done[recovery.label()] = (_finish(r_path, record), True)
+        except Exception as exc:
+            log(f"[{run_id}] FAILED: {type(exc).__name__}: {exc}")
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            write_json_atomic(r_path, record)
+            done[recovery.label()] = (record, True)
+
+
+def prepare_teachers(prep: Prepared, folder: Path | None, progress: bool, log: Log) -> None:
+    """The dense model's outputs for every recovery that distils, from ``prep.model`` (before it is released).
+
+    Recoveries that cut their streams with the same sequence length and seed share one teacher pass
+    over the longest stream (shorter streams are its prefixes); outputs are kept in ``folder``.
+    """
+    needing = [r for r in prep.recoveries if r.needs_teacher]
+    if not needing or prep.model is None:
+        return
+    families: dict[tuple[int, int, bool], list[Recovery]] = {}
+    for recovery in needing:
+        families.setdefault((recovery.config.seq_len, recovery.config.seed, recovery.teacher_hidden()), []).append(recovery)
+    for members in families.values():
+        longest = max(members, key=lambda r: len(prep.streams[r.label()].sequences))
+        stream = prep.streams[longest.label()]
+        top_k = max(r.teacher_top_k() for r in members)
+        log(f"teacher outputs: {stream.tokens:,} tokens, top-{top_k}")
+        targets = load_or_compute_teacher(folder, prep.model, stream, top_k, longest.teacher_hidden(),
+                                          longest.config.batch_size, progress, prep.model_stamp)
+        for recovery in members:
+            own = prep.streams[recovery.label()]
+            if not torch.equal(stream.sequences[: len(own.sequences)], own.sequences):
+                raise RuntimeError(f"recovery stream of {recovery.label()!r} is not a prefix of {longest.label()!r}'s")
+            prep.teachers[recovery.label()] = targets.subset(own, recovery.teacher_top_k())
 
 
 def _load_weights(prep: Prepared) -> torch.nn.Module:
@@ -237,8 +365,9 @@ def _pairs_with_dense(prep: Prepared) -> bool:
     return any(getattr(evaluator, "pairs_with_dense", False) for evaluator in prep.evaluators.values())
 
 
-def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log) -> dict[str, Any]:
-    """Prune a fresh copy of the dense weights in place, then evaluate the folded model."""
+def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log, evaluate: bool = True
+                        ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Prune a fresh copy of the dense weights in place, then (with ``evaluate``) evaluate the folded model."""
     calibration = CalibrationData(prep.calibration, name=str(prep.calibration_stamp["name"]))
     session = PruneSession(_load_weights(prep), spec.method, spec.budget, spec.config,
                            budget_kind=prep.config.budget_kind, host=prep.host, model_identity=prep.model_stamp)
@@ -246,10 +375,13 @@ def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log)
     log(f"[{spec.run_id}] pruning")
     result = session.run(calibration, progress=progress, inplace=True, calibration_source=prep.calibration_stamp)
     del session
-    dense = _load_weights(prep) if _pairs_with_dense(prep) else None
-    context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
-    results, walls = evaluate_model(result.model, prep.tokenizer, prep.evaluators, context, log, spec.run_id)
-    return {"prune": result.report.model_dump(mode="json"), "eval": results, "eval_wall_s": walls}
+    outcome: dict[str, Any] = {"prune": result.report.model_dump(mode="json")}
+    if evaluate:
+        dense = _load_weights(prep) if _pairs_with_dense(prep) else None
+        context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
+        results, walls = evaluate_model(result.model, prep.tokenizer, prep.evaluators, context, log, spec.run_id)
+        outcome.update(eval=results, eval_wall_s=walls)
+    return result.model, outcome
 
 
 def compare(
@@ -266,6 +398,7 @@ def compare(
     out = Path(out) if out is not None else config.out_dir()
     runs_dir = out / "runs"
     dense, computed = run_dense(prep, runs_dir, progress, log)
+    prepare_teachers(prep, out / "teacher", progress, log)
     prep.model = None  # every run reloads the weights from their files: one copy at a time
     release_unused_memory()
     done = ["dense"] if computed else []
@@ -273,14 +406,15 @@ def compare(
     with tqdm(total=len(prep.runs), desc="compare", unit="run", disable=not progress) as bar:
         for spec in prep.runs:
             bar.set_postfix_str(spec.run_id)
-            record, computed = run_pruned(prep, spec, runs_dir, progress, log)
-            records.append(record)
-            done += [spec.run_id] if computed else []
+            for record, computed in run_cell(prep, spec, runs_dir, progress, log):
+                records.append(record)
+                done += [record["run_id"]] if computed else []
             bar.update()
     meta = {
         "config": config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
         "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
         "budgets": prep.budgets, "device": prep.device, "dtype": prep.dtype, "code": code_identity(),
+        "recovery": {label: stream.describe() for label, stream in prep.streams.items()},
     }
     files = write_results(out, meta, dense, records)
     log(f"results in {out}")

@@ -16,6 +16,10 @@ holds everything needed to recompute them.
   paired bootstrap interval of the difference excludes zero and, when both have several seeds, their
   seed ranges do not overlap. Equal ranks are ties.
 - **Kendall tau**, per budget, between every two sources' orderings of the methods.
+- **Recovery**: recovered runs form their own groups (method, budget, recovery), ranked among the
+  groups of the same budget and recovery; ``recovery_taus`` holds, per budget and recovery, the Kendall
+  tau between the methods' unrecovered and recovered OOD orderings (does recovery change which method
+  is best?).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from pruneframe.evaluation.stats import (
     percentile_interval,
 )
 
-__all__ = ["nested_get", "SourceInfo", "Measure", "Group", "Summary", "summarise", "perplexity_sources"]
+__all__ = [
+    "nested_get", "SourceInfo", "Measure", "Group", "Summary", "summarise", "perplexity_sources", "setting_label",
+]
 
 
 def nested_get(data: Any, *keys: str) -> Any:
@@ -121,6 +127,12 @@ class Group:
     records: list[dict[str, Any]]
     measures: dict[str, Measure] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
+    recovery: str = "none"
+
+    @property
+    def setting(self) -> tuple[str, str]:
+        """``(budget, recovery)``: the groups ranked against each other."""
+        return self.budget, self.recovery
 
     @property
     def seeds(self) -> list[int]:
@@ -139,6 +151,7 @@ class Summary:
     per_run: dict[str, dict[str, Measure]]
     taus: dict[str, dict[str, float | None]]
     better: dict[str, Literal["min", "max"]]
+    recovery_taus: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (ranks, intervals, seed spreads, tau) for ``results.json``."""
@@ -148,11 +161,12 @@ class Summary:
             "sources": [vars(s) for s in self.sources],
             "summary_scope": self.summary_scope,
             "groups": [
-                {"method": g.method, "budget": g.budget, "seeds": g.seeds,
+                {"method": g.method, "budget": g.budget, "recovery": g.recovery, "seeds": g.seeds,
                  "measures": {k: m.as_dict() for k, m in g.measures.items()}, "ranks": g.ranks}
                 for g in self.groups
             ],
             "kendall_tau": self.taus,
+            "kendall_tau_recovery": self.recovery_taus,
         }
 
 
@@ -233,27 +247,44 @@ def _better(a: Measure, b: Measure, direction: Literal["min", "max"]) -> bool:
 
 
 def _rank(groups: list[Group], key: str, direction: Literal["min", "max"]) -> None:
-    by_budget: dict[str, list[Group]] = {}
+    by_budget: dict[tuple[str, str], list[Group]] = {}
     for group in groups:
         if key in group.measures:
-            by_budget.setdefault(group.budget, []).append(group)
+            by_budget.setdefault(group.setting, []).append(group)
     for members in by_budget.values():
         for group in members:
             ahead = sum(_better(other.measures[key], group.measures[key], direction) for other in members if other is not group)
             group.ranks[key] = 1 + ahead
 
 
+def setting_label(budget: str, recovery: str) -> str:
+    """A budget, with the recovery after it unless it is ``none``."""
+    return budget if recovery == "none" else f"{budget}, recovered with {recovery}"
+
+
 def _taus(groups: list[Group], sources: list[SourceInfo]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
-    budgets = list(dict.fromkeys(g.budget for g in groups))
-    for budget in budgets:
-        members = [g for g in groups if g.budget == budget]
+    settings = list(dict.fromkeys(g.setting for g in groups))
+    for setting in settings:
+        budget = setting_label(*setting)
+        members = [g for g in groups if g.setting == setting]
         pairs: dict[str, float | None] = {}
         for first, second in combinations([s.label for s in sources], 2):
             both = [g for g in members if f"ratio:{first}" in g.measures and f"ratio:{second}" in g.measures]
             pairs[f"{first} ~ {second}"] = kendall_tau([g.measures[f"ratio:{first}"].point for g in both],
                                                        [g.measures[f"ratio:{second}"].point for g in both])
         out[budget] = pairs
+    return out
+
+
+def _recovery_taus(groups: list[Group]) -> dict[str, dict[str, float | None]]:
+    """Per budget and recovery: Kendall tau between the methods' unrecovered and recovered OOD summaries."""
+    out: dict[str, dict[str, float | None]] = {}
+    before = {(g.method, g.budget): g.measures["ood"].point for g in groups if g.recovery == "none" and "ood" in g.measures}
+    for budget, recovery in dict.fromkeys(g.setting for g in groups if g.recovery != "none"):
+        members = [g for g in groups if g.setting == (budget, recovery) and "ood" in g.measures and (g.method, budget) in before]
+        out.setdefault(budget, {})[recovery] = kendall_tau([before[(g.method, budget)] for g in members],
+                                                           [g.measures["ood"].point for g in members])
     return out
 
 
@@ -273,14 +304,15 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     item_indices = {t: bootstrap_indices(n, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + 1000 + i)
                     for i, (t, n) in enumerate(tasks.items())}
     per_run = {r["run_id"]: _run_measures(r, dense, sources, indices, dense_draws, tasks, item_indices, scope) for r in ok}
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in ok:
-        key = (str(nested_get(record, "protocol", "method", "name")), str(nested_get(record, "protocol", "budget", "label")))
+        key = (str(nested_get(record, "protocol", "method", "name")), str(nested_get(record, "protocol", "budget", "label")),
+               str(nested_get(record, "protocol", "recovery", "label") or "none"))
         grouped.setdefault(key, []).append(record)
     groups = []
     better: dict[str, Literal["min", "max"]] = {}
-    for (method, budget), records in grouped.items():
-        group = Group(method, budget, records)
+    for (method, budget, recovery), records in grouped.items():
+        group = Group(method, budget, records, recovery=recovery)
         keys = set.intersection(*(set(per_run[r["run_id"]]) for r in records))
         for key in sorted(keys):
             log_scale = not key.startswith("acc:")
@@ -290,5 +322,5 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     for key, direction in better.items():
         _rank(groups, key, direction)
     return Summary(sources=sources, summary_scope=scope_name, tasks=tasks, groups=groups, per_run=per_run,
-                   taus=_taus(groups, sources), better=better)
+                   taus=_taus(groups, sources), better=better, recovery_taus=_recovery_taus(groups))
 

@@ -46,6 +46,21 @@ class TeacherTargets:
         hidden = None if self.hidden is None else self.hidden[rows].to(device)
         return self.values[rows].to(device), self.indices[rows].to(device), self.lse[rows].to(device), hidden
 
+    def subset(self, stream: RecoveryStream, top_k: int) -> TeacherTargets:
+        """The targets of ``stream``'s sequences, given that they are the first rows of the stream these were computed on.
+
+        Streams cut from one text with one ``seq_len`` and seed are prefixes of each other (the same
+        permutation, fewer sequences), so one teacher pass over the longest serves every token budget.
+        Keeps the ``top_k`` largest logits (they come sorted).
+        """
+        n = len(stream.sequences)
+        if top_k > self.values.shape[-1] or n > len(self.values):
+            raise ValueError(f"teacher outputs of {len(self.values)} sequences, top-{self.values.shape[-1]}, cannot serve "
+                             f"{n} sequences at top-{top_k}")
+        stamp = {**self.stamp, "stream_sha256": stream.fingerprint, "top_k": top_k}
+        hidden = None if self.hidden is None else self.hidden[:n]
+        return TeacherTargets(self.values[:n, :, :top_k], self.indices[:n, :, :top_k], self.lse[:n], hidden, stamp)
+
     def save(self, path: Path) -> Path:
         """Write atomically (``torch.save`` of plain tensors and the stamp)."""
         state = {"values": self.values, "indices": self.indices, "lse": self.lse, "hidden": self.hidden, "stamp": self.stamp}
