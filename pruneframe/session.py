@@ -61,7 +61,7 @@ class PruneResult:
 
     def save(self, path: str | Path, tokenizer: Any = None) -> Path:
         """Write the folded model as a checkpoint folder (see :mod:`pruneframe.checkpoint`)."""
-        return checkpoint.save(path, self.model, report=self.report, tokenizer=tokenizer)
+        return checkpoint.save(path, self.model, report=self.report, tokenizer=tokenizer, adapter=self.units.adapter)
 
 
 def as_calibration(calibration: Any) -> CalibrationData | None:

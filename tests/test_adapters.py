@@ -9,9 +9,8 @@ import torch
 from tiny import FAMILIES, tiny_model, tokens
 from transformers import AutoModelForCausalLM
 
-from pruneframe.architectures import LayerSlices, SplitProjectionAdapter, adapter_for, discover
-from pruneframe.architectures import SplitProjectionAdapter
-from pruneframe.checkpoint import load_pruned, read_report_json, save
+from pruneframe.architectures import LayerSlices, SplitProjectionAdapter, adapter_for, builtin_adapters, discover
+from pruneframe.checkpoint import CheckpointError, load_pruned, read_report_json, save
 from pruneframe.evaluation.size import layer_widths, parameter_counts
 from pruneframe.fold import fold
 from pruneframe.gates import gated
@@ -74,6 +73,53 @@ def test_uneven_checkpoint_reloads_identically_through_both_loaders(tmp_path, fa
         torch.testing.assert_close(remote(ids).logits, want, atol=0, rtol=0)
     assert layer_widths(loaded) == layer_widths(folded)
     assert len({(w.ffn, w.kv_heads) for w in layer_widths(loaded)}) > 1
+
+
+def test_the_tiny_models_are_the_ones_the_adapters_describe() -> None:
+    described = {name: adapter for adapter in builtin_adapters() for name in adapter.tiny_models()}
+    assert set(FAMILIES) == set(described)
+    for name, adapter in described.items():
+        model = tiny_model(name)
+        assert type(model) is adapter.tiny_models()[name][0]
+        assert adapter_for(model) is not None and type(adapter_for(model)) is type(adapter)
+
+
+def _uneven_checkpoint(tmp_path, family: str = "qwen2"):
+    model = tiny_model(family)
+    units = discover(model)
+    folded = fold(model, units, _uneven_mask(units))
+    return folded, save(tmp_path / "ckpt", folded)
+
+
+def test_a_checkpoint_written_before_the_family_field_still_loads(tmp_path) -> None:
+    """Older checkpoints name their family only by ``model_type`` (``pruneframe_qwen2``)."""
+    folded, out = _uneven_checkpoint(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config.pop("pruned_family") == "transformers.models.qwen2.modeling_qwen2.Qwen2ForCausalLM"
+    (out / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_pruned(out)
+    ids = tokens(2, 10, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, folded(ids).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("family", "error", "message"),
+    [
+        # no registered adapter handles the name: refused before the module is imported
+        ("pruneframe_nowhere.NowhereForCausalLM", NotImplementedError, "no installed plugin handles NowhereForCausalLM"),
+        ("collections.Qwen2ForCausalLM", CheckpointError, "'collections.Qwen2ForCausalLM' cannot be imported"),
+        ("builtins.object", NotImplementedError, "no installed plugin handles object"),
+        ("Qwen2ForCausalLM", CheckpointError, "must be 'module.ClassName'"),
+    ],
+)
+def test_a_family_field_naming_anything_else_is_refused(tmp_path, family: str, error: type, message: str) -> None:
+    _, out = _uneven_checkpoint(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["pruned_family"] = family
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(error, match=message):
+        load_pruned(out)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

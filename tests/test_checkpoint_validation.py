@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 from pruneframe.architectures import discover
 from pruneframe.checkpoint import CheckpointError, load_pruned, save
-from pruneframe.checkpoint.modeling_pruneframe import PrunedLlamaForCausalLM
+from pruneframe.checkpoint.modeling_pruneframe import pruned_classes
 from pruneframe.cli import main
 from pruneframe.fold import fold
 from pruneframe.units import UnitKind
@@ -94,7 +95,7 @@ def test_nothing_is_loaded_before_the_checks_pass(ckpt: Path, monkeypatch: pytes
     def refuse(*args, **kwargs):
         raise AssertionError("weights were read before the checkpoint was checked")
 
-    monkeypatch.setattr(PrunedLlamaForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(pruned_classes(LlamaForCausalLM)[1], "from_pretrained", refuse)
     edit_json(ckpt / "config.json", lambda c: c["pruned_layers"][0].update(num_key_value_heads=1))
     with pytest.raises(CheckpointError, match=r"layer 0: model\.layers\.0\.self_attn\.k_proj\.weight"):
         load_pruned(ckpt)

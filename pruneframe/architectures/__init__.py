@@ -34,6 +34,7 @@ __all__ = [
     "SplitProjectionAdapter",
     "WeightSlice",
     "adapter_for",
+    "adapter_for_class",
     "builtin_adapters",
     "discover",
     "layer_slices",
@@ -65,6 +66,27 @@ def adapter_for(model: nn.Module, host: "PluginHost | None" = None) -> Architect
 
         host = PluginHost.create()
     return host.adapter_for(model)
+
+
+def adapter_for_class(name: str, host: "PluginHost | None" = None) -> ArchitectureAdapter:
+    """The adapter whose :attr:`~ArchitectureAdapter.architectures` name the model class ``name`` (see :func:`adapter_for`).
+
+    Raises:
+        NotImplementedError: no installed adapter handles a class of that name (the message lists them).
+    """
+    if host is None:
+        for adapter in builtin_adapters():
+            if name in adapter.architectures:
+                return adapter
+        from pruneframe.host import PluginHost
+
+        host = PluginHost.create()
+    adapters = host.adapters()
+    for adapter in adapters:
+        if name in adapter.architectures:
+            return adapter
+    supported = sorted({a for adapter in adapters for a in adapter.architectures})
+    raise NotImplementedError(f"no installed plugin handles {name}; supported: {', '.join(supported)}")
 
 
 def discover(model: nn.Module, host: "PluginHost | None" = None) -> "UnitSet":

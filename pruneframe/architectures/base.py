@@ -13,8 +13,11 @@ checkpoints, methods) reaches a model's units through an :class:`ArchitectureAda
   representation used by size evaluation, the checkpoint config and the prune report);
 * :meth:`~ArchitectureAdapter.set_widths`: module attributes a family's forward reads (head counts,
   intermediate size) after its weights were sliced;
-* :meth:`~ArchitectureAdapter.checkpoint_classes` and :meth:`~ArchitectureAdapter.plain_config`:
-  what a saved checkpoint's config declares.
+* :meth:`~ArchitectureAdapter.family_class` and :meth:`~ArchitectureAdapter.plain_config`: the
+  family's own transformers class (from which a checkpoint with uneven layers derives its classes)
+  and its config with every layer alike;
+* :meth:`~ArchitectureAdapter.tiny_models`: small random models of the family, which
+  :mod:`pruneframe.testing` checks every method on.
 
 A family is one subclass (see :mod:`pruneframe.architectures.llama` for split projections and
 :mod:`pruneframe.architectures.phi3` for fused ones), announced through the
@@ -378,16 +381,12 @@ class ArchitectureAdapter(ABC):
 
     # checkpoints ------------------------------------------------------------------------------
 
-    def checkpoint_classes(self, model: nn.Module) -> tuple[str, str]:
-        """``(config class, model class)`` names in :mod:`pruneframe.checkpoint.modeling_pruneframe` for ``model``."""
-        arch = self.architecture_of(model)
-        if arch is None:
-            raise NotImplementedError(f"{type(model).__name__} is not a {self.name} model")
-        base = arch.removesuffix("ForCausalLM")
-        return f"Pruned{base}Config", f"Pruned{base}ForCausalLM"
-
     def family_class(self, model: nn.Module) -> type[nn.Module]:
-        """The family's own model class among ``model``'s bases (``LlamaForCausalLM`` for a pruned Llama)."""
+        """The family's own model class among ``model``'s bases (``LlamaForCausalLM`` for a pruned Llama).
+
+        A checkpoint with uneven layers derives its config and model classes from it (and its
+        ``config_class``) and names it by module and class, so it must be importable by that name.
+        """
         arch = self.architecture_of(model)
         for cls in type(model).__mro__:
             if cls.__name__ == arch:
@@ -407,3 +406,15 @@ class ArchitectureAdapter(ABC):
             num_key_value_heads=widths.kv_heads, head_dim=widths.head_dim,
         )
         return out
+
+    # tests ------------------------------------------------------------------------------------
+
+    def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+        """Small random models of the family for tests: name -> (model class, config settings).
+
+        :func:`pruneframe.testing.tiny_model` builds ``model_class(model_class.config_class(**settings))``
+        with ``settings`` laid over :data:`pruneframe.testing.COMMON` (vocabulary 97, width 48, FFN 40,
+        3 layers), so every method's checks run on the family. Describe each layout the family's units
+        can take (GQA and MHA, biases, norms). The default describes none.
+        """
+        return {}

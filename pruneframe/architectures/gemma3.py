@@ -9,6 +9,10 @@ so with the default minimum of one KV group per layer only FFN channels are prun
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from pruneframe.architectures.llama import SplitProjectionAdapter
 
 __all__ = ["Gemma3Adapter"]
@@ -20,6 +24,14 @@ class Gemma3Adapter(SplitProjectionAdapter):
     name = "gemma3"
     architectures = ("Gemma3ForCausalLM",)
 
-    def checkpoint_classes(self, model: object) -> tuple[str, str]:
-        """Gemma 3's text config class is ``Gemma3TextConfig``."""
-        return "PrunedGemma3TextConfig", "PrunedGemma3ForCausalLM"
+    def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+        """One tiny Gemma 3: q/k norms, four norms per layer, scaled embeddings, sliding and full layers.
+
+        It has one KV head, so only FFN channels are prunable; a wider FFN leaves room for a keep-0.5 budget.
+        """
+        from transformers import Gemma3ForCausalLM
+
+        return {"gemma3": (Gemma3ForCausalLM, dict(
+            intermediate_size=160, num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=16,
+        ))}

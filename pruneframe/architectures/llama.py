@@ -9,7 +9,7 @@ layer) is described correctly too.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -68,3 +68,23 @@ class LlamaAdapter(SplitProjectionAdapter):
     name = "llama"
     architectures = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
     silu_glu_mlps = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+    def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+        """GQA and MHA Llama (the latter with MLP and attention biases), Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms)."""
+        from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+
+        return {
+            # GQA, G = 3
+            "llama-gqa": (LlamaForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, head_dim=8)),
+            # MHA, with MLP and attention biases
+            "llama-mha-bias": (LlamaForCausalLM, dict(num_attention_heads=4, num_key_value_heads=4, mlp_bias=True,
+                                                      attention_bias=True)),
+            "mistral": (MistralForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                                 sliding_window=None)),
+            # q/k/v biases
+            "qwen2": (Qwen2ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                                             tie_word_embeddings=True)),
+            # q_norm / k_norm
+            "qwen3": (Qwen3ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                             tie_word_embeddings=False)),
+        }

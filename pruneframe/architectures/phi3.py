@@ -66,3 +66,10 @@ class Phi3Adapter(ArchitectureAdapter):
         else:
             attn.config = config
         attn.num_key_value_groups = widths.q_heads // max(widths.kv_heads, 1)
+
+    def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+        """One tiny Phi-3: fused ``qkv_proj`` and ``gate_up_proj``, GQA."""
+        from transformers import Phi3ForCausalLM
+
+        return {"phi3": (Phi3ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, pad_token_id=0,
+                                               bos_token_id=1, eos_token_id=2))}

@@ -2,35 +2,30 @@
 
 A pruned model is the original architecture with different widths per layer: each layer's FFN
 width, KV heads, query heads, and whether down_proj / o_proj gained an output bias are recorded in
-``config.pruned_layers``. These classes build the original model, then resize each layer's linear
-modules to the recorded shapes, so the safetensors weights load with strict shapes. Two layouts:
-separate projections (Llama, Mistral, Qwen2, Qwen3, Gemma 3) and fused ``qkv_proj`` /
-``gate_up_proj`` (Phi-3, whose attention reads its head counts from a per-layer config copy).
-Load with ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
+``config.pruned_layers``. :func:`pruned_classes` derives, from any family's own transformers model
+class, a config class and a model class that build the original model and then resize each layer's
+linear modules to the recorded shapes, so the safetensors weights load with strict shapes. Two
+layouts: separate projections (``gate_proj`` / ``up_proj``, ``q_proj`` / ``k_proj`` / ``v_proj``) and
+fused ``qkv_proj`` / ``gate_up_proj`` (Phi-3, whose attention reads its head counts from a per-layer
+config copy).
+
+This file names no family: a checkpoint's copy ends with a few lines that import the family's model
+class it was pruned from and derive the two classes its ``config.json`` ``auto_map`` names. Load with
+``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-)
+
+#: ``model_type`` of a pruned checkpoint's config: this prefix and the family's own ``model_type``.
+MODEL_TYPE_PREFIX = "pruneframe_"
 
 
 def _resize(linear: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
@@ -112,83 +107,26 @@ class _PrunedMixin:
         apply_layer_shapes(self, list(getattr(config, "pruned_layers", None) or []))
 
 
-class PrunedLlamaConfig(_PrunedConfigMixin, LlamaConfig):
-    """Llama config with per-layer widths in ``pruned_layers``."""
+@functools.cache
+def pruned_classes(family: type[nn.Module]) -> tuple[type, type]:
+    """``(config class, model class)`` with per-layer widths, derived from a family's own model class.
 
-    model_type = "pruneframe_llama"
-
-
-class PrunedMistralConfig(_PrunedConfigMixin, MistralConfig):
-    """Mistral config with per-layer widths in ``pruned_layers``."""
-
-    model_type = "pruneframe_mistral"
-
-
-class PrunedQwen2Config(_PrunedConfigMixin, Qwen2Config):
-    """Qwen2 config with per-layer widths in ``pruned_layers``."""
-
-    model_type = "pruneframe_qwen2"
-
-
-class PrunedQwen3Config(_PrunedConfigMixin, Qwen3Config):
-    """Qwen3 config with per-layer widths in ``pruned_layers``."""
-
-    model_type = "pruneframe_qwen3"
-
-
-class PrunedLlamaForCausalLM(_PrunedMixin, LlamaForCausalLM):
-    """A Llama model with per-layer widths."""
-
-    config_class = PrunedLlamaConfig
-
-
-class PrunedMistralForCausalLM(_PrunedMixin, MistralForCausalLM):
-    """A Mistral model with per-layer widths."""
-
-    config_class = PrunedMistralConfig
-
-
-class PrunedQwen2ForCausalLM(_PrunedMixin, Qwen2ForCausalLM):
-    """A Qwen2 model with per-layer widths."""
-
-    config_class = PrunedQwen2Config
-
-
-class PrunedQwen3ForCausalLM(_PrunedMixin, Qwen3ForCausalLM):
-    """A Qwen3 model with per-layer widths."""
-
-    config_class = PrunedQwen3Config
-
-
-class PrunedGemma3TextConfig(_PrunedConfigMixin, Gemma3TextConfig):
-    """Gemma 3 text config with per-layer widths in ``pruned_layers``."""
-
-    model_type = "pruneframe_gemma3_text"
-
-
-class PrunedPhi3Config(_PrunedConfigMixin, Phi3Config):
-    """Phi-3 config with per-layer widths in ``pruned_layers``."""
-
-    model_type = "pruneframe_phi3"
-
-
-class PrunedGemma3ForCausalLM(_PrunedMixin, Gemma3ForCausalLM):
-    """A Gemma 3 text model with per-layer widths."""
-
-    config_class = PrunedGemma3TextConfig
-
-
-class PrunedPhi3ForCausalLM(_PrunedMixin, Phi3ForCausalLM):
-    """A Phi-3 model with per-layer widths."""
-
-    config_class = PrunedPhi3Config
-
-
-FAMILIES = {
-    "LlamaForCausalLM": (PrunedLlamaConfig, PrunedLlamaForCausalLM),
-    "MistralForCausalLM": (PrunedMistralConfig, PrunedMistralForCausalLM),
-    "Qwen2ForCausalLM": (PrunedQwen2Config, PrunedQwen2ForCausalLM),
-    "Qwen3ForCausalLM": (PrunedQwen3Config, PrunedQwen3ForCausalLM),
-    "Gemma3ForCausalLM": (PrunedGemma3TextConfig, PrunedGemma3ForCausalLM),
-    "Phi3ForCausalLM": (PrunedPhi3Config, PrunedPhi3ForCausalLM),
-}
+    ``family`` is a transformers model class (``<Family>ForCausalLM``) whose
+    ``config_class`` is its config. The derived config is named ``Pruned<config class>`` with
+    ``model_type`` ``pruneframe_<family model_type>`` and reads ``pruned_layers``; the derived model is
+    named ``Pruned<model class>``, builds the family's model and resizes every layer to those widths.
+    The same family always gives the same two classes.
+    """
+    base_config = family.config_class
+    config_cls = type(
+        f"Pruned{base_config.__name__}",
+        (_PrunedConfigMixin, base_config),
+        {"model_type": MODEL_TYPE_PREFIX + base_config.model_type,
+         "__doc__": f"{base_config.__name__} with per-layer widths in ``pruned_layers``."},
+    )
+    model_cls = type(
+        f"Pruned{family.__name__}",
+        (_PrunedMixin, family),
+        {"config_class": config_cls, "__doc__": f"{family.__name__} with per-layer widths."},
+    )
+    return config_cls, model_cls
