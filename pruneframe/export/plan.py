@@ -139,7 +139,12 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
         pad = (-w.ffn) % block
         if pad:
             notes.append(f"FFN width {w.ffn} padded with {pad} zero channels to whole {dtype} blocks")
-        layers = tuple(LayerPlan(x.index, x.ffn + pad, x.kv_heads, x.q_heads, ffn_pad=pad) for x in widths)
+        kv_pad = _square_attention_pad(model, own_arch, w, g)
+        if kv_pad:
+            notes.append(f"llama.cpp's {own_arch!r} needs query heads x head size = hidden size: {kv_pad} zero KV "
+                         "group(s) per layer restore it (exact; attention is not smaller in llama.cpp)")
+        layers = tuple(LayerPlan(x.index, x.ffn + pad, x.kv_heads + kv_pad, (x.kv_heads + kv_pad) * g, ffn_pad=pad,
+                                 kv_pad=kv_pad) for x in widths)
         return GGUFPlan(own_arch, family, head_dim, g, layers, tuple(notes))
     if not deci_ok:
         raise ExportRefused(
@@ -169,6 +174,17 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
     if any(x.ffn_pad and x.ffn - x.ffn_pad > 0 for x in layers):
         notes.append(f"FFN widths padded with zero channels to whole {dtype} blocks")
     return GGUFPlan("deci", family, head_dim, g, tuple(layers), tuple(notes))
+
+
+def _square_attention_pad(model: nn.Module, arch: str, w: LayerWidths, g: int) -> int:
+    """Zero KV groups that make ``qwen2``'s query projection square (its loader takes ``[hidden, hidden]``)."""
+    if arch != "qwen2" or w.q_heads * w.head_dim == w.hidden:
+        return 0
+    full = w.hidden // (w.head_dim * g)
+    if full * g * w.head_dim != w.hidden or full < w.kv_heads:
+        raise ExportRefused(f"{type(model).__name__}: {w.q_heads} query heads of {w.head_dim} do not fill the hidden "
+                            f"size {w.hidden}, which llama.cpp's 'qwen2' requires, and zero heads cannot make up for it")
+    return full - w.kv_heads
 
 
 def _queries_per_group(model: nn.Module, widths: list[LayerWidths]) -> int:

@@ -125,6 +125,29 @@ def _position_stats(hf_logp: torch.Tensor, step: dict[str, Any]) -> tuple[bool, 
     return agree, diff, max(kl, 0.0)
 
 
+def _unsafe_tokens(tokenizer: Any) -> list[int]:
+    """Token ids llama.cpp must not generate here: special tokens, and tokens whose bytes are not whole UTF-8 characters.
+
+    llama.cpp folds an incomplete character into the next per-token entry (see :func:`_aligned_steps`),
+    and special tokens have no text; banning both keeps every generated position comparable. The bans
+    apply to sampling only: the reported probabilities come from the raw logits.
+    """
+    from gguf.vocab import bytes_to_unicode
+
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    banned = []
+    for token_id, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if token_id in special or piece is None:
+            banned.append(token_id)
+            continue
+        try:
+            bytes(decoder[c] for c in piece).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            banned.append(token_id)
+    return banned
+
+
 def _aligned_steps(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-token entries that each stand for exactly one generated token.
 
@@ -155,9 +178,10 @@ def verify_gguf(gguf_path: str | Path, model: nn.Module, tokenizer: Any, dtype: 
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     runner = LlamaCppModel(gguf_path, n_ctx=max(len(e) for e in encoded) + per_prompt + 8, threads=threads)
     agree, diffs, kls, issues = 0, [], [], []
+    ban = [[token_id, False] for token_id in _unsafe_tokens(tokenizer)]
     try:
         for text, ids in zip(prompts, encoded, strict=True):
-            response = runner.complete(ids, per_prompt, n_probs=top_k)
+            response = runner.complete(ids, per_prompt, n_probs=top_k, logit_bias=ban)
             steps = _aligned_steps(response)
             generated = [int(step["id"]) for step in steps]
             logits = model(torch.tensor([ids + generated])).logits[0].float()
