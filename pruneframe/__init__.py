@@ -7,11 +7,13 @@ Public API::
     print(result.report.kept_params, result.report.timings.total_s)   # a typed PruneReport
     result.save("out/")
     model, tokenizer = pruneframe.load_pruned("out/")
+    pruneframe.export_gguf("out/", "out.gguf", dtype="f16")           # for llama.cpp / ollama
     mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
 """
 
 from pruneframe import budget
 from pruneframe.api import PruneResult, load_pruned, prune
+from pruneframe.export import export_gguf
 from pruneframe.prune_report import PruneReport
 from pruneframe.session import PruneSession
 from pruneframe.calibration import CalibrationData
@@ -28,6 +30,7 @@ __all__ = [
     "PruneSession",
     "PruneReport",
     "load_pruned",
+    "export_gguf",
     "budget",
     "CalibrationData",
     "PluginHost",

@@ -236,3 +236,37 @@ def test_smollm2_pruned_at_half(dtype: str, tmp_path_factory) -> None:
     check = verify_gguf(out.path, result.model, tokenizer, dtype, positions=256)
     print(check.summary())
     assert check.passed(), check.failures()
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    import pruneframe.checkpoint as checkpoint
+
+    return checkpoint.save(folder, model, {"method": "hand-made"}, tokenizer=tokenizer)
+
+
+def test_cli_refuses_inexpressible_model_with_exit_2(tokenizer, tmp_path: Path, capsys) -> None:
+    """``pruneframe export`` of an uneven Qwen2 checkpoint exits 2 and names deci's missing biases."""
+    from pruneframe.cli import main
+
+    model = _model("qwen2", len(tokenizer))
+    units = discover(model)
+    folder = _save(fold(model, units, _uneven_mask(units)), tokenizer, tmp_path / "ckpt")
+    code = main(["export", str(folder), "--format", "gguf", "--out", str(tmp_path / "q.gguf"), "--no-verify"])
+    assert code == 2
+    assert "q/k/v biases" in capsys.readouterr().err
+    assert not (tmp_path / "q.gguf").exists()
+
+
+@needs_llamacpp
+def test_cli_exports_and_verifies_a_checkpoint(tokenizer, tmp_path: Path, capsys) -> None:
+    """``pruneframe export CKPT --out F.gguf`` writes deci for an uneven checkpoint and prints a passing check."""
+    from pruneframe.cli import main
+
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    folder = _save(fold(model, units, _uneven_mask(units)), tokenizer, tmp_path / "ckpt")
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(folder), "--out", str(out), "--dtype", "f32", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "'deci'" in printed and "verify: f32: top-1 agreement" in printed
+    assert main(["export", str(folder), "--out", str(out), "--quiet", "--no-verify"]) == 2  # no --overwrite
