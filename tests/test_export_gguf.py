@@ -270,3 +270,20 @@ def test_cli_exports_and_verifies_a_checkpoint(tokenizer, tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert "'deci'" in printed and "verify: f32: top-1 agreement" in printed
     assert main(["export", str(folder), "--out", str(out), "--quiet", "--no-verify"]) == 2  # no --overwrite
+
+
+@needs_llamacpp
+def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
+    """The registered ``llamacpp-speed`` evaluator times a pruned model beside its dense model (shape of the result)."""
+    from pruneframe.evaluation.base import EvalContext
+    from pruneframe.host import PluginHost
+
+    dense = _model("llama-gqa", len(tokenizer))
+    units = discover(dense)
+    pruned = fold(dense, units, _uneven_mask(units))
+    evaluator = PluginHost.create().evaluator("llamacpp-speed", {"prefill_lens": [16, 32], "decode_tokens": 4, "repeats": 1})
+    result = evaluator.evaluate(pruned, tokenizer, EvalContext(dense_model=dense))
+    assert set(result["measured_speedup"]) == {"prefill_16", "prefill_32", "decode"}
+    assert result["model"]["decode_tokens_per_s"] > 0
+    assert result["ideal_speedup"]["decode"] > 1.0  # the pruned file has fewer weight bytes
+    assert result["weight_bytes_per_token"]["model"] < result["weight_bytes_per_token"]["dense"]
