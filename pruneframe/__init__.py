@@ -8,11 +8,13 @@ Public API::
     result.save("out/")
     model, tokenizer = pruneframe.load_pruned("out/")
     healed = pruneframe.recover(result.model, "distill", stream, teacher=dense_model).model   # see pruneframe.recovery
+    pruneframe.export_gguf("out/", "out.gguf", dtype="f16")           # for llama.cpp / ollama
     mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
 """
 
 from pruneframe import budget
 from pruneframe.api import PruneResult, load_pruned, prune
+from pruneframe.export import export_gguf
 from pruneframe.prune_report import PruneReport
 from pruneframe.recovery import recover
 from pruneframe.session import PruneSession
@@ -31,6 +33,7 @@ __all__ = [
     "PruneSession",
     "PruneReport",
     "load_pruned",
+    "export_gguf",
     "budget",
     "CalibrationData",
     "PluginHost",

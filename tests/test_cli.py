@@ -56,7 +56,7 @@ def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.Monke
     assert main(["plugins", "--json"]) == 0
     infos = {i["name"]: i for i in json.loads(capsys.readouterr().out)}
     assert "project" in infos["pruneframe.builtins"]["hooks"]
-    assert infos["pruneframe.evaluation.builtin"]["evaluators"] == ["perplexity", "size", "speed", "zeroshot"]
+    assert infos["pruneframe.evaluation.builtin"]["evaluators"] == ["llamacpp-speed", "perplexity", "size", "speed", "zeroshot"]
     assert infos["broken-plugin"]["error"].startswith("ImportError")
 
 

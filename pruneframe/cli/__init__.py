@@ -1,4 +1,4 @@
-"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval`` and ``compare``.
+"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare`` and ``export``.
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
 errors, invalid settings, unknown names, unreachable data, infeasible budgets) prints one message to
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pruneframe.cli import compare_cmd, eval_cmd, plugins_cmd, prune_cmd, recover_cmd
+from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd
 from pruneframe.cli.common import Command
 from pruneframe.harness.config import InputError
 from pruneframe.host import PluginError
@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Every subcommand, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
-    plugins_cmd.COMMAND, prune_cmd.COMMAND, recover_cmd.COMMAND, eval_cmd.COMMAND, compare_cmd.COMMAND,
+    plugins_cmd.COMMAND, prune_cmd.COMMAND, recover_cmd.COMMAND, eval_cmd.COMMAND, compare_cmd.COMMAND, export_cmd.COMMAND,
 )
 
 #: Exit code for bad input.

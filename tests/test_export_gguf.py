@@ -1,0 +1,289 @@
+"""GGUF export: every exportable family, uniform and uneven widths, padding cases and refusals, checked in llama.cpp.
+
+The llama.cpp checks need the optional ``xllamacpp`` package and are skipped without it. The tiny models
+get a small byte-level BPE tokenizer trained here, and an output layer scaled up so that their next-token
+distributions are peaked (random tiny models otherwise predict nearly uniformly, and top-1 agreement
+would measure ties). The real SmolLM2 check is slow (PRUNEFRAME_SLOW=1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+
+from pruneframe.architectures import discover
+from pruneframe.export import ExportRefused, export_gguf, is_pruneframe_gguf, plan_export
+from pruneframe.export.llamacpp import available
+from pruneframe.export.tensors import rope_pairs
+from pruneframe.export.verify import PROMPTS, verify_gguf
+from pruneframe.fold import fold
+from pruneframe.methods import Recalibration
+from pruneframe.testing import tiny_model
+from pruneframe.units import UnitKind
+
+needs_llamacpp = pytest.mark.skipif(not available(), reason="needs xllamacpp (pip install 'pruneframe[deploy]')")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE tokenizer (GPT-2 split rule, like SmolLM2's) with a few hundred tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    tok.train_from_iterator(list(PROMPTS) * 4 + ["The quick brown fox jumps over the lazy dog."] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>")
+    fast.chat_template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    return fast
+
+
+def _model(family: str, vocab: int, **overrides):
+    model = tiny_model(family, vocab_size=vocab, **overrides)
+    with torch.no_grad():  # peaked next-token distributions (see the module docstring)
+        head = model.model.embed_tokens if model.config.tie_word_embeddings else model.lm_head
+        head.weight.mul_(20.0)
+    return model
+
+
+def _uneven_mask(units, drop_group_in: int | None = 1, ffn_keep: dict[int, int] | None = None) -> torch.Tensor:
+    """Keep different numbers of FFN channels per layer; drop a whole KV group in layer ``drop_group_in``."""
+    mask = torch.ones(len(units), dtype=torch.bool)
+    for layer in range(units.num_layers):
+        ffn = units.slice(layer, UnitKind.FFN)
+        keep = (ffn_keep or {}).get(layer, max(1, (ffn.stop - ffn.start) * (layer + 1) // (units.num_layers + 1)))
+        mask[ffn.start + keep : ffn.stop] = False
+    if drop_group_in is not None:
+        kv = units.slice(drop_group_in, UnitKind.KV)
+        mask[kv.stop - 1] = False
+    return mask
+
+
+def _uniform_mask(units) -> torch.Tensor:
+    mask = torch.ones(len(units), dtype=torch.bool)
+    for layer in range(units.num_layers):
+        ffn = units.slice(layer, UnitKind.FFN)
+        mask[ffn.start + (ffn.stop - ffn.start) // 2 : ffn.stop] = False
+        kv = units.slice(layer, UnitKind.KV)
+        if kv.stop - kv.start > 1:
+            mask[kv.stop - 1] = False
+    return mask
+
+
+def _export_and_verify(model, tokenizer, path: Path, dtype: str = "f32"):
+    result = export_gguf(model, path, dtype=dtype, tokenizer=tokenizer)
+    check = verify_gguf(result.path, model, tokenizer, dtype, positions=256)
+    assert check.positions >= 256, check.summary()
+    assert check.passed(), f"{result.plan.arch}: {check.summary()}: {check.failures()}"
+    return result, check
+
+
+def test_rope_pairs_moves_halves_to_adjacent_pairs() -> None:
+    """Row i of a head's first half goes to row 2i, row i of its second half to 2i + 1; heads stay apart."""
+    rows = torch.arange(16.0).reshape(16, 1)  # two heads of 8
+    got = rope_pairs(rows, 8).flatten().tolist()
+    assert got == [0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15]
+
+
+@needs_llamacpp
+@pytest.mark.parametrize(("family", "arch"), [("llama-gqa", "llama"), ("llama-mha-bias", "llama"), ("mistral", "llama"),
+                                              ("qwen2", "qwen2"), ("qwen3", "qwen3")])
+def test_dense_family_matches_llamacpp(family: str, arch: str, tokenizer, tmp_path: Path) -> None:
+    """Each family's dense model exports as its own llama.cpp architecture and agrees with transformers in f32."""
+    model = _model(family, len(tokenizer))
+    result, check = _export_and_verify(model, tokenizer, tmp_path / f"{family}.gguf")
+    assert result.plan.arch == arch
+    assert check.top1_agreement >= 0.99 and check.tokenizer_ok
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2", "qwen3"])
+def test_uniform_pruned_keeps_own_architecture(family: str, tokenizer, tmp_path: Path) -> None:
+    """Uniform widths (half the FFN, one KV group fewer per layer) stay in the family's architecture and agree."""
+    model = _model(family, len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uniform_mask(units))
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{family}-uniform.gguf")
+    assert result.plan.arch != "deci"
+    if family == "qwen2":  # llama.cpp's qwen2 needs a square query projection: zero groups restore it
+        assert all(layer.kv_pad == 1 for layer in result.plan.layers)
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("family", ["llama-gqa", "mistral"])
+def test_uneven_widths_export_as_deci(family: str, tokenizer, tmp_path: Path) -> None:
+    """Per-layer FFN widths and a whole KV group removed in one layer: ``deci`` with per-layer arrays, agreeing."""
+    model = _model(family, len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units))
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{family}-uneven.gguf")
+    assert result.plan.arch == "deci"
+    fields = gguf.GGUFReader(str(result.path)).fields
+    ffn = fields["deci.feed_forward_length"].contents()
+    kv = fields["deci.attention.head_count_kv"].contents()
+    assert len(set(ffn)) == 3 and kv[1] == kv[0] - 1, (ffn, kv)
+    assert fields["general.alignment"].contents() == 4096
+
+
+@needs_llamacpp
+def test_layer_without_ffn_gets_a_zero_channel(tokenizer, tmp_path: Path) -> None:
+    """A layer whose FFN is pruned away entirely is written with one zero channel (deci drops attention otherwise)."""
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units, drop_group_in=None, ffn_keep={1: 0}))
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "no-ffn.gguf")
+    assert result.plan.layers[1].ffn == 1 and result.plan.layers[1].ffn_pad == 1
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("uneven", [False, True])
+def test_flap_style_output_biases_are_exact(uneven: bool, tokenizer, tmp_path: Path) -> None:
+    """FLAP's bias compensation (new o_proj and down_proj biases) exports and agrees, uniform (llama) and uneven (deci)."""
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    hidden, layers = model.config.hidden_size, units.num_layers
+    g = torch.Generator().manual_seed(3)
+    rec = Recalibration(mlp_bias=0.1 * torch.randn(layers, hidden, generator=g),
+                        attn_bias=0.1 * torch.randn(layers, hidden, generator=g))
+    pruned = fold(model, units, _uneven_mask(units) if uneven else _uniform_mask(units), rec)
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "flap.gguf")
+    assert result.plan.arch == ("deci" if uneven else "llama")
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0"])
+def test_reduced_precision_within_tolerance(dtype: str, tokenizer, tmp_path: Path) -> None:
+    """f16, bf16 and q8_0 files of an uneven model agree within their documented tolerances."""
+    model = _model("llama-gqa", len(tokenizer), hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   intermediate_size=96)
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units))
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{dtype}.gguf", dtype=dtype)
+    if dtype == "q8_0":
+        assert all(layer.ffn % 32 == 0 for layer in result.plan.layers)
+
+
+def test_uneven_qwen_is_refused_naming_why(tokenizer, tmp_path: Path) -> None:
+    """Uneven Qwen2 widths need q/k/v biases that deci lacks: refused, and nothing is written."""
+    model = _model("qwen2", len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units))
+    with pytest.raises(ExportRefused, match="deci.*q/k/v biases"):
+        export_gguf(pruned, tmp_path / "q.gguf", tokenizer=tokenizer)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family", ["gemma3", "phi3"])
+def test_families_without_export_are_refused(family: str) -> None:
+    """Families the exporter does not cover yet are refused by name."""
+    with pytest.raises(ExportRefused, match="not exported yet"):
+        plan_export(tiny_model(family))
+
+
+def test_unknown_pre_tokenizer_is_refused(tokenizer, tmp_path: Path) -> None:
+    """A tokenizer whose split rule llama.cpp does not know by name is refused (it would tokenize differently)."""
+    from tokenizers import pre_tokenizers
+
+    odd = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str()))
+    odd.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                                   pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    with pytest.raises(ExportRefused, match="pre-tokenizer"):
+        export_gguf(_model("llama-gqa", len(tokenizer)), tmp_path / "t.gguf", tokenizer=odd)
+
+
+def test_output_never_replaces_foreign_files(tokenizer, tmp_path: Path) -> None:
+    """A file pruneframe did not write is refused; its own file needs overwrite=True; the result carries the template."""
+    model = _model("llama-gqa", len(tokenizer))
+    foreign = tmp_path / "mine.gguf"
+    foreign.write_text("user data")
+    with pytest.raises(FileExistsError, match="did not write"):
+        export_gguf(model, foreign, tokenizer=tokenizer)
+    assert foreign.read_text() == "user data"
+    out = tmp_path / "model.gguf"
+    export_gguf(model, out, tokenizer=tokenizer)
+    assert is_pruneframe_gguf(out)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_gguf(model, out, tokenizer=tokenizer)
+    export_gguf(model, out, tokenizer=tokenizer, overwrite=True)
+    fields = gguf.GGUFReader(str(out)).fields
+    assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+@needs_llamacpp
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PRUNEFRAME_SLOW") != "1", reason="prunes the real SmolLM2; set PRUNEFRAME_SLOW=1")
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_smollm2_pruned_at_half(dtype: str, tmp_path_factory) -> None:
+    """The real SmolLM2-135M pruned by llm-pruner at keep 0.5 (uneven widths, KV groups removed) agrees in llama.cpp."""
+    import pruneframe
+    from pruneframe.data import calibration_data
+    from pruneframe.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m", dtype="float32", device="cpu")
+    calibration = calibration_data("embedded", tokenizer)
+    result = pruneframe.prune(model, method="llm-pruner", budget=0.5, calibration=calibration, progress=False)
+    out = export_gguf(result.model, tmp_path_factory.mktemp("smol") / f"smol-{dtype}.gguf", dtype=dtype, tokenizer=tokenizer)
+    assert out.plan.arch == "deci"
+    check = verify_gguf(out.path, result.model, tokenizer, dtype, positions=256)
+    print(check.summary())
+    assert check.passed(), check.failures()
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    import pruneframe.checkpoint as checkpoint
+
+    return checkpoint.save(folder, model, {"method": "hand-made"}, tokenizer=tokenizer)
+
+
+def test_cli_refuses_inexpressible_model_with_exit_2(tokenizer, tmp_path: Path, capsys) -> None:
+    """``pruneframe export`` of an uneven Qwen2 checkpoint exits 2 and names deci's missing biases."""
+    from pruneframe.cli import main
+
+    model = _model("qwen2", len(tokenizer))
+    units = discover(model)
+    folder = _save(fold(model, units, _uneven_mask(units)), tokenizer, tmp_path / "ckpt")
+    code = main(["export", str(folder), "--format", "gguf", "--out", str(tmp_path / "q.gguf"), "--no-verify"])
+    assert code == 2
+    assert "q/k/v biases" in capsys.readouterr().err
+    assert not (tmp_path / "q.gguf").exists()
+
+
+@needs_llamacpp
+def test_cli_exports_and_verifies_a_checkpoint(tokenizer, tmp_path: Path, capsys) -> None:
+    """``pruneframe export CKPT --out F.gguf`` writes deci for an uneven checkpoint and prints a passing check."""
+    from pruneframe.cli import main
+
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    folder = _save(fold(model, units, _uneven_mask(units)), tokenizer, tmp_path / "ckpt")
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(folder), "--out", str(out), "--dtype", "f32", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "'deci'" in printed and "verify: f32: top-1 agreement" in printed
+    assert main(["export", str(folder), "--out", str(out), "--quiet", "--no-verify"]) == 2  # no --overwrite
+
+
+@needs_llamacpp
+def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
+    """The registered ``llamacpp-speed`` evaluator times a pruned model beside its dense model (shape of the result)."""
+    from pruneframe.evaluation.base import EvalContext
+    from pruneframe.host import PluginHost
+
+    dense = _model("llama-gqa", len(tokenizer))
+    units = discover(dense)
+    pruned = fold(dense, units, _uneven_mask(units))
+    evaluator = PluginHost.create().evaluator("llamacpp-speed", {"prefill_lens": [16, 32], "decode_tokens": 4, "repeats": 1})
+    result = evaluator.evaluate(pruned, tokenizer, EvalContext(dense_model=dense))
+    assert set(result["measured_speedup"]) == {"prefill_16", "prefill_32", "decode"}
+    assert result["model"]["decode_tokens_per_s"] > 0
+    assert result["ideal_speedup"]["decode"] > 1.0  # the pruned file has fewer weight bytes
+    assert result["weight_bytes_per_token"]["model"] < result["weight_bytes_per_token"]["dense"]
