@@ -235,6 +235,7 @@ class CompareConfig(EvalConfig):
             ``none`` or a name (``distill``, ``lora``) or ``{name: distill, tokens: 65536, ...}`` with that
             recovery's settings. The unrecovered model is always evaluated.
         recovery_data: the recovery text (see :class:`RecoveryDataSettings`).
+        recovery_methods: the methods whose runs go through ``recovery`` (``None``: every method).
         out: output folder (default ``results/compare-<model>``).
     """
 
@@ -247,6 +248,7 @@ class CompareConfig(EvalConfig):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     recovery: list[Annotated[str, Field(min_length=1)] | dict[str, Any]] = Field(default_factory=lambda: ["none"])
     recovery_data: RecoveryDataSettings = Field(default_factory=RecoveryDataSettings)
+    recovery_methods: list[Annotated[str, Field(min_length=1)]] | None = None
     out: str | None = None
 
     @model_validator(mode="before")
@@ -272,6 +274,9 @@ class CompareConfig(EvalConfig):
                 raise ValueError(f"method_seeds has seeds for {name!r}, which is not among methods {self.methods}")
             if len(set(seeds)) != len(seeds):
                 raise ValueError(f"method_seeds.{name} contains duplicates: {seeds}")
+        for name in self.recovery_methods or []:
+            if self.methods is not None and name not in self.methods:
+                raise ValueError(f"recovery_methods names {name!r}, which is not among methods {self.methods}")
         for index, entry in enumerate(self.recovery):
             if isinstance(entry, dict) and not isinstance(entry.get("name"), str):
                 raise ValueError(f"recovery[{index}] = {entry!r}: a mapping needs a 'name' (none, lora, distill, ...)")

@@ -259,7 +259,9 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
     cached = load_cached(path, key)
     pending = []
     done: dict[str, tuple[dict[str, Any], bool]] = {}
-    for recovery in prep.recoveries:
+    chosen = prep.config.recovery_methods
+    recoveries = prep.recoveries if chosen is None or spec.method in chosen else []
+    for recovery in recoveries:
         r_fields = _recovered_fields(prep, spec, recovery)
         r_key, r_path = cache_key(r_fields), _recovered_path(runs_dir, spec, recovery)
         r_cached = load_cached(r_path, r_key)
@@ -271,7 +273,7 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
     if cached is not None:
         log(f"[{spec.run_id}] cached")
     if cached is not None and not pending:
-        return [(cached, False), *(done[r.label()] for r in prep.recoveries)]
+        return [(cached, False), *(done[r.label()] for r in recoveries)]
     record: dict[str, Any] = {"run_id": spec.run_id, "kind": "pruned", "cache_key": key, "protocol": fields}
     model = None
     try:
@@ -295,7 +297,7 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
             done[recovery.label()] = (failed, True)
     del model
     release_unused_memory()  # the run's model is gone: hand its pages back before the next load
-    return [base, *(done[r.label()] for r in prep.recoveries)]
+    return [base, *(done[r.label()] for r in recoveries)]
 
 
 def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_report: dict[str, Any],
