@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from pruneframe.budget import Budget
 
-__all__ = ["CalibrationRecord", "Timings", "MemoryRecord", "PruneReport", "CheckpointReport"]
+__all__ = ["CalibrationRecord", "Timings", "MemoryRecord", "StageRecord", "STAGES", "PruneReport", "CheckpointReport"]
 
 
 class _Record(BaseModel):
@@ -66,6 +66,25 @@ class MemoryRecord(_Record):
     source: str
 
 
+#: The stages a report names the implementation of, in the order they run.
+STAGES = ("architecture", "score", "project", "recalibrate", "fold")
+
+
+class StageRecord(_Record):
+    """Which plugin carried out one stage of a prune, and the digest of the code that ran.
+
+    Attributes:
+        plugin: the plugin's registered name. For scoring and recalibration by the core stage (which only
+            calls the method object) it is the plugin that registered the method.
+        package: the top-level package of the code that ran (the method's, the adapter's or the plugin's).
+        digest: :func:`pruneframe.digests.package_digest` of that package (``"unknown"`` without files).
+    """
+
+    plugin: str
+    package: str
+    digest: str
+
+
 class PruneReport(_Record):
     """One prune: the method and its settings, the budget and what was kept, time, memory and software.
 
@@ -93,6 +112,8 @@ class PruneReport(_Record):
         software: versions of the packages that shape the numbers.
         model: the dense model's identity, when the caller knows it (spec, location, fingerprints).
         calibration_source: where the calibration stream came from, when the caller knows it.
+        stages: per stage that ran (``architecture``, ``score``, ``project``, ``recalibrate``, ``fold``;
+            no ``score`` for precomputed scores), the plugin that carried it out and its code's digest.
     """
 
     method: str
@@ -118,6 +139,7 @@ class PruneReport(_Record):
     software: dict[str, str] = Field(default_factory=dict)
     model: dict[str, Any] | None = None
     calibration_source: dict[str, Any] | None = None
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
 
     @property
     def calibration_tokens(self) -> int:
