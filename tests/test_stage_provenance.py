@@ -189,3 +189,33 @@ def test_a_projector_plugin_changes_the_run_key_and_is_named_in_the_run_json(
     source.write_text(source.read_text() + "# an edit to the plugin\n")
     edited = run(plugin)
     assert calls == ["magnitude"] and edited["cache_key"] not in (core["cache_key"], overridden["cache_key"])
+
+
+class SmallBudgetsOnly:
+    """A projector for budgets under 65% of the prunable parameters only (the core projects the others)."""
+
+    @hookimpl(tryfirst=True)
+    def pruneframe_project(self, scores, units, budget, minimum, policy, scope, round_to):
+        if budget >= 0.65 * units.prunable_params:
+            return None
+        return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope,
+                       round_to=round_to)
+
+
+def test_a_comparison_that_mixes_projectors_says_so(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    settings = compare_settings(workspace, tmp_path / "out")
+    settings.update(methods={"magnitude": {}}, budgets=[0.8, 0.5])
+    settings["evaluation"]["speed"] = None
+    lines: list[str] = []
+    outcome = runner.compare(CompareConfig.model_validate(settings), host=PluginHost.create(plugins=[SmallBudgetsOnly()]),
+                             progress=False, log=lines.append)
+    by_run = {r["run_id"]: r["prune"]["stages"]["project"]["plugin"] for r in outcome.runs}
+    assert by_run == {"magnitude-0.8-s0": "pruneframe.builtins", "magnitude-0.5-s0": "SmallBudgetsOnly"}
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["stages"]["project"] == ["SmallBudgetsOnly", "pruneframe.builtins"]
+    assert results["stages"]["fold"] == ["pruneframe.builtins"]
+    assert "warning: the runs' project stage was carried out by different plugins: SmallBudgetsOnly, pruneframe.builtins" in lines
+    assert not any("fold stage" in line for line in lines)
