@@ -79,11 +79,13 @@ def package_digest(obj: Any) -> str:
     """The :func:`tree_digest` of the top-level package defining ``obj`` (see :func:`top_package`).
 
     For a method plugin that is its whole plugin package (every file of it, not only the one holding
-    the class); ``"unknown"`` when the package has no files (e.g. defined in ``__main__``, a REPL).
+    the class); for code in ``__main__`` the hash of its file; ``"unknown"`` without files (a REPL).
     """
     top = top_package(obj)
-    if not top or top == "__main__":
-        return source_hash(obj) if not isinstance(obj, str) else "unknown"
+    if not top or top == "__main__":  # no package: the file defining it, if any
+        if isinstance(obj, str):
+            return "unknown"
+        return source_hash(obj if inspect.ismodule(obj) or inspect.isclass(obj) else type(obj))
     root = package_root(top)
     return tree_digest(root) if root is not None and root.exists() else "unknown"
 

@@ -368,12 +368,6 @@ class PluginHost:
         if provenance is not None:
             provenance[stage] = self.stage_record(plugin, owner, code)
 
-    def adapter_record(self, model: nn.Module) -> StageRecord:
-        """The record of the adapter that handles ``model``: the plugin that registered it and the adapter's code."""
-        adapter = self.adapter_for(model)
-        plugin = next(p for a, p in self._adapters or [] if a is adapter)
-        return self.stage_record(plugin, code=type(adapter))
-
     def stage_candidates(self, method: PruningMethod | None = None) -> dict[str, list[StageRecord]]:
         """Per stage (score, project, recalibrate, fold), every implementation that may carry it out.
 
@@ -439,7 +433,8 @@ class PluginHost:
             raise self._fault(plugin, f"pruneframe_project returned {got}, expected a bool mask of shape ({len(units)},)")
         kept = units.kept_cost(mask)
         if kept > budget:
-            raise self.stage_error(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > budget {budget:,}")
+            raise self.stage_error(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > "
+                                           f"budget {budget:,}")
         try:
             check_meets_budget(mask, units.cost, budget, groups=units.groups, minimum=minimum, round_to=round_to)
         except BudgetError as exc:

@@ -123,7 +123,8 @@ class HalfBudget:
 
     @hookimpl(tryfirst=True)
     def pruneframe_project(self, scores, units, budget, minimum, policy, scope):
-        return project(scores, units.cost, budget - int(units.cost.max()), groups=units.groups, minimum=minimum, policy=policy, scope=scope)
+        return project(scores, units.cost, budget - int(units.cost.max()), groups=units.groups, minimum=minimum,
+                       policy=policy, scope=scope)
 
 
 @pytest.mark.parametrize("precomputed", [False, True])
@@ -219,3 +220,19 @@ def test_a_comparison_that_mixes_projectors_says_so(
     assert results["stages"]["fold"] == ["pruneframe.builtins"]
     assert "warning: the runs' project stage was carried out by different plugins: SmallBudgetsOnly, pruneframe.builtins" in lines
     assert not any("fold stage" in line for line in lines)
+
+
+class WrapsTheProjector:
+    """A wrapper around the projection stage: it takes part in every call, whoever returns the mask."""
+
+    @hookimpl(wrapper=True)
+    def pruneframe_project(self, scores, units, budget, minimum, policy, scope, round_to):
+        return (yield)
+
+
+def test_a_wrapped_stage_names_every_plugin_taking_part() -> None:
+    result = prune(PluginHost.create(plugins=[WrapsTheProjector()]))
+    record = result.report.stages["project"]
+    assert record.plugin == "WrapsTheProjector + pruneframe.builtins"
+    assert record.package == "test_stage_provenance + pruneframe"
+    assert record.digest not in (digests.package_digest("pruneframe"), digests.package_digest(WrapsTheProjector))
