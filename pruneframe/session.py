@@ -6,8 +6,8 @@ method gets), recalibrates and folds, checks with the core's checks that the mas
 exactly and that the folded model has exactly the parameters the mask implies, whichever plugin
 projected or folded, and returns a :class:`PruneResult` whose ``report`` is a typed
 :class:`~pruneframe.prune_report.PruneReport` naming the plugin (and its code's digest) that carried
-out each stage. ``pruneframe.prune``, the
-``prune`` command, ``compare``'s runner and the benchmarks all prune through this one object.
+out each stage. ``pruneframe.prune``, the ``prune`` command, ``compare``'s runner and the benchmarks
+all prune through this one object.
 
     session = PruneSession(model, "wanda-sp", 0.5)
     print(session.target)                       # the budget in prunable parameters
