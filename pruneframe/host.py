@@ -8,6 +8,11 @@ Plugin faults are named: a plugin's hook that raises, or returns something the c
 raise :class:`PluginError` naming the plugin. Errors that describe bad input (settings, budgets,
 calibration size) pass through unchanged, and so does anything raised by pruneframe's own plugins.
 
+Every stage call can record which plugin carried it out (``provenance``: stage name ->
+:class:`~pruneframe.prune_report.StageRecord`, with the digest of the code that ran);
+:meth:`PluginHost.stage_candidates` lists every implementation that may carry out each stage, which
+the run cache keys on.
+
 Which installed plugins load is set from the environment, as pytest does:
 
 - ``PRUNEFRAME_DISABLE_PLUGIN_AUTOLOAD=1``: load only the plugins pruneframe itself ships (the core
@@ -19,6 +24,7 @@ Which installed plugins load is set from the environment, as pytest does:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -33,14 +39,18 @@ from torch import nn
 
 from pruneframe import hookspecs
 from pruneframe.architectures.base import ArchitectureAdapter
+from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import InsufficientCalibrationError
+from pruneframe.digests import package_digest, top_package
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.projection import BudgetError
+from pruneframe.prune_report import StageRecord
 from pruneframe.resume import StaleCheckpointError
 from pruneframe.units import UnitSet
 
 __all__ = [
-    "PluginHost", "PluginInfo", "PluginError", "UnknownNameError", "ENTRY_POINT_GROUP", "DISABLE_AUTOLOAD_ENV", "PLUGINS_ENV",
+    "PluginHost", "PluginInfo", "PluginError", "UnknownNameError", "UnsupportedModelError", "ENTRY_POINT_GROUP",
+    "DISABLE_AUTOLOAD_ENV", "PLUGINS_ENV", "STAGE_HOOKS",
 ]
 
 ENTRY_POINT_GROUP = "pruneframe"
@@ -51,6 +61,11 @@ DISABLE_AUTOLOAD_ENV = "PRUNEFRAME_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "PRUNEFRAME_PLUGINS"
 #: The distribution whose entry-point plugins count as pruneframe's own.
 OWN_DISTRIBUTION = "pruneframe"
+#: The hook of each first-result stage, by the stage's name in a report.
+STAGE_HOOKS = {"score": "pruneframe_score_units", "project": "pruneframe_project",
+               "recalibrate": "pruneframe_recalibrate", "fold": "pruneframe_fold"}
+#: Joins the plugins of a stage whose hook has wrappers (each of them takes part in the call).
+_WRAPPED = " + "
 
 
 class PluginError(RuntimeError):
@@ -66,6 +81,10 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnsupportedModelError(NotImplementedError):
+    """No installed plugin's architecture adapter handles the model; the message lists the supported classes."""
 
 
 #: Exceptions that describe bad input rather than a faulty plugin: never re-labelled as a plugin's fault.
@@ -290,7 +309,7 @@ class PluginHost:
             if adapter.matches(model):
                 return adapter
         supported = sorted({a for adapter in adapters for a in adapter.architectures})
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"no installed plugin handles {type(model).__name__}; supported: {', '.join(supported)}"
         )
 
@@ -309,12 +328,14 @@ class PluginHost:
         """Call a first-result hook as pluggy does; returns the result and the plugin that produced it.
 
         When the implementation is a core stage that only calls the method object (scoring,
-        recalibration), the method's own plugin is the one named. A third-party plugin's exception is
-        raised as :class:`PluginError` naming it.
+        recalibration), the method's own plugin is the one named; when every implementation returns
+        ``None``, the last one tried; when the hook has wrappers, every implementation (joined by
+        ``" + "``). A third-party plugin's exception is raised as :class:`PluginError` naming it.
         """
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
         if any(impl.hookwrapper or impl.wrapper for impl in impls):  # wrappers need pluggy's own loop
-            return getattr(self.pm.hook, hook_name)(**kwargs), "?"
+            return getattr(self.pm.hook, hook_name)(**kwargs), _WRAPPED.join(self._plugins_in_order(impls, owner))
+        plugin = "?"
         for impl in reversed(impls):  # pluggy's order: tryfirst first, trylast (the core) last
             plugin = self.method_plugin(owner) if owner is not None and impl.plugin_name in CORE_PLUGINS else impl.plugin_name
             try:
@@ -327,14 +348,68 @@ class PluginHost:
                 raise PluginError(f"plugin {plugin!r} failed in {what}: {type(exc).__name__}: {exc}", (plugin,)) from exc
             if result is not None:
                 return result, plugin
-        return None, "?"
+        return None, plugin
 
     @staticmethod
     def _fault(plugin: str, message: str) -> PluginError:
         return PluginError(f"plugin {plugin!r}: {message}", (plugin,))
 
-    def discover_units(self, model: nn.Module) -> UnitSet:
-        """The model's units, from the adapter that handles its architecture."""
+    def stage_error(self, plugin: str, message: str) -> RuntimeError:
+        """The error for a stage result that fails a core check: a :class:`PluginError` naming a third-party
+        ``plugin``, a plain ``RuntimeError`` (a bug, with its traceback) when pruneframe's own code produced it."""
+        if all(self._is_own(name) for name in plugin.split(_WRAPPED)):
+            return RuntimeError(f"{message} (from {plugin!r}, pruneframe's own code: a bug)")
+        return self._fault(plugin, message)
+
+    # provenance -------------------------------------------------------------------------------
+
+    def _plugins_in_order(self, impls: list[Any], owner: PruningMethod | None) -> list[str]:
+        """The plugins of ``impls`` in the order pluggy tries them (the method's plugin for a core stage with an owner)."""
+        return [self.method_plugin(owner) if owner is not None and impl.plugin_name in CORE_PLUGINS else impl.plugin_name
+                for impl in reversed(impls)]
+
+    def stage_record(self, plugin: str, owner: PruningMethod | None = None, code: Any = None) -> StageRecord:
+        """The :class:`StageRecord` of ``plugin``: its name, its code's package and that package's digest.
+
+        ``code`` is what ran when it is not the plugin object itself (an adapter instance); with ``owner``,
+        a core stage that called the method object is recorded as the method's class. Plugins joined by
+        ``" + "`` (a hook with wrappers) are recorded together, with one digest over theirs.
+        """
+        names = plugin.split(_WRAPPED)
+        if len(names) > 1:
+            parts = [self.stage_record(name, owner) for name in names]
+            joined = hashlib.sha256(_WRAPPED.join(p.digest for p in parts).encode()).hexdigest()[:16]
+            return StageRecord(plugin=plugin, package=_WRAPPED.join(p.package for p in parts), digest=joined)
+        if code is None and owner is not None and plugin == self.method_plugin(owner):
+            code = type(owner)
+        if code is None:
+            code = self.pm.get_plugin(plugin)
+        if code is None:  # not a registered plugin: the name is a module's (an unregistered method object's)
+            code = plugin
+        return StageRecord(plugin=plugin, package=top_package(code) or "?", digest=package_digest(code))
+
+    def _record(self, provenance: dict[str, StageRecord] | None, stage: str, plugin: str,
+                owner: PruningMethod | None = None, code: Any = None) -> None:
+        if provenance is not None:
+            provenance[stage] = self.stage_record(plugin, owner, code)
+
+    def stage_candidates(self, method: PruningMethod | None = None) -> dict[str, list[StageRecord]]:
+        """Per stage (score, project, recalibrate, fold), every implementation that may carry it out.
+
+        In the order they are tried (the first non-``None`` result wins), each with its code's digest;
+        with ``method``, the core scoring and recalibration stages are recorded as the method's class.
+        Any plugin that overrides a stage appears here whether or not it returns a result for a given
+        call, so a key over this changes when such a plugin is installed, removed or edited.
+        """
+        out: dict[str, list[StageRecord]] = {}
+        for stage, hook_name in STAGE_HOOKS.items():
+            owner = method if stage in ("score", "recalibrate") else None
+            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+            out[stage] = [self.stage_record(plugin, owner) for plugin in self._plugins_in_order(impls, owner)]
+        return out
+
+    def discover_units(self, model: nn.Module, provenance: dict[str, StageRecord] | None = None) -> UnitSet:
+        """The model's units, from the adapter that handles its architecture (recorded as ``architecture``)."""
         adapter = self.adapter_for(model)
         plugin = next(p for a, p in self._adapters or [] if a is adapter)
         try:
@@ -348,10 +423,12 @@ class PluginHost:
                               f"{type(exc).__name__}: {exc}", (plugin,)) from exc
         if not isinstance(units, UnitSet):
             raise self._fault(plugin, f"{type(adapter).__name__}.discover returned {type(units).__name__}, expected a UnitSet")
+        self._record(provenance, "architecture", plugin, code=type(adapter))
         return units
 
-    def score(self, method: PruningMethod, context: ScoringContext) -> torch.Tensor:
-        """One score per unit, validated (type, shape and finiteness)."""
+    def score(self, method: PruningMethod, context: ScoringContext,
+              provenance: dict[str, StageRecord] | None = None) -> torch.Tensor:
+        """One score per unit, validated (type, shape and finiteness); recorded as ``score``."""
         scores, plugin = self._call("pruneframe_score_units", f"scoring with method {method.name!r}", method, method=method,
                                     context=context)
         if not isinstance(scores, torch.Tensor) or scores.shape != (len(context.units),):
@@ -362,13 +439,17 @@ class PluginHost:
         bad = torch.nonzero(torch.isnan(scores.detach().float())).flatten()
         if bad.numel():
             raise self._fault(plugin, f"method {method.name!r} returned NaN scores (first at unit {int(bad[0])})")
+        self._record(provenance, "score", plugin, method)
         return scores.detach().float().cpu()
 
     def project(self, scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str,
-                round_to: torch.Tensor | None = None) -> torch.Tensor:
-        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples).
+                round_to: torch.Tensor | None = None, provenance: dict[str, StageRecord] | None = None) -> torch.Tensor:
+        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples); recorded as ``project``.
 
-        A plugin's mask of the wrong type or shape, or over budget, is its fault (:class:`PluginError`).
+        Whichever plugin projected, its mask must pass the core check
+        (:func:`pruneframe.budget.check_meets_budget`: within budget, tight, the minimums and ``round_to``
+        held); a plugin's mask of the wrong type or shape, or one that fails that check, is its fault
+        (:class:`PluginError`).
         """
         mask, plugin = self._call("pruneframe_project", "projection", scores=scores, units=units, budget=budget,
                                   minimum=minimum, policy=policy, scope=scope, round_to=round_to)
@@ -377,26 +458,36 @@ class PluginHost:
             raise self._fault(plugin, f"pruneframe_project returned {got}, expected a bool mask of shape ({len(units)},)")
         kept = units.kept_cost(mask)
         if kept > budget:
-            raise self._fault(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > budget {budget:,}")
+            raise self.stage_error(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > "
+                                           f"budget {budget:,}")
+        try:
+            check_meets_budget(mask, units.cost, budget, groups=units.groups, minimum=minimum, round_to=round_to)
+        except BudgetError as exc:
+            raise self.stage_error(plugin, f"pruneframe_project returned a mask that fails the budget check: {exc}") from exc
+        self._record(provenance, "project", plugin)
         return mask
 
-    def recalibrate(self, method: PruningMethod, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
-        """The method's recalibration for ``mask`` (``None`` when it has none)."""
+    def recalibrate(self, method: PruningMethod, context: ScoringContext, mask: torch.Tensor,
+                    provenance: dict[str, StageRecord] | None = None) -> Recalibration | None:
+        """The method's recalibration for ``mask`` (``None`` when it has none); recorded as ``recalibrate``."""
         result, plugin = self._call("pruneframe_recalibrate", f"recalibration with method {method.name!r}", method,
                                     method=method, context=context, mask=mask)
         if result is not None and not isinstance(result, Recalibration):
             raise self._fault(plugin, f"method {method.name!r} recalibration returned {type(result).__name__}, expected "
                               "a Recalibration or None")
+        self._record(provenance, "recalibrate", plugin, method)
         return result
 
     def fold(
-        self, model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None, inplace: bool = False
+        self, model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: Recalibration | None, inplace: bool = False,
+        provenance: dict[str, StageRecord] | None = None,
     ) -> nn.Module:
-        """The smaller dense model (``inplace``: shrink ``model`` itself)."""
+        """The smaller dense model (``inplace``: shrink ``model`` itself); recorded as ``fold``."""
         folded, plugin = self._call("pruneframe_fold", "fold", model=model, units=units, mask=mask,
                                     recalibration=recalibration, inplace=inplace)
         if not isinstance(folded, nn.Module):
             raise self._fault(plugin, f"pruneframe_fold returned {type(folded).__name__}, expected the folded nn.Module")
+        self._record(provenance, "fold", plugin)
         return folded
 
     # introspection ----------------------------------------------------------------------------

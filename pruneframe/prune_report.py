@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
-from pruneframe.recovery.base import RecoveryRecord
 from pruneframe.budget import Budget
 
-__all__ = ["CalibrationRecord", "Timings", "MemoryRecord", "PruneReport", "CheckpointReport"]
+__all__ = [
+    "CalibrationRecord", "Timings", "MemoryRecord", "StageRecord", "STAGES", "RecoveryRecord", "PruneReport", "CheckpointReport",
+]
 
 
 class _Record(BaseModel):
@@ -67,6 +68,60 @@ class MemoryRecord(_Record):
     source: str
 
 
+#: The stages a report names the implementation of, in the order they run.
+STAGES = ("architecture", "score", "project", "recalibrate", "fold")
+
+
+class StageRecord(_Record):
+    """Which plugin carried out one stage of a prune, and the digest of the code that ran.
+
+    Attributes:
+        plugin: the plugin's registered name. For scoring and recalibration by the core stage (which only
+            calls the method object) it is the plugin that registered the method.
+        package: the top-level package of the code that ran (the method's, the adapter's or the plugin's).
+        digest: :func:`pruneframe.digests.package_digest` of that package (``"unknown"`` without files).
+    """
+
+    plugin: str
+    package: str
+    digest: str
+
+
+class RecoveryRecord(BaseModel):
+    """What a recovery did, as ``pruning.json`` and a comparison's run records store it.
+
+    Attributes:
+        name: the recovery's name; plugin: the plugin that registered it; code: its package digest.
+        config: its validated settings.
+        tokens: tokens trained on (whole sequences); sequences and steps likewise.
+        data: the recovery text (source, split, fingerprint) and ``stream_sha256``, the fingerprint of
+            the exact token sequences in training order.
+        teacher: the teacher outputs used (model identity, top-k, fingerprint), for distillation.
+        wall_s, tokens_per_s: the training's wall time and throughput.
+        loss_first, loss_last: mean loss of the first and last optimiser steps' batches.
+        params: parameters before and after (always equal).
+        peak_rss_bytes: the process's peak resident memory during the recovery.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    plugin: str
+    code: str
+    config: dict[str, Any]
+    tokens: int
+    sequences: int
+    steps: int
+    data: dict[str, Any] = Field(default_factory=dict)
+    teacher: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    loss_first: float | None = None
+    loss_last: float | None = None
+    params: int = 0
+    peak_rss_bytes: int = 0
+
+
 class PruneReport(_Record):
     """One prune: the method and its settings, the budget and what was kept, time, memory and software.
 
@@ -95,6 +150,8 @@ class PruneReport(_Record):
         model: the dense model's identity, when the caller knows it (spec, location, fingerprints).
         calibration_source: where the calibration stream came from, when the caller knows it.
         recovery: the recovery the folded model went through after the prune (``None``: none).
+        stages: per stage that ran (``architecture``, ``score``, ``project``, ``recalibrate``, ``fold``;
+            no ``score`` for precomputed scores), the plugin that carried it out and its code's digest.
     """
 
     method: str
@@ -121,6 +178,7 @@ class PruneReport(_Record):
     model: dict[str, Any] | None = None
     calibration_source: dict[str, Any] | None = None
     recovery: RecoveryRecord | None = None
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
 
     @property
     def calibration_tokens(self) -> int:

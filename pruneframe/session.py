@@ -2,10 +2,12 @@
 
 Building a session discovers the model's units and resolves the budget (so a budget the model cannot
 meet fails before anything slow starts); :meth:`PruneSession.run` scores, projects (the projector every
-method gets), recalibrates and folds, checks that the mask meets the budget exactly and that the
-folded model has exactly the parameters the mask implies, and returns a :class:`PruneResult` whose
-``report`` is a typed :class:`~pruneframe.prune_report.PruneReport`. ``pruneframe.prune``, the
-``prune`` command, ``compare``'s runner and the benchmarks all prune through this one object.
+method gets), recalibrates and folds, checks with the core's checks that the mask meets the budget
+exactly and that the folded model has exactly the parameters the mask implies, whichever plugin
+projected or folded, and returns a :class:`PruneResult` whose ``report`` is a typed
+:class:`~pruneframe.prune_report.PruneReport` naming the plugin (and its code's digest) that carried
+out each stage. ``pruneframe.prune``, the ``prune`` command, ``compare``'s runner and the benchmarks
+all prune through this one object.
 
     session = PruneSession(model, "wanda-sp", 0.5)
     print(session.target)                       # the budget in prunable parameters
@@ -32,7 +34,7 @@ from pruneframe.calibration import CalibrationData
 from pruneframe.devices import dtype_name, model_device, resolve_device
 from pruneframe.host import PluginHost
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
-from pruneframe.prune_report import CalibrationRecord, MemoryRecord, PruneReport, Timings
+from pruneframe.prune_report import STAGES, CalibrationRecord, MemoryRecord, PruneReport, StageRecord, Timings
 from pruneframe.streaming import StreamingOptions, resolve_compute_device
 from pruneframe.units import UnitSet
 
@@ -140,7 +142,9 @@ class PruneSession:
             model.to(resolve_device(device))
         _check_weights_present(model)
         self.model = model
-        self.units = self.host.discover_units(model)
+        #: Per stage that ran so far, the plugin that carried it out (the report's ``stages``).
+        self.stages: dict[str, StageRecord] = {}
+        self.units = self.host.discover_units(model, self.stages)
         self.minimum = self.method.minimum(self.units)
         self.round_to = group_round_to(self.units, self.method.config.round_to)
         self.target = resolve(self.budget, self.units, self.minimum, self.round_to)
@@ -151,7 +155,7 @@ class PruneSession:
         """``scores`` -> a keep-mask meeting this session's budget (the projector every method gets)."""
         cfg = self.method.config
         return self.host.project(scores.detach().float().cpu(), self.units, self.target, self.minimum, cfg.policy, cfg.scope,
-                                 self.round_to)
+                                 self.round_to, provenance=self.stages)
 
     def _context(self, calibration: CalibrationData | None, progress: bool) -> ScoringContext:
         context = ScoringContext(
@@ -197,8 +201,10 @@ class PruneSession:
             calibration_source: where the calibration stream came from, copied into the report.
 
         Raises:
-            RuntimeError: the session already ran (a session is one prune), or a fold plugin produced
-                a parameter count other than the mask implies.
+            RuntimeError: the session already ran (a session is one prune).
+            pruneframe.host.PluginError: a plugin's mask fails the core budget check, or its fold produced
+                a parameter count other than the mask implies (a ``RuntimeError`` when pruneframe's own
+                code did: a bug).
         """
         if self._ran:
             raise RuntimeError("this PruneSession already ran; build a new one for another prune")
@@ -213,16 +219,16 @@ class PruneSession:
         with PeakMemory(device=str(self._compute_device(model))) as memory:
             t0 = time.perf_counter()
             if scores is None:
-                scores = self.host.score(self.method, context)
+                scores = self.host.score(self.method, context, provenance=self.stages)
             else:
                 context.stats["scores"] = "precomputed"
             t1 = time.perf_counter()
             mask = self.project(scores)
             check_meets_budget(mask, units.cost, self.target, groups=units.groups, minimum=self.minimum, round_to=self.round_to)
-            recalibration = self.host.recalibrate(self.method, context, mask)
+            recalibration = self.host.recalibrate(self.method, context, mask, provenance=self.stages)
             t2 = time.perf_counter()
             added = _added_bias_params(model, units, recalibration)
-            folded = self.host.fold(model, units, mask, recalibration, inplace).eval()
+            folded = self.host.fold(model, units, mask, recalibration, inplace, provenance=self.stages).eval()
             t3 = time.perf_counter()
         # The scoring temporaries and (in place) the dense weights are gone: hand their pages back, so the
         # pruned model's evaluation is not measured on top of freed memory the allocator kept.
@@ -231,9 +237,10 @@ class PruneSession:
             model.train(was_training)
         params = sum(p.numel() for p in folded.parameters())
         if params != units.kept_params(mask) + added:
-            raise RuntimeError(
-                f"fold produced {params:,} parameters, expected {units.kept_params(mask) + added:,}; "
-                "a fold plugin is inconsistent with unit discovery"
+            raise self.host.stage_error(
+                self.stages["fold"].plugin,
+                f"pruneframe_fold produced {params:,} parameters, expected {units.kept_params(mask) + added:,} "
+                "(the fold is inconsistent with unit discovery)",
             )
         report = self._report(folded, mask, params, added, data, context.stats, (t0, t1, t2, t3), memory, calibration_source)
         return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
@@ -276,6 +283,7 @@ class PruneSession:
             software=checkpoint.software_versions(),
             model=self.model_identity,
             calibration_source=calibration_source,
+            stages={stage: self.stages[stage] for stage in STAGES if stage in self.stages},
         )
 
 

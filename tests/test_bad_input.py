@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +16,13 @@ from pydantic import ValidationError
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 import pruneframe
+from pruneframe.budget import BudgetError
 from pruneframe.calibration import InsufficientCalibrationError
 from pruneframe.cli import main
+from pruneframe.harness import inputs
+from pruneframe.harness.config import CalibrationSettings, InputError
+from pruneframe.harness.inputs import input_phase
+from pruneframe.host import UnknownNameError, UnsupportedModelError
 from test_compare import make_tokenizer, workspace  # noqa: F401 - the module-scoped fixture, reused here
 from tiny import tiny_model, tokens
 
@@ -161,3 +170,78 @@ def test_bad_method_settings_name_the_field_and_the_method(ws: dict[str, Path], 
         pruneframe.prune(tiny_model(), "wanda-sp", 0.5, calibration=tokens(), config=settings, progress=False)
     text = str(caught.value)
     assert "for method 'wanda-sp' (WandaSPConfig)" in text and f"\n{field}\n" in text and message in text
+
+
+# input errors and bugs ----------------------------------------------------------------------------
+
+
+def _validation_error() -> ValidationError:
+    try:
+        CalibrationSettings.model_validate({"max_tokens": "many"})
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("max_tokens='many' validated")
+
+
+@pytest.mark.parametrize("error,message", [
+    (ValueError("keep ratio must be a number in (0, 1]"), "keep ratio must be a number"),
+    (BudgetError("budget 3 is infeasible"), "budget 3 is infeasible"),
+    (UnknownNameError("unknown method 'magnitud'"), "unknown method 'magnitud'"),
+    (UnsupportedModelError("no installed plugin handles GPT2LMHeadModel"), "no installed plugin handles GPT2LMHeadModel"),
+    (FileNotFoundError("model spec 'nowhere' does not exist"), "model spec 'nowhere' does not exist"),
+    (IsADirectoryError("calib is a folder"), "calib is a folder"),
+    (_validation_error(), "invalid CalibrationSettings settings: max_tokens: Input should be a valid integer"),
+])
+def test_an_input_phase_reports_input_errors_naming_the_input(error: Exception, message: str) -> None:
+    with pytest.raises(InputError, match=rf"^the input: {re.escape(message)}") as caught:
+        with input_phase("the input"):
+            raise error
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize("error", [
+    KeyError("config_sha256"), OSError(28, "No space left on device"), PermissionError(13, "Permission denied"),
+    ConnectionError("reset by peer"), NotImplementedError("abstract"), RuntimeError("CUDA error"), TypeError("bad call"),
+])
+def test_an_input_phase_lets_any_other_error_through_unchanged(error: Exception) -> None:
+    with pytest.raises(type(error)) as caught:
+        with input_phase("the input"):
+            raise error
+    assert caught.value is error
+
+
+def test_a_genuine_input_error_exits_2_with_one_line_naming_the_input(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
+    out, nowhere = tmp_path / "out", tmp_path / "nowhere"
+    err = refused(prune(ws, out, nowhere), capfd, out)
+    assert err.strip().count("\n") == 0 and f"model {str(nowhere)!r}" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("error", [KeyError("weights_fingerprint"), OSError(28, "No space left on device")])
+def test_an_internal_error_inside_an_input_phase_is_not_reported_as_input(
+    ws: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def broken(spec: str) -> dict:
+        raise error
+
+    monkeypatch.setattr(inputs, "model_identity", broken)
+    out = tmp_path / "out"
+    with pytest.raises(type(error)) as caught:
+        main(prune(ws, out))
+    assert caught.value is error and not out.exists()
+
+
+def test_an_internal_error_keeps_its_traceback_and_exits_1(ws: dict[str, Path], tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "import pruneframe.harness.inputs as inputs\n"
+        "def broken(spec):\n"
+        "    return {}['weights_fingerprint']\n"
+        "inputs.model_identity = broken\n"
+        "from pruneframe.cli import main\n"
+        f"sys.exit(main({prune(ws, tmp_path / 'out')!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PRUNEFRAME_DATA_DIR": str(ws["data_dir"])})
+    assert done.returncode == 1, done.stderr
+    assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'weights_fingerprint'" in done.stderr
+    assert "pruneframe prune: error:" not in done.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pruneframe import digests
 from pruneframe.cli import main
 from pruneframe.harness import cache
 from test_compare import compare_settings, count_prunes, write_config
@@ -54,8 +55,8 @@ def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
     workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests  # noqa: F811
 ) -> None:
     copies = {name: _copy_package(name, tmp_path / "code") for name in ("pruneframe", "pruneframe_baselines")}
-    real_root = cache.package_root
-    monkeypatch.setattr(cache, "package_root", lambda name: copies.get(name) or real_root(name))
+    real_root = digests.package_root
+    monkeypatch.setattr(digests, "package_root", lambda name: copies.get(name) or real_root(name))
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     settings = compare_settings(workspace, tmp_path / "out")
     settings.update(methods={"magnitude": {}}, budgets=[0.5])

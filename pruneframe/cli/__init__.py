@@ -1,9 +1,11 @@
 """The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare`` and ``export``.
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
-errors, invalid settings, unknown names, unreachable data, infeasible budgets) prints one message to
-stderr and exits with 2; a plugin's fault (:class:`~pruneframe.host.PluginError`) prints one message naming
-the plugin and exits with 1; anything else is a bug and keeps its traceback.
+errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable
+data, infeasible budgets, each raised as such by an input phase, see
+:data:`pruneframe.harness.inputs.INPUT_ERRORS`) prints one message to stderr and exits with 2; a plugin's
+fault (:class:`~pruneframe.host.PluginError`) prints one message naming the plugin and exits with 1;
+anything else is a bug: it propagates with its traceback (``python -m pruneframe`` then exits with 1).
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 2 bad input)."""
+    """Run the command line; returns the exit code (0 success, 1 a plugin's fault or a failed run, 2 bad input).
+
+    Any other exception propagates unchanged, with its traceback.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

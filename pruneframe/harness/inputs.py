@@ -3,7 +3,9 @@
 The model (and its identity), the calibration token stream, and the configured evaluators (with the
 fingerprints of the data they read). Every failure caused by input (unknown names, bad settings,
 unreachable data, a missing tokenizer) is raised as :class:`~pruneframe.harness.config.InputError`,
-so the command line can report it in one line before anything slow starts.
+so the command line can report it in one line before anything slow starts. Only the error types in
+:data:`INPUT_ERRORS` count as input errors: any other exception (an internal ``KeyError`` or
+``OSError`` included) is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -20,35 +22,66 @@ from pruneframe.evaluation.base import Evaluator
 from pruneframe.evaluation.zeroshot import resolve_task
 from pruneframe.harness.cache import model_identity, package_digest
 from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
-from pruneframe.host import PluginHost
+from pruneframe.host import PluginHost, UnknownNameError, UnsupportedModelError
 from pruneframe.models import load_model
 from pruneframe.resume import tensor_digest
 
-__all__ = ["input_phase", "load_dense", "calibration_stream", "build_evaluators"]
+__all__ = ["INPUT_ERRORS", "input_phase", "load_dense", "calibration_stream", "build_evaluators"]
+
+#: The exceptions an input phase reports as bad input. ``ValueError``: a bad value; pruneframe's own input
+#: errors are all ValueErrors (``InputError``, ``BudgetError``, ``DataSourceError``, ``DeviceUnavailableError``,
+#: ``InsufficientCalibrationError``, ``CheckpointError``, ``StaleCheckpointError``), as is pydantic's
+#: ``ValidationError``. ``UnknownNameError``: a method or evaluator name no plugin registered (the one
+#: ``KeyError`` that is input). ``UnsupportedModelError``: a model no adapter handles (the one
+#: ``NotImplementedError`` that is input). ``FileNotFoundError``, ``NotADirectoryError`` and
+#: ``IsADirectoryError``: a named path that is missing or of the wrong kind (the ``OSError``\ s that are input).
+INPUT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, UnknownNameError, UnsupportedModelError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+)
 
 
 @contextmanager
 def input_phase(what: str) -> Iterator[None]:
-    """Re-raise errors caused by input (bad values, unknown names, missing files) as ``InputError``."""
+    """Re-raise the :data:`INPUT_ERRORS` raised inside as ``InputError`` naming ``what``; anything else propagates."""
     try:
         yield
     except InputError:
         raise
-    except (ValueError, KeyError, OSError, NotImplementedError) as exc:
+    except INPUT_ERRORS as exc:
         raise InputError(f"{what}: {explain(exc)}") from exc
 
 
 def load_dense(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """Load ``spec`` onto ``device`` in ``dtype`` as ``(model, tokenizer, identity)``.
 
-    A missing tokenizer, or a device this machine lacks, is an input error.
+    A missing tokenizer, a device this machine lacks, or a model transformers cannot load (it says so
+    with an ``OSError``: a hub id it cannot reach or find, a folder without a weight file) is an input
+    error; any other ``OSError`` propagates.
     """
     with input_phase(f"model {spec!r}"):
         identity = model_identity(spec)
-        model, tokenizer = load_model(spec, dtype, device)
+        try:
+            model, tokenizer = load_model(spec, dtype, device)
+        except OSError as exc:
+            if identity["kind"] != "hub" and not _raised_in(exc, _MODEL_LOADERS):
+                raise
+            raise InputError(f"model {spec!r}: {exc}") from exc
     if tokenizer is None:
         raise InputError(f"model {spec!r}: no tokenizer found next to the weights; save one with the model")
     return model, tokenizer, identity
+
+
+#: Packages whose ``OSError`` while loading a model means the model's files or hub id (their convention).
+_MODEL_LOADERS = ("transformers", "huggingface_hub")
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether ``exc`` was raised by code of one of ``packages`` (its innermost traceback frame)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".")[0] in packages
 
 
 def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any], Any]:

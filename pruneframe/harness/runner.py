@@ -41,6 +41,7 @@ from pruneframe.host import PluginHost
 from pruneframe.models import load_model
 from pruneframe.recovery import Recovery, RecoveryStream, TeacherTargets, recover
 from pruneframe.recovery.teacher import load_or_compute_teacher
+from pruneframe.prune_report import StageRecord
 from pruneframe.session import PruneSession
 
 __all__ = [
@@ -70,13 +71,19 @@ def _silent(message: str) -> None:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the comparison: a method with its validated config, a budget and a seed."""
+    """One cell of the comparison: a method with its validated config, a budget and a seed.
+
+    ``code`` is the digest of the method's package; ``stages`` the stage implementations that may carry
+    out its prune (the architecture's adapter and :meth:`~pruneframe.host.PluginHost.stage_candidates`),
+    as JSON, which the run's cache key covers.
+    """
 
     method: str
     config: dict[str, Any]
     budget: Any
     seed: int
     code: str
+    stages: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -175,10 +182,16 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
         evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
         calibration_stamp=calibration_stamp, recoveries=recoveries, streams=streams,
     )
+    found: dict[str, StageRecord] = {}
     with input_phase(f"model {config.model!r}"):
-        units = host.discover_units(model)
+        units = host.discover_units(model, found)
+    architecture = found["architecture"].model_dump(mode="json")
     prep.units = {"architecture": units.architecture, "units": len(units),
                   "prunable_params": units.prunable_params, "total_params": units.total_params}
+    stages = {name: {"architecture": architecture,
+                     **{stage: [r.model_dump(mode="json") for r in records]
+                        for stage, records in host.stage_candidates(method).items()}}
+              for name, method in methods.items()}
     for budget in config.budget_objects():
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
@@ -186,7 +199,8 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
                                                              group_round_to(units, method.config.round_to))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
-                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, package_digest(type(method))))
+                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, package_digest(type(method)),
+                                         stages[name]))
     return prep
 
 
@@ -222,7 +236,7 @@ def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple
 def _pruned_fields(prep: Prepared, spec: RunSpec) -> dict[str, Any]:
     return {
         "kind": "pruned", **_base_fields(prep),
-        "method": {"name": spec.method, "config": spec.config, "code": spec.code},
+        "method": {"name": spec.method, "config": spec.config, "code": spec.code}, "stages": spec.stages,
         "budget": {**spec.budget.model_dump(mode="json"), "label": spec.budget.label()},
         "seed": spec.seed, "calibration": prep.calibration_stamp,
     }
@@ -386,6 +400,15 @@ def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log,
     return result.model, outcome
 
 
+def _stages_used(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per stage, the plugins that carried it out in the finished runs (more than one projector or fold is warned of)."""
+    used: dict[str, set[str]] = {}
+    for record in records:
+        for stage, entry in (record.get("prune") or {}).get("stages", {}).items():
+            used.setdefault(stage, set()).add(entry["plugin"])
+    return {stage: sorted(plugins) for stage, plugins in used.items()}
+
+
 def compare(
     config: CompareConfig, *, host: PluginHost | None = None, progress: bool = True, log: Log = _silent,
     out: Path | None = None,
@@ -417,7 +440,11 @@ def compare(
         "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
         "budgets": prep.budgets, "device": prep.device, "dtype": prep.dtype, "code": code_identity(),
         "recovery": {label: stream.describe() for label, stream in prep.streams.items()},
+        "stages": _stages_used(records),
     }
+    for stage in ("project", "fold"):
+        if len(meta["stages"].get(stage, [])) > 1:
+            log(f"warning: the runs' {stage} stage was carried out by different plugins: {', '.join(meta['stages'][stage])}")
     files = write_results(out, meta, dense, records)
     log(f"results in {out}")
     return CompareOutcome(out=out, dense=dense, runs=records, files=files, computed=done)

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from pruneframe.prune_report import RecoveryRecord
+
 if TYPE_CHECKING:
     from pruneframe.recovery.stream import RecoveryStream
     from pruneframe.recovery.teacher import TeacherTargets
@@ -63,41 +65,6 @@ class RecoveryConfig(BaseModel):
     def sequences(self) -> int:
         """Whole sequences the token budget buys."""
         return self.tokens // self.seq_len
-
-
-class RecoveryRecord(BaseModel):
-    """What a recovery did, as ``pruning.json`` and a comparison's run records store it.
-
-    Attributes:
-        name: the recovery's name; plugin: the plugin that registered it; code: its package digest.
-        config: its validated settings.
-        tokens: tokens trained on (whole sequences); sequences and steps likewise.
-        data: the recovery text (source, split, fingerprint) and ``stream_sha256``, the fingerprint of
-            the exact token sequences in training order.
-        teacher: the teacher outputs used (model identity, top-k, fingerprint), for distillation.
-        wall_s, tokens_per_s: the training's wall time and throughput.
-        loss_first, loss_last: mean loss of the first and last optimiser steps' batches.
-        params: parameters before and after (always equal).
-        peak_rss_bytes: the process's peak resident memory during the recovery.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    plugin: str
-    code: str
-    config: dict[str, Any]
-    tokens: int
-    sequences: int
-    steps: int
-    data: dict[str, Any] = Field(default_factory=dict)
-    teacher: dict[str, Any] | None = None
-    wall_s: float = 0.0
-    tokens_per_s: float = 0.0
-    loss_first: float | None = None
-    loss_last: float | None = None
-    params: int = 0
-    peak_rss_bytes: int = 0
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import nn
 from pruneframe.data import calibration_data, resolve_text
 from pruneframe.data.sources import TextSource
 from pruneframe.data.windows import tokenizer_fingerprint
+from pruneframe.digests import package_digest
 from pruneframe.host import PluginHost
 from pruneframe.recovery.base import Recovery, RecoveryContext, RecoveryRecord
 from pruneframe.recovery.stream import RecoveryStream, make_stream
@@ -140,8 +141,6 @@ def _teacher_targets(method: Recovery, teacher: nn.Module | TeacherTargets | Non
 
 def _record(method: Recovery, host: PluginHost, stream: RecoveryStream, targets: TeacherTargets | None,
             context: RecoveryContext, wall: float, params: int) -> RecoveryRecord:
-    from pruneframe.harness.cache import package_digest
-
     stats = context.stats.get("train")
     trained = stats.tokens if stats is not None else 0
     steps = len(stats.losses) if stats is not None else 0
