@@ -18,7 +18,6 @@ RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3},
 
 def settings(ws: dict[str, Path], out: Path, recovery: list[Any] | None = None) -> dict[str, Any]:
     base = compare_settings(ws, out)
-    base["evaluation"]["speed"] = None
     return {**base, "methods": {"magnitude": {"norm": "l1"}, "random": {}},
             "recovery": ["none", *(recovery or RECOVERIES)], "recovery_data": {"data": str(ws["recover"])}}
 
@@ -57,6 +56,7 @@ def test_every_run_is_evaluated_before_and_after_each_recovery(recovered_run: Pa
         base = by_id[run_id.split("+")[0]]
         assert record["prune"]["kept_params"] == base["prune"]["kept_params"] == record["recovery"]["params"]
         assert record["eval"]["perplexity"]["sources"] != base["eval"]["perplexity"]["sources"]
+        assert "speed" in base["eval"] and "speed" not in record["eval"]  # shapes unchanged: speed is the base run's
         streams.setdefault(record["recovery"]["name"], set()).add(record["recovery"]["data"]["stream_sha256"])
     assert all(len(fingerprints) == 1 for fingerprints in streams.values())  # every method trained on the same tokens
     assert by_id["random-0.5-s0+distill-512"]["recovery"]["teacher"]["top_k"] == 64

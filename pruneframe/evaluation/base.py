@@ -56,6 +56,9 @@ class Evaluator(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
+    #: Whether the result depends only on the model's shapes (size, speed), not on its weights' values:
+    #: such an evaluator is not run again on a recovered model, whose shapes are the pruned model's.
+    shape_only: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel | Mapping[str, Any] | None = None) -> None:
         """Validate ``config`` (a ``Config`` instance, a mapping, or None for the defaults)."""

@@ -40,6 +40,7 @@ class LlamaCppSpeedEvaluator(Evaluator):
     name: ClassVar[str] = "llamacpp-speed"
     Config: ClassVar[type[BaseModel]] = LlamaCppSpeedConfig
     pairs_with_dense: ClassVar[bool] = True
+    shape_only: ClassVar[bool] = True
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Export ``model`` (and ``context.dense_model``) and time them in llama.cpp."""

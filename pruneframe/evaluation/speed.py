@@ -220,6 +220,7 @@ class SpeedEvaluator(Evaluator):
     Config: ClassVar[type[BaseModel]] = SpeedConfig
     #: measures the dense model next to the pruned one (alternating repeats), so it needs both loaded
     pairs_with_dense: ClassVar[bool] = True
+    shape_only: ClassVar[bool] = True
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Measure ``model`` (and the dense model, alternating repeats, when one is given)."""

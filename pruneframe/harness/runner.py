@@ -317,7 +317,11 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
 def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_report: dict[str, Any],
                  pending: list[tuple[Recovery, dict[str, Any], str, Path]], done: dict[str, tuple[dict[str, Any], bool]],
                  progress: bool, log: Log) -> None:
-    """Each pending recovery from the same pruned weights: recover, evaluate, store (a failure is recorded, never cached)."""
+    """Each pending recovery from the same pruned weights: recover, evaluate, store (a failure is recorded, never cached).
+
+    Evaluators whose results depend only on the shapes (``shape_only``: speed) are not run again: a
+    recovered model has the pruned model's shapes, and its unrecovered run holds those results.
+    """
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if len(pending) > 1 else None
     for index, (recovery, r_fields, r_key, r_path) in enumerate(pending):
         run_id = r_path.stem
@@ -330,9 +334,10 @@ def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_re
             healed = recover(model, recovery, prep.streams[recovery.label()], teacher=prep.teachers.get(recovery.label()),
                              host=prep.host, progress=progress, model_identity=prep.model_stamp)
             model = healed.model
-            dense = _load_weights(prep) if _pairs_with_dense(prep) else None
+            evaluators = {n: e for n, e in prep.evaluators.items() if not getattr(e, "shape_only", False)}
+            dense = _load_weights(prep) if any(getattr(e, "pairs_with_dense", False) for e in evaluators.values()) else None
             context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
-            results, walls = evaluate_model(model, prep.tokenizer, prep.evaluators, context, log, run_id)
+            results, walls = evaluate_model(model, prep.tokenizer, evaluators, context, log, run_id)
             del dense
             record.update(prune={**prune_report, "recovery": healed.record.model_dump(mode="json")},
                           recovery=healed.record.model_dump(mode="json"), eval=results, eval_wall_s=walls)
