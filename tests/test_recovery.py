@@ -229,3 +229,24 @@ def test_resumes_after_the_last_saved_step(tmp_path, monkeypatch) -> None:
         assert torch.allclose(a, b, atol=1e-6), name
     with pytest.raises(StaleCheckpointError, match="different run"):
         recover(_pruned()[1], "distill", _text(), config={**resumable, "lr": 1e-3}, teacher=dense, progress=False)
+
+
+def _recover_on_this_rank(seed: int) -> dict:
+    """Distillation of the same pruned model on this rank; the healed weights."""
+    dense, pruned = _pruned(seed)
+    result = recover(pruned, "distill", _text(), config={"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 3e-3},
+                     teacher=dense, progress=False)
+    return {n: p.detach().clone() for n, p in result.model.named_parameters()} | {"_loss": result.record.loss_last}
+
+
+def test_two_ranks_train_to_the_single_process_weights(tmp_path) -> None:
+    from tiny import on_ranks
+
+    single = _recover_on_this_rank(0)
+    ranks = on_ranks(2, tmp_path, _recover_on_this_rank, 0)
+    for weights in ranks:
+        assert weights["_loss"] == pytest.approx(single["_loss"], rel=1e-4)
+        for name, value in single.items():
+            if name != "_loss":
+                assert torch.allclose(weights[name], value, atol=1e-5), name
+    assert all(torch.equal(ranks[0][n], ranks[1][n]) for n in single if n != "_loss")
