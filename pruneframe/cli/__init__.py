@@ -1,4 +1,4 @@
-"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare`` and ``export``.
+"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare``, ``export`` and ``report``.
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
 errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable

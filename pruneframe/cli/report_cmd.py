@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         meta, dense, runs = read_results(source)
     except ValueError as exc:  # also json.JSONDecodeError
-        raise InputError(f"{source}: {exc}") from exc
+        raise InputError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from exc
     out = Path(args.out).expanduser() if args.out else folder
     if not args.figures_only and out.resolve() != folder.resolve() and out.exists() and any(out.iterdir()) \
             and not is_results_folder(out):
