@@ -15,7 +15,8 @@ from transformers import PreTrainedTokenizerFast
 
 from pruneframe.cli import main
 from pruneframe.harness import runner
-from pruneframe.harness.report import ZEROSHOT_HOWTO
+from pruneframe.harness.figures import quality_points
+from pruneframe.harness.report import ZEROSHOT_HOWTO, read_results
 from pruneframe.harness.summary import summarise
 from pruneframe.harness.cache import package_digest
 from tiny import tiny_model
@@ -133,7 +134,8 @@ def test_every_output_exists_and_parses(full_run: Path) -> None:
         assert float(row["ratio_other_low"]) <= float(row["ratio_other"]) <= float(row["ratio_other_high"])
         assert float(row["ood_ratio"]) == pytest.approx(float(row["ratio_other"]))  # the one out-of-domain source
         assert float(row["acc_pf_tiny_mc_low"]) <= float(row["acc_pf_tiny_mc"]) <= float(row["acc_pf_tiny_mc_high"])
-    for plot in ("ppl_vs_params.png", "acc_vs_params.png"):
+    for plot in ("ppl_vs_params.png", "acc_vs_params.png", "quality_vs_speed_keep-0.8-of-prunable-params.png",
+                 "quality_vs_speed_keep-0.5-of-prunable-params.png"):
         assert (full_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (full_run / "results.md").read_text()
     assert md.count("\n| ") == 2 + 1 + GROUPS  # header, separator, dense, one row per method and budget
@@ -201,6 +203,22 @@ def test_markdown_bolds_only_separated_leaders_and_ranks_match_the_summary(full_
         assert row[rank] == str(group["ranks"]["ood"])
         peers = [g["ranks"]["ood"] for g in results["summary"]["groups"] if g["budget"] == group["budget"]]
         assert row[ood].startswith("**") == (group["ranks"]["ood"] == 1 and max(peers) > 1)
+
+
+def test_report_command_regenerates_table_and_figures_from_the_stored_results(full_run: Path, tmp_path: Path) -> None:
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    (stored / "results.json").write_text((full_run / "results.json").read_text())
+    assert main(["report", str(stored)]) == 0
+    assert (stored / "results.md").read_text() == (full_run / "results.md").read_text()
+    assert (stored / "results.csv").read_text() == (full_run / "results.csv").read_text()
+    assert {p.name for p in stored.glob("*.png")} == {p.name for p in full_run.glob("*.png")}
+    meta, dense, runs = read_results(stored / "results.json")
+    points = quality_points(summarise(dense, runs, meta["calibration"]["domain"]), "ood")
+    for group in json.loads((full_run / "results.json").read_text())["summary"]["groups"]:
+        point = next(p for p in points[group["method"]] if p.budget == group["budget"])
+        assert (point.y, point.low, point.high) == pytest.approx(
+            (group["measures"]["ood"]["value"], group["measures"]["ood"]["low"], group["measures"]["ood"]["high"]), rel=1e-12)
 
 
 def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(

@@ -1,4 +1,4 @@
-"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare`` and ``export``.
+"""The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare``, ``export`` and ``report``.
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
 errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd
+from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd, report_cmd
 from pruneframe.cli.common import Command
 from pruneframe.harness.config import InputError
 from pruneframe.host import PluginError
@@ -25,6 +25,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 #: Every subcommand, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
     plugins_cmd.COMMAND, prune_cmd.COMMAND, recover_cmd.COMMAND, eval_cmd.COMMAND, compare_cmd.COMMAND, export_cmd.COMMAND,
+    report_cmd.COMMAND,
 )
 
 #: Exit code for bad input.

@@ -1,4 +1,4 @@
-"""Comparison outputs: ``results.json``, ``results.csv``, ``results.md`` and two PNG plots, all written atomically.
+"""Comparison outputs: ``results.json``, ``results.csv``, ``results.md`` and PNG figures, all written atomically.
 
 ``results.csv`` has one row per run (plus the dense model) with every number and its interval.
 ``results.md`` has one row per method and budget (seeds combined, see :mod:`pruneframe.harness.summary`):
@@ -6,7 +6,9 @@ kept parameters, the perplexity ratio to dense per source with its 95% interval 
 marked), the out-of-domain geometric mean that ranks the methods, the rank, accuracies with standard
 errors, measured and ideal speedups with their repeat spread, prune time and memory. A value is bold
 only where it is better than the next method's beyond the intervals. ``results.json`` keeps the records
-(per-window NLLs, per-item correctness) and the summary, so every number can be recomputed.
+(per-window NLLs, per-item correctness) and the summary, so every number can be recomputed;
+:func:`read_results` reads it back, so the outputs can be regenerated without rerunning anything. The
+figures (:mod:`pruneframe.harness.figures`) are drawn from the same summary as the table.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pruneframe._io import write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from pruneframe.harness.figures import render as render_figures
+from pruneframe.harness.group_values import kept_fraction, kept_params, speedup
 from pruneframe.harness.summary import Group, Measure, Summary, summarise
 from pruneframe.harness.summary import nested_get as _get
 from pruneframe.prune_report import PruneReport
 
-__all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
+__all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "read_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
 
 _MB = 2**20
 
@@ -178,16 +182,12 @@ def _acc_cell(group: Group, task: str) -> str:
     return f"{measure.value():.3f} ±{se:.3f}" + _seed_suffix(measure, 3)
 
 
-def _speed_cell(group: Group, phase: str) -> str:
-    values = [_get(r, "eval", "speed", "measured_speedup", phase) for r in group.records]
-    ideal = _mean([_get(r, "eval", "speed", "ideal_speedup") for r in group.records])
-    widths = [_get(r, "eval", "speed", "speedup_spread", phase, "iqr_rel") for r in group.records]
-    value = _mean(values)
-    if value is None:
+def _speed_cell(group: Group, phase: Literal["prefill", "decode"]) -> str:
+    measured = speedup(group, phase)
+    if measured is None:
         return "-"
-    width = max((w for w in widths if w is not None), default=None)
-    text = f"{value:.2f}x" + (f" ±{width:.0%}" if width is not None else "")
-    return text + (f" / {ideal:.2f}x" if ideal else "")
+    text = f"{measured.value:.2f}x" + (f" ±{measured.width:.0%}" if measured.width is not None else "")
+    return text + (f" / {measured.ideal:.2f}x" if measured.ideal else "")
 
 
 def _reports(group: Group) -> list[PruneReport]:
@@ -195,8 +195,7 @@ def _reports(group: Group) -> list[PruneReport]:
 
 
 def _kept_cell(group: Group) -> str:
-    kept = _mean([r.kept_params for r in _reports(group)])
-    frac = _mean([r.kept_fraction_of_total for r in _reports(group)])
+    kept, frac = kept_params(group), kept_fraction(group)
     return "-" if kept is None else f"{_count(kept)} ({frac:.1%})" if frac is not None else _count(kept)
 
 
@@ -372,44 +371,6 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
     return lines
 
 
-def _series(table: list[dict[str, Any]], key: str) -> dict[str, list[tuple[float, float]]]:
-    """Per method (and recovery): (kept params, mean of ``key`` over seeds) points sorted by params."""
-    grouped: dict[str, dict[float, list[float]]] = {}
-    for row in table:
-        if row["kind"] != "dense" and row.get(key) is not None and row.get("kept_params"):
-            label = row["method"] if row.get("recovery", "none") == "none" else f"{row['method']} ({row['recovery']})"
-            grouped.setdefault(label, {}).setdefault(row["kept_params"], []).append(row[key])
-    return {m: sorted((p, statistics.fmean(v)) for p, v in pts.items()) for m, pts in grouped.items()}
-
-
-def _plot(table: list[dict[str, Any]], key: str, ylabel: str, log_y: bool) -> bytes | None:
-    series = _series(table, key)
-    if not series:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 4.4), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for method, points in sorted(series.items()):
-        axes.plot([p / 1e6 for p, _ in points], [v for _, v in points], marker="o", label=method)
-    dense = table[0]
-    if dense.get(key) is not None and dense.get("kept_params"):
-        axes.axhline(dense[key], color="black", linestyle="--", linewidth=0.8)
-        axes.plot([dense["kept_params"] / 1e6], [dense[key]], marker="*", color="black", markersize=10, label="dense")
-    if log_y:
-        axes.set_yscale("log")
-    axes.set_xlabel("kept parameters (millions)")
-    axes.set_ylabel(ylabel)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def write_results(out: Path, meta: dict[str, Any], dense: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Path]:
     """Write the combined outputs into ``out``; returns them by name (plots only when there is data)."""
     summary = summarise(dense, runs, _calibration_domain(meta))
@@ -422,13 +383,39 @@ def write_results(out: Path, meta: dict[str, Any], dense: dict[str, Any], runs: 
         "csv": write_text_atomic(out / "results.csv", csv_text(table)),
         "md": write_text_atomic(out / "results.md", markdown(table, meta, dense, summary)),
     }
-    scope = "out-of-domain" if summary.summary_scope == "out-of-domain" else "all-source"
-    for name, key, label, log_y in (("ppl_vs_params", "ood_ratio", f"{scope} geomean perplexity / dense (log)", True),
-                                    ("acc_vs_params", "acc_mean", "mean zero-shot accuracy", False)):
-        image = _plot(table, key, label, log_y)
-        if image is not None:
-            files[name] = write_bytes_atomic(out / f"{name}.png", image)
+    for name, image in render_figures(summary, dense, meta["units"].get("total_params")).items():
+        files[name] = write_bytes_atomic(out / f"{name}.png", image)
     return files
+
+
+#: The keys :func:`write_results` adds to the comparison's meta in ``results.json``.
+_DERIVED = ("comparable", "rows", "summary", "dense", "runs")
+
+
+def read_results(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """The meta, dense record and run records of a stored ``results.json`` (what :func:`write_results` takes)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("dense"), dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{path}: not a comparison's results.json (no dense record and runs)")
+    meta = {key: value for key, value in data.items() if key not in _DERIVED}
+    dense = data["dense"]
+    # results.json is written with sorted keys: restore the comparison's order of sources and budgets
+    order = [s.get("label") for s in _get(data, "summary", "sources") or []]
+    sources = _get(dense, "eval", "perplexity", "sources")
+    if isinstance(sources, dict) and order:
+        dense["eval"]["perplexity"]["sources"] = {**{k: sources[k] for k in order if k in sources}, **sources}
+    slugs = [_budget_slug(b) for b in _get(meta, "config", "budgets") or []]
+    if isinstance(meta.get("budgets"), dict):
+        meta["budgets"] = {**{k: meta["budgets"][k] for k in slugs if k in meta["budgets"]}, **meta["budgets"]}
+    return meta, dense, data["runs"]
+
+
+def _budget_slug(budget: Any) -> str | None:
+    """A configured budget's slug (its key in ``meta["budgets"]``), as :func:`pruneframe.harness.config.budget_slug`."""
+    keep = budget.get("keep") if isinstance(budget, dict) else budget
+    if isinstance(keep, (int, float)):
+        return f"{keep:g}"
+    return str(budget["params"]) if isinstance(budget, dict) and "params" in budget else None
 
 
 def protocol_key(record: dict[str, Any]) -> str:
