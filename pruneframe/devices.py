@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BeforeValidator
 
 __all__ = [
     "DEVICE_CHOICES",
     "DTYPES",
+    "DTYPE_CHOICES",
+    "DtypeName",
+    "LoadDtype",
+    "canonical_dtype",
     "DeviceUnavailableError",
     "available_devices",
     "resolve_device",
@@ -42,6 +47,31 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+#: Every dtype string ``--dtype``, a config file's ``dtype`` and ``dtype=`` accept (``auto``: see :func:`resolve_dtype`).
+DTYPE_CHOICES: tuple[str, ...] = ("auto", *DTYPES)
+
+
+def canonical_dtype(value: Any) -> Any:
+    """The canonical name of a dtype string or torch dtype (``"BF16"`` -> ``"bfloat16"``; ``"auto"`` stays).
+
+    Non-strings other than torch dtypes are returned unchanged, for the caller's validation to refuse.
+
+    Raises:
+        ValueError: a string (or torch dtype) that is not among :data:`DTYPE_CHOICES`.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, (str, torch.dtype)):
+        return dtype_name(parse_dtype(value))
+    return value
+
+
+#: A validated dtype setting: any of :data:`DTYPES`' names or aliases, stored under its canonical name.
+DtypeName = Annotated[Literal["float32", "bfloat16", "float16"], BeforeValidator(canonical_dtype)]
+#: :data:`DtypeName` or ``auto`` (the checkpoint's own dtype on an accelerator, float32 on the CPU).
+LoadDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(canonical_dtype)]
 
 
 class DeviceUnavailableError(ValueError):
@@ -101,7 +131,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected auto or one of {sorted(DTYPES)}") from None
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {', '.join(DTYPE_CHOICES)}") from None
 
 
 def checkpoint_dtype(config: Any) -> torch.dtype | None:
@@ -135,13 +165,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, stored:
     return parse_dtype(dtype)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
+def dtype_name(dtype: torch.dtype | torch.nn.Module) -> str:
+    """The canonical name of a dtype (``torch.bfloat16`` -> ``"bfloat16"``), or of a module's dtype.
+
+    For a module: the dtype of its first floating-point parameter (``"float32"`` when it has none).
+    """
+    if isinstance(dtype, torch.nn.Module):
+        floating = (p.dtype for p in dtype.parameters() if p.is_floating_point())
+        dtype = next(floating, torch.float32)
     return str(dtype).removeprefix("torch.")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (the CPU for a parameterless module)."""
-    for param in model.parameters():
-        return param.device
+    """The device of the module's first parameter, else of its first buffer, else the CPU."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
     return torch.device("cpu")

@@ -13,31 +13,15 @@ model run under :func:`pruneframe.gates.gated` with the same arguments.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from pruneframe.architectures.base import LayerSlices, LayerWidths, WeightSlice, unit_indices
+from pruneframe.architectures.base import LayerSlices, LayerWidths, WeightSlice
 from pruneframe.methods import Recalibration
 from pruneframe.units import UnitKind, UnitSet
 
-__all__ = ["fold", "fold_layer", "head_rows"]
-
-
-def head_rows(groups: torch.Tensor, rows_per_group: int) -> torch.Tensor:
-    """Row indices of whole blocks: for each kept group ``g``, ``g*rows .. (g+1)*rows - 1``."""
-    return unit_indices(groups, rows_per_group)
-
-
-@dataclass
-class _Cut:
-    """What one linear layer keeps along each axis, and the factors folded into it."""
-
-    rows: list[torch.Tensor] = field(default_factory=list)
-    row_scale: list[torch.Tensor | None] = field(default_factory=list)
-    cols: list[torch.Tensor] = field(default_factory=list)
-    col_scale: list[torch.Tensor | None] = field(default_factory=list)
+__all__ = ["fold", "fold_layer"]
 
 
 def _gather(size: int, pieces: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:

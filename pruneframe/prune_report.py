@@ -51,7 +51,7 @@ class Timings(_Record):
 
 
 class MemoryRecord(_Record):
-    """Process memory while pruning (see :class:`pruneframe._memory.PeakMemory`).
+    """Process memory while pruning (see :class:`pruneframe.memory.PeakMemory`).
 
     Attributes:
         start_rss_bytes: resident set size when the prune began.

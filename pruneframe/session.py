@@ -258,7 +258,6 @@ class PruneSession:
         calibration_source: dict[str, Any] | None,
     ) -> PruneReport:
         units, (t0, t1, t2, t3) = self.units, times
-        first = next(folded.parameters(), None)
         return PruneReport(
             method=self.method.name,
             config=self.method.config.model_dump(mode="json"),
@@ -278,7 +277,7 @@ class PruneSession:
             timings=Timings(score_s=t1 - t0, project_recalibrate_s=t2 - t1, fold_s=t3 - t2, total_s=t3 - t0),
             memory=MemoryRecord(**{k: v for k, v in memory.report.as_dict().items() if k != "samples"}),
             device=str(model_device(folded)),
-            dtype=dtype_name(first.dtype) if first is not None else "float32",
+            dtype=dtype_name(folded),
             method_stats=_json_ready(stats),
             software=checkpoint.software_versions(),
             model=self.model_identity,

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, adapter_for
+from pruneframe.devices import model_device
 from pruneframe.losses import logits_layer
 
 __all__ = [
@@ -85,7 +86,7 @@ def resolve_compute_device(model: nn.Module, device: str | torch.device | None) 
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
-    return next(model.parameters()).device
+    return model_device(model)
 
 
 @dataclass
@@ -223,21 +224,13 @@ def capture_layer_calls(
     return first[0], calls  # type: ignore[return-value]
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextmanager
 def on_device(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """``module`` moved to ``device`` inside the block and back to its own device after, also on error.
 
     Parameters keep their identity (hooks, ``requires_grad`` and accumulated ``.grad`` move with them).
     """
-    home = _device_of(module)
+    home = model_device(module)
     module.to(device)
     try:
         yield module

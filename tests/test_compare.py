@@ -263,7 +263,7 @@ def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.Monk
     import importlib
 
     monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog", lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"])
-    config = parsed_config([])
+    config = parsed_config([]).resolved()
     ppl = config.evaluation["perplexity"]
     assert ppl == {}  # the evaluator's own defaults apply
     from pruneframe.evaluation.perplexity import PerplexityConfig
@@ -272,6 +272,36 @@ def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.Monk
     assert [(s.data, s.split) for s in evaluated.sources] == [("wikitext-2", "test"), ("moby-dick", "test"),
                                                              ("embedded", "test"), ("c4", "test")]
     assert (evaluated.seq_len, evaluated.num_windows, evaluated.protocol) == (512, 64, "custom")
+
+
+def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_found(
+    monkeypatch: pytest.MonkeyPatch, workspace: dict[str, Path]
+) -> None:
+    import pruneframe.harness.config as config_module
+    from pruneframe.cli import build_parser
+    from pruneframe.cli.prune_settings import prune_config
+    from pruneframe.host import PluginHost
+
+    def no_disk() -> None:
+        raise AssertionError("validating settings looked at the data folder")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(config_module, "data_dir", no_disk)
+        compare = parsed_config(["--model", str(workspace["model"]), "--methods", "random", "--eval-data", str(workspace["eval"]),
+                                 "--seq-len", "32", "--eval-windows", "2", "--zeroshot", "none", "--no-speed"])
+        pruned = prune_config(build_parser().parse_args(["prune", "--method", "magnitude", "--budget", "0.5", "--out", "x",
+                                                         "--recover", "none"]))
+        assert compare.calibration.data is None and compare.recovery_data.data is None
+        assert pruned.calibration.data is None and pruned.recovery_data.data is None
+        with pytest.raises(AssertionError, match="looked at the data folder"):
+            compare.resolved()
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))  # no WikiText-2 there: the embedded corpus
+    assert pruned.calibration.resolved().data == "embedded" == pruned.recovery_data.resolved().data
+    prep = runner.prepare(compare.model_copy(update={"evaluation": {**compare.evaluation, "size": None}}), PluginHost.create())
+    assert prep.config.calibration.data == "embedded" == prep.config.recovery_data.data
+    assert prep.calibration_stamp["name"] == "embedded"
+    assert set(prep.config.evaluation) == {"perplexity", "zeroshot", "size", "speed"}
+    assert prep.config.evaluation["zeroshot"] is None and prep.config.evaluation["speed"] is None
 
 
 def test_eval_flags_windows_all_sources_and_protocol(tmp_path: Path) -> None:

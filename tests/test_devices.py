@@ -87,3 +87,49 @@ def test_the_command_line_exits_2_naming_the_devices_there_are(monkeypatch: pyte
         assert "cuda:1" in err and "this machine has: cpu" in err, err
     assert main(["prune", "--device", "gpu", "--method", "magnitude", "--budget", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("given", "canonical"), [("fp32", "float32"), ("bf16", "bfloat16"), ("FP16", "float16"),
+                                                  ("bfloat16", "bfloat16"), ("auto", "auto")])
+def test_cli_config_files_and_api_accept_the_same_dtype_names(given: str, canonical: str, tmp_path: Path) -> None:
+    from pruneframe.cli import build_parser
+    from pruneframe.cli.compare_cmd import compare_config
+    from pruneframe.cli.prune_settings import prune_config
+    from pruneframe.harness.config import CompareConfig
+
+    assert set(devices.DTYPE_CHOICES) == {"auto", *devices.DTYPES}
+    parser = build_parser()
+    flags = parser.parse_args(["compare", "--dtype", given])
+    assert compare_config(flags).dtype == canonical
+    pruned = parser.parse_args(["prune", "--method", "magnitude", "--budget", "0.5", "--out", "x", "--dtype", given])
+    assert prune_config(pruned).dtype == canonical
+    (tmp_path / "c.yaml").write_text(f"dtype: {given}\n", encoding="utf-8")
+    assert compare_config(parser.parse_args(["compare", "--config", str(tmp_path / "c.yaml")])).dtype == canonical
+    assert CompareConfig(dtype=given).dtype == canonical
+    if canonical != "auto":
+        assert devices.parse_dtype(given) is devices.DTYPES[canonical]
+
+
+def test_an_unknown_dtype_is_refused_everywhere_with_the_accepted_names(tmp_path: Path, capsys) -> None:
+    from pydantic import ValidationError
+
+    from pruneframe.harness.config import CompareConfig
+
+    with pytest.raises(ValidationError, match="dtype 'int8' is not supported; expected one of auto, float32, fp32"):
+        CompareConfig(dtype="int8")
+    with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
+        devices.parse_dtype("int8")
+    (tmp_path / "c.yaml").write_text("dtype: int8\n", encoding="utf-8")
+    assert main(["compare", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "dtype 'int8' is not supported" in capsys.readouterr().err
+    assert main(["eval", "--dtype", "int8"]) == 2
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
+
+
+def test_model_device_and_dtype_name_read_the_first_tensor() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    assert devices.dtype_name(model) == "bfloat16" == devices.dtype_name(torch.bfloat16)
+    assert devices.model_device(model) == torch.device("cpu")
+    assert devices.dtype_name(torch.nn.ReLU()) == "float32"
+    buffered = torch.nn.BatchNorm1d(2, affine=False).to("meta")
+    assert devices.model_device(buffered) == torch.device("meta")

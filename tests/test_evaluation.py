@@ -1,4 +1,4 @@
-"""Evaluators (perplexity, size, speed), the model resolver, and the _io/_memory helpers, on tiny models."""
+"""Evaluators (perplexity, size, speed), the model resolver, and the _io and memory helpers, on tiny models."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from pruneframe.devices import LoadDtype
 from pruneframe.methods import MethodConfig
 from pruneframe.streaming import StreamingOptions
 
@@ -107,7 +108,7 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
         "a rerun of the same configuration on the same model and data resumes after the last saved step",
     )
     checkpoint_every: PositiveInt = Field(50, description="steps between two saves of the resumable state")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: LoadDtype = Field(
         "auto",
         description="compute dtype of the frozen backbone: auto = the dtype the model was loaded in; a named "
         "dtype is checked against the model (gates, scales and optimiser state are float32 either way)",

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from pruneframe.budget import check_meets_budget, group_round_to
+from pruneframe.devices import dtype_name
 from pruneframe.gates import UnitGates, replaced_weights
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
@@ -59,10 +60,9 @@ class GRASPrune(PruningMethod):
     def _check_dtype(self, model: torch.nn.Module) -> None:
         if self.config.dtype == "auto":
             return
-        dtype = getattr(torch, self.config.dtype)
-        if next(model.parameters()).dtype != dtype:
+        if dtype_name(model) != self.config.dtype:
             raise ValueError(
-                f"grasprune dtype={self.config.dtype} but the model is {next(model.parameters()).dtype}; "
+                f"grasprune dtype={self.config.dtype} but the model is {dtype_name(model)}; "
                 "load the model in the compute dtype"
             )
 

@@ -32,7 +32,7 @@ def _resize(linear: nn.Linear, in_features: int, out_features: int, bias: bool) 
     return nn.Linear(in_features, out_features, bias=bias, device=linear.weight.device, dtype=linear.weight.dtype)
 
 
-def _resize_split(mlp: nn.Module, attn: nn.Module, width: int, q: int, kv: int, shape: dict) -> None:
+def _resize_split(mlp: nn.Module, attn: nn.Module, width: int, q: int, kv: int) -> None:
     mlp.gate_proj = _resize(mlp.gate_proj, mlp.gate_proj.in_features, width, mlp.gate_proj.bias is not None)
     mlp.up_proj = _resize(mlp.up_proj, mlp.up_proj.in_features, width, mlp.up_proj.bias is not None)
     attn.q_proj = _resize(attn.q_proj, attn.q_proj.in_features, q, attn.q_proj.bias is not None)
@@ -61,8 +61,10 @@ def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
         width = int(shape["intermediate_size"])
         kv = int(shape["num_key_value_heads"]) * head_dim
         q = int(shape["num_attention_heads"]) * head_dim
-        resize = _resize_fused if hasattr(attn, "qkv_proj") else _resize_split
-        resize(mlp, attn, width, q, kv, shape)
+        if hasattr(attn, "qkv_proj"):
+            _resize_fused(mlp, attn, width, q, kv, shape)
+        else:
+            _resize_split(mlp, attn, width, q, kv)
         mlp.down_proj = _resize(mlp.down_proj, width, mlp.down_proj.out_features, bool(shape.get("down_proj_bias", False)))
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = width

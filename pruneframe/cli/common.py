@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from pruneframe.checkpoint.validate import is_checkpoint_folder
-from pruneframe.harness.config import InputError, normalise_methods
+from pruneframe.devices import DTYPE_CHOICES
+from pruneframe.harness.config import InputError, explain, normalise_methods, protocol_flag_over_file
 from pruneframe.harness.runner import Log
 
 __all__ = [
@@ -40,9 +43,13 @@ __all__ = [
     "read_config_file",
     "deep_merge",
     "flag_settings",
+    "validated_settings",
     "make_log",
     "silenced",
 ]
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def _method_config(text: str) -> tuple[str | None, dict[str, Any]]:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--dtype``."""
     parser.add_argument("--model", help="HF hub id, local model folder, pruned checkpoint or smollm2-135m (default)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", type=str.lower, choices=DTYPE_CHOICES,
                         help="load and evaluate in this dtype (default auto: the checkpoint's own on an accelerator, float32 on the CPU)")
 
 
@@ -311,6 +318,31 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: dict[str, Any] | None = None,
+                       own_fields_only: bool = False) -> SettingsT:
+    """``model`` validated from the ``--config`` file (when the command has one) with the given flags on top.
+
+    ``flags`` defaults to :func:`flag_settings`; with ``own_fields_only`` the file's and the flags' keys
+    that ``model`` has no field for are dropped (a comparison's file read by ``eval``). Selecting
+    methods drops the file's settings of the other methods. Invalid settings raise :class:`InputError`
+    naming where they came from.
+    """
+    config_file = getattr(args, "config", None)
+    data: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    flags = flag_settings(args) if flags is None else flags
+    if own_fields_only:
+        data = {k: v for k, v in data.items() if k in model.model_fields}
+        flags = {k: v for k, v in flags.items() if k in model.model_fields}
+    data = protocol_flag_over_file(data, flags)
+    if "methods" in flags and "method_configs" in data:
+        data["method_configs"] = {k: v for k, v in data["method_configs"].items() if k in flags["methods"]}
+    try:
+        return model.model_validate(deep_merge(data, flags))
+    except ValidationError as exc:
+        source = f"{config_file} and flags" if config_file else "flags"
+        raise InputError(f"{explain(exc)} (from {source})") from exc
 
 
 def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,9 +11,6 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from pruneframe._io import atomic_dir
 from pruneframe.cli.common import (
@@ -26,15 +23,13 @@ from pruneframe.cli.common import (
     add_model_flags,
     add_output_flags,
     add_seed_flags,
-    deep_merge,
     flag_settings,
     guard_output,
     make_log,
     silenced,
-    read_config_file,
+    validated_settings,
 )
-from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare, explain
-from pruneframe.harness.config import protocol_flag_over_file
+from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare
 from pruneframe.host import PluginHost
 
 __all__ = ["COMMAND", "compare_config"]
@@ -57,20 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def compare_config(args: argparse.Namespace) -> CompareConfig:
     """The validated comparison settings: the ``--config`` file with the given flags on top."""
-    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     flags = flag_settings(args)
-    data = protocol_flag_over_file(data, flags)
-    if "methods" in flags and "method_configs" in data:  # selecting methods drops the file's settings of the others
-        data["method_configs"] = {k: v for k, v in data["method_configs"].items() if k in flags["methods"]}
     for name, settings in args.method_configs or []:
         if name is None:
             raise InputError("--method-config: give the method's name, NAME=JSON")
         flags.setdefault("method_configs", {}).setdefault(name, {}).update(settings)
-    try:
-        return CompareConfig.model_validate(deep_merge(data, flags))
-    except ValidationError as exc:
-        source = f"{args.config} and flags" if args.config else "flags"
-        raise InputError(f"{explain(exc)} (from {source})") from exc
+    return validated_settings(args, CompareConfig, flags)
 
 
 def _compare(config: CompareConfig, target: Path, args: argparse.Namespace) -> CompareOutcome:

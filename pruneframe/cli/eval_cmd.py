@@ -11,8 +11,6 @@ import argparse
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from pruneframe._io import write_json_atomic
 from pruneframe.checkpoint import read_report, read_report_json, software_versions
 from pruneframe.cli.common import (
@@ -23,18 +21,15 @@ from pruneframe.cli.common import (
     add_model_flags,
     add_output_flags,
     add_seed_flags,
-    deep_merge,
-    flag_settings,
     guard_output,
     make_log,
     silenced,
-    read_config_file,
+    validated_settings,
 )
 from pruneframe.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
-from pruneframe.harness import EvalConfig, InputError, explain
-from pruneframe.harness.config import protocol_flag_over_file
+from pruneframe.harness import EvalConfig
 from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.cache import code_identity, model_identity
 from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
@@ -60,15 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The model and evaluation settings: those of a ``--config`` file (other keys ignored), flags on top."""
-    data = read_config_file(args.config) if args.config else {}
-    fields = set(EvalConfig.model_fields)
-    flags = {k: v for k, v in flag_settings(args).items() if k in fields}
-    data = protocol_flag_over_file({k: v for k, v in data.items() if k in fields}, flags)
-    merged = deep_merge(data, flags)
-    try:
-        return EvalConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise InputError(explain(exc)) from exc
+    return validated_settings(args, EvalConfig, own_fields_only=True)
 
 
 def _headline(results: dict[str, Any]) -> str:
@@ -107,7 +94,7 @@ def _pruning_record(identity: dict[str, Any]) -> dict[str, Any] | None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write (or print) one JSON record stamped with its protocol."""
     with silenced(args.quiet):
-        config = eval_config(args)
+        config = eval_config(args).resolved()
         if args.out:
             guard_output(args.out, "eval", args.overwrite)
         with input_phase(f"model {config.model!r}"):
@@ -124,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
         dense = load_dense(args.dense, config.dtype, config.device) if args.dense else None
         seed = (args.seeds or [0])[0]
-        device, dtype = str(model_device(model)), dtype_name(next(model.parameters()).dtype)
+        device, dtype = str(model_device(model)), dtype_name(model)
         context = EvalContext(dense_model=dense[0] if dense else None, device=device, dtype=dtype, progress=not args.quiet,
                               seed=seed)
         results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from pruneframe.calibration import CalibrationData, InsufficientCalibrationError
 from pruneframe.distributed import process_group_from_env
@@ -27,21 +24,14 @@ from pruneframe.cli.common import (
     add_output_flags,
     add_recovery_flags,
     add_seed_flags,
-    flag_settings,
     guard_output,
     make_log,
-    recovery_flag_settings,
     silenced,
 )
-from pruneframe.harness import CompareConfig, InputError, explain
+from pruneframe.cli.prune_settings import prune_config
+from pruneframe.harness import InputError
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
-from pruneframe.harness.recovery_inputs import (
-    RecoveryDataSettings,
-    default_eval_sources,
-    recovery_object,
-    recovery_stream,
-    recovery_text,
-)
+from pruneframe.harness.recovery_inputs import default_eval_sources, recovery_object, recovery_stream, recovery_text
 from pruneframe.host import PluginHost
 from pruneframe import checkpoint
 from pruneframe.prune_report import PruneReport
@@ -64,25 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_flags(parser, "checkpoint folder to write (an existing folder is refused unless it is a pruneframe "
                      "checkpoint and --overwrite is given)", config=False, required=True,
                      overwrite_help="replace the pruneframe checkpoint already at --out")
-
-
-def _settings(args: argparse.Namespace) -> tuple[CompareConfig, str, dict[str, Any]]:
-    """The run's validated settings (the comparison model with one cell), the method name and its config."""
-    for flag, values in (("--method", args.methods), ("--budget", args.budgets), ("--seed", args.seeds or [0])):
-        if len(values) != 1:
-            raise InputError(f"{flag}: prune takes exactly one value, got {values} (pruneframe compare runs several)")
-    name = args.methods[0]
-    settings: dict[str, Any] = {}
-    for config_name, values in args.method_configs or []:
-        if config_name not in (None, name):
-            raise InputError(f"--method-config is for {config_name!r} but the method is {name!r}")
-        settings.update(values)
-    try:
-        config = CompareConfig.model_validate({**flag_settings(args), "method_configs": {name: settings}} if settings
-                                              else flag_settings(args))
-    except ValidationError as exc:
-        raise InputError(explain(exc)) from exc
-    return config, name, {**settings, "seed": config.seeds[0]}
 
 
 def summary(report: PruneReport, path: Path) -> str:
@@ -109,17 +80,16 @@ def run(args: argparse.Namespace) -> int:
 
     Under torchrun every rank prunes and rank 0 alone logs and saves.
     """
-    config, name, settings = _settings(args)
-    out = guard_output(args.out, "checkpoint", args.overwrite)
+    config = prune_config(args)
+    name = config.method
+    out = guard_output(config.out, "checkpoint", args.overwrite)
     host = PluginHost.create()
-    budget = config.budget_objects()[0]
+    budget = config.budget_object()
     with input_phase(f"method {name!r}"):
-        method = host.method(name, settings)
-    recovery_name, recovery_settings, recovery_data = recovery_flag_settings(args)
-    recovery = recovery_object(recovery_name, host, recovery_settings) if recovery_name else None
-    with input_phase("--recover-data"):
-        data_settings = RecoveryDataSettings.model_validate(recovery_data)
-    recovery_source = recovery_text(data_settings, default_eval_sources()) if recovery is not None and recovery.trains else None
+        method = host.method(name, config.method_config())
+    recovery = recovery_object(config.recovery, host, config.recovery_settings) if config.recovery else None
+    recovery_source = (recovery_text(config.recovery_data, default_eval_sources())
+                       if recovery is not None and recovery.trains else None)
     with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
         log = make_log(args.quiet or not main)

@@ -13,15 +13,10 @@ from pruneframe.calibration import CalibrationData
 
 from pruneframe.data.sources import TextSource, resolve_text
 
-__all__ = ["token_windows", "prepended_bos", "calibration_windows", "count_tokens", "clear_token_cache", "tokenizer_fingerprint"]
+__all__ = ["token_windows", "prepended_bos", "calibration_windows", "count_tokens", "tokenizer_fingerprint"]
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
-
-
-def clear_token_cache() -> None:
-    """Forget every cached tokenization."""
-    _cache.clear()
 
 
 def _tokenizer_key(tokenizer: Any) -> tuple[str, ...] | None:

@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from pydantic import BaseModel
 
-__all__ = ["EvalContext", "Evaluator", "model_device", "model_dtype"]
+__all__ = ["EvalContext", "Evaluator"]
 
 
 @dataclass
@@ -30,21 +29,6 @@ class EvalContext:
     dtype: str = "float32"
     progress: bool = True
     seed: int = 0
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless module)."""
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
-def model_dtype(model: torch.nn.Module) -> str:
-    """The dtype name (``"float32"``) of the model's first floating-point parameter."""
-    for param in model.parameters():
-        if param.is_floating_point():
-            return str(param.dtype).removeprefix("torch.")
-    return "float32"
 
 
 class Evaluator(ABC):

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
-from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
+from pruneframe.devices import DtypeName, dtype_name, model_device
+from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
 from pruneframe.streaming import StreamingOptions, streamed_logits
 
@@ -217,7 +218,7 @@ class PerplexityConfig(StreamingOptions):
     num_windows: WindowCount = 64
     offset_windows: Annotated[int, Field(ge=0)] = 0
     batch_size: Annotated[int, Field(ge=1)] = 1
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+    dtype: DtypeName | None = Field(
         None, description="expected model dtype; the model is never converted, a mismatch is an error"
     )
 
@@ -274,7 +275,7 @@ class PerplexityEvaluator(Evaluator):
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Resolve each text, cut windows, measure perplexity per source and stamp the protocols."""
         cfg: PerplexityConfig = self.config  # type: ignore[assignment]
-        dtype = model_dtype(model)
+        dtype = dtype_name(model)
         if cfg.dtype is not None and cfg.dtype != dtype:
             raise ValueError(f"perplexity: config dtype {cfg.dtype!r} but the model is {dtype!r}; load it as {cfg.dtype!r}")
         if tokenizer is None:

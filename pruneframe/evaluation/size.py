@@ -11,7 +11,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.architectures import LayerWidths, adapter_for
-from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
+from pruneframe.devices import dtype_name
+from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import SizeProtocol
 
 __all__ = [
@@ -98,6 +99,6 @@ class SizeEvaluator(Evaluator):
             result["kept_prunable_fraction"] = counts["prunable"] / dense["prunable"] if dense["prunable"] else None
         if cfg.checkpoint is not None:
             result["checkpoint_bytes"] = checkpoint_bytes(cfg.checkpoint)
-        protocol = SizeProtocol(checkpoint=cfg.checkpoint, dtype=model_dtype(model))
+        protocol = SizeProtocol(checkpoint=cfg.checkpoint, dtype=dtype_name(model))
         result["protocol"] = protocol.model_dump(mode="json")
         return result

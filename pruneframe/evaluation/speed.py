@@ -20,8 +20,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pruneframe._memory import PeakMemory
-from pruneframe.evaluation.base import EvalContext, Evaluator, model_device, model_dtype
+from pruneframe.memory import PeakMemory
+from pruneframe.devices import dtype_name, model_device
+from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import SpeedProtocol
 from pruneframe.evaluation.size import LayerWidths, layer_widths
 
@@ -256,7 +257,7 @@ class SpeedEvaluator(Evaluator):
         result["flops_per_token"] = model_flops_per_token(model, cfg.prefill_len)
         protocol = SpeedProtocol(
             device=str(model_device(model)),
-            dtype=model_dtype(model),
+            dtype=dtype_name(model),
             threads=torch.get_num_threads(),
             prefill_len=cfg.prefill_len,
             decode_tokens=cfg.decode_tokens,

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.data.jsonl import iter_jsonl
 from pruneframe.data.sources import data_dir
-from pruneframe.evaluation.base import EvalContext, Evaluator, model_dtype
+from pruneframe.devices import dtype_name
+from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
 from pruneframe.evaluation.stats import proportion_interval
 from pruneframe.streaming import StreamingOptions
@@ -35,6 +36,7 @@ __all__ = [
     "LocalTask",
     "local_task",
     "resolve_task",
+    "check_lm_eval_tasks",
     "jsonl_task_config",
     "zeroshot",
     "ZeroShotConfig",
@@ -131,6 +133,29 @@ def resolve_task(spec: str) -> LocalTask | str:
     return spec
 
 
+def check_lm_eval_tasks(names: list[str], manager: Any = None) -> None:
+    """Refuse the names among ``names`` that are neither an lm-eval task file nor a registered lm-eval task.
+
+    ``names`` are what :func:`resolve_task` left as strings; ``manager`` is an lm-eval ``TaskManager``
+    (built here, which is slow, only when there are names to check).
+
+    Raises:
+        ValueError: naming every unknown task.
+    """
+    if not names:
+        return
+    if manager is None:
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager()
+    unknown = sorted({n for n in names if n not in manager.all_tasks and not Path(n).is_file()})
+    if unknown:
+        raise ValueError(
+            f"unknown zero-shot task(s) {unknown}: neither a local .jsonl file with {{question, choices, label}} rows, "
+            "a name under <data dir>/zeroshot, nor a registered lm-eval task"
+        )
+
+
 def jsonl_task_config(task: LocalTask) -> dict[str, Any]:
     """The lm-eval task config dict for a local multiple-choice file."""
     return {
@@ -204,12 +229,7 @@ def zeroshot(
     locals_ = [r for r in resolved if isinstance(r, LocalTask)]
     names = [r for r in resolved if isinstance(r, str)]
     manager = TaskManager(include_defaults=bool(names))
-    unknown = [n for n in names if n not in manager.all_tasks and not Path(n).is_file()]
-    if unknown:
-        raise ValueError(
-            f"zeroshot: unknown lm-eval task(s) {unknown}; give a registered lm-eval task name or a local "
-            ".jsonl file with {question, choices, label} rows"
-        )
+    check_lm_eval_tasks(names, manager)
     if stream_device is None:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     else:
@@ -257,7 +277,7 @@ def zeroshot(
         limit=limit,
         prompt=PROMPT if locals_ else "lm-eval task default",
         lm_eval_version=importlib.metadata.version("lm_eval"),
-        dtype=model_dtype(model),
+        dtype=dtype_name(model),
     )
     return {"tasks": results, "protocol": protocol.model_dump(mode="json")}
 

@@ -1,7 +1,8 @@
 """What a comparison runs, as validated settings: model, methods, budgets, seeds, data and evaluators.
 
 Everything here is identical across the runs of one comparison (that is what makes it fair); the
-runner turns it into runtime state. Defaults follow the shared data folder: calibration on WikiText-2
+runner turns it into runtime state. Defaults follow the shared data folder, looked at when a run starts
+(``resolved()``), never while settings are validated: calibration on WikiText-2
 validation when ``$PRUNEFRAME_DATA_DIR`` (or ``../shared/data``) holds it, else on the offline
 ``embedded`` corpus; perplexity on every source available (WikiText-2 test, Moby-Dick's test half and the
 embedded test half offline, plus C4 and PTB when the hub answers); zero-shot on the local JSONL tasks
@@ -29,12 +30,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruneframe.budget import BudgetKind, make_budget
 from pruneframe.data.sources import data_dir
+from pruneframe.devices import LoadDtype
 
 __all__ = [
     "InputError",
@@ -42,6 +44,7 @@ __all__ = [
     "normalise_methods",
     "Dtype",
     "Device",
+    "TextSettings",
     "CalibrationSettings",
     "RecoveryDataSettings",
     "EvalConfig",
@@ -50,10 +53,12 @@ __all__ = [
     "default_zeroshot_tasks",
     "default_evaluation",
     "protocol_flag_over_file",
+    "checked_budget",
     "budget_slug",
 ]
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: ``auto`` or a dtype name or alias (``bf16``), stored under its canonical name (see :data:`pruneframe.devices.DTYPES`).
+Dtype = LoadDtype
 #: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when the model loads).
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 
@@ -114,12 +119,8 @@ def default_evaluation() -> dict[str, dict[str, Any] | None]:
     }
 
 
-def _merge_evaluation(value: Any) -> Any:
+def _merge_evaluation(value: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any] | None]:
     """Overlay the user's per-evaluator settings on the defaults (``null`` switches one off)."""
-    if value is None:
-        return default_evaluation()
-    if not isinstance(value, dict):
-        return value  # let pydantic report the type error
     merged = default_evaluation()
     for name, settings in value.items():
         base = merged.get(name)
@@ -150,42 +151,57 @@ def protocol_flag_over_file(file_settings: dict[str, Any], flag_settings: dict[s
     return {**file_settings, "evaluation": {**file_settings["evaluation"], "perplexity": kept}}
 
 
+def checked_budget(value: float | int, kind: BudgetKind, where: str) -> Any:
+    """The budget object for ``value`` read as ``kind``; a ``ValueError`` naming ``where`` when it is not one."""
+    try:
+        return make_budget(value, kind)
+    except (ValueError, ValidationError) as exc:
+        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ValueError(f"{where} = {value!r} (kind {kind!r}): {msg}") from None
+
+
 def budget_slug(budget: Any) -> str:
     """The budget's part of a run id: ``0.5`` for keep-ratios, the parameter count for ``params``."""
     keep = getattr(budget, "keep", None)
     return f"{keep:g}" if keep is not None else str(budget.params)
 
 
-class CalibrationSettings(BaseModel):
-    """Where the one calibration token stream shared by every run comes from.
+class TextSettings(BaseModel):
+    """One text source and split; ``data=None`` is the default development text, found when a run starts.
+
+    Validating these settings reads nothing: :meth:`resolved` looks at the data folder.
 
     Attributes:
-        data: any source :func:`pruneframe.data.resolve_text` takes.
-        split: the split read (``calibration`` maps to validation for named corpora).
-        max_tokens: keep only the first this many tokens of the stream (``None``: all of it).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Annotated[str, Field(min_length=1)] = Field(default_factory=lambda: default_text_source("calibration"))
-    split: str = "calibration"
-    max_tokens: Annotated[int, Field(ge=2)] | None = None
-
-
-class RecoveryDataSettings(BaseModel):
-    """Where the recovery text comes from (one text for every recovery of a comparison).
-
-    Attributes:
-        data: any source :func:`pruneframe.data.resolve_text` takes (default: WikiText-2 validation
-            when the data folder holds it, else ``embedded``'s calibration half: development text).
+        data: any source :func:`pruneframe.data.resolve_text` takes, or ``None``: WikiText-2 validation
+            when the data folder holds it, else ``embedded``'s calibration half (see :func:`default_text_source`).
         split: the split read; ``calibration`` maps to validation for named corpora and to the half
             that evaluation never reads for ``embedded`` and ``moby-dick``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Annotated[str, Field(min_length=1)] = Field(default_factory=lambda: default_text_source("calibration"))
+    data: Annotated[str, Field(min_length=1)] | None = None
     split: str = "calibration"
+
+    def resolved(self) -> Self:
+        """These settings with ``data`` named: ``None`` becomes the default source of this machine's data folder."""
+        if self.data is not None:
+            return self
+        return self.model_copy(update={"data": default_text_source("calibration")})
+
+
+class CalibrationSettings(TextSettings):
+    """Where the one calibration token stream shared by every run comes from (see :class:`TextSettings`).
+
+    Attributes:
+        max_tokens: keep only the first this many tokens of the stream (``None``: all of it).
+    """
+
+    max_tokens: Annotated[int, Field(ge=2)] | None = None
+
+
+class RecoveryDataSettings(TextSettings):
+    """Where the recovery text comes from: one text for every recovery of a comparison (see :class:`TextSettings`)."""
 
 
 class EvalConfig(BaseModel):
@@ -197,7 +213,8 @@ class EvalConfig(BaseModel):
             accelerator, float32 on the CPU).
         device: where every model is loaded, pruned and evaluated (``auto``: CUDA when present).
         evaluation: evaluator name -> its settings (validated by that evaluator's ``Config``), or
-            ``null`` to switch it off; merged over :func:`default_evaluation`.
+            ``null`` to switch it off; merged over :func:`default_evaluation` when the run starts
+            (:meth:`resolved`), since the defaults depend on the data folder.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -205,16 +222,20 @@ class EvalConfig(BaseModel):
     model: Annotated[str, Field(min_length=1)] = "smollm2-135m"
     dtype: Dtype = "auto"
     device: Device = "auto"
-    evaluation: dict[str, dict[str, Any] | None] = Field(default_factory=default_evaluation)
+    evaluation: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
 
     @field_validator("evaluation", mode="before")
     @classmethod
-    def _merge(cls, value: Any) -> Any:
-        return _merge_evaluation(value)
+    def _none_is_the_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def resolved(self) -> Self:
+        """This config with the evaluation defaults of this machine's data folder merged in: what a run records."""
+        return self.model_copy(update={"evaluation": _merge_evaluation(self.evaluation)})
 
     def enabled_evaluators(self) -> dict[str, dict[str, Any]]:
-        """The evaluators that run, in order, with their settings."""
-        return {name: dict(cfg) for name, cfg in self.evaluation.items() if cfg is not None}
+        """The evaluators that run, in order, with their settings (defaults merged in)."""
+        return {name: dict(cfg) for name, cfg in _merge_evaluation(self.evaluation).items() if cfg is not None}
 
 
 class CompareConfig(EvalConfig):
@@ -259,11 +280,7 @@ class CompareConfig(EvalConfig):
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
         for index, value in enumerate(self.budgets):
-            try:
-                make_budget(value, self.budget_kind)
-            except (ValueError, ValidationError) as exc:
-                msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-                raise ValueError(f"budgets[{index}] = {value!r} (kind {self.budget_kind!r}): {msg}") from None
+            checked_budget(value, self.budget_kind, f"budgets[{index}]")
         slugs = [budget_slug(b) for b in self.budget_objects()]
         if len(set(slugs)) != len(slugs):
             raise ValueError(f"budgets contain duplicates: {self.budgets}")
@@ -288,6 +305,11 @@ class CompareConfig(EvalConfig):
             if "seed" in cfg:
                 raise ValueError(f"method_configs.{name}.seed: set seeds with 'seeds' (one run per seed)")
         return self
+
+    def resolved(self) -> Self:
+        """This config with its defaults found (evaluators, and text sources: :meth:`TextSettings.resolved`): what a run records."""
+        return super().resolved().model_copy(update={"calibration": self.calibration.resolved(),
+                                                     "recovery_data": self.recovery_data.resolved()})
 
     def seeds_for(self, method: str) -> list[int]:
         """The seeds ``method`` runs with: ``method_seeds[method]`` when given, else ``seeds``."""

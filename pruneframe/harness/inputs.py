@@ -19,7 +19,7 @@ import torch
 from pruneframe.data import calibration_data, resolve_text
 from pruneframe.data.windows import tokenizer_fingerprint
 from pruneframe.evaluation.base import Evaluator
-from pruneframe.evaluation.zeroshot import resolve_task
+from pruneframe.evaluation.zeroshot import check_lm_eval_tasks, resolve_task
 from pruneframe.harness.cache import model_identity, package_digest
 from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
 from pruneframe.host import PluginHost, UnknownNameError, UnsupportedModelError
@@ -86,6 +86,7 @@ def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
 
 def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any], Any]:
     """The calibration text as one token stream, its stamp (source, size, fingerprints) and the source."""
+    settings = settings.resolved()
     with input_phase(f"calibration data {settings.data!r}"):
         source = resolve_text(settings.data, settings.split)
         tokens = calibration_data(source, tokenizer, max_tokens=settings.max_tokens).tokens
@@ -125,21 +126,8 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
                 entry["data"] = source.describe()
             if hasattr(cfg, "tasks"):
                 resolved = [resolve_task(task) for task in cfg.tasks]
-                _check_lm_eval_tasks([t for t in resolved if isinstance(t, str)])
+                check_lm_eval_tasks([t for t in resolved if isinstance(t, str)])
                 entry["tasks"] = [t if isinstance(t, str) else t.model_dump() for t in resolved]
         evaluators[name], stamp[name] = evaluator, entry
     return evaluators, stamp, sources
 
-
-def _check_lm_eval_tasks(names: list[str]) -> None:
-    """Fail before any run when a task is neither a local file nor a registered lm-eval task."""
-    if not names:
-        return
-    from lm_eval.tasks import TaskManager  # heavy: only when lm-eval task names are used
-
-    unknown = sorted(set(names) - set(TaskManager().all_tasks))
-    if unknown:
-        raise ValueError(
-            f"unknown zero-shot task(s) {unknown}: neither a local .jsonl file, a name under <data dir>/zeroshot, "
-            "nor a registered lm-eval task"
-        )

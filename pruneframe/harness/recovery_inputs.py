@@ -40,6 +40,7 @@ def recovery_text(settings: RecoveryDataSettings, eval_sources: list[TextSource]
     Raises:
         InputError: the source cannot be read, or it overlaps an evaluation source (named).
     """
+    settings = settings.resolved()
     try:
         source = resolve_text(settings.data, settings.split)
     except (ValueError, OSError) as exc:

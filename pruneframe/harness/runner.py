@@ -149,7 +149,11 @@ def evaluate_model(
 
 
 def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prepared:
-    """Validate everything and load what every run shares; raises ``InputError`` on bad input."""
+    """Validate everything and load what every run shares; raises ``InputError`` on bad input.
+
+    The prepared config names its default text sources (:meth:`CompareConfig.resolved`).
+    """
+    config = config.resolved()
     names = config.methods if config.methods is not None else sorted(host.methods())
     if not names:
         raise InputError("no pruning methods are installed (pruneframe plugins lists what loaded and what failed)")
@@ -178,7 +182,7 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
             streams[recovery.label()] = recovery_stream(recovery, recovery_source, tokenizer)
     prep = Prepared(
         config=config, host=host, model=model, tokenizer=tokenizer, device=str(model_device(model)),
-        dtype=dtype_name(next(model.parameters()).dtype), model_stamp=model_stamp,
+        dtype=dtype_name(model), model_stamp=model_stamp,
         evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
         calibration_stamp=calibration_stamp, recoveries=recoveries, streams=streams,
     )
@@ -441,7 +445,7 @@ def compare(
                 done += [record["run_id"]] if computed else []
             bar.update()
     meta = {
-        "config": config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
+        "config": prep.config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
         "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
         "budgets": prep.budgets, "device": prep.device, "dtype": prep.dtype, "code": code_identity(),
         "recovery": {label: stream.describe() for label, stream in prep.streams.items()},

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe._io import write_bytes_atomic
-from pruneframe.devices import model_device
+from pruneframe.devices import dtype_name, model_device
 from pruneframe.recovery.stream import RecoveryStream
 
 __all__ = ["TeacherTargets", "compute_teacher", "teacher_key", "top_k_kl", "load_or_compute_teacher"]
@@ -107,7 +107,7 @@ def compute_teacher(
     finally:
         model.train(was_training)
     stamp = {"model": model_identity, "stream_sha256": stream.fingerprint, "top_k": top_k, "hidden": hidden,
-             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+             "dtype": dtype_name(model)}
     return TeacherTargets(torch.cat(values), torch.cat(indices), torch.cat(lses), torch.cat(states) if hidden else None, stamp)
 
 
@@ -116,7 +116,7 @@ def load_or_compute_teacher(
     progress: bool, model_identity: dict[str, Any] | None,
 ) -> TeacherTargets:
     """The teacher's outputs from ``folder`` when a file there matches, else computed (and stored there)."""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = dtype_name(model)
     path = None if folder is None else Path(folder) / f"teacher-{teacher_key(model_identity, stream, top_k, hidden, dtype)}.pt"
     if path is not None and path.is_file():
         return TeacherTargets.load(path)
