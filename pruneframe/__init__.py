@@ -22,6 +22,7 @@ from pruneframe.calibration import CalibrationData
 from pruneframe.host import PluginHost
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline import PipelineMethod, RecalibrationConfig, RecalibrationMethod
 from pruneframe.units import UnitKind, UnitSet
 
 __version__ = "0.1.0"
@@ -41,6 +42,9 @@ __all__ = [
     "MethodConfig",
     "PruningMethod",
     "Recalibration",
+    "RecalibrationConfig",
+    "RecalibrationMethod",
+    "PipelineMethod",
     "ScoringContext",
     "UnitKind",
     "UnitSet",

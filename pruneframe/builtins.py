@@ -14,6 +14,7 @@ from pruneframe.architectures import ArchitectureAdapter, builtin_adapters
 from pruneframe.fold import fold
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline import NoRecalibration, RecalibrationMethod
 from pruneframe.projection import Policy, Scope, project
 from pruneframe.units import UnitSet
 
@@ -23,6 +24,12 @@ def pruneframe_register_architectures(register: Callable[[ArchitectureAdapter], 
     """The core's families: Llama/Mistral/Qwen2/Qwen3, Gemma 3, Phi-3."""
     for adapter in builtin_adapters():
         register(adapter)
+
+
+@hookimpl(trylast=True)
+def pruneframe_register_recalibrations(register: Callable[[type[RecalibrationMethod]], None]) -> None:
+    """The core's recalibration: ``none`` (fold the mask as it is)."""
+    register(NoRecalibration)
 
 
 @hookimpl(trylast=True)

@@ -55,6 +55,17 @@ def pruneframe_register_recoveries(register: Callable[[type[Any]], None]) -> Non
 
 
 @hookspec
+def pruneframe_register_recalibrations(register: Callable[[type[Any]], None]) -> None:
+    """Announce recalibrations: call ``register(RecalibrationClass)`` once per :class:`pruneframe.pipeline.RecalibrationMethod` subclass.
+
+    Every implementation is called (collect-all). A recalibration computes, for a fixed keep-mask,
+    what the fold multiplies or adds into the kept weights (per-unit scales, output biases); the
+    class's ``name`` is how users pair it with any scorer (``llm-pruner+bias``, see
+    :class:`pruneframe.pipeline.PipelineMethod`).
+    """
+
+
+@hookspec
 def pruneframe_register_architectures(register: Callable[[ArchitectureAdapter], None]) -> None:
     """Announce model families: call ``register(adapter)`` once per :class:`~pruneframe.architectures.ArchitectureAdapter`.
 

@@ -43,6 +43,7 @@ from pruneframe.budget import check_meets_budget
 from pruneframe.calibration import InsufficientCalibrationError
 from pruneframe.digests import package_digest, top_package
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline import PipelineMethod, RecalibrationMethod, split_pipeline_name
 from pruneframe.projection import BudgetError
 from pruneframe.prune_report import StageRecord
 from pruneframe.resume import StaleCheckpointError
@@ -101,6 +102,7 @@ class PluginInfo:
     methods: list[str] = field(default_factory=list)
     evaluators: list[str] = field(default_factory=list)
     recoveries: list[str] = field(default_factory=list)
+    recalibrations: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -148,6 +150,8 @@ class PluginHost:
         self._evaluators: dict[str, type[Any]] | None = None
         self._recoveries: dict[str, type[Any]] | None = None
         self._recovery_origin: dict[str, str] = {}
+        self._recalibrations: dict[str, type[RecalibrationMethod]] | None = None
+        self._recalibration_origin: dict[str, str] = {}
         self._adapters: list[tuple[ArchitectureAdapter, str]] | None = None
         self._method_origin: dict[str, str] = {}
         self._evaluator_origin: dict[str, str] = {}
@@ -256,6 +260,24 @@ class PluginHost:
         except ValidationError as exc:
             raise _retitled(exc, f"recovery {name!r} ({exc.title})") from exc
 
+    def recalibrations(self) -> dict[str, type[RecalibrationMethod]]:
+        """Every registered recalibration class by name (``none``, ``scales``, ``bias``, ...)."""
+        if self._recalibrations is None:
+            self._recalibrations, self._recalibration_origin = self._collect(
+                "pruneframe_register_recalibrations", "recalibration")
+        return dict(self._recalibrations)
+
+    def recalibration(self, name: str, config: Any = None) -> RecalibrationMethod:
+        """An instance of recalibration ``name`` with ``config`` validated by its config model."""
+        recalibrations = self.recalibrations()
+        if name not in recalibrations:
+            raise self._unknown("recalibration", name, list(recalibrations))
+        cls = recalibrations[name]
+        try:
+            return cls(config)
+        except ValidationError as exc:
+            raise _retitled(exc, f"recalibration {name!r} ({exc.title})") from exc
+
     def recovery_plugin(self, recovery: Any) -> str:
         """The plugin that registered ``recovery``'s class (its module name otherwise)."""
         self.recoveries()
@@ -269,7 +291,19 @@ class PluginHost:
         return _did_you_mean(kind, name, known)
 
     def method(self, name: str, config: Any = None) -> PruningMethod:
-        """An instance of method ``name`` with ``config`` validated by its config model."""
+        """An instance of method ``name`` with ``config`` validated by its config model.
+
+        ``SCORER+RECALIBRATION`` (``llm-pruner+bias``) gives a :class:`~pruneframe.pipeline.PipelineMethod`:
+        ``config`` is the scorer's settings, plus under ``recalibration`` the recalibration's.
+        """
+        try:
+            parts = split_pipeline_name(name)
+        except ValueError as exc:
+            raise UnknownNameError(str(exc)) from exc
+        if parts is not None:
+            settings = dict(config or {})
+            recalibration = self.recalibration(parts[1], settings.pop("recalibration", None))
+            return PipelineMethod(self.method(parts[0], settings), recalibration)
         methods = self.methods()
         if name not in methods:
             raise self._unknown("method", name, list(methods))
@@ -313,18 +347,35 @@ class PluginHost:
             f"no installed plugin handles {type(model).__name__}; supported: {', '.join(supported)}"
         )
 
-    def method_plugin(self, method: PruningMethod) -> str:
-        """The plugin that registered ``method``'s class (its module name for an unregistered method object)."""
+    def method_plugin(self, method: PruningMethod | RecalibrationMethod) -> str:
+        """The plugin that registered ``method``'s class (its module name for an unregistered method object).
+
+        A recalibration is looked up among the recalibrations.
+        """
+        if isinstance(method, RecalibrationMethod):
+            self.recalibrations()
+            origin = self._recalibration_origin.get(method.name)
+            registered = self._recalibrations is not None and self._recalibrations.get(method.name) is type(method)
+            return origin if origin is not None and registered else type(method).__module__
         self.methods()
         origin = self._method_origin.get(getattr(method, "name", ""))
         if origin is not None and self._methods is not None and self._methods.get(method.name) is type(method):
             return origin
         return type(method).__module__
 
+    @staticmethod
+    def stage_owner(method: PruningMethod, stage: str) -> PruningMethod | RecalibrationMethod:
+        """The object whose code carries out ``stage`` for ``method``: a pipeline's scorer scores and its
+        recalibration recalibrates; any other method does both."""
+        if isinstance(method, PipelineMethod):
+            return method.recalibration if stage == "recalibrate" else method.scorer
+        return method
+
     def _is_own(self, plugin: str) -> bool:
         return plugin in self.own or plugin.split(".")[0] in ("pruneframe", "pruneframe_grasprune", "pruneframe_baselines", "pruneframe_recovery")
 
-    def _call(self, hook_name: str, what: str, owner: PruningMethod | None = None, /, **kwargs: Any) -> tuple[Any, str]:
+    def _call(self, hook_name: str, what: str, owner: PruningMethod | RecalibrationMethod | None = None, /,
+              **kwargs: Any) -> tuple[Any, str]:
         """Call a first-result hook as pluggy does; returns the result and the plugin that produced it.
 
         When the implementation is a core stage that only calls the method object (scoring,
@@ -363,12 +414,13 @@ class PluginHost:
 
     # provenance -------------------------------------------------------------------------------
 
-    def _plugins_in_order(self, impls: list[Any], owner: PruningMethod | None) -> list[str]:
+    def _plugins_in_order(self, impls: list[Any], owner: PruningMethod | RecalibrationMethod | None) -> list[str]:
         """The plugins of ``impls`` in the order pluggy tries them (the method's plugin for a core stage with an owner)."""
         return [self.method_plugin(owner) if owner is not None and impl.plugin_name in CORE_PLUGINS else impl.plugin_name
                 for impl in reversed(impls)]
 
-    def stage_record(self, plugin: str, owner: PruningMethod | None = None, code: Any = None) -> StageRecord:
+    def stage_record(self, plugin: str, owner: PruningMethod | RecalibrationMethod | None = None,
+                     code: Any = None) -> StageRecord:
         """The :class:`StageRecord` of ``plugin``: its name, its code's package and that package's digest.
 
         ``code`` is what ran when it is not the plugin object itself (an adapter instance); with ``owner``,
@@ -389,7 +441,7 @@ class PluginHost:
         return StageRecord(plugin=plugin, package=top_package(code) or "?", digest=package_digest(code))
 
     def _record(self, provenance: dict[str, StageRecord] | None, stage: str, plugin: str,
-                owner: PruningMethod | None = None, code: Any = None) -> None:
+                owner: PruningMethod | RecalibrationMethod | None = None, code: Any = None) -> None:
         if provenance is not None:
             provenance[stage] = self.stage_record(plugin, owner, code)
 
@@ -397,13 +449,14 @@ class PluginHost:
         """Per stage (score, project, recalibrate, fold), every implementation that may carry it out.
 
         In the order they are tried (the first non-``None`` result wins), each with its code's digest;
-        with ``method``, the core scoring and recalibration stages are recorded as the method's class.
+        with ``method``, the core scoring and recalibration stages are recorded as the method's class (a
+        pipeline's scorer's and recalibration's, see :meth:`stage_owner`).
         Any plugin that overrides a stage appears here whether or not it returns a result for a given
         call, so a key over this changes when such a plugin is installed, removed or edited.
         """
         out: dict[str, list[StageRecord]] = {}
         for stage, hook_name in STAGE_HOOKS.items():
-            owner = method if stage in ("score", "recalibrate") else None
+            owner = self.stage_owner(method, stage) if method is not None and stage in ("score", "recalibrate") else None
             impls = getattr(self.pm.hook, hook_name).get_hookimpls()
             out[stage] = [self.stage_record(plugin, owner) for plugin in self._plugins_in_order(impls, owner)]
         return out
@@ -429,7 +482,8 @@ class PluginHost:
     def score(self, method: PruningMethod, context: ScoringContext,
               provenance: dict[str, StageRecord] | None = None) -> torch.Tensor:
         """One score per unit, validated (type, shape and finiteness); recorded as ``score``."""
-        scores, plugin = self._call("pruneframe_score_units", f"scoring with method {method.name!r}", method, method=method,
+        owner = self.stage_owner(method, "score")
+        scores, plugin = self._call("pruneframe_score_units", f"scoring with method {method.name!r}", owner, method=method,
                                     context=context)
         if not isinstance(scores, torch.Tensor) or scores.shape != (len(context.units),):
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -439,7 +493,7 @@ class PluginHost:
         bad = torch.nonzero(torch.isnan(scores.detach().float())).flatten()
         if bad.numel():
             raise self._fault(plugin, f"method {method.name!r} returned NaN scores (first at unit {int(bad[0])})")
-        self._record(provenance, "score", plugin, method)
+        self._record(provenance, "score", plugin, owner)
         return scores.detach().float().cpu()
 
     def project(self, scores: torch.Tensor, units: UnitSet, budget: int, minimum: torch.Tensor, policy: str, scope: str,
@@ -470,12 +524,13 @@ class PluginHost:
     def recalibrate(self, method: PruningMethod, context: ScoringContext, mask: torch.Tensor,
                     provenance: dict[str, StageRecord] | None = None) -> Recalibration | None:
         """The method's recalibration for ``mask`` (``None`` when it has none); recorded as ``recalibrate``."""
-        result, plugin = self._call("pruneframe_recalibrate", f"recalibration with method {method.name!r}", method,
+        owner = self.stage_owner(method, "recalibrate")
+        result, plugin = self._call("pruneframe_recalibrate", f"recalibration with method {method.name!r}", owner,
                                     method=method, context=context, mask=mask)
         if result is not None and not isinstance(result, Recalibration):
             raise self._fault(plugin, f"method {method.name!r} recalibration returned {type(result).__name__}, expected "
                               "a Recalibration or None")
-        self._record(provenance, "recalibrate", plugin, method)
+        self._record(provenance, "recalibrate", plugin, owner)
         return result
 
     def fold(
@@ -497,6 +552,7 @@ class PluginHost:
         self.methods()
         self.evaluators()
         self.recoveries()
+        self.recalibrations()
         infos: dict[str, PluginInfo] = {}
         for name, plugin in self.pm.list_name_plugin():
             module = getattr(plugin, "__name__", type(plugin).__name__)
@@ -510,6 +566,8 @@ class PluginHost:
             infos[plugin_name].evaluators.append(name)
         for name, plugin_name in self._recovery_origin.items():
             infos[plugin_name].recoveries.append(name)
+        for name, plugin_name in self._recalibration_origin.items():
+            infos[plugin_name].recalibrations.append(name)
         out = list(infos.values())
         out += [PluginInfo(name=n, module="?", error=err) for n, err in self.failures.items()]
         return out

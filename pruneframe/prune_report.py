@@ -152,6 +152,8 @@ class PruneReport(_Record):
         recovery: the recovery the folded model went through after the prune (``None``: none).
         stages: per stage that ran (``architecture``, ``score``, ``project``, ``recalibrate``, ``fold``;
             no ``score`` for precomputed scores), the plugin that carried it out and its code's digest.
+        pipeline: for a ``SCORER+RECALIBRATION`` pipeline, its two parts (``scorer``, ``recalibration``);
+            ``config`` then holds the scorer's settings and, under ``recalibration``, the recalibration's.
     """
 
     method: str
@@ -179,6 +181,7 @@ class PruneReport(_Record):
     calibration_source: dict[str, Any] | None = None
     recovery: RecoveryRecord | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)
+    pipeline: dict[str, str] | None = None
 
     @property
     def calibration_tokens(self) -> int:

@@ -33,6 +33,7 @@ from pruneframe.budget import BudgetKind, check_meets_budget, group_round_to, ma
 from pruneframe.calibration import CalibrationData
 from pruneframe.devices import dtype_name, model_device, resolve_device
 from pruneframe.host import PluginHost
+from pruneframe.pipeline import PipelineMethod
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.prune_report import STAGES, CalibrationRecord, MemoryRecord, PruneReport, StageRecord, Timings
 from pruneframe.streaming import StreamingOptions, resolve_compute_device
@@ -283,6 +284,8 @@ class PruneSession:
             model=self.model_identity,
             calibration_source=calibration_source,
             stages={stage: self.stages[stage] for stage in STAGES if stage in self.stages},
+            pipeline=({"scorer": self.method.scorer.name, "recalibration": self.method.recalibration.name}
+                      if isinstance(self.method, PipelineMethod) else None),
         )
 
 

@@ -337,3 +337,26 @@ def test_method_seeds_replace_seeds_for_the_methods_named() -> None:
         CompareConfig(methods=["random"], method_seeds={"grasprune": [0]})
     with pytest.raises(ValidationError, match="method_seeds.random contains duplicates"):
         CompareConfig(methods=["random"], method_seeds={"random": [1, 1]})
+
+
+def test_no_data_folder_and_no_hub_still_evaluates_out_of_domain(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defaults only: calibration on ``embedded``, evaluation on every corpus an install has, three domains."""
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    settings = {"model": str(workspace["model"]), "methods": ["magnitude"], "budgets": [0.5], "out": str(out),
+                "evaluation": {"perplexity": {"seq_len": 32, "num_windows": 2}, "size": None, "speed": None}}
+    assert main(["compare", "--config", str(write_config(tmp_path / "c.json", settings)), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["calibration"]["name"] == "embedded" and results["calibration"]["domain"] == "embedded"
+    sources = {s["label"]: s for s in results["summary"]["sources"]}
+    assert {label: (s["domain"], s["in_domain"]) for label, s in sources.items()} == {
+        "embedded": ("embedded", True), "embedded-code": ("code", False), "embedded-papers": ("research", False)}
+    run = results["runs"][0]["eval"]["perplexity"]["sources"]
+    assert set(run) == set(sources) and all(math.isfinite(row["ppl"]) for row in run.values())
+    md = (out / "results.md").read_text()
+    assert "embedded (in-domain) ppl/dense" in md and "embedded-code ppl/dense" in md and "OOD geomean" in md

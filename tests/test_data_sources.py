@@ -11,7 +11,9 @@ from tiny import tiny_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from pruneframe.data import sources
+from pruneframe.data import installed
 from pruneframe.data.embedded import EMBEDDED_SPLITS, embedded_topics
+from pruneframe.data.halves import split_halves
 from pruneframe.data.sources import DataSourceError, TextSource, check_disjoint, resolve_text
 from pruneframe.data.windows import calibration_windows, count_tokens, token_windows
 
@@ -255,18 +257,19 @@ def test_domains_follow_the_named_corpus_or_the_folder(empty_data_dir: Path, tmp
 
 
 def test_catalog_lists_what_is_available(empty_data_dir: Path) -> None:
-    assert sources.eval_source_catalog(online=False) == ["embedded"]
-    assert sources.eval_source_catalog(online=True) == ["embedded", "c4", "ptb"]
+    everywhere = ["embedded", "embedded-code", "embedded-papers"]
+    assert sources.eval_source_catalog(online=False) == everywhere
+    assert sources.eval_source_catalog(online=True) == [*everywhere, "c4", "ptb"]
     (empty_data_dir / "wikitext-2").mkdir()
     (empty_data_dir / "wikitext-2" / "wiki.valid.tokens").write_text("calibration only")
-    assert sources.eval_source_catalog(online=False) == ["embedded"]  # no test file: not an evaluation source
+    assert sources.eval_source_catalog(online=False) == everywhere  # no test file: not an evaluation source
     (empty_data_dir / "wikitext-2" / "wiki.test.raw").write_text("test")
     (empty_data_dir / "literature").mkdir()
     (empty_data_dir / "literature" / "moby_dick.txt").write_text(book(3))
     (empty_data_dir / "ptb").mkdir()
     (empty_data_dir / "ptb" / "ptb.test.txt").write_text("ptb test")
-    assert sources.eval_source_catalog(online=False) == ["wikitext-2", "moby-dick", "ptb", "embedded"]
-    assert sources.eval_source_catalog(online=True) == ["wikitext-2", "moby-dick", "ptb", "embedded", "c4"]
+    assert sources.eval_source_catalog(online=False) == ["wikitext-2", "moby-dick", "ptb", *everywhere]
+    assert sources.eval_source_catalog(online=True) == ["wikitext-2", "moby-dick", "ptb", *everywhere, "c4"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "literature" / "moby_dick.txt").is_file(), reason="shared data folder absent")
@@ -276,3 +279,46 @@ def test_shared_moby_dick_halves_are_disjoint(monkeypatch: pytest.MonkeyPatch) -
     assert 0.45 < len(dev.text) / (len(dev.text) + len(test.text)) < 0.55
     check_disjoint(dev, test, samples=400)
     check_disjoint(resolve_text("wikitext-2", "calibration"), test)
+
+
+@pytest.mark.parametrize(("name", "domain", "halves"), [("embedded-code", "code", installed.code_halves),
+                                                        ("embedded-papers", "research", installed.paper_halves)])
+def test_installed_corpora_are_split_by_document_disjoint_and_tagged(name: str, domain: str, halves) -> None:
+    calib, test = resolve_text(name, "calibration"), resolve_text(name, "test")
+    assert (calib.split, test.split, calib.domain, test.domain) == ("calibration", "test", domain, domain)
+    assert resolve_text(name, "validation").fingerprint == calib.fingerprint  # every development alias: one half
+    keys = halves().keys
+    assert keys["calibration"] and keys["test"] and not set(keys["calibration"]) & set(keys["test"])
+    assert 0.35 < len(test.text) / (len(test.text) + len(calib.text)) < 0.65
+    check_disjoint(calib, test, samples=400)
+    for other in ("embedded", "embedded-code", "embedded-papers"):  # calibrating on one, evaluating on another
+        if other != name:
+            check_disjoint(resolve_text(other, "calibration"), test, samples=100)
+    halves.cache_clear()
+    assert resolve_text(name, "test").fingerprint == test.fingerprint  # the same text when read again
+
+
+def test_embedded_code_reads_the_standard_library_modules_in_name_order() -> None:
+    modules = installed.stdlib_modules()
+    names = [p.name for p in modules]
+    assert names == sorted(names) and "os.py" in names and not any(n.startswith("_sysconfigdata") for n in names)
+    assert set(installed.code_halves().keys["test"]) | set(installed.code_halves().keys["calibration"]) == set(names)
+    first_test_module = installed.code_halves().keys["test"][0]
+    opening = next(p for p in modules if p.name == first_test_module).read_text(encoding="utf-8")[:120]
+    assert resolve_text("embedded-code", "test").text.startswith(opening.strip("\n")[:60])
+
+
+def test_split_halves_drops_test_paragraphs_shared_with_calibration() -> None:
+    shared = "a passage quoted by two documents " * 8
+    documents = {
+        "big": "\n\n".join(f"unique paragraph {i} of the large document, long enough to matter here" for i in range(40))
+        + "\n\n" + shared,
+        "small": "the small document opens with its own words and nothing else\n\n" + shared,
+    }
+    halves = split_halves(documents)
+    assert halves.keys == {"calibration": ("big",), "test": ("small",)} and halves.dropped == 1
+    assert shared.strip() not in halves.text["test"] and halves.text["test"].startswith("the small document")
+    calib = TextSource("x", "o", "calibration", halves.text["calibration"], "f1")
+    check_disjoint(calib, TextSource("x", "o", "test", halves.text["test"], "f2"), samples=200)
+    with pytest.raises(ValueError, match="appears verbatim"):  # the unfiltered document would overlap
+        check_disjoint(calib, TextSource("x", "o", "test", documents["small"], "f3"), samples=200)

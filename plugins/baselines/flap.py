@@ -23,6 +23,9 @@ mean(x_o)[removed]`` with means over the same calibration tokens; the core folds
 down_proj / o_proj biases, so each pruned sublayer keeps the dense sublayer's mean output on the
 calibration data.
 
+The compensation is also a recalibration plugin of its own, ``bias`` (:class:`BiasCompensation`), which
+any scorer can use (``llm-pruner+bias``); ``flap+bias`` with the same windows computes what ``flap`` does.
+
 Differences from the reference code: the variance is the exact unbiased variance over all
 calibration tokens (FLAP's running update counts batches), and statistics come from one pass of the
 dense model rather than layer by layer over cached hidden states (the same numbers, since FLAP
@@ -41,11 +44,13 @@ from pruneframe.architectures import unit_indices
 from pruneframe.collect import Moments, collect_input_moments, column_sums_of, mean_contribution
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline import RecalibrationConfig, RecalibrationMethod
 from pruneframe.streaming import StreamingOptions
 from pruneframe.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
-__all__ = ["FLAPConfig", "FLAP", "channel_metric", "standardise"]
+__all__ = ["FLAPConfig", "FLAP", "BiasConfig", "BiasCompensation", "channel_metric", "standardise", "projection_moments",
+           "compensation"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Metric = Literal["WIFV", "IFV", "WIFN"]
@@ -73,6 +78,62 @@ class FLAPConfig(AllocationConfig, StreamingOptions):
     batch_size: PositiveInt = 8
     bias_compensation: bool = True
     allocation: Literal["global", "uniform"] = "global"
+
+
+class BiasConfig(RecalibrationConfig, StreamingOptions):
+    """Settings of the ``bias`` recalibration: the calibration windows its means are taken over.
+
+    Attributes:
+        num_windows: calibration windows (FLAP's default here).
+        seq_len: tokens per window.
+        batch_size: windows per forward pass.
+    """
+
+    num_windows: PositiveInt = 64
+    seq_len: Annotated[int, Field(ge=2)] = 128
+    batch_size: PositiveInt = 8
+
+
+def projection_moments(context: ScoringContext, cfg: FLAPConfig | BiasConfig, owner: str,
+                       cache: dict[tuple[int, int], dict[str, list[Moments]]]) -> dict[str, list[Moments]]:
+    """Input moments of every o_proj and down_proj over ``cfg``'s calibration windows (one forward pass).
+
+    ``cache`` keeps the last result per (model, calibration) pair, so scoring and recalibrating on the
+    same model and data run one pass.
+    """
+    calibration = context.require_calibration(owner)
+    key = (id(context.model), id(calibration))
+    if key in cache:
+        return cache[key]
+    windows = calibration.windows(cfg.num_windows, cfg.seq_len)
+    moments = collect_input_moments(
+        context.model, windows, _TARGETS, batch_size=cfg.batch_size,
+        progress=context.progress, desc=f"{owner} fluctuation", adapter=context.units.adapter,
+        streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
+    )
+    context.stats["calibration_tokens"] = int(windows.numel())
+    context.stats["forward_passes"] = context.stats.get("forward_passes", 0) + -(-len(windows) // cfg.batch_size)
+    cache.clear()
+    cache[key] = moments
+    return moments
+
+
+def compensation(context: ScoringContext, mask: torch.Tensor, moments: dict[str, list[Moments]]) -> Recalibration:
+    """FLAP's bias compensation for ``mask``: each removed channel's mean contribution as an output bias."""
+    units, mask = context.units, mask.bool().cpu()
+    layers = context.layers()
+    hidden = layers[0].o_proj.out_features
+    mlp_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
+    attn_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
+    with torch.no_grad():
+        for i, mods in enumerate(layers):
+            removed = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
+            mlp_bias[i] = mean_contribution(mods.down_proj.weight, moments["down_in"][i].mean(), removed)
+            groups = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
+            cols = unit_indices(groups, mods.queries_per_group * mods.head_dim)
+            attn_bias[i] = mean_contribution(mods.o_proj.weight, moments["o_in"][i].mean(), cols)
+    context.stats["bias_compensation"] = True
+    return Recalibration(mlp_bias=mlp_bias.float(), attn_bias=attn_bias.float())
 
 
 def channel_metric(metric: Metric, weight: torch.Tensor, moments: Moments) -> torch.Tensor:
@@ -106,24 +167,10 @@ class FLAP(PruningMethod):
     def __init__(self, config: FLAPConfig | dict[str, Any] | None = None) -> None:
         super().__init__(config)
         # input moments of the last scoring pass, reused by recalibrate() on the same model and data
-        self._moments: tuple[tuple[int, int], dict[str, list[Moments]]] | None = None
+        self._moments: dict[tuple[int, int], dict[str, list[Moments]]] = {}
 
     def _collect(self, context: ScoringContext) -> dict[str, list[Moments]]:
-        cfg = self.config
-        calibration = context.require_calibration(self.name)
-        key = (id(context.model), id(calibration))
-        if self._moments is not None and self._moments[0] == key:
-            return self._moments[1]
-        windows = calibration.windows(cfg.num_windows, cfg.seq_len)
-        moments = collect_input_moments(
-            context.model, windows, _TARGETS, batch_size=cfg.batch_size,
-            progress=context.progress, desc="flap fluctuation", adapter=context.units.adapter,
-            streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
-        )
-        context.stats["calibration_tokens"] = int(windows.numel())
-        context.stats["forward_passes"] = context.stats.get("forward_passes", 0) + -(-len(windows) // cfg.batch_size)
-        self._moments = (key, moments)
-        return moments
+        return projection_moments(context, self.config, self.name, self._moments)
 
     def score(self, context: ScoringContext) -> torch.Tensor:
         """One standardised fluctuation score per unit (float32, flat unit order)."""
@@ -142,24 +189,33 @@ class FLAP(PruningMethod):
         """Output-bias corrections ``[num_layers, hidden]`` for ``mask`` (None without bias compensation)."""
         if not self.config.bias_compensation:
             return None
-        units, mask = context.units, mask.bool().cpu()
-        moments = self._collect(context)
-        layers = context.layers()
-        hidden = layers[0].o_proj.out_features
-        mlp_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
-        attn_bias = torch.zeros(units.num_layers, hidden, dtype=torch.float64)
-        with torch.no_grad():
-            for i, mods in enumerate(layers):
-                removed = torch.nonzero(~mask[units.slice(i, UnitKind.FFN)]).flatten()
-                mlp_bias[i] = mean_contribution(mods.down_proj.weight, moments["down_in"][i].mean(), removed)
-                groups = torch.nonzero(~mask[units.slice(i, UnitKind.KV)]).flatten()
-                cols = unit_indices(groups, mods.queries_per_group * mods.head_dim)
-                attn_bias[i] = mean_contribution(mods.o_proj.weight, moments["o_in"][i].mean(), cols)
-        context.stats["bias_compensation"] = True
-        return Recalibration(mlp_bias=mlp_bias.float(), attn_bias=attn_bias.float())
+        return compensation(context, mask, self._collect(context))
+
+
+class BiasCompensation(RecalibrationMethod):
+    """``bias``: FLAP's bias compensation for any scorer's mask (see the module docstring)."""
+
+    name = "bias"
+    Config = BiasConfig
+    summary = "FLAP's compensation: each removed channel's mean output folded into an output bias"
+    config: BiasConfig
+
+    def __init__(self, config: BiasConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._moments: dict[tuple[int, int], dict[str, list[Moments]]] = {}
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration:
+        """Output-bias corrections ``[num_layers, hidden]`` for ``mask``."""
+        return compensation(context, mask, projection_moments(context, self.config, self.name, self._moments))
 
 
 @hookimpl
 def pruneframe_register_methods(register: Callable[[type[PruningMethod]], None]) -> None:
     """Register FLAP."""
     register(FLAP)
+
+
+@hookimpl
+def pruneframe_register_recalibrations(register: Callable[[type[RecalibrationMethod]], None]) -> None:
+    """Register the ``bias`` recalibration."""
+    register(BiasCompensation)

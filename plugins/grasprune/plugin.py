@@ -6,7 +6,8 @@ z = m + p - stopgrad(p), so the loss sees the hard mask and the gradient reaches
 straight-through estimator). FFN channels are gated at down_proj's input, KV groups on their keys
 and values (see :mod:`pruneframe.gates`). AdamW on s only; the backbone is frozen.
 
-Stage B (recalibration): with the final mask fixed, one scale gamma = 1 + alpha * tanh(t) per unit is
+Stage B (recalibration, also the ``scales`` recalibration plugin that any scorer can use, see
+:mod:`pruneframe_grasprune.scales`): with the final mask fixed, one scale gamma = 1 + alpha * tanh(t) per unit is
 trained with the same loss on calibration sequences stage A did not see; the core folds gamma into
 down_proj columns (FFN) and k_proj/v_proj rows (KV). In Qwen3 the per-head k_norm cancels a key
 scale (as it would the folded k_proj rows), so there a KV-group scale effectively acts on values only.
@@ -32,7 +33,7 @@ import torch
 
 from pruneframe.budget import check_meets_budget, group_round_to
 from pruneframe.devices import dtype_name
-from pruneframe.gates import UnitGates, replaced_weights
+from pruneframe.gates import UnitGates
 from pruneframe.hookspecs import hookimpl
 from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.recompute import recompute_decoder_layers
@@ -41,6 +42,7 @@ from pruneframe.resume import LoopCheckpoint, tensor_digest
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
+from pruneframe_grasprune.scales import ScaleTraining, Scales, learn_scales
 from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop, window_loss
 
 __all__ = ["GRASPrune", "normalised_ranks"]
@@ -150,10 +152,6 @@ class GRASPrune(PruningMethod):
         }
         return torch.sigmoid(scores.detach() / cfg.tau).cpu()
 
-    def _scale(self, raw: torch.Tensor) -> torch.Tensor:
-        """Stage B's bounded scale: 1 + alpha * tanh(raw)."""
-        return 1 + self.config.rescale_alpha * torch.tanh(raw)
-
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """Stage B: learn gamma = 1 + alpha * tanh(t) per kept unit on unseen sequences."""
         cfg = self.config
@@ -174,42 +172,13 @@ class GRASPrune(PruningMethod):
             del moments
         if not cfg.rescale:
             return Recalibration(mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj)
-        steps = cfg.rescale_epochs * -(-len(windows) // cfg.batch_size)
-        device = next(context.model.parameters()).device
-        hard = mask.to(device=device, dtype=torch.float32)
-        units = context.units
-        t = torch.zeros(len(units), device=device, requires_grad=True)
-        u = torch.zeros(2, units.num_layers, units.hidden_size, device=device, requires_grad=True) if cfg.rescale_outputs else None
-        params = [t] if u is None else [t, u]
-        optimizer = torch.optim.AdamW(params, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-        with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                recompute_decoder_layers(context.model, cfg.recompute and stream is None), \
-                UnitGates(context.model, units, fused_glu=True) as gates, replaced_weights(context.model, down_proj):
-            gates.set_bias(mlp_bias, attn_bias)
-
-            def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-                if u is not None:
-                    gates.set_output_scales(*self._scale(u))
-                return hard * self._scale(t), {}
-
-            loss_backward = window_loss(cfg.rescale_loss, context.model, gates, windows, cfg.batch_size,
-                                        context.progress, stream)
-            stats = run_loop(
-                context.model, gates, params, gate_fn, loss_backward, windows,
-                batches(len(windows), cfg.batch_size, cfg.rescale_epochs, cfg.shuffle, cfg.seed + 1),
-                steps, optimizer, "grasprune scales", context.progress,
-                self._checkpoint("scales", context, windows, mask), compute_device=stream,
-            )
-        context.stats["rescale"] = {
-            "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
-            "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0], "last_loss": stats.losses[-1],
-            "peak_rss_bytes": stats.peak_rss_bytes,
-        }
-        gamma = self._scale(t.detach()).cpu()
-        out_scale = (None, None) if u is None else self._scale(u.detach()).cpu()
-        return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
-                             mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
+        how = ScaleTraining(
+            alpha=cfg.rescale_alpha, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+            epochs=cfg.rescale_epochs, loss=cfg.rescale_loss, outputs=cfg.rescale_outputs, batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle, seed=cfg.seed + 1, attention=self._attention(), recompute=cfg.recompute,
+        )
+        return learn_scales(context, mask, windows, how, stream=stream, mlp_bias=mlp_bias, attn_bias=attn_bias,
+                            down_proj=down_proj, checkpoint=self._checkpoint("scales", context, windows, mask))
 
 
 def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -230,3 +199,9 @@ def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
 def pruneframe_register_methods(register) -> None:
     """Register GRASPrune."""
     register(GRASPrune)
+
+
+@hookimpl
+def pruneframe_register_recalibrations(register) -> None:
+    """Register GRASPrune's stage B as the ``scales`` recalibration."""
+    register(Scales)

@@ -11,7 +11,7 @@ from pruneframe.host import PluginHost, PluginInfo
 
 __all__ = ["COMMAND", "table"]
 
-_HEADERS = ("plugin", "module", "hooks", "methods", "evaluators", "recoveries")
+_HEADERS = ("plugin", "module", "hooks", "methods", "recalibrations", "evaluators", "recoveries")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def table(infos: list[PluginInfo]) -> str:
     """The loaded plugins as an aligned text table, then the failed ones with their reasons."""
     loaded = [i for i in infos if i.error is None]
     cells = [[i.name, i.module, ", ".join(i.hooks) or "-", ", ".join(sorted(i.methods)) or "-",
-              ", ".join(sorted(i.evaluators)) or "-", ", ".join(sorted(i.recoveries)) or "-"] for i in loaded]
+              ", ".join(sorted(i.recalibrations)) or "-", ", ".join(sorted(i.evaluators)) or "-", ", ".join(sorted(i.recoveries)) or "-"] for i in loaded]
     widths = [max(len(row[c]) for row in [list(_HEADERS), *cells]) for c in range(len(_HEADERS))]
     lines = ["  ".join(text.upper().ljust(w) for text, w in zip(_HEADERS, widths)).rstrip()]
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in cells]
@@ -41,4 +41,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("plugins", "list loaded plugins, their hooks, methods, evaluators and recoveries, and failed plugins", add_arguments, run)
+COMMAND = Command("plugins", "list loaded plugins, their hooks, methods, recalibrations, evaluators and recoveries, and failed plugins", add_arguments, run)

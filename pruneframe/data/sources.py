@@ -10,12 +10,16 @@
   (see :func:`moby_dick_part`), local only;
 - ``hf:owner/name[:config]``: any ``datasets`` id (column ``text``, else the only string column);
 - ``embedded``: the standard library's documentation topics (see :mod:`pruneframe.data.embedded`),
-  available offline everywhere, split into disjoint ``calibration`` and ``test`` parts.
+  available offline everywhere, split into disjoint ``calibration`` and ``test`` parts;
+- ``embedded-code`` and ``embedded-papers``: the standard library's own modules and the benchmark papers'
+  abstracts shipped in the installed ``lm_eval`` (see :mod:`pruneframe.data.installed`), also offline
+  everywhere and split the same way, in two more domains.
 
 When nothing works a :class:`DataSourceError` lists every path and name tried and how to provide the data.
 
 Every source carries a **domain** tag: the folder a named corpus lives in (``wikitext-2``, ``ptb``, ``c4``,
-``literature``), ``embedded``, ``hf:owner/name``, or for any other local path its folder
+``literature``), ``embedded`` (documentation prose), ``code`` (``embedded-code``), ``research``
+(``embedded-papers``), ``hf:owner/name``, or for any other local path its folder
 (``folder:/abs/path``). A local file inside ``<data dir>/<corpus folder>`` gets that corpus's tag, so
 ``<data dir>/wikitext-2/wiki.valid.tokens`` passed as a path is in the same domain as ``wikitext-2``.
 Two sources share a domain exactly when their tags are equal.
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneframe.data.embedded import embedded_origin, embedded_text
+from pruneframe.data.installed import code_halves, code_origin, paper_halves, paper_origin
 from pruneframe.data.jsonl import iter_jsonl
 
 __all__ = [
@@ -46,6 +51,7 @@ __all__ = [
     "check_disjoint",
     "moby_dick_part",
     "eval_source_catalog",
+    "EMBEDDED_SOURCES",
     "TEXT_SUFFIXES",
 ]
 
@@ -366,6 +372,22 @@ def moby_dick_part(text: str, split: str) -> str:
     raise DataSourceError(f"moby-dick: unknown part {split!r}; expected 'validation' or 'test'")
 
 
+@dataclass(frozen=True)
+class _Embedded:
+    """A corpus every install has: its text per canonical split, where it comes from, its domain tag."""
+
+    text: Callable[[str], str]
+    origin: Callable[[], str]
+    domain: str
+
+
+#: The corpora available offline everywhere, by source name, in report order.
+EMBEDDED_SOURCES: dict[str, _Embedded] = {
+    "embedded": _Embedded(embedded_text, embedded_origin, "embedded"),
+    "embedded-code": _Embedded(lambda split: code_halves().text[split], code_origin, "code"),
+    "embedded-papers": _Embedded(lambda split: paper_halves().text[split], paper_origin, "research"),
+}
+
 _EMBEDDED_SPLITS = {"test": "test", "calibration": "calibration", "calib": "calibration", "train": "calibration",
                     "validation": "calibration", "valid": "calibration"}
 
@@ -423,11 +445,12 @@ def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
 
 
 def resolve_text(source: str, split: str = "test") -> TextSource:
-    """Resolve ``source`` (a path, ``wikitext-2``, ``ptb``, ``c4``, ``moby-dick``, ``hf:id[:config]`` or ``embedded``).
+    """Resolve ``source`` (a path, ``wikitext-2``, ``ptb``, ``c4``, ``moby-dick``, ``hf:id[:config]``, ``embedded``,
+    ``embedded-code`` or ``embedded-papers``).
 
     ``split`` selects the part: ``test``, ``validation``, ``train`` or ``calibration`` (for named corpora
-    ``calibration`` means ``validation``, for ``c4`` it means ``train``, for ``embedded`` and ``moby-dick``
-    it is the half that ``test`` never reads). A single local file is used whole and reported with split ``"file"``.
+    ``calibration`` means ``validation``, for ``c4`` it means ``train``, for the ``embedded`` corpora and
+    ``moby-dick`` it is the half that ``test`` never reads). A single local file is used whole and reported with split ``"file"``.
 
     Raises:
         DataSourceError: nothing matched; the message lists every path and name tried.
@@ -435,9 +458,14 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
     tried: list[str] = []
     key = source.strip()
     lowered = key.lower()
-    if lowered == "embedded":
+    if lowered in EMBEDDED_SOURCES:
+        corpus = EMBEDDED_SOURCES[lowered]
         canonical = _split_for(source, split, _EMBEDDED_SPLITS)
-        return _make(source, embedded_origin(), canonical, embedded_text(canonical), "embedded")
+        try:
+            text = corpus.text(canonical)
+        except (OSError, UnicodeError) as exc:
+            raise DataSourceError(f"text source {source!r}: {exc}") from exc
+        return _make(source, corpus.origin(), canonical, text, corpus.domain)
     if lowered.startswith("hf:"):
         return _resolve_hf(key, split, tried)
     path = Path(key).expanduser()
@@ -447,7 +475,7 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
     named = _ALIASES.get(lowered, lowered)
     if named in _NAMED:
         return _resolve_named(source, named, split, tried)
-    known = ", ".join([*_NAMED, "embedded", "hf:owner/name[:config]"])
+    known = ", ".join([*_NAMED, *EMBEDDED_SOURCES, "hf:owner/name[:config]"])
     tried.append(f"named corpora ({known}): {source!r} is none of them")
     raise _error(source, split, tried)
 
@@ -493,8 +521,9 @@ _HUB_EVAL_CORPORA: tuple[str, ...] = ("c4", "ptb")
 def eval_source_catalog(online: bool | None = None) -> list[str]:
     """The perplexity sources available here, each read with split ``test``, in report order.
 
-    Offline: ``wikitext-2`` and ``moby-dick`` when their files are under the data folder, and ``embedded``
-    (always). Online (``online=None`` probes :func:`hub_reachable`; an offline variable such as
+    Offline: ``wikitext-2`` and ``moby-dick`` when their files are under the data folder, and always the
+    corpora every install has (:data:`EMBEDDED_SOURCES`: ``embedded``, ``embedded-code``, ``embedded-papers``,
+    three domains), so a machine with no data folder and no hub still evaluates out of domain. Online (``online=None`` probes :func:`hub_reachable`; an offline variable such as
     ``HF_HUB_OFFLINE`` counts as offline here) also ``c4`` (validation) and ``ptb`` (test), unless the data
     folder already holds them.
     """
@@ -505,7 +534,7 @@ def eval_source_catalog(online: bool | None = None) -> list[str]:
         canonical = named.splits["test"]
         if root is not None and any((root / named.folder / f).is_file() for f in named.local.get(canonical, ())):
             found.append(name)
-    found.append("embedded")
+    found += list(EMBEDDED_SOURCES)
     if online is None:
         online = not _offline_env() and hub_reachable()[0]
     if online:

@@ -168,7 +168,8 @@ class PerplexitySource(BaseModel):
 
     Attributes:
         data: any source :func:`pruneframe.data.resolve_text` takes (``wikitext-2``, ``moby-dick``,
-            ``embedded``, ``c4``, ``ptb``, a local file or folder, ``hf:owner/name``).
+            ``embedded``, ``embedded-code``, ``embedded-papers``, ``c4``, ``ptb``, a local file or folder,
+            ``hf:owner/name``).
         split: the split read (``test`` by default).
         label: the column name in reports (default: ``data``, or a path's file stem).
         domain: override the domain tag (default: derived from the source, see ``pruneframe.data.sources``).

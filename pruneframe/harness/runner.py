@@ -38,6 +38,7 @@ from pruneframe.harness.inputs import build_evaluators, calibration_stream, inpu
 from pruneframe.harness.recovery_inputs import recovery_object, recovery_stream, recovery_text
 from pruneframe.harness.report import write_results
 from pruneframe.host import PluginHost
+from pruneframe.pipeline import method_code_digest
 from pruneframe.models import load_model
 from pruneframe.recovery import Recovery, RecoveryStream, TeacherTargets, recover
 from pruneframe.recovery.teacher import load_or_compute_teacher
@@ -203,7 +204,7 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
                                                              group_round_to(units, method.config.round_to))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
-                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, package_digest(type(method)),
+                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, method_code_digest(method),
                                          stages[name]))
     return prep
 
