@@ -264,12 +264,15 @@ def test_catalog_lists_what_is_available(empty_data_dir: Path) -> None:
     (empty_data_dir / "wikitext-2" / "wiki.valid.tokens").write_text("calibration only")
     assert sources.eval_source_catalog(online=False) == everywhere  # no test file: not an evaluation source
     (empty_data_dir / "wikitext-2" / "wiki.test.raw").write_text("test")
+    # one source from the data folder: the embedded corpora of the two other domains still join
+    assert sources.eval_source_catalog(online=False) == ["wikitext-2", *everywhere]
     (empty_data_dir / "literature").mkdir()
     (empty_data_dir / "literature" / "moby_dick.txt").write_text(book(3))
     (empty_data_dir / "ptb").mkdir()
     (empty_data_dir / "ptb" / "ptb.test.txt").write_text("ptb test")
-    assert sources.eval_source_catalog(online=False) == ["wikitext-2", "moby-dick", "ptb", *everywhere]
-    assert sources.eval_source_catalog(online=True) == ["wikitext-2", "moby-dick", "ptb", *everywhere, "c4"]
+    # two or more from the data folder: the embedded documentation alone joins them, as before
+    assert sources.eval_source_catalog(online=False) == ["wikitext-2", "moby-dick", "ptb", "embedded"]
+    assert sources.eval_source_catalog(online=True) == ["wikitext-2", "moby-dick", "ptb", "embedded", "c4"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "literature" / "moby_dick.txt").is_file(), reason="shared data folder absent")

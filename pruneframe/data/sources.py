@@ -521,11 +521,12 @@ _HUB_EVAL_CORPORA: tuple[str, ...] = ("c4", "ptb")
 def eval_source_catalog(online: bool | None = None) -> list[str]:
     """The perplexity sources available here, each read with split ``test``, in report order.
 
-    Offline: ``wikitext-2`` and ``moby-dick`` when their files are under the data folder, and always the
-    corpora every install has (:data:`EMBEDDED_SOURCES`: ``embedded``, ``embedded-code``, ``embedded-papers``,
-    three domains), so a machine with no data folder and no hub still evaluates out of domain. Online (``online=None`` probes :func:`hub_reachable`; an offline variable such as
-    ``HF_HUB_OFFLINE`` counts as offline here) also ``c4`` (validation) and ``ptb`` (test), unless the data
-    folder already holds them.
+    Offline: ``wikitext-2`` and ``moby-dick`` when their files are under the data folder, and ``embedded``
+    (always). When the data folder supplies fewer than two sources, the other corpora every install has
+    join (:data:`EMBEDDED_SOURCES`: ``embedded-code``, ``embedded-papers``), so a machine with no data folder
+    and no hub still evaluates three domains. Online (``online=None`` probes :func:`hub_reachable`; an
+    offline variable such as ``HF_HUB_OFFLINE`` counts as offline here) also ``c4`` (validation) and
+    ``ptb`` (test), unless the data folder already holds them.
     """
     root = data_dir()
     found = []
@@ -534,7 +535,7 @@ def eval_source_catalog(online: bool | None = None) -> list[str]:
         canonical = named.splits["test"]
         if root is not None and any((root / named.folder / f).is_file() for f in named.local.get(canonical, ())):
             found.append(name)
-    found += list(EMBEDDED_SOURCES)
+    found += list(EMBEDDED_SOURCES) if len(found) < 2 else ["embedded"]
     if online is None:
         online = not _offline_env() and hub_reachable()[0]
     if online:
