@@ -109,12 +109,17 @@ def figure(table: list[dict[str, Any]], in_domain: str | None, path: Path) -> No
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: "none" if x == origin else f"{x / 1024:g}k"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            low, high = ax.get_ylim()
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}") if high / low < 10 else NullFormatter())
             ax.set_xlabel("recovery tokens (log scale)")
             ax.set_ylabel("perplexity / dense (log scale)")
             ax.set_title(f"keep {keep}: {title}")
             ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
+    seen: dict[str, Any] = {}
+    for row in axes:
+        for handle, label in zip(*row[-1].get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    handles, labels = list(seen.values()), list(seen)
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.07 + 0.02 * math.ceil(len(labels) / 5), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
