@@ -6,7 +6,10 @@ prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alter
 fastest of the repeats, ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
 llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
 bytes of weights read per decoded token for decode, both dense over pruned). ``--round-to 32,64,128``
-adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``.
+adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``. ``--dense-as-deci`` adds
+a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
+(the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
+architecture alone.
 
 The file is rewritten after every row, and rows already in ``--out`` are kept and skipped, so an
 interrupted run resumes. ``--checkpoints DIR`` keeps the pruned checkpoints there (and reuses them).
@@ -60,6 +63,19 @@ def _pruned(method: str, budget: float, round_to: int | None, calibration: Any, 
     return result.model
 
 
+def _export_as_deci(model: Any, out: Path, dtype: str, tokenizer: Any) -> Any:
+    """``model`` (uniform widths) written as ``deci`` instead of its own architecture: the dense diagnostic row."""
+    from dataclasses import replace
+
+    from pruneframe.export.gguf_export import ExportResult
+    from pruneframe.export.plan import plan_export
+    from pruneframe.export.writer import write_gguf
+
+    plan = replace(plan_export(model, dtype), arch="deci")
+    path = write_gguf(out, model, tokenizer, plan, dtype, f"{MODEL} as deci")
+    return ExportResult(path, plan, path.stat().st_size)
+
+
 def main() -> None:
     """Prune, export, verify and time every (method, budget, dtype[, round_to]); write the JSON after each row."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,6 +85,7 @@ def main() -> None:
     parser.add_argument("--round-to", default="", help="comma-separated round_to values for the extra rows")
     parser.add_argument("--round-to-method", default="llm-pruner")
     parser.add_argument("--round-to-budget", type=float, default=0.5)
+    parser.add_argument("--dense-as-deci", action="store_true", help="add the dense model written as deci")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkpoints", type=Path, default=None, help="folder to keep / reuse pruned checkpoints")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -76,6 +93,7 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     jobs = [(m, float(b), None) for m in args.methods.split(",") if m for b in args.budgets.split(",") if b]
     jobs += [(args.round_to_method, args.round_to_budget, int(r)) for r in args.round_to.split(",") if r]
+    jobs += [("dense-as-deci", 1.0, None)] if args.dense_as_deci else []
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows: list[dict[str, Any]] = list(previous.get("rows", []))
     done = {_key(r) for r in rows}
@@ -91,11 +109,13 @@ def main() -> None:
             todo = [d for d in dtypes if (MODEL, method, budget, d, round_to) not in done]
             if not todo:
                 continue
-            model = _pruned(method, budget, round_to, calibration, args.checkpoints)
+            as_deci = method == "dense-as-deci"
+            model = dense if as_deci else _pruned(method, budget, round_to, calibration, args.checkpoints)
             for dtype in todo:
                 dense_export = dense_files[dtype]
-                out = export_gguf(model, Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf", dtype,
-                                  tokenizer=tokenizer)
+                target = Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf"
+                out = (_export_as_deci(model, target, dtype, tokenizer) if as_deci
+                       else export_gguf(model, target, dtype, tokenizer=tokenizer))
                 check = verify_gguf(out.path, model, tokenizer, dtype)
                 speeds = measure_llamacpp_speed({"dense": dense_export.path, "pruned": out.path},
                                                 int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS,
