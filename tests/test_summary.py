@@ -132,3 +132,32 @@ def test_no_out_of_domain_source_summarises_all(dense_nll: dict[str, np.ndarray]
     summary = summarise(dense, [record("a", 0, {"wiki": only["wiki"] + 3})], calibration_domain="wikitext-2")
     assert summary.summary_scope == "all"
     assert summary.groups[0].measures["ood"].value() == pytest.approx(math.exp(3 / TOKENS))
+
+
+def test_llamacpp_speedups_get_columns_only_when_measured(dense_nll: dict[str, np.ndarray]) -> None:
+    """The llamacpp-speed evaluator's speedups appear as columns (measured / ideal) only when a run has them."""
+    dense = {"run_id": "dense", "kind": "dense", "status": "ok", "eval": {"perplexity": ppl_block(dense_nll)}}
+    timed = record("timed", 0, shifted(dense_nll, {"wiki": 5.0, "book": 5.0, "docs": 5.0}))
+    timed["eval"]["llamacpp-speed"] = {"measured_speedup": {"prefill_256": 1.83, "prefill_512": 1.71, "decode": 1.55},
+                                       "ideal_speedup": {"prefill": 2.0, "decode": 1.65}}
+    meta = {"model": {"spec": "m"}, "calibration": {"name": "c", "origin": "o", "split": "validation", "domain": "wikitext-2",
+                                                      "tokens": 10, "fingerprint": "f"},
+            "evaluation": {"perplexity": {"config": {"seq_len": 32, "protocol": "custom"}}},
+            "config": {"dtype": "float32", "budget_kind": "prunable"}, "budgets": {"0.5": 50},
+            "units": {"total_params": 200, "prunable_params": 150}}
+    plain = record("plain", 0, shifted(dense_nll, {"wiki": 6.0, "book": 6.0, "docs": 6.0}))
+    summary = summarise(dense, [plain], calibration_domain="wikitext-2")
+    assert "llama.cpp" not in markdown(rows(dense, [plain], 200, summary), meta, dense, summary)
+
+    summary = summarise(dense, [timed, plain], calibration_domain="wikitext-2")
+    table = rows(dense, [timed, plain], 200, summary)
+    text = markdown(table, meta, dense, summary)
+    header = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| method")).strip("|").split("|")]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in text.splitlines() if line.startswith("| timed") or line.startswith("| plain")}
+    decode = header.index("llama.cpp decode speedup (meas / ideal)")
+    assert header.index("llama.cpp prefill 256 speedup (meas / ideal)") < header.index(
+        "llama.cpp prefill 512 speedup (meas / ideal)") < decode
+    assert cells["timed"][decode] == "1.55x / 1.65x" and cells["plain"][decode] == "-"
+    assert cells["timed"][header.index("llama.cpp prefill 512 speedup (meas / ideal)")] == "1.71x / 2.00x"
+    assert next(r for r in table if r.get("method") == "timed")["llamacpp_decode_speedup"] == pytest.approx(1.55)

@@ -111,6 +111,8 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         spread = _get(ev, "speed", "speedup_spread", phase) or {}
         row[f"{phase}_speedup_q25"], row[f"{phase}_speedup_q75"] = spread.get("q25"), spread.get("q75")
         row[f"{phase}_speedup_min"], row[f"{phase}_speedup_max"] = spread.get("min"), spread.get("max")
+    for key, value in (_get(ev, "llamacpp-speed", "measured_speedup") or {}).items():
+        row[f"llamacpp_{key}_speedup"] = value
     row.update({
         "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
         "prune_s": report and report.timings.total_s,
@@ -190,6 +192,13 @@ def _speed_cell(group: Group, phase: Literal["prefill", "decode"]) -> str:
     return text + (f" / {measured.ideal:.2f}x" if measured.ideal else "")
 
 
+def _llamacpp_cell(group: Group, phase: str) -> str:
+    """llama.cpp's measured speedup for ``phase`` (``prefill_256``, ``decode``, ...) / its ideal, meaned over seeds."""
+    value = _mean([_get(r, "eval", "llamacpp-speed", "measured_speedup", phase) for r in group.records])
+    ideal = _mean([_get(r, "eval", "llamacpp-speed", "ideal_speedup", phase.split("_")[0]) for r in group.records])
+    return "-" if value is None else f"{value:.2f}x" + (f" / {ideal:.2f}x" if ideal else "")
+
+
 def _reports(group: Group) -> list[PruneReport]:
     return [report for report in map(_prune_report, group.records) if report is not None]
 
@@ -240,6 +249,11 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     if any(_get(r, "eval", "speed", "measured_speedup") for g in summary.groups for r in g.records):
         columns += [_Column("prefill speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "prefill")),
                     _Column("decode speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "decode"))]
+    phases = {k for g in summary.groups for r in g.records
+              for k in _get(r, "eval", "llamacpp-speed", "measured_speedup") or {}}
+    for phase in sorted(phases, key=lambda k: (k == "decode", len(k), k)):
+        columns.append(_Column(f"llama.cpp {phase.replace('_', ' ')} speedup (meas / ideal)", lambda d: "1",
+                               lambda g, p=phase: _llamacpp_cell(g, p)))
     columns += [
         _Column("prune time (s)", lambda d: "-",
                 lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
