@@ -10,7 +10,7 @@ overwritten.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,28 @@ import torch
 from pruneframe._io import write_bytes_atomic
 from pruneframe.distributed import is_main_process
 
-__all__ = ["LoopCheckpoint", "StaleCheckpointError", "tensor_digest"]
+__all__ = ["LoopCheckpoint", "LoopStats", "StaleCheckpointError", "tensor_digest"]
 
 
 def tensor_digest(t: torch.Tensor) -> str:
     """First 16 hex digits of the SHA-256 of a tensor's bytes (row-major, on the CPU): a fingerprint entry."""
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class LoopStats:
+    """What a training loop reports (and saves with its state): losses, per-step records, tokens, time, memory."""
+
+    losses: list[float] = field(default_factory=list)
+    records: list[dict[str, float]] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput."""
+        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 class StaleCheckpointError(ValueError):

@@ -50,7 +50,7 @@ def random_text(seed: int, words: int) -> str:
 
 
 def make_workspace(root: Path) -> dict[str, Path]:
-    """A tiny model folder with its tokenizer, calibration/evaluation text files and a zero-shot task."""
+    """A tiny model folder with its tokenizer, calibration/evaluation/recovery text files and a zero-shot task."""
     root.mkdir(parents=True, exist_ok=True)
     model_dir = root / "tiny-llama"
     tiny_model("llama-gqa").save_pretrained(model_dir)
@@ -62,6 +62,9 @@ def make_workspace(root: Path) -> dict[str, Path]:
     paths["other"].parent.mkdir()
     paths["other"].write_text(random_text(3, 1500))  # another folder: another domain
     paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
+    paths["recover"] = root / "recovery" / "recover.txt"  # recovery text: another seed, disjoint from the rest
+    paths["recover"].parent.mkdir()
+    paths["recover"].write_text(random_text(4, 2000))
     paths["data_dir"].mkdir()
     return paths
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pruneframe.cli import main
-from test_compare import compare_settings, count_prunes, make_workspace, random_text, write_config
+from test_compare import compare_settings, count_prunes, make_workspace, write_config
 
 RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3},
               {"name": "lora", "tokens": 256, "seq_len": 16, "lr": 1e-2, "lora": {"rank": 2}}]
@@ -24,10 +24,7 @@ def settings(ws: dict[str, Path], out: Path, recovery: list[Any] | None = None) 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    paths = make_workspace(tmp_path_factory.mktemp("ws-recovery"))
-    paths["recover"] = paths["calib"].parent / "recover.txt"
-    paths["recover"].write_text(random_text(4, 2000))
-    return paths
+    return make_workspace(tmp_path_factory.mktemp("ws-recovery"))
 
 
 def run(ws: dict[str, Path], config: dict[str, Any], path: Path) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +20,7 @@ from pruneframe.distributed import sharded_backward, world
 from pruneframe.gates import UnitGates
 from pruneframe.losses import causal_lm_loss, hidden_state_loss, lean_head
 from pruneframe.streaming import streamed_backward, streamed_forward
-from pruneframe.resume import LoopCheckpoint
+from pruneframe.resume import LoopCheckpoint, LoopStats
 
 __all__ = [
     "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LossBackward",
@@ -154,22 +153,6 @@ def batches(count: int, batch_size: int, epochs: int, shuffle: bool, seed: int) 
         order = torch.randperm(count, generator=g) if shuffle else torch.arange(count)
         for start in range(0, count, batch_size):
             yield epoch, order[start : start + batch_size]
-
-
-@dataclass
-class LoopStats:
-    """What one loop reports: losses, the per-step records of ``gate_fn``, tokens and time."""
-
-    losses: list[float] = field(default_factory=list)
-    records: list[dict[str, float]] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-    peak_rss_bytes: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Training throughput."""
-        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 def run_loop(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +27,14 @@ from pruneframe.distributed import sharded_backward, world
 from pruneframe.memory import PeakMemory
 from pruneframe.recovery.base import RecoveryConfig
 from pruneframe.recovery.stream import RecoveryStream
-from pruneframe.resume import LoopCheckpoint
+from pruneframe.resume import LoopCheckpoint, LoopStats
 
-__all__ = ["LossBackward", "TrainStats", "train", "lr_factor"]
+__all__ = ["LossBackward", "train", "lr_factor"]
 
 #: ``(rows, weight) -> mean loss``: backpropagates ``weight`` times the mean loss on the stream's ``rows``.
 LossBackward = Callable[[torch.Tensor, float], torch.Tensor]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-@dataclass
-class TrainStats:
-    """Losses per step, tokens, wall seconds and peak memory of one training run."""
-
-    losses: list[float] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
-    peak_rss_bytes: int = 0
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Training throughput (tokens of the global batch per wall second)."""
-        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
@@ -85,7 +69,7 @@ def train(
     fingerprint: dict[str, Any],
     progress: bool = True,
     device: torch.device | None = None,
-) -> TrainStats:
+) -> LoopStats:
     """Train ``params`` on ``stream`` (each sequence once, in order) with the loss of ``loss_backward``.
 
     ``fingerprint`` identifies the run for resuming (settings, stream, model); ``name`` names the
@@ -102,7 +86,7 @@ def train(
     batches = stream.batches(config.batch_size)
     total = len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, config.warmup, config.schedule))
-    stats = TrainStats()
+    stats = LoopStats()
     checkpoint = _checkpoint(config, name, fingerprint)
     state = checkpoint.load() if checkpoint is not None else None
     start = _restore(state, params, masters, optimizer, scheduler, stats) if state is not None else 0
@@ -153,7 +137,7 @@ def _step(params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: to
 
 
 def _state(step: int, masters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
-           stats: TrainStats) -> dict[str, Any]:
+           stats: LoopStats) -> dict[str, Any]:
     """Everything the loop needs to continue after ``step`` steps."""
     return {
         "step": step,
@@ -166,7 +150,7 @@ def _state(step: int, masters: list[torch.Tensor], optimizer: torch.optim.Optimi
 
 
 def _restore(state: dict[str, Any], params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-             scheduler: Any, stats: TrainStats) -> int:
+             scheduler: Any, stats: LoopStats) -> int:
     """Load a saved state; return the steps already done."""
     saved = state["params"]
     if len(saved) != len(masters) or any(s.shape != m.shape for s, m in zip(saved, masters)):
