@@ -7,7 +7,7 @@ Stage A runs once with the GRASPrune benchmark's protocol (first 64 sequences of
 64 of the main benchmark). Used to choose the non-default variant of ``grasprune_smollm2.py``.
 
     python benchmarks/grasprune_stage_b.py --keep 0.5 --save-mask /tmp/mask-0.5.pt --out benchmarks/results/grasprune_stage_b_keep0.5.json
-    python benchmarks/grasprune_stage_b.py --keep 0.5 --mask /tmp/mask-0.5.pt --settings '[{"rescale_outputs": true}]' 
+    python benchmarks/grasprune_stage_b.py --keep 0.5 --mask /tmp/mask-0.5.pt --settings '[{"rescale_outputs": true}]'
 """
 
 from __future__ import annotations

@@ -287,7 +287,9 @@ def test_wanda_sp_is_the_mean_of_weight_times_input_norm_over_a_unit() -> None:
     ]
     kv_terms = [W[n][r].abs() * rms["q"] for n, r in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
     kv_terms.append(W["o_proj"][:, q].abs() * rms["o"][q])
-    mean = lambda terms: sum(t.sum() for t in terms) / sum(t.numel() for t in terms)
+    def mean(terms):
+        return sum(t.sum() for t in terms) / sum(t.numel() for t in terms)
+
     expected = {"all": (mean(ffn_terms), mean(kv_terms)), "output": (mean(ffn_terms[2:]), mean(kv_terms[3:]))}
     for matrices, want in expected.items():
         method = _method("wanda-sp", matrices=matrices)
@@ -319,7 +321,9 @@ def test_flap_scores_are_standardised_weighted_fluctuations() -> None:
     units = discover(model)
     x = _linear_inputs(model, calib, layer=1)
     block = model.model.layers[1]
-    standard = lambda v: (v - v.mean()) / v.std()
+    def standard(v):
+        return (v - v.mean()) / v.std()
+
     mlp = standard(x["down"].double().var(0) * block.mlp.down_proj.weight.detach().double().square().sum(0))
     attn = standard((x["o"].double().var(0) * block.self_attn.o_proj.weight.detach().double().square().sum(0)).square())
     per_group = model.config.head_dim * model.config.num_attention_heads // model.config.num_key_value_heads

@@ -265,7 +265,8 @@ def parsed_config(argv: list[str]):
 def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog", lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"])
+    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog",
+                        lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"])
     config = parsed_config([]).resolved()
     ppl = config.evaluation["perplexity"]
     assert ppl == {}  # the evaluator's own defaults apply

@@ -204,9 +204,9 @@ def test_checkpoint_roundtrip(tmp_path, family: str) -> None:
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     report = json.loads((out / "pruning.json").read_text())
     widths = units.widths(mask)
-    assert [l["intermediate_size"] for l in report["layers"]] == [w["ffn_channels"] for w in widths]
-    assert [l["num_key_value_heads"] for l in report["layers"]] == [w["kv_groups"] for w in widths]
-    assert [l["num_attention_heads"] for l in report["layers"]] == [w["query_heads"] for w in widths]
+    assert [layer["intermediate_size"] for layer in report["layers"]] == [w["ffn_channels"] for w in widths]
+    assert [layer["num_key_value_heads"] for layer in report["layers"]] == [w["kv_groups"] for w in widths]
+    assert [layer["num_attention_heads"] for layer in report["layers"]] == [w["query_heads"] for w in widths]
     assert report["software"]["torch"] == metadata.version("torch")  # the installed torch, local tag included
     assert report["software"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert report["software"]["transformers"] == metadata.version("transformers")
@@ -231,4 +231,4 @@ def test_checkpoint_loads_with_auto_class_and_remote_code(tmp_path) -> None:
     # discovery works on the reloaded (heterogeneous) model and sees the pruned widths
     again = discover(auto)
     assert again.total_params == _count(folded)
-    assert [s.ffn_channels for s in again.layers] == [l.mlp.down_proj.in_features for l in folded.model.layers]
+    assert [s.ffn_channels for s in again.layers] == [layer.mlp.down_proj.in_features for layer in folded.model.layers]
