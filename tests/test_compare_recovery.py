@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pruneframe.cli import main
-from test_compare import compare_settings, count_prunes, make_workspace, random_text, write_config
+from test_compare import compare_settings, count_prunes, write_config
+from workspace_files import make_workspace, random_text
 
 RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3},
               {"name": "lora", "tokens": 256, "seq_len": 16, "lr": 1e-2, "lora": {"rank": 2}}]
