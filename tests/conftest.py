@@ -31,3 +31,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from workspace_files import make_workspace
 
     return make_workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="session")
+def recovery_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A workspace of its own with ``recover``: a recovery text disjoint from the calibration and evaluation texts."""
+    from workspace_files import make_workspace, random_text
+
+    paths = make_workspace(tmp_path_factory.mktemp("ws-recovery"))
+    paths["recover"] = paths["calib"].parent / "recover.txt"
+    paths["recover"].write_text(random_text(4, 2000))
+    return paths

@@ -11,7 +11,6 @@ import pytest
 
 from pruneframe.cli import main
 from test_compare import compare_settings, count_prunes, write_config
-from workspace_files import make_workspace, random_text
 
 RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3},
               {"name": "lora", "tokens": 256, "seq_len": 16, "lr": 1e-2, "lora": {"rank": 2}}]
@@ -25,11 +24,8 @@ def settings(ws: dict[str, Path], out: Path, recovery: list[Any] | None = None) 
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    paths = make_workspace(tmp_path_factory.mktemp("ws-recovery"))
-    paths["recover"] = paths["calib"].parent / "recover.txt"
-    paths["recover"].write_text(random_text(4, 2000))
-    return paths
+def ws(recovery_workspace: dict[str, Path]) -> dict[str, Path]:
+    return recovery_workspace
 
 
 def run(ws: dict[str, Path], config: dict[str, Any], path: Path) -> int:

@@ -12,17 +12,13 @@ import pytest
 
 from pruneframe import load_pruned
 from pruneframe.cli import main
-from test_compare import make_workspace, random_text
 
 SMALL = '{"seq_len": 16, "batch_size": 4}'
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    paths = make_workspace(tmp_path_factory.mktemp("ws-recover-cli"))
-    paths["recover"] = paths["calib"].parent / "recover.txt"
-    paths["recover"].write_text(random_text(4, 2000))
-    return paths
+def ws(recovery_workspace: dict[str, Path]) -> dict[str, Path]:
+    return recovery_workspace
 
 
 @pytest.fixture(autouse=True)
