@@ -1,8 +1,11 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration: hypothesis profiles and the fixtures several test modules use."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 # --- hypothesis profiles ---------------------------------------------------------------------------
 # Select with HYPOTHESIS_PROFILE=ci|dev (default dev). "ci" runs 300 examples per property.
@@ -20,3 +23,22 @@ def pytest_report_header(config) -> str:
 
 
 # --- end of hypothesis profiles --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared, read-only test workspace (see :func:`workspace_files.make_workspace`), built once per session."""
+    from workspace_files import make_workspace
+
+    return make_workspace(tmp_path_factory.mktemp("ws"))
+
+
+@pytest.fixture(scope="session")
+def recovery_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A workspace of its own with ``recover``: a recovery text disjoint from the calibration and evaluation texts."""
+    from workspace_files import make_workspace, random_text
+
+    paths = make_workspace(tmp_path_factory.mktemp("ws-recovery"))
+    paths["recover"] = paths["calib"].parent / "recover.txt"
+    paths["recover"].write_text(random_text(4, 2000))
+    return paths

@@ -23,12 +23,12 @@ from pruneframe.harness import inputs
 from pruneframe.harness.config import CalibrationSettings, InputError
 from pruneframe.harness.inputs import input_phase
 from pruneframe.host import UnknownNameError, UnsupportedModelError
-from test_compare import make_tokenizer, workspace  # noqa: F401 - the module-scoped fixture, reused here
 from tiny import tiny_model, tokens
+from workspace_files import make_tokenizer
 
 
 @pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:  # noqa: F811
+def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace
 
@@ -230,6 +230,7 @@ def test_an_internal_error_inside_an_input_phase_is_not_reported_as_input(
     assert caught.value is error and not out.exists()
 
 
+@pytest.mark.subprocess
 def test_an_internal_error_keeps_its_traceback_and_exits_1(ws: dict[str, Path], tmp_path: Path) -> None:
     script = (
         "import sys\n"

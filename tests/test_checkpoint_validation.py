@@ -20,7 +20,7 @@ from pruneframe.checkpoint.modeling_pruneframe import pruned_classes
 from pruneframe.cli import main
 from pruneframe.fold import fold
 from pruneframe.units import UnitKind
-from test_compare import make_tokenizer
+from workspace_files import make_tokenizer
 from tiny import tiny_model, tokens
 
 

@@ -17,7 +17,6 @@ from pruneframe.checkpoint import load_pruned, read_report
 from pruneframe.cli import main
 from pruneframe.harness import CompareConfig
 from pruneframe.host import PluginHost
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compare_smollm2.yaml"
 
@@ -32,7 +31,7 @@ class BrokenEntryPoint:
 
 
 @pytest.fixture
-def offline_data(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:  # noqa: F811
+def offline_data(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """The workspace, with an empty shared-data folder so defaults never reach real data."""
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace
@@ -161,6 +160,7 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
                                                   "loss": "distill", "rescale_loss": "distill"}
 
 
+@pytest.mark.ranks
 def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 2, "rescale_sequences": 2, "lr": 0.2})
     flags = ["prune", "--model", str(offline_data["model"]), "--method", "grasprune", "--budget", "0.5",

@@ -60,6 +60,7 @@ def _statistics(windows: torch.Tensor) -> dict:
             "full_count": [f.count for f in full], "full": [f.total for f in full], "masks": masks}
 
 
+@pytest.mark.ranks
 def test_ranks_share_the_windows_and_merge_to_the_single_process_statistics(tmp_path) -> None:
     windows = tokens(3, 10)  # 3 windows on 2 ranks: 2 and 1
     single = _statistics(windows)

@@ -5,68 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from pruneframe.cli import main
 from pruneframe.harness import runner
-from pruneframe.harness.figures import quality_points
-from pruneframe.harness.report import ZEROSHOT_HOWTO, read_results
+from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.summary import summarise
 from pruneframe.harness.cache import package_digest
-from tiny import tiny_model
-
-WORDS = (
-    "the a of and to in is was for on as with by at from that this it his her they which an be are were "
-    "river city music game team season album film church school war king army road station park island"
-).split()
-SPECIALS = ["[UNK]", "<eos>"]
-TASK_ROWS = [
-    {"question": "the river is", "choices": ["water", "music"], "label": 0},
-    {"question": "the king of the", "choices": ["army", "album"], "label": 0},
-    {"question": "a game for the", "choices": ["team", "road"], "label": 0},
-    {"question": "the film was", "choices": ["church", "album"], "label": 1},
-]
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`WORDS` (ids below the tiny model's vocabulary of 97)."""
-    vocab = {token: i for i, token in enumerate([*SPECIALS, *WORDS, ":", "?", "Question", "Answer", "water"])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>")
-
-
-def random_text(seed: int, words: int) -> str:
-    """Seeded random sentences (different seeds never share a 200-character passage)."""
-    rng = random.Random(seed)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + " ." for _ in range(words // 12)]
-    return "\n".join(lines) + "\n"
-
-
-def make_workspace(root: Path) -> dict[str, Path]:
-    """A tiny model folder with its tokenizer, calibration/evaluation/recovery text files and a zero-shot task."""
-    root.mkdir(parents=True, exist_ok=True)
-    model_dir = root / "tiny-llama"
-    tiny_model("llama-gqa").save_pretrained(model_dir)
-    make_tokenizer().save_pretrained(model_dir)
-    paths = {"model": model_dir, "calib": root / "calib.txt", "eval": root / "eval.txt", "task": root / "tiny_mc.jsonl",
-             "data_dir": root / "no-shared-data", "other": root / "other" / "other.txt"}
-    paths["calib"].write_text(random_text(1, 3000))
-    paths["eval"].write_text(random_text(2, 1500))  # beside the calibration text: the same domain
-    paths["other"].parent.mkdir()
-    paths["other"].write_text(random_text(3, 1500))  # another folder: another domain
-    paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
-    paths["recover"] = root / "recovery" / "recover.txt"  # recovery text: another seed, disjoint from the rest
-    paths["recover"].parent.mkdir()
-    paths["recover"].write_text(random_text(4, 2000))
-    paths["data_dir"].mkdir()
-    return paths
 
 
 def compare_settings(ws: dict[str, Path], out: Path, zeroshot: bool = False) -> dict[str, Any]:
@@ -88,11 +36,6 @@ def compare_settings(ws: dict[str, Path], out: Path, zeroshot: bool = False) -> 
 def write_config(path: Path, settings: dict[str, Any]) -> Path:
     path.write_text(json.dumps(settings))
     return path
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_workspace(tmp_path_factory.mktemp("ws"))
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +80,7 @@ def test_every_output_exists_and_parses(full_run: Path) -> None:
         assert float(row["ratio_other_low"]) <= float(row["ratio_other"]) <= float(row["ratio_other_high"])
         assert float(row["ood_ratio"]) == pytest.approx(float(row["ratio_other"]))  # the one out-of-domain source
         assert float(row["acc_pf_tiny_mc_low"]) <= float(row["acc_pf_tiny_mc"]) <= float(row["acc_pf_tiny_mc_high"])
-    for plot in ("ppl_vs_params.png", "acc_vs_params.png", "quality_vs_speed_keep-0.8-of-prunable-params.png",
-                 "quality_vs_speed_keep-0.5-of-prunable-params.png"):
+    for plot in ("ppl_vs_params.png", "acc_vs_params.png"):
         assert (full_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (full_run / "results.md").read_text()
     assert md.count("\n| ") == 2 + 1 + GROUPS  # header, separator, dense, one row per method and budget
@@ -206,22 +148,6 @@ def test_markdown_bolds_only_separated_leaders_and_ranks_match_the_summary(full_
         assert row[rank] == str(group["ranks"]["ood"])
         peers = [g["ranks"]["ood"] for g in results["summary"]["groups"] if g["budget"] == group["budget"]]
         assert row[ood].startswith("**") == (group["ranks"]["ood"] == 1 and max(peers) > 1)
-
-
-def test_report_command_regenerates_table_and_figures_from_the_stored_results(full_run: Path, tmp_path: Path) -> None:
-    stored = tmp_path / "stored"
-    stored.mkdir()
-    (stored / "results.json").write_text((full_run / "results.json").read_text())
-    assert main(["report", str(stored)]) == 0
-    assert (stored / "results.md").read_text() == (full_run / "results.md").read_text()
-    assert (stored / "results.csv").read_text() == (full_run / "results.csv").read_text()
-    assert {p.name for p in stored.glob("*.png")} == {p.name for p in full_run.glob("*.png")}
-    meta, dense, runs = read_results(stored / "results.json")
-    points = quality_points(summarise(dense, runs, meta["calibration"]["domain"]), "ood")
-    for group in json.loads((full_run / "results.json").read_text())["summary"]["groups"]:
-        point = next(p for p in points[group["method"]] if p.budget == group["budget"])
-        assert (point.y, point.low, point.high) == pytest.approx(
-            (group["measures"]["ood"]["value"], group["measures"]["ood"]["low"], group["measures"]["ood"]["high"]), rel=1e-12)
 
 
 def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
@@ -341,26 +267,3 @@ def test_method_seeds_replace_seeds_for_the_methods_named() -> None:
         CompareConfig(methods=["random"], method_seeds={"grasprune": [0]})
     with pytest.raises(ValidationError, match="method_seeds.random contains duplicates"):
         CompareConfig(methods=["random"], method_seeds={"random": [1, 1]})
-
-
-def test_no_data_folder_and_no_hub_still_evaluates_out_of_domain(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Defaults only: calibration on ``embedded``, evaluation on every corpus an install has, three domains."""
-    empty = tmp_path / "empty-data"
-    empty.mkdir()
-    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(empty))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = tmp_path / "out"
-    settings = {"model": str(workspace["model"]), "methods": ["magnitude"], "budgets": [0.5], "out": str(out),
-                "evaluation": {"perplexity": {"seq_len": 32, "num_windows": 2}, "size": None, "speed": None}}
-    assert main(["compare", "--config", str(write_config(tmp_path / "c.json", settings)), "--quiet"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["calibration"]["name"] == "embedded" and results["calibration"]["domain"] == "embedded"
-    sources = {s["label"]: s for s in results["summary"]["sources"]}
-    assert {label: (s["domain"], s["in_domain"]) for label, s in sources.items()} == {
-        "embedded": ("embedded", True), "embedded-code": ("code", False), "embedded-papers": ("research", False)}
-    run = results["runs"][0]["eval"]["perplexity"]["sources"]
-    assert set(run) == set(sources) and all(math.isfinite(row["ppl"]) for row in run.values())
-    md = (out / "results.md").read_text()
-    assert "embedded (in-domain) ppl/dense" in md and "embedded-code ppl/dense" in md and "OOD geomean" in md

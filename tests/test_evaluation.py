@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -109,7 +110,7 @@ def test_perplexity_evaluator_stamps_protocol(
     json.dumps(result)
     with pytest.raises(ValueError, match="config dtype 'bfloat16' but the model is 'float32'"):
         PerplexityEvaluator({"data": str(text), "dtype": "bfloat16"}).evaluate(model, tokenizer, EvalContext())
-    with pytest.raises(Exception, match="extra"):
+    with pytest.raises(ValidationError, match=r"seqlen\n  Extra inputs are not permitted"):
         PerplexityEvaluator({"seqlen": 16})
 
 
@@ -130,9 +131,9 @@ def test_perplexity_evaluator_measures_every_source_with_its_own_windows(
     assert result["sources"]["other"]["windows"] == windows.shape[0] > 3 and result["sources"]["first"]["windows"] == 3
     assert result["sources"]["other"]["ppl"] == pytest.approx(alone.ppl, rel=1e-6)
     assert result["sources"]["other"]["domain"] == "sea"
-    with pytest.raises(Exception, match="labels .* repeat"):
+    with pytest.raises(ValidationError, match="labels .* repeat"):
         PerplexityEvaluator({"sources": [str(first), str(first)]})
-    with pytest.raises(Exception, match="either sources or data"):
+    with pytest.raises(ValidationError, match="either sources or data"):
         PerplexityEvaluator({"sources": [str(first)], "data": str(second)})
 
 
@@ -164,10 +165,10 @@ def test_named_protocols_fix_windowing_and_are_recorded() -> None:
     assert (config.seq_len, config.num_windows, [s.data for s in config.sources]) == (2048, "all", ["wikitext-2"])
     config = PerplexityEvaluator({"protocol": "llm-pruner-128", "sources": ["embedded"]}).config
     assert (config.seq_len, config.num_windows, [s.data for s in config.sources]) == (128, "all", ["embedded"])
-    with pytest.raises(Exception, match="fixes seq_len = 2048"):
+    with pytest.raises(ValidationError, match="fixes seq_len = 2048"):
         PerplexityEvaluator({"protocol": "wikitext2-2048", "seq_len": 512})
     assert PerplexityEvaluator({"num_windows": None, "sources": ["embedded"]}).config.num_windows == "all"
-    with pytest.raises(Exception, match="fixes every source's windows"):
+    with pytest.raises(ValidationError, match="fixes every source's windows"):
         PerplexityEvaluator({"protocol": "llm-pruner-128", "sources": [{"data": "embedded", "num_windows": 2}]})
 
 
@@ -334,11 +335,12 @@ def _touch(mib: int) -> None:
 
 @pytest.mark.parametrize("sampling", [False, True])
 def test_peak_memory_sees_a_freed_allocation(sampling: bool) -> None:
-    assert current_rss_bytes() > 0 and peak_rss_bytes() > 0
+    before = current_rss_bytes()
+    assert before > 0 and peak_rss_bytes() >= before
     with PeakMemory(interval_s=0.001, sampling=sampling) as mem:
         _touch(64)
         time.sleep(0.01)
-    assert mem.report.peak_rss >= mem.report.start_rss
+    assert abs(mem.report.start_rss - before) < 32 * 2**20  # the start is this process's resident set, read on entry
     assert mem.report.as_dict()["cuda_peak_allocated_bytes"] is None
     if mem.report.source == "kernel-hwm":  # exact: the freed 64 MiB must show
         assert mem.report.delta_rss >= 60 * 2**20
@@ -414,6 +416,7 @@ print(applied, (current_rss_bytes() - base) // mb)
 """
 
 
+@pytest.mark.subprocess
 def test_return_large_blocks_keeps_freed_temporaries_out_of_the_resident_set() -> None:
     import subprocess
     import sys

@@ -104,6 +104,7 @@ def _grasprune_on_rank(config: dict) -> dict:
             "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]], "rows": rows}
 
 
+@pytest.mark.ranks
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_two_ranks_compute_the_single_process_result(tmp_path, batch_size: int) -> None:
     config = {"batch_size": batch_size}

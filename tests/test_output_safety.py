@@ -9,12 +9,11 @@ import pytest
 
 from pruneframe.checkpoint import read_report, save
 from pruneframe.cli import main
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 from tiny import tiny_model
 
 
 @pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:  # noqa: F811
+def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """The workspace, with an empty shared-data folder so defaults never reach real data."""
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace

@@ -17,8 +17,7 @@ from pruneframe.cli import main
 from pruneframe.fold import fold
 from pruneframe.hookspecs import hookimpl
 from pruneframe.host import PluginError, PluginHost
-from pruneframe.methods import PruningMethod, Recalibration
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
+from pruneframe.methods import PruningMethod
 from tiny import tiny_model, tokens
 
 
@@ -185,7 +184,7 @@ def test_autoload_can_be_disabled_and_plugins_allow_listed(install, monkeypatch:
 
 
 @pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:  # noqa: F811
+def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typing
 
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -35,16 +34,27 @@ def _literal_values(annotation) -> list:
     return [v for arg in typing.get_args(annotation) for v in _literal_values(arg)]
 
 
+def _plausible(field) -> st.SearchStrategy:
+    """Values a user would likely write: the field's choices, its default, small numbers of the default's type."""
+    options = [st.sampled_from(_literal_values(field.annotation))] if _literal_values(field.annotation) else []
+    default = field.get_default(call_default_factory=True)
+    options.append(st.just(default))
+    if isinstance(default, bool):
+        options.append(st.booleans())
+    elif isinstance(default, int):
+        options.append(st.integers(1, 4))
+    elif isinstance(default, float):
+        options.append(st.floats(0.05, 1.0))
+    return st.one_of(options)
+
+
 def _values(field) -> st.SearchStrategy:
-    """Half plausible values (the field's choices, small positive numbers), half anything."""
-    choices = _literal_values(field.annotation)
-    plausible = st.one_of(st.sampled_from(choices), st.booleans()) if choices else st.one_of(
-        st.integers(1, 4), st.floats(0.05, 1.0), st.booleans())
+    """Mostly plausible values (three in four), else anything."""
     anything = st.one_of(
         st.none(), st.integers(-2, 6), st.floats(-1.5, 2.5), st.sampled_from([float("nan"), float("inf")]),
-        st.text(max_size=4), st.just([0.9, 0.99]),
+        st.text(max_size=4), st.just([0.9, 0.99]), st.booleans(),
     )
-    return st.booleans().flatmap(lambda ok: plausible if ok else anything)
+    return st.integers(0, 3).flatmap(lambda n: anything if n == 3 else _plausible(field))
 
 
 @st.composite
@@ -57,35 +67,53 @@ def method_settings(draw) -> tuple[str, dict]:
     return name, {**fast, **{k: draw(_values(fields.get(k) or fields["seed"])) for k in keys}}
 
 
-budgets = st.one_of(
+_valid_budgets = st.one_of(
     st.tuples(st.sampled_from(["prunable", "total"]), st.floats(0.5, 1.0)),
     st.tuples(st.just("params"), st.integers(UNITS.total_params // 2, UNITS.total_params)),
+)
+#: Two in three budgets valid, the others anything a caller might pass.
+budgets = st.one_of(
+    _valid_budgets, _valid_budgets,
     st.tuples(st.sampled_from(["prunable", "total"]), st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0, 1, float("nan")]))),
     st.tuples(st.just("params"), st.one_of(st.integers(-10, UNITS.total_params + 10), st.floats(0, UNITS.total_params),
                                            st.sampled_from([float("nan"), float("inf")]))),
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(method_settings(), budgets)
-def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input(method, budget) -> None:
-    name, config = method
-    kind, value = budget
-    try:
-        result = pruneframe.prune(MODEL, name, value, calibration=tokens(8, 16), config=config, budget_kind=kind,
-                                  host=HOST, progress=False)
-    except INPUT_ERRORS as exc:
-        assert str(exc)
-        event(f"refused: {type(exc).__name__}")
-        return
-    event("pruned")
-    report, mask = result.report, result.mask
-    target = resolve(make_budget(value, kind), UNITS, HOST.method(name, config).minimum(UNITS))
-    kept = UNITS.kept_cost(mask)
-    assert report.budget_prunable_params == target and report.kept_prunable_params == kept <= target
-    dropped = UNITS.cost[~mask]
-    assert dropped.numel() == 0 or int(dropped.min()) > target - kept  # no dropped unit still fits
-    assert sum(p.numel() for p in result.model.parameters()) == report.kept_params
-    assert sum(p.numel() for p in MODEL.parameters()) == UNITS.total_params  # the dense model is untouched
-    with torch.no_grad():
-        assert torch.isfinite(result.model(tokens(1, 8)).logits).all()
+#: The least share of examples that must prune (the rest may be refused as bad input): a fuzzer whose
+#: every example is refused would test the refusals only.
+MIN_PRUNED_SHARE = 0.25
+
+
+def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input() -> None:
+    outcomes: list[str] = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(method_settings(), budgets)
+    def check(method, budget) -> None:
+        name, config = method
+        kind, value = budget
+        try:
+            result = pruneframe.prune(MODEL, name, value, calibration=tokens(8, 16), config=config, budget_kind=kind,
+                                      host=HOST, progress=False)
+        except INPUT_ERRORS as exc:
+            assert str(exc)
+            event(f"refused: {type(exc).__name__}")
+            outcomes.append("refused")
+            return
+        event("pruned")
+        report, mask = result.report, result.mask
+        target = resolve(make_budget(value, kind), UNITS, HOST.method(name, config).minimum(UNITS))
+        kept = UNITS.kept_cost(mask)
+        assert report.budget_prunable_params == target and report.kept_prunable_params == kept <= target
+        dropped = UNITS.cost[~mask]
+        assert dropped.numel() == 0 or int(dropped.min()) > target - kept  # no dropped unit still fits
+        assert sum(p.numel() for p in result.model.parameters()) == report.kept_params
+        assert sum(p.numel() for p in MODEL.parameters()) == UNITS.total_params  # the dense model is untouched
+        with torch.no_grad():
+            assert torch.isfinite(result.model(tokens(1, 8)).logits).all()
+        outcomes.append("pruned")
+
+    check()
+    pruned = outcomes.count("pruned")
+    assert pruned >= MIN_PRUNED_SHARE * len(outcomes), f"only {pruned} of {len(outcomes)} examples pruned"

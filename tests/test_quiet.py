@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from pruneframe.cli import main
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 
 
 @pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Path]:  # noqa: F811
+def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Path]:
     """The workspace, run from a folder outside any git checkout (where lm-eval's git lookup complains)."""
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     monkeypatch.chdir(tmp_path)

@@ -12,14 +12,13 @@ import pytest
 
 from pruneframe import load_pruned
 from pruneframe.cli import main
-from test_compare import make_workspace
 
 SMALL = '{"seq_len": 16, "batch_size": 4}'
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_workspace(tmp_path_factory.mktemp("ws-recover-cli"))
+def ws(recovery_workspace: dict[str, Path]) -> dict[str, Path]:
+    return recovery_workspace
 
 
 @pytest.fixture(autouse=True)

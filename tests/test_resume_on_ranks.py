@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny import on_ranks, tiny_model, tokens
 
@@ -45,6 +46,7 @@ def reference_stop_and_resume(state_dir: str, stop_at: int) -> list[dict]:
     return [grasprune_interrupted_at({}, None), grasprune_interrupted_at(state, stop_at), grasprune_interrupted_at(state, None)]
 
 
+@pytest.mark.ranks
 def test_interrupted_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path) -> None:
     stop_at = 3
     ranks = on_ranks(2, tmp_path, reference_stop_and_resume, str(tmp_path / "state"), stop_at)

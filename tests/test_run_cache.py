@@ -12,7 +12,6 @@ from pruneframe import digests
 from pruneframe.cli import main
 from pruneframe.harness import cache
 from test_compare import compare_settings, count_prunes, write_config
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 
 
 def _copy_package(name: str, into: Path) -> Path:
@@ -52,7 +51,7 @@ def test_package_digest_covers_the_methods_whole_plugin_package(tmp_path: Path, 
 
 
 def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests
 ) -> None:
     copies = {name: _copy_package(name, tmp_path / "code") for name in ("pruneframe", "pruneframe_baselines")}
     real_root = digests.package_root
@@ -83,3 +82,44 @@ def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
     plugin = copies["pruneframe_baselines"] / "ranges.py"
     plugin.write_text(plugin.read_text() + "# an edit to a file other than the method's own\n")
     assert rerun() == (["magnitude"], edited_key)  # the method's runs recompute, the dense one stays cached
+
+
+def test_library_versions_model_files_data_and_settings_each_recompute_the_runs(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    model = Path(shutil.copytree(workspace["model"], tmp_path / "model"))
+    calib = tmp_path / "calib.txt"
+    calib.write_text(workspace["calib"].read_text())
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    settings = compare_settings(workspace, tmp_path / "out")
+    settings.update(model=str(model), methods={"magnitude": {}}, budgets=[0.5], calibration={"data": str(calib)})
+    settings["evaluation"]["speed"] = None
+    config = write_config(tmp_path / "c.json", settings)
+    calls = count_prunes(monkeypatch)
+
+    def rerun(*flags: str) -> tuple[list[str], str]:
+        calls.clear()
+        assert main(["compare", "--config", str(config), "--quiet", *flags]) == 0
+        return list(calls), json.loads((tmp_path / "out" / "runs" / "dense.json").read_text())["cache_key"]
+
+    first, dense_key = rerun()
+    assert first == ["magnitude"] and rerun() == ([], dense_key)
+
+    real_version = cache._version
+    monkeypatch.setattr(cache, "_version", lambda name: "0.0-other" if name == "transformers" else real_version(name))
+    again, versions_key = rerun()
+    assert again == ["magnitude"] and versions_key != dense_key  # another transformers version: everything recomputes
+    monkeypatch.setattr(cache, "_version", real_version)
+    assert rerun() == ([], dense_key)
+
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    again, model_key = rerun()
+    assert again == ["magnitude"] and model_key != dense_key  # rebuilt weights: everything recomputes
+
+    calib.write_text(calib.read_text() + "the river city music .\n")
+    assert rerun() == (["magnitude"], model_key)  # other calibration text: the run recomputes, the dense one stays
+
+    assert rerun("--budget-kind", "total") == (["magnitude"], model_key)  # another setting: another run

@@ -11,12 +11,11 @@ import pytest
 from pruneframe.cli import main
 from pruneframe.harness import runner
 from test_compare import compare_settings, write_config
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 
 
 @pytest.mark.parametrize("speed", [False, True])
 def test_each_run_loads_fresh_weights_after_the_dense_model_is_gone(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speed: bool  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speed: bool
 ) -> None:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     settings = compare_settings(workspace, tmp_path / "out")

@@ -22,7 +22,6 @@ from pruneframe.host import PluginError, PluginHost
 from pruneframe.projection import project
 from pruneframe.prune_report import PruneReport
 from test_compare import compare_settings, count_prunes
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 from tiny import tiny_model, tokens
 
 #: A third-party plugin package: the core projector, counted, as an override that runs before the core's.
@@ -153,7 +152,7 @@ def test_an_override_fold_is_held_to_the_exact_parameter_count() -> None:
 
 
 def test_a_projector_plugin_changes_the_run_key_and_is_named_in_the_run_json(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, third_party  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, third_party
 ) -> None:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     settings = compare_settings(workspace, tmp_path / "out")
@@ -204,7 +203,7 @@ class SmallBudgetsOnly:
 
 
 def test_a_comparison_that_mixes_projectors_says_so(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     settings = compare_settings(workspace, tmp_path / "out")

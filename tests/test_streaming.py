@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from test_compare import workspace  # noqa: F401 - the module-scoped fixture, reused here
 from tiny import FAMILIES, on_ranks, tiny_model, tokens
 
 import pruneframe
@@ -130,6 +129,7 @@ def _rank_moments(windows: torch.Tensor, streaming: bool) -> list[torch.Tensor]:
     return [m.total_sq for m in moments] + [torch.tensor(float(m.count)) for m in moments]
 
 
+@pytest.mark.ranks
 def test_streamed_collection_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     windows = tokens(5, 10)
     one = _rank_moments(windows, streaming=False)
@@ -139,7 +139,7 @@ def test_streamed_collection_on_two_ranks_equals_one_process(tmp_path: Path) -> 
 
 
 def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pruneframe.checkpoint import load_pruned, read_report
     from pruneframe.cli import main
@@ -255,6 +255,7 @@ def _streamed_grasprune(config: dict) -> list[torch.Tensor]:
     return [result.scores, result.recalibration.scales, result.mask.float()]
 
 
+@pytest.mark.ranks
 def test_streamed_grasprune_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     config = {**GRASPRUNE_FAST, "offload": "cpu", "compute_device": "cpu"}
     one = _streamed_grasprune(config)
@@ -277,7 +278,7 @@ def test_streamed_perplexity_equals_the_whole_model_pass(family: str) -> None:
 
 
 def test_cli_eval_scores_perplexity_and_zero_shot_layer_by_layer_with_the_same_result(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
 
@@ -338,7 +339,7 @@ def test_streamed_logits_refuse_a_soft_capped_head_before_any_pass() -> None:
         StreamedHFLM(model, None, 1, "cpu")
 
 
-def test_streamed_zero_shot_gives_the_same_accuracy_item_by_item(workspace: dict[str, Path]) -> None:  # noqa: F811
+def test_streamed_zero_shot_gives_the_same_accuracy_item_by_item(workspace: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pruneframe.evaluation.zeroshot import zeroshot
@@ -356,7 +357,7 @@ def test_streamed_zero_shot_gives_the_same_accuracy_item_by_item(workspace: dict
 
 @pytest.mark.parametrize(("per_sweep", "sweeps"), [(64, 1), (2, 2), (1, 3)])
 def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(
-    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, per_sweep: int, sweeps: int  # noqa: F811
+    workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, per_sweep: int, sweeps: int
 ) -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -387,7 +388,7 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(
 
 
 def test_compare_with_every_stage_streamed_gives_the_same_report(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A calibrated method streamed, perplexity and zero-shot streamed: the same numbers as the whole-model job."""
     import json
@@ -422,7 +423,7 @@ def test_compare_with_every_stage_streamed_gives_the_same_report(
     assert b["prune"]["config"]["offload"] == "cpu" and a["prune"]["config"]["offload"] == "none"
 
 
-def test_streamed_lm_refuses_generation(workspace: dict[str, Path]) -> None:  # noqa: F811
+def test_streamed_lm_refuses_generation(workspace: dict[str, Path]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pruneframe.evaluation.streamed_lm import StreamedHFLM

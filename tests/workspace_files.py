@@ -1,0 +1,56 @@
+"""The files of the shared test workspace: a tiny saved Llama with a word-level tokenizer, texts and a task."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from tiny import tiny_model
+
+WORDS = (
+    "the a of and to in is was for on as with by at from that this it his her they which an be are were "
+    "river city music game team season album film church school war king army road station park island"
+).split()
+SPECIALS = ["[UNK]", "<eos>"]
+TASK_ROWS = [
+    {"question": "the river is", "choices": ["water", "music"], "label": 0},
+    {"question": "the king of the", "choices": ["army", "album"], "label": 0},
+    {"question": "a game for the", "choices": ["team", "road"], "label": 0},
+    {"question": "the film was", "choices": ["church", "album"], "label": 1},
+]
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` (ids below the tiny model's vocabulary of 97)."""
+    vocab = {token: i for i, token in enumerate([*SPECIALS, *WORDS, ":", "?", "Question", "Answer", "water"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<eos>", pad_token="<eos>")
+
+
+def random_text(seed: int, words: int) -> str:
+    """Seeded random sentences (different seeds never share a 200-character passage)."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + " ." for _ in range(words // 12)]
+    return "\n".join(lines) + "\n"
+
+
+def make_workspace(root: Path) -> dict[str, Path]:
+    """A tiny model folder with its tokenizer, calibration/evaluation text files and a zero-shot task."""
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = root / "tiny-llama"
+    tiny_model("llama-gqa").save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    paths = {"model": model_dir, "calib": root / "calib.txt", "eval": root / "eval.txt", "task": root / "tiny_mc.jsonl",
+             "data_dir": root / "no-shared-data", "other": root / "other" / "other.txt"}
+    paths["calib"].write_text(random_text(1, 3000))
+    paths["eval"].write_text(random_text(2, 1500))  # beside the calibration text: the same domain
+    paths["other"].parent.mkdir()
+    paths["other"].write_text(random_text(3, 1500))  # another folder: another domain
+    paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
+    paths["data_dir"].mkdir()
+    return paths
