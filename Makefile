@@ -22,5 +22,6 @@ compare: install
 	$(VENV)/bin/pruneframe compare --config examples/compare_smollm2.yaml
 
 test: install
+	$(VENV)/bin/ruff check .
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider -n 2 --hypothesis-show-statistics
 	$(PY) -m pytest -q -p no:cacheprovider examples/plugin-template/tests

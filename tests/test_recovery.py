@@ -239,6 +239,7 @@ def _recover_on_this_rank(seed: int) -> dict:
     return {n: p.detach().clone() for n, p in result.model.named_parameters()} | {"_loss": result.record.loss_last}
 
 
+@pytest.mark.ranks
 def test_two_ranks_train_to_the_single_process_weights(tmp_path) -> None:
     from tiny import on_ranks
 
