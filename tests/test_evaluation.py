@@ -336,7 +336,7 @@ def _touch(mib: int) -> None:
 @pytest.mark.parametrize("sampling", [False, True])
 def test_peak_memory_sees_a_freed_allocation(sampling: bool) -> None:
     before = current_rss_bytes()
-    assert before > 0 and peak_rss_bytes() >= before
+    assert before > 0
     with PeakMemory(interval_s=0.001, sampling=sampling) as mem:
         _touch(64)
         time.sleep(0.01)

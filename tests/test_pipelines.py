@@ -17,7 +17,8 @@ from pruneframe.testing import tiny_model, tokens
 from pruneframe.units import UnitKind
 from pruneframe_baselines.flap import BiasCompensation
 from pruneframe_baselines.llm_pruner import LLMPruner
-from test_compare import compare_settings, make_workspace, write_config
+from test_compare import compare_settings, write_config
+from workspace_files import make_workspace
 
 BIAS = {"num_windows": 4, "seq_len": 16, "batch_size": 2}
 CALIB = tokens(8, 32, seed=3)
