@@ -16,7 +16,7 @@ from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pruneframe._io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from pruneframe.memory import PeakMemory, current_rss_bytes, peak_rss_bytes
+from pruneframe.memory import PeakMemory, current_rss_bytes
 from pruneframe.evaluation import (
     EvalContext,
     NonFiniteError,
