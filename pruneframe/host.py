@@ -251,14 +251,7 @@ class PluginHost:
 
     def recovery(self, name: str, config: Any = None) -> Any:
         """An instance of recovery ``name`` with ``config`` validated by its config model."""
-        recoveries = self.recoveries()
-        if name not in recoveries:
-            raise self._unknown("recovery", name, list(recoveries))
-        cls = recoveries[name]
-        try:
-            return cls(config)
-        except ValidationError as exc:
-            raise _retitled(exc, f"recovery {name!r} ({exc.title})") from exc
+        return self._instance("recovery", self.recoveries(), name, config)
 
     def recalibrations(self) -> dict[str, type[RecalibrationMethod]]:
         """Every registered recalibration class by name (``none``, ``scales``, ``bias``, ...)."""
@@ -269,14 +262,7 @@ class PluginHost:
 
     def recalibration(self, name: str, config: Any = None) -> RecalibrationMethod:
         """An instance of recalibration ``name`` with ``config`` validated by its config model."""
-        recalibrations = self.recalibrations()
-        if name not in recalibrations:
-            raise self._unknown("recalibration", name, list(recalibrations))
-        cls = recalibrations[name]
-        try:
-            return cls(config)
-        except ValidationError as exc:
-            raise _retitled(exc, f"recalibration {name!r} ({exc.title})") from exc
+        return self._instance("recalibration", self.recalibrations(), name, config)
 
     def recovery_plugin(self, recovery: Any) -> str:
         """The plugin that registered ``recovery``'s class (its module name otherwise)."""
@@ -304,14 +290,16 @@ class PluginHost:
             settings = dict(config or {})
             recalibration = self.recalibration(parts[1], settings.pop("recalibration", None))
             return PipelineMethod(self.method(parts[0], settings), recalibration)
-        methods = self.methods()
-        if name not in methods:
-            raise self._unknown("method", name, list(methods))
-        cls = methods[name]
+        return self._instance("method", self.methods(), name, config)
+
+    def _instance(self, kind: str, registered: dict[str, type[Any]], name: str, config: Any) -> Any:
+        """``registered[name](config)``; an unknown name suggests close ones, a bad setting names the plugin's entry."""
+        if name not in registered:
+            raise self._unknown(kind, name, list(registered))
         try:
-            return cls(config)
-        except ValidationError as exc:  # name the method as well as the field
-            raise _retitled(exc, f"method {name!r} ({exc.title})") from exc
+            return registered[name](config)
+        except ValidationError as exc:  # name the method (recovery, ...) as well as the field
+            raise _retitled(exc, f"{kind} {name!r} ({exc.title})") from exc
 
     def evaluator(self, name: str, config: Any = None) -> Any:
         """An instance of evaluator ``name`` with its validated ``config``."""
