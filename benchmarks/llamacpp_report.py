@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneframe._io import write_text_atomic
+from pruneframe.export.verify import TOLERANCES
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "benchmarks" / "results" / "llamacpp_speed.json"
@@ -20,7 +21,9 @@ TARGET = ROOT / "docs" / "llamacpp.md"
 
 #: (dtype, phase) -> the least fraction of the ideal speedup the goal asks for at keep 0.5.
 GOALS: dict[tuple[str, str], float] = {("f16", "decode"): 0.95, ("f16", "prefill"): 0.9,
-                                       ("q8_0", "decode"): 0.9, ("q8_0", "prefill"): 0.9}
+                                       ("q8_0", "decode"): 0.9, ("q8_0", "prefill"): 0.9,
+                                       ("q4_0", "decode"): 0.9, ("q4_0", "prefill"): 0.9}
+_DTYPE_ORDER = ("f32", "f16", "bf16", "q8_0", "q4_0")
 GOAL_BUDGET = 0.5
 
 
@@ -42,6 +45,28 @@ def _misses(row: dict[str, Any]) -> list[str]:
     fr = _fractions(row)
     return [f"{phase} {fr[phase]:.2f} x ideal < {goal}" for (dtype, phase), goal in GOALS.items()
             if dtype == row["dtype"] and fr[phase] < goal]
+
+
+def _check_failures(check: dict[str, Any]) -> list[str]:
+    """What a stored ``--verify`` result exceeds under today's :data:`TOLERANCES` for its type."""
+    tol = TOLERANCES[check["dtype"]]
+    out = []
+    if check["top1_agreement"] < tol.top1:
+        out.append(f"top-1 {check['top1_agreement']:.1%} < {tol.top1:.0%}")
+    if check["max_top5_prob_diff"] > tol.top5_prob:
+        out.append(f"top-5 prob diff {check['max_top5_prob_diff']:.3f} > {tol.top5_prob}")
+    if check["mean_kl"] > tol.kl:
+        out.append(f"KL {check['mean_kl']:.1e} > {tol.kl:.0e}")
+    return out
+
+
+def _check_cell(check: dict[str, Any]) -> str:
+    text = f"top-1 {check['top1_agreement']:.1%}, top-5 diff {check['max_top5_prob_diff']:.3f}, KL {check['mean_kl']:.1e}"
+    return text + (" (FAILED)" if _check_failures(check) else "")
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (-row["budget"], row.get("round_to") or 0, row["method"], _DTYPE_ORDER.index(row["dtype"]))
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -72,7 +97,7 @@ def _evidence(row: dict[str, Any]) -> str:
 def render(data: dict, analysis: str = "") -> str:
     """The page: protocol, goals, one table row per (method, budget, dtype, round_to), the misses with their evidence."""
     p = data["protocol"]
-    rows = data["rows"]
+    rows = sorted(data["rows"], key=_order)
     repeats = sorted({r["dense"]["repeats"] for r in rows})
     lines = [
         "# Pruned SmolLM2-135M in llama.cpp",
@@ -86,7 +111,20 @@ def render(data: dict, analysis: str = "") -> str:
         "exported as llama.cpp's own `llama` architecture in the same type (what a user runs today). Ideal: FLOPs "
         "per token at the prompt's length (prefill) and bytes of weights read per decoded token in the two files "
         "(decode; zero padding counts), dense over pruned. The check column is the export's agreement with the "
-        "checkpoint in transformers (`--verify`: top-1 agreement over 256+ positions and mean KL).",
+        "checkpoint in transformers (`--verify`: top-1 agreement over 256+ positions, the largest top-5 "
+        "probability difference and mean KL), FAILED where it exceeds the type's tolerance.",
+        "",
+        "**The dense model's own check in each type** (what the type costs before any pruning) and the tolerances "
+        "`--verify` applies (`pruneframe.export.verify.TOLERANCES`):",
+        "",
+        "| type | dense export's check | tolerance: top-1 at least | top-5 diff at most | mean KL at most |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    dense_checks = {r["dtype"]: r["dense_verify"] for r in rows if r.get("dense_verify")}
+    for dtype in sorted(dense_checks, key=_DTYPE_ORDER.index):
+        tol = TOLERANCES[dtype]
+        lines.append(f"| {dtype} | {_check_cell(dense_checks[dtype])} | {tol.top1:.0%} | {tol.top5_prob} | {tol.kl:.0e} |")
+    lines += [
         "",
         f"**Goals at keep {GOAL_BUDGET}**: "
         + "; ".join(f"{dtype} {phase} at least {goal} x ideal" for (dtype, phase), goal in GOALS.items()) + ".",
@@ -97,7 +135,7 @@ def render(data: dict, analysis: str = "") -> str:
     ]
     for r in rows:
         v, ps, ideal, fr = r["verify"], r["prefill_speedup"], r["ideal_speedup"], _fractions(r)
-        check = f"top-1 {v['top1_agreement']:.1%}, KL {v['mean_kl']:.1e}" + ("" if r["verify_passed"] else " (FAILED)")
+        check = _check_cell(v)
         goal = "" if r["budget"] != GOAL_BUDGET else ("missed" if _misses(r) else "met")
         lines.append(f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {r['arch']} | "
                      f"{check} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "

@@ -1,7 +1,8 @@
 """SmolLM2-135M pruned by the one-shot methods at keep 0.8 and 0.5, exported to GGUF and timed in llama.cpp.
 
 Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, budget, dtype, round_to)
-with the export's architecture, its check against transformers, prefill tokens/s (256- and 512-token
+with the export's architecture, its check against transformers (and the dense export's own check in the
+same type, ``dense_verify``), prefill tokens/s (256- and 512-token
 prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alternating, each model's
 fastest of the repeats, ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
 llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
@@ -105,6 +106,7 @@ def main() -> None:
         dense, tokenizer = load_model(MODEL, dtype="float32", device="cpu")
         calibration = calibration_data("wikitext-2", tokenizer)
         dense_files = {d: export_gguf(dense, Path(tmp) / f"dense-{d}.gguf", d, tokenizer=tokenizer) for d in dtypes}
+        dense_checks: dict[str, Any] = {}
         for method, budget, round_to in jobs:
             todo = [d for d in dtypes if (MODEL, method, budget, d, round_to) not in done]
             if not todo:
@@ -117,6 +119,8 @@ def main() -> None:
                 out = (_export_as_deci(model, target, dtype, tokenizer) if as_deci
                        else export_gguf(model, target, dtype, tokenizer=tokenizer))
                 check = verify_gguf(out.path, model, tokenizer, dtype)
+                if dtype not in dense_checks:  # the dense file's own agreement: what the type costs before pruning
+                    dense_checks[dtype] = verify_gguf(dense_export.path, dense, tokenizer, dtype).to_dict()
                 speeds = measure_llamacpp_speed({"dense": dense_export.path, "pruned": out.path},
                                                 int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS,
                                                 repeats=args.repeats)
@@ -128,7 +132,7 @@ def main() -> None:
                     "dense_params": sum(t.numel() for t in dense.parameters()),
                     "ffn_widths": [lp.ffn for lp in out.plan.layers],
                     "kv_heads": [lp.kv_heads for lp in out.plan.layers],
-                    "verify": check.to_dict(), "verify_passed": check.passed(),
+                    "verify": check.to_dict(), "verify_passed": check.passed(), "dense_verify": dense_checks[dtype],
                     "dense": d.to_dict(), "pruned": p.to_dict(),
                     "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n]
                                         for n in PREFILL_LENS},

@@ -158,15 +158,15 @@ def test_flap_style_output_biases_are_exact(uneven: bool, tokenizer, tmp_path: P
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0", "q4_0"])
 def test_reduced_precision_within_tolerance(dtype: str, tokenizer, tmp_path: Path) -> None:
-    """f16, bf16 and q8_0 files of an uneven model agree within their documented tolerances."""
+    """f16, bf16, q8_0 and q4_0 files of an uneven model agree within their documented tolerances."""
     model = _model("llama-gqa", len(tokenizer), hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                    intermediate_size=96)
     units = discover(model)
     pruned = fold(model, units, _uneven_mask(units))
     result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{dtype}.gguf", dtype=dtype)
-    if dtype == "q8_0":
+    if dtype in ("q8_0", "q4_0"):
         assert all(layer.ffn % 32 == 0 for layer in result.plan.layers)
 
 

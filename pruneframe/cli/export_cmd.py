@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["gguf"], default="gguf", help="output format (gguf: llama.cpp, ollama)")
     parser.add_argument("--out", metavar="FILE.gguf", required=True,
                         help="file to write (never over a file pruneframe did not write)")
-    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16",
-                        help="weight type in the file (default f16; norms and biases stay f32)")
+    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0", "q4_0"], default="f16",
+                        help="weight type in the file (default f16; norms and biases stay f32; q4_0 keeps the token "
+                        "embedding and output layer in q8_0)")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                         help="run the file in llama.cpp and compare with transformers (default: on when xllamacpp "
                         "is installed)")

@@ -27,7 +27,7 @@ class LlamaCppSpeedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dtype: Literal["f32", "f16", "bf16", "q8_0"] = "f16"
+    dtype: Literal["f32", "f16", "bf16", "q8_0", "q4_0"] = "f16"
     prefill_lens: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 512])
     decode_tokens: Annotated[int, Field(ge=1)] = 64
     threads: Annotated[int, Field(ge=1)] = 1

