@@ -32,5 +32,6 @@ compare: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider -n 2 --hypothesis-show-statistics
 	$(PY) -m pytest -q -p no:cacheprovider examples/plugin-template/tests

@@ -23,17 +23,17 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import write_json_atomic
-from pruneframe.memory import PeakMemory, peak_rss_bytes
+from pruneframe.util.io import write_json_atomic
+from pruneframe.toolkit.memory import PeakMemory, peak_rss_bytes
 from pruneframe.architectures import discover
-from pruneframe.budget import check_meets_budget
-from pruneframe.calibration import CalibrationData
+from pruneframe.pipeline.budget import check_meets_budget
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.host import PluginHost
 from pruneframe.models import load_model
-from pruneframe.session import PruneSession
+from pruneframe.pipeline.session import PruneSession
 
 METHODS = ("magnitude", "llm-pruner", "wanda-sp", "flap", "random")
 CALIBRATION_SEQ_LEN = 128  # the stream is cut into whole windows of this length before concatenation
@@ -73,10 +73,21 @@ def main() -> None:
         "protocol": {
             "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 GGUF dequantised to fp32)",
             "budget_kind": "prunable",
-            "calibration": {"source": calib_src.origin, "fingerprint": calib_src.fingerprint,
-                            "stream_tokens": int(stream.numel()), "windows": "each method's defaults, from token 0"},
-            "evaluation": {"source": eval_src.origin, "fingerprint": eval_src.fingerprint, "seq_len": EVAL_SEQ_LEN,
-                           "windows": args.eval_windows, "non_overlapping": True, "dtype": "float32", "batch_size": 1},
+            "calibration": {
+                "source": calib_src.origin,
+                "fingerprint": calib_src.fingerprint,
+                "stream_tokens": int(stream.numel()),
+                "windows": "each method's defaults, from token 0",
+            },
+            "evaluation": {
+                "source": eval_src.origin,
+                "fingerprint": eval_src.fingerprint,
+                "seq_len": EVAL_SEQ_LEN,
+                "windows": args.eval_windows,
+                "non_overlapping": True,
+                "dtype": "float32",
+                "batch_size": 1,
+            },
             "threads": torch.get_num_threads(),
         },
         "software": software_versions(),
@@ -87,8 +98,11 @@ def main() -> None:
     with PeakMemory() as mem_eval:
         dense_ppl = _ppl(model, evalw)
     out["dense"] = {
-        "ppl": dense_ppl, "params": units.total_params, "prunable_params": units.prunable_params,
-        "eval_s": time.perf_counter() - t0, "peak_rss_eval": mem_eval.report.as_dict(),
+        "ppl": dense_ppl,
+        "params": units.total_params,
+        "prunable_params": units.prunable_params,
+        "eval_s": time.perf_counter() - t0,
+        "peak_rss_eval": mem_eval.report.as_dict(),
     }
     print(f"dense ppl {dense_ppl:.3f} ({units.total_params:,} params)", flush=True)
 
@@ -103,14 +117,19 @@ def main() -> None:
             params = sum(p.numel() for p in result.model.parameters())
             ppl = _ppl(result.model, evalw)
             run = {
-                "method": name, "keep": keep, "config": rep.config,
-                "ppl": ppl, "ratio_to_dense": ppl / dense_ppl,
-                "prune_wall_s": rep.timings.total_s, "timings_s": rep.timings.model_dump(),
+                "method": name,
+                "keep": keep,
+                "config": rep.config,
+                "ppl": ppl,
+                "ratio_to_dense": ppl / dense_ppl,
+                "prune_wall_s": rep.timings.total_s,
+                "timings_s": rep.timings.model_dump(),
                 "peak_rss_prune": rep.memory.model_dump(),
                 "budget_prunable_params": rep.budget_prunable_params,
                 "kept_prunable_params": rep.kept_prunable_params,
                 "kept_fraction_of_prunable": rep.kept_fraction_of_prunable,
-                "kept_params": params, "kept_fraction_of_total": params / units.total_params,
+                "kept_params": params,
+                "kept_fraction_of_total": params / units.total_params,
                 "added_bias_params": rep.added_params,
                 "calibration_tokens_read": rep.calibration_tokens,
                 "method_stats": rep.method_stats,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.checkpoint import software_versions
 from gate_step_cost import GateStepSetup
 
@@ -45,17 +45,24 @@ def main() -> None:
                 setup.step("sdpa", loss)
                 seconds[f"{dtype}/{loss}"].append(time.perf_counter() - start)
     out: dict[str, Any] = {
-        "protocol": {"model": "smollm2-135m", "seq_len": args.seq_len, "batch_size": 1, "reps": args.reps,
-                     "attention": "sdpa", "threads": torch.get_num_threads(),
-                     "step": "gates on every unit carrying a keep-0.8 mask, forward, backward to the fp32 gate scores",
-                     "timing": "dtypes interleaved in one process, medians"},
-        "software": software_versions(), "seconds": seconds, "losses": {},
+        "protocol": {
+            "model": "smollm2-135m",
+            "seq_len": args.seq_len,
+            "batch_size": 1,
+            "reps": args.reps,
+            "attention": "sdpa",
+            "threads": torch.get_num_threads(),
+            "step": "gates on every unit carrying a keep-0.8 mask, forward, backward to the fp32 gate scores",
+            "timing": "dtypes interleaved in one process, medians",
+        },
+        "software": software_versions(),
+        "seconds": seconds,
+        "losses": {},
     }
     for loss in losses:
         rate = {dtype: args.seq_len / statistics.median(seconds[f"{dtype}/{loss}"]) for dtype in DTYPES}
         out["losses"][loss] = {"tokens_per_s": rate, "bf16_over_fp32": rate["bfloat16"] / rate["float32"]}
-        print(f"{loss}: fp32 {rate['float32']:.0f} tok/s, bf16 {rate['bfloat16']:.0f} tok/s, "
-              f"ratio {rate['bfloat16'] / rate['float32']:.2f}x", flush=True)
+        print(f"{loss}: fp32 {rate['float32']:.0f} tok/s, bf16 {rate['bfloat16']:.0f} tok/s, ratio {rate['bfloat16'] / rate['float32']:.2f}x", flush=True)
     write_json_atomic(args.out, out)
 
 

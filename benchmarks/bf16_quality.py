@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 import pruneframe
-from pruneframe._io import write_json_atomic
-from pruneframe.calibration import CalibrationData
+from pruneframe.util.io import write_json_atomic
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.models import load_model
@@ -39,12 +39,19 @@ def main() -> None:
     _, tokenizer = load_model("smollm2-135m", dtype="float32")
     calib_src = resolve_text("wikitext-2", split="validation")
     calib = token_windows(calib_src, tokenizer, 256, num_windows=128).reshape(-1)
-    evalw = {name: token_windows(resolve_text(data, split=split), tokenizer, 512, num_windows=args.eval_windows)
-             for name, (data, split) in SOURCES.items()}
+    evalw = {name: token_windows(resolve_text(data, split=split), tokenizer, 512, num_windows=args.eval_windows) for name, (data, split) in SOURCES.items()}
     out: dict[str, Any] = {
-        "protocol": {"model": "smollm2-135m", "calibration": calib_src.origin, "windows": args.eval_windows,
-                     "seq_len": 512, "sources": SOURCES, "threads": torch.get_num_threads()},
-        "software": software_versions(), "dense": {}, "runs": [],
+        "protocol": {
+            "model": "smollm2-135m",
+            "calibration": calib_src.origin,
+            "windows": args.eval_windows,
+            "seq_len": 512,
+            "sources": SOURCES,
+            "threads": torch.get_num_threads(),
+        },
+        "software": software_versions(),
+        "dense": {},
+        "runs": [],
     }
     for dtype in ("float32", "bfloat16"):
         model, _ = load_model("smollm2-135m", dtype=dtype)
@@ -56,21 +63,25 @@ def main() -> None:
             masks = {}
             for dtype in ("float32", "bfloat16"):
                 model, _ = load_model("smollm2-135m", dtype=dtype)
-                result = pruneframe.prune(model, method, keep, calibration=CalibrationData(calib, name=calib_src.origin),
-                                          progress=not args.quiet, inplace=True)
+                result = pruneframe.prune(model, method, keep, calibration=CalibrationData(calib, name=calib_src.origin), progress=not args.quiet, inplace=True)
                 masks[dtype] = result.mask.bool().cpu()
                 ppl = {k: v["ppl"] for k, v in evaluate(result.model, evalw).items()}
                 row[dtype] = {"ppl": ppl, "ratio_to_dense": {k: ppl[k] / out["dense"][dtype][k] for k in ppl}}
                 del result, model
-            row["relative_difference_of_ratio"] = {
-                k: row["bfloat16"]["ratio_to_dense"][k] / row["float32"]["ratio_to_dense"][k] - 1 for k in SOURCES}
+            row["relative_difference_of_ratio"] = {k: row["bfloat16"]["ratio_to_dense"][k] / row["float32"]["ratio_to_dense"][k] - 1 for k in SOURCES}
             row["mask_agreement"] = float((masks["float32"] == masks["bfloat16"]).float().mean())
             out["runs"].append(row)
             write_json_atomic(args.out, out)
-            print(f"{method} keep {keep}: " + ", ".join(
-                f"{k} fp32 {row['float32']['ratio_to_dense'][k]:.3f}x bf16 {row['bfloat16']['ratio_to_dense'][k]:.3f}x "
-                f"({row['relative_difference_of_ratio'][k]:+.1%})" for k in SOURCES)
-                + f"; masks agree on {row['mask_agreement']:.1%} of units", flush=True)
+            print(
+                f"{method} keep {keep}: "
+                + ", ".join(
+                    f"{k} fp32 {row['float32']['ratio_to_dense'][k]:.3f}x bf16 {row['bfloat16']['ratio_to_dense'][k]:.3f}x "
+                    f"({row['relative_difference_of_ratio'][k]:+.1%})"
+                    for k in SOURCES
+                )
+                + f"; masks agree on {row['mask_agreement']:.1%} of units",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,20 @@ def tables(data: dict[str, Any]) -> list[str]:
     seq_len = next(iter(protocol["evaluation"].values()))["seq_len"]
     windows = next(iter(protocol["evaluation"].values()))["windows"]
     head = ["run", *DEV, "dev OOD geomean", *TEST, "test OOD geomean"]
-    out = [f"Dense perplexity ({windows} windows of {seq_len} tokens per source): "
-           + ", ".join(f"{name} {dense[name]['ppl']:.2f}" for name in (*DEV, *TEST)) + ".", ""]
+    out = [
+        f"Dense perplexity ({windows} windows of {seq_len} tokens per source): "
+        + ", ".join(f"{name} {dense[name]['ppl']:.2f}" for name in (*DEV, *TEST))
+        + ".",
+        "",
+    ]
     for keep in sorted({run["keep"] for run in data["runs"]}, reverse=True):
         runs = sorted((run for run in data["runs"] if run["keep"] == keep), key=lambda r: r["method"] != "grasprune")
-        out += [f"**keep {keep}** (ratio of perplexity to dense, 95% paired-bootstrap interval over windows)", "",
-                "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        out += [
+            f"**keep {keep}** (ratio of perplexity to dense, 95% paired-bootstrap interval over windows)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + " --- |" * len(head),
+        ]
         for run in runs:
             label = run["run"] if run["method"] == "grasprune" else f"{run['run']} (baseline)"
             cells = [cell(run, dense, s, seq_len) for s in DEV] + [f"{run['dev_ood_geomean']:.2f}"]
@@ -48,9 +56,11 @@ def tables(data: dict[str, Any]) -> list[str]:
         if grasp:
             best = min(grasp, key=lambda r: (r["dev_ood_geomean"], r["ratio_to_dense"]["wiki-valid-heldout"]))
             others = sorted(grasp, key=lambda r: r["dev_ood_geomean"])
-            out += ["", f"Selected at keep {keep} by the development rule: **{best['run']}** (dev OOD geomean "
-                    f"{best['dev_ood_geomean']:.2f}; order: "
-                    + ", ".join(f"{r['run']} {r['dev_ood_geomean']:.2f}" for r in others) + ")."]
+            out += [
+                "",
+                f"Selected at keep {keep} by the development rule: **{best['run']}** (dev OOD geomean "
+                f"{best['dev_ood_geomean']:.2f}; order: " + ", ".join(f"{r['run']} {r['dev_ood_geomean']:.2f}" for r in others) + ").",
+            ]
         out.append("")
     return out
 

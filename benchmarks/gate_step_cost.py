@@ -1,8 +1,8 @@
 """Cost of one GRASPrune gate-training step on SmolLM2-135M, by attention kernel and loss path.
 
 Configurations: attention ``eager`` or ``sdpa``; loss the plain ``cross_entropy(lm_head(hidden))``,
-the memory-lean :func:`pruneframe.losses.linear_cross_entropy` the training loops use, or the
-``distill`` objective (:func:`pruneframe.losses.linear_kl_divergence` against cached dense hidden
+the memory-lean :func:`pruneframe.toolkit.losses.linear_cross_entropy` the training loops use, or the
+``distill`` objective (:func:`pruneframe.toolkit.losses.linear_kl_divergence` against cached dense hidden
 states). A step is what GRASPrune does every step: gates on every unit (frozen backbone) carrying a
 keep-0.8 mask that meets the budget, forward, backward to the gate scores; the dense forward is the
 GRASPrune benchmark's (batch 1, inference mode, full logits). The mask matters: with every unit off
@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import write_json_atomic
-from pruneframe.memory import PeakMemory
+from pruneframe.util.io import write_json_atomic
+from pruneframe.toolkit.memory import PeakMemory
 from pruneframe.architectures import discover
-from pruneframe.budget import project
+from pruneframe.pipeline.budget import project
 from pruneframe.checkpoint import software_versions
-from pruneframe.gates import UnitGates
+from pruneframe.toolkit.gates import UnitGates
 from pruneframe.models import load_model
 from pruneframe_grasprune.training import attention_implementation, causal_lm_loss, distillation_loss, frozen
 
@@ -114,9 +114,16 @@ def main() -> None:
         return
     medians = time_all(args.reps, args.seq_len)
     out: dict[str, Any] = {
-        "protocol": {"model": "smollm2-135m fp32", "seq_len": args.seq_len, "reps": args.reps, "batch_size": 1,
-                     "threads": torch.get_num_threads(), "tokens": "uniform random ids (cost does not depend on them)",
-                     "timing": "interleaved in one process, medians", "memory": "one fresh process per configuration"},
+        "protocol": {
+            "model": "smollm2-135m fp32",
+            "seq_len": args.seq_len,
+            "reps": args.reps,
+            "batch_size": 1,
+            "threads": torch.get_num_threads(),
+            "tokens": "uniform random ids (cost does not depend on them)",
+            "timing": "interleaved in one process, medians",
+            "memory": "one fresh process per configuration",
+        },
         "software": software_versions(),
         "dense_forward_seconds": medians["forward"],
         "all_seconds": medians["all_seconds"],
@@ -126,12 +133,20 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--memory-of", attention, loss_path, "--seq-len", str(args.seq_len)]
         mem = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         step_s = medians[f"{attention}/{loss_path}"]
-        run = {"attention": attention, "loss": loss_path, "step_seconds": step_s,
-               "step_to_forward_throughput": medians["forward"] / step_s, **mem,
-               "rss_ratio": mem["peak_rss_train_bytes"] / mem["peak_rss_forward_bytes"]}
+        run = {
+            "attention": attention,
+            "loss": loss_path,
+            "step_seconds": step_s,
+            "step_to_forward_throughput": medians["forward"] / step_s,
+            **mem,
+            "rss_ratio": mem["peak_rss_train_bytes"] / mem["peak_rss_forward_bytes"],
+        }
         out["runs"].append(run)
-        print(f"attention {attention:5s} loss {loss_path:5s}: step throughput / forward {run['step_to_forward_throughput']:.3f}, "
-              f"peak RSS step / forward {run['rss_ratio']:.2f}", flush=True)
+        print(
+            f"attention {attention:5s} loss {loss_path:5s}: step throughput / forward {run['step_to_forward_throughput']:.3f}, "
+            f"peak RSS step / forward {run['rss_ratio']:.2f}",
+            flush=True,
+        )
         write_json_atomic(args.out, out)
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pruneframe._io import write_text_atomic
+from pruneframe.util.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_check"
@@ -50,8 +50,10 @@ def steps_section(steps: list[dict[str, Any]]) -> list[str]:
 def prunes_section(prunes: dict[str, Any]) -> list[str]:
     """The 1B-shape prunes through the command line: time and memory per mode."""
     streamed = "streamed: weights on the CPU, `offload: cpu`, layers on `cuda`"
-    modes = {"prune-torchrun-grasprune-1b": "torchrun, 1 rank, `--device cuda`",
-             **{f"stream-{m}-1b": streamed for m in ("wanda-sp", "llm-pruner", "grasprune")}}
+    modes = {
+        "prune-torchrun-grasprune-1b": "torchrun, 1 rank, `--device cuda`",
+        **{f"stream-{m}-1b": streamed for m in ("wanda-sp", "llm-pruner", "grasprune")},
+    }
     out = [
         "## A 1B-shape model through `pruneframe prune`",
         "",
@@ -71,8 +73,11 @@ def prunes_section(prunes: dict[str, Any]) -> list[str]:
         met = rep["kept_prunable_params"] <= rep["budget_prunable_params"]
         mode = modes.get(name, "one device, `--device cuda`")
         stats = rep["method_stats"]
-        rate = stats["gates"]["tokens_per_second"] if "gates" in stats else (
-            stats["calibration_tokens"] / t["score_s"] if stats.get("calibration_tokens") else None)
+        rate = (
+            stats["gates"]["tokens_per_second"]
+            if "gates" in stats
+            else (stats["calibration_tokens"] / t["score_s"] if stats.get("calibration_tokens") else None)
+        )
         out.append(
             f"| {rep['method']} | {mode} | {rep['kept_fraction_of_prunable']:.4%} | {'yes' if met else 'NO'} | "
             f"{t['total_s']:.1f} ({t['score_s']:.1f}) | {'-' if rate is None else f'{rate:,.0f}'} | "
@@ -98,8 +103,7 @@ def compare_section(compare: dict[str, Any]) -> list[str]:
         "",
         "The same model, `--methods magnitude,wanda-sp --budgets 0.8,0.5 --eval-windows 8 --seq-len 512`",
         "(perplexities of random weights carry no information and are left out here; the full report is",
-        f"`benchmarks/results/gpu_check/compare_1b.md`). Speed: a {proto['prefill_len']}-token prefill and "
-        f"{proto['decode_tokens']} greedy decode",
+        f"`benchmarks/results/gpu_check/compare_1b.md`). Speed: a {proto['prefill_len']}-token prefill and {proto['decode_tokens']} greedy decode",
         f"steps at batch {proto['batch_size']}, {proto['repeats']} alternating dense/pruned repeats, the "
         f"{'fastest' if proto['statistic'] == 'min' else proto['statistic']} of each.",
         "",
@@ -117,8 +121,7 @@ def compare_section(compare: dict[str, Any]) -> list[str]:
     tflops = rate * speed["flops_per_token"] / 1e12
     out += [
         "",
-        f"At batch {proto['batch_size']} a 1B model does not keep an H200 busy: the dense prefill runs at "
-        f"{rate:,.0f} tokens/s, {tflops:.0f} TFLOP/s",
+        f"At batch {proto['batch_size']} a 1B model does not keep an H200 busy: the dense prefill runs at {rate:,.0f} tokens/s, {tflops:.0f} TFLOP/s",
         f"by the FLOPs count (NVIDIA's datasheet gives about 990 dense bf16 TFLOP/s), and decoding at "
         f"{dense['decode_tokens_per_s']:.0f} tokens/s. The time goes",
         "to kernel launches and Python, which pruning does not shrink, so the measured speedups stay near 1x;",
@@ -142,20 +145,24 @@ def methods_section(short: dict[str, Any] | None, protocol: dict[str, Any] | Non
         "`torch.cuda.max_memory_allocated` (the 0.27 GB of weights included).",
         "",
     ]
-    for title, data in (("Short GRASPrune schedule (16 x 256 tokens, one epoch)", short),
-                        ("GRASPrune at the main job's protocol (64 x 256 tokens, two epochs, `distill`), with "
-                         "perplexity", protocol)):
+    for title, data in (
+        ("Short GRASPrune schedule (16 x 256 tokens, one epoch)", short),
+        ("GRASPrune at the main job's protocol (64 x 256 tokens, two epochs, `distill`), with perplexity", protocol),
+    ):
         if data is None:
             continue
         ppl = data.get("perplexity") or {}
         has_ppl = bool(ppl.get("windows"))
         out += [f"### {title}", ""]
         if has_ppl:
-            out += [f"Perplexity: {ppl['windows']} windows of {ppl['seq_len']} tokens of `{ppl['source']}` (test), "
-                    "every pruned model evaluated on the device.", ""]
+            out += [
+                f"Perplexity: {ppl['windows']} windows of {ppl['seq_len']} tokens of `{ppl['source']}` (test), every pruned model evaluated on the device.",
+                "",
+            ]
         # results written before the script read the peak ahead of the evaluation include it
-        peak_label = "peak device GiB" + (" (prune + evaluation)" if has_ppl and not any(
-            r.get("device", {}).get("peak_scope") == "prune" for r in data["rows"]) else "")
+        peak_label = "peak device GiB" + (
+            " (prune + evaluation)" if has_ppl and not any(r.get("device", {}).get("peak_scope") == "prune" for r in data["rows"]) else ""
+        )
         header = f"| method | score s CPU | score s device | device tok/s | {peak_label} | mask agreement | seed 0 vs seed 1 (CPU) |"
         rule = "| --- | --- | --- | --- | --- | --- | --- |"
         if has_ppl:
@@ -203,11 +210,9 @@ def eval_section(agreement: dict[str, Any]) -> list[str]:
         "| --- | --- | --- | --- |",
     ]
     for source, r in agreement["perplexity"].items():
-        out.append(f"| perplexity, {source} | {r['streamed']:.4f} | {r['whole']:.4f} | "
-                   f"{abs(r['streamed'] / r['whole'] - 1):.1e} relative |")
+        out.append(f"| perplexity, {source} | {r['streamed']:.4f} | {r['whole']:.4f} | {abs(r['streamed'] / r['whole'] - 1):.1e} relative |")
     for task, r in agreement["zeroshot"].items():
-        out.append(f"| accuracy, {task} | {r['acc_streamed']:.3f} | {r['acc_whole']:.3f} | "
-                   f"{r['answered_alike']} of {r['items']} items alike |")
+        out.append(f"| accuracy, {task} | {r['acc_streamed']:.3f} | {r['acc_whole']:.3f} | {r['answered_alike']} of {r['items']} items alike |")
     return out + [""]
 
 
@@ -220,8 +225,8 @@ def how_section() -> list[str]:
         "benchmarks/gpu_check.sh                       # all parts, results under $OUT or benchmarks/results/gpu_check",
         "PARTS=big,stream benchmarks/gpu_check.sh      # only the 1B-shape steps (no real model needed)",
         "python benchmarks/device_methods.py --device cuda --methods grasprune,llm-pruner,wanda-sp,flap \\",
-        "    --method-config 'grasprune={\"num_sequences\": 64, \"seq_len\": 256, \"epochs\": 2, \"rescale_sequences\": 64,"
-        " \"loss\": \"distill\", \"rescale_loss\": \"distill\"}' \\",
+        '    --method-config \'grasprune={"num_sequences": 64, "seq_len": 256, "epochs": 2, "rescale_sequences": 64,'
+        ' "loss": "distill", "rescale_loss": "distill"}\' \\',
         "    --calib-tokens 40000 --eval-windows 16 --out benchmarks/results/gpu_check/methods_135m_protocol.json",
         "DEVICE=cpu SHAPE=135m METHODS=magnitude benchmarks/gpu_check.sh   # a CPU dry run of the same steps",
         "```",

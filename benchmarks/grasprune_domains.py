@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 import pruneframe
-from pruneframe._io import write_json_atomic
-from pruneframe.calibration import CalibrationData
+from pruneframe.util.io import write_json_atomic
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.data.sources import data_dir
@@ -53,10 +53,8 @@ CALIBRATION_TOKENS = 128 * 256
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "reference": ("grasprune", {**PROTOCOL}),
     "distill": ("grasprune", {**PROTOCOL, "loss": "distill", "rescale_loss": "distill"}),
-    "taylor-init": ("grasprune", {**PROTOCOL, "init_from": "llm-pruner", "init_scope": "uniform",
-                                  "rescale_outputs": True, "rescale_lr": 3e-2}),
-    "taylor-init-distill": ("grasprune", {**PROTOCOL, "init_from": "llm-pruner", "init_scope": "uniform",
-                                          "loss": "distill", "rescale_loss": "distill"}),
+    "taylor-init": ("grasprune", {**PROTOCOL, "init_from": "llm-pruner", "init_scope": "uniform", "rescale_outputs": True, "rescale_lr": 3e-2}),
+    "taylor-init-distill": ("grasprune", {**PROTOCOL, "init_from": "llm-pruner", "init_scope": "uniform", "loss": "distill", "rescale_loss": "distill"}),
     "distill-no-rescale": ("grasprune", {**PROTOCOL, "loss": "distill", "rescale": False}),
     "flap": ("flap", {}),
     "llm-pruner": ("llm-pruner", {}),
@@ -105,15 +103,26 @@ def main() -> None:
     calib_src = resolve_text("wikitext-2", split="validation")
     calib = token_windows(calib_src, tokenizer, 256, num_windows=128)
     src = sources()
-    evalw = {name: token_windows(s, tokenizer, 512, num_windows=args.eval_windows, offset_windows=off)
-             for name, (_, s, off) in src.items()}
+    evalw = {name: token_windows(s, tokenizer, 512, num_windows=args.eval_windows, offset_windows=off) for name, (_, s, off) in src.items()}
     protocol = {
-        "model": "smollm2-135m (fp32)", "calibration": {"source": calib_src.origin, "tokens_used_at_most": CALIBRATION_TOKENS},
-        "evaluation": {name: {"role": role, "origin": s.origin, "split": s.split, "fingerprint": s.fingerprint,
-                              "offset_windows": off, "windows": args.eval_windows, "seq_len": 512}
-                       for name, (role, s, off) in src.items()},
+        "model": "smollm2-135m (fp32)",
+        "calibration": {"source": calib_src.origin, "tokens_used_at_most": CALIBRATION_TOKENS},
+        "evaluation": {
+            name: {
+                "role": role,
+                "origin": s.origin,
+                "split": s.split,
+                "fingerprint": s.fingerprint,
+                "offset_windows": off,
+                "windows": args.eval_windows,
+                "seq_len": 512,
+            }
+            for name, (role, s, off) in src.items()
+        },
         "selection_rule": "lowest geometric mean ratio to dense over " + ", ".join(DEV_OOD),
-        "seed": args.seed, "threads": torch.get_num_threads(), "software": software_versions(),
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "software": software_versions(),
     }
     path = Path(args.out)
     out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -135,21 +144,39 @@ def main() -> None:
             model, _ = load_model("smollm2-135m", dtype="float32")
             torch.manual_seed(args.seed)
             start = time.perf_counter()
-            result = pruneframe.prune(model, method, keep, calibration=CalibrationData(calib.reshape(-1), name=calib_src.origin),
-                                      config={**config, "seed": args.seed}, progress=not args.quiet, inplace=True)
+            result = pruneframe.prune(
+                model,
+                method,
+                keep,
+                calibration=CalibrationData(calib.reshape(-1), name=calib_src.origin),
+                config={**config, "seed": args.seed},
+                progress=not args.quiet,
+                inplace=True,
+            )
             wall = time.perf_counter() - start
             scores = evaluate(result.model, evalw)
             ratios = {k: v["ppl"] / out["dense"][k]["ppl"] for k, v in scores.items()}
-            row = {"run": name, "method": method, "config": config, "keep": keep, "prune_wall_s": wall,
-                   "kept_prunable_params": result.report.kept_prunable_params,
-                   "budget_prunable_params": result.report.budget_prunable_params,
-                   "eval": scores, "ratio_to_dense": ratios,
-                   "dev_ood_geomean": geometric_mean(ratios[k] for k in DEV_OOD),
-                   "test_ood_geomean": geometric_mean(ratios[k] for k in TEST_OOD)}
+            row = {
+                "run": name,
+                "method": method,
+                "config": config,
+                "keep": keep,
+                "prune_wall_s": wall,
+                "kept_prunable_params": result.report.kept_prunable_params,
+                "budget_prunable_params": result.report.budget_prunable_params,
+                "eval": scores,
+                "ratio_to_dense": ratios,
+                "dev_ood_geomean": geometric_mean(ratios[k] for k in DEV_OOD),
+                "test_ood_geomean": geometric_mean(ratios[k] for k in TEST_OOD),
+            }
             out["runs"].append(row)
             write_json_atomic(path, out)
-            print(f"keep {keep} {name}: " + " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
-                  + f" | dev OOD geomean {row['dev_ood_geomean']:.2f}x, test OOD {row['test_ood_geomean']:.2f}x ({wall:.0f} s)", flush=True)
+            print(
+                f"keep {keep} {name}: "
+                + " ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+                + f" | dev OOD geomean {row['dev_ood_geomean']:.2f}x, test OOD {row['test_ood_geomean']:.2f}x ({wall:.0f} s)",
+                flush=True,
+            )
             del result, model
 
 

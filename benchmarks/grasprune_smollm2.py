@@ -31,17 +31,17 @@ from typing import Any
 import torch
 
 import pruneframe
-from pruneframe._io import write_json_atomic
-from pruneframe.memory import PeakMemory
+from pruneframe.util.io import write_json_atomic
+from pruneframe.toolkit.memory import PeakMemory
 from pruneframe.architectures import discover
-from pruneframe.budget import check_meets_budget
-from pruneframe.calibration import CalibrationData
+from pruneframe.pipeline.budget import check_meets_budget
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
-from pruneframe.gates import gated
+from pruneframe.toolkit.gates import gated
 from pruneframe.models import load_model
-from pruneframe.session import PruneSession
+from pruneframe.pipeline.session import PruneSession
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # the reference method and settings, at the benchmark's calibration size
@@ -87,8 +87,9 @@ def variant_config(name: str, protocol: dict[str, int], seed: int = 0) -> dict[s
     split = over.pop("split", 1)
     cfg = {**protocol, **over, "seed": seed}
     if split > 1:
-        cfg.update(seq_len=protocol["seq_len"] // split, num_sequences=protocol["num_sequences"] * split,
-                   rescale_sequences=protocol["rescale_sequences"] * split)
+        cfg.update(
+            seq_len=protocol["seq_len"] // split, num_sequences=protocol["num_sequences"] * split, rescale_sequences=protocol["rescale_sequences"] * split
+        )
     return cfg
 
 
@@ -161,37 +162,62 @@ def run_one(inputs: _Inputs, keep: float, name: str, seed: int, progress: bool, 
     rescale = dict(rep.method_stats.get("rescale", {}))
     rescale.pop("kept_cost_per_step", None)
     row: dict[str, Any] = {
-        "variant": name, "seed": seed, "keep": keep, "config": rep.config, "gates_from": source or name,
+        "variant": name,
+        "seed": seed,
+        "keep": keep,
+        "config": rep.config,
+        "gates_from": source or name,
         "budget_prunable_params": rep.budget_prunable_params,
         "kept_prunable_params": rep.kept_prunable_params,
         "kept_fraction_of_prunable": rep.kept_fraction_of_prunable,
-        "kept_params": rep.kept_params, "budget_met_every_step": steps_ok,
-        "ppl_hard_mask": hard_ppl, "ppl_folded": folded_ppl,
-        "ppl_gated_scaled_first8": gated_few, "ppl_folded_first8": folded_few,
+        "kept_params": rep.kept_params,
+        "budget_met_every_step": steps_ok,
+        "ppl_hard_mask": hard_ppl,
+        "ppl_folded": folded_ppl,
+        "ppl_gated_scaled_first8": gated_few,
+        "ppl_folded_first8": folded_few,
         "dense_forward_tokens_per_s_256": rate256,
         "dense_forward_tokens_per_s_256_before_after": [rate_before, rate_after],
-        "rescale": rescale, "prune_wall_s": rep.timings.total_s, "peak_rss_prune": rep.memory.model_dump(),
-        "peak_rss_dense_forward_256": mem256, "peak_rss_dense_eval_512": mem512.report.as_dict(),
+        "rescale": rescale,
+        "prune_wall_s": rep.timings.total_s,
+        "peak_rss_prune": rep.memory.model_dump(),
+        "peak_rss_dense_forward_256": mem256,
+        "peak_rss_dense_eval_512": mem512.report.as_dict(),
         "widths": result.units.widths(result.mask),
     }
     if gates is not None:
         peak = gates["peak_rss_bytes"]
-        row.update({
-            "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"],
-            "gate_tokens_per_s": gates["tokens_per_second"],
-            "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
-            "peak_rss_gate_training_bytes": peak,
-            "peak_rss_gate_training_over_dense_forward_256": peak / mem256["peak_rss_bytes"],
-            "peak_rss_gate_training_over_dense_eval_512": peak / mem512.report.peak_rss,
-        })
+        row.update(
+            {
+                "gate_first_loss": gates["first_loss"],
+                "gate_last_loss": gates["last_loss"],
+                "gate_tokens_per_s": gates["tokens_per_second"],
+                "gate_to_dense_forward_throughput": gates["tokens_per_second"] / rate256,
+                "peak_rss_gate_training_bytes": peak,
+                "peak_rss_gate_training_over_dense_forward_256": peak / mem256["peak_rss_bytes"],
+                "peak_rss_gate_training_over_dense_eval_512": peak / mem512.report.peak_rss,
+            }
+        )
     return row
 
 
 def _child(args: argparse.Namespace, keep: float, name: str, seed: int, scratch: Path) -> dict[str, Any]:
     """Run one (budget, variant, seed) in a fresh interpreter and read back its JSON."""
     out = scratch / f"run-{keep}-{name}-{seed}.json"
-    cmd = [sys.executable, __file__, "--child", f"{keep}:{name}:{seed}", "--out", str(out), "--scores-dir", str(scratch),
-           "--sequences", str(args.sequences), "--eval-windows", str(args.eval_windows)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        f"{keep}:{name}:{seed}",
+        "--out",
+        str(out),
+        "--scores-dir",
+        str(scratch),
+        "--sequences",
+        str(args.sequences),
+        "--eval-windows",
+        str(args.eval_windows),
+    ]
     if args.quiet:
         cmd.append("--quiet")
     done = subprocess.run(cmd, check=False)
@@ -208,8 +234,7 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/grasprune_smollm2.json")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in --out (same protocol) and run only the missing (budget, variant, seed)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same protocol) and run only the missing (budget, variant, seed)")
     parser.add_argument("--sequences", type=int, default=PROTOCOL["num_sequences"], help="smoke runs only: fewer calibration sequences")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # KEEP:VARIANT:SEED, run by the parent
     parser.add_argument("--scores-dir", default=None, help=argparse.SUPPRESS)  # where children leave their gate scores
@@ -231,10 +256,22 @@ def main() -> None:
     out: dict[str, Any] = {
         "protocol": {
             "model": "smollm2-135m (SmolLM2-135M-Instruct Q4_1 GGUF dequantised to fp32)",
-            "calibration": {"source": inputs.calib_src.origin, "fingerprint": inputs.calib_src.fingerprint,
-                            **inputs.protocol, "gate_windows": "0-63", "rescale_windows": "64-127"},
-            "evaluation": {"source": inputs.eval_src.origin, "fingerprint": inputs.eval_src.fingerprint, "seq_len": 512,
-                           "windows": args.eval_windows, "non_overlapping": True, "dtype": "float32", "batch_size": 1},
+            "calibration": {
+                "source": inputs.calib_src.origin,
+                "fingerprint": inputs.calib_src.fingerprint,
+                **inputs.protocol,
+                "gate_windows": "0-63",
+                "rescale_windows": "64-127",
+            },
+            "evaluation": {
+                "source": inputs.eval_src.origin,
+                "fingerprint": inputs.eval_src.fingerprint,
+                "seq_len": 512,
+                "windows": args.eval_windows,
+                "non_overlapping": True,
+                "dtype": "float32",
+                "batch_size": 1,
+            },
             "threads": torch.get_num_threads(),
             "process": "one fresh process per (budget, variant, seed): dense forward rate and memory, then pruning",
             "seeds": [int(s) for s in args.seeds.split(",")],
@@ -274,12 +311,16 @@ def main() -> None:
                 if VARIANTS[name].get("reuse_gates") and (keep, VARIANTS[name]["reuse_gates"], seed) in done:
                     raise SystemExit(f"{name} seed {seed} at keep {keep} reuses gates that a previous run did not keep; rerun without --resume")
                 run = _child(args, keep, name, seed, Path(scratch))
-                run.update(ppl_random_mask=random_ppl[keep], ratio_folded_to_dense=run["ppl_folded"] / dense_ppl,
-                           ratio_hard_to_dense=run["ppl_hard_mask"] / dense_ppl)
+                run.update(
+                    ppl_random_mask=random_ppl[keep], ratio_folded_to_dense=run["ppl_folded"] / dense_ppl, ratio_hard_to_dense=run["ppl_hard_mask"] / dense_ppl
+                )
                 out["runs"].append(run)
-                gate = (f"gate {run['gate_tokens_per_s']:.0f} tok/s ({run['gate_to_dense_forward_throughput']:.3f}x) "
-                        f"rss {run['peak_rss_gate_training_over_dense_eval_512']:.2f}x eval@512"
-                        if "gate_tokens_per_s" in run else f"gates of {run['gates_from']}")
+                gate = (
+                    f"gate {run['gate_tokens_per_s']:.0f} tok/s ({run['gate_to_dense_forward_throughput']:.3f}x) "
+                    f"rss {run['peak_rss_gate_training_over_dense_eval_512']:.2f}x eval@512"
+                    if "gate_tokens_per_s" in run
+                    else f"gates of {run['gates_from']}"
+                )
                 print(
                     f"keep {keep} {name} seed {seed}: hard {run['ppl_hard_mask']:.2f} folded {run['ppl_folded']:.2f} "
                     f"({run['ratio_folded_to_dense']:.2f}x) kept {run['kept_fraction_of_prunable']:.4f} {gate}",
@@ -314,8 +355,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["keep"], run["variant"]), []).append(run)
-    keys = ("ratio_folded_to_dense", "ratio_hard_to_dense", "gate_to_dense_forward_throughput",
-            "peak_rss_gate_training_over_dense_eval_512")
+    keys = ("ratio_folded_to_dense", "ratio_hard_to_dense", "gate_to_dense_forward_throughput", "peak_rss_gate_training_over_dense_eval_512")
     out = []
     for (keep, name), rows in groups.items():
         row: dict[str, Any] = {"keep": keep, "variant": name, "seeds": [r["seed"] for r in rows]}

@@ -19,16 +19,16 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.architectures import discover
-from pruneframe.budget import make_budget, resolve
-from pruneframe.calibration import CalibrationData
+from pruneframe.pipeline.budget import make_budget, resolve
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
-from pruneframe.gates import gated
-from pruneframe.host import PluginHost
-from pruneframe.methods import ScoringContext
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.methods import ScoringContext
 from pruneframe.models import load_model
 from pruneframe_grasprune.plugin import GRASPrune
 
@@ -70,12 +70,26 @@ def main() -> None:
         def project(scores: torch.Tensor) -> torch.Tensor:
             return host.project(scores.detach().float().cpu(), units, target, minimum, method.config.policy, method.config.scope)
 
-        return ScoringContext(model=model, units=units, calibration=CalibrationData(calib.reshape(-1), name=calib_src.origin),
-                              budget=target, minimum=minimum, project=project, progress=False)
+        return ScoringContext(
+            model=model,
+            units=units,
+            calibration=CalibrationData(calib.reshape(-1), name=calib_src.origin),
+            budget=target,
+            minimum=minimum,
+            project=project,
+            progress=False,
+        )
 
     out: dict[str, Any] = {
-        "protocol": {"keep": args.keep, **PROTOCOL, "calibration": calib_src.origin, "evaluation": eval_src.origin,
-                     "eval_windows": args.eval_windows, "eval_seq_len": 512, "dtype": "float32"},
+        "protocol": {
+            "keep": args.keep,
+            **PROTOCOL,
+            "calibration": calib_src.origin,
+            "evaluation": eval_src.origin,
+            "eval_windows": args.eval_windows,
+            "eval_seq_len": 512,
+            "dtype": "float32",
+        },
         "software": software_versions(),
         "dense_ppl": ppl(),
         "runs": [],

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.architectures import discover
-from pruneframe.calibration import CalibrationData
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
-from pruneframe.gates import gated
+from pruneframe.toolkit.gates import gated
 from pruneframe.models import load_model
-from pruneframe.session import PruneSession
+from pruneframe.pipeline.session import PruneSession
 
 PROTOCOL = dict(num_sequences=64, seq_len=256, epochs=2, rescale_sequences=64)
 
@@ -49,16 +49,25 @@ def main() -> None:
         return float(perplexity(m, evalw, batch_size=1, progress=False).ppl)
 
     dense = ppl(model)
-    result = PruneSession(model, "grasprune", args.keep, {**PROTOCOL, **overrides}).run(
-        CalibrationData(calib.reshape(-1), name="wiki.valid"), progress=False)
+    result = PruneSession(model, "grasprune", args.keep, {**PROTOCOL, **overrides}).run(CalibrationData(calib.reshape(-1), name="wiki.valid"), progress=False)
     with gated(model, units, result.mask):
         hard = ppl(model)
     folded = ppl(result.model)
     gates = result.report.method_stats["gates"]
-    row = {"name": args.name, "keep": args.keep, "overrides": overrides, "eval_windows": args.eval_windows,
-           "dense": dense, "hard": hard, "folded": folded, "folded_to_dense": folded / dense,
-           "kept_fraction_of_prunable": result.report.kept_fraction_of_prunable, "prune_wall_s": result.report.timings.total_s,
-           "gate_first_loss": gates["first_loss"], "gate_last_loss": gates["last_loss"]}
+    row = {
+        "name": args.name,
+        "keep": args.keep,
+        "overrides": overrides,
+        "eval_windows": args.eval_windows,
+        "dense": dense,
+        "hard": hard,
+        "folded": folded,
+        "folded_to_dense": folded / dense,
+        "kept_fraction_of_prunable": result.report.kept_fraction_of_prunable,
+        "prune_wall_s": result.report.timings.total_s,
+        "gate_first_loss": gates["first_loss"],
+        "gate_last_loss": gates["last_loss"],
+    }
     print(json.dumps(row), flush=True)
     path = Path(args.out)
     rows = json.loads(path.read_text()) if path.exists() else []

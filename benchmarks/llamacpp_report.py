@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pruneframe._io import write_text_atomic
+from pruneframe.util.io import write_text_atomic
 from pruneframe.export.verify import TOLERANCES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,9 +20,14 @@ SOURCE = ROOT / "benchmarks" / "results" / "llamacpp_speed.json"
 TARGET = ROOT / "docs" / "llamacpp.md"
 
 #: (dtype, phase) -> the least fraction of the ideal speedup the goal asks for at keep 0.5.
-GOALS: dict[tuple[str, str], float] = {("f16", "decode"): 0.95, ("f16", "prefill"): 0.9,
-                                       ("q8_0", "decode"): 0.9, ("q8_0", "prefill"): 0.9,
-                                       ("q4_0", "decode"): 0.9, ("q4_0", "prefill"): 0.9}
+GOALS: dict[tuple[str, str], float] = {
+    ("f16", "decode"): 0.95,
+    ("f16", "prefill"): 0.9,
+    ("q8_0", "decode"): 0.9,
+    ("q8_0", "prefill"): 0.9,
+    ("q4_0", "decode"): 0.9,
+    ("q4_0", "prefill"): 0.9,
+}
 _DTYPE_ORDER = ("f32", "f16", "bf16", "q8_0", "q4_0")
 GOAL_BUDGET = 0.5
 
@@ -43,8 +48,7 @@ def _misses(row: dict[str, Any]) -> list[str]:
     if row["budget"] != GOAL_BUDGET:
         return []
     fr = _fractions(row)
-    return [f"{phase} {fr[phase]:.2f} x ideal < {goal}" for (dtype, phase), goal in GOALS.items()
-            if dtype == row["dtype"] and fr[phase] < goal]
+    return [f"{phase} {fr[phase]:.3f} x ideal < {goal}" for (dtype, phase), goal in GOALS.items() if dtype == row["dtype"] and fr[phase] < goal]
 
 
 def _check_failures(check: dict[str, Any]) -> list[str]:
@@ -81,14 +85,18 @@ def _evidence(row: dict[str, Any]) -> str:
     kv = row.get("kv_heads") or []
     parts = [f"`{row['arch']}` against dense `{row['dense_arch']}`"]
     if ffn:
-        parts.append(f"FFN widths {min(ffn)}-{max(ffn)} ({len(set(ffn))} distinct; "
-                     f"{sum(f % 32 == 0 for f in ffn)}/{len(ffn)} layers a multiple of 32, "
-                     f"{sum(f % 64 == 0 for f in ffn)}/{len(ffn)} of 64)")
+        parts.append(
+            f"FFN widths {min(ffn)}-{max(ffn)} ({len(set(ffn))} distinct; "
+            f"{sum(f % 32 == 0 for f in ffn)}/{len(ffn)} layers a multiple of 32, "
+            f"{sum(f % 64 == 0 for f in ffn)}/{len(ffn)} of 64)"
+        )
     if kv:
         parts.append(f"KV heads per layer {min(kv)}-{max(kv)}")
-    parts.append(f"decode {p['decode_tokens_per_s']:.1f} vs dense {d['decode_tokens_per_s']:.1f} tokens/s, prefill "
-                 + ", ".join(f"{n}: {p['prefill_tokens_per_s'][n]:.0f} vs {d['prefill_tokens_per_s'][n]:.0f}"
-                             for n in row["prefill_speedup"]) + " tokens/s")
+    parts.append(
+        f"decode {p['decode_tokens_per_s']:.1f} vs dense {d['decode_tokens_per_s']:.1f} tokens/s, prefill "
+        + ", ".join(f"{n}: {p['prefill_tokens_per_s'][n]:.0f} vs {d['prefill_tokens_per_s'][n]:.0f}" for n in row["prefill_speedup"])
+        + " tokens/s"
+    )
     if row["notes"]:
         parts.append("export notes: " + "; ".join(row["notes"]))
     return ", ".join(parts)
@@ -126,8 +134,7 @@ def render(data: dict, analysis: str = "") -> str:
         lines.append(f"| {dtype} | {_check_cell(dense_checks[dtype])} | {tol.top1:.0%} | {tol.top5_prob} | {tol.kl:.0e} |")
     lines += [
         "",
-        f"**Goals at keep {GOAL_BUDGET}**: "
-        + "; ".join(f"{dtype} {phase} at least {goal} x ideal" for (dtype, phase), goal in GOALS.items()) + ".",
+        f"**Goals at keep {GOAL_BUDGET}**: " + "; ".join(f"{dtype} {phase} at least {goal} x ideal" for (dtype, phase), goal in GOALS.items()) + ".",
         "",
         "| method | keep | round_to | type | arch | check | prefill 256 | prefill 512 | prefill ideal (256) "
         "| prefill / ideal | decode | decode ideal | decode / ideal | goals |",
@@ -137,10 +144,12 @@ def render(data: dict, analysis: str = "") -> str:
         v, ps, ideal, fr = r["verify"], r["prefill_speedup"], r["ideal_speedup"], _fractions(r)
         check = _check_cell(v)
         goal = "" if r["budget"] != GOAL_BUDGET else ("missed" if _misses(r) else "met")
-        lines.append(f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {r['arch']} | "
-                     f"{check} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "
-                     f"{fr['prefill']:.2f} | {r['decode_speedup']:.2f}x | {ideal['decode']:.2f}x | {fr['decode']:.2f} | "
-                     f"{goal} |")
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {r['arch']} | "
+            f"{check} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "
+            f"{fr['prefill']:.2f} | {r['decode_speedup']:.2f}x | {ideal['decode']:.2f}x | {fr['decode']:.2f} | "
+            f"{goal} |"
+        )
     missed = [r for r in rows if _misses(r)]
     lines += ["", "## Where the goals are missed", ""]
     if not missed:
@@ -152,5 +161,30 @@ def render(data: dict, analysis: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What the table does not say by itself (kept beside the generator so the page stays generated).
+NOTES = """
+## Notes
+
+- **Quantized files of damaged models disagree with their checkpoints most.** The export is exact in f32;
+  in f16 only the two most damaged models miss the tolerance (magnitude at keep 0.8, wanda-sp at keep
+  0.5, by top-1 agreement). In q8_0 the models that pruning damaged most (magnitude at both budgets,
+  wanda-sp and FLAP at keep 0.5: out-of-domain perplexity 40x dense or more) fail the check, while
+  LLM-Pruner's passes at both budgets, as do Wanda-sp's and FLAP's at keep 0.8. Flat next-token
+  distributions let 8-bit rounding move the top token more often, and FLAP's bias compensation adds large
+  constant terms. `--verify` says so per file; the tolerances are set from the dense model's own check
+  in each type.
+- **q4_0** is written offline by `gguf`'s own quantizer (the token embedding and output layer in q8_0);
+  its decode speedup meets the ideal (0.99-1.00 x), whose value is lower than f16's because the 8-bit
+  output layer is a larger share of the bytes read per token.
+- **`round_to`** (LLM-Pruner at keep 0.5, f16): 64 and 128 leave prefill at 1.96-2.00x and decode at
+  0.95-0.98 x ideal, against 2.03x and 0.97 without rounding, differences within the spread of repeated
+  runs: llama.cpp's CPU kernels do not need aligned widths at this size, so rounding buys nothing here.
+- **Not measured**: the GGUF's perplexity (llama.cpp's server API, which `xllamacpp` wraps, returns
+  probabilities for generated tokens only; the KL of `--verify` stands in for it), and Gemma 3 270M
+  (the exporter does not write Gemma 3 yet: uniform widths would need llama.cpp's `gemma3` layout, and
+  uneven widths have no llama.cpp architecture, `deci` being Llama-only).
+"""
+
+
 if __name__ == "__main__":
-    write_text_atomic(TARGET, render(json.loads(SOURCE.read_text())))
+    write_text_atomic(TARGET, render(json.loads(SOURCE.read_text()), NOTES))

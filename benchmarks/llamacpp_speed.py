@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pruneframe
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.data import calibration_data
 from pruneframe.evaluation.speed import ideal_speedup, model_flops_per_token
 from pruneframe.export import export_gguf
@@ -57,8 +57,7 @@ def _pruned(method: str, budget: float, round_to: int | None, calibration: Any, 
         return load_model(str(folder), dtype="float32", device="cpu")[0]
     model, tokenizer = load_model(MODEL, dtype="float32", device="cpu")
     config = {"round_to": round_to} if round_to else None
-    result = pruneframe.prune(model, method=method, budget=budget, calibration=calibration, config=config,
-                              progress=False)
+    result = pruneframe.prune(model, method=method, budget=budget, calibration=calibration, config=config, progress=False)
     if folder is not None:
         checkpoint.save(folder, result.model, result.report, tokenizer=tokenizer)
     return result.model
@@ -99,9 +98,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = list(previous.get("rows", []))
     done = {_key(r) for r in rows}
     # repeats are per row (rows["dense"]["repeats"]): a resumed run may use another number
-    protocol = {"threads": 1, "batch": 1, "statistic": "fastest repeat (max tokens/s)",
-                "prefill_lens": list(PREFILL_LENS), "decode_tokens": DECODE_TOKENS,
-                "machine": platform.processor() or platform.machine()}
+    protocol = {
+        "threads": 1,
+        "batch": 1,
+        "statistic": "fastest repeat (max tokens/s)",
+        "prefill_lens": list(PREFILL_LENS),
+        "decode_tokens": DECODE_TOKENS,
+        "machine": platform.processor() or platform.machine(),
+    }
     with tempfile.TemporaryDirectory(prefix="llamacpp-speed-") as tmp:
         dense, tokenizer = load_model(MODEL, dtype="float32", device="cpu")
         calibration = calibration_data("wikitext-2", tokenizer)
@@ -116,39 +120,49 @@ def main() -> None:
             for dtype in todo:
                 dense_export = dense_files[dtype]
                 target = Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf"
-                out = (_export_as_deci(model, target, dtype, tokenizer) if as_deci
-                       else export_gguf(model, target, dtype, tokenizer=tokenizer))
+                out = _export_as_deci(model, target, dtype, tokenizer) if as_deci else export_gguf(model, target, dtype, tokenizer=tokenizer)
                 check = verify_gguf(out.path, model, tokenizer, dtype)
                 if dtype not in dense_checks:  # the dense file's own agreement: what the type costs before pruning
                     dense_checks[dtype] = verify_gguf(dense_export.path, dense, tokenizer, dtype).to_dict()
-                speeds = measure_llamacpp_speed({"dense": dense_export.path, "pruned": out.path},
-                                                int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS,
-                                                repeats=args.repeats)
+                speeds = measure_llamacpp_speed(
+                    {"dense": dense_export.path, "pruned": out.path}, int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS, repeats=args.repeats
+                )
                 d, p = speeds["dense"], speeds["pruned"]
-                rows.append({
-                    "model": MODEL, "method": method, "budget": budget, "dtype": dtype, "round_to": round_to,
-                    "arch": out.plan.arch, "dense_arch": dense_export.plan.arch, "notes": list(out.plan.notes),
-                    "kept_params": sum(t.numel() for t in model.parameters()),
-                    "dense_params": sum(t.numel() for t in dense.parameters()),
-                    "ffn_widths": [lp.ffn for lp in out.plan.layers],
-                    "kv_heads": [lp.kv_heads for lp in out.plan.layers],
-                    "verify": check.to_dict(), "verify_passed": check.passed(), "dense_verify": dense_checks[dtype],
-                    "dense": d.to_dict(), "pruned": p.to_dict(),
-                    "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n]
-                                        for n in PREFILL_LENS},
-                    "decode_speedup": p.decode_tokens_per_s / d.decode_tokens_per_s,
-                    "ideal_speedup": {
-                        "prefill": {str(n): ideal_speedup(model_flops_per_token(dense, n), model_flops_per_token(model, n))
-                                    for n in PREFILL_LENS},
-                        "decode": weight_bytes_per_token(dense_export.path) / weight_bytes_per_token(out.path),
-                    },
-                    "weight_bytes_per_token": {"dense": weight_bytes_per_token(dense_export.path),
-                                               "pruned": weight_bytes_per_token(out.path)},
-                })
+                rows.append(
+                    {
+                        "model": MODEL,
+                        "method": method,
+                        "budget": budget,
+                        "dtype": dtype,
+                        "round_to": round_to,
+                        "arch": out.plan.arch,
+                        "dense_arch": dense_export.plan.arch,
+                        "notes": list(out.plan.notes),
+                        "kept_params": sum(t.numel() for t in model.parameters()),
+                        "dense_params": sum(t.numel() for t in dense.parameters()),
+                        "ffn_widths": [lp.ffn for lp in out.plan.layers],
+                        "kv_heads": [lp.kv_heads for lp in out.plan.layers],
+                        "verify": check.to_dict(),
+                        "verify_passed": check.passed(),
+                        "dense_verify": dense_checks[dtype],
+                        "dense": d.to_dict(),
+                        "pruned": p.to_dict(),
+                        "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in PREFILL_LENS},
+                        "decode_speedup": p.decode_tokens_per_s / d.decode_tokens_per_s,
+                        "ideal_speedup": {
+                            "prefill": {str(n): ideal_speedup(model_flops_per_token(dense, n), model_flops_per_token(model, n)) for n in PREFILL_LENS},
+                            "decode": weight_bytes_per_token(dense_export.path) / weight_bytes_per_token(out.path),
+                        },
+                        "weight_bytes_per_token": {"dense": weight_bytes_per_token(dense_export.path), "pruned": weight_bytes_per_token(out.path)},
+                    }
+                )
                 write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
-                print(json.dumps({k: rows[-1][k] for k in ("method", "budget", "dtype", "round_to", "arch",
-                                                            "prefill_speedup", "decode_speedup", "ideal_speedup")}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {k: rows[-1][k] for k in ("method", "budget", "dtype", "round_to", "arch", "prefill_speedup", "decode_speedup", "ideal_speedup")}
+                    ),
+                    flush=True,
+                )
                 out.path.unlink()
 
 

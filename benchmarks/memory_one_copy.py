@@ -24,17 +24,14 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.checkpoint import software_versions
 
 #: Layer shapes: SmolLM2-135M's, a ~0.5B one, and Llama-3.2-1B's with SmolLM2's vocabulary.
 SHAPES: dict[str, dict[str, Any]] = {
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3, head_dim=64),
-    "0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 num_key_value_heads=4, head_dim=64),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=64),
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64),
+    "0.5b": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=4, head_dim=64),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64),
 }
 VOCAB = 49_152
 
@@ -45,8 +42,7 @@ def build_model(shape: str, folder: Path, dtype: torch.dtype) -> int:
 
     from pruneframe.models import resolve_model_path
 
-    config = LlamaConfig(**SHAPES[shape], vocab_size=VOCAB, tie_word_embeddings=True, max_position_embeddings=2048,
-                         rms_norm_eps=1e-5)
+    config = LlamaConfig(**SHAPES[shape], vocab_size=VOCAB, tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5)
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -78,12 +74,16 @@ _LAUNCHER = (
 def peak_rss_of(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``command`` to the end; its exit code, wall seconds and peak RSS (bytes, from the kernel)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *command], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, check=False)
+    done = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     output = done.stdout.decode(errors="replace")
     peak_kb, returncode = next(line.split()[1:] for line in reversed(output.splitlines()) if line.startswith("PEAK_RSS_KB"))
-    return {"command": command[2:], "returncode": int(returncode), "wall_s": time.perf_counter() - start,
-            "peak_rss_bytes": int(peak_kb) * 1024, "output_tail": output[-1500:]}
+    return {
+        "command": command[2:],
+        "returncode": int(returncode),
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_bytes": int(peak_kb) * 1024,
+        "output_tail": output[-1500:],
+    }
 
 
 def main() -> None:
@@ -94,8 +94,9 @@ def main() -> None:
     parser.add_argument("--budget", default="0.8", help="the budget of the prune runs")
     parser.add_argument("--compare-methods", default="magnitude,random", help="methods of the one `pruneframe compare` run")
     parser.add_argument("--compare-budgets", default="0.8,0.5")
-    parser.add_argument("--calib-windows", type=int, default=16,
-                        help="wanda-sp's calibration windows of 128 tokens (its default is 64; memory hardly depends on it)")
+    parser.add_argument(
+        "--calib-windows", type=int, default=16, help="wanda-sp's calibration windows of 128 tokens (its default is 64; memory hardly depends on it)"
+    )
     parser.add_argument("--speed", action="store_true", help="also run compare with the paired speed evaluator")
     parser.add_argument("--out", default="benchmarks/results/memory_one_copy.json")
     args = parser.parse_args()
@@ -106,14 +107,23 @@ def main() -> None:
     windows = json.dumps({"num_windows": args.calib_windows})
     # GRASPrune's schedule shrunk to a few steps: memory does not grow with the number of steps
     short = json.dumps({"num_sequences": 4, "seq_len": 128, "epochs": 1, "rescale_sequences": 2})
-    settings = {"wanda-sp": ["--method-config", f"wanda-sp={windows}"], "flap": ["--method-config", f"flap={windows}"],
-                "grasprune": ["--method-config", f"grasprune={short}"]}
+    settings = {
+        "wanda-sp": ["--method-config", f"wanda-sp={windows}"],
+        "flap": ["--method-config", f"flap={windows}"],
+        "grasprune": ["--method-config", f"grasprune={short}"],
+    }
     report: dict[str, Any] = {
-        "protocol": {"shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
-                     "dtype": args.dtype, "device": "cpu", "budget": args.budget, "calibration": "embedded",
-                     "calib_windows": args.calib_windows, "compare_methods": args.compare_methods,
-                     "compare_budgets": args.compare_budgets,
-                     "measure": "(peak RSS of the process - peak RSS of `pruneframe plugins`) / weight bytes"},
+        "protocol": {
+            "shape": {**SHAPES[args.shape], "vocab_size": VOCAB, "tie_word_embeddings": True},
+            "dtype": args.dtype,
+            "device": "cpu",
+            "budget": args.budget,
+            "calibration": "embedded",
+            "calib_windows": args.calib_windows,
+            "compare_methods": args.compare_methods,
+            "compare_budgets": args.compare_budgets,
+            "measure": "(peak RSS of the process - peak RSS of `pruneframe plugins`) / weight bytes",
+        },
         "software": software_versions(),
         "threads": torch.get_num_threads(),
         "runs": {},
@@ -123,8 +133,10 @@ def main() -> None:
         run = report["runs"][name] = peak_rss_of(command, env)
         bare = report["runs"]["bare"]["peak_rss_bytes"]
         run["over_weights"] = (run["peak_rss_bytes"] - bare) / report["weight_bytes"]
-        print(f"{name:28s} rc {run['returncode']} peak {run['peak_rss_bytes'] / 2**30:.2f} GiB "
-              f"({run['over_weights']:.2f}x the weights) {run['wall_s']:.0f} s", flush=True)
+        print(
+            f"{name:28s} rc {run['returncode']} peak {run['peak_rss_bytes'] / 2**30:.2f} GiB ({run['over_weights']:.2f}x the weights) {run['wall_s']:.0f} s",
+            flush=True,
+        )
         write_json_atomic(args.out, report)  # every finished measurement is kept
 
     with tempfile.TemporaryDirectory(prefix="pruneframe-memory-") as tmp:
@@ -136,12 +148,38 @@ def main() -> None:
         # the interpreter with the command line imported, no plugins loaded: a lower bare figure
         measure("import only", [sys.executable, "-c", "import pruneframe.cli, transformers.models.llama"])
         for method in args.prune_methods.split(","):
-            measure(f"prune {method}", [*cli, "prune", "--model", str(folder), "--method", method, "--budget", args.budget,
-                                        *common, *settings.get(method, []), "--out", str(Path(tmp) / f"pruned-{method}"),
-                                        "--quiet"])
+            measure(
+                f"prune {method}",
+                [
+                    *cli,
+                    "prune",
+                    "--model",
+                    str(folder),
+                    "--method",
+                    method,
+                    "--budget",
+                    args.budget,
+                    *common,
+                    *settings.get(method, []),
+                    "--out",
+                    str(Path(tmp) / f"pruned-{method}"),
+                    "--quiet",
+                ],
+            )
         evaluation = ["--eval-data", "embedded", "--eval-windows", "4", "--seq-len", "128", "--zeroshot", "none"]
-        compare = [*cli, "compare", "--model", str(folder), "--methods", args.compare_methods, "--budgets",
-                   args.compare_budgets, *common, *evaluation, "--quiet"]
+        compare = [
+            *cli,
+            "compare",
+            "--model",
+            str(folder),
+            "--methods",
+            args.compare_methods,
+            "--budgets",
+            args.compare_budgets,
+            *common,
+            *evaluation,
+            "--quiet",
+        ]
         measure("compare", [*compare, "--no-speed", "--out", str(Path(tmp) / "compare")])
         if args.speed:
             measure("compare with paired speed", [*compare, "--out", str(Path(tmp) / "compare-speed")])

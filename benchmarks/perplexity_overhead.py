@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.data import data_dir, resolve_text, token_windows
 from pruneframe.evaluation.perplexity import perplexity
 from pruneframe.models import load_model

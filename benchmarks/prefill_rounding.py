@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import pruneframe
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.evaluation.speed import time_generation
 from pruneframe.models import load_model
 
@@ -57,8 +57,10 @@ def main() -> None:
             "kept_params": result.report.kept_params,
             "kept_fraction_of_prunable": result.report.kept_fraction_of_prunable,
         }
-        print(f"{label}: kept {result.report.kept_fraction_of_prunable:.4%} of prunable; FFN widths "
-              f"{sorted(set(widths[label]['ffn_channels']))[:8]}...", flush=True)
+        print(
+            f"{label}: kept {result.report.kept_fraction_of_prunable:.4%} of prunable; FFN widths {sorted(set(widths[label]['ffn_channels']))[:8]}...",
+            flush=True,
+        )
     labels = list(models)
     lens = [int(x) for x in args.prompt_lens.split(",")]
     times: dict[tuple[str, int], list[float]] = {(m, n): [] for m in labels for n in lens}
@@ -79,22 +81,40 @@ def main() -> None:
     for n in lens:
         median = {m: statistics.median(times[(m, n)]) for m in labels}
         cpu_median = {m: statistics.median(cpu[(m, n)]) for m in labels}
-        row = {"prompt_len": n, **{f"{m}_prefill_tokens_per_s": n / median[m] for m in labels},
-               **{f"{m}_prefill_cpu_s": cpu_median[m] for m in labels},
-               "rounded_over_unrounded": median["unrounded"] / median[rounded],
-               "rounded_over_unrounded_cpu_time": cpu_median["unrounded"] / cpu_median[rounded],
-               "unrounded_over_dense": median["dense"] / median["unrounded"],
-               "rounded_over_dense": median["dense"] / median[rounded]}
+        row = {
+            "prompt_len": n,
+            **{f"{m}_prefill_tokens_per_s": n / median[m] for m in labels},
+            **{f"{m}_prefill_cpu_s": cpu_median[m] for m in labels},
+            "rounded_over_unrounded": median["unrounded"] / median[rounded],
+            "rounded_over_unrounded_cpu_time": cpu_median["unrounded"] / cpu_median[rounded],
+            "unrounded_over_dense": median["dense"] / median["unrounded"],
+            "rounded_over_dense": median["dense"] / median[rounded],
+        }
         rows.append(row)
-        print(f"prompt {n}: " + ", ".join(f"{m} {n / median[m]:.0f} tok/s" for m in labels)
-              + f"; rounded / unrounded = {row['rounded_over_unrounded']:.3f} (wall), "
-              f"{row['rounded_over_unrounded_cpu_time']:.3f} (CPU time)", flush=True)
-    write_json_atomic(args.out, {
-        "benchmark": "prefill_rounding", "model": "smollm2-135m", "dtype": args.dtype, "method": args.method,
-        "keep_prunable": args.keep, "round_to": args.round_to, "reps": args.reps, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "load_avg_1min_at_end": os.getloadavg()[0],
-        "widths": widths, "rows": rows,
-    })
+        print(
+            f"prompt {n}: "
+            + ", ".join(f"{m} {n / median[m]:.0f} tok/s" for m in labels)
+            + f"; rounded / unrounded = {row['rounded_over_unrounded']:.3f} (wall), "
+            f"{row['rounded_over_unrounded_cpu_time']:.3f} (CPU time)",
+            flush=True,
+        )
+    write_json_atomic(
+        args.out,
+        {
+            "benchmark": "prefill_rounding",
+            "model": "smollm2-135m",
+            "dtype": args.dtype,
+            "method": args.method,
+            "keep_prunable": args.keep,
+            "round_to": args.round_to,
+            "reps": args.reps,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "load_avg_1min_at_end": os.getloadavg()[0],
+            "widths": widths,
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

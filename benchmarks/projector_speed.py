@@ -1,4 +1,4 @@
-"""Time of one budget projection (:func:`pruneframe.projection.project`) at LLM unit counts.
+"""Time of one budget projection (:func:`pruneframe.pipeline.projection.project`) at LLM unit counts.
 
 Unit sets shaped like Llama models, built from their layer shapes alone (no weights): 1B-like
 (16 layers x 8,192 FFN channels + 8 KV groups), 7B-like (32 x 11,008 + 32: 353,280 units), 13B-like
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from pruneframe._io import write_json_atomic
-from pruneframe.projection import project
+from pruneframe.util.io import write_json_atomic
+from pruneframe.pipeline.projection import project
 
 RESULT = Path(__file__).resolve().parent / "results" / "projector_speed.json"
 
@@ -51,8 +51,7 @@ def unit_set(name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     return costs, groups, layers
 
 
-def time_projection(scores: torch.Tensor, costs: torch.Tensor, groups: torch.Tensor, budget: int, reps: int,
-                    **kwargs) -> dict[str, float]:
+def time_projection(scores: torch.Tensor, costs: torch.Tensor, groups: torch.Tensor, budget: int, reps: int, **kwargs) -> dict[str, float]:
     """Median / min wall ms and median CPU ms of ``reps`` projections after a warm-up."""
     project(scores, costs, budget, groups=groups, **kwargs)
     wall, cpu = [], []
@@ -108,14 +107,15 @@ def main() -> None:
             for scope in SCOPES:
                 for round_to in (None, args.round_to):
                     load = os.getloadavg()[0]
-                    t = time_projection(scores, costs, groups, budget, args.reps, policy=policy, scope=scope,
-                                        round_to=None if round_to is None else rounding)
-                    row = {"size": name, "units": costs.numel(), "policy": policy, "scope": scope,
-                           "round_to": round_to, "load_avg_1min": load, **t}
+                    t = time_projection(scores, costs, groups, budget, args.reps, policy=policy, scope=scope, round_to=None if round_to is None else rounding)
+                    row = {"size": name, "units": costs.numel(), "policy": policy, "scope": scope, "round_to": round_to, "load_avg_1min": load, **t}
                     rows.append(row)
-                    print(f"{name:>4} {costs.numel():>9,} units {policy:>8} {scope:>8} round_to={str(round_to):>4}: "
-                          f"wall median {t['wall_ms_median']:7.1f} ms (min {t['wall_ms_min']:7.1f}), "
-                          f"cpu {t['cpu_ms_median']:7.1f} ms  [load {load:.1f}]", flush=True)
+                    print(
+                        f"{name:>4} {costs.numel():>9,} units {policy:>8} {scope:>8} round_to={str(round_to):>4}: "
+                        f"wall median {t['wall_ms_median']:7.1f} ms (min {t['wall_ms_min']:7.1f}), "
+                        f"cpu {t['cpu_ms_median']:7.1f} ms  [load {load:.1f}]",
+                        flush=True,
+                    )
     result = {
         "benchmark": "projector_speed",
         "torch": torch.__version__,

@@ -46,9 +46,13 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         record = tokens.get((group["method"], group["budget"], group["recovery"]), {})
         measures = group["measures"]
         row: dict[str, Any] = {
-            "model": results["meta"]["model"]["spec"], "method": group["method"], "budget": _keep(group["budget"]),
-            "recovery": group["recovery"].split()[0], "recovery_label": group["recovery"],
-            "tokens": int(record.get("tokens", 0)), "recovery_wall_s": record.get("wall_s"),
+            "model": results["meta"]["model"]["spec"],
+            "method": group["method"],
+            "budget": _keep(group["budget"]),
+            "recovery": group["recovery"].split()[0],
+            "recovery_label": group["recovery"],
+            "tokens": int(record.get("tokens", 0)),
+            "recovery_wall_s": record.get("wall_s"),
             "recovery_tokens_per_s": record.get("tokens_per_s"),
         }
         for source in sources:
@@ -91,9 +95,11 @@ def figure(table: list[dict[str, Any]], in_domain: str | None, path: Path) -> No
             for method in methods:
                 base = next((r for r in table if r["budget"] == keep and r["method"] == method and r["recovery"] == "none"), None)
                 for recovery, style in styles.items():
-                    points = sorted((r["tokens"], r[key], r.get(f"{key}_interval") or r.get("ood_geomean_interval"))
-                                    for r in table if r["budget"] == keep and r["method"] == method and r["recovery"] == recovery
-                                    and r.get(key) is not None)
+                    points = sorted(
+                        (r["tokens"], r[key], r.get(f"{key}_interval") or r.get("ood_geomean_interval"))
+                        for r in table
+                        if r["budget"] == keep and r["method"] == method and r["recovery"] == recovery and r.get(key) is not None
+                    )
                     if base is not None and base.get(key) is not None:
                         points = [(origin, base[key], None), *points]  # the unrecovered model, drawn at the axis' left end
                     if len(points) < 2:
@@ -148,35 +154,66 @@ def markdown(table: list[dict[str, Any]], results: dict[str, Any], figure_path: 
         "recovery: " + ", ".join(f"{label} `{s['stream_sha256']}`" for label, s in recovery.items()) + ").",
         "",
         "Cells: perplexity / dense on the same windows, 95% paired-bootstrap interval; "
-        + ", ".join(f"`{s['label']}` {s['windows']} windows of {s['tokens'] + 1} tokens (dense ppl {s['dense_ppl']:.2f}"
-                    f"{', in-domain' if s['in_domain'] else ''})" for s in sources) + ".",
+        + ", ".join(
+            f"`{s['label']}` {s['windows']} windows of {s['tokens'] + 1} tokens (dense ppl {s['dense_ppl']:.2f}{', in-domain' if s['in_domain'] else ''})"
+            for s in sources
+        )
+        + ".",
         "",
     ]
     keys = [f"ratio_{s['label']}" for s in sources]
-    head = ["method", "recovery", "tokens", *(s["label"] + (" (in-domain)" if s["in_domain"] else "") for s in sources),
-            "OOD geomean", "rank", "recovery s", "tokens/s"]
+    head = [
+        "method",
+        "recovery",
+        "tokens",
+        *(s["label"] + (" (in-domain)" if s["in_domain"] else "") for s in sources),
+        "OOD geomean",
+        "rank",
+        "recovery s",
+        "tokens/s",
+    ]
     for keep in sorted({r["budget"] for r in table}, reverse=True):
         members = [r for r in table if r["budget"] == keep]
         lines += [f"**keep {keep}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in members:
             rate = f"{r['recovery_tokens_per_s']:,.0f}" if r.get("recovery_tokens_per_s") else "-"
             wall = f"{r['recovery_wall_s']:.1f}" if r.get("recovery_wall_s") else "-"
-            lines.append("| " + " | ".join([r["method"], r["recovery"], f"{r['tokens']:,}", *(_cell(r, k) for k in keys),
-                                             _cell(r, "ood_geomean"), str(r.get("rank") or "-"), wall, rate]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["method"],
+                        r["recovery"],
+                        f"{r['tokens']:,}",
+                        *(_cell(r, k) for k in keys),
+                        _cell(r, "ood_geomean"),
+                        str(r.get("rank") or "-"),
+                        wall,
+                        rate,
+                    ]
+                )
+                + " |"
+            )
         recovered = [r for r in members if r["recovery"] != "none" and r.get("ood_geomean") is not None]
         before = [r for r in members if r["recovery"] == "none" and r.get("ood_geomean") is not None]
         if recovered and before:
             best = min(recovered, key=lambda r: r["ood_geomean"])
             unrec = min(before, key=lambda r: r["ood_geomean"])
             goal = GOALS.get(keep)
-            verdict = ("" if goal is None else
-                       f" Goal <= {goal}x: **{'met' if best['ood_geomean'] <= goal else 'missed'}**.")
-            lines += ["", f"Best unrecovered OOD geomean: {unrec['method']} {unrec['ood_geomean']:.2f}x; best recovered: "
-                      f"{best['method']} with {best['recovery_label']} {best['ood_geomean']:.2f}x.{verdict}"]
+            verdict = "" if goal is None else f" Goal <= {goal}x: **{'met' if best['ood_geomean'] <= goal else 'missed'}**."
+            lines += [
+                "",
+                f"Best unrecovered OOD geomean: {unrec['method']} {unrec['ood_geomean']:.2f}x; best recovered: "
+                f"{best['method']} with {best['recovery_label']} {best['ood_geomean']:.2f}x.{verdict}",
+            ]
         taus = results["summary"].get("kendall_tau_recovery", {}).get(f"keep {keep} of prunable params", {})
         if taus:
-            lines += ["", "Kendall tau between the methods' OOD order before and after recovery: "
-                      + "; ".join(f"{label} {'-' if t is None else f'{t:+.2f}'}" for label, t in taus.items()) + "."]
+            lines += [
+                "",
+                "Kendall tau between the methods' OOD order before and after recovery: "
+                + "; ".join(f"{label} {'-' if t is None else f'{t:+.2f}'}" for label, t in taus.items())
+                + ".",
+            ]
         lines.append("")
     if figure_path:
         lines += [f"![ratio to dense against recovery tokens]({figure_path})", ""]
@@ -212,11 +249,16 @@ def main() -> None:
     args.json.write_text(json.dumps({"source": str(args.results), "goals": GOALS, "rows": table}, indent=2) + "\n")
     figure(table, _in_domain(results), args.figure)
     if args.docs is not None:
-        relative = Path(*([".."] * (len(args.docs.parent.parts) - len(Path("docs").parts)))) / args.figure.relative_to("docs") \
-            if args.figure.parts[0] == "docs" else args.figure
+        relative = (
+            Path(*([".."] * (len(args.docs.parent.parts) - len(Path("docs").parts)))) / args.figure.relative_to("docs")
+            if args.figure.parts[0] == "docs"
+            else args.figure
+        )
         replace_section(args.docs, args.name, markdown(table, results, str(relative)))
-    best = {keep: min((r["ood_geomean"] for r in table if r["budget"] == keep and r["recovery"] != "none"
-                       and r["ood_geomean"] is not None), default=math.nan) for keep in sorted({r["budget"] for r in table})}
+    best = {
+        keep: min((r["ood_geomean"] for r in table if r["budget"] == keep and r["recovery"] != "none" and r["ood_geomean"] is not None), default=math.nan)
+        for keep in sorted({r["budget"] for r in table})
+    }
     print(json.dumps({"rows": len(table), "best_recovered_ood_geomean": best}))
 
 

@@ -12,7 +12,7 @@ parameters with random calibration token ids. Recorded: prune wall time (and the
 calibration tokens per second of the score stage (tokens the method read / score time; methods
 without calibration have none), and the memory measure of the scale issue: (peak RSS of the worker
 - its RSS after imports, before the model exists) / bytes of the dense weights. The peak covers
-building the model and pruning it. The worker calls ``pruneframe.memory.return_large_blocks()`` first,
+building the model and pruning it. The worker calls ``pruneframe.toolkit.memory.return_large_blocks()`` first,
 as the command line does. ``--windows`` overrides the forward-statistics methods'
 ``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
 Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes/methods are kept).
@@ -50,9 +50,17 @@ def build(name: str):  # noqa: ANN201 - a transformers model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     layers, hidden, ffn, heads, kv = SHAPES[name]
-    config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, head_dim=64, tie_word_embeddings=True,
-                         max_position_embeddings=2048)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=64,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -68,7 +76,7 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
 
     import pruneframe
     from pruneframe.architectures import discover
-    from pruneframe.memory import PeakMemory, current_rss_bytes, release_unused_memory, return_large_blocks
+    from pruneframe.toolkit.memory import PeakMemory, current_rss_bytes, release_unused_memory, return_large_blocks
 
     return_large_blocks()  # as the command line does, and as the README advises API users
     release_unused_memory()
@@ -83,21 +91,32 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
         calibration = torch.randint(0, 49152, (200_000,), generator=torch.Generator().manual_seed(0))
         config = {WINDOWED[method]: windows} if windows and method in WINDOWED else None
         t1 = time.perf_counter()
-        result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False,
-                                  inplace=True)
+        result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False, inplace=True)
         t_prune = time.perf_counter() - t1
     report = result.report
     stats = report.method_stats
     tokens = stats.get("calibration_tokens")
     score_s = report.timings.score_s
     return {
-        "size": size, "method": method, "budget": budget, "dtype": "bfloat16", "params": params,
-        "prunable_params": units.prunable_params, "weight_bytes": weight_bytes,
-        "config": report.config, "build_s": t_build, "prune_s": t_prune, "timings_s": report.timings.model_dump(),
-        "calibration_tokens": tokens, "calibration_tokens_per_s": tokens / score_s if tokens else None,
-        "bare_rss_bytes": bare, "peak_rss_bytes": mem.report.peak_rss,
-        "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes, "memory_source": mem.report.source,
-        "kept_fraction_of_prunable": report.kept_fraction_of_prunable, "threads": torch.get_num_threads(),
+        "size": size,
+        "method": method,
+        "budget": budget,
+        "dtype": "bfloat16",
+        "params": params,
+        "prunable_params": units.prunable_params,
+        "weight_bytes": weight_bytes,
+        "config": report.config,
+        "build_s": t_build,
+        "prune_s": t_prune,
+        "timings_s": report.timings.model_dump(),
+        "calibration_tokens": tokens,
+        "calibration_tokens_per_s": tokens / score_s if tokens else None,
+        "bare_rss_bytes": bare,
+        "peak_rss_bytes": mem.report.peak_rss,
+        "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes,
+        "memory_source": mem.report.source,
+        "kept_fraction_of_prunable": report.kept_fraction_of_prunable,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -127,8 +146,19 @@ def main() -> None:
     rows = {(r["size"], r["method"]): r for r in old.get("rows", [])}
     for size in sizes:
         for method in [m for m in args.methods.split(",") if m]:
-            cmd = [sys.executable, __file__, "--worker", size, method, "--budget", str(args.budget),
-                   "--windows", str(args.windows), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                size,
+                method,
+                "--budget",
+                str(args.budget),
+                "--windows",
+                str(args.windows),
+                "--threads",
+                str(args.threads),
+            ]
             load = os.getloadavg()[0]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
@@ -141,17 +171,25 @@ def main() -> None:
             row = json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg_1min_at_start": load}
             rows[(size, method)] = row
             rate = row["calibration_tokens_per_s"]
-            print(f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
-                  f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
-                  f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
-                  f"  [load {load:.1f}]", flush=True)
-    from pruneframe._io import write_json_atomic
+            print(
+                f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
+                f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
+                f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
+                f"  [load {load:.1f}]",
+                flush=True,
+            )
+    from pruneframe.util.io import write_json_atomic
 
-    write_json_atomic(args.out, {
-        "benchmark": "scale", "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
-        "rows": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["size"]), r["method"])),
-    })
+    write_json_atomic(
+        args.out,
+        {
+            "benchmark": "scale",
+            "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
+            "rows": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["size"]), r["method"])),
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pruneframe._io import write_text_atomic
+from pruneframe.util.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,7 +42,7 @@ channels, or all of them; KV groups are whole units anyway. The projector then:
   `optimal` is exact over blocks when every layer's width is a multiple of `round_to` (two block
   costs: FFN block, KV group), otherwise the better of the rank and density walks.
 
-`pruneframe.budget.check_meets_budget(..., round_to=...)` checks exactly this, and every prune does.
+`pruneframe.pipeline.budget.check_meets_budget(..., round_to=...)` checks exactly this, and every prune does.
 """
 
 
@@ -57,18 +57,20 @@ def prefill_section(data: dict | None) -> list[str]:
     out = [
         f"Prefill speed of SmolLM2-135M ({data['dtype']}, {data['threads']} thread(s)) pruned by {data['method']} "
         f"to keep {data['keep_prunable']} of its prunable parameters, without and with `round_to` {data['round_to']} "
-        f"(same run, interleaved, median of {data['reps']}):", "",
+        f"(same run, interleaved, median of {data['reps']}):",
+        "",
         "| prompt | dense tok/s | unrounded tok/s | rounded tok/s | rounded / unrounded (wall) | (CPU time) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     rounded = f"round_to_{data['round_to']}"
     for row in data["rows"]:
-        out.append(f"| {row['prompt_len']} | {row['dense_prefill_tokens_per_s']:.0f} | {row['unrounded_prefill_tokens_per_s']:.0f} "
-                   f"| {row[f'{rounded}_prefill_tokens_per_s']:.0f} | {row['rounded_over_unrounded']:.3f} "
-                   f"| {row['rounded_over_unrounded_cpu_time']:.3f} |")
+        out.append(
+            f"| {row['prompt_len']} | {row['dense_prefill_tokens_per_s']:.0f} | {row['unrounded_prefill_tokens_per_s']:.0f} "
+            f"| {row[f'{rounded}_prefill_tokens_per_s']:.0f} | {row['rounded_over_unrounded']:.3f} "
+            f"| {row['rounded_over_unrounded_cpu_time']:.3f} |"
+        )
     widths = data["widths"]
-    out += ["", "Kept fraction of the prunable parameters: " + ", ".join(
-        f"{k} {v['kept_fraction_of_prunable']:.4%}" for k, v in widths.items()) + ".", ""]
+    out += ["", "Kept fraction of the prunable parameters: " + ", ".join(f"{k} {v['kept_fraction_of_prunable']:.4%}" for k, v in widths.items()) + ".", ""]
     return out
 
 
@@ -79,10 +81,13 @@ def projector_section(data: dict | None) -> list[str]:
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     units = {r["size"]: r["units"] for r in rows}
     out = [
-        "## The projector alone", "",
-        f"One projection (`pruneframe.projection.project`) per policy and scope, random scores, budget half the "
+        "## The projector alone",
+        "",
+        f"One projection (`pruneframe.pipeline.projection.project`) per policy and scope, random scores, budget half the "
         f"prunable parameters, {data['threads']} torch thread(s), median of {data['reps']} after a warm-up. Unit counts: "
-        + ", ".join(f"{s} {units[s]:,}" for s in sizes) + ". Cells: wall ms / CPU ms.", "",
+        + ", ".join(f"{s} {units[s]:,}" for s in sizes)
+        + ". Cells: wall ms / CPU ms.",
+        "",
         "| policy | scope | round_to | " + " | ".join(sizes) + " |",
         "| --- | --- | --- | " + " | ".join("---:" for _ in sizes) + " |",
     ]
@@ -97,11 +102,16 @@ def projector_section(data: dict | None) -> list[str]:
     loads = [r["load_avg_1min"] for r in rows]
     out += ["", f"Load average during the run: {min(loads):.1f} to {max(loads):.1f} on {data['cpu_count']} cores."]
     if "7b" in units and "70b" in units:
-        growth = [keyed[(p, sc, rt, "70b")]["cpu_ms_median"] / keyed[(p, sc, rt, "7b")]["cpu_ms_median"]
-                  for p, sc, rt in combos if (p, sc, rt, "70b") in keyed and (p, sc, rt, "7b") in keyed]
-        out.append(f"From 7B-like to 70B-like counts ({units['70b'] / units['7b']:.1f}x the units) the CPU time per "
-                   f"projection grows {min(growth):.1f}x to {max(growth):.1f}x. The work is a few radix sorts and "
-                   "linear passes (no per-unit Python loop).")
+        growth = [
+            keyed[(p, sc, rt, "70b")]["cpu_ms_median"] / keyed[(p, sc, rt, "7b")]["cpu_ms_median"]
+            for p, sc, rt in combos
+            if (p, sc, rt, "70b") in keyed and (p, sc, rt, "7b") in keyed
+        ]
+        out.append(
+            f"From 7B-like to 70B-like counts ({units['70b'] / units['7b']:.1f}x the units) the CPU time per "
+            f"projection grows {min(growth):.1f}x to {max(growth):.1f}x. The work is a few radix sorts and "
+            "linear passes (no per-unit Python loop)."
+        )
         prim = data.get("primitives", {})
         if "7b" in prim and "70b" in prim:
             out[-1] += (
@@ -110,14 +120,17 @@ def projector_section(data: dict | None) -> list[str]:
                 f"({prim['70b']['sort_ms'] / prim['7b']['sort_ms']:.1f}x), one gather of that many indices "
                 f"{prim['7b']['gather_ms']:.1f} ms then {prim['70b']['gather_ms']:.1f} ms "
                 f"({prim['70b']['gather_ms'] / prim['7b']['gather_ms']:.1f}x). Both grow faster than the unit count, "
-                "as their random accesses leave the CPU's caches, and the projector, made of them, grows with them.")
+                "as their random accesses leave the CPU's caches, and the projector, made of them, grows with them."
+            )
     seven = [r for r in rows if r["size"] == "7b"]
     if seven:
         under = [r for r in seven if r["wall_ms_median"] < 50]
-        out.append(f"Target under 50 ms at 7B-like counts: {len(under)} of {len(seven)} policy/scope/rounding settings "
-                   f"met it in wall time; by CPU time {sum(r['cpu_ms_median'] < 50 for r in seven)} "
-                   f"of {len(seven)} (CPU time {min(r['cpu_ms_median'] for r in seven):.0f} to "
-                   f"{max(r['cpu_ms_median'] for r in seven):.0f} ms).")
+        out.append(
+            f"Target under 50 ms at 7B-like counts: {len(under)} of {len(seven)} policy/scope/rounding settings "
+            f"met it in wall time; by CPU time {sum(r['cpu_ms_median'] < 50 for r in seven)} "
+            f"of {len(seven)} (CPU time {min(r['cpu_ms_median'] for r in seven):.0f} to "
+            f"{max(r['cpu_ms_median'] for r in seven):.0f} ms)."
+        )
     return out + [""]
 
 
@@ -126,20 +139,24 @@ def scale_section(data: dict | None) -> list[str]:
         return ["(no `scale.json` yet: run `python benchmarks/scale.py`)", ""]
     rows = data["rows"]
     out = [
-        "## Pruning random-weight bf16 models of three sizes", "",
+        "## Pruning random-weight bf16 models of three sizes",
+        "",
         "`python benchmarks/scale.py`: each (size, method) in a fresh process that builds the model straight in "
         "bf16 and prunes it in place (`pruneframe.prune(..., inplace=True)`) to keep 0.8 of the prunable "
         "parameters with random calibration tokens. Memory: (peak RSS - RSS after imports) / dense weight bytes; "
-        "the peak covers building the model too.", "",
+        "the peak covers building the model too.",
+        "",
         "| size | params | method | windows | prune s | score s | calibration tok/s | peak RSS - bare / weights | load |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         windows = r["config"].get("num_windows") or r["config"].get("num_samples") or "-"
         rate = r["calibration_tokens_per_s"]
-        out.append(f"| {r['size']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {windows} | {r['prune_s']:.1f} | "
-                   f"{r['timings_s']['score_s']:.1f} | {'-' if rate is None else f'{rate:,.0f}'} | "
-                   f"{r['peak_over_weights']:.2f}x | {r.get('load_avg_1min_at_start', float('nan')):.1f} |")
+        out.append(
+            f"| {r['size']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {windows} | {r['prune_s']:.1f} | "
+            f"{r['timings_s']['score_s']:.1f} | {'-' if rate is None else f'{rate:,.0f}'} | "
+            f"{r['peak_over_weights']:.2f}x | {r.get('load_avg_1min_at_start', float('nan')):.1f} |"
+        )
     by_method: dict[str, list[dict]] = {}
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)
@@ -148,9 +165,11 @@ def scale_section(data: dict | None) -> list[str]:
         if len(rs) > 1:
             rs = sorted(rs, key=lambda r: r["params"])
             lo, hi = rs[0], rs[-1]
-            growth.append(f"{method}: {hi['params'] / lo['params']:.1f}x the parameters took "
-                          f"{hi['prune_s'] / lo['prune_s']:.1f}x the prune time, memory {lo['peak_over_weights']:.2f}x -> "
-                          f"{hi['peak_over_weights']:.2f}x the weights")
+            growth.append(
+                f"{method}: {hi['params'] / lo['params']:.1f}x the parameters took "
+                f"{hi['prune_s'] / lo['prune_s']:.1f}x the prune time, memory {lo['peak_over_weights']:.2f}x -> "
+                f"{hi['peak_over_weights']:.2f}x the weights"
+            )
     out += [""]
     if growth:
         out += ["Growth with size: " + "; ".join(growth) + ".", ""]
@@ -165,20 +184,22 @@ def memory_section() -> list[str]:
     if not files:
         return ["(no `memory_one_copy_*.json` yet: run `python benchmarks/memory_one_copy.py --shape 1b`)", ""]
     out = [
-        "## One copy of the weights: the CLI's peak memory", "",
+        "## One copy of the weights: the CLI's peak memory",
+        "",
         "`python benchmarks/memory_one_copy.py --shape SHAPE`: a random-weight model saved as bf16 safetensors, each "
         "command in its own process; (peak RSS - peak RSS of `pruneframe plugins`) / weight bytes, so 1.0 is one "
         "copy of the weights. `prune` runs at keep 0.8; `compare` runs the listed methods at two budgets (and "
         "evaluates the dense model once); grasprune runs a shortened schedule (4 sequences of 128 tokens, one "
         "epoch), as memory does not grow with the number of steps. At small shapes the fixed costs (tokenizer, "
         "calibration text, logits over the 49,152-token vocabulary) weigh more. The command line fixes glibc's "
-        "mmap threshold at 4 MiB (`pruneframe.memory.return_large_blocks`), so freed weight-sized temporaries "
+        "mmap threshold at 4 MiB (`pruneframe.toolkit.memory.return_large_blocks`), so freed weight-sized temporaries "
         "(gradients, transposed and folded matrices) go back to the OS instead of staying in the heap. On the 1B "
         "shape llm-pruner went from 1.70x to 1.45-1.49x with layer recomputation, then to 1.30x with the fixed "
         "threshold (`MALLOC_MMAP_THRESHOLD_` set for the benchmark before the code did it); compare went from "
         "1.31x to 1.11x with the threshold alone. llm-pruner's backward pass recomputes each decoder layer's activations "
-        "(`pruneframe.recompute`) and never forms the whole logits (`pruneframe.losses.causal_lm_loss`); each "
-        "weight's gradient is reduced to unit scores and freed as soon as it is complete.", "",
+        "(`pruneframe.toolkit.recompute`) and never forms the whole logits (`pruneframe.toolkit.losses.causal_lm_loss`); each "
+        "weight's gradient is reduced to unit scores and freed as soon as it is complete.",
+        "",
         "| shape | command | peak RSS - bare / weights | wall s |",
         "| --- | --- | ---: | ---: |",
     ]

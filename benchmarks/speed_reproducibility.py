@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 
 RESULT = Path(__file__).resolve().parent / "results" / "speed_reproducibility.json"
 PHASES = ("prefill", "decode")
@@ -47,15 +47,13 @@ def pair(first: dict[str, Any], second: dict[str, Any], tolerance: float) -> lis
         for phase in PHASES:
             x, y = a[run_id]["measured"][phase], b[run_id]["measured"][phase]
             rel = abs(y - x) / x
-            rows.append({"run": run_id, "phase": phase, "first": x, "second": y, "rel_diff": rel,
-                         "within": rel <= tolerance})
+            rows.append({"run": run_id, "phase": phase, "first": x, "second": y, "rel_diff": rel, "within": rel <= tolerance})
     return rows
 
 
 def rows_of(pairs: list[dict[str, Any]], first: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
     """The report's rows: per (method, budget) and phase, the seeds' mean speedup in each comparison."""
-    group = {run["run_id"]: (run["prune"]["method"], run["prune"]["budget_label"])
-             for run in first["runs"] if run.get("prune")}
+    group = {run["run_id"]: (run["prune"]["method"], run["prune"]["budget_label"]) for run in first["runs"] if run.get("prune")}
     merged: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in pairs:
         merged.setdefault((*group[row["run"]], row["phase"]), []).append(row)
@@ -64,8 +62,18 @@ def rows_of(pairs: list[dict[str, Any]], first: dict[str, Any], tolerance: float
         x = sum(m["first"] for m in members) / len(members)
         y = sum(m["second"] for m in members) / len(members)
         rel = abs(y - x) / x
-        out.append({"method": method, "budget": budget, "phase": phase, "runs": [m["run"] for m in members],
-                    "first": x, "second": y, "rel_diff": rel, "within": rel <= tolerance})
+        out.append(
+            {
+                "method": method,
+                "budget": budget,
+                "phase": phase,
+                "runs": [m["run"] for m in members],
+                "first": x,
+                "second": y,
+                "rel_diff": rel,
+                "within": rel <= tolerance,
+            }
+        )
     return out
 
 
@@ -80,24 +88,40 @@ def main() -> None:
     first, second = (json.loads(p.read_text()) for p in (args.first, args.second))
     rows = pair(first, second, args.tolerance)
     for row in rows:
-        print(f"{row['run']:24s} {row['phase']:8s} {row['first']:.3f}x  {row['second']:.3f}x  "
-              f"{100 * row['rel_diff']:5.1f}%{'' if row['within'] else '  OUTSIDE'}")
+        print(
+            f"{row['run']:24s} {row['phase']:8s} {row['first']:.3f}x  {row['second']:.3f}x  {100 * row['rel_diff']:5.1f}%{'' if row['within'] else '  OUTSIDE'}"
+        )
     within = sum(r["within"] for r in rows)
     worst = max(rows, key=lambda r: r["rel_diff"]) if rows else None
-    print(f"runs: {within} of {len(rows)} speedups within {100 * args.tolerance:.0f}%"
-          + (f"; largest difference {100 * worst['rel_diff']:.1f}% ({worst['run']} {worst['phase']})" if worst else ""))
+    print(
+        f"runs: {within} of {len(rows)} speedups within {100 * args.tolerance:.0f}%"
+        + (f"; largest difference {100 * worst['rel_diff']:.1f}% ({worst['run']} {worst['phase']})" if worst else "")
+    )
     table = rows_of(rows, first, args.tolerance)
     table_within = sum(r["within"] for r in table)
     top = max(table, key=lambda r: r["rel_diff"]) if table else None
-    print(f"report rows (seeds averaged): {table_within} of {len(table)} speedups within {100 * args.tolerance:.0f}%"
-          + (f"; largest difference {100 * top['rel_diff']:.1f}% ({top['method']} {top['budget']} {top['phase']})" if top else ""))
+    print(
+        f"report rows (seeds averaged): {table_within} of {len(table)} speedups within {100 * args.tolerance:.0f}%"
+        + (f"; largest difference {100 * top['rel_diff']:.1f}% ({top['method']} {top['budget']} {top['phase']})" if top else "")
+    )
     protocol = first.get("config", {}).get("evaluation", {}).get("speed")
-    write_json_atomic(args.out, {
-        "benchmark": "speed_reproducibility", "files": [str(args.first), str(args.second)], "tolerance": args.tolerance,
-        "speed_protocol": protocol, "dtype": first.get("dtype"), "device": first.get("device"),
-        "within": within, "total": len(rows), "runs": rows,
-        "report_rows_within": table_within, "report_rows_total": len(table), "report_rows": table,
-    })
+    write_json_atomic(
+        args.out,
+        {
+            "benchmark": "speed_reproducibility",
+            "files": [str(args.first), str(args.second)],
+            "tolerance": args.tolerance,
+            "speed_protocol": protocol,
+            "dtype": first.get("dtype"),
+            "device": first.get("device"),
+            "within": within,
+            "total": len(rows),
+            "runs": rows,
+            "report_rows_within": table_within,
+            "report_rows_total": len(table),
+            "report_rows": table,
+        },
+    )
     sys.exit(0 if within == len(rows) and table_within == len(table) else 1)
 
 

@@ -2,7 +2,7 @@
 
 For each gradient method (llm-pruner, and GRASPrune on a short schedule) and each mode (``whole``: the
 model runs where it is; ``streamed``: ``offload: cpu``, each decoder layer in turn on the compute
-device, see :func:`pruneframe.streaming.streamed_backward`), one prune of a random-weight bf16 model
+device, see :func:`pruneframe.toolkit.streaming.streamed_backward`), one prune of a random-weight bf16 model
 of a named shape (no downloads). Recorded per run: score-stage and total seconds, peak memory of the
 compute device where torch tracks it (CUDA), and per method how far the streamed scores and mask are
 from the whole-model ones. Times are meant as ratios within one run of this script.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scale import SHAPES, build  # noqa: E402 - the benchmark's shared model shapes
 
 import pruneframe  # noqa: E402
-from pruneframe._io import write_json_atomic  # noqa: E402
+from pruneframe.util.io import write_json_atomic  # noqa: E402
 from pruneframe.checkpoint import software_versions  # noqa: E402
 
 #: method -> settings shared by both modes (GRASPrune: a short schedule; time per step is what matters)
@@ -48,11 +48,16 @@ def run(shape: str, method: str, streamed: bool, device: str, calibration: torch
     result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False, inplace=True)
     report = result.report
     return {
-        "method": method, "mode": "streamed" if streamed else "whole", "config": config,
-        "score_s": report.timings.score_s, "total_s": report.timings.total_s,
+        "method": method,
+        "mode": "streamed" if streamed else "whole",
+        "config": config,
+        "score_s": report.timings.score_s,
+        "total_s": report.timings.total_s,
         "peak_device_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
-        "kept_prunable_params": report.kept_prunable_params, "budget_prunable_params": report.budget_prunable_params,
-        "scores": result.scores, "mask": result.mask,
+        "kept_prunable_params": report.kept_prunable_params,
+        "budget_prunable_params": report.budget_prunable_params,
+        "scores": result.scores,
+        "mask": result.mask,
     }
 
 
@@ -74,14 +79,26 @@ def main() -> None:
         agreement = (streamed["mask"] == whole["mask"]).float().mean().item()
         for row in (whole, streamed):
             row.pop("scores"), row.pop("mask")
-        rows.append({"method": method, "whole": whole, "streamed": streamed,
-                     "streamed_over_whole_score_time": streamed["score_s"] / whole["score_s"],
-                     "max_score_difference_relative": rel, "mask_agreement": agreement})
-        print(f"{method}: score {whole['score_s']:.1f} s whole, {streamed['score_s']:.1f} s streamed "
-              f"({rows[-1]['streamed_over_whole_score_time']:.2f}x); scores within {rel:.1e} relative; "
-              f"masks agree on {agreement:.2%}", flush=True)
-    write_json_atomic(args.out, {"shape": args.shape, "device": args.device, "budget": args.budget,
-                                 "threads": torch.get_num_threads(), "software": software_versions(), "rows": rows})
+        rows.append(
+            {
+                "method": method,
+                "whole": whole,
+                "streamed": streamed,
+                "streamed_over_whole_score_time": streamed["score_s"] / whole["score_s"],
+                "max_score_difference_relative": rel,
+                "mask_agreement": agreement,
+            }
+        )
+        print(
+            f"{method}: score {whole['score_s']:.1f} s whole, {streamed['score_s']:.1f} s streamed "
+            f"({rows[-1]['streamed_over_whole_score_time']:.2f}x); scores within {rel:.1e} relative; "
+            f"masks agree on {agreement:.2%}",
+            flush=True,
+        )
+    write_json_atomic(
+        args.out,
+        {"shape": args.shape, "device": args.device, "budget": args.budget, "threads": torch.get_num_threads(), "software": software_versions(), "rows": rows},
+    )
     print(f"wrote {args.out}")
 
 

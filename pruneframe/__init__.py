@@ -12,18 +12,18 @@ Public API::
     mask = pruneframe.budget.project(scores, costs, budget_int, groups=groups)
 """
 
-from pruneframe import budget
+from pruneframe.pipeline import budget
 from pruneframe.api import PruneResult, load_pruned, prune
 from pruneframe.export import export_gguf
-from pruneframe.prune_report import PruneReport
+from pruneframe.pipeline.prune_report import PruneReport
 from pruneframe.recovery import recover
-from pruneframe.session import PruneSession
-from pruneframe.calibration import CalibrationData
-from pruneframe.host import PluginHost
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
-from pruneframe.pipeline import PipelineMethod, RecalibrationConfig, RecalibrationMethod
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.pipeline.session import PruneSession
+from pruneframe.pipeline.calibration import CalibrationData
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline.recalibration import PipelineMethod, RecalibrationConfig, RecalibrationMethod
+from pruneframe.pipeline.units import UnitKind, UnitSet
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """The public entry point: ``prune(model, method=..., budget=..., calibration=...)``.
 
-A thin call of :class:`~pruneframe.session.PruneSession`: discover units, resolve the budget, score,
+A thin call of :class:`~pruneframe.pipeline.session.PruneSession`: discover units, resolve the budget, score,
 project (the same projector every method gets), recalibrate, fold, with the checks, timings and
 memory that session records in its typed report.
 """
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from pruneframe import checkpoint
-from pruneframe.budget import BudgetKind
-from pruneframe.calibration import CalibrationData
-from pruneframe.host import PluginHost
-from pruneframe.methods import PruningMethod
-from pruneframe.prune_report import PruneReport
-from pruneframe.session import PruneResult, PruneSession
+from pruneframe.pipeline.budget import BudgetKind
+from pruneframe.pipeline.calibration import CalibrationData
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.methods import PruningMethod
+from pruneframe.pipeline.prune_report import PruneReport
+from pruneframe.pipeline.session import PruneResult, PruneSession
 
 __all__ = ["prune", "PruneResult", "PruneReport", "PruneSession", "load_pruned"]
 
@@ -61,7 +61,7 @@ def prune(
             ``cuda:N``, ``mps``); ``None`` prunes it where it is.
 
     Returns:
-        the folded model, mask, scores and the typed :class:`~pruneframe.prune_report.PruneReport`.
+        the folded model, mask, scores and the typed :class:`~pruneframe.pipeline.prune_report.PruneReport`.
     """
     session = PruneSession(model, method, budget, config, budget_kind=budget_kind, host=host, device=device)
     return session.run(calibration, progress=progress, inplace=inplace, scores=scores)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
 __all__ = [
     "COMMON",
@@ -54,7 +54,7 @@ def tiny_families(host: PluginHost | None = None) -> dict[str, Spec]:
     From ``host``'s adapters, else from a fresh host with the installed plugins; a plugin's adapter
     comes before the core's, so it may redefine a name.
     """
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
     out: dict[str, Spec] = {}
     for adapter in (host or PluginHost.create()).adapters():
@@ -107,10 +107,10 @@ def tokens(n: int = 4, length: int = 16, vocab: int = 97, seed: int = 0) -> torc
 
 
 def _context(model: torch.nn.Module, method: Any, calibration: torch.Tensor, budget: float, host: PluginHost | None) -> Any:
-    from pruneframe.budget import make_budget, resolve
-    from pruneframe.calibration import CalibrationData
-    from pruneframe.host import PluginHost
-    from pruneframe.methods import ScoringContext
+    from pruneframe.pipeline.budget import make_budget, resolve
+    from pruneframe.pipeline.calibration import CalibrationData
+    from pruneframe.pipeline.host import PluginHost
+    from pruneframe.pipeline.methods import ScoringContext
 
     host = host or PluginHost.create()
     units = host.discover_units(model)
@@ -122,13 +122,21 @@ def _context(model: torch.nn.Module, method: Any, calibration: torch.Tensor, bud
         return host.project(scores.detach().float().cpu(), units, target, minimum, cfg.policy, cfg.scope)
 
     return host, ScoringContext(
-        model=model, units=units, calibration=CalibrationData(calibration, name="tokens"), budget=target,
-        minimum=minimum, project=project, progress=False,
+        model=model,
+        units=units,
+        calibration=CalibrationData(calibration, name="tokens"),
+        budget=target,
+        minimum=minimum,
+        project=project,
+        progress=False,
     )
 
 
 def check_scores(
-    method: str, family: str = "llama-gqa", config: dict[str, Any] | None = None, budget: float = 0.6,
+    method: str,
+    family: str = "llama-gqa",
+    config: dict[str, Any] | None = None,
+    budget: float = 0.6,
     host: PluginHost | None = None,
 ) -> torch.Tensor:
     """Score a tiny ``family`` model with ``method``; check shape, finiteness, repeatability, untouched weights.
@@ -136,7 +144,7 @@ def check_scores(
     ``host`` supplies the method and the family (default: the installed plugins). Returns the scores.
     Raises ``AssertionError`` naming what failed.
     """
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
     def fresh() -> PluginHost:
         return host or PluginHost.create()
@@ -158,7 +166,11 @@ def check_scores(
 
 
 def check_prune_fold_reload(
-    method: str, family: str, folder: str | Path, config: dict[str, Any] | None = None, budget: float = 0.6,
+    method: str,
+    family: str,
+    folder: str | Path,
+    config: dict[str, Any] | None = None,
+    budget: float = 0.6,
     host: PluginHost | None = None,
 ) -> Any:
     """Prune a tiny ``family`` model with ``method`` and check budget, size, fold exactness and checkpoint reload.
@@ -172,14 +184,13 @@ def check_prune_fold_reload(
     from transformers import AutoModelForCausalLM
 
     import pruneframe
-    from pruneframe.budget import check_meets_budget
+    from pruneframe.pipeline.budget import check_meets_budget
     from pruneframe.checkpoint import load_pruned
-    from pruneframe.gates import gated
-    from pruneframe.host import PluginHost
+    from pruneframe.toolkit.gates import gated
+    from pruneframe.pipeline.host import PluginHost
 
     model = tiny_model(family, host=host)
-    result = pruneframe.prune(model, method=method, budget=budget, calibration=tokens(4, 16), config=config,
-                              progress=False, host=host)
+    result = pruneframe.prune(model, method=method, budget=budget, calibration=tokens(4, 16), config=config, progress=False, host=host)
     units = result.units
     minimum = (host or PluginHost.create()).method(method, config).minimum(units)
     check_meets_budget(result.mask, units.cost, result.report.budget_prunable_params, groups=units.groups, minimum=minimum)
@@ -194,14 +205,17 @@ def check_prune_fold_reload(
     remote = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, got, atol=0, rtol=0, msg=lambda m: f"{method} on {family}: reload differs: {m}")
-        torch.testing.assert_close(remote(ids).logits, got, atol=1e-5, rtol=0,
-                                   msg=lambda m: f"{method} on {family}: trust_remote_code reload differs: {m}")
+        torch.testing.assert_close(remote(ids).logits, got, atol=1e-5, rtol=0, msg=lambda m: f"{method} on {family}: trust_remote_code reload differs: {m}")
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in result.model.parameters())
     return result
 
 
 def check_method(
-    method: str, family: str, folder: str | Path, config: dict[str, Any] | None = None, budget: float = 0.6,
+    method: str,
+    family: str,
+    folder: str | Path,
+    config: dict[str, Any] | None = None,
+    budget: float = 0.6,
     host: PluginHost | None = None,
 ) -> None:
     """:func:`check_scores` and :func:`check_prune_fold_reload` for one method and family."""

@@ -12,11 +12,11 @@ from transformers import AutoModelForCausalLM
 from pruneframe.architectures import LayerSlices, SplitProjectionAdapter, adapter_for, builtin_adapters, discover
 from pruneframe.checkpoint import CheckpointError, load_pruned, read_report_json, save
 from pruneframe.evaluation.size import layer_widths, parameter_counts
-from pruneframe.fold import fold
-from pruneframe.gates import gated
-from pruneframe.hookspecs import hookimpl
-from pruneframe.host import PluginHost
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.pipeline.fold import fold
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.units import UnitKind, UnitSet
 
 
 def _uniform_mask(units: UnitSet, ffn: int, kv: int) -> torch.Tensor:
@@ -190,6 +190,7 @@ def test_a_plugin_registers_a_family_through_the_one_hook() -> None:
     assert units.architecture == "NewFamilyForCausalLM" and units.adapter is adapter
     assert all(isinstance(ls, LayerSlices) for ls in units.layer_slices(model))
     with pytest.raises(TypeError, match="not an ArchitectureAdapter"):
+
         class Bad:
             @hookimpl
             def pruneframe_register_architectures(self, register) -> None:

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 import pruneframe
-from pruneframe.budget import BudgetError
-from pruneframe.calibration import InsufficientCalibrationError
+from pruneframe.pipeline.budget import BudgetError
+from pruneframe.pipeline.calibration import InsufficientCalibrationError
 from pruneframe.cli import main
 from pruneframe.harness import inputs
 from pruneframe.harness.config import CalibrationSettings, InputError
 from pruneframe.harness.inputs import input_phase
-from pruneframe.host import UnknownNameError, UnsupportedModelError
+from pruneframe.pipeline.host import UnknownNameError, UnsupportedModelError
 from tiny import tiny_model, tokens
 from workspace_files import make_tokenizer
 
@@ -42,10 +42,22 @@ def refused(argv: list[str], capfd, out: Path) -> str:
     return err
 
 
-def prune(ws: dict[str, Path], out: Path, model: Path | None = None, calib: Path | None = None, method: str = "random",
-          *extra: str) -> list[str]:
-    return ["prune", "--model", str(model or ws["model"]), "--method", method, "--budget", "0.5",
-            "--calib", str(calib or ws["calib"]), "--out", str(out), "--quiet", *extra]
+def prune(ws: dict[str, Path], out: Path, model: Path | None = None, calib: Path | None = None, method: str = "random", *extra: str) -> list[str]:
+    return [
+        "prune",
+        "--model",
+        str(model or ws["model"]),
+        "--method",
+        method,
+        "--budget",
+        "0.5",
+        "--calib",
+        str(calib or ws["calib"]),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def saved(folder: Path, model) -> Path:
@@ -58,19 +70,37 @@ def saved(folder: Path, model) -> Path:
 
 
 def test_an_unsupported_decoder_is_named(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
-    gpt2 = saved(tmp_path / "gpt2", GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=60,
-                                                                bos_token_id=0, eos_token_id=0)))
+    gpt2 = saved(tmp_path / "gpt2", GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=60, bos_token_id=0, eos_token_id=0)))
     out = tmp_path / "out"
     err = refused(prune(ws, out, gpt2), capfd, out)
     assert "no installed plugin handles GPT2LMHeadModel; supported: " in err and "LlamaForCausalLM" in err
-    err = refused(["eval", "--model", str(gpt2), "--eval-data", str(ws["eval"]), "--seq-len", "16", "--eval-windows", "1",
-                   "--zeroshot", "none", "--out", str(out), "--quiet"], capfd, out)
+    err = refused(
+        [
+            "eval",
+            "--model",
+            str(gpt2),
+            "--eval-data",
+            str(ws["eval"]),
+            "--seq-len",
+            "16",
+            "--eval-windows",
+            "1",
+            "--zeroshot",
+            "none",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capfd,
+        out,
+    )
     assert "GPT2LMHeadModel" in err
 
 
 def test_an_encoder_only_model_is_refused_before_loading(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
-    bert = saved(tmp_path / "bert", BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
-                                                               intermediate_size=32, vocab_size=60)))
+    bert = saved(
+        tmp_path / "bert", BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=60))
+    )
     out = tmp_path / "out"
     err = refused(prune(ws, out, bert), capfd, out)
     assert "config.json names BertForMaskedLM, not a causal language model" in err
@@ -113,11 +143,14 @@ def test_a_gguf_file_is_refused_with_a_way_forward(ws: dict[str, Path], tmp_path
     assert "holds neither config.json nor pruning.json" in refused(prune(ws, out, folder), capfd, out)
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"intermediate_size": 50}, "model.layers.0.mlp.down_proj.weight: shape (48, 40) in the weights, config.json implies (48, 50)"),
-    ({"num_hidden_layers": 2}, "model.layers.2.input_layernorm.weight: in the weights but not in the model config.json describes"),
-    ({"num_hidden_layers": 4}, "model.layers.3.input_layernorm.weight: missing from the weights"),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"intermediate_size": 50}, "model.layers.0.mlp.down_proj.weight: shape (48, 40) in the weights, config.json implies (48, 50)"),
+        ({"num_hidden_layers": 2}, "model.layers.2.input_layernorm.weight: in the weights but not in the model config.json describes"),
+        ({"num_hidden_layers": 4}, "model.layers.3.input_layernorm.weight: missing from the weights"),
+    ],
+)
 def test_a_config_that_does_not_match_its_weights(ws: dict[str, Path], tmp_path: Path, capfd, change, expected) -> None:
     folder = Path(shutil.copytree(ws["model"], tmp_path / "model"))
     config = json.loads((folder / "config.json").read_text())
@@ -149,19 +182,21 @@ def test_too_little_calibration_text_says_found_and_needed(ws: dict[str, Path], 
     err = refused(prune(ws, out, None, short, "wanda-sp", "--method-config", '{"num_windows": 4, "seq_len": 16}'), capfd, out)
     assert "method 'wanda-sp': calibration source" in err and "has 20 tokens; 4 windows of 16 after 0 windows need 64" in err
     with pytest.raises(InsufficientCalibrationError, match="has 32 tokens.*need 64"):
-        pruneframe.prune(tiny_model(), "wanda-sp", 0.5, calibration=tokens(2, 16), config={"num_windows": 4, "seq_len": 16},
-                         progress=False)
+        pruneframe.prune(tiny_model(), "wanda-sp", 0.5, calibration=tokens(2, 16), config={"num_windows": 4, "seq_len": 16}, progress=False)
 
 
 # method configs -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings,field,message", [
-    ({"bogus": 1}, "bogus", "Extra inputs are not permitted"),
-    ({"num_windows": "many"}, "num_windows", "Input should be a valid integer"),
-    ({"num_windows": -3}, "num_windows", "Input should be greater than or equal to 1"),
-    ({"allocation": "everywhere"}, "allocation", "Input should be 'global' or 'uniform'"),
-])
+@pytest.mark.parametrize(
+    "settings,field,message",
+    [
+        ({"bogus": 1}, "bogus", "Extra inputs are not permitted"),
+        ({"num_windows": "many"}, "num_windows", "Input should be a valid integer"),
+        ({"num_windows": -3}, "num_windows", "Input should be greater than or equal to 1"),
+        ({"allocation": "everywhere"}, "allocation", "Input should be 'global' or 'uniform'"),
+    ],
+)
 def test_bad_method_settings_name_the_field_and_the_method(ws: dict[str, Path], tmp_path: Path, capfd, settings, field, message) -> None:
     out = tmp_path / "out"
     err = refused(prune(ws, out, None, None, "wanda-sp", "--method-config", json.dumps(settings)), capfd, out)
@@ -183,15 +218,18 @@ def _validation_error() -> ValidationError:
     raise AssertionError("max_tokens='many' validated")
 
 
-@pytest.mark.parametrize("error,message", [
-    (ValueError("keep ratio must be a number in (0, 1]"), "keep ratio must be a number"),
-    (BudgetError("budget 3 is infeasible"), "budget 3 is infeasible"),
-    (UnknownNameError("unknown method 'magnitud'"), "unknown method 'magnitud'"),
-    (UnsupportedModelError("no installed plugin handles GPT2LMHeadModel"), "no installed plugin handles GPT2LMHeadModel"),
-    (FileNotFoundError("model spec 'nowhere' does not exist"), "model spec 'nowhere' does not exist"),
-    (IsADirectoryError("calib is a folder"), "calib is a folder"),
-    (_validation_error(), "invalid CalibrationSettings settings: max_tokens: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "error,message",
+    [
+        (ValueError("keep ratio must be a number in (0, 1]"), "keep ratio must be a number"),
+        (BudgetError("budget 3 is infeasible"), "budget 3 is infeasible"),
+        (UnknownNameError("unknown method 'magnitud'"), "unknown method 'magnitud'"),
+        (UnsupportedModelError("no installed plugin handles GPT2LMHeadModel"), "no installed plugin handles GPT2LMHeadModel"),
+        (FileNotFoundError("model spec 'nowhere' does not exist"), "model spec 'nowhere' does not exist"),
+        (IsADirectoryError("calib is a folder"), "calib is a folder"),
+        (_validation_error(), "invalid CalibrationSettings settings: max_tokens: Input should be a valid integer"),
+    ],
+)
 def test_an_input_phase_reports_input_errors_naming_the_input(error: Exception, message: str) -> None:
     with pytest.raises(InputError, match=rf"^the input: {re.escape(message)}") as caught:
         with input_phase("the input"):
@@ -199,10 +237,18 @@ def test_an_input_phase_reports_input_errors_naming_the_input(error: Exception, 
     assert caught.value.__cause__ is error
 
 
-@pytest.mark.parametrize("error", [
-    KeyError("config_sha256"), OSError(28, "No space left on device"), PermissionError(13, "Permission denied"),
-    ConnectionError("reset by peer"), NotImplementedError("abstract"), RuntimeError("CUDA error"), TypeError("bad call"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyError("config_sha256"),
+        OSError(28, "No space left on device"),
+        PermissionError(13, "Permission denied"),
+        ConnectionError("reset by peer"),
+        NotImplementedError("abstract"),
+        RuntimeError("CUDA error"),
+        TypeError("bad call"),
+    ],
+)
 def test_an_input_phase_lets_any_other_error_through_unchanged(error: Exception) -> None:
     with pytest.raises(type(error)) as caught:
         with input_phase("the input"):
@@ -241,8 +287,9 @@ def test_an_internal_error_keeps_its_traceback_and_exits_1(ws: dict[str, Path], 
         "from pruneframe.cli import main\n"
         f"sys.exit(main({prune(ws, tmp_path / 'out')!r}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PRUNEFRAME_DATA_DIR": str(ws["data_dir"])})
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ, "PRUNEFRAME_DATA_DIR": str(ws["data_dir"])}
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'weights_fingerprint'" in done.stderr
     assert "pruneframe prune: error:" not in done.stderr

@@ -11,12 +11,12 @@ from tiny import tiny_model, tokens
 
 import pruneframe
 from pruneframe.architectures import discover
-from pruneframe.budget import check_meets_budget
-from pruneframe.calibration import CalibrationData
-from pruneframe.gates import gated
-from pruneframe.host import PluginHost
-from pruneframe.methods import ScoringContext
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.budget import check_meets_budget
+from pruneframe.pipeline.calibration import CalibrationData
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.methods import ScoringContext
+from pruneframe.pipeline.units import UnitKind
 from pruneframe_baselines.ranges import resolve_layer_range
 
 METHODS = ["magnitude", "llm-pruner", "wanda-sp", "flap", "random"]
@@ -38,9 +38,13 @@ def _method(name: str, **config):
 def _context(model, method, calibration: torch.Tensor | None = None) -> ScoringContext:
     units = discover(model)
     return ScoringContext(
-        model=model, units=units,
+        model=model,
+        units=units,
         calibration=None if calibration is None else CalibrationData(calibration),
-        budget=units.prunable_params, minimum=method.minimum(units), project=lambda s: s > 0, progress=False,
+        budget=units.prunable_params,
+        minimum=method.minimum(units),
+        project=lambda s: s > 0,
+        progress=False,
     )
 
 
@@ -89,9 +93,7 @@ def test_random_scores_depend_on_the_seed() -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_prune_meets_the_budget_and_folds_to_the_expected_size(name: str, family: str) -> None:
     model = tiny_model(family)
-    result = pruneframe.prune(
-        model, method=name, budget=0.6, calibration=tokens(4, 16), config=SMALL[name], progress=False
-    )
+    result = pruneframe.prune(model, method=name, budget=0.6, calibration=tokens(4, 16), config=SMALL[name], progress=False)
     units = result.units
     minimum = PluginHost.create().method(name, SMALL[name]).minimum(units)
     budget = result.report.budget_prunable_params
@@ -153,8 +155,10 @@ def test_taylor_importance_matches_a_hand_computation(importance: str) -> None:
     g = 1  # KV group 1 of layer 0: G*hd q rows, hd k/v rows, G*hd o columns
     q, kv = slice(g * G * hd, (g + 1) * G * hd), slice(g * hd, (g + 1) * hd)
     want_kv = (
-        _agg(s[(0, "q_proj")], 0, q, importance) + _agg(s[(0, "k_proj")], 0, kv, importance)
-        + _agg(s[(0, "v_proj")], 0, kv, importance) + _agg(s[(0, "o_proj")], 1, q, importance)
+        _agg(s[(0, "q_proj")], 0, q, importance)
+        + _agg(s[(0, "k_proj")], 0, kv, importance)
+        + _agg(s[(0, "v_proj")], 0, kv, importance)
+        + _agg(s[(0, "o_proj")], 1, q, importance)
     )
     got = torch.stack([scores[units.slice(1, UnitKind.FFN)][c], scores[units.slice(0, UnitKind.KV)][g]])
     want = torch.stack([want_ffn, want_kv]).float()
@@ -185,9 +189,7 @@ def test_layer_range_defaults_follow_llm_pruner() -> None:
 def test_uniform_allocation_keeps_equal_fractions_and_skipped_layers_whole() -> None:
     model = tiny_model("llama-gqa", num_hidden_layers=5, num_attention_heads=12, num_key_value_heads=4, head_dim=4)
     config = {**SMALL["llm-pruner"], "layer_start": 1, "layer_end": -1, "importance": "vector"}
-    result = pruneframe.prune(
-        model, method="llm-pruner", budget=0.6, calibration=tokens(4, 16), config=config, progress=False
-    )
+    result = pruneframe.prune(model, method="llm-pruner", budget=0.6, calibration=tokens(4, 16), config=config, progress=False)
     widths = result.units.widths(result.mask)
     shape = result.units.layers[0]
     for i in (0, 4):
@@ -259,7 +261,10 @@ def _linear_inputs(model, windows: torch.Tensor, layer: int) -> dict[str, torch.
     """Every token's input ``[tokens, features]`` to one layer's gate/down/q/o projections."""
     block = model.model.layers[layer]
     modules = {
-        "gate": block.mlp.gate_proj, "down": block.mlp.down_proj, "q": block.self_attn.q_proj, "o": block.self_attn.o_proj,
+        "gate": block.mlp.gate_proj,
+        "down": block.mlp.down_proj,
+        "q": block.self_attn.q_proj,
+        "o": block.self_attn.o_proj,
     }
     seen: dict[str, torch.Tensor] = {}
 
@@ -283,10 +288,13 @@ def test_wanda_sp_is_the_mean_of_weight_times_input_norm_over_a_unit() -> None:
     hd, G = model.config.head_dim, model.config.num_attention_heads // model.config.num_key_value_heads
     q, kv = slice(g * G * hd, (g + 1) * G * hd), slice(g * hd, (g + 1) * hd)
     ffn_terms = [
-        W["gate_proj"][c].abs() * rms["gate"], W["up_proj"][c].abs() * rms["gate"], W["down_proj"][:, c].abs() * rms["down"][c],
+        W["gate_proj"][c].abs() * rms["gate"],
+        W["up_proj"][c].abs() * rms["gate"],
+        W["down_proj"][:, c].abs() * rms["down"][c],
     ]
     kv_terms = [W[n][r].abs() * rms["q"] for n, r in (("q_proj", q), ("k_proj", kv), ("v_proj", kv))]
     kv_terms.append(W["o_proj"][:, q].abs() * rms["o"][q])
+
     def mean(terms):
         return sum(t.sum() for t in terms) / sum(t.numel() for t in terms)
 
@@ -307,9 +315,7 @@ def _sublayer_inputs(model, windows: torch.Tensor, layer: int):
     block = model.model.layers[layer]
     hooks = [
         block.mlp.register_forward_pre_hook(lambda m, args: seen["mlp"].append(args[0])),
-        block.self_attn.register_forward_pre_hook(
-            lambda m, args, kwargs: seen["attn"].append((args, dict(kwargs))), with_kwargs=True
-        ),
+        block.self_attn.register_forward_pre_hook(lambda m, args, kwargs: seen["attn"].append((args, dict(kwargs))), with_kwargs=True),
     ]
     _forward_with_hooks(model, windows, hooks)
     return seen
@@ -321,6 +327,7 @@ def test_flap_scores_are_standardised_weighted_fluctuations() -> None:
     units = discover(model)
     x = _linear_inputs(model, calib, layer=1)
     block = model.model.layers[1]
+
     def standard(v):
         return (v - v.mean()) / v.std()
 
@@ -340,15 +347,19 @@ def test_flap_bias_compensation_keeps_each_sublayers_mean_output(family: str) ->
     calib = tokens(4, 16, seed=2)
     results = {
         flag: pruneframe.prune(
-            model, method="flap", budget=0.5, calibration=calib,
-            config={**SMALL["flap"], "bias_compensation": flag}, progress=False,
+            model,
+            method="flap",
+            budget=0.5,
+            calibration=calib,
+            config={**SMALL["flap"], "bias_compensation": flag},
+            progress=False,
         )
         for flag in (True, False)
     }
     for layer in range(model.config.num_hidden_layers):
         seen = _sublayer_inputs(model, calib, layer)
         x = seen["mlp"][0]
-        (args, kwargs), = seen["attn"]
+        ((args, kwargs),) = seen["attn"]
         dense = model.model.layers[layer]
         with torch.no_grad():
             want = (dense.mlp(x).mean((0, 1)), dense.self_attn(*args, **kwargs)[0].mean((0, 1)))

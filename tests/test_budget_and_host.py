@@ -11,7 +11,7 @@ from tiny import tiny_model
 
 import pruneframe
 from pruneframe.architectures import discover
-from pruneframe.budget import (
+from pruneframe.pipeline.budget import (
     BudgetError,
     KeepParams,
     KeepPrunable,
@@ -21,11 +21,11 @@ from pruneframe.budget import (
     make_budget,
     resolve,
 )
-from pruneframe.hookspecs import hookimpl
-from pruneframe.fold import fold
-from pruneframe.host import PluginError, PluginHost, UnknownNameError
-from pruneframe.methods import PruningMethod
-from pruneframe.projection import project
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.host import PluginError, PluginHost, UnknownNameError
+from pruneframe.pipeline.methods import PruningMethod
+from pruneframe.pipeline.projection import project
 
 
 class Scores(PruningMethod):
@@ -180,7 +180,7 @@ def test_each_host_is_independent() -> None:
 
 
 def test_broken_entry_point_is_reported_not_fatal(monkeypatch) -> None:
-    import pruneframe.host as host_module
+    import pruneframe.pipeline.host as host_module
 
     class BrokenEP:
         name = "broken-plugin"
@@ -194,7 +194,7 @@ def test_broken_entry_point_is_reported_not_fatal(monkeypatch) -> None:
     assert "needs a library" in host.failures["broken-plugin"]
     infos = {i.name: i for i in host.describe()}
     assert infos["broken-plugin"].error
-    assert "project" in infos["pruneframe.builtins"].hooks
+    assert "project" in infos["pruneframe.pipeline.builtins"].hooks
     assert "grasprune" in infos["grasprune"].methods
 
 

@@ -18,8 +18,8 @@ from pruneframe.architectures import discover
 from pruneframe.checkpoint import CheckpointError, load_pruned, save
 from pruneframe.checkpoint.modeling_pruneframe import pruned_classes
 from pruneframe.cli import main
-from pruneframe.fold import fold
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.units import UnitKind
 from workspace_files import make_tokenizer
 from tiny import tiny_model, tokens
 
@@ -51,8 +51,12 @@ def edit_json(path: Path, change) -> None:
 
 def eval_exits_2(folder: Path, capfd) -> str:
     """``pruneframe eval --model folder`` exits with 2 and one message; returns stderr."""
-    assert main(["eval", "--model", str(folder), "--zeroshot", "none", "--no-speed", "--eval-data", "embedded",
-                 "--eval-windows", "1", "--seq-len", "16", "--quiet"]) == 2
+    assert (
+        main(
+            ["eval", "--model", str(folder), "--zeroshot", "none", "--no-speed", "--eval-data", "embedded", "--eval-windows", "1", "--seq-len", "16", "--quiet"]
+        )
+        == 2
+    )
     err = capfd.readouterr().err
     assert "pruneframe eval: error:" in err and "Traceback" not in err
     return err
@@ -77,16 +81,22 @@ def test_a_valid_checkpoint_loads_without_a_single_warning(good: Path, capfd, ca
 
 def test_config_width_that_disagrees_with_the_tensors(ckpt: Path, capfd) -> None:
     edit_json(ckpt / "config.json", lambda c: c["pruned_layers"][1].update(intermediate_size=40))  # 7 more than stored
-    with pytest.raises(CheckpointError, match=r"layer 1: model\.layers\.1\.mlp\.gate_proj\.weight has shape \(33, 48\) "
-                       r"in model\.safetensors, config\.json implies \(40, 48\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"layer 1: model\.layers\.1\.mlp\.gate_proj\.weight has shape \(33, 48\) "
+        r"in model\.safetensors, config\.json implies \(40, 48\)",
+    ):
         load_pruned(ckpt)
     assert "layer 1: model.layers.1.mlp.down_proj.weight" in eval_exits_2(ckpt, capfd)
 
 
 def test_per_layer_config_that_disagrees_with_the_widths(ckpt: Path, capfd) -> None:
     edit_json(ckpt / "config.json", lambda c: c["per_layer_config"]["1"].update(intermediate_size=30))
-    with pytest.raises(CheckpointError, match=r"per_layer_config disagrees with its pruned_layers: layer 1: "
-                       r"per_layer_config gives intermediate_size 30, pruned_layers 33"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"per_layer_config disagrees with its pruned_layers: layer 1: "
+        r"per_layer_config gives intermediate_size 30, pruned_layers 33",
+    ):
         load_pruned(ckpt)
     assert "layer 1: per_layer_config gives intermediate_size 30" in eval_exits_2(ckpt, capfd)
 
@@ -130,8 +140,11 @@ def test_extra_tensor(ckpt: Path, capfd) -> None:
     tensors = load_file(ckpt / "model.safetensors")
     tensors["model.layers.2.mlp.extra_proj.weight"] = torch.zeros(3, 3)
     save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"layer 2: model\.layers\.2\.mlp\.extra_proj\.weight in model\.safetensors "
-                       "is not part of the model config.json describes"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"layer 2: model\.layers\.2\.mlp\.extra_proj\.weight in model\.safetensors "
+        "is not part of the model config.json describes",
+    ):
         load_pruned(ckpt)
     assert "extra_proj" in eval_exits_2(ckpt, capfd)
 
@@ -140,16 +153,22 @@ def test_missing_tensor(ckpt: Path, capfd) -> None:
     tensors = load_file(ckpt / "model.safetensors")
     del tensors["model.layers.2.self_attn.k_proj.weight"]
     save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"layer 2: model\.layers\.2\.self_attn\.k_proj\.weight \(config\.json implies "
-                       r"shape \(8, 48\)\) is missing from the weights"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"layer 2: model\.layers\.2\.self_attn\.k_proj\.weight \(config\.json implies "
+        r"shape \(8, 48\)\) is missing from the weights",
+    ):
         load_pruned(ckpt)
     assert "k_proj" in eval_exits_2(ckpt, capfd)
 
 
 def test_report_widths_that_disagree_with_the_weights(ckpt: Path, capfd) -> None:
     edit_json(ckpt / "pruning.json", lambda r: r["layers"][1].update(intermediate_size=40))
-    with pytest.raises(CheckpointError, match=r"pruning\.json disagrees with the weights: layer 1: model\.layers\.1\.mlp\.gate_proj"
-                       r"\.weight has shape \(33, 48\) in model\.safetensors, pruning\.json 'layers' implies \(40, 48\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"pruning\.json disagrees with the weights: layer 1: model\.layers\.1\.mlp\.gate_proj"
+        r"\.weight has shape \(33, 48\) in model\.safetensors, pruning\.json 'layers' implies \(40, 48\)",
+    ):
         load_pruned(ckpt)
     assert "pruning.json disagrees with the weights" in eval_exits_2(ckpt, capfd)
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-import pruneframe.host as host_module
+import pruneframe.pipeline.host as host_module
 from pruneframe.checkpoint import load_pruned, read_report
 from pruneframe.cli import main
 from pruneframe.harness import CompareConfig
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.host import PluginHost
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compare_smollm2.yaml"
 
@@ -39,8 +39,25 @@ def offline_data(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) ->
 
 def base_flags(ws: dict[str, Path], out: Path) -> list[str]:
     """Flags for a fast comparison (no zero-shot, no speed) on the tiny model."""
-    return ["compare", "--model", str(ws["model"]), "--calib", str(ws["calib"]), "--eval-data", str(ws["eval"]),
-            "--seq-len", "32", "--eval-windows", "2", "--zeroshot", "none", "--no-speed", "--out", str(out), "--quiet"]
+    return [
+        "compare",
+        "--model",
+        str(ws["model"]),
+        "--calib",
+        str(ws["calib"]),
+        "--eval-data",
+        str(ws["eval"]),
+        "--seq-len",
+        "32",
+        "--eval-windows",
+        "2",
+        "--zeroshot",
+        "none",
+        "--no-speed",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -48,13 +65,20 @@ def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.Monke
     monkeypatch.setattr(host_module.metadata, "entry_points", lambda group: [*real(group=group), BrokenEntryPoint()])
     assert main(["plugins"]) == 0
     text = capsys.readouterr().out
-    for expected in ("pruneframe.builtins", "pruneframe.evaluation.builtin",
-                     "register_architectures", "register_evaluators", "perplexity, size, speed, zeroshot", "magnitude",
-                     "failed to load (1)", "broken-plugin: ImportError: needs a library"):
+    for expected in (
+        "pruneframe.pipeline.builtins",
+        "pruneframe.evaluation.builtin",
+        "register_architectures",
+        "register_evaluators",
+        "perplexity, size, speed, zeroshot",
+        "magnitude",
+        "failed to load (1)",
+        "broken-plugin: ImportError: needs a library",
+    ):
         assert expected in text
     assert main(["plugins", "--json"]) == 0
     infos = {i["name"]: i for i in json.loads(capsys.readouterr().out)}
-    assert "project" in infos["pruneframe.builtins"]["hooks"]
+    assert "project" in infos["pruneframe.pipeline.builtins"]["hooks"]
     assert infos["pruneframe.evaluation.builtin"]["evaluators"] == ["llamacpp-speed", "perplexity", "size", "speed", "zeroshot"]
     assert infos["broken-plugin"]["error"].startswith("ImportError")
 
@@ -107,8 +131,9 @@ def test_bad_settings_are_named(offline_data: dict[str, Path], tmp_path: Path, c
 def test_flags_override_the_config_file(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "o"
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"methods": {"magnitude": {"norm": "l1"}, "random": {}}, "budgets": [0.8],
-                                      "evaluation": {"perplexity": {"num_windows": 3}}}))
+    config.write_text(
+        yaml.safe_dump({"methods": {"magnitude": {"norm": "l1"}, "random": {}}, "budgets": [0.8], "evaluation": {"perplexity": {"num_windows": 3}}})
+    )
     assert main([*base_flags(offline_data, out), "--config", str(config), "--methods", "magnitude", "--budgets", "0.5"]) == 0
     assert "(runs: 1 computed, 0 cached, 0 failed; dense computed)" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -120,9 +145,27 @@ def test_flags_override_the_config_file(offline_data: dict[str, Path], tmp_path:
 
 def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     ckpt = tmp_path / "ckpt"
-    assert main(["prune", "--model", str(offline_data["model"]), "--method", "magnitude", "--budget", "0.5",
-                 "--method-config", '{"norm": "l1"}', "--calib", str(offline_data["calib"]), "--out", str(ckpt),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(offline_data["model"]),
+                "--method",
+                "magnitude",
+                "--budget",
+                "0.5",
+                "--method-config",
+                '{"norm": "l1"}',
+                "--calib",
+                str(offline_data["calib"]),
+                "--out",
+                str(ckpt),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "pruned with magnitude to keep 0.5 of prunable params" in capsys.readouterr().out
     report = read_report(ckpt)
     assert report.config["norm"] == "l1" and report.calibration_source["origin"] == str(offline_data["calib"].resolve())
@@ -130,9 +173,30 @@ def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path],
     assert tokenizer is not None and sum(p.numel() for p in model.parameters()) == report.kept_params
 
     out = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(ckpt), "--dense", str(offline_data["model"]), "--eval-data",
-                 str(offline_data["eval"]), "--seq-len", "32", "--eval-windows", "2", "--zeroshot", "none",
-                 "--no-speed", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(ckpt),
+                "--dense",
+                str(offline_data["model"]),
+                "--eval-data",
+                str(offline_data["eval"]),
+                "--seq-len",
+                "32",
+                "--eval-windows",
+                "2",
+                "--zeroshot",
+                "none",
+                "--no-speed",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert record["model"]["kind"] == "pruned" and record["pruning"]["method"] == "magnitude"
     assert record["eval"]["perplexity"]["sources"]["eval"]["protocol"]["num_windows"] == 2
@@ -156,21 +220,43 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 8
     assert config.seeds_for("grasprune") == [0, 1] and config.seeds_for("flap") == [0]
     # GRASPrune's benchmark schedule with the objective chosen on development text (docs/results.md)
-    assert config.method_configs["grasprune"] == {"num_sequences": 64, "seq_len": 256, "epochs": 2, "rescale_sequences": 64,
-                                                  "loss": "distill", "rescale_loss": "distill"}
+    assert config.method_configs["grasprune"] == {
+        "num_sequences": 64,
+        "seq_len": 256,
+        "epochs": 2,
+        "rescale_sequences": 64,
+        "loss": "distill",
+        "rescale_loss": "distill",
+    }
 
 
 @pytest.mark.ranks
 def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 2, "rescale_sequences": 2, "lr": 0.2})
-    flags = ["prune", "--model", str(offline_data["model"]), "--method", "grasprune", "--budget", "0.5",
-             "--method-config", settings, "--calib", str(offline_data["calib"]), "--quiet"]
+    flags = [
+        "prune",
+        "--model",
+        str(offline_data["model"]),
+        "--method",
+        "grasprune",
+        "--budget",
+        "0.5",
+        "--method-config",
+        settings,
+        "--calib",
+        str(offline_data["calib"]),
+        "--quiet",
+    ]
     assert main([*flags, "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the kernels' sums split as in this process
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "pruneframe", *flags, "--out", str(tmp_path / "two")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pruneframe", *flags, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pruned with grasprune") == 1  # rank 0 alone reports and saves
     one, _ = load_pruned(tmp_path / "one")
@@ -182,10 +268,19 @@ def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dic
 
 
 def test_prune_refuses_another_runs_checkpoint_with_exit_2(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
-    settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 1, "rescale_sequences": 2,
-                           "checkpoint_dir": str(tmp_path / "state")})
-    flags = ["prune", "--model", str(offline_data["model"]), "--method", "grasprune", "--method-config", settings,
-             "--calib", str(offline_data["calib"]), "--quiet"]
+    settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 1, "rescale_sequences": 2, "checkpoint_dir": str(tmp_path / "state")})
+    flags = [
+        "prune",
+        "--model",
+        str(offline_data["model"]),
+        "--method",
+        "grasprune",
+        "--method-config",
+        settings,
+        "--calib",
+        str(offline_data["calib"]),
+        "--quiet",
+    ]
     assert main([*flags, "--budget", "0.5", "--out", str(tmp_path / "a")]) == 0
     assert main([*flags, "--budget", "0.6", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

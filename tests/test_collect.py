@@ -7,7 +7,7 @@ import torch
 from tiny import on_ranks, tiny_model, tokens
 
 from pruneframe.architectures import layer_slices as layer_modules
-from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
+from pruneframe.toolkit.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
 
 TARGETS = {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj}
 
@@ -54,10 +54,18 @@ def _statistics(windows: torch.Tensor) -> dict:
     model = tiny_model()
     diag = collect_input_moments(model, windows, DOWN, batch_size=1, progress=False)["down_proj"]
     full = collect_layer_inputs(model, windows, DOWN, SecondMoments.empty, progress=False)["down_proj"]
-    masks = {name: pruneframe.prune(tiny_model(), name, 0.5, calibration=windows, config={"num_windows": 3, "seq_len": 10, "batch_size": 1},
-                                    progress=False).mask for name in ("wanda-sp", "flap")}
-    return {"count": [m.count for m in diag], "total": [m.total for m in diag], "total_sq": [m.total_sq for m in diag],
-            "full_count": [f.count for f in full], "full": [f.total for f in full], "masks": masks}
+    masks = {
+        name: pruneframe.prune(tiny_model(), name, 0.5, calibration=windows, config={"num_windows": 3, "seq_len": 10, "batch_size": 1}, progress=False).mask
+        for name in ("wanda-sp", "flap")
+    }
+    return {
+        "count": [m.count for m in diag],
+        "total": [m.total for m in diag],
+        "total_sq": [m.total_sq for m in diag],
+        "full_count": [f.count for f in full],
+        "full": [f.total for f in full],
+        "masks": masks,
+    }
 
 
 @pytest.mark.ranks
@@ -77,12 +85,12 @@ def test_ranks_share_the_windows_and_merge_to_the_single_process_statistics(tmp_
 @pytest.mark.parametrize("max_elements", [1, 7, 1 << 22])
 def test_column_sums_of_equals_the_whole_weight_reduction(max_elements: int) -> None:
     """Block by block, the column sums are those of the whole float64 weight, each block seeing its own columns."""
-    from pruneframe.collect import column_sums_of
+    from pruneframe.toolkit.collect import column_sums_of
 
     weight = torch.randn(5, 11, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     w = weight.double()
     scale = torch.arange(11, dtype=torch.float64)
-    torch.testing.assert_close(column_sums_of(weight, lambda b, _: b.square(), max_elements=max_elements),
-                               w.square().sum(0), rtol=1e-12, atol=0)
-    torch.testing.assert_close(column_sums_of(weight, lambda b, cols: b.abs() * scale[cols][None, :], max_elements=max_elements),
-                               (w.abs() * scale[None, :]).sum(0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(column_sums_of(weight, lambda b, _: b.square(), max_elements=max_elements), w.square().sum(0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        column_sums_of(weight, lambda b, cols: b.abs() * scale[cols][None, :], max_elements=max_elements), (w.abs() * scale[None, :]).sum(0), rtol=1e-12, atol=0
+    )

@@ -150,9 +150,7 @@ def test_markdown_bolds_only_separated_leaders_and_ranks_match_the_summary(full_
         assert row[ood].startswith("**") == (group["ranks"]["ood"] == 1 and max(peers) > 1)
 
 
-def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rerun_recomputes_nothing_and_resumes_one_deleted_run(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     out = tmp_path / "out"
     settings = compare_settings(workspace, out)
@@ -191,36 +189,48 @@ def parsed_config(argv: list[str]):
 def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog",
-                        lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"])
+    monkeypatch.setattr(
+        importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog", lambda online=None: ["wikitext-2", "moby-dick", "embedded", "c4"]
+    )
     config = parsed_config([]).resolved()
     ppl = config.evaluation["perplexity"]
     assert ppl == {}  # the evaluator's own defaults apply
     from pruneframe.evaluation.perplexity import PerplexityConfig
 
     evaluated = PerplexityConfig.model_validate(ppl)
-    assert [(s.data, s.split) for s in evaluated.sources] == [("wikitext-2", "test"), ("moby-dick", "test"),
-                                                             ("embedded", "test"), ("c4", "test")]
+    assert [(s.data, s.split) for s in evaluated.sources] == [("wikitext-2", "test"), ("moby-dick", "test"), ("embedded", "test"), ("c4", "test")]
     assert (evaluated.seq_len, evaluated.num_windows, evaluated.protocol) == (512, 64, "custom")
 
 
-def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_found(
-    monkeypatch: pytest.MonkeyPatch, workspace: dict[str, Path]
-) -> None:
+def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_found(monkeypatch: pytest.MonkeyPatch, workspace: dict[str, Path]) -> None:
     import pruneframe.harness.config as config_module
     from pruneframe.cli import build_parser
     from pruneframe.cli.prune_settings import prune_config
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
     def no_disk() -> None:
         raise AssertionError("validating settings looked at the data folder")
 
     with monkeypatch.context() as mp:
         mp.setattr(config_module, "data_dir", no_disk)
-        compare = parsed_config(["--model", str(workspace["model"]), "--methods", "random", "--eval-data", str(workspace["eval"]),
-                                 "--seq-len", "32", "--eval-windows", "2", "--zeroshot", "none", "--no-speed"])
-        pruned = prune_config(build_parser().parse_args(["prune", "--method", "magnitude", "--budget", "0.5", "--out", "x",
-                                                         "--recover", "none"]))
+        compare = parsed_config(
+            [
+                "--model",
+                str(workspace["model"]),
+                "--methods",
+                "random",
+                "--eval-data",
+                str(workspace["eval"]),
+                "--seq-len",
+                "32",
+                "--eval-windows",
+                "2",
+                "--zeroshot",
+                "none",
+                "--no-speed",
+            ]
+        )
+        pruned = prune_config(build_parser().parse_args(["prune", "--method", "magnitude", "--budget", "0.5", "--out", "x", "--recover", "none"]))
         assert compare.calibration.data is None and compare.recovery_data.data is None
         assert pruned.calibration.data is None and pruned.recovery_data.data is None
         with pytest.raises(AssertionError, match="looked at the data folder"):
@@ -235,8 +245,7 @@ def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_fo
 
 
 def test_eval_flags_windows_all_sources_and_protocol(tmp_path: Path) -> None:
-    file = write_config(tmp_path / "c.json", {"evaluation": {"perplexity": {"sources": ["embedded", "moby-dick"],
-                                                                            "seq_len": 256, "num_windows": 8}}})
+    file = write_config(tmp_path / "c.json", {"evaluation": {"perplexity": {"sources": ["embedded", "moby-dick"], "seq_len": 256, "num_windows": 8}}})
     config = parsed_config(["--config", str(file), "--eval-windows", "all"])
     assert config.evaluation["perplexity"] == {"sources": ["embedded", "moby-dick"], "seq_len": 256, "num_windows": "all"}
     config = parsed_config(["--config", str(file), "--eval-data", "wikitext-2,embedded"])
@@ -245,13 +254,12 @@ def test_eval_flags_windows_all_sources_and_protocol(tmp_path: Path) -> None:
     config = parsed_config(["--config", str(file), "--protocol", "wikitext2-2048"])
     assert config.evaluation["perplexity"] == {"protocol": "wikitext2-2048"}
     legacy = write_config(tmp_path / "l.json", {"evaluation": {"perplexity": {"data": "embedded", "split": "test"}}})
-    assert parsed_config(["--config", str(legacy), "--eval-data", "moby-dick"]).evaluation["perplexity"] == {
-        "sources": ["moby-dick"]}
+    assert parsed_config(["--config", str(legacy), "--eval-data", "moby-dick"]).evaluation["perplexity"] == {"sources": ["moby-dick"]}
     from pruneframe.harness import InputError
 
     with pytest.raises(InputError, match="protocol 'llm-pruner-128' fixes seq_len = 128"):
         from pruneframe.harness.inputs import build_evaluators
-        from pruneframe.host import PluginHost
+        from pruneframe.pipeline.host import PluginHost
 
         build_evaluators(PluginHost.create(), parsed_config(["--protocol", "llm-pruner-128", "--seq-len", "512"]))
 

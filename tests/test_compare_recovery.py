@@ -12,15 +12,18 @@ import pytest
 from pruneframe.cli import main
 from test_compare import compare_settings, count_prunes, write_config
 
-RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3},
-              {"name": "lora", "tokens": 256, "seq_len": 16, "lr": 1e-2, "lora": {"rank": 2}}]
+RECOVERIES = [{"name": "distill", "tokens": 512, "seq_len": 16, "lr": 3e-3}, {"name": "lora", "tokens": 256, "seq_len": 16, "lr": 1e-2, "lora": {"rank": 2}}]
 
 
 def settings(ws: dict[str, Path], out: Path, recovery: list[Any] | None = None) -> dict[str, Any]:
     base = compare_settings(ws, out)
     base["evaluation"]["speed"] = None
-    return {**base, "methods": {"magnitude": {"norm": "l1"}, "random": {}},
-            "recovery": ["none", *(recovery or RECOVERIES)], "recovery_data": {"data": str(ws["recover"])}}
+    return {
+        **base,
+        "methods": {"magnitude": {"norm": "l1"}, "random": {}},
+        "recovery": ["none", *(recovery or RECOVERIES)],
+        "recovery_data": {"data": str(ws["recover"])},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,7 @@ def test_report_ranks_per_recovery_and_states_the_before_after_tau(recovered_run
         assert min(ranks) == 1 and len(ranks) == 2
 
 
-def test_rerun_recomputes_nothing_and_a_new_recovery_setting_recovers_again(
-    ws: dict[str, Path], recovered_run: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rerun_recomputes_nothing_and_a_new_recovery_setting_recovers_again(ws: dict[str, Path], recovered_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = settings(ws, recovered_run)
     prunes = count_prunes(monkeypatch)
     assert run(ws, config, recovered_run.parent / "again.json") == 0
@@ -90,21 +91,24 @@ def test_rerun_recomputes_nothing_and_a_new_recovery_setting_recovers_again(
     assert rewritten == sorted(f"{m}-{b}-s0+lora-256.json" for m in ("magnitude", "random") for b in ("0.8", "0.5"))
 
 
-def test_recovery_text_overlapping_an_evaluation_source_exits_2(ws: dict[str, Path], tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_recovery_text_overlapping_an_evaluation_source_exits_2(ws: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = {**settings(ws, tmp_path / "out"), "recovery_data": {"data": str(ws["eval"])}}
     assert run(ws, config, tmp_path / "c.json") == 2
     assert f"recovery data {str(ws['eval'])!r} overlaps evaluation source" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recovery, message", [
-    ({"name": "distill", "tokens": 10**7, "seq_len": 16}, "recovery 'distill': recovery tokens 10,000,000"),
-    ({"name": "lora", "lora": {"target_modules": ["nope"]}}, r"target_modules \['nope'\] are not linear layers"),
-    ({"name": "distil"}, "did you mean 'distill'"),
-    ({"tokens": 5}, r"recovery\[1\]"),
-])
-def test_bad_recovery_settings_exit_2_naming_the_field(ws: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       recovery: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    "recovery, message",
+    [
+        ({"name": "distill", "tokens": 10**7, "seq_len": 16}, "recovery 'distill': recovery tokens 10,000,000"),
+        ({"name": "lora", "lora": {"target_modules": ["nope"]}}, r"target_modules \['nope'\] are not linear layers"),
+        ({"name": "distil"}, "did you mean 'distill'"),
+        ({"tokens": 5}, r"recovery\[1\]"),
+    ],
+)
+def test_bad_recovery_settings_exit_2_naming_the_field(
+    ws: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], recovery: dict[str, Any], message: str
+) -> None:
     assert run(ws, settings(ws, tmp_path / "out", [recovery]), tmp_path / "c.json") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

@@ -162,9 +162,7 @@ def test_check_disjoint_rejects_same_source() -> None:
 def test_check_disjoint_catches_a_copied_passage() -> None:
     test = resolve_text("embedded", "test")
     calib = resolve_text("embedded", "calibration")
-    leaked = TextSource(
-        name="leaky", origin="memory", split="calibration", text=calib.text + test.text[:5000], fingerprint="x"
-    )
+    leaked = TextSource(name="leaky", origin="memory", split="calibration", text=calib.text + test.text[:5000], fingerprint="x")
     with pytest.raises(ValueError, match="overlaps calibration"):
         check_disjoint(leaked, test)
 
@@ -284,8 +282,9 @@ def test_shared_moby_dick_halves_are_disjoint(monkeypatch: pytest.MonkeyPatch) -
     check_disjoint(resolve_text("wikitext-2", "calibration"), test)
 
 
-@pytest.mark.parametrize(("name", "domain", "halves"), [("embedded-code", "code", installed.code_halves),
-                                                        ("embedded-papers", "research", installed.paper_halves)])
+@pytest.mark.parametrize(
+    ("name", "domain", "halves"), [("embedded-code", "code", installed.code_halves), ("embedded-papers", "research", installed.paper_halves)]
+)
 def test_installed_corpora_are_split_by_document_disjoint_and_tagged(name: str, domain: str, halves) -> None:
     calib, test = resolve_text(name, "calibration"), resolve_text(name, "test")
     assert (calib.split, test.split, calib.domain, test.domain) == ("calibration", "test", domain, domain)
@@ -314,8 +313,7 @@ def test_embedded_code_reads_the_standard_library_modules_in_name_order() -> Non
 def test_split_halves_drops_test_paragraphs_shared_with_calibration() -> None:
     shared = "a passage quoted by two documents " * 8
     documents = {
-        "big": "\n\n".join(f"unique paragraph {i} of the large document, long enough to matter here" for i in range(40))
-        + "\n\n" + shared,
+        "big": "\n\n".join(f"unique paragraph {i} of the large document, long enough to matter here" for i in range(40)) + "\n\n" + shared,
         "small": "the small document opens with its own words and nothing else\n\n" + shared,
     }
     halves = split_halves(documents)

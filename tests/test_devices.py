@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruneframe import devices
+from pruneframe.util import devices
 from pruneframe.cli import main
-from pruneframe.devices import DeviceUnavailableError, available_devices, checkpoint_dtype, resolve_device, resolve_dtype
+from pruneframe.util.devices import DeviceUnavailableError, available_devices, checkpoint_dtype, resolve_device, resolve_dtype
 from pruneframe.models import load_model
 from tiny import tiny_model, tiny_tokenizer
 
@@ -80,8 +80,7 @@ def test_the_command_line_exits_2_naming_the_devices_there_are(monkeypatch: pyte
     _machine(monkeypatch)
     tiny_model().save_pretrained(tmp_path / "m")
     tiny_tokenizer("t").save_pretrained(tmp_path / "m")
-    for command in (["prune", "--method", "magnitude", "--budget", "0.5", "--out", str(tmp_path / "x")],
-                    ["eval"], ["compare", "--methods", "magnitude"]):
+    for command in (["prune", "--method", "magnitude", "--budget", "0.5", "--out", str(tmp_path / "x")], ["eval"], ["compare", "--methods", "magnitude"]):
         assert main([*command, "--model", str(tmp_path / "m"), "--device", "cuda:1", "--quiet"]) == 2
         err = capsys.readouterr().err
         assert "cuda:1" in err and "this machine has: cpu" in err, err
@@ -89,8 +88,7 @@ def test_the_command_line_exits_2_naming_the_devices_there_are(monkeypatch: pyte
     assert "device" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("given", "canonical"), [("fp32", "float32"), ("bf16", "bfloat16"), ("FP16", "float16"),
-                                                  ("bfloat16", "bfloat16"), ("auto", "auto")])
+@pytest.mark.parametrize(("given", "canonical"), [("fp32", "float32"), ("bf16", "bfloat16"), ("FP16", "float16"), ("bfloat16", "bfloat16"), ("auto", "auto")])
 def test_cli_config_files_and_api_accept_the_same_dtype_names(given: str, canonical: str, tmp_path: Path) -> None:
     from pruneframe.cli import build_parser
     from pruneframe.cli.compare_cmd import compare_config

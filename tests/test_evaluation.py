@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pruneframe._io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from pruneframe.memory import PeakMemory, current_rss_bytes
+from pruneframe.util.io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from pruneframe.toolkit.memory import PeakMemory, current_rss_bytes
 from pruneframe.evaluation import (
     EvalContext,
     NonFiniteError,
@@ -72,8 +72,7 @@ def test_perplexity_matches_hand_computation(model: LlamaForCausalLM) -> None:
     result = perplexity(model, windows, batch_size=2, progress=False)
     assert result.tokens == count and result.windows == 5
     with torch.no_grad():  # each window's own NLL sum, in window order
-        by_hand = [-torch.log_softmax(model(input_ids=row[None]).logits[0, :-1].double(), -1).gather(1, row[1:, None]).sum().item()
-                   for row in windows]
+        by_hand = [-torch.log_softmax(model(input_ids=row[None]).logits[0, :-1].double(), -1).gather(1, row[1:, None]).sum().item() for row in windows]
     assert list(result.window_nll) == pytest.approx(by_hand, rel=1e-5)
     assert result.ppl == pytest.approx(expected, rel=1e-5)
     assert result.mean_nll == pytest.approx(nll_sum / count, rel=1e-5)
@@ -92,9 +91,7 @@ def test_perplexity_rejects_bad_windows(model: LlamaForCausalLM) -> None:
         perplexity(model, torch.zeros(3, 1, dtype=torch.long), progress=False)
 
 
-def test_perplexity_evaluator_stamps_protocol(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
-) -> None:
+def test_perplexity_evaluator_stamps_protocol(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     text = tmp_path / "eval.txt"
     text.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
     evaluator = PerplexityEvaluator({"data": str(text), "seq_len": 16, "num_windows": 4, "batch_size": 3})
@@ -114,16 +111,14 @@ def test_perplexity_evaluator_stamps_protocol(
         PerplexityEvaluator({"seqlen": 16})
 
 
-def test_perplexity_evaluator_measures_every_source_with_its_own_windows(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
-) -> None:
+def test_perplexity_evaluator_measures_every_source_with_its_own_windows(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     first, second = tmp_path / "a" / "first.txt", tmp_path / "second.txt"
     first.write_text("the lazy dog sleeps while the quick brown fox jumps. " * 30)
     second.write_text("a completely different text about rivers, hills and ships at sea. " * 30)
-    evaluator = PerplexityEvaluator({"sources": [str(first), {"data": str(second), "label": "other", "domain": "sea",
-                                                              "num_windows": "all"}],
-                                     "seq_len": 16, "num_windows": 3})
+    evaluator = PerplexityEvaluator(
+        {"sources": [str(first), {"data": str(second), "label": "other", "domain": "sea", "num_windows": "all"}], "seq_len": 16, "num_windows": 3}
+    )
     result = evaluator.evaluate(model, tokenizer, EvalContext(progress=False))
     assert list(result["sources"]) == ["first", "other"]
     windows = token_windows(resolve_text(str(second)), tokenizer, 16)  # every full window
@@ -182,8 +177,15 @@ def test_size_counts_and_widths_read_from_modules(model: LlamaForCausalLM, tmp_p
     prunable = sum(
         p.numel()
         for layer in model.model.layers
-        for mod in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
+        for mod in (
+            layer.self_attn.q_proj,
+            layer.self_attn.k_proj,
+            layer.self_attn.v_proj,
+            layer.self_attn.o_proj,
+            layer.mlp.gate_proj,
+            layer.mlp.up_proj,
+            layer.mlp.down_proj,
+        )
         for p in mod.parameters()
     )
     assert counts["prunable"] == prunable and counts["other"] == counts["total"] - prunable
@@ -251,9 +253,7 @@ def test_parse_dtype() -> None:
         parse_dtype("int8")
 
 
-def test_load_local_folder_and_resolve_kinds(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
-) -> None:
+def test_load_local_folder_and_resolve_kinds(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     folder = tmp_path / "tiny"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -363,7 +363,7 @@ def test_release_unused_memory_hands_freed_heap_back() -> None:
     import ctypes
     import sys
 
-    from pruneframe.memory import current_rss_bytes, release_unused_memory
+    from pruneframe.toolkit.memory import current_rss_bytes, release_unused_memory
 
     if not sys.platform.startswith("linux"):
         assert release_unused_memory() is False
@@ -389,15 +389,14 @@ def test_release_unused_memory_hands_freed_heap_back() -> None:
 def test_a_split_alone_applies_to_the_default_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog",
-                        lambda online=None: ["moby-dick", "embedded"])
+    monkeypatch.setattr(importlib.import_module("pruneframe.evaluation.perplexity"), "eval_source_catalog", lambda online=None: ["moby-dick", "embedded"])
     config = PerplexityEvaluator({"split": "validation"}).config
     assert [(s.data, s.split) for s in config.sources] == [("moby-dick", "validation"), ("embedded", "validation")]
 
 
 _LARGE_BLOCKS_PROBE = """
 import ctypes, sys
-from pruneframe.memory import current_rss_bytes, return_large_blocks
+from pruneframe.toolkit.memory import current_rss_bytes, return_large_blocks
 applied = return_large_blocks() if sys.argv[1] == "on" else None
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -426,8 +425,7 @@ def test_return_large_blocks_keeps_freed_temporaries_out_of_the_resident_set() -
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     kept = {}
     for mode in ("off", "on"):
-        out = subprocess.run([sys.executable, "-c", _LARGE_BLOCKS_PROBE, mode], capture_output=True, text=True,
-                             env=env, check=True).stdout.split()
+        out = subprocess.run([sys.executable, "-c", _LARGE_BLOCKS_PROBE, mode], capture_output=True, text=True, env=env, check=True).stdout.split()
         kept[mode] = int(out[1])
         if mode == "on":
             assert out[0] == "True"

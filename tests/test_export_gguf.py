@@ -20,10 +20,10 @@ from pruneframe.export import ExportRefused, export_gguf, is_pruneframe_gguf, pl
 from pruneframe.export.llamacpp import available
 from pruneframe.export.tensors import rope_pairs
 from pruneframe.export.verify import PROMPTS, verify_gguf
-from pruneframe.fold import fold
-from pruneframe.methods import Recalibration
+from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.methods import Recalibration
 from pruneframe.testing import tiny_model
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.units import UnitKind
 
 needs_llamacpp = pytest.mark.skipif(not available(), reason="needs xllamacpp (pip install 'pruneframe[deploy]')")
 
@@ -37,8 +37,12 @@ def tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False,
+    )
     tok.train_from_iterator(list(PROMPTS) * 4 + ["The quick brown fox jumps over the lazy dog."] * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>")
     fast.chat_template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
@@ -93,8 +97,9 @@ def test_rope_pairs_moves_halves_to_adjacent_pairs() -> None:
 
 
 @needs_llamacpp
-@pytest.mark.parametrize(("family", "arch"), [("llama-gqa", "llama"), ("llama-mha-bias", "llama"), ("mistral", "llama"),
-                                              ("qwen2", "qwen2"), ("qwen3", "qwen3")])
+@pytest.mark.parametrize(
+    ("family", "arch"), [("llama-gqa", "llama"), ("llama-mha-bias", "llama"), ("mistral", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3")]
+)
 def test_dense_family_matches_llamacpp(family: str, arch: str, tokenizer, tmp_path: Path) -> None:
     """Each family's dense model exports as its own llama.cpp architecture and agrees with transformers in f32."""
     model = _model(family, len(tokenizer))
@@ -150,8 +155,7 @@ def test_flap_style_output_biases_are_exact(uneven: bool, tokenizer, tmp_path: P
     units = discover(model)
     hidden, layers = model.config.hidden_size, units.num_layers
     g = torch.Generator().manual_seed(3)
-    rec = Recalibration(mlp_bias=0.1 * torch.randn(layers, hidden, generator=g),
-                        attn_bias=0.1 * torch.randn(layers, hidden, generator=g))
+    rec = Recalibration(mlp_bias=0.1 * torch.randn(layers, hidden, generator=g), attn_bias=0.1 * torch.randn(layers, hidden, generator=g))
     pruned = fold(model, units, _uneven_mask(units) if uneven else _uniform_mask(units), rec)
     result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "flap.gguf")
     assert result.plan.arch == ("deci" if uneven else "llama")
@@ -161,8 +165,7 @@ def test_flap_style_output_biases_are_exact(uneven: bool, tokenizer, tmp_path: P
 @pytest.mark.parametrize("dtype", ["f16", "bf16", "q8_0", "q4_0"])
 def test_reduced_precision_within_tolerance(dtype: str, tokenizer, tmp_path: Path) -> None:
     """f16, bf16, q8_0 and q4_0 files of an uneven model agree within their documented tolerances."""
-    model = _model("llama-gqa", len(tokenizer), hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                   intermediate_size=96)
+    model = _model("llama-gqa", len(tokenizer), hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96)
     units = discover(model)
     pruned = fold(model, units, _uneven_mask(units))
     result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{dtype}.gguf", dtype=dtype)
@@ -192,8 +195,9 @@ def test_unknown_pre_tokenizer_is_refused(tokenizer, tmp_path: Path) -> None:
     from tokenizers import pre_tokenizers
 
     odd = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str()))
-    odd.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                                   pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    odd.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     with pytest.raises(ExportRefused, match="pre-tokenizer"):
         export_gguf(_model("llama-gqa", len(tokenizer)), tmp_path / "t.gguf", tokenizer=odd)
 
@@ -276,7 +280,7 @@ def test_cli_exports_and_verifies_a_checkpoint(tokenizer, tmp_path: Path, capsys
 def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
     """The registered ``llamacpp-speed`` evaluator times a pruned model beside its dense model (shape of the result)."""
     from pruneframe.evaluation.base import EvalContext
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
     dense = _model("llama-gqa", len(tokenizer))
     units = discover(dense)

@@ -34,30 +34,39 @@ def nll(base: dict[str, np.ndarray], shift: float, seed: int) -> dict[str, np.nd
 
 def speed_block(prefill: float, decode: float, width: float, ideal: float) -> dict[str, Any]:
     spread = {"min": 0.0, "q25": 0.0, "median": 0.0, "q75": 0.0, "max": 0.0, "iqr_rel": width}
-    return {"measured_speedup": {"prefill": prefill, "decode": decode}, "ideal_speedup": ideal,
-            "speedup_spread": {"prefill": spread, "decode": {**spread, "iqr_rel": width / 2}}}
+    return {
+        "measured_speedup": {"prefill": prefill, "decode": decode},
+        "ideal_speedup": ideal,
+        "speedup_spread": {"prefill": spread, "decode": {**spread, "iqr_rel": width / 2}},
+    }
 
 
 def llamacpp_block(prefill: float, decode: float) -> dict[str, Any]:
-    return {"measured_speedup": {"prefill_64": prefill, "prefill_128": prefill * 1.1, "decode": decode},
-            "ideal_speedup": {"prefill": 1.3, "decode": 1.4}, "protocol": {"prefill_lens": [64, 128]}}
+    return {
+        "measured_speedup": {"prefill_64": prefill, "prefill_128": prefill * 1.1, "decode": decode},
+        "ideal_speedup": {"prefill": 1.3, "decode": 1.4},
+        "protocol": {"prefill_lens": [64, 128]},
+    }
 
 
-def make_record(method: str, budget: str, seed: int, shift: float, dense_nll: dict[str, np.ndarray],
-                items: list[int], speed: float, recovery: str = "none") -> dict[str, Any]:
+def make_record(
+    method: str, budget: str, seed: int, shift: float, dense_nll: dict[str, np.ndarray], items: list[int], speed: float, recovery: str = "none"
+) -> dict[str, Any]:
     """A run record as the runner stores it: perplexity, zero-shot items, both speed evaluators, the prune report."""
     run_id = f"{method}-{budget.split()[-1]}-s{seed}" + ("" if recovery == "none" else f"+{recovery.replace(' ', '-')}")
     ci = proportion_interval(items)
     ev = {
         "perplexity": ppl_block(nll(dense_nll, shift, seed + 10 * len(method))),
-        "zeroshot": {"tasks": {"mc": {"acc": float(np.mean(items)), "acc_stderr": ci["se"], "acc_ci": [ci["low"], ci["high"]],
-                                      "items": {"acc": items}}}},
+        "zeroshot": {"tasks": {"mc": {"acc": float(np.mean(items)), "acc_stderr": ci["se"], "acc_ci": [ci["low"], ci["high"]], "items": {"acc": items}}}},
         "speed": speed_block(speed, speed * 0.8, 0.04, 1.25),
         "llamacpp-speed": llamacpp_block(speed * 1.05, speed * 0.9 + 0.01 * seed),
     }
     kept = BUDGETS[budget]
     record: dict[str, Any] = {
-        "run_id": run_id, "kind": "pruned" if recovery == "none" else "recovered", "status": "ok", "eval": ev,
+        "run_id": run_id,
+        "kind": "pruned" if recovery == "none" else "recovered",
+        "status": "ok",
+        "eval": ev,
         "protocol": {"method": {"name": method}, "budget": {"label": budget}, "seed": seed},
         "prune": {**PRUNE_REPORT, "kept_params": kept, "kept_fraction_of_total": kept / DENSE_PARAMS},
     }
@@ -81,30 +90,32 @@ def build_comparison() -> dict[str, Any]:
     every run also recovered with ``distill 512``."""
     rng = np.random.default_rng(0)
     dense_nll = {label: rng.uniform(60, 120, size=WINDOWS) for label in DOMAINS}
-    dense = {"run_id": "dense", "kind": "dense", "status": "ok",
-             "eval": {"perplexity": ppl_block(dense_nll),
-                      "zeroshot": {"tasks": {"mc": {"acc": 0.7, "acc_stderr": 0.1, "items": {"acc": items(14)}}}},
-                      "speed": {"model": {"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 50.0},
-                                "protocol": {"repeats": 3, "statistic": "min"}}}}
+    dense = {
+        "run_id": "dense",
+        "kind": "dense",
+        "status": "ok",
+        "eval": {
+            "perplexity": ppl_block(dense_nll),
+            "zeroshot": {"tasks": {"mc": {"acc": 0.7, "acc_stderr": 0.1, "items": {"acc": items(14)}}}},
+            "speed": {"model": {"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 50.0}, "protocol": {"repeats": 3, "statistic": "min"}},
+        },
+    }
     runs = []
     for b, budget in enumerate(BUDGETS):
         for recovery, gain in (("none", 1.0), ("distill 512", 0.5)):
             runs.append(make_record("steady", budget, 0, (10 + 20 * b) * gain, dense_nll, items(12 - b), 1.2 + 0.3 * b, recovery))
             for seed, shift in ((0, 4.0), (1, 120.0)):
-                runs.append(make_record("noisy", budget, seed, (shift + 20 * b) * gain, dense_nll, items(9 + seed), 1.1 + 0.3 * b,
-                                        recovery))
+                runs.append(make_record("noisy", budget, seed, (shift + 20 * b) * gain, dense_nll, items(9 + seed), 1.1 + 0.3 * b, recovery))
     meta = {
         "model": {"spec": "tiny"},
         "config": {"dtype": "float32", "budget_kind": "prunable", "budgets": [{"kind": "prunable", "keep": k} for k in (0.8, 0.5)]},
-        "units": {"total_params": DENSE_PARAMS, "prunable_params": 100}, "budgets": {"0.8": 80, "0.5": 50},
-        "calibration": {"name": "wiki", "origin": "test", "split": "train", "domain": "wikitext-2", "tokens": 1000,
-                        "fingerprint": "f"},
-        "evaluation": {"perplexity": {"config": {"protocol": "custom", "seq_len": 32}},
-                       "zeroshot": {"config": {"tasks": ["mc"], "limit": ITEMS}}},
+        "units": {"total_params": DENSE_PARAMS, "prunable_params": 100},
+        "budgets": {"0.8": 80, "0.5": 50},
+        "calibration": {"name": "wiki", "origin": "test", "split": "train", "domain": "wikitext-2", "tokens": 1000, "fingerprint": "f"},
+        "evaluation": {"perplexity": {"config": {"protocol": "custom", "seq_len": 32}}, "zeroshot": {"config": {"tasks": ["mc"], "limit": ITEMS}}},
     }
     summary = summarise(dense, runs, "wikitext-2")
-    return {"dense": dense, "runs": runs, "meta": meta, "summary": summary,
-            "md": markdown(rows(dense, runs, DENSE_PARAMS, summary), meta, dense, summary)}
+    return {"dense": dense, "runs": runs, "meta": meta, "summary": summary, "md": markdown(rows(dense, runs, DENSE_PARAMS, summary), meta, dense, summary)}
 
 
 def table_cell(md: str, header: str, method: str, budget: str, recovery: str = "none") -> str:
@@ -121,8 +132,7 @@ def table_cell(md: str, header: str, method: str, budget: str, recovery: str = "
 def test_the_plotted_perplexity_is_the_tables_geometric_mean_not_the_arithmetic(comparison: dict[str, Any]) -> None:
     summary, md = comparison["summary"], comparison["md"]
     point = next(p for p in quality_points(summary, "ood")["noisy"] if p.budget == "keep 0.8")
-    seeds = [summary.per_run[r["run_id"]]["ood"].value() for r in comparison["runs"]
-             if r["run_id"] in ("noisy-0.8-s0", "noisy-0.8-s1")]
+    seeds = [summary.per_run[r["run_id"]]["ood"].value() for r in comparison["runs"] if r["run_id"] in ("noisy-0.8-s0", "noisy-0.8-s1")]
     assert point.y == pytest.approx(math.sqrt(seeds[0] * seeds[1]), rel=1e-12)
     assert abs(point.y - (seeds[0] + seeds[1]) / 2) > 0.2 * point.y  # the two means really differ here
     # the table's cell, as printed: value, 95% interval and seed range
@@ -173,8 +183,7 @@ def test_recovered_groups_are_their_own_series_joined_to_their_unrecovered_point
     points = quality_points(comparison["summary"], "ood")
     assert set(points) == {"steady", "noisy", "steady (distill 512)", "noisy (distill 512)"}
     pairs = recovery_pairs(p for pts in points.values() for p in pts)
-    assert sorted((a.method, a.budget, b.recovery) for a, b in pairs) == sorted(
-        (m, b, "distill 512") for m in ("steady", "noisy") for b in BUDGETS)
+    assert sorted((a.method, a.budget, b.recovery) for a, b in pairs) == sorted((m, b, "distill 512") for m in ("steady", "noisy") for b in BUDGETS)
     for before, after in pairs:
         assert before.recovery == "none" and after.y < before.y  # recovery helped, by construction
 
@@ -223,8 +232,8 @@ def test_report_command_writes_figures_only_with_a_suffix(stored: Path, tmp_path
     (docs / "results.md").write_text("hand-written")
     assert main(["report", str(stored), "--figures-only", "--out", str(docs), "--suffix", "_tiny"]) == 0
     assert sorted(p.name for p in docs.iterdir()) == sorted(
-        ["results.md", "ppl_vs_params_tiny.png", "acc_vs_params_tiny.png", "quality_vs_speed_keep-0.8_tiny.png",
-         "quality_vs_speed_keep-0.5_tiny.png"])
+        ["results.md", "ppl_vs_params_tiny.png", "acc_vs_params_tiny.png", "quality_vs_speed_keep-0.8_tiny.png", "quality_vs_speed_keep-0.5_tiny.png"]
+    )
     assert (docs / "results.md").read_text() == "hand-written"
 
 

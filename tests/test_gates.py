@@ -7,8 +7,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from pruneframe.architectures import discover
-from pruneframe.gates import UnitGates
-from pruneframe.units import UnitKind
+from pruneframe.toolkit.gates import UnitGates
+from pruneframe.pipeline.units import UnitKind
 from tiny import FAMILIES, tiny_model, tokens
 
 
@@ -82,7 +82,7 @@ def test_fused_glu_equals_hooks_bit_for_bit(family: str) -> None:
     ids = tokens(2, 12)
     g = torch.Generator().manual_seed(5)
     z0 = torch.rand(len(units), generator=g)
-    z0[:: 3] = 0.0  # hard zeros as in a mask
+    z0[::3] = 0.0  # hard zeros as in a mask
     scale0 = 1 + 0.1 * torch.randn(units.num_layers, model.config.hidden_size, generator=g)
     results = []
     glu = [ls.glu is not None for ls in units.layer_slices(model)]

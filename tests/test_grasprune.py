@@ -9,11 +9,11 @@ import torch
 from tiny import FAMILIES, tiny_model, tokens
 
 import pruneframe
-from pruneframe.budget import check_meets_budget
+from pruneframe.pipeline.budget import check_meets_budget
 from pruneframe.checkpoint import load_pruned
-from pruneframe.gates import gated
-from pruneframe.host import PluginHost
-from pruneframe.hookspecs import hookimpl
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe_grasprune.plugin import normalised_ranks
 
 FAST = dict(num_sequences=4, seq_len=12, epochs=2, rescale_sequences=2, lr=0.2)
@@ -133,8 +133,7 @@ def test_backbone_dtype_follows_the_model_unless_named() -> None:
     assert result.scores.dtype is torch.float32 and result.recalibration.scales.dtype is torch.float32
     assert next(result.model.parameters()).dtype is torch.bfloat16
     with pytest.raises(ValueError, match="dtype=float32 but the model is bfloat16"):
-        pruneframe.prune(tiny_model().to(torch.bfloat16), "grasprune", 0.5, calibration=tokens(6, 12),
-                         config={**FAST, "dtype": "float32"}, progress=False)
+        pruneframe.prune(tiny_model().to(torch.bfloat16), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "dtype": "float32"}, progress=False)
 
 
 def test_config_is_typed() -> None:
@@ -191,8 +190,7 @@ def test_output_scales_are_learned_and_fold_exactly() -> None:
 def test_precomputed_scores_skip_gate_training_and_keep_the_mask() -> None:
     model = tiny_model("llama-gqa")
     first = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config=FAST, progress=False)
-    again = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "rescale_outputs": True},
-                             scores=first.scores, progress=False)
+    again = pruneframe.prune(model, "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "rescale_outputs": True}, scores=first.scores, progress=False)
     assert torch.equal(again.mask, first.mask)
     stats = again.report.method_stats
     assert "gates" not in stats and stats["scores"] == "precomputed" and "rescale" in stats
@@ -219,7 +217,7 @@ def test_training_loss_is_the_plain_causal_lm_loss_and_attention_is_restored() -
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen3"])
 def test_distillation_loss_is_kl_from_the_ungated_model(family: str) -> None:
     from pruneframe.architectures import discover
-    from pruneframe.gates import UnitGates
+    from pruneframe.toolkit.gates import UnitGates
     from pruneframe_grasprune.training import DenseTeacher, distillation_loss, frozen
 
     model = tiny_model(family)
@@ -240,8 +238,10 @@ def test_distillation_loss_is_kl_from_the_ungated_model(family: str) -> None:
         gates.set(torch.ones(len(units)))
         zero = distillation_loss(model, ids[rows], teacher[rows])
     want = torch.nn.functional.kl_div(
-        torch.log_softmax(student, -1).flatten(0, 1), torch.log_softmax(dense[rows], -1).flatten(0, 1),
-        log_target=True, reduction="batchmean",
+        torch.log_softmax(student, -1).flatten(0, 1),
+        torch.log_softmax(dense[rows], -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
     )
     torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-4)
     assert float(zero) == pytest.approx(0.0, abs=1e-5)
@@ -278,13 +278,12 @@ def test_init_from_another_method_starts_the_gates_at_its_ranks() -> None:
     assert torch.equal(first, want)
     assert "random" in result.report.method_stats["scored_with"]
 
-    uniform = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**cfg, "init_scope": "uniform"},
-                               host=host, progress=False)
+    uniform = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**cfg, "init_scope": "uniform"}, host=host, progress=False)
     units, first = uniform.units, spy.calls[-(FAST["epochs"] * FAST["num_sequences"] + 1)][0]
     p0 = torch.sigmoid(2.0 * (normalised_ranks(prior, units.groups) - 0.5) / 1.5)
     want = host.project(p0, units, uniform.report.budget_prunable_params, units.default_minimum(), "rank", "global")
     assert torch.equal(first, want)
-    from pruneframe.host import UnknownNameError
+    from pruneframe.pipeline.host import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="unknown method 'nope'"):
         pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, "init_from": "nope"}, progress=False)

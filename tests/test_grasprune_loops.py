@@ -10,16 +10,15 @@ from tiny import on_ranks, tiny_model, tokens
 
 import pruneframe
 import pruneframe_grasprune.training as training
-from pruneframe.distributed import all_reduce_sum_, shard_rows, shard_weight, world
-from pruneframe.resume import StaleCheckpointError
+from pruneframe.toolkit.distributed import all_reduce_sum_, shard_rows, shard_weight, world
+from pruneframe.toolkit.resume import StaleCheckpointError
 
 FAST = dict(num_sequences=4, seq_len=12, epochs=2, rescale_sequences=2, lr=0.2)
 GATE_STEPS = FAST["epochs"] * FAST["num_sequences"]
 
 
 def _prune(config: dict, **kwargs) -> pruneframe.PruneResult:
-    return pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, **config},
-                            progress=False, **kwargs)
+    return pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, **config}, progress=False, **kwargs)
 
 
 def _same(a: pruneframe.PruneResult, b: pruneframe.PruneResult) -> None:
@@ -51,9 +50,11 @@ def _count_losses(monkeypatch, stop_at: int | None = None) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize(("stop_at", "extra"), [(GATE_STEPS // 2 + 1, {}), (GATE_STEPS + 2, {"rescale_outputs": True}),
-                                                (3, {"optimizer": "block-adam"})],
-                         ids=["in-gates", "in-scales", "block-adam"])
+@pytest.mark.parametrize(
+    ("stop_at", "extra"),
+    [(GATE_STEPS // 2 + 1, {}), (GATE_STEPS + 2, {"rescale_outputs": True}), (3, {"optimizer": "block-adam"})],
+    ids=["in-gates", "in-scales", "block-adam"],
+)
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, stop_at: int, extra: dict) -> None:
     reference = _prune(extra)
     config = {**extra, "checkpoint_dir": str(tmp_path), "checkpoint_every": 1}
@@ -83,8 +84,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path) -> None:
     with pytest.raises(StaleCheckpointError, match=r"grasprune-gates\.pt.*different run.*config"):
         _prune({"checkpoint_dir": str(tmp_path), "lr": 0.1})
     with pytest.raises(StaleCheckpointError, match=r"different run.*windows"):
-        pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12, seed=5),
-                         config={**FAST, "checkpoint_dir": str(tmp_path)}, progress=False)
+        pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12, seed=5), config={**FAST, "checkpoint_dir": str(tmp_path)}, progress=False)
 
 
 def _grasprune_on_rank(config: dict) -> dict:
@@ -99,9 +99,15 @@ def _grasprune_on_rank(config: dict) -> dict:
     training.causal_lm_loss = loss
     result = _prune(config)
     stats = result.report.method_stats
-    return {"scores": result.scores, "mask": result.mask, "scales": result.recalibration.scales,
-            "kept": stats["gates"]["kept_cost_per_step"], "budget": result.report.budget_prunable_params,
-            "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]], "rows": rows}
+    return {
+        "scores": result.scores,
+        "mask": result.mask,
+        "scales": result.recalibration.scales,
+        "kept": stats["gates"]["kept_cost_per_step"],
+        "budget": result.report.budget_prunable_params,
+        "losses": [stats["gates"]["first_loss"], stats["gates"]["last_loss"]],
+        "rows": rows,
+    }
 
 
 @pytest.mark.ranks
@@ -129,8 +135,7 @@ def test_two_ranks_compute_the_single_process_result(tmp_path, batch_size: int) 
         torch.testing.assert_close(got["scores"], single.scores, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got["scales"], single.recalibration.scales, rtol=1e-4, atol=1e-6)
     stats = single.report.method_stats["gates"]
-    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor([stats["first_loss"], stats["last_loss"]]),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor([stats["first_loss"], stats["last_loss"]]), rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=100, deadline=None)

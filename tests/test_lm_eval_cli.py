@@ -37,9 +37,20 @@ def test_lm_eval_cli_scores_a_pruned_folder(tmp_path: Path) -> None:
     out = tmp_path / "results"
     command = [
         str(Path(sys.executable).with_name("lm_eval")),  # the console script pip installs with lm-eval
-        "--model", "hf", "--model_args", f"pretrained={folder},trust_remote_code=True,dtype=float32",
-        "--tasks", config["task"], "--include_path", str(tasks), "--device", "cpu", "--batch_size", "2",
-        "--output_path", str(out),
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={folder},trust_remote_code=True,dtype=float32",
+        "--tasks",
+        config["task"],
+        "--include_path",
+        str(tasks),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "2",
+        "--output_path",
+        str(out),
     ]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

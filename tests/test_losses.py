@@ -6,21 +6,21 @@ import pytest
 import torch
 from tiny import tiny_model, tokens
 
-from pruneframe.losses import linear_cross_entropy
+from pruneframe.toolkit.losses import linear_cross_entropy
 from pruneframe.testing import FAMILIES
 
 
 @pytest.fixture(params=[None, 4], ids=["one-matmul", "vocab-blocks"])
 def vocab_block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a test with the logits in one matmul and in vocabulary slices of 4 rows (the last one short)."""
-    import pruneframe.losses
+    import pruneframe.toolkit.losses
 
     if request.param is not None:
-        monkeypatch.setattr(pruneframe.losses, "_VOCAB_BLOCK", request.param)
+        monkeypatch.setattr(pruneframe.toolkit.losses, "_VOCAB_BLOCK", request.param)
 
 
 def test_logits_in_vocabulary_blocks_equal_one_matmul() -> None:
-    from pruneframe.losses import _VOCAB_BLOCK, _logits
+    from pruneframe.toolkit.losses import _VOCAB_BLOCK, _logits
 
     g = torch.Generator().manual_seed(2)
     hidden = torch.randn(9, 16, generator=g)
@@ -54,8 +54,8 @@ def test_linear_cross_entropy_rejects_trainable_weight_and_bad_shapes() -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family: str) -> None:
     from pruneframe.architectures import discover
-    from pruneframe.gates import UnitGates
-    from pruneframe.losses import causal_lm_loss
+    from pruneframe.toolkit.gates import UnitGates
+    from pruneframe.toolkit.losses import causal_lm_loss
     from pruneframe_grasprune.training import frozen
 
     model = tiny_model(family)
@@ -79,7 +79,7 @@ def test_causal_lm_loss_on_frozen_model_matches_hf_loss_and_gate_gradient(family
 @pytest.mark.usefixtures("vocab_block")
 @pytest.mark.parametrize("chunk", [None, 1, 4, 64])
 def test_linear_kl_divergence_matches_kl_div(chunk: int | None) -> None:
-    from pruneframe.losses import linear_kl_divergence
+    from pruneframe.toolkit.losses import linear_kl_divergence
 
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(11, 6, generator=g, dtype=torch.float64, requires_grad=True)
@@ -99,7 +99,7 @@ def test_linear_kl_divergence_matches_kl_div(chunk: int | None) -> None:
 
 
 def test_causal_lm_loss_leaves_soft_capped_logits_to_the_model() -> None:
-    from pruneframe.losses import causal_lm_loss, lean_head
+    from pruneframe.toolkit.losses import causal_lm_loss, lean_head
 
     model = tiny_model("gemma3", final_logit_softcapping=5.0)
     for p in model.parameters():

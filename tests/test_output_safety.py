@@ -20,19 +20,53 @@ def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 
 def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str]:
-    return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]),
-            "--out", str(out), "--quiet"]
+    return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]
 
 
 def compare_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return ["compare", "--model", str(ws["model"]), "--methods", "random", "--budgets", "0.5", "--calib", str(ws["calib"]),
-            "--eval-data", str(ws["eval"]), "--seq-len", "32", "--eval-windows", "2", "--zeroshot", "none", "--no-speed",
-            "--out", str(out), "--quiet"]
+    return [
+        "compare",
+        "--model",
+        str(ws["model"]),
+        "--methods",
+        "random",
+        "--budgets",
+        "0.5",
+        "--calib",
+        str(ws["calib"]),
+        "--eval-data",
+        str(ws["eval"]),
+        "--seq-len",
+        "32",
+        "--eval-windows",
+        "2",
+        "--zeroshot",
+        "none",
+        "--no-speed",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def eval_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return ["eval", "--model", str(ws["model"]), "--eval-data", str(ws["eval"]), "--seq-len", "32", "--eval-windows", "2",
-            "--zeroshot", "none", "--no-speed", "--out", str(out), "--quiet"]
+    return [
+        "eval",
+        "--model",
+        str(ws["model"]),
+        "--eval-data",
+        str(ws["eval"]),
+        "--seq-len",
+        "32",
+        "--eval-windows",
+        "2",
+        "--zeroshot",
+        "none",
+        "--no-speed",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def users_folder(path: Path) -> Path:

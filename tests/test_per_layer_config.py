@@ -13,8 +13,8 @@ from pruneframe.architectures import adapter_for, discover
 from pruneframe.architectures.llama import LlamaAdapter
 from pruneframe.checkpoint import _checkpoint_config, load_pruned, save
 from pruneframe.checkpoint.modeling_pruneframe import apply_layer_shapes
-from pruneframe.fold import fold
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.units import UnitKind
 from tiny import FAMILIES, tiny_model, tokens
 
 
@@ -72,8 +72,10 @@ class HeteroLlamaForCausalLM(LlamaForCausalLM):
             config.allow_global_per_layer_attribute_access = True
         super().__init__(config)
         if heterogeneous:
-            shapes = [{"intermediate_size": c.intermediate_size, "num_attention_heads": c.num_attention_heads,
-                       "num_key_value_heads": c.num_key_value_heads} for c in config.per_layer_config]
+            shapes = [
+                {"intermediate_size": c.intermediate_size, "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads}
+                for c in config.per_layer_config
+            ]
             apply_layer_shapes(self, shapes)
             config.allow_global_per_layer_attribute_access = False
 

@@ -11,10 +11,10 @@ import torch
 import pruneframe
 from pruneframe.checkpoint import read_report
 from pruneframe.cli import main
-from pruneframe.host import PluginHost, UnknownNameError
-from pruneframe.pipeline import PipelineMethod, method_code_digest
+from pruneframe.pipeline.host import PluginHost, UnknownNameError
+from pruneframe.pipeline.recalibration import PipelineMethod, method_code_digest
 from pruneframe.testing import tiny_model, tokens
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.units import UnitKind
 from pruneframe_baselines.flap import BiasCompensation
 from pruneframe_baselines.llm_pruner import LLMPruner
 from test_compare import compare_settings, write_config
@@ -49,8 +49,10 @@ def test_a_pipeline_is_the_scorers_score_and_the_recalibrations_recalibrate(host
 def _hand_bias(model: torch.nn.Module, mask: torch.Tensor, units) -> torch.Tensor:
     """FLAP's MLP compensation by hand: W_down[:, removed] @ mean(down_proj input)[removed], per layer."""
     inputs: list[list[torch.Tensor]] = [[] for _ in model.model.layers]
-    hooks = [layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: inputs[i].append(a[0].reshape(-1, a[0].shape[-1])))
-             for i, layer in enumerate(model.model.layers)]
+    hooks = [
+        layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: inputs[i].append(a[0].reshape(-1, a[0].shape[-1])))
+        for i, layer in enumerate(model.model.layers)
+    ]
     windows = CALIB.reshape(-1)[: BIAS["num_windows"] * BIAS["seq_len"]].view(BIAS["num_windows"], BIAS["seq_len"])
     with torch.no_grad():
         model(windows)
@@ -80,8 +82,7 @@ def test_one_recalibration_is_reused_unchanged_across_two_scorers(host: PluginHo
         assert result.report.method == f"{scorer}+bias"
         assert result.report.pipeline == {"scorer": scorer, "recalibration": "bias"}
         assert result.report.stages["score"].plugin == scorer
-        assert (result.report.stages["recalibrate"].plugin, result.report.stages["recalibrate"].package) == \
-            ("flap", "pruneframe_baselines")
+        assert (result.report.stages["recalibrate"].plugin, result.report.stages["recalibrate"].package) == ("flap", "pruneframe_baselines")
         assert result.report.config["recalibration"] == BIAS | {"offload": "none", "compute_device": None}
 
 
@@ -89,8 +90,7 @@ def test_flap_plus_bias_is_flap_and_flap_plus_none_is_flap_without_compensation(
     model = tiny_model("llama-gqa")
     flap = {"num_windows": 4, "seq_len": 16, "batch_size": 2}
     own = pruneframe.prune(model, method="flap", budget=0.5, calibration=CALIB, config=flap, progress=False, host=host)
-    piped = pruneframe.prune(model, method="flap+bias", budget=0.5, calibration=CALIB,
-                             config={**flap, "recalibration": BIAS}, progress=False, host=host)
+    piped = pruneframe.prune(model, method="flap+bias", budget=0.5, calibration=CALIB, config={**flap, "recalibration": BIAS}, progress=False, host=host)
     bare = pruneframe.prune(model, method="flap+none", budget=0.5, calibration=CALIB, config=flap, progress=False, host=host)
     assert torch.equal(own.mask, piped.mask) and torch.equal(own.mask, bare.mask)
     for name, value in own.model.state_dict().items():
@@ -103,15 +103,14 @@ def test_grasprune_plus_scales_recalibrates_as_grasprune_does(host: PluginHost) 
     model = tiny_model("llama-gqa")
     stage_a = {"num_sequences": 4, "seq_len": 16, "epochs": 1, "attn_implementation": "eager"}
     scales = {"num_sequences": 4, "offset_sequences": 4, "seq_len": 16, "attn_implementation": "eager"}
-    own = pruneframe.prune(model, method="grasprune", budget=0.5, calibration=CALIB, config=stage_a, progress=False,
-                           host=host)
-    piped = pruneframe.prune(model, method="grasprune+scales", budget=0.5, calibration=CALIB,
-                             config={**stage_a, "recalibration": scales}, progress=False, host=host)
+    own = pruneframe.prune(model, method="grasprune", budget=0.5, calibration=CALIB, config=stage_a, progress=False, host=host)
+    piped = pruneframe.prune(
+        model, method="grasprune+scales", budget=0.5, calibration=CALIB, config={**stage_a, "recalibration": scales}, progress=False, host=host
+    )
     assert torch.equal(own.mask, piped.mask)
     torch.testing.assert_close(piped.recalibration.scales, own.recalibration.scales, atol=0, rtol=0)
     assert not torch.equal(own.recalibration.scales, torch.ones_like(own.recalibration.scales))
-    other = pruneframe.prune(model, method="magnitude+scales", budget=0.5, calibration=CALIB,
-                             config={"recalibration": scales}, progress=False, host=host)
+    other = pruneframe.prune(model, method="magnitude+scales", budget=0.5, calibration=CALIB, config={"recalibration": scales}, progress=False, host=host)
     assert other.report.stages["recalibrate"].package == "pruneframe_grasprune" and other.recalibration.scales is not None
 
 
@@ -129,15 +128,32 @@ def test_cli_prune_and_compare_take_pipelines(tmp_path: Path, monkeypatch: pytes
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(ws["data_dir"]))
     ckpt = tmp_path / "ckpt"
-    assert main(["prune", "--model", str(ws["model"]), "--method", "magnitude+bias", "--budget", "0.5",
-                 "--method-config", json.dumps({"recalibration": BIAS}), "--calib", str(ws["calib"]), "--out", str(ckpt),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(ws["model"]),
+                "--method",
+                "magnitude+bias",
+                "--budget",
+                "0.5",
+                "--method-config",
+                json.dumps({"recalibration": BIAS}),
+                "--calib",
+                str(ws["calib"]),
+                "--out",
+                str(ckpt),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = read_report(ckpt)
     assert report.method == "magnitude+bias" and report.pipeline == {"scorer": "magnitude", "recalibration": "bias"}
     assert report.config["recalibration"]["num_windows"] == 4 and report.stages["recalibrate"].plugin == "flap"
     out = tmp_path / "out"
-    settings = {**compare_settings(ws, out), "methods": {"magnitude": {}, "magnitude+bias": {"recalibration": BIAS}},
-                "budgets": [0.5]}
+    settings = {**compare_settings(ws, out), "methods": {"magnitude": {}, "magnitude+bias": {"recalibration": BIAS}}, "budgets": [0.5]}
     settings["evaluation"] = {**settings["evaluation"], "speed": None}
     assert main(["compare", "--config", str(write_config(tmp_path / "c.json", settings)), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())

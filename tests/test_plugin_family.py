@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, OlmoForCausalLM
 import pruneframe
 from pruneframe.architectures import builtin_adapters
 from pruneframe.checkpoint import MODELING_FILE, load_pruned, save
-from pruneframe.host import DISABLE_AUTOLOAD_ENV, PLUGINS_ENV, PluginHost
+from pruneframe.pipeline.host import DISABLE_AUTOLOAD_ENV, PLUGINS_ENV, PluginHost
 from pruneframe.testing import check_method, tiny_families, tiny_model, tokens
 
 PLUGIN_DIR = Path(__file__).with_name("family_plugin")
@@ -82,9 +82,7 @@ def test_a_plugin_family_gets_the_same_method_checks_as_the_built_in_ones(olmo_p
     check_method("magnitude", "olmo", tmp_path)
 
 
-def test_a_checkpoint_of_an_unregistered_family_is_refused_until_its_plugin_is_there(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_checkpoint_of_an_unregistered_family_is_refused_until_its_plugin_is_there(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     plugin = _import_plugin(monkeypatch)  # importable, but not installed as an entry point
     host = PluginHost.create(plugins=[plugin])
     model = tiny_model("olmo", host=host)

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import pruneframe
-import pruneframe.host as host_module
+import pruneframe.pipeline.host as host_module
 from pruneframe.architectures.llama import LlamaAdapter
-from pruneframe.calibration import InsufficientCalibrationError
+from pruneframe.pipeline.calibration import InsufficientCalibrationError
 from pruneframe.checkpoint import load_pruned
 from pruneframe.cli import main
-from pruneframe.fold import fold
-from pruneframe.hookspecs import hookimpl
-from pruneframe.host import PluginError, PluginHost
-from pruneframe.methods import PruningMethod
+from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.host import PluginError, PluginHost
+from pruneframe.pipeline.methods import PruningMethod
 from tiny import tiny_model, tokens
 
 
@@ -49,13 +49,16 @@ def boom(*args):
     raise RuntimeError("boom")
 
 
-@pytest.mark.parametrize("score,message", [
-    (boom, "plugin 'faulty-plugin' failed in scoring with method 'faulty': RuntimeError: boom"),
-    (lambda context: [1.0] * len(context.units), "plugin 'faulty-plugin': method 'faulty' returned scores of shape list"),
-    (lambda context: torch.ones(len(context.units), 2), r"method 'faulty' returned scores of shape \(126, 2\), expected \(126,\)"),
-    (lambda context: torch.full((len(context.units),), float("nan")), "plugin 'faulty-plugin': method 'faulty' returned NaN scores"),
-    (lambda context: torch.ones(len(context.units), dtype=torch.complex64), "returned scores of dtype torch.complex64"),
-])
+@pytest.mark.parametrize(
+    "score,message",
+    [
+        (boom, "plugin 'faulty-plugin' failed in scoring with method 'faulty': RuntimeError: boom"),
+        (lambda context: [1.0] * len(context.units), "plugin 'faulty-plugin': method 'faulty' returned scores of shape list"),
+        (lambda context: torch.ones(len(context.units), 2), r"method 'faulty' returned scores of shape \(126, 2\), expected \(126,\)"),
+        (lambda context: torch.full((len(context.units),), float("nan")), "plugin 'faulty-plugin': method 'faulty' returned NaN scores"),
+        (lambda context: torch.ones(len(context.units), dtype=torch.complex64), "returned scores of dtype torch.complex64"),
+    ],
+)
 def test_a_faulty_method_is_named_with_its_plugin(score, message) -> None:
     host = PluginHost.create(plugins=[method_plugin("faulty", score)])
     with pytest.raises(PluginError, match=message) as caught:
@@ -108,13 +111,16 @@ class WrongDiscovery:
         register(Broken())
 
 
-@pytest.mark.parametrize("plugin,message", [
-    (OverBudget(), r"plugin 'OverBudget': pruneframe_project returned a mask over budget: it keeps cost [\d,]+ > budget [\d,]+"),
-    (FloatMask(), r"plugin 'FloatMask': pruneframe_project returned torch.float32 tensor of shape \(126,\), expected a bool mask"),
-    (RaisingProjector(), "plugin 'RaisingProjector' failed in projection: ZeroDivisionError: division by zero"),
-    (WrongFold(), "plugin 'WrongFold': pruneframe_fold returned dict, expected the folded nn.Module"),
-    (WrongDiscovery(), "plugin 'WrongDiscovery': Broken.discover returned str, expected a UnitSet"),
-])
+@pytest.mark.parametrize(
+    "plugin,message",
+    [
+        (OverBudget(), r"plugin 'OverBudget': pruneframe_project returned a mask over budget: it keeps cost [\d,]+ > budget [\d,]+"),
+        (FloatMask(), r"plugin 'FloatMask': pruneframe_project returned torch.float32 tensor of shape \(126,\), expected a bool mask"),
+        (RaisingProjector(), "plugin 'RaisingProjector' failed in projection: ZeroDivisionError: division by zero"),
+        (WrongFold(), "plugin 'WrongFold': pruneframe_fold returned dict, expected the folded nn.Module"),
+        (WrongDiscovery(), "plugin 'WrongDiscovery': Broken.discover returned str, expected a UnitSet"),
+    ],
+)
 def test_a_faulty_stage_plugin_is_named(plugin, message) -> None:
     with pytest.raises(PluginError, match=message):
         prune(PluginHost.create(plugins=[plugin]))
@@ -178,8 +184,7 @@ def test_autoload_can_be_disabled_and_plugins_allow_listed(install, monkeypatch:
     assert main(["plugins"]) == 0
     text = capsys.readouterr().out
     loaded = {line.split()[0] for line in text.split("failed to load")[0].splitlines()[1:] if line.strip()}
-    assert loaded == {"pruneframe.builtins", "pruneframe.evaluation.builtin", "grasprune",
-                      "magnitude", "extra"}
+    assert loaded == {"pruneframe.pipeline.builtins", "pruneframe.evaluation.builtin", "grasprune", "magnitude", "extra"}
     assert "nope: $PRUNEFRAME_PLUGINS names 'nope'" in text
 
 
@@ -199,17 +204,43 @@ def test_a_method_raising_mid_compare_fails_its_run_and_the_others_complete(ws, 
 
     install("flaky", method_plugin("flaky", flaky))
     out = tmp_path / "out"
-    flags = ["compare", "--model", str(ws["model"]), "--methods", "random,flaky,magnitude", "--budgets", "0.8,0.5",
-             "--calib", str(ws["calib"]), "--eval-data", str(ws["eval"]), "--seq-len", "32", "--eval-windows", "2",
-             "--zeroshot", "none", "--no-speed", "--out", str(out), "--quiet"]
+    flags = [
+        "compare",
+        "--model",
+        str(ws["model"]),
+        "--methods",
+        "random,flaky,magnitude",
+        "--budgets",
+        "0.8,0.5",
+        "--calib",
+        str(ws["calib"]),
+        "--eval-data",
+        str(ws["eval"]),
+        "--seq-len",
+        "32",
+        "--eval-windows",
+        "2",
+        "--zeroshot",
+        "none",
+        "--no-speed",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(flags) == 1
     captured = capsys.readouterr()
     assert "(runs: 4 computed, 0 cached, 2 failed; dense computed)" in captured.out
     assert "run flaky-0.8-s0 failed: PluginError: plugin 'flaky' failed in scoring with method 'flaky'" in captured.err
     results = json.loads((out / "results.json").read_text())
     status = {r["run_id"]: r["status"] for r in results["runs"]}
-    assert status == {"random-0.8-s0": "ok", "flaky-0.8-s0": "failed", "magnitude-0.8-s0": "ok",
-                      "random-0.5-s0": "ok", "flaky-0.5-s0": "failed", "magnitude-0.5-s0": "ok"}
+    assert status == {
+        "random-0.8-s0": "ok",
+        "flaky-0.8-s0": "failed",
+        "magnitude-0.8-s0": "ok",
+        "random-0.5-s0": "ok",
+        "flaky-0.5-s0": "failed",
+        "magnitude-0.5-s0": "ok",
+    }
     failed = next(r for r in results["runs"] if r["run_id"] == "flaky-0.5-s0")
     assert "plugin 'flaky'" in failed["error"] and "RuntimeError: lost the GPU" in failed["error"]
     assert "lost the GPU" in (out / "results.md").read_text()
@@ -238,8 +269,9 @@ def test_a_third_party_fold_plugin_end_to_end(ws, install, tmp_path: Path, capsy
     plugin = SnapToBF16()
     install("snap-bf16", plugin)
     out = tmp_path / "ckpt"
-    assert main(["prune", "--model", str(ws["model"]), "--method", "magnitude", "--budget", "0.5", "--calib", str(ws["calib"]),
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["prune", "--model", str(ws["model"]), "--method", "magnitude", "--budget", "0.5", "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]) == 0
+    )
     assert plugin.calls == 1
     model, _ = load_pruned(out)
     weights = [p for p in model.parameters()]

@@ -1,4 +1,4 @@
-"""Property tests of the budget projector (:mod:`pruneframe.projection`).
+"""Property tests of the budget projector (:mod:`pruneframe.pipeline.projection`).
 
 Random unit sets look like real models (1-6 layers, an FFN and a KV group per layer, Llama-style
 cost classes) or are arbitrary (any positive cost per unit), with tied, negative, huge and infinite
@@ -21,9 +21,9 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pruneframe import projection
-from pruneframe.budget import check_meets_budget
-from pruneframe.projection import BudgetError, forced_units, project, tie_break_order
+from pruneframe.pipeline import projection
+from pruneframe.pipeline.budget import check_meets_budget
+from pruneframe.pipeline.projection import BudgetError, forced_units, project, tie_break_order
 
 POLICIES = ("rank", "density", "optimal")
 SCOPES = ("global", "uniform")
@@ -64,8 +64,7 @@ class Case:
         return self.minimum.tolist()
 
     def project(self, budget: int, policy: str, scope: str) -> torch.Tensor:
-        return project(self.scores, self.costs, budget, groups=self.groups, minimum=self.minimum,
-                       policy=policy, scope=scope)
+        return project(self.scores, self.costs, budget, groups=self.groups, minimum=self.minimum, policy=policy, scope=scope)
 
 
 # built once: building strategies inside every draw costs more than running the example
@@ -114,8 +113,7 @@ def cases(draw, max_layers: int = 6, max_group: int = 12, max_units: int | None 
     else:
         costs = [per_group[g] for g in groups]
     values, from_pool = draw(score_pools())
-    scores = [rng.choice(values) if rng.random() < from_pool else rng.uniform(-1, 1) * 10.0 ** rng.randint(-30, 30)
-              for _ in range(n)]
+    scores = [rng.choice(values) if rng.random() < from_pool else rng.uniform(-1, 1) * 10.0 ** rng.randint(-30, 30) for _ in range(n)]
     min_kind = draw(st.sampled_from(("default", "zero", "one", "random")))
     minimum: torch.Tensor | int | None = {"default": None, "zero": 0, "one": 1}.get(min_kind)
     if min_kind == "random":
@@ -125,8 +123,7 @@ def cases(draw, max_layers: int = 6, max_group: int = 12, max_units: int | None 
         rng.shuffle(perm)
         groups, costs, scores = [groups[i] for i in perm], [costs[i] for i in perm], [scores[i] for i in perm]
     dtype = draw(st.sampled_from((torch.float64, torch.float32, torch.bfloat16)))
-    return Case(torch.tensor(scores, dtype=dtype), torch.tensor(costs, dtype=torch.int64),
-                torch.tensor(groups, dtype=torch.int64), minimum, n_groups)
+    return Case(torch.tensor(scores, dtype=dtype), torch.tensor(costs, dtype=torch.int64), torch.tensor(groups, dtype=torch.int64), minimum, n_groups)
 
 
 # --- plain-Python references -----------------------------------------------------------------------
@@ -426,8 +423,7 @@ def test_edge_budgets_and_empty_input() -> None:
     assert not project(torch.zeros(3), costs, 0, minimum=0).any()
     assert project(torch.zeros(3), costs, 1, minimum=0).tolist() == [False] * 3
     for policy, scope, round_to, budget in itertools.product(POLICIES, SCOPES, (None, 4), (0, 5)):
-        empty = project(torch.zeros(0), torch.zeros(0, dtype=torch.int64), budget, policy=policy, scope=scope,
-                        round_to=round_to)
+        empty = project(torch.zeros(0), torch.zeros(0, dtype=torch.int64), budget, policy=policy, scope=scope, round_to=round_to)
         assert empty.dtype == torch.bool and empty.shape == (0,)
 
 
@@ -472,8 +468,7 @@ def test_budget_error_message() -> None:
     ],
 )
 def test_invalid_inputs(kwargs: dict, message: str) -> None:
-    args = {"scores": torch.zeros(3), "costs": torch.ones(3, dtype=torch.int64), "budget": 3,
-            "groups": torch.tensor([0, 1, 2]), "minimum": None} | kwargs
+    args = {"scores": torch.zeros(3), "costs": torch.ones(3, dtype=torch.int64), "budget": 3, "groups": torch.tensor([0, 1, 2]), "minimum": None} | kwargs
     with pytest.raises(ValueError, match=message):
         project(args.pop("scores"), args.pop("costs"), args.pop("budget"), **args)
 
@@ -482,8 +477,9 @@ def test_invalid_inputs(kwargs: dict, message: str) -> None:
 
 
 @st.composite
-def rounded_cases(draw, max_layers: int = 5, max_group: int = 14, max_units: int | None = None,
-                  cost_modes=("model", "two", "one", "per_group", "per_unit")) -> tuple[Case, list[int]]:
+def rounded_cases(
+    draw, max_layers: int = 5, max_group: int = 14, max_units: int | None = None, cost_modes=("model", "two", "one", "per_group", "per_unit")
+) -> tuple[Case, list[int]]:
     """A case and a per-group ``round_to``; rounded groups (``r > 1``) have one unit cost each."""
     case = draw(cases(max_layers=max_layers, max_group=max_group, max_units=max_units, cost_modes=cost_modes))
     g, c = case.g, case.c
@@ -616,11 +612,11 @@ def test_rounded_widths_meet_budget_exactly(policy: str, scope: str, data: st.Da
     case, round_to = data.draw(rounded_cases(), label="case")
     budget = draw_rounded_budget(data, case, round_to, policy)
     rt = torch.tensor(round_to)
-    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy,
-                   scope=scope, round_to=rt)
+    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy, scope=scope, round_to=rt)
     assert_rounded_contract(mask, case, round_to, budget, policy)
-    assert torch.equal(mask, project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum,
-                                     policy=policy, scope=scope, round_to=rt)), "not deterministic"
+    assert torch.equal(mask, project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy, scope=scope, round_to=rt)), (
+        "not deterministic"
+    )
     check_meets_budget(mask, case.costs, budget, case.groups, torch.tensor(case.mins), rt)
 
 
@@ -632,8 +628,7 @@ def test_rounded_greedy_equals_sequential_reference(policy: str, scope: str, dat
     case, round_to = data.draw(rounded_cases(), label="case")
     budget = draw_rounded_budget(data, case, round_to, policy)
     with mock.patch.object(projection, "_MAX_ROUNDS", rounds):
-        mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy,
-                       scope=scope, round_to=torch.tensor(round_to))
+        mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy, scope=scope, round_to=torch.tensor(round_to))
     assert mask.tolist() == ref_rounded(case, round_to, policy, scope, budget)
 
 
@@ -644,15 +639,13 @@ def test_rounded_optimal_reaches_brute_force_optimum(scope: str, data: st.DataOb
     all masks with admissible widths that meet the budget exactly (rounded sense) and hold the minimums."""
     case = data.draw(cases(max_layers=3, max_units=12, cost_modes=("model", "two", "one")), label="case")
     size = Counter(case.g)
-    round_to = [data.draw(st.sampled_from([d for d in range(1, size[j] + 1) if size[j] % d == 0]), label=f"round_to[{j}]")
-                for j in range(case.num_groups)]
+    round_to = [data.draw(st.sampled_from([d for d in range(1, size[j] + 1) if size[j] % d == 0]), label=f"round_to[{j}]") for j in range(case.num_groups)]
     assume(any(r > 1 for r in round_to))
     assume(len({case.c[case.g.index(j)] * r for j, r in enumerate(round_to)}) <= 2)  # blocks of two costs
     mins = ref_rounded_minimum(case, round_to)
     floor = sum(case.c[case.g.index(j)] * m for j, m in enumerate(mins) if m)
     budget = data.draw(st.integers(floor, sum(case.c) + 1), label="budget")
-    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy="optimal",
-                   scope=scope, round_to=torch.tensor(round_to))
+    mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy="optimal", scope=scope, round_to=torch.tensor(round_to))
     assert_rounded_contract(mask, case, round_to, budget, "optimal")
     n = len(case.c)
     masks = (torch.arange(2**n)[:, None] >> torch.arange(n)) & 1 == 1
@@ -680,8 +673,9 @@ def test_round_to_one_is_no_rounding(data: st.DataObject, policy: str, scope: st
     budget = draw_budget(data, case, policy)
     plain = case.project(budget, policy, scope)
     for round_to in (1, torch.ones(case.num_groups, dtype=torch.int64)):
-        assert torch.equal(project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum,
-                                   policy=policy, scope=scope, round_to=round_to), plain)
+        assert torch.equal(
+            project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy, scope=scope, round_to=round_to), plain
+        )
 
 
 def test_rounded_mixed_costs_and_bad_round_to_are_rejected() -> None:
@@ -707,15 +701,13 @@ def test_rounded_example_keeps_whole_blocks() -> None:
     assert mask.tolist() == [True] * 4 + [False] * 4 + [True, True]
     # unrounded: channels 9..5 (5), KV 4.5 (3), channels 4 and 3 (2): seven channels
     assert project(scores, costs, 10, groups=groups, minimum=0).tolist() == [True] * 7 + [False] + [True, False]
-    assert project(scores, costs, 9, groups=groups, minimum=0, round_to=torch.tensor([4, 1])).tolist() == \
-        [True] * 4 + [False] * 4 + [True, False]
+    assert project(scores, costs, 9, groups=groups, minimum=0, round_to=torch.tensor([4, 1])).tolist() == [True] * 4 + [False] * 4 + [True, False]
 
 
 @given(data=st.data(), order_key=st.sampled_from(("score", "density")))
 def test_forced_units_with_round_to_equal_reference(data: st.DataObject, order_key: str) -> None:
     case, round_to = data.draw(rounded_cases(), label="case")
-    got = forced_units(case.scores, case.costs, case.groups, case.minimum, order_key=order_key,
-                       round_to=torch.tensor(round_to))
+    got = forced_units(case.scores, case.costs, case.groups, case.minimum, order_key=order_key, round_to=torch.tensor(round_to))
     unit_keys = [si / ci for si, ci in zip(case.s, case.c)] if order_key == "density" else case.s
     rank, mins = ref_ranks(ref_walk(unit_keys, case.g), case.g), ref_rounded_minimum(case, round_to)
     assert got.tolist() == [rank[i] < mins[case.g[i]] for i in range(len(case.g))]

@@ -11,16 +11,15 @@ from pydantic import ValidationError
 
 import pruneframe
 from pruneframe.architectures import discover
-from pruneframe.budget import BudgetError, make_budget, resolve
-from pruneframe.calibration import InsufficientCalibrationError
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.budget import BudgetError, make_budget, resolve
+from pruneframe.pipeline.calibration import InsufficientCalibrationError
+from pruneframe.pipeline.host import PluginHost
 from tiny import tiny_model, tokens
 
 HOST = PluginHost.create()
 METHODS = sorted(HOST.methods())
 #: Small windows and loops, so an example takes well under a second; the fuzzed keys override them.
-FAST = {"num_windows": 2, "num_samples": 2, "num_sequences": 2, "seq_len": 8, "epochs": 1, "rescale_sequences": 1,
-        "batch_size": 2}
+FAST = {"num_windows": 2, "num_samples": 2, "num_sequences": 2, "seq_len": 8, "epochs": 1, "rescale_sequences": 1, "batch_size": 2}
 #: What ``prune`` may raise on bad input; anything else is a bug.
 INPUT_ERRORS = (ValidationError, BudgetError, InsufficientCalibrationError)
 MODEL = tiny_model()
@@ -51,8 +50,13 @@ def _plausible(field) -> st.SearchStrategy:
 def _values(field) -> st.SearchStrategy:
     """Mostly plausible values (three in four), else anything."""
     anything = st.one_of(
-        st.none(), st.integers(-2, 6), st.floats(-1.5, 2.5), st.sampled_from([float("nan"), float("inf")]),
-        st.text(max_size=4), st.just([0.9, 0.99]), st.booleans(),
+        st.none(),
+        st.integers(-2, 6),
+        st.floats(-1.5, 2.5),
+        st.sampled_from([float("nan"), float("inf")]),
+        st.text(max_size=4),
+        st.just([0.9, 0.99]),
+        st.booleans(),
     )
     return st.integers(0, 3).flatmap(lambda n: anything if n == 3 else _plausible(field))
 
@@ -62,8 +66,7 @@ def method_settings(draw) -> tuple[str, dict]:
     name = draw(st.sampled_from(METHODS))
     fields = HOST.methods()[name].Config.model_fields
     fast = {k: v for k, v in FAST.items() if k in fields}
-    keys = draw(st.lists(st.sampled_from([*sorted(k for k in fields if k not in ("checkpoint_dir", "init_from")), "bogus"]),
-                         max_size=2, unique=True))
+    keys = draw(st.lists(st.sampled_from([*sorted(k for k in fields if k not in ("checkpoint_dir", "init_from")), "bogus"]), max_size=2, unique=True))
     return name, {**fast, **{k: draw(_values(fields.get(k) or fields["seed"])) for k in keys}}
 
 
@@ -73,10 +76,12 @@ _valid_budgets = st.one_of(
 )
 #: Two in three budgets valid, the others anything a caller might pass.
 budgets = st.one_of(
-    _valid_budgets, _valid_budgets,
+    _valid_budgets,
+    _valid_budgets,
     st.tuples(st.sampled_from(["prunable", "total"]), st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0, 1, float("nan")]))),
-    st.tuples(st.just("params"), st.one_of(st.integers(-10, UNITS.total_params + 10), st.floats(0, UNITS.total_params),
-                                           st.sampled_from([float("nan"), float("inf")]))),
+    st.tuples(
+        st.just("params"), st.one_of(st.integers(-10, UNITS.total_params + 10), st.floats(0, UNITS.total_params), st.sampled_from([float("nan"), float("inf")]))
+    ),
 )
 
 
@@ -94,8 +99,7 @@ def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input() -> No
         name, config = method
         kind, value = budget
         try:
-            result = pruneframe.prune(MODEL, name, value, calibration=tokens(8, 16), config=config, budget_kind=kind,
-                                      host=HOST, progress=False)
+            result = pruneframe.prune(MODEL, name, value, calibration=tokens(8, 16), config=config, budget_kind=kind, host=HOST, progress=False)
         except INPUT_ERRORS as exc:
             assert str(exc)
             event(f"refused: {type(exc).__name__}")

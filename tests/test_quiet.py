@@ -18,8 +18,24 @@ def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def eval_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return ["eval", "--model", str(ws["model"]), "--eval-data", str(ws["eval"]), "--seq-len", "16", "--eval-windows", "2",
-            "--zeroshot", str(ws["task"]), "--zeroshot-limit", "3", "--no-speed", "--out", str(out)]
+    return [
+        "eval",
+        "--model",
+        str(ws["model"]),
+        "--eval-data",
+        str(ws["eval"]),
+        "--seq-len",
+        "16",
+        "--eval-windows",
+        "2",
+        "--zeroshot",
+        str(ws["task"]),
+        "--zeroshot-limit",
+        "3",
+        "--no-speed",
+        "--out",
+        str(out),
+    ]
 
 
 def test_eval_quiet_prints_only_the_final_lines(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
@@ -34,14 +50,60 @@ def test_eval_quiet_prints_only_the_final_lines(ws: dict[str, Path], tmp_path: P
 
 
 def test_prune_and_compare_quiet_print_only_the_final_lines(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
-    assert main(["prune", "--model", str(ws["model"]), "--method", "wanda-sp", "--budget", "0.5", "--calib", str(ws["calib"]),
-                 "--method-config", '{"num_windows": 2, "seq_len": 16}', "--out", str(tmp_path / "ckpt"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(ws["model"]),
+                "--method",
+                "wanda-sp",
+                "--budget",
+                "0.5",
+                "--calib",
+                str(ws["calib"]),
+                "--method-config",
+                '{"num_windows": 2, "seq_len": 16}',
+                "--out",
+                str(tmp_path / "ckpt"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     pruned = capfd.readouterr()
     assert pruned.err == "" and pruned.out.splitlines()[0] == "pruned with wanda-sp to keep 0.5 of prunable params"
     assert pruned.out.splitlines()[-1] == f"  saved: {tmp_path / 'ckpt'}"
-    assert main(["compare", "--model", str(ws["model"]), "--methods", "random", "--budgets", "0.5", "--calib", str(ws["calib"]),
-                 "--eval-data", str(ws["eval"]), "--seq-len", "16", "--eval-windows", "2", "--zeroshot", str(ws["task"]),
-                 "--zeroshot-limit", "3", "--no-speed", "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--model",
+                str(ws["model"]),
+                "--methods",
+                "random",
+                "--budgets",
+                "0.5",
+                "--calib",
+                str(ws["calib"]),
+                "--eval-data",
+                str(ws["eval"]),
+                "--seq-len",
+                "16",
+                "--eval-windows",
+                "2",
+                "--zeroshot",
+                str(ws["task"]),
+                "--zeroshot-limit",
+                "3",
+                "--no-speed",
+                "--out",
+                str(tmp_path / "cmp"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     compared = capfd.readouterr()
     assert compared.err == ""
     assert compared.out == f"results: {tmp_path / 'cmp'} (runs: 1 computed, 0 cached, 0 failed; dense computed)\n"

@@ -21,7 +21,7 @@ def test_qwen_0_5b_prunes_unevenly_folds_exactly_and_reloads_bit_identically(tmp
     import pruneframe
     from pruneframe.checkpoint import load_pruned
     from pruneframe.data import calibration_data
-    from pruneframe.gates import gated
+    from pruneframe.toolkit.gates import gated
     from pruneframe.models.resolver import load_model
 
     model, tokenizer = load_model("qwen2.5-coder-0.5b")

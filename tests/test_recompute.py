@@ -7,8 +7,8 @@ import torch
 from tiny import tiny_model, tokens
 
 from pruneframe.architectures import adapter_for
-from pruneframe.host import PluginHost
-from pruneframe.recompute import recompute_decoder_layers
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.toolkit.recompute import recompute_decoder_layers
 from pruneframe.testing import FAMILIES
 
 

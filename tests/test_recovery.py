@@ -19,7 +19,7 @@ from pruneframe.recovery import (
 )
 from pruneframe.recovery.adapters import LoraSettings, merge_lora, with_lora
 from pruneframe.recovery.loop import lr_factor
-from pruneframe.resume import StaleCheckpointError
+from pruneframe.toolkit.resume import StaleCheckpointError
 from pruneframe.testing import tiny_model, tokens
 
 
@@ -63,8 +63,7 @@ def test_token_budget_larger_than_the_text_is_refused_by_name() -> None:
 def test_top_k_kl_is_the_full_kl_when_k_covers_the_vocabulary_and_a_lower_bound_otherwise() -> None:
     torch.manual_seed(0)
     teacher, student = torch.randn(2, 5, 11) * 2, torch.randn(2, 5, 11) * 2
-    full = torch.nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True,
-                                      reduction="none").sum(-1).mean()
+    full = torch.nn.functional.kl_div(student.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean()
     lse = teacher.logsumexp(-1)
     top = teacher.topk(11, dim=-1)
     assert torch.allclose(top_k_kl(student, top.values, top.indices, lse), full, atol=1e-5)
@@ -112,11 +111,14 @@ def _objective(model: torch.nn.Module, name: str, stream, teacher) -> float:
         return float(top_k_kl(logits, teacher.values, teacher.indices, teacher.lse))
 
 
-@pytest.mark.parametrize("name, config", [
-    ("lora", {"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 1e-2, "lora": {"rank": 4}}),
-    ("distill", {"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 3e-3}),
-    ("distill", {"tokens": 512, "seq_len": 32, "batch_size": 4, "adapter": "lora", "lr": 1e-2, "hidden_weight": 0.5}),
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("lora", {"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 1e-2, "lora": {"rank": 4}}),
+        ("distill", {"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 3e-3}),
+        ("distill", {"tokens": 512, "seq_len": 32, "batch_size": 4, "adapter": "lora", "lr": 1e-2, "hidden_weight": 0.5}),
+    ],
+)
 def test_recovery_keeps_the_shape_and_lowers_its_loss(name: str, config: dict) -> None:
     dense, pruned = _pruned()
     stream = make_stream(_text(), 32, 512, seed=0)
@@ -148,8 +150,7 @@ def test_distillation_moves_the_student_toward_the_teacher() -> None:
         return float(top_k_kl(logits, teacher.values, teacher.indices, teacher.lse))
 
     start = kl(pruned)
-    healed = recover(pruned, "distill", _text(8192), config={"tokens": 4096, "seq_len": 32, "batch_size": 8, "lr": 3e-3},
-                     teacher=dense, progress=False).model
+    healed = recover(pruned, "distill", _text(8192), config={"tokens": 4096, "seq_len": 32, "batch_size": 8, "lr": 3e-3}, teacher=dense, progress=False).model
     assert kl(healed) < 0.8 * start
 
 
@@ -234,8 +235,7 @@ def test_resumes_after_the_last_saved_step(tmp_path, monkeypatch) -> None:
 def _recover_on_this_rank(seed: int) -> dict:
     """Distillation of the same pruned model on this rank; the healed weights."""
     dense, pruned = _pruned(seed)
-    result = recover(pruned, "distill", _text(), config={"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 3e-3},
-                     teacher=dense, progress=False)
+    result = recover(pruned, "distill", _text(), config={"tokens": 512, "seq_len": 32, "batch_size": 4, "lr": 3e-3}, teacher=dense, progress=False)
     return {n: p.detach().clone() for n, p in result.model.named_parameters()} | {"_loss": result.record.loss_last}
 
 

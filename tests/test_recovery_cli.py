@@ -35,9 +35,30 @@ def distilled(ws: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("pruned") / "magnitude-0.5-distill"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNEFRAME_DATA_DIR", str(ws["data_dir"]))
-        code = main(["prune", "--model", str(ws["model"]), "--method", "magnitude", "--budget", "0.5", "--calib", str(ws["calib"]),
-                     "--recover", "distill", "--recover-tokens", "256", "--recover-config", SMALL,
-                     "--recover-data", str(ws["recover"]), "--out", str(out), "--quiet"])
+        code = main(
+            [
+                "prune",
+                "--model",
+                str(ws["model"]),
+                "--method",
+                "magnitude",
+                "--budget",
+                "0.5",
+                "--calib",
+                str(ws["calib"]),
+                "--recover",
+                "distill",
+                "--recover-tokens",
+                "256",
+                "--recover-config",
+                SMALL,
+                "--recover-data",
+                str(ws["recover"]),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
     assert code == 0
     return out
 
@@ -52,12 +73,28 @@ def test_prune_with_recovery_records_it_and_keeps_the_pruned_shape(distilled: Pa
     assert sum(p.numel() for p in model.parameters()) == report["kept_params"]
 
 
-def test_recover_writes_a_new_folder_and_never_changes_its_input(ws: dict[str, Path], distilled: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_writes_a_new_folder_and_never_changes_its_input(
+    ws: dict[str, Path], distilled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = _digest(distilled)
     out = tmp_path / "lora"
-    code = main(["recover", str(distilled), "--recover", "lora", "--recover-tokens", "128", "--recover-config", SMALL,
-                 "--recover-data", str(ws["recover"]), "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "recover",
+            str(distilled),
+            "--recover",
+            "lora",
+            "--recover-tokens",
+            "128",
+            "--recover-config",
+            SMALL,
+            "--recover-data",
+            str(ws["recover"]),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0 and "parameters unchanged" in capsys.readouterr().out
     assert _digest(distilled) == before
     report = json.loads((out / "pruning.json").read_text())
@@ -68,29 +105,33 @@ def test_recover_writes_a_new_folder_and_never_changes_its_input(ws: dict[str, P
     assert [p.shape for p in healed.parameters()] == [p.shape for p in original.parameters()]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--recover", "lora", "--recover-tokens", "100000000"], "exceeds recovery text"),
-    (["--recover", "lora", "--recover-config", '{"lora": {"target_modules": ["qkv"]}}'], r"target_modules \['qkv'\]"),
-    (["--recover", "distil"], "did you mean 'distill'"),
-    (["--recover", "lora", "--recover-config", '{"rank": 4}'], "rank"),
-])
-def test_recover_bad_input_exits_2_naming_it(ws: dict[str, Path], distilled: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--recover", "lora", "--recover-tokens", "100000000"], "exceeds recovery text"),
+        (["--recover", "lora", "--recover-config", '{"lora": {"target_modules": ["qkv"]}}'], r"target_modules \['qkv'\]"),
+        (["--recover", "distil"], "did you mean 'distill'"),
+        (["--recover", "lora", "--recover-config", '{"rank": 4}'], "rank"),
+    ],
+)
+def test_recover_bad_input_exits_2_naming_it(
+    ws: dict[str, Path], distilled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     code = main(["recover", str(distilled), *args, "--recover-data", str(ws["recover"]), "--out", str(tmp_path / "x"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and re.search(message, err), err
 
 
-def test_recover_refuses_its_own_input_and_a_folder_that_is_not_a_checkpoint(ws: dict[str, Path], distilled: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_refuses_its_own_input_and_a_folder_that_is_not_a_checkpoint(ws: dict[str, Path], distilled: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recover", str(distilled), "--recover", "lora", "--out", str(distilled)]) == 2
     assert "is the input checkpoint" in capsys.readouterr().err
     assert main(["recover", str(ws["model"]), "--recover", "lora", "--out", str(ws["model"].parent / "y")]) == 2
     assert "is not a pruneframe checkpoint" in capsys.readouterr().err
 
 
-def test_recovery_text_overlapping_an_evaluation_source_exits_2(ws: dict[str, Path], distilled: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_recovery_text_overlapping_an_evaluation_source_exits_2(
+    ws: dict[str, Path], distilled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pruneframe.data import resolve_text
 
     test_half = tmp_path / "embedded-test.txt"

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from tiny import tiny_model, tokens
 
 from pruneframe.architectures import discover, layer_slices as layer_modules
-from pruneframe.gates import gated
-from pruneframe.refit import ffn_input_moments, ridge_refit_columns
-from pruneframe.units import UnitKind
+from pruneframe.toolkit.gates import gated
+from pruneframe.toolkit.refit import ffn_input_moments, ridge_refit_columns
+from pruneframe.pipeline.units import UnitKind
 
 
 def _problem(seed: int, out: int, n: int, tokens_: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,8 +31,7 @@ def grasprune_interrupted_at(config: dict, stop_at: int | None) -> dict:
 
     training.causal_lm_loss = loss
     try:
-        result = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, **config},
-                                  progress=False)
+        result = pruneframe.prune(tiny_model(), "grasprune", 0.5, calibration=tokens(6, 12), config={**FAST, **config}, progress=False)
     except Interrupt:
         return {"stopped_at": len(calls)}
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pruneframe import digests
+from pruneframe.util import digests
 from pruneframe.cli import main
 from pruneframe.harness import cache
 from test_compare import compare_settings, count_prunes, write_config
@@ -31,7 +31,7 @@ def test_tree_digest_follows_every_file_and_is_computed_once(tmp_path: Path, fre
     copy = _copy_package("pruneframe", tmp_path)
     original = cache.package_digest("pruneframe")
     assert cache.tree_digest(copy) == original  # same files, same relative paths: same digest wherever they live
-    (copy / "projection.py").write_text((copy / "projection.py").read_text() + "# a comment\n")
+    (copy / "pipeline" / "projection.py").write_text((copy / "pipeline" / "projection.py").read_text() + "# a comment\n")
     assert cache.tree_digest(copy) == original  # cached for the process: the files are read once
     cache.clear_digests()
     edited = cache.tree_digest(copy)
@@ -50,9 +50,7 @@ def test_package_digest_covers_the_methods_whole_plugin_package(tmp_path: Path, 
     assert {"torch", "transformers", "lm_eval", "pruneframe"} == set(versions)
 
 
-def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests
-) -> None:
+def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_digests) -> None:
     copies = {name: _copy_package(name, tmp_path / "code") for name in ("pruneframe", "pruneframe_baselines")}
     real_root = digests.package_root
     monkeypatch.setattr(digests, "package_root", lambda name: copies.get(name) or real_root(name))
@@ -74,7 +72,7 @@ def test_an_edit_to_core_or_plugin_code_recomputes_the_runs(
     assert first == ["magnitude"]
     assert rerun() == ([], dense_key)  # nothing changed: everything cached
 
-    fold = copies["pruneframe"] / "fold.py"
+    fold = copies["pruneframe"] / "pipeline" / "fold.py"
     fold.write_text(fold.read_text() + "# an edit to the core\n")
     again, edited_key = rerun()
     assert again == ["magnitude"] and edited_key != dense_key  # the dense evaluation is recomputed too

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pruneframe.architectures import discover, layer_slices
-from pruneframe.budget import BudgetError, KeepTotal, resolve
+from pruneframe.pipeline.budget import BudgetError, KeepTotal, resolve
 from pruneframe.checkpoint import read_report, read_report_json, save
 from pruneframe.harness.report import rows
-from pruneframe.host import PluginHost
-from pruneframe.prune_report import CheckpointReport, PruneReport
-from pruneframe.session import PruneSession
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.prune_report import CheckpointReport, PruneReport
+from pruneframe.pipeline.session import PruneSession
 from tiny import tiny_model, tokens
 
 
@@ -33,8 +33,7 @@ def test_the_budget_is_resolved_when_the_session_is_built() -> None:
 
 def test_run_returns_a_typed_report_that_survives_json() -> None:
     model = tiny_model("llama-gqa")  # no biases: flap adds its corrections as new ones
-    session = PruneSession(model, "flap", 0.5, {"num_windows": 4, "seq_len": 16, "batch_size": 2}, host=PluginHost.create(),
-                           model_identity={"spec": "tiny"})
+    session = PruneSession(model, "flap", 0.5, {"num_windows": 4, "seq_len": 16, "batch_size": 2}, host=PluginHost.create(), model_identity={"spec": "tiny"})
     result = session.run(tokens(8, 16), progress=False, calibration_source={"origin": "random ids"})
     report = result.report
     assert isinstance(report, PruneReport) and report.method == "flap" and report.budget_label == "keep 0.5 of prunable params"
@@ -62,8 +61,7 @@ def test_checkpoint_and_comparison_table_read_the_report_by_field(tmp_path: Path
     assert [layer["intermediate_size"] for layer in stored.layers] == [w["ffn_channels"] for w in result.units.widths(result.mask)]
     assert PruneReport.model_validate(stored.model_dump(exclude={"layers", "config_form", "parameters"})) == result.report
 
-    record = {"run_id": "magnitude-0.5-s0", "kind": "pruned", "status": "ok", "prune": result.report.model_dump(mode="json"),
-              "eval": {}}
+    record = {"run_id": "magnitude-0.5-s0", "kind": "pruned", "status": "ok", "prune": result.report.model_dump(mode="json"), "eval": {}}
     _, row = rows({"run_id": "dense", "kind": "dense", "eval": {}}, [record], result.report.dense_params)
     assert row["kept_params"] == result.report.kept_params and row["kept_fraction"] == result.report.kept_fraction_of_total
     assert row["prune_s"] == result.report.timings.total_s and row["tokens_processed"] == 0

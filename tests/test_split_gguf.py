@@ -32,9 +32,17 @@ def eleven_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Split
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("PRUNEFRAME_CACHE", str(tmp_path / "cache"))
     joined = b"".join(chunks)
-    model = SplitGGUF(name="fake-model", label="Fake", gguf_file="fake.gguf", sha256=hashlib.sha256(joined).hexdigest(),
-                      size=len(joined), parts=tuple(parts), install="pip install fake-model-part1..11",
-                      distribution="fake-model-part1", licence="none")
+    model = SplitGGUF(
+        name="fake-model",
+        label="Fake",
+        gguf_file="fake.gguf",
+        sha256=hashlib.sha256(joined).hexdigest(),
+        size=len(joined),
+        parts=tuple(parts),
+        install="pip install fake-model-part1..11",
+        distribution="fake-model-part1",
+        licence="none",
+    )
     return model, joined
 
 

@@ -12,22 +12,22 @@ import pytest
 import torch
 
 import pruneframe
-from pruneframe import digests
+from pruneframe.util import digests
 from pruneframe.checkpoint import read_report
-from pruneframe.fold import fold
+from pruneframe.pipeline.fold import fold
 from pruneframe.harness import runner
 from pruneframe.harness.config import CompareConfig
-from pruneframe.hookspecs import hookimpl
-from pruneframe.host import PluginError, PluginHost
-from pruneframe.projection import project
-from pruneframe.prune_report import PruneReport
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.host import PluginError, PluginHost
+from pruneframe.pipeline.projection import project
+from pruneframe.pipeline.prune_report import PruneReport
 from test_compare import compare_settings, count_prunes
 from tiny import tiny_model, tokens
 
 #: A third-party plugin package: the core projector, counted, as an override that runs before the core's.
 PROJECTOR = '''"""A third-party projector."""
-from pruneframe.hookspecs import hookimpl
-from pruneframe.projection import project
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.projection import project
 
 CALLS = []
 
@@ -42,7 +42,7 @@ def pruneframe_project(scores, units, budget, minimum, policy, scope, round_to):
 #: A third-party plugin package registering its own adapter for Llama models (it runs before the core's).
 ADAPTER = '''"""A third-party architecture adapter."""
 from pruneframe.architectures.llama import LlamaAdapter
-from pruneframe.hookspecs import hookimpl
+from pruneframe.pipeline.hookspecs import hookimpl
 
 
 class OwnLlama(LlamaAdapter):
@@ -83,13 +83,12 @@ def test_the_report_names_the_core_plugins_and_the_methods_package(tmp_path: Pat
     result = prune(host)
     stages = result.report.stages
     assert list(stages) == ["architecture", "score", "project", "recalibrate", "fold"]
-    core = {"plugin": "pruneframe.builtins", "package": "pruneframe", "digest": digests.package_digest("pruneframe")}
+    core = {"plugin": "pruneframe.pipeline.builtins", "package": "pruneframe", "digest": digests.package_digest("pruneframe")}
     for stage in ("architecture", "project", "fold"):
         assert stages[stage].model_dump() == core, stage
     method_plugin = host.method_plugin(host.method("magnitude"))
-    method = {"plugin": method_plugin, "package": "pruneframe_baselines",
-              "digest": digests.package_digest("pruneframe_baselines")}
-    assert method_plugin != "pruneframe.builtins"
+    method = {"plugin": method_plugin, "package": "pruneframe_baselines", "digest": digests.package_digest("pruneframe_baselines")}
+    assert method_plugin != "pruneframe.pipeline.builtins"
     assert stages["score"].model_dump() == method == stages["recalibrate"].model_dump()  # the core stage called the method
     assert PruneReport.model_validate(result.report.model_dump(mode="json")) == result.report
     saved = read_report(result.save(tmp_path / "ckpt"))
@@ -101,20 +100,26 @@ def test_a_projector_override_is_named_in_the_report_and_the_stage_candidates(th
     host = PluginHost.create(plugins=[plugin])
     result = prune(host)
     assert plugin.CALLS and result.report.stages["project"].model_dump() == {
-        "plugin": "thirdparty_projector", "package": "thirdparty_projector", "digest": digests.package_digest(plugin)}
+        "plugin": "thirdparty_projector",
+        "package": "thirdparty_projector",
+        "digest": digests.package_digest(plugin),
+    }
     assert digests.package_digest(plugin) not in ("unknown", digests.package_digest("pruneframe"))
-    assert result.report.stages["fold"].plugin == "pruneframe.builtins"
+    assert result.report.stages["fold"].plugin == "pruneframe.pipeline.builtins"
     candidates = host.stage_candidates(host.method("magnitude"))
-    assert [r.plugin for r in candidates["project"]] == ["thirdparty_projector", "pruneframe.builtins"]
-    assert [r.plugin for r in PluginHost.create().stage_candidates()["project"]] == ["pruneframe.builtins"]
+    assert [r.plugin for r in candidates["project"]] == ["thirdparty_projector", "pruneframe.pipeline.builtins"]
+    assert [r.plugin for r in PluginHost.create().stage_candidates()["project"]] == ["pruneframe.pipeline.builtins"]
 
 
 def test_a_plugin_adapter_is_named_as_the_architecture(third_party) -> None:
     plugin = third_party("thirdparty_adapter", ADAPTER)
     result = prune(PluginHost.create(plugins=[plugin]))
     assert result.report.stages["architecture"].model_dump() == {
-        "plugin": "thirdparty_adapter", "package": "thirdparty_adapter", "digest": digests.package_digest(plugin)}
-    assert prune(PluginHost.create()).report.stages["architecture"].plugin == "pruneframe.builtins"
+        "plugin": "thirdparty_adapter",
+        "package": "thirdparty_adapter",
+        "digest": digests.package_digest(plugin),
+    }
+    assert prune(PluginHost.create()).report.stages["architecture"].plugin == "pruneframe.pipeline.builtins"
 
 
 class HalfBudget:
@@ -122,15 +127,17 @@ class HalfBudget:
 
     @hookimpl(tryfirst=True)
     def pruneframe_project(self, scores, units, budget, minimum, policy, scope):
-        return project(scores, units.cost, budget - int(units.cost.max()), groups=units.groups, minimum=minimum,
-                       policy=policy, scope=scope)
+        return project(scores, units.cost, budget - int(units.cost.max()), groups=units.groups, minimum=minimum, policy=policy, scope=scope)
 
 
 @pytest.mark.parametrize("precomputed", [False, True])
 def test_an_override_projector_is_held_to_the_core_budget_check(precomputed: bool) -> None:
     scores = prune(PluginHost.create()).scores if precomputed else None
-    with pytest.raises(PluginError, match=r"plugin 'HalfBudget': pruneframe_project returned a mask that fails the budget "
-                                          r"check: mask is not tight") as caught:
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'HalfBudget': pruneframe_project returned a mask that fails the budget "
+        r"check: mask is not tight",
+    ) as caught:
         prune(PluginHost.create(plugins=[HalfBudget()]), scores=scores)
     assert caught.value.plugins == ("HalfBudget",)
 
@@ -146,8 +153,11 @@ class DropsOneMore:
 
 
 def test_an_override_fold_is_held_to_the_exact_parameter_count() -> None:
-    with pytest.raises(PluginError, match=r"plugin 'DropsOneMore': pruneframe_fold produced [\d,]+ parameters, expected "
-                                          r"[\d,]+ \(the fold is inconsistent with unit discovery\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"plugin 'DropsOneMore': pruneframe_fold produced [\d,]+ parameters, expected "
+        r"[\d,]+ \(the fold is inconsistent with unit discovery\)",
+    ):
         prune(PluginHost.create(plugins=[DropsOneMore()]))
 
 
@@ -170,17 +180,20 @@ def test_a_projector_plugin_changes_the_run_key_and_is_named_in_the_run_json(
         return json.loads(run_file.read_text())
 
     core = run()
-    assert calls == ["magnitude"] and core["prune"]["stages"]["project"]["plugin"] == "pruneframe.builtins"
-    assert [r["plugin"] for r in core["protocol"]["stages"]["project"]] == ["pruneframe.builtins"]
-    assert core["protocol"]["stages"]["architecture"]["plugin"] == "pruneframe.builtins"
+    assert calls == ["magnitude"] and core["prune"]["stages"]["project"]["plugin"] == "pruneframe.pipeline.builtins"
+    assert [r["plugin"] for r in core["protocol"]["stages"]["project"]] == ["pruneframe.pipeline.builtins"]
+    assert core["protocol"]["stages"]["architecture"]["plugin"] == "pruneframe.pipeline.builtins"
     assert run()["cache_key"] == core["cache_key"] and calls == []  # nothing changed: cached
 
     plugin = third_party("thirdparty_projector", PROJECTOR)
     overridden = run(plugin)
     assert calls == ["magnitude"] and overridden["cache_key"] != core["cache_key"]
-    assert overridden["prune"]["stages"]["project"] == {"plugin": "thirdparty_projector", "package": "thirdparty_projector",
-                                                         "digest": digests.package_digest(plugin)}
-    assert [r["plugin"] for r in overridden["protocol"]["stages"]["project"]] == ["thirdparty_projector", "pruneframe.builtins"]
+    assert overridden["prune"]["stages"]["project"] == {
+        "plugin": "thirdparty_projector",
+        "package": "thirdparty_projector",
+        "digest": digests.package_digest(plugin),
+    }
+    assert [r["plugin"] for r in overridden["protocol"]["stages"]["project"]] == ["thirdparty_projector", "pruneframe.pipeline.builtins"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["stages"]["project"] == ["thirdparty_projector"]
     assert run(plugin)["cache_key"] == overridden["cache_key"] and calls == []
@@ -198,26 +211,22 @@ class SmallBudgetsOnly:
     def pruneframe_project(self, scores, units, budget, minimum, policy, scope, round_to):
         if budget >= 0.65 * units.prunable_params:
             return None
-        return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope,
-                       round_to=round_to)
+        return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope, round_to=round_to)
 
 
-def test_a_comparison_that_mixes_projectors_says_so(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_comparison_that_mixes_projectors_says_so(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     settings = compare_settings(workspace, tmp_path / "out")
     settings.update(methods={"magnitude": {}}, budgets=[0.8, 0.5])
     settings["evaluation"]["speed"] = None
     lines: list[str] = []
-    outcome = runner.compare(CompareConfig.model_validate(settings), host=PluginHost.create(plugins=[SmallBudgetsOnly()]),
-                             progress=False, log=lines.append)
+    outcome = runner.compare(CompareConfig.model_validate(settings), host=PluginHost.create(plugins=[SmallBudgetsOnly()]), progress=False, log=lines.append)
     by_run = {r["run_id"]: r["prune"]["stages"]["project"]["plugin"] for r in outcome.runs}
-    assert by_run == {"magnitude-0.8-s0": "pruneframe.builtins", "magnitude-0.5-s0": "SmallBudgetsOnly"}
+    assert by_run == {"magnitude-0.8-s0": "pruneframe.pipeline.builtins", "magnitude-0.5-s0": "SmallBudgetsOnly"}
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["stages"]["project"] == ["SmallBudgetsOnly", "pruneframe.builtins"]
-    assert results["stages"]["fold"] == ["pruneframe.builtins"]
-    assert "warning: the runs' project stage was carried out by different plugins: SmallBudgetsOnly, pruneframe.builtins" in lines
+    assert results["stages"]["project"] == ["SmallBudgetsOnly", "pruneframe.pipeline.builtins"]
+    assert results["stages"]["fold"] == ["pruneframe.pipeline.builtins"]
+    assert "warning: the runs' project stage was carried out by different plugins: SmallBudgetsOnly, pruneframe.pipeline.builtins" in lines
     assert not any("fold stage" in line for line in lines)
 
 
@@ -232,6 +241,6 @@ class WrapsTheProjector:
 def test_a_wrapped_stage_names_every_plugin_taking_part() -> None:
     result = prune(PluginHost.create(plugins=[WrapsTheProjector()]))
     record = result.report.stages["project"]
-    assert record.plugin == "WrapsTheProjector + pruneframe.builtins"
+    assert record.plugin == "WrapsTheProjector + pruneframe.pipeline.builtins"
     assert record.package == "test_stage_provenance + pruneframe"
     assert record.digest not in (digests.package_digest("pruneframe"), digests.package_digest(WrapsTheProjector))

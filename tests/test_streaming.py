@@ -12,10 +12,10 @@ from tiny import FAMILIES, on_ranks, tiny_model, tokens
 
 import pruneframe
 from pruneframe.architectures import adapter_for
-from pruneframe.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
-from pruneframe.gates import gated
-from pruneframe.host import PluginHost
-from pruneframe.streaming import capture_layer_calls, streamed_backward, streamed_forward
+from pruneframe.toolkit.collect import Moments, SecondMoments, collect_input_moments, collect_layer_inputs
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.toolkit.streaming import capture_layer_calls, streamed_backward, streamed_forward
 
 #: every input the methods watch: the MLP and attention inputs and the two output projections' inputs
 TARGETS = {
@@ -32,8 +32,7 @@ def _assert_same_moments(streamed: dict, whole: dict) -> None:
         for i, (s, w) in enumerate(zip(streamed[name], whole[name], strict=True)):
             assert s.count == w.count > 0, f"{name}[{i}]: {s.count} tokens streamed, {w.count} whole"
             for field in ("total", "total_sq") if isinstance(w, Moments) else ("total",):
-                torch.testing.assert_close(getattr(s, field), getattr(w, field), rtol=RTOL, atol=1e-8,
-                                           msg=lambda m, f=field: f"{name}[{i}].{f}: {m}")
+                torch.testing.assert_close(getattr(s, field), getattr(w, field), rtol=RTOL, atol=1e-8, msg=lambda m, f=field: f"{name}[{i}].{f}: {m}")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -45,8 +44,7 @@ def test_streamed_moments_equal_the_whole_model_pass(family: str) -> None:
     streamed = collect_input_moments(model, windows, TARGETS, batch_size=2, progress=False, streaming=True, device="cpu")
     _assert_same_moments(streamed, whole)
     full_whole = collect_layer_inputs(model, windows, {"down_in": TARGETS["down_in"]}, SecondMoments.empty, progress=False)
-    full_streamed = collect_layer_inputs(model, windows, {"down_in": TARGETS["down_in"]}, SecondMoments.empty,
-                                         progress=False, streaming=True, device="cpu")
+    full_streamed = collect_layer_inputs(model, windows, {"down_in": TARGETS["down_in"]}, SecondMoments.empty, progress=False, streaming=True, device="cpu")
     _assert_same_moments(full_streamed, full_whole)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), f"streaming changed {name}"
@@ -104,8 +102,9 @@ def test_streamed_method_scores_equal_the_whole_model_path(method: str, family: 
     config = {"num_windows": 4, "seq_len": 12, "batch_size": 3}
     calibration = tokens(6, 16, seed=3)
     whole = pruneframe.prune(tiny_model(family), method, 0.6, calibration=calibration, config=config, progress=False)
-    streamed = pruneframe.prune(tiny_model(family), method, 0.6, calibration=calibration,
-                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    streamed = pruneframe.prune(
+        tiny_model(family), method, 0.6, calibration=calibration, config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False
+    )
     torch.testing.assert_close(streamed.scores, whole.scores, rtol=RTOL, atol=1e-6)
     assert torch.equal(streamed.mask, whole.mask)
     if method == "flap":
@@ -124,8 +123,9 @@ def test_offload_settings_are_validated_and_named() -> None:
 
 
 def _rank_moments(windows: torch.Tensor, streaming: bool) -> list[torch.Tensor]:
-    moments = collect_input_moments(tiny_model(), windows, {"down_in": TARGETS["down_in"]}, batch_size=1,
-                                    progress=False, streaming=streaming, device="cpu")["down_in"]
+    moments = collect_input_moments(tiny_model(), windows, {"down_in": TARGETS["down_in"]}, batch_size=1, progress=False, streaming=streaming, device="cpu")[
+        "down_in"
+    ]
     return [m.total_sq for m in moments] + [torch.tensor(float(m.count)) for m in moments]
 
 
@@ -138,20 +138,38 @@ def test_streamed_collection_on_two_ranks_equals_one_process(tmp_path: Path) -> 
             torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-8)
 
 
-def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pruneframe.checkpoint import load_pruned, read_report
     from pruneframe.cli import main
 
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     folders = {}
-    for name, config in (("whole", '{"num_windows": 4, "seq_len": 16}'),
-                         ("streamed", '{"num_windows": 4, "seq_len": 16, "offload": "cpu", "compute_device": "cpu"}')):
+    for name, config in (
+        ("whole", '{"num_windows": 4, "seq_len": 16}'),
+        ("streamed", '{"num_windows": 4, "seq_len": 16, "offload": "cpu", "compute_device": "cpu"}'),
+    ):
         folders[name] = tmp_path / name
-        assert main(["prune", "--model", str(workspace["model"]), "--method", "wanda-sp", "--budget", "0.6",
-                     "--method-config", config, "--calib", str(workspace["calib"]), "--out", str(folders[name]),
-                     "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "prune",
+                    "--model",
+                    str(workspace["model"]),
+                    "--method",
+                    "wanda-sp",
+                    "--budget",
+                    "0.6",
+                    "--method-config",
+                    config,
+                    "--calib",
+                    str(workspace["calib"]),
+                    "--out",
+                    str(folders[name]),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     assert read_report(folders["streamed"]).config["offload"] == "cpu"
     whole, streamed = (load_pruned(folders[k])[0].state_dict() for k in ("whole", "streamed"))
     assert whole.keys() == streamed.keys()
@@ -163,7 +181,7 @@ def test_cli_prune_with_offload_saves_the_whole_model_paths_checkpoint(
 @pytest.mark.parametrize("family", FAMILIES)
 def test_streamed_backward_gives_the_whole_model_loss_and_gradients(family: str) -> None:
     """Weight gradients of every decoder layer and the loss equal a whole-model backward pass."""
-    from pruneframe.losses import causal_lm_loss, hidden_state_loss
+    from pruneframe.toolkit.losses import causal_lm_loss, hidden_state_loss
 
     model, ids = tiny_model(family), tokens(3, 16, seed=2)
     adapter = adapter_for(model)
@@ -199,8 +217,9 @@ def test_streamed_llm_pruner_scores_equal_the_whole_model_path(importance: str, 
     config = {"num_samples": 4, "seq_len": 12, "batch_size": 3, "importance": importance}
     calibration = tokens(6, 16, seed=3)
     whole = pruneframe.prune(tiny_model(family), "llm-pruner", 0.6, calibration=calibration, config=config, progress=False)
-    streamed = pruneframe.prune(tiny_model(family), "llm-pruner", 0.6, calibration=calibration,
-                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    streamed = pruneframe.prune(
+        tiny_model(family), "llm-pruner", 0.6, calibration=calibration, config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False
+    )
     torch.testing.assert_close(streamed.scores, whole.scores, rtol=RTOL, atol=1e-7)
     assert torch.equal(streamed.mask, whole.mask)
     assert streamed.report.method_stats["calibration_loss"] == pytest.approx(whole.report.method_stats["calibration_loss"], rel=RTOL)
@@ -211,16 +230,21 @@ GRASPRUNE_FAST = {"num_sequences": 4, "seq_len": 12, "epochs": 2, "batch_size": 
 
 @pytest.mark.parametrize(
     ("family", "extra"),
-    [("llama-gqa", {}), ("qwen2", {"loss": "distill", "rescale_loss": "distill"}),
-     ("gemma3", {"bias_compensation": True, "least_squares": True, "rescale_outputs": True}), ("phi3", {})],
+    [
+        ("llama-gqa", {}),
+        ("qwen2", {"loss": "distill", "rescale_loss": "distill"}),
+        ("gemma3", {"bias_compensation": True, "least_squares": True, "rescale_outputs": True}),
+        ("phi3", {}),
+    ],
     ids=["lm", "distill", "compensated", "fused"],
 )
 def test_streamed_grasprune_trains_the_whole_model_paths_gates_and_scales(family: str, extra: dict) -> None:
     config = {**GRASPRUNE_FAST, **extra}
     calibration = tokens(8, 16, seed=4)
     whole = pruneframe.prune(tiny_model(family), "grasprune", 0.6, calibration=calibration, config=config, progress=False)
-    streamed = pruneframe.prune(tiny_model(family), "grasprune", 0.6, calibration=calibration,
-                                config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False)
+    streamed = pruneframe.prune(
+        tiny_model(family), "grasprune", 0.6, calibration=calibration, config={**config, "offload": "cpu", "compute_device": "cpu"}, progress=False
+    )
     # several optimiser steps: allow float reassociation to compound slightly
     torch.testing.assert_close(streamed.scores, whole.scores, rtol=1e-4, atol=1e-6)
     assert torch.equal(streamed.mask, whole.mask)
@@ -238,7 +262,7 @@ def test_streamed_backward_visits_layers_forward_then_in_reverse() -> None:
     order: list[int] = []
     handles = [layer.register_forward_pre_hook(lambda m, a, i=i: order.append(i)) for i, layer in enumerate(layers)]
     try:
-        from pruneframe.losses import hidden_state_loss
+        from pruneframe.toolkit.losses import hidden_state_loss
 
         for p in model.parameters():
             p.requires_grad_(False)
@@ -289,9 +313,28 @@ def test_cli_eval_scores_perplexity_and_zero_shot_layer_by_layer_with_the_same_r
     # streamed, speed is left out without --no-speed: the whole model would have to be on one device
     for name, extra in (("whole", ["--no-speed"]), ("streamed", ["--eval-compute-device", "cpu"])):
         out = tmp_path / f"{name}.json"
-        assert main(["eval", "--model", str(workspace["model"]), "--eval-data", str(workspace["calib"]),
-                     "--eval-windows", "3", "--seq-len", "16", "--zeroshot", str(workspace["task"]),
-                     "--out", str(out), "--quiet", *extra]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(workspace["model"]),
+                    "--eval-data",
+                    str(workspace["calib"]),
+                    "--eval-windows",
+                    "3",
+                    "--seq-len",
+                    "16",
+                    "--zeroshot",
+                    str(workspace["task"]),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         records[name] = json.loads(out.read_text())
     (whole,), (streamed,) = (list(r["eval"]["perplexity"]["sources"].values()) for r in records.values())
     assert streamed["ppl"] == pytest.approx(whole["ppl"], rel=RTOL)
@@ -317,7 +360,7 @@ def test_eval_compute_device_leaves_speed_out_unless_asked_for() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_streamed_logits_equal_the_whole_model_forward(family: str) -> None:
-    from pruneframe.streaming import streamed_logits
+    from pruneframe.toolkit.streaming import streamed_logits
 
     model, batches = tiny_model(family), tokens(5, 16, seed=7).split(2)
     with torch.no_grad():
@@ -330,7 +373,7 @@ def test_streamed_logits_equal_the_whole_model_forward(family: str) -> None:
 
 def test_streamed_logits_refuse_a_soft_capped_head_before_any_pass() -> None:
     from pruneframe.evaluation.streamed_lm import StreamedHFLM
-    from pruneframe.streaming import streamed_logits
+    from pruneframe.toolkit.streaming import streamed_logits
 
     model = tiny_model("gemma3", final_logit_softcapping=30.0)
     with pytest.raises(ValueError, match="Gemma3ForCausalLM's logits are more than its output layer's"):
@@ -362,12 +405,12 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import pruneframe.streaming
+    import pruneframe.toolkit.streaming
     from pruneframe.evaluation.streamed_lm import StreamedHFLM
 
     passes = []
-    forward = pruneframe.streaming.streamed_forward
-    monkeypatch.setattr(pruneframe.streaming, "streamed_forward", lambda *a, **k: passes.append(1) or forward(*a, **k))
+    forward = pruneframe.toolkit.streaming.streamed_forward
+    monkeypatch.setattr(pruneframe.toolkit.streaming, "streamed_forward", lambda *a, **k: passes.append(1) or forward(*a, **k))
 
     model = AutoModelForCausalLM.from_pretrained(workspace["model"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
@@ -382,14 +425,11 @@ def test_streamed_lm_scores_continuations_like_lm_eval_s_own_model(
     streamed = lm.loglikelihood([Request(p) for p in pairs])
     assert len(passes) == lm.sweeps == sweeps  # one sweep of the decoder serves up to per_sweep batches
     assert [greedy for _, greedy in streamed] == [greedy for _, greedy in whole]
-    torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]),
-                               rtol=RTOL, atol=1e-5)
+    torch.testing.assert_close(torch.tensor([lp for lp, _ in streamed]), torch.tensor([lp for lp, _ in whole]), rtol=RTOL, atol=1e-5)
     assert all(lp < 0 for lp, _ in whole)
 
 
-def test_compare_with_every_stage_streamed_gives_the_same_report(
-    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compare_with_every_stage_streamed_gives_the_same_report(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A calibrated method streamed, perplexity and zero-shot streamed: the same numbers as the whole-model job."""
     import json
 

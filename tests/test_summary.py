@@ -10,7 +10,7 @@ import pytest
 
 from pruneframe.harness.report import ZEROSHOT_HOWTO, markdown, rows
 from pruneframe.harness.summary import summarise
-from pruneframe.prune_report import MemoryRecord, PruneReport, Timings
+from pruneframe.pipeline.prune_report import MemoryRecord, PruneReport, Timings
 
 WINDOWS, TOKENS = 40, 31
 DOMAINS = {"wiki": "wikitext-2", "book": "literature", "docs": "embedded"}
@@ -20,10 +20,11 @@ def ppl_block(nll: dict[str, np.ndarray]) -> dict[str, Any]:
     sources = {}
     for label, values in nll.items():
         sources[label] = {
-            "ppl": math.exp(values.sum() / (TOKENS * len(values))), "window_nll": values.tolist(), "window_tokens": TOKENS,
+            "ppl": math.exp(values.sum() / (TOKENS * len(values))),
+            "window_nll": values.tolist(),
+            "window_tokens": TOKENS,
             "domain": DOMAINS[label],
-            "protocol": {"seq_len": TOKENS + 1, "num_windows": len(values), "offset_windows": 0,
-                         "tokenizer_fingerprint": "t", "data": {"fingerprint": label}},
+            "protocol": {"seq_len": TOKENS + 1, "num_windows": len(values), "offset_windows": 0, "tokenizer_fingerprint": "t", "data": {"fingerprint": label}},
         }
     return {"sources": sources, "protocol": {"kind": "perplexity_set"}}
 
@@ -32,19 +33,35 @@ def record(method: str, seed: int, nll: dict[str, np.ndarray], items: list[int] 
     ev: dict[str, Any] = {"perplexity": ppl_block(nll)}
     if items is not None:
         ev["zeroshot"] = {"tasks": {"mc": {"acc": float(np.mean(items)), "acc_stderr": 0.1, "items": {"acc": items}}}}
-    return {"run_id": f"{method}-0.5-s{seed}", "kind": "pruned", "status": "ok", "eval": ev,
-            "protocol": {"method": {"name": method}, "budget": {"label": "keep 0.5"}, "seed": seed},
-            "prune": PRUNE_REPORT}
+    return {
+        "run_id": f"{method}-0.5-s{seed}",
+        "kind": "pruned",
+        "status": "ok",
+        "eval": ev,
+        "protocol": {"method": {"name": method}, "budget": {"label": "keep 0.5"}, "seed": seed},
+        "prune": PRUNE_REPORT,
+    }
 
 
 #: A run's prune record as the runner stores it (a typed report, serialised).
 PRUNE_REPORT = PruneReport(
-    method="m", config={}, budget={"kind": "prunable", "keep": 0.5}, budget_label="keep 0.5", budget_prunable_params=50,
-    kept_prunable_params=50, prunable_params=100, kept_params=100, dense_params=200, kept_fraction_of_prunable=0.5,
-    kept_fraction_of_total=0.5, architecture="LlamaForCausalLM", units=10,
+    method="m",
+    config={},
+    budget={"kind": "prunable", "keep": 0.5},
+    budget_label="keep 0.5",
+    budget_prunable_params=50,
+    kept_prunable_params=50,
+    prunable_params=100,
+    kept_params=100,
+    dense_params=200,
+    kept_fraction_of_prunable=0.5,
+    kept_fraction_of_total=0.5,
+    architecture="LlamaForCausalLM",
+    units=10,
     timings=Timings(score_s=0.5, project_recalibrate_s=0.25, fold_s=0.25, total_s=1.0),
     memory=MemoryRecord(start_rss_bytes=1, peak_rss_bytes=2, delta_rss_bytes=1, source="sampling"),
-    device="cpu", dtype="float32",
+    device="cpu",
+    dtype="float32",
 ).model_dump(mode="json")
 
 
@@ -69,8 +86,7 @@ def test_in_domain_marking_ood_geomean_and_ranks(dense_nll: dict[str, np.ndarray
     assert summary.summary_scope == "out-of-domain"
     groups = {g.method: g for g in summary.groups}
     for group, rec in ((groups["fits"], fits), (groups["robust"], robust)):
-        ratios = {label: rec["eval"]["perplexity"]["sources"][label]["ppl"] / dense["eval"]["perplexity"]["sources"][label]["ppl"]
-                  for label in DOMAINS}
+        ratios = {label: rec["eval"]["perplexity"]["sources"][label]["ppl"] / dense["eval"]["perplexity"]["sources"][label]["ppl"] for label in DOMAINS}
         assert group.measures["ratio:wiki"].value() == pytest.approx(ratios["wiki"], rel=1e-9)
         assert group.measures["ood"].value() == pytest.approx(math.sqrt(ratios["book"] * ratios["docs"]), rel=1e-9)
         low, high = group.measures["ood"].interval()
@@ -80,11 +96,14 @@ def test_in_domain_marking_ood_geomean_and_ranks(dense_nll: dict[str, np.ndarray
     assert summary.taus["keep 0.5"]["wiki ~ book"] == pytest.approx(-1.0)
     assert summary.taus["keep 0.5"]["book ~ docs"] == pytest.approx(1.0)
 
-    meta = {"model": {"spec": "m"}, "calibration": {"name": "c", "origin": "o", "split": "validation", "domain": "wikitext-2",
-                                                      "tokens": 10, "fingerprint": "f"},
-            "evaluation": {"perplexity": {"config": {"seq_len": 32, "protocol": "custom"}}},
-            "config": {"dtype": "float32", "budget_kind": "prunable"}, "budgets": {"0.5": 50},
-            "units": {"total_params": 200, "prunable_params": 150}}
+    meta = {
+        "model": {"spec": "m"},
+        "calibration": {"name": "c", "origin": "o", "split": "validation", "domain": "wikitext-2", "tokens": 10, "fingerprint": "f"},
+        "evaluation": {"perplexity": {"config": {"seq_len": 32, "protocol": "custom"}}},
+        "config": {"dtype": "float32", "budget_kind": "prunable"},
+        "budgets": {"0.5": 50},
+        "units": {"total_params": 200, "prunable_params": 150},
+    }
     table = rows(dense, [fits, robust], 200, summary)
     text = markdown(table, meta, dense, summary)
     header = next(line for line in text.splitlines() if line.startswith("| method"))
@@ -138,13 +157,18 @@ def test_llamacpp_speedups_get_columns_only_when_measured(dense_nll: dict[str, n
     """The llamacpp-speed evaluator's speedups appear as columns (measured / ideal) only when a run has them."""
     dense = {"run_id": "dense", "kind": "dense", "status": "ok", "eval": {"perplexity": ppl_block(dense_nll)}}
     timed = record("timed", 0, shifted(dense_nll, {"wiki": 5.0, "book": 5.0, "docs": 5.0}))
-    timed["eval"]["llamacpp-speed"] = {"measured_speedup": {"prefill_256": 1.83, "prefill_512": 1.71, "decode": 1.55},
-                                       "ideal_speedup": {"prefill": 2.0, "decode": 1.65}}
-    meta = {"model": {"spec": "m"}, "calibration": {"name": "c", "origin": "o", "split": "validation", "domain": "wikitext-2",
-                                                      "tokens": 10, "fingerprint": "f"},
-            "evaluation": {"perplexity": {"config": {"seq_len": 32, "protocol": "custom"}}},
-            "config": {"dtype": "float32", "budget_kind": "prunable"}, "budgets": {"0.5": 50},
-            "units": {"total_params": 200, "prunable_params": 150}}
+    timed["eval"]["llamacpp-speed"] = {
+        "measured_speedup": {"prefill_256": 1.83, "prefill_512": 1.71, "decode": 1.55},
+        "ideal_speedup": {"prefill": 2.0, "decode": 1.65},
+    }
+    meta = {
+        "model": {"spec": "m"},
+        "calibration": {"name": "c", "origin": "o", "split": "validation", "domain": "wikitext-2", "tokens": 10, "fingerprint": "f"},
+        "evaluation": {"perplexity": {"config": {"seq_len": 32, "protocol": "custom"}}},
+        "config": {"dtype": "float32", "budget_kind": "prunable"},
+        "budgets": {"0.5": 50},
+        "units": {"total_params": 200, "prunable_params": 150},
+    }
     plain = record("plain", 0, shifted(dense_nll, {"wiki": 6.0, "book": 6.0, "docs": 6.0}))
     summary = summarise(dense, [plain], calibration_domain="wikitext-2")
     assert "llama.cpp" not in markdown(rows(dense, [plain], 200, summary), meta, dense, summary)
@@ -153,11 +177,13 @@ def test_llamacpp_speedups_get_columns_only_when_measured(dense_nll: dict[str, n
     table = rows(dense, [timed, plain], 200, summary)
     text = markdown(table, meta, dense, summary)
     header = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| method")).strip("|").split("|")]
-    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-             for line in text.splitlines() if line.startswith("| timed") or line.startswith("| plain")}
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| timed") or line.startswith("| plain")
+    }
     decode = header.index("llama.cpp decode speedup (meas / ideal)")
-    assert header.index("llama.cpp prefill 256 speedup (meas / ideal)") < header.index(
-        "llama.cpp prefill 512 speedup (meas / ideal)") < decode
+    assert header.index("llama.cpp prefill 256 speedup (meas / ideal)") < header.index("llama.cpp prefill 512 speedup (meas / ideal)") < decode
     assert cells["timed"][decode] == "1.55x / 1.65x" and cells["plain"][decode] == "-"
     assert cells["timed"][header.index("llama.cpp prefill 512 speedup (meas / ideal)")] == "1.71x / 2.00x"
     assert next(r for r in table if r.get("method") == "timed")["llamacpp_decode_speedup"] == pytest.approx(1.55)

@@ -14,10 +14,10 @@ from tiny import FAMILIES, tiny_model, tokens
 
 from pruneframe.architectures import discover
 from pruneframe.checkpoint import load_pruned, save
-from pruneframe.fold import fold
-from pruneframe.gates import gated
-from pruneframe.methods import Recalibration
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.fold import fold
+from pruneframe.toolkit.gates import gated
+from pruneframe.pipeline.methods import Recalibration
+from pruneframe.pipeline.units import UnitKind
 
 ALL = sorted(FAMILIES)
 
@@ -73,7 +73,8 @@ def test_unit_costs_add_up_to_parameter_count(family: str) -> None:
     assert units.layers[0].queries_per_group == G
     # removing everything prunable leaves exactly the non-prunable parameters
     non = _count(model) - sum(
-        p.numel() for n, p in model.named_parameters()
+        p.numel()
+        for n, p in model.named_parameters()
         if any(k in n for k in ("gate_proj", "up_proj", "q_proj", "k_proj", "v_proj", "qkv_proj", "gate_up_proj"))
         or (n.endswith("weight") and any(k in n for k in ("down_proj", "o_proj")))
     )

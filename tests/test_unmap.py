@@ -14,8 +14,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 def _mapped(model: torch.nn.Module) -> list[str]:
     spans = file_mappings()
-    return [name for name, p in model.named_parameters()
-            if any(start <= p.data_ptr() < end for start, end, _ in spans)]
+    return [name for name, p in model.named_parameters() if any(start <= p.data_ptr() < end for start, end, _ in spans)]
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings (Linux)")

@@ -112,9 +112,7 @@ def choice_loglikelihoods(model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
     return out
 
 
-def test_accuracy_matches_the_choice_loglikelihoods_by_hand(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_file: Path
-) -> None:
+def test_accuracy_matches_the_choice_loglikelihoods_by_hand(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_file: Path) -> None:
     assert tokenizer.encode("x y") == tokenizer.encode("x y", add_special_tokens=False)  # no BOS to account for
     lls = [choice_loglikelihoods(model, tokenizer, row) for row in ROWS]
     picks = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
@@ -132,9 +130,7 @@ def test_accuracy_matches_the_choice_loglikelihoods_by_hand(
     assert low <= result["acc"] <= high
 
 
-def test_bridge_scores_every_doc_and_honours_limit(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_file: Path
-) -> None:
+def test_bridge_scores_every_doc_and_honours_limit(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, task_file: Path) -> None:
     full = zeroshot(model, tokenizer, [str(task_file)], batch_size=4)
     row = full["tasks"]["pf_tiny_mc"]
     assert row["docs"] == 5 and row["source"] == str(task_file.resolve())
@@ -143,9 +139,7 @@ def test_bridge_scores_every_doc_and_honours_limit(
         assert row[f"{metric}_stderr"] is not None and row[f"{metric}_stderr"] >= 0.0
     protocol = ZeroShotProtocol.model_validate(full["protocol"])
     assert protocol.tasks[0].docs == 5 and protocol.limit is None and protocol.prompt == PROMPT
-    limited = ZeroShotEvaluator({"tasks": [str(task_file)], "limit": 3, "batch_size": 2}).evaluate(
-        model, tokenizer, EvalContext(progress=False)
-    )
+    limited = ZeroShotEvaluator({"tasks": [str(task_file)], "limit": 3, "batch_size": 2}).evaluate(model, tokenizer, EvalContext(progress=False))
     assert limited["tasks"]["pf_tiny_mc"]["docs"] == 3
     assert limited["protocol"]["limit"] == 3
     json.dumps(limited)

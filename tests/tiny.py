@@ -65,6 +65,5 @@ def on_ranks(world_size: int, tmp_path, worker, *args) -> list:
     """
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_entry, args=(world_size, str(tmp_path / "init"), torch.get_num_threads(), str(tmp_path), worker, args),
-             nprocs=world_size, join=True)
+    mp.spawn(_rank_entry, args=(world_size, str(tmp_path / "init"), torch.get_num_threads(), str(tmp_path), worker, args), nprocs=world_size, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

@@ -45,8 +45,14 @@ def make_workspace(root: Path) -> dict[str, Path]:
     model_dir = root / "tiny-llama"
     tiny_model("llama-gqa").save_pretrained(model_dir)
     make_tokenizer().save_pretrained(model_dir)
-    paths = {"model": model_dir, "calib": root / "calib.txt", "eval": root / "eval.txt", "task": root / "tiny_mc.jsonl",
-             "data_dir": root / "no-shared-data", "other": root / "other" / "other.txt"}
+    paths = {
+        "model": model_dir,
+        "calib": root / "calib.txt",
+        "eval": root / "eval.txt",
+        "task": root / "tiny_mc.jsonl",
+        "data_dir": root / "no-shared-data",
+        "other": root / "other" / "other.txt",
+    }
     paths["calib"].write_text(random_text(1, 3000))
     paths["eval"].write_text(random_text(2, 1500))  # beside the calibration text: the same domain
     paths["other"].parent.mkdir()

@@ -6,7 +6,7 @@
 * ``flap``: fluctuation metric with standardised global allocation and bias compensation (An et al., 2024).
 * ``random``: seeded random scores, the floor every method must beat.
 
-They use only the public contract (:mod:`pruneframe.methods`), so the core never knows their names.
+They use only the public contract (:mod:`pruneframe.pipeline.methods`), so the core never knows their names.
 Importing this package does not import the methods; the entry points load each module on its own.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import model_validator
 
-from pruneframe.methods import MethodConfig, Scope
+from pruneframe.pipeline.methods import MethodConfig, Scope
 
 __all__ = ["AllocationConfig"]
 
@@ -39,9 +39,7 @@ class AllocationConfig(MethodConfig):
             return data
         allocation, scope = data.get("allocation"), data.get("scope")
         if allocation is not None and scope is not None and allocation != scope:
-            raise ValueError(
-                f"allocation={allocation!r} and scope={scope!r} disagree; they are the same setting, give one"
-            )
+            raise ValueError(f"allocation={allocation!r} and scope={scope!r} disagree; they are the same setting, give one")
         value = allocation if allocation is not None else scope
         if value is None:
             value = cls.model_fields["allocation"].default

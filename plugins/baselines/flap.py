@@ -41,16 +41,15 @@ import torch
 from pydantic import Field
 
 from pruneframe.architectures import unit_indices
-from pruneframe.collect import Moments, collect_input_moments, column_sums_of, mean_contribution
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
-from pruneframe.pipeline import RecalibrationConfig, RecalibrationMethod
-from pruneframe.streaming import StreamingOptions
-from pruneframe.units import UnitKind
+from pruneframe.toolkit.collect import Moments, collect_input_moments, column_sums_of, mean_contribution
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline.recalibration import RecalibrationConfig, RecalibrationMethod
+from pruneframe.toolkit.streaming import StreamingOptions
+from pruneframe.pipeline.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
-__all__ = ["FLAPConfig", "FLAP", "BiasConfig", "BiasCompensation", "channel_metric", "standardise", "projection_moments",
-           "compensation"]
+__all__ = ["FLAPConfig", "FLAP", "BiasConfig", "BiasCompensation", "channel_metric", "standardise", "projection_moments", "compensation"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Metric = Literal["WIFV", "IFV", "WIFN"]
@@ -69,7 +68,7 @@ class FLAPConfig(AllocationConfig, StreamingOptions):
         bias_compensation: fold the removed channels' mean contribution into output biases.
         allocation: ``global`` (FLAP's adaptive structure) or ``uniform``.
         offload, compute_device: ``offload="cpu"`` streams the calibration pass one decoder layer
-            at a time through ``compute_device`` (:class:`~pruneframe.streaming.StreamingOptions`).
+            at a time through ``compute_device`` (:class:`~pruneframe.toolkit.streaming.StreamingOptions`).
     """
 
     metric: Metric = "WIFV"
@@ -94,8 +93,9 @@ class BiasConfig(RecalibrationConfig, StreamingOptions):
     batch_size: PositiveInt = 8
 
 
-def projection_moments(context: ScoringContext, cfg: FLAPConfig | BiasConfig, owner: str,
-                       cache: dict[tuple[int, int], dict[str, list[Moments]]]) -> dict[str, list[Moments]]:
+def projection_moments(
+    context: ScoringContext, cfg: FLAPConfig | BiasConfig, owner: str, cache: dict[tuple[int, int], dict[str, list[Moments]]]
+) -> dict[str, list[Moments]]:
     """Input moments of every o_proj and down_proj over ``cfg``'s calibration windows (one forward pass).
 
     ``cache`` keeps the last result per (model, calibration) pair, so scoring and recalibrating on the
@@ -107,9 +107,15 @@ def projection_moments(context: ScoringContext, cfg: FLAPConfig | BiasConfig, ow
         return cache[key]
     windows = calibration.windows(cfg.num_windows, cfg.seq_len)
     moments = collect_input_moments(
-        context.model, windows, _TARGETS, batch_size=cfg.batch_size,
-        progress=context.progress, desc=f"{owner} fluctuation", adapter=context.units.adapter,
-        streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
+        context.model,
+        windows,
+        _TARGETS,
+        batch_size=cfg.batch_size,
+        progress=context.progress,
+        desc=f"{owner} fluctuation",
+        adapter=context.units.adapter,
+        streaming=cfg.streaming,
+        device=cfg.device_for(context.model) if cfg.streaming else None,
     )
     context.stats["calibration_tokens"] = int(windows.numel())
     context.stats["forward_passes"] = context.stats.get("forward_passes", 0) + -(-len(windows) // cfg.batch_size)

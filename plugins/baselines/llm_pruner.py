@@ -39,13 +39,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import WeightSlice
-from pruneframe.collect import batches
-from pruneframe.hookspecs import hookimpl
-from pruneframe.losses import causal_lm_loss, hidden_state_loss
-from pruneframe.methods import PruningMethod, ScoringContext
-from pruneframe.recompute import recompute_decoder_layers
-from pruneframe.streaming import StreamingOptions, streamed_backward
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.toolkit.collect import batches
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.toolkit.losses import causal_lm_loss, hidden_state_loss
+from pruneframe.pipeline.methods import PruningMethod, ScoringContext
+from pruneframe.toolkit.recompute import recompute_decoder_layers
+from pruneframe.toolkit.streaming import StreamingOptions, streamed_backward
+from pruneframe.pipeline.units import UnitKind, UnitSet
 from pruneframe_baselines import AllocationConfig
 from pruneframe_baselines.ranges import LayerBound, range_minimum, resolve_layer_range
 
@@ -69,11 +69,11 @@ class LLMPrunerConfig(AllocationConfig, StreamingOptions):
             Fractions apply to models with at least 8 layers; smaller models prune every layer.
         allocation: ``uniform`` (same ratio per pruned layer and kind) or ``global``.
         recompute: keep only each decoder layer's inputs during the forward pass and recompute its
-            activations in the backward pass (:mod:`pruneframe.recompute`): the activations of one
+            activations in the backward pass (:mod:`pruneframe.toolkit.recompute`): the activations of one
             layer at a time instead of all, for one more forward pass; the same gradients.
         offload, compute_device: ``offload="cpu"`` runs the gradient passes one decoder layer at a
-            time on ``compute_device`` (:func:`pruneframe.streaming.streamed_backward`; the weights
-            stay where they are, recomputation is implied; :class:`~pruneframe.streaming.StreamingOptions`).
+            time on ``compute_device`` (:func:`pruneframe.toolkit.streaming.streamed_backward`; the weights
+            stay where they are, recomputation is implied; :class:`~pruneframe.toolkit.streaming.StreamingOptions`).
     """
 
     importance: Importance = "element1"
@@ -181,8 +181,7 @@ class LLMPruner(PruningMethod):
             # the loss is a mean over the batch's tokens; weighting each micro-batch by its share of
             # the (equal-length) sequences makes the accumulated gradient that of the mean over all
             if stream is not None:
-                loss = streamed_backward(model, batch, hidden_state_loss(model, batch), stream, scale=weight,
-                                         adapter=units.adapter)
+                loss = streamed_backward(model, batch, hidden_state_loss(model, batch), stream, scale=weight, adapter=units.adapter)
             else:
                 ids = batch.to(device)
                 loss = causal_lm_loss(model, ids)
@@ -191,8 +190,7 @@ class LLMPruner(PruningMethod):
             losses.append(float(loss.detach()) * len(batch))
 
         handles = []
-        bar = tqdm(total=(n if cfg.importance == "element2" else 0) + len(micro), desc="llm-pruner gradients",
-                   disable=not context.progress)
+        bar = tqdm(total=(n if cfg.importance == "element2" else 0) + len(micro), desc="llm-pruner gradients", disable=not context.progress)
         try:
             with _only_these_require_grad(model, weights), recompute_decoder_layers(model, cfg.recompute and stream is None):
                 if cfg.importance == "element2":
@@ -226,9 +224,7 @@ class LLMPruner(PruningMethod):
                 names = [p.name for p in layer.of(kind)]
                 missing = [name for name in names if (i, name) not in shares]
                 if missing:
-                    raise RuntimeError(
-                        f"llm-pruner: no gradient reached layer {i} {', '.join(missing)}; is it used in forward?"
-                    )
+                    raise RuntimeError(f"llm-pruner: no gradient reached layer {i} {', '.join(missing)}; is it used in forward?")
                 stacked = torch.stack([shares[(i, name)] for name in names])
                 scores[units.slice(i, kind)] = reduce[self.config.group_reduction](stacked)
         return scores

@@ -16,9 +16,9 @@ from typing import Literal
 import torch
 
 from pruneframe.architectures import WeightSlice
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import PruningMethod, ScoringContext
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import PruningMethod, ScoringContext
+from pruneframe.pipeline.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
 __all__ = ["MagnitudeConfig", "Magnitude"]

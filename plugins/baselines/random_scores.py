@@ -9,8 +9,8 @@ from typing import Literal
 
 import torch
 
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import PruningMethod, ScoringContext
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import PruningMethod, ScoringContext
 from pruneframe_baselines import AllocationConfig
 
 __all__ = ["RandomConfig", "RandomScores"]

@@ -2,7 +2,7 @@
 
 :func:`resolve_layer_range` reads a range from layer indices or fractions; :func:`range_minimum`
 turns it into the projector's per-group minimum. Where a unit's weights are comes from the core's
-architecture adapter (:meth:`pruneframe.methods.ScoringContext.layers`).
+architecture adapter (:meth:`pruneframe.pipeline.methods.ScoringContext.layers`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import torch
 
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.pipeline.units import UnitKind, UnitSet
 
 __all__ = [
     "resolve_layer_range",
@@ -39,9 +39,7 @@ def _bound(value: LayerBound, num_layers: int, *, end: bool, field: str) -> int:
     return index
 
 
-def resolve_layer_range(
-    start: LayerBound, end: LayerBound, num_layers: int, *, fractions_from: int = 8
-) -> tuple[int, int]:
+def resolve_layer_range(start: LayerBound, end: LayerBound, num_layers: int, *, fractions_from: int = 8) -> tuple[int, int]:
     """The pruned layer range ``[first, stop)`` from ints (indices, negative from the end) or fractions.
 
     Fractions are rounded inward (``start=0.1, end=0.95`` gives ``[4, 30)`` of 32 layers, LLM-Pruner's
@@ -58,9 +56,7 @@ def resolve_layer_range(
         first = _bound(start, num_layers, end=False, field="layer_start")
         stop = _bound(end, num_layers, end=True, field="layer_end")
     if first >= stop:
-        raise ValueError(
-            f"layer_start={start!r}, layer_end={end!r} leave no layer to prune in a model with {num_layers} layers"
-        )
+        raise ValueError(f"layer_start={start!r}, layer_end={end!r} leave no layer to prune in a model with {num_layers} layers")
     return first, stop
 
 

@@ -29,11 +29,11 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 
-from pruneframe.collect import collect_input_moments
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import PruningMethod, ScoringContext
-from pruneframe.streaming import StreamingOptions
-from pruneframe.units import UnitKind
+from pruneframe.toolkit.collect import collect_input_moments
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import PruningMethod, ScoringContext
+from pruneframe.toolkit.streaming import StreamingOptions
+from pruneframe.pipeline.units import UnitKind
 from pruneframe_baselines import AllocationConfig
 
 __all__ = ["WandaSPConfig", "WandaSP"]
@@ -42,8 +42,13 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 # which linear layer's input each part reads (q/k/v share one input, gate/up another)
 _INPUT_OF = {
-    "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in",
-    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+    "down_proj": "down_in",
+    "q_proj": "attn_in",
+    "k_proj": "attn_in",
+    "v_proj": "attn_in",
+    "o_proj": "o_in",
 }
 _TARGETS = {
     "mlp_in": lambda m: m.mlp_in,
@@ -65,7 +70,7 @@ class WandaSPConfig(AllocationConfig, StreamingOptions):
             as in the FLAP repository's wanda-sp).
         allocation: ``uniform`` (FLAP's wanda-sp prunes every layer by the same ratio) or ``global``.
         offload, compute_device: ``offload="cpu"`` streams the calibration pass one decoder layer
-            at a time through ``compute_device`` (:class:`~pruneframe.streaming.StreamingOptions`).
+            at a time through ``compute_device`` (:class:`~pruneframe.toolkit.streaming.StreamingOptions`).
     """
 
     num_windows: PositiveInt = 64
@@ -89,9 +94,15 @@ class WandaSP(PruningMethod):
         windows = context.require_calibration(self.name).windows(cfg.num_windows, cfg.seq_len)
         keys = {_INPUT_OF[p] for p in _OUTPUT_PARTS} if cfg.matrices == "output" else set(_TARGETS)
         moments = collect_input_moments(
-            context.model, windows, {k: _TARGETS[k] for k in sorted(keys)},
-            batch_size=cfg.batch_size, progress=context.progress, desc="wanda-sp norms", adapter=units.adapter,
-            streaming=cfg.streaming, device=cfg.device_for(context.model) if cfg.streaming else None,
+            context.model,
+            windows,
+            {k: _TARGETS[k] for k in sorted(keys)},
+            batch_size=cfg.batch_size,
+            progress=context.progress,
+            desc="wanda-sp norms",
+            adapter=units.adapter,
+            streaming=cfg.streaming,
+            device=cfg.device_for(context.model) if cfg.streaming else None,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         context.stats["forward_passes"] = -(-len(windows) // cfg.batch_size)
@@ -107,9 +118,7 @@ class WandaSP(PruningMethod):
                         norm = moments[_INPUT_OF[part.name]][i].mean_square().sqrt().to(part.weight.device)
                         if part.axis == 1:  # the input features of a column slice are its own columns
                             norm = norm[part.start : part.stop]
-                        total = total + part.per_unit_sum_of(
-                            lambda block, ch: block.abs() * (norm[ch] if part.axis == 1 else norm)[None, :]
-                        ).cpu()
+                        total = total + part.per_unit_sum_of(lambda block, ch: block.abs() * (norm[ch] if part.axis == 1 else norm)[None, :]).cpu()
                     n = sum(p.params_per_unit for p in parts)
                     scores[units.slice(i, kind)] = (total / n).float()
         return scores

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from pruneframe.architectures import unit_indices
-from pruneframe.collect import collect_input_moments, mean_contribution
-from pruneframe.units import UnitKind, UnitSet
+from pruneframe.toolkit.collect import collect_input_moments, mean_contribution
+from pruneframe.pipeline.units import UnitKind, UnitSet
 
 __all__ = ["mean_projection_inputs", "compensation_bias"]
 
@@ -25,8 +25,14 @@ def mean_projection_inputs(
     With ``stream_device`` the pass runs one decoder layer at a time there.
     """
     moments = collect_input_moments(
-        model, windows, {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
-        batch_size=1, progress=progress, desc="grasprune means", streaming=stream_device is not None, device=stream_device,
+        model,
+        windows,
+        {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
+        batch_size=1,
+        progress=progress,
+        desc="grasprune means",
+        streaming=stream_device is not None,
+        device=stream_device,
     )
     return [m.mean().cpu() for m in moments["down_proj"]], [m.mean().cpu() for m in moments["o_proj"]]
 

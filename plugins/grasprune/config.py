@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from pruneframe.devices import LoadDtype
-from pruneframe.methods import MethodConfig
-from pruneframe.streaming import StreamingOptions
+from pruneframe.util.devices import LoadDtype
+from pruneframe.pipeline.methods import MethodConfig
+from pruneframe.toolkit.streaming import StreamingOptions
 
 __all__ = ["GRASPruneConfig"]
 
@@ -22,9 +22,9 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
     The projection ``policy`` (inherited) is ``rank`` by default, i.e. units are ordered by their
     gate probability p, not p/cost; ``density`` orders by p/cost.
 
-    ``offload="cpu"`` (inherited from :class:`~pruneframe.streaming.StreamingOptions`) runs every
+    ``offload="cpu"`` (inherited from :class:`~pruneframe.toolkit.streaming.StreamingOptions`) runs every
     forward and backward pass of both stages, the dense teacher and the compensation statistics one
-    decoder layer at a time on ``compute_device`` (:func:`pruneframe.streaming.streamed_backward`):
+    decoder layer at a time on ``compute_device`` (:func:`pruneframe.toolkit.streaming.streamed_backward`):
     for a model whose weights do not fit the device. ``recompute`` is then implied. Every step moves
     each layer to the device twice (forward, then backward), so a larger ``batch_size`` amortises the
     transfers.
@@ -44,9 +44,7 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
         "s = init_spread * (rank / (n - 1) - 1/2) over the n units of init_scope; None = all zeros (reference)",
     )
     init_config: dict[str, Any] | None = Field(None, description="config of the init_from method")
-    init_spread: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
-        1.0, description="range of the initial gate scores under init_from"
-    )
+    init_spread: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(1.0, description="range of the initial gate scores under init_from")
     init_scope: Literal["global", "uniform"] = Field(
         "global",
         description="how init_from's scores are ranked: over all units (global; for methods that rank "
@@ -62,7 +60,7 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
     recompute: bool = Field(
         False,
         description="keep only each decoder layer's inputs in the forward pass and recompute its activations in "
-        "the backward pass (pruneframe.recompute): one layer's activations at a time for one more forward pass, "
+        "the backward pass (pruneframe.toolkit.recompute): one layer's activations at a time for one more forward pass, "
         "the same gradients; for long sequences or large batches on a large model",
     )
     shuffle: bool = Field(True, description="reshuffle the sequences every epoch (seeded)")
@@ -85,9 +83,7 @@ class GRASPruneConfig(MethodConfig, StreamingOptions):
     rescale_sequences: Annotated[int | None, Field(ge=1)] = Field(
         None, description="sequences for stage B, taken after the gate-training ones (default: num_sequences)"
     )
-    bias_compensation: bool = Field(
-        False, description="add each removed unit's mean output back as a down_proj/o_proj bias before stage B"
-    )
+    bias_compensation: bool = Field(False, description="add each removed unit's mean output back as a down_proj/o_proj bias before stage B")
     least_squares: bool = Field(
         False,
         description="before stage B, refit the kept down_proj columns in closed form (ridge least squares "

@@ -16,8 +16,15 @@ __all__ = ["BlockAdam", "block_adam_update"]
 
 
 def block_adam_update(
-    grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, blocks: torch.Tensor, block_sizes: torch.Tensor,
-    step: int, lr: float, betas: tuple[float, float], eps: float,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    blocks: torch.Tensor,
+    block_sizes: torch.Tensor,
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
 ) -> torch.Tensor:
     """One update (the value to subtract) and, in place, the new moments.
 
@@ -57,6 +64,9 @@ class BlockAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(self.block_sizes)
                 state["step"] += 1
-                p.sub_(block_adam_update(p.grad, state["exp_avg"], state["exp_avg_sq"], self.blocks, self.block_sizes,
-                                         state["step"], group["lr"], group["betas"], group["eps"]))
+                p.sub_(
+                    block_adam_update(
+                        p.grad, state["exp_avg"], state["exp_avg_sq"], self.blocks, self.block_sizes, state["step"], group["lr"], group["betas"], group["eps"]
+                    )
+                )
         return loss

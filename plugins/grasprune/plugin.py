@@ -4,7 +4,7 @@ Stage A (scoring): one gate score s per unit (FFN channel or KV group), p = sigm
 step the core projector turns p into a hard mask m meeting the budget exactly; the forward pass uses
 z = m + p - stopgrad(p), so the loss sees the hard mask and the gradient reaches p (projected
 straight-through estimator). FFN channels are gated at down_proj's input, KV groups on their keys
-and values (see :mod:`pruneframe.gates`). AdamW on s only; the backbone is frozen.
+and values (see :mod:`pruneframe.toolkit.gates`). AdamW on s only; the backbone is frozen.
 
 Stage B (recalibration, also the ``scales`` recalibration plugin that any scorer can use, see
 :mod:`pruneframe_grasprune.scales`): with the final mask fixed, one scale gamma = 1 + alpha * tanh(t) per unit is
@@ -12,7 +12,7 @@ trained with the same loss on calibration sequences stage A did not see; the cor
 down_proj columns (FFN) and k_proj/v_proj rows (KV). In Qwen3 the per-head k_norm cancels a key
 scale (as it would the folded k_proj rows), so there a KV-group scale effectively acts on values only.
 Optionally (``least_squares``), before the scales, the kept down_proj columns are refit in closed
-form to reproduce the dense FFN output (see :mod:`pruneframe.refit`); no parameters are added.
+form to reproduce the dense FFN output (see :mod:`pruneframe.toolkit.refit`); no parameters are added.
 
 Warm start (optional, ``init_from``): the gate scores start at another registered method's scores,
 as ranks spread over ``init_spread``; with ``init_scope="uniform"`` the ranks are taken within each
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from pruneframe.budget import check_meets_budget, group_round_to
-from pruneframe.devices import dtype_name
-from pruneframe.gates import UnitGates
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import PruningMethod, Recalibration, ScoringContext
-from pruneframe.recompute import recompute_decoder_layers
-from pruneframe.refit import ffn_input_moments, refit_down_proj
-from pruneframe.resume import LoopCheckpoint, tensor_digest
+from pruneframe.pipeline.budget import check_meets_budget, group_round_to
+from pruneframe.util.devices import dtype_name
+from pruneframe.toolkit.gates import UnitGates
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.toolkit.recompute import recompute_decoder_layers
+from pruneframe.toolkit.refit import ffn_input_moments, refit_down_proj
+from pruneframe.toolkit.resume import LoopCheckpoint, tensor_digest
 from pruneframe_grasprune.compensation import compensation_bias, mean_projection_inputs
 from pruneframe_grasprune.config import GRASPruneConfig
 from pruneframe_grasprune.optim import BlockAdam
@@ -63,10 +63,7 @@ class GRASPrune(PruningMethod):
         if self.config.dtype == "auto":
             return
         if dtype_name(model) != self.config.dtype:
-            raise ValueError(
-                f"grasprune dtype={self.config.dtype} but the model is {dtype_name(model)}; "
-                "load the model in the compute dtype"
-            )
+            raise ValueError(f"grasprune dtype={self.config.dtype} but the model is {dtype_name(model)}; load the model in the compute dtype")
 
     def _stream_device(self, model: torch.nn.Module) -> torch.device | None:
         """The device the decoder layers stream through under ``offload``, else None (the model runs where it is)."""
@@ -76,9 +73,7 @@ class GRASPrune(PruningMethod):
         choice = self.config.attn_implementation
         return None if choice == "model" else choice
 
-    def _checkpoint(
-        self, stage: str, context: ScoringContext, windows: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> LoopCheckpoint | None:
+    def _checkpoint(self, stage: str, context: ScoringContext, windows: torch.Tensor, mask: torch.Tensor | None = None) -> LoopCheckpoint | None:
         """Resumable state of one stage under ``checkpoint_dir`` (None: not kept).
 
         The fingerprint ties the file to this run: the method's settings (other than where and how
@@ -90,10 +85,13 @@ class GRASPrune(PruningMethod):
             return None
         settings = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_every"})
         fingerprint = {
-            "stage": stage, "config": settings, "budget": int(context.budget),
+            "stage": stage,
+            "config": settings,
+            "budget": int(context.budget),
             "model": str(getattr(getattr(context.model, "config", None), "_name_or_path", "")),
             "units": [len(context.units), int(context.units.prunable_params)],
-            "windows": tensor_digest(windows), "mask": None if mask is None else tensor_digest(mask),
+            "windows": tensor_digest(windows),
+            "mask": None if mask is None else tensor_digest(mask),
         }
         return LoopCheckpoint(Path(cfg.checkpoint_dir) / f"grasprune-{stage}.pt", cfg.checkpoint_every, fingerprint)
 
@@ -133,20 +131,36 @@ class GRASPrune(PruningMethod):
             return z, {"kept_cost": kept, "kept": kept / units.prunable_params}
 
         stream = self._stream_device(context.model)
-        with frozen(context.model), attention_implementation(context.model, self._attention()), \
-                recompute_decoder_layers(context.model, cfg.recompute and stream is None), \
-                UnitGates(context.model, units, fused_glu=True) as gates:
+        with (
+            frozen(context.model),
+            attention_implementation(context.model, self._attention()),
+            recompute_decoder_layers(context.model, cfg.recompute and stream is None),
+            UnitGates(context.model, units, fused_glu=True) as gates,
+        ):
             loss_backward = window_loss(cfg.loss, context.model, gates, windows, cfg.batch_size, context.progress, stream)
             stats = run_loop(
-                context.model, gates, [scores], gate_fn, loss_backward, windows,
+                context.model,
+                gates,
+                [scores],
+                gate_fn,
+                loss_backward,
+                windows,
                 batches(len(windows), cfg.batch_size, cfg.epochs, cfg.shuffle, cfg.seed),
-                steps, optimizer, "grasprune gates", context.progress,
-                self._checkpoint("gates", context, windows), compute_device=stream,
+                steps,
+                optimizer,
+                "grasprune gates",
+                context.progress,
+                self._checkpoint("gates", context, windows),
+                compute_device=stream,
             )
         context.stats["gates"] = {
-            "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
-            "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0],
-            "last_loss": stats.losses[-1], "kept_cost_per_step": [int(r["kept_cost"]) for r in stats.records],
+            "steps": len(stats.losses),
+            "tokens": stats.tokens,
+            "seconds": stats.seconds,
+            "tokens_per_second": stats.tokens_per_second,
+            "first_loss": stats.losses[0],
+            "last_loss": stats.losses[-1],
+            "kept_cost_per_step": [int(r["kept_cost"]) for r in stats.records],
             "budget": context.budget,
             "peak_rss_bytes": stats.peak_rss_bytes,
         }
@@ -166,19 +180,36 @@ class GRASPrune(PruningMethod):
             mlp_bias, attn_bias = compensation_bias(context.model, context.units, mask, *means)
         down_proj = None
         if cfg.least_squares:
-            moments = ffn_input_moments(context.model, context.units, mask, windows, context.progress,
-                                        (mlp_bias, attn_bias), stream)
+            moments = ffn_input_moments(context.model, context.units, mask, windows, context.progress, (mlp_bias, attn_bias), stream)
             down_proj = refit_down_proj(context.model, context.units, mask, moments, cfg.least_squares_damping)
             del moments
         if not cfg.rescale:
             return Recalibration(mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj)
         how = ScaleTraining(
-            alpha=cfg.rescale_alpha, lr=cfg.rescale_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-            epochs=cfg.rescale_epochs, loss=cfg.rescale_loss, outputs=cfg.rescale_outputs, batch_size=cfg.batch_size,
-            shuffle=cfg.shuffle, seed=cfg.seed + 1, attention=self._attention(), recompute=cfg.recompute,
+            alpha=cfg.rescale_alpha,
+            lr=cfg.rescale_lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            epochs=cfg.rescale_epochs,
+            loss=cfg.rescale_loss,
+            outputs=cfg.rescale_outputs,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle,
+            seed=cfg.seed + 1,
+            attention=self._attention(),
+            recompute=cfg.recompute,
         )
-        return learn_scales(context, mask, windows, how, stream=stream, mlp_bias=mlp_bias, attn_bias=attn_bias,
-                            down_proj=down_proj, checkpoint=self._checkpoint("scales", context, windows, mask))
+        return learn_scales(
+            context,
+            mask,
+            windows,
+            how,
+            stream=stream,
+            mlp_bias=mlp_bias,
+            attn_bias=attn_bias,
+            down_proj=down_proj,
+            checkpoint=self._checkpoint("scales", context, windows, mask),
+        )
 
 
 def normalised_ranks(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,12 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from pruneframe.gates import UnitGates, replaced_weights
-from pruneframe.methods import Recalibration, ScoringContext
-from pruneframe.pipeline import RecalibrationConfig, RecalibrationMethod
-from pruneframe.recompute import recompute_decoder_layers
-from pruneframe.resume import LoopCheckpoint
-from pruneframe.streaming import StreamingOptions
+from pruneframe.toolkit.gates import UnitGates, replaced_weights
+from pruneframe.pipeline.methods import Recalibration, ScoringContext
+from pruneframe.pipeline.recalibration import RecalibrationConfig, RecalibrationMethod
+from pruneframe.toolkit.recompute import recompute_decoder_layers
+from pruneframe.toolkit.resume import LoopCheckpoint
+from pruneframe.toolkit.streaming import StreamingOptions
 from pruneframe_grasprune.training import attention_implementation, batches, frozen, run_loop, window_loss
 
 __all__ = ["ScaleTraining", "learn_scales", "ScalesConfig", "Scales"]
@@ -49,15 +49,23 @@ class ScaleTraining:
 
 
 def learn_scales(
-    context: ScoringContext, mask: torch.Tensor, windows: torch.Tensor, how: ScaleTraining, *,
-    stream: torch.device | None = None, mlp_bias: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None,
-    down_proj: list[torch.Tensor] | None = None, checkpoint: LoopCheckpoint | None = None,
+    context: ScoringContext,
+    mask: torch.Tensor,
+    windows: torch.Tensor,
+    how: ScaleTraining,
+    *,
+    stream: torch.device | None = None,
+    mlp_bias: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
+    down_proj: list[torch.Tensor] | None = None,
+    checkpoint: LoopCheckpoint | None = None,
 ) -> Recalibration:
     """Train the per-unit scales (and output scales when ``how.outputs``) for the fixed ``mask``.
 
     ``mlp_bias``/``attn_bias``/``down_proj`` (bias compensation, a refit) are applied while training and
     returned with the scales. Statistics go to ``context.stats["rescale"]``.
     """
+
     def scale(raw: torch.Tensor) -> torch.Tensor:
         return 1 + how.alpha * torch.tanh(raw)
 
@@ -70,9 +78,13 @@ def learn_scales(
     params = [t] if u is None else [t, u]
     optimizer = torch.optim.AdamW(params, lr=how.lr, betas=how.betas, weight_decay=how.weight_decay)
 
-    with frozen(context.model), attention_implementation(context.model, how.attention), \
-            recompute_decoder_layers(context.model, how.recompute and stream is None), \
-            UnitGates(context.model, units, fused_glu=True) as gates, replaced_weights(context.model, down_proj):
+    with (
+        frozen(context.model),
+        attention_implementation(context.model, how.attention),
+        recompute_decoder_layers(context.model, how.recompute and stream is None),
+        UnitGates(context.model, units, fused_glu=True) as gates,
+        replaced_weights(context.model, down_proj),
+    ):
         gates.set_bias(mlp_bias, attn_bias)
 
         def gate_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -82,19 +94,32 @@ def learn_scales(
 
         loss_backward = window_loss(how.loss, context.model, gates, windows, how.batch_size, context.progress, stream)
         stats = run_loop(
-            context.model, gates, params, gate_fn, loss_backward, windows,
+            context.model,
+            gates,
+            params,
+            gate_fn,
+            loss_backward,
+            windows,
             batches(len(windows), how.batch_size, how.epochs, how.shuffle, how.seed),
-            steps, optimizer, "grasprune scales", context.progress, checkpoint, compute_device=stream,
+            steps,
+            optimizer,
+            "grasprune scales",
+            context.progress,
+            checkpoint,
+            compute_device=stream,
         )
     context.stats["rescale"] = {
-        "steps": len(stats.losses), "tokens": stats.tokens, "seconds": stats.seconds,
-        "tokens_per_second": stats.tokens_per_second, "first_loss": stats.losses[0], "last_loss": stats.losses[-1],
+        "steps": len(stats.losses),
+        "tokens": stats.tokens,
+        "seconds": stats.seconds,
+        "tokens_per_second": stats.tokens_per_second,
+        "first_loss": stats.losses[0],
+        "last_loss": stats.losses[-1],
         "peak_rss_bytes": stats.peak_rss_bytes,
     }
     gamma = scale(t.detach()).cpu()
     out_scale = (None, None) if u is None else scale(u.detach()).cpu()
-    return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj,
-                         mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
+    return Recalibration(scales=gamma, mlp_bias=mlp_bias, attn_bias=attn_bias, down_proj=down_proj, mlp_out_scale=out_scale[0], attn_out_scale=out_scale[1])
 
 
 class ScalesConfig(RecalibrationConfig, StreamingOptions):
@@ -147,9 +172,18 @@ class Scales(RecalibrationMethod):
         cfg = self.config
         windows = context.require_calibration(self.name).windows(cfg.num_sequences, cfg.seq_len, offset=cfg.offset_sequences)
         how = ScaleTraining(
-            alpha=cfg.alpha, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, epochs=cfg.epochs, loss=cfg.loss,
-            outputs=cfg.outputs, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=cfg.seed + 1,
-            attention=None if cfg.attn_implementation == "model" else cfg.attn_implementation, recompute=cfg.recompute,
+            alpha=cfg.alpha,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            epochs=cfg.epochs,
+            loss=cfg.loss,
+            outputs=cfg.outputs,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle,
+            seed=cfg.seed + 1,
+            attention=None if cfg.attn_implementation == "model" else cfg.attn_implementation,
+            recompute=cfg.recompute,
         )
         stream = cfg.device_for(context.model) if cfg.streaming else None
         return learn_scales(context, mask, windows, how, stream=stream)

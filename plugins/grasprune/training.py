@@ -15,16 +15,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruneframe.memory import PeakMemory
-from pruneframe.distributed import sharded_backward, world
-from pruneframe.gates import UnitGates
-from pruneframe.losses import causal_lm_loss, hidden_state_loss, lean_head
-from pruneframe.streaming import streamed_backward, streamed_forward
-from pruneframe.resume import LoopCheckpoint, LoopStats
+from pruneframe.toolkit.memory import PeakMemory
+from pruneframe.toolkit.distributed import sharded_backward, world
+from pruneframe.toolkit.gates import UnitGates
+from pruneframe.toolkit.losses import causal_lm_loss, hidden_state_loss, lean_head
+from pruneframe.toolkit.streaming import streamed_backward, streamed_forward
+from pruneframe.toolkit.resume import LoopCheckpoint, LoopStats
 
 __all__ = [
-    "frozen", "attention_implementation", "causal_lm_loss", "distillation_loss", "DenseTeacher", "LossBackward",
-    "LoopStats", "run_loop", "batches", "window_loss",
+    "frozen",
+    "attention_implementation",
+    "causal_lm_loss",
+    "distillation_loss",
+    "DenseTeacher",
+    "LossBackward",
+    "LoopStats",
+    "run_loop",
+    "batches",
+    "window_loss",
 ]
 
 
@@ -65,19 +73,23 @@ class DenseTeacher:
     The backbone is frozen and the teacher is the same model with its gates disabled, so its
     outputs never change: one no-grad forward per window, cached (``windows x (seq_len - 1) x
     hidden`` values), instead of one per step and epoch. With ``stream_device`` the forward runs
-    one decoder layer at a time there (:func:`pruneframe.streaming.streamed_forward`) and the
+    one decoder layer at a time there (:func:`pruneframe.toolkit.streaming.streamed_forward`) and the
     cache is kept where the embeddings are.
     """
 
     def __init__(
-        self, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool,
+        self,
+        model: nn.Module,
+        gates: UnitGates,
+        windows: torch.Tensor,
+        batch_size: int,
+        progress: bool,
         stream_device: torch.device | None = None,
     ) -> None:
         device = next(model.parameters()).device
         with gates.disabled(), torch.inference_mode():
             if stream_device is not None:
-                states = streamed_forward(model, windows.split(batch_size), stream_device, progress=progress,
-                                          desc="dense teacher (layers)", final_norm=True)
+                states = streamed_forward(model, windows.split(batch_size), stream_device, progress=progress, desc="dense teacher (layers)", final_norm=True)
                 parts = [h[:, :-1].to(device) for h in states]
                 del states
             else:
@@ -113,7 +125,12 @@ LossBackward = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def window_loss(
-    kind: str, model: nn.Module, gates: UnitGates, windows: torch.Tensor, batch_size: int, progress: bool,
+    kind: str,
+    model: nn.Module,
+    gates: UnitGates,
+    windows: torch.Tensor,
+    batch_size: int,
+    progress: bool,
     stream_device: torch.device | None = None,
 ) -> LossBackward:
     """The training step's forward and backward pass on ``windows[rows]``, as a function of ``rows``.
@@ -121,7 +138,7 @@ def window_loss(
     ``kind`` is ``"lm"`` (causal-LM cross-entropy on the calibration text) or ``"distill"`` (KL
     divergence from the dense model, i.e. the same backbone with the gates disabled; its hidden
     states are computed once up front by :class:`DenseTeacher`). With ``stream_device`` both
-    passes run one decoder layer at a time there (:func:`pruneframe.streaming.streamed_backward`),
+    passes run one decoder layer at a time there (:func:`pruneframe.toolkit.streaming.streamed_backward`),
     for a model whose weights do not fit the device; gradients are the same.
     """
     if kind not in ("lm", "distill"):
@@ -180,7 +197,7 @@ def run_loop(
     memory is recorded on ``compute_device`` (default: the model's device).
 
     Under ``torchrun`` each rank computes the loss of its round-robin share of every batch and the
-    gradients are summed across ranks (see :mod:`pruneframe.distributed`): the updates are those of
+    gradients are summed across ranks (see :mod:`pruneframe.toolkit.distributed`): the updates are those of
     one process. With ``checkpoint`` the loop resumes from, and periodically writes, saved state.
     """
     stats = LoopStats()

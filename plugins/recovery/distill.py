@@ -17,8 +17,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pruneframe.devices import model_device
-from pruneframe.hookspecs import hookimpl
+from pruneframe.util.devices import model_device
+from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.recovery import Recovery, RecoveryConfig, RecoveryContext
 from pruneframe.recovery.adapters import LoraSettings, check_targets, merge_lora, with_lora
 from pruneframe.recovery.base import trainable
@@ -47,8 +47,9 @@ class DistillConfig(RecoveryConfig):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
-def distillation_loss(model: nn.Module, sequences: torch.Tensor, teacher: TeacherTargets, config: DistillConfig
-                      ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+def distillation_loss(
+    model: nn.Module, sequences: torch.Tensor, teacher: TeacherTargets, config: DistillConfig
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """``(rows, weight) -> mean loss`` of the student on ``sequences[rows]`` against the teacher, backpropagated times ``weight``."""
     device = model_device(model)
 
@@ -109,8 +110,9 @@ class DistillRecovery(Recovery):
             student = model
         student.train()
         loss = distillation_loss(student, context.stream.sequences, context.teacher, self.config)
-        stats = train(trainable(student), loss, context.stream, self.config, name=self.name,
-                      fingerprint=context.stats.get("fingerprint", {}), progress=context.progress)
+        stats = train(
+            trainable(student), loss, context.stream, self.config, name=self.name, fingerprint=context.stats.get("fingerprint", {}), progress=context.progress
+        )
         context.stats["train"] = stats
         result = merge_lora(student) if self.config.adapter == "lora" else student
         for p in result.parameters():

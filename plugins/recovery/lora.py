@@ -13,12 +13,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pruneframe.hookspecs import hookimpl
+from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.recovery import Recovery, RecoveryConfig, RecoveryContext
 from pruneframe.recovery.adapters import LoraSettings, check_targets, merge_lora, with_lora
 from pruneframe.recovery.base import trainable
 from pruneframe.recovery.loop import train
-from pruneframe.devices import model_device
+from pruneframe.util.devices import model_device
 
 
 class LoraConfig(RecoveryConfig):
@@ -58,8 +58,15 @@ class LoraRecovery(Recovery):
             p.requires_grad_(False)
         wrapped = with_lora(model, self.config.lora)
         wrapped.train()
-        stats = train(trainable(wrapped), next_token_loss(wrapped, context.stream.sequences), context.stream, self.config,
-                      name=self.name, fingerprint=context.stats.get("fingerprint", {}), progress=context.progress)
+        stats = train(
+            trainable(wrapped),
+            next_token_loss(wrapped, context.stream.sequences),
+            context.stream,
+            self.config,
+            name=self.name,
+            fingerprint=context.stats.get("fingerprint", {}),
+            progress=context.progress,
+        )
         context.stats["train"] = stats
         return merge_lora(wrapped).eval()
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pruneframe.hookspecs import hookimpl
+from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.recovery import Recovery, RecoveryContext
 
 

@@ -24,8 +24,8 @@ from pruneframe.architectures.base import (
 from pruneframe.architectures.llama import SplitProjectionAdapter
 
 if TYPE_CHECKING:
-    from pruneframe.host import PluginHost
-    from pruneframe.units import UnitSet
+    from pruneframe.pipeline.host import PluginHost
+    from pruneframe.pipeline.units import UnitSet
 
 __all__ = [
     "ArchitectureAdapter",
@@ -62,7 +62,7 @@ def adapter_for(model: nn.Module, host: "PluginHost | None" = None) -> Architect
         for adapter in builtin_adapters():  # the common case needs no plugin scan
             if adapter.matches(model):
                 return adapter
-        from pruneframe.host import PluginHost
+        from pruneframe.pipeline.host import PluginHost
 
         host = PluginHost.create()
     return host.adapter_for(model)
@@ -78,7 +78,7 @@ def adapter_for_class(name: str, host: "PluginHost | None" = None) -> Architectu
         for adapter in builtin_adapters():
             if name in adapter.architectures:
                 return adapter
-        from pruneframe.host import PluginHost
+        from pruneframe.pipeline.host import PluginHost
 
         host = PluginHost.create()
     adapters = host.adapters()
@@ -90,7 +90,7 @@ def adapter_for_class(name: str, host: "PluginHost | None" = None) -> Architectu
 
 
 def discover(model: nn.Module, host: "PluginHost | None" = None) -> "UnitSet":
-    """The :class:`~pruneframe.units.UnitSet` of ``model`` (see :func:`adapter_for`)."""
+    """The :class:`~pruneframe.pipeline.units.UnitSet` of ``model`` (see :func:`adapter_for`)."""
     return adapter_for(model, host).discover(model)
 
 

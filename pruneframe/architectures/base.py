@@ -7,7 +7,7 @@ checkpoints, methods) reaches a model's units through an :class:`ArchitectureAda
 * :meth:`~ArchitectureAdapter.layer_slices`: per layer, a :class:`LayerSlices` naming the exact
   rows or columns of which linear layer (fused ones included) each unit owns (:class:`WeightSlice`),
   the modules whose inputs carry the MLP / attention inputs, and the output projections;
-* :meth:`~ArchitectureAdapter.discover`: the :class:`~pruneframe.units.UnitSet`, costs computed from
+* :meth:`~ArchitectureAdapter.discover`: the :class:`~pruneframe.pipeline.units.UnitSet`, costs computed from
   the slices themselves (weights and bias entries a unit owns), so costs and fold never disagree;
 * :meth:`~ArchitectureAdapter.layer_widths`: the per-layer widths (:class:`LayerWidths`, the one
   representation used by size evaluation, the checkpoint config and the prune report);
@@ -34,8 +34,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from pruneframe.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
-from pruneframe.units import LayerShape, UnitKind, UnitSet
+from pruneframe.toolkit.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
+from pruneframe.pipeline.units import LayerShape, UnitKind, UnitSet
 
 __all__ = ["WeightSlice", "LayerSlices", "LayerWidths", "ArchitectureAdapter", "count_parameters", "unit_indices"]
 
@@ -131,9 +131,7 @@ class WeightSlice:
         per_channel = self.channel_sum(values)
         return per_channel.reshape(self.units, self.per_unit).sum(dim=1)
 
-    def per_unit_sum_of(
-        self, fn: Callable[[torch.Tensor, slice], torch.Tensor], *, max_elements: int = UPCAST_BLOCK_ELEMENTS
-    ) -> torch.Tensor:
+    def per_unit_sum_of(self, fn: Callable[[torch.Tensor, slice], torch.Tensor], *, max_elements: int = UPCAST_BLOCK_ELEMENTS) -> torch.Tensor:
         """``per_unit_sum(fn(weight in float64))``, computed a block of units at a time.
 
         ``fn(block, channels)`` gets the float64 weights of a block of whole units and which rows
@@ -142,8 +140,10 @@ class WeightSlice:
         float64 copy of a whole layer. Returns one value per unit, on the weight's device.
         """
         w = self.weight.detach()
-        sums = [self.channel_sum(fn(block, channels)).reshape(-1, self.per_unit).sum(dim=1)
-                for channels, block in float64_blocks(w, self.axis, group=self.per_unit, max_elements=max_elements)]
+        sums = [
+            self.channel_sum(fn(block, channels)).reshape(-1, self.per_unit).sum(dim=1)
+            for channels, block in float64_blocks(w, self.axis, group=self.per_unit, max_elements=max_elements)
+        ]
         return torch.cat(sums) if sums else torch.zeros(0, dtype=torch.float64, device=w.device)
 
     def indices(self, keep: torch.Tensor) -> torch.Tensor:
@@ -255,7 +255,13 @@ class LayerWidths:
     def same_shape(self, other: "LayerWidths") -> bool:
         """Whether two layers have identical widths and bias flags (the index aside)."""
         return (self.ffn, self.q_heads, self.kv_heads, self.head_dim, self.hidden, self.down_proj_bias, self.o_proj_bias) == (
-            other.ffn, other.q_heads, other.kv_heads, other.head_dim, other.hidden, other.down_proj_bias, other.o_proj_bias
+            other.ffn,
+            other.q_heads,
+            other.kv_heads,
+            other.head_dim,
+            other.hidden,
+            other.down_proj_bias,
+            other.o_proj_bias,
         )
 
 
@@ -303,7 +309,7 @@ class ArchitectureAdapter(ABC):
     def final_norm(self, model: nn.Module) -> nn.Module:
         """The norm the decoder applies after its last layer (default: the decoder's ``norm``).
 
-        A layer-streamed gradient pass (:func:`pruneframe.streaming.streamed_backward`) applies it to
+        A layer-streamed gradient pass (:func:`pruneframe.toolkit.streaming.streamed_backward`) applies it to
         the last layer's output to form the decoder's final hidden states.
         """
         return model.get_decoder().norm
@@ -330,8 +336,11 @@ class ArchitectureAdapter(ABC):
         layers = self.layer_slices(model)
         shapes = [
             LayerShape(
-                ffn_channels=ls.ffn_channels, kv_groups=ls.kv_groups, queries_per_group=ls.queries_per_group,
-                ffn_cost=ls.unit_cost(UnitKind.FFN), kv_cost=ls.unit_cost(UnitKind.KV),
+                ffn_channels=ls.ffn_channels,
+                kv_groups=ls.kv_groups,
+                queries_per_group=ls.queries_per_group,
+                ffn_cost=ls.unit_cost(UnitKind.FFN),
+                kv_cost=ls.unit_cost(UnitKind.KV),
             )
             for ls in layers
         ]
@@ -351,9 +360,14 @@ class ArchitectureAdapter(ABC):
             down, o = ls.down_proj, ls.o_proj
             out.append(
                 LayerWidths(
-                    index=ls.index, ffn=ls.ffn_channels, q_heads=ls.kv_groups * ls.queries_per_group,
-                    kv_heads=ls.kv_groups, head_dim=ls.head_dim, hidden=int(o.out_features),
-                    down_proj_bias=down.bias is not None, o_proj_bias=o.bias is not None,
+                    index=ls.index,
+                    ffn=ls.ffn_channels,
+                    q_heads=ls.kv_groups * ls.queries_per_group,
+                    kv_heads=ls.kv_groups,
+                    head_dim=ls.head_dim,
+                    hidden=int(o.out_features),
+                    down_proj_bias=down.bias is not None,
+                    o_proj_bias=o.bias is not None,
                 )
             )
         return out
@@ -402,8 +416,10 @@ class ArchitectureAdapter(ABC):
         """
         out = dict(config)
         out.update(
-            intermediate_size=widths.ffn, num_attention_heads=widths.q_heads,
-            num_key_value_heads=widths.kv_heads, head_dim=widths.head_dim,
+            intermediate_size=widths.ffn,
+            num_attention_heads=widths.q_heads,
+            num_key_value_heads=widths.kv_heads,
+            head_dim=widths.head_dim,
         )
         return out
 

@@ -31,7 +31,17 @@ class Gemma3Adapter(SplitProjectionAdapter):
         """
         from transformers import Gemma3ForCausalLM
 
-        return {"gemma3": (Gemma3ForCausalLM, dict(
-            intermediate_size=160, num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=4,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=16,
-        ))}
+        return {
+            "gemma3": (
+                Gemma3ForCausalLM,
+                dict(
+                    intermediate_size=160,
+                    num_attention_heads=4,
+                    num_key_value_heads=1,
+                    head_dim=16,
+                    sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                    query_pre_attn_scalar=16,
+                ),
+            )
+        }

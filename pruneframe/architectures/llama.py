@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices, WeightSlice
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.units import UnitKind
 
 __all__ = ["SplitProjectionAdapter", "LlamaAdapter"]
 
@@ -55,8 +55,16 @@ class SplitProjectionAdapter(ArchitectureAdapter):
             )
             out.append(
                 LayerSlices(
-                    index=i, layer=layer, attention=attn, mlp=mlp, slices=slices, head_dim=head_dim,
-                    queries_per_group=g, mlp_in=mlp.gate_proj, attn_in=attn.q_proj, glu=self._glu(mlp),
+                    index=i,
+                    layer=layer,
+                    attention=attn,
+                    mlp=mlp,
+                    slices=slices,
+                    head_dim=head_dim,
+                    queries_per_group=g,
+                    mlp_in=mlp.gate_proj,
+                    attn_in=attn.q_proj,
+                    glu=self._glu(mlp),
                 )
             )
         return out
@@ -77,14 +85,10 @@ class LlamaAdapter(SplitProjectionAdapter):
             # GQA, G = 3
             "llama-gqa": (LlamaForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, head_dim=8)),
             # MHA, with MLP and attention biases
-            "llama-mha-bias": (LlamaForCausalLM, dict(num_attention_heads=4, num_key_value_heads=4, mlp_bias=True,
-                                                      attention_bias=True)),
-            "mistral": (MistralForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12,
-                                                 sliding_window=None)),
+            "llama-mha-bias": (LlamaForCausalLM, dict(num_attention_heads=4, num_key_value_heads=4, mlp_bias=True, attention_bias=True)),
+            "mistral": (MistralForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=12, sliding_window=None)),
             # q/k/v biases
-            "qwen2": (Qwen2ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=3, head_dim=8,
-                                             tie_word_embeddings=True)),
+            "qwen2": (Qwen2ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=3, head_dim=8, tie_word_embeddings=True)),
             # q_norm / k_norm
-            "qwen3": (Qwen3ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                             tie_word_embeddings=False)),
+            "qwen3": (Qwen3ForCausalLM, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),
         }

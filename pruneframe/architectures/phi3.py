@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices, LayerWidths, WeightSlice
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.units import UnitKind
 
 __all__ = ["Phi3Adapter"]
 
@@ -49,8 +49,15 @@ class Phi3Adapter(ArchitectureAdapter):
             )
             out.append(
                 LayerSlices(
-                    index=i, layer=layer, attention=attn, mlp=mlp, slices=slices, head_dim=head_dim,
-                    queries_per_group=g, mlp_in=mlp.gate_up_proj, attn_in=attn.qkv_proj,
+                    index=i,
+                    layer=layer,
+                    attention=attn,
+                    mlp=mlp,
+                    slices=slices,
+                    head_dim=head_dim,
+                    queries_per_group=g,
+                    mlp_in=mlp.gate_up_proj,
+                    attn_in=attn.qkv_proj,
                 )
             )
         return out
@@ -71,5 +78,4 @@ class Phi3Adapter(ArchitectureAdapter):
         """One tiny Phi-3: fused ``qkv_proj`` and ``gate_up_proj``, GQA."""
         from transformers import Phi3ForCausalLM
 
-        return {"phi3": (Phi3ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, pad_token_id=0,
-                                               bos_token_id=1, eos_token_id=2))}
+        return {"phi3": (Phi3ForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2))}

@@ -35,18 +35,27 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from pruneframe._io import atomic_dir, write_json_atomic
+from pruneframe.util.io import atomic_dir, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for, adapter_for_class
 from pruneframe.checkpoint.modeling_pruneframe import MODEL_TYPE_PREFIX, pruned_classes
 from pruneframe.checkpoint.validate import PER_LAYER_WIDTHS, CheckpointError, check_replaceable, validate_checkpoint
-from pruneframe.prune_report import CheckpointReport, PruneReport
+from pruneframe.pipeline.prune_report import CheckpointReport, PruneReport
 
 if TYPE_CHECKING:
-    from pruneframe.host import PluginHost
+    from pruneframe.pipeline.host import PluginHost
 
 __all__ = [
-    "save", "load_pruned", "CheckpointError", "per_layer_config", "read_report", "read_report_json", "software_versions",
-    "MODELING_FILE", "REPORT_FILE", "FAMILY_FIELD", "modeling_source",
+    "save",
+    "load_pruned",
+    "CheckpointError",
+    "per_layer_config",
+    "read_report",
+    "read_report_json",
+    "software_versions",
+    "MODELING_FILE",
+    "REPORT_FILE",
+    "FAMILY_FIELD",
+    "modeling_source",
 ]
 
 MODELING_FILE = Path(__file__).with_name("modeling_pruneframe.py")
@@ -85,8 +94,10 @@ def _class_path(cls: type) -> str:
     except ImportError:
         found = None
     if found is not cls:
-        raise ValueError(f"the family class {cls.__qualname__} is not importable as {path}; a checkpoint with "
-                         f"uneven layers names its family's class, so define it at a module's top level")
+        raise ValueError(
+            f"the family class {cls.__qualname__} is not importable as {path}; a checkpoint with "
+            f"uneven layers names its family's class, so define it at a module's top level"
+        )
     return path
 
 
@@ -106,9 +117,7 @@ def modeling_source(family: type[nn.Module]) -> str:
     )
 
 
-def _checkpoint_config(
-    model: nn.Module, adapter: ArchitectureAdapter | None = None
-) -> tuple[dict[str, Any], list[LayerWidths], bool]:
+def _checkpoint_config(model: nn.Module, adapter: ArchitectureAdapter | None = None) -> tuple[dict[str, Any], list[LayerWidths], bool]:
     """``(config.json content, per-layer widths, whether it is a plain config of the original family)``.
 
     A plain config is written when the family's own class, built from it, has exactly the saved
@@ -119,8 +128,7 @@ def _checkpoint_config(
     arch = adapter.architecture_of(model)
     widths = adapter.layer_widths(model)
     cfg = model.config.to_dict()
-    for key in ("quantization_config", "auto_map", "pruned_layers", FAMILY_FIELD, "per_layer_config",
-                "allow_global_per_layer_attribute_access"):
+    for key in ("quantization_config", "auto_map", "pruned_layers", FAMILY_FIELD, "per_layer_config", "allow_global_per_layer_attribute_access"):
         cfg.pop(key, None)
     cfg["architectures"] = [arch]
     uniform = bool(widths) and all(w.same_shape(widths[0]) for w in widths)
@@ -167,8 +175,8 @@ def save(
 ) -> Path:
     """Write ``model`` (a folded model) as a loadable checkpoint folder, atomically.
 
-    ``report`` is the prune's :class:`~pruneframe.prune_report.PruneReport` (stored as a
-    :class:`~pruneframe.prune_report.CheckpointReport` with the saved widths), or for a model folded
+    ``report`` is the prune's :class:`~pruneframe.pipeline.prune_report.PruneReport` (stored as a
+    :class:`~pruneframe.pipeline.prune_report.CheckpointReport` with the saved widths), or for a model folded
     by hand any JSON-ready dict. ``adapter`` is the model's architecture adapter (default: the
     installed one that handles it, :func:`~pruneframe.architectures.adapter_for`). The folder appears
     complete or not at all; an existing checkpoint (or empty folder) at ``path`` is replaced, anything
@@ -179,8 +187,11 @@ def save(
     adapter = adapter or adapter_for(model)
     config, widths, plain = _checkpoint_config(model, adapter)
     modeling = None if plain else modeling_source(adapter.family_class(model))
-    stored = {"layers": [w.to_config() for w in widths], "config_form": "plain" if plain else "pruneframe",
-              "parameters": sum(p.numel() for p in model.parameters())}
+    stored = {
+        "layers": [w.to_config() for w in widths],
+        "config_form": "plain" if plain else "pruneframe",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     if isinstance(report, PruneReport):
         fields = {**report.model_dump(), **stored, "software": report.software or software_versions()}
         record: dict[str, Any] = CheckpointReport.model_validate(fields).model_dump(mode="json")
@@ -241,8 +252,7 @@ def _family_class(path: Path, config: dict[str, Any], host: "PluginHost | None")
         try:
             family = MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[base]]
         except KeyError:
-            raise ValueError(f"{path}: config.json has no {FAMILY_FIELD!r} and transformers has no causal LM of "
-                             f"model_type {base!r}") from None
+            raise ValueError(f"{path}: config.json has no {FAMILY_FIELD!r} and transformers has no causal LM of model_type {base!r}") from None
         ref = f"{family.__module__}.{family.__name__}"
     if not isinstance(ref, str) or "." not in ref:
         raise CheckpointError(f"{path / 'config.json'}: {FAMILY_FIELD!r} must be 'module.ClassName', got {ref!r}")
@@ -287,8 +297,7 @@ def load_pruned(
     if model_type.startswith(MODEL_TYPE_PREFIX):
         config_cls, model_cls = pruned_classes(_family_class(path, stored, host))
         if config_cls.model_type != model_type:
-            raise CheckpointError(f"{config_file}: model_type {model_type!r}, but its family's pruned config is "
-                                  f"{config_cls.model_type!r}")
+            raise CheckpointError(f"{config_file}: model_type {model_type!r}, but its family's pruned config is {config_cls.model_type!r}")
         config = config_cls.from_pretrained(path)
     else:
         from transformers import AutoConfig
@@ -298,8 +307,7 @@ def load_pruned(
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
         except (KeyError, ValueError):
-            raise ValueError(f"{path}: model_type {model_type!r} is neither a pruneframe checkpoint's nor a causal LM "
-                             "transformers knows") from None
+            raise ValueError(f"{path}: model_type {model_type!r} is neither a pruneframe checkpoint's nor a causal LM transformers knows") from None
         adapter_for_class(model_cls.__name__, host)
     validate_checkpoint(path, model_cls, config)
     model = model_cls.from_pretrained(path, config=config, **kwargs).eval()

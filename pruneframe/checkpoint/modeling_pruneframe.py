@@ -123,8 +123,7 @@ def pruned_classes(family: type[nn.Module]) -> tuple[type, type]:
     config_cls = type(
         f"Pruned{base_config.__name__}",
         (_PrunedConfigMixin, base_config),
-        {"model_type": MODEL_TYPE_PREFIX + base_config.model_type,
-         "__doc__": f"{base_config.__name__} with per-layer widths in ``pruned_layers``."},
+        {"model_type": MODEL_TYPE_PREFIX + base_config.model_type, "__doc__": f"{base_config.__name__} with per-layer widths in ``pruned_layers``."},
     )
     model_cls = type(
         f"Pruned{family.__name__}",

@@ -118,8 +118,7 @@ def header_shapes(folder: str | Path) -> tuple[Shapes, dict[str, str]]:
             shapes[key], origin[key] = shape, name
     for key, name in (weight_map or {}).items():
         if origin.get(key) != name:
-            raise CheckpointError(f"{index_file}: tensor {_where(key)} should be in {name} but "
-                                  f"{'is in ' + origin[key] if key in origin else 'is in no file'}")
+            raise CheckpointError(f"{index_file}: tensor {_where(key)} should be in {name} but {'is in ' + origin[key] if key in origin else 'is in no file'}")
     return shapes, origin
 
 
@@ -144,10 +143,8 @@ def expected_shapes(model_cls: type[nn.Module], config: Any) -> tuple[Shapes, in
 
 
 def _differences(expected: Shapes, found: Shapes, origin: dict[str, str], source: str) -> list[str]:
-    problems = [f"{_where(k)} has shape {found[k]} in {origin[k]}, {source} implies {expected[k]}"
-                for k in expected if k in found and found[k] != expected[k]]
-    problems += [f"{_where(k)} ({source} implies shape {expected[k]}) is missing from the weights"
-                 for k in expected if k not in found]
+    problems = [f"{_where(k)} has shape {found[k]} in {origin[k]}, {source} implies {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    problems += [f"{_where(k)} ({source} implies shape {expected[k]}) is missing from the weights" for k in expected if k not in found]
     problems += [f"{_where(k)} in {origin[k]} is not part of the model {source} describes" for k in found if k not in expected]
     return problems
 
@@ -171,16 +168,14 @@ def _read_report(folder: Path) -> dict[str, Any] | None:
     return report
 
 
-def _check_report(folder: Path, report: dict[str, Any], model_cls: type[nn.Module], config: Any,
-                  found: Shapes, origin: dict[str, str], params: int) -> None:
+def _check_report(folder: Path, report: dict[str, Any], model_cls: type[nn.Module], config: Any, found: Shapes, origin: dict[str, str], params: int) -> None:
     """``pruning.json`` must describe the same model: the same widths per layer and parameter count."""
     declared = getattr(config, WIDTHS_FIELD, None)
     layers = report.get("layers")
     if layers is not None and declared is not None and layers != declared:
         if not isinstance(layers, list) or len(layers) != len(declared):
             count = len(layers) if isinstance(layers, list) else type(layers).__name__
-            raise CheckpointError(f"{folder / REPORT_FILE}: 'layers' has {count} entries, config.json's "
-                                  f"{WIDTHS_FIELD} {len(declared)}")
+            raise CheckpointError(f"{folder / REPORT_FILE}: 'layers' has {count} entries, config.json's {WIDTHS_FIELD} {len(declared)}")
         recorded, _ = expected_shapes(model_cls, _with_widths(config, layers))
         problems = _differences(recorded, found, origin, f"{REPORT_FILE} 'layers'")
         for i, (ours, theirs) in enumerate(zip(layers, declared)):

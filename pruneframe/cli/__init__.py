@@ -4,7 +4,7 @@ Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`
 errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable
 data, infeasible budgets, each raised as such by an input phase, see
 :data:`pruneframe.harness.inputs.INPUT_ERRORS`) prints one message to stderr and exits with 2; a plugin's
-fault (:class:`~pruneframe.host.PluginError`) prints one message naming the plugin and exits with 1;
+fault (:class:`~pruneframe.pipeline.host.PluginError`) prints one message naming the plugin and exits with 1;
 anything else is a bug: it propagates with its traceback (``python -m pruneframe`` then exits with 1).
 """
 
@@ -17,14 +17,19 @@ from collections.abc import Sequence
 from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd, report_cmd
 from pruneframe.cli.common import Command
 from pruneframe.harness.config import InputError
-from pruneframe.host import PluginError
-from pruneframe.memory import return_large_blocks
+from pruneframe.pipeline.host import PluginError
+from pruneframe.toolkit.memory import return_large_blocks
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Every subcommand, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
-    plugins_cmd.COMMAND, prune_cmd.COMMAND, recover_cmd.COMMAND, eval_cmd.COMMAND, compare_cmd.COMMAND, export_cmd.COMMAND,
+    plugins_cmd.COMMAND,
+    prune_cmd.COMMAND,
+    recover_cmd.COMMAND,
+    eval_cmd.COMMAND,
+    compare_cmd.COMMAND,
+    export_cmd.COMMAND,
     report_cmd.COMMAND,
 )
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from pruneframe.checkpoint.validate import is_checkpoint_folder
-from pruneframe.devices import DTYPE_CHOICES
+from pruneframe.util.devices import DTYPE_CHOICES
 from pruneframe.harness.config import InputError, explain, normalise_methods, protocol_flag_over_file
 from pruneframe.harness.runner import Log
 
@@ -123,33 +123,45 @@ def _method_config(text: str) -> tuple[str | None, dict[str, Any]]:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--dtype``."""
     parser.add_argument("--model", help="HF hub id, local model folder, pruned checkpoint or smollm2-135m (default)")
-    parser.add_argument("--dtype", type=str.lower, choices=DTYPE_CHOICES,
-                        help="load and evaluate in this dtype (default auto: the checkpoint's own on an accelerator, float32 on the CPU)")
+    parser.add_argument(
+        "--dtype",
+        type=str.lower,
+        choices=DTYPE_CHOICES,
+        help="load and evaluate in this dtype (default auto: the checkpoint's own on an accelerator, float32 on the CPU)",
+    )
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
     """``--device``: where the model is loaded, pruned and evaluated."""
-    parser.add_argument("--device", metavar="DEVICE", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:N or mps "
-                        "(default auto); a device this machine lacks exits 2 listing those it has")
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="auto (CUDA when present, else cpu), cpu, cuda, cuda:N or mps (default auto); a device this machine lacks exits 2 listing those it has",
+    )
 
 
 def add_method_flags(parser: argparse.ArgumentParser, many: bool) -> None:
     """``--method`` (and ``--methods`` when ``many``) plus repeatable ``--method-config``."""
     names = ["--method", "--methods"] if many else ["--method"]
     what = "comma-separated method names (default: every installed method)" if many else "the method's name"
-    parser.add_argument(*names, dest="methods", type=_names, metavar="NAMES" if many else "NAME", help=what,
-                        required=not many)
-    parser.add_argument("--method-config", dest="method_configs", action="append", type=_method_config,
-                        metavar="NAME=JSON", help="a method's settings as JSON (repeatable)")
+    parser.add_argument(*names, dest="methods", type=_names, metavar="NAMES" if many else "NAME", help=what, required=not many)
+    parser.add_argument(
+        "--method-config", dest="method_configs", action="append", type=_method_config, metavar="NAME=JSON", help="a method's settings as JSON (repeatable)"
+    )
 
 
 def add_budget_flags(parser: argparse.ArgumentParser, many: bool) -> None:
     """``--budget`` (and ``--budgets`` when ``many``) and ``--budget-kind``."""
     names = ["--budget", "--budgets"] if many else ["--budget"]
-    parser.add_argument(*names, dest="budgets", type=_numbers, required=not many, metavar="NUMBERS" if many else "NUMBER",
-                        help="keep-ratio(s) in (0, 1], or parameter counts with --budget-kind params")
-    parser.add_argument("--budget-kind", choices=["prunable", "total", "params"],
-                        help="how budget numbers are read (default prunable)")
+    parser.add_argument(
+        *names,
+        dest="budgets",
+        type=_numbers,
+        required=not many,
+        metavar="NUMBERS" if many else "NUMBER",
+        help="keep-ratio(s) in (0, 1], or parameter counts with --budget-kind params",
+    )
+    parser.add_argument("--budget-kind", choices=["prunable", "total", "params"], help="how budget numbers are read (default prunable)")
 
 
 def add_seed_flags(parser: argparse.ArgumentParser, many: bool) -> None:
@@ -161,46 +173,68 @@ def add_seed_flags(parser: argparse.ArgumentParser, many: bool) -> None:
 def add_data_flags(parser: argparse.ArgumentParser, calib: bool = True, evaluation: bool = True) -> None:
     """``--calib`` and ``--eval-data``: any source ``pruneframe.data.resolve_text`` takes."""
     if calib:
-        parser.add_argument("--calib", metavar="SOURCE", help="calibration text: file, folder, wikitext-2, ptb, c4, hf:ID or embedded "
-                            "(default wikitext-2 when the data folder has it, else embedded)")
+        parser.add_argument(
+            "--calib",
+            metavar="SOURCE",
+            help="calibration text: file, folder, wikitext-2, ptb, c4, hf:ID or embedded (default wikitext-2 when the data folder has it, else embedded)",
+        )
         parser.add_argument("--calib-tokens", type=_positive, metavar="N", help="use only the first N calibration tokens")
     if evaluation:
-        parser.add_argument("--eval-data", type=_names, metavar="SOURCES",
-                            help="comma-separated perplexity texts (same sources as --calib, plus moby-dick), each read "
-                            "with its test split (default: every source available: wikitext-2, moby-dick, embedded; "
-                            "c4 and ptb online)")
+        parser.add_argument(
+            "--eval-data",
+            type=_names,
+            metavar="SOURCES",
+            help="comma-separated perplexity texts (same sources as --calib, plus moby-dick), each read "
+            "with its test split (default: every source available: wikitext-2, moby-dick, embedded; "
+            "c4 and ptb online)",
+        )
 
 
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """Evaluation knobs: windows, sequence length, zero-shot tasks and limit, speed on/off."""
-    parser.add_argument("--eval-windows", type=_windows, metavar="N", help="perplexity windows per source, or 'all' "
-                        "for every full window (default 64)")
-    parser.add_argument("--protocol", choices=["custom", "wikitext2-2048", "llm-pruner-128"],
-                        help="a named perplexity protocol: wikitext2-2048 (all of WikiText-2 test in 2,048-token "
-                        "windows: SparseGPT, Wanda, SliceGPT), llm-pruner-128 (every 128-token window: LLM-Pruner)")
+    parser.add_argument("--eval-windows", type=_windows, metavar="N", help="perplexity windows per source, or 'all' for every full window (default 64)")
+    parser.add_argument(
+        "--protocol",
+        choices=["custom", "wikitext2-2048", "llm-pruner-128"],
+        help="a named perplexity protocol: wikitext2-2048 (all of WikiText-2 test in 2,048-token "
+        "windows: SparseGPT, Wanda, SliceGPT), llm-pruner-128 (every 128-token window: LLM-Pruner)",
+    )
     parser.add_argument("--seq-len", type=_positive, metavar="N", help="perplexity window length in tokens (default 512)")
-    parser.add_argument("--eval-compute-device", metavar="DEVICE",
-                        help="score perplexity and zero-shot tasks one decoder layer at a time on DEVICE (cuda, "
-                        "cuda:N, ...), the weights staying where they were loaded: for a model larger than the device "
-                        "(sets offload: cpu and compute_device of both evaluators; speed, which needs the whole model "
-                        "on one device, is then left out unless --speed is given)")
-    parser.add_argument("--zeroshot", type=lambda t: [] if t.strip().lower() == "none" else _names(t), metavar="TASKS",
-                        help="comma-separated lm-eval task names or local JSONL paths, or 'none' "
-                        "(default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)")
-    parser.add_argument("--zeroshot-limit", type=_limit, default=argparse.SUPPRESS, metavar="N",
-                        help="items per zero-shot task, or 'none' for all (default 200)")
+    parser.add_argument(
+        "--eval-compute-device",
+        metavar="DEVICE",
+        help="score perplexity and zero-shot tasks one decoder layer at a time on DEVICE (cuda, "
+        "cuda:N, ...), the weights staying where they were loaded: for a model larger than the device "
+        "(sets offload: cpu and compute_device of both evaluators; speed, which needs the whole model "
+        "on one device, is then left out unless --speed is given)",
+    )
+    parser.add_argument(
+        "--zeroshot",
+        type=lambda t: [] if t.strip().lower() == "none" else _names(t),
+        metavar="TASKS",
+        help="comma-separated lm-eval task names or local JSONL paths, or 'none' (default: the local JSONL tasks in $PRUNEFRAME_DATA_DIR/zeroshot)",
+    )
+    parser.add_argument(
+        "--zeroshot-limit", type=_limit, default=argparse.SUPPRESS, metavar="N", help="items per zero-shot task, or 'none' for all (default 200)"
+    )
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, help="measure prefill/decode speed (default on)")
 
 
 def add_recovery_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """``--recover``, ``--recover-tokens``, ``--recover-config`` and ``--recover-data``."""
-    parser.add_argument("--recover", metavar="NAME", required=required,
-                        help="heal the pruned model with this recovery: distill, lora or none (pruneframe plugins lists them)")
+    parser.add_argument(
+        "--recover", metavar="NAME", required=required, help="heal the pruned model with this recovery: distill, lora or none (pruneframe plugins lists them)"
+    )
     parser.add_argument("--recover-tokens", type=_positive, metavar="N", help="the recovery's token budget (default 16384)")
-    parser.add_argument("--recover-config", type=_method_config, metavar="JSON",
-                        help="the recovery's settings as a JSON object, e.g. '{\"lr\": 1e-4, \"seq_len\": 256}'")
-    parser.add_argument("--recover-data", metavar="SOURCE", help="recovery text (default: WikiText-2 validation when the data "
-                        "folder has it, else embedded's calibration half); checked disjoint from the evaluation text")
+    parser.add_argument(
+        "--recover-config", type=_method_config, metavar="JSON", help='the recovery\'s settings as a JSON object, e.g. \'{"lr": 1e-4, "seq_len": 256}\''
+    )
+    parser.add_argument(
+        "--recover-data",
+        metavar="SOURCE",
+        help="recovery text (default: WikiText-2 validation when the data "
+        "folder has it, else embedded's calibration half); checked disjoint from the evaluation text",
+    )
 
 
 def recovery_flag_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
@@ -220,8 +254,13 @@ def recovery_flag_settings(args: argparse.Namespace) -> tuple[str | None, dict[s
     return name, settings, data
 
 
-def add_output_flags(parser: argparse.ArgumentParser, out_help: str, config: bool = True, required: bool = False,
-                     overwrite_help: str = "replace an existing output written by pruneframe") -> None:
+def add_output_flags(
+    parser: argparse.ArgumentParser,
+    out_help: str,
+    config: bool = True,
+    required: bool = False,
+    overwrite_help: str = "replace an existing output written by pruneframe",
+) -> None:
     """``--out``, ``--overwrite``, ``--quiet`` and (with ``config``) ``--config FILE``."""
     parser.add_argument("--out", metavar="PATH", help=out_help, required=required)
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
@@ -282,11 +321,9 @@ def guard_output(path: str | Path, kind: OutputKind, overwrite: bool) -> Path:
     folder, ours, what = _OURS[kind]
     shape = "folder" if folder else "file"
     if target.is_dir() != folder:
-        raise InputError(f"--out {str(target)!r} is a {'folder' if target.is_dir() else 'file'}; expected a {shape} "
-                         f"for {what}")
+        raise InputError(f"--out {str(target)!r} is a {'folder' if target.is_dir() else 'file'}; expected a {shape} for {what}")
     if not ours(target):
-        raise InputError(f"--out {str(target)!r} exists and is not {what}; refusing to replace it "
-                         "(choose another --out, or move it away)")
+        raise InputError(f"--out {str(target)!r} exists and is not {what}; refusing to replace it (choose another --out, or move it away)")
     if kind != "results" and not overwrite:
         raise InputError(f"--out {str(target)!r} is {what} already; pass --overwrite to replace it")
     return target
@@ -320,8 +357,7 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: dict[str, Any] | None = None,
-                       own_fields_only: bool = False) -> SettingsT:
+def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: dict[str, Any] | None = None, own_fields_only: bool = False) -> SettingsT:
     """``model`` validated from the ``--config`` file (when the command has one) with the given flags on top.
 
     ``flags`` defaults to :func:`flag_settings`; with ``own_fields_only`` the file's and the flags' keys
@@ -347,9 +383,10 @@ def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: 
 
 def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
     evaluation: dict[str, Any] = {}
-    perplexity = {key: getattr(args, flag, None) for key, flag in
-                  (("sources", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"),
-                   ("protocol", "protocol"))}
+    perplexity = {
+        key: getattr(args, flag, None)
+        for key, flag in (("sources", "eval_data"), ("num_windows", "eval_windows"), ("seq_len", "seq_len"), ("protocol", "protocol"))
+    }
     perplexity = {k: v for k, v in perplexity.items() if v is not None}
     if getattr(args, "eval_compute_device", None):
         perplexity.update(offload="cpu", compute_device=args.eval_compute_device)
@@ -377,8 +414,16 @@ def _evaluation_flags(args: argparse.Namespace) -> dict[str, Any]:
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the given flags express, shaped like a config file (absent flags are left out)."""
     out: dict[str, Any] = {}
-    for key, flag in (("model", "model"), ("dtype", "dtype"), ("device", "device"), ("methods", "methods"), ("budgets", "budgets"),
-                      ("budget_kind", "budget_kind"), ("seeds", "seeds"), ("out", "out")):
+    for key, flag in (
+        ("model", "model"),
+        ("dtype", "dtype"),
+        ("device", "device"),
+        ("methods", "methods"),
+        ("budgets", "budgets"),
+        ("budget_kind", "budget_kind"),
+        ("seeds", "seeds"),
+        ("out", "out"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value

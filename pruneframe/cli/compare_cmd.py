@@ -1,8 +1,8 @@
 """``pruneframe compare``: every method x budget x seed on one model, under one protocol.
 
-    pruneframe compare --config examples/compare_smollm2.yaml
-    pruneframe compare --methods magnitude,random --budgets 0.8,0.5 --eval-windows 8 --no-speed
-    pruneframe compare --config examples/compare_smollm2.yaml --protocol wikitext2-2048   # a paper's protocol
+pruneframe compare --config examples/compare_smollm2.yaml
+pruneframe compare --methods magnitude,random --budgets 0.8,0.5 --eval-windows 8 --no-speed
+pruneframe compare --config examples/compare_smollm2.yaml --protocol wikitext2-2048   # a paper's protocol
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pruneframe._io import atomic_dir
+from pruneframe.util.io import atomic_dir
 from pruneframe.cli.common import (
     Command,
     add_budget_flags,
@@ -30,7 +30,7 @@ from pruneframe.cli.common import (
     validated_settings,
 )
 from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.host import PluginHost
 
 __all__ = ["COMMAND", "compare_config"]
 
@@ -44,10 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_flags(parser, many=True)
     add_data_flags(parser)
     add_eval_flags(parser)
-    add_output_flags(parser, "results folder (default results/compare-<model>); an existing results folder is "
-                     "reused (its finished runs are cached), any other existing folder is refused",
-                     overwrite_help="recompute every run instead of reusing the results folder's cached runs; the "
-                     "new results replace the old folder only when the comparison finishes")
+    add_output_flags(
+        parser,
+        "results folder (default results/compare-<model>); an existing results folder is "
+        "reused (its finished runs are cached), any other existing folder is refused",
+        overwrite_help="recompute every run instead of reusing the results folder's cached runs; the "
+        "new results replace the old folder only when the comparison finishes",
+    )
 
 
 def compare_config(args: argparse.Namespace) -> CompareConfig:
@@ -82,11 +85,9 @@ def run(args: argparse.Namespace) -> int:
     failed = len(outcome.failed)
     computed = len([run_id for run_id in outcome.computed if run_id != "dense"]) - failed
     dense = "computed" if "dense" in outcome.computed else "cached"
-    print(f"results: {outcome.out} (runs: {computed} computed, {len(outcome.runs) - computed - failed} cached, "
-          f"{failed} failed; dense {dense})")
+    print(f"results: {outcome.out} (runs: {computed} computed, {len(outcome.runs) - computed - failed} cached, {failed} failed; dense {dense})")
     for run_id, error in outcome.failed.items():
-        print(f"pruneframe compare: run {run_id} failed: {error} (traceback in {outcome.out}/runs/{run_id}.json)",
-              file=sys.stderr)
+        print(f"pruneframe compare: run {run_id} failed: {error} (traceback in {outcome.out}/runs/{run_id}.json)", file=sys.stderr)
     return 1 if outcome.failed else 0
 
 

@@ -1,8 +1,8 @@
 """``pruneframe eval``: run the comparison's evaluators on one model (a pruned checkpoint or any HF model).
 
-    pruneframe eval --model pruned/magnitude-0.5 --dense smollm2-135m --out eval.json   # + ratios to dense
-    pruneframe eval --model pruned/magnitude-0.5 --protocol wikitext2-2048               # a paper's protocol
-    pruneframe eval --config examples/compare_smollm2.yaml --model pruned/magnitude-0.5   # same protocol
+pruneframe eval --model pruned/magnitude-0.5 --dense smollm2-135m --out eval.json   # + ratios to dense
+pruneframe eval --model pruned/magnitude-0.5 --protocol wikitext2-2048               # a paper's protocol
+pruneframe eval --config examples/compare_smollm2.yaml --model pruned/magnitude-0.5   # same protocol
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from pruneframe._io import write_json_atomic
+from pruneframe.util.io import write_json_atomic
 from pruneframe.checkpoint import read_report, read_report_json, software_versions
 from pruneframe.cli.common import (
     Command,
@@ -26,7 +26,7 @@ from pruneframe.cli.common import (
     silenced,
     validated_settings,
 )
-from pruneframe.devices import dtype_name, model_device
+from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
 from pruneframe.harness import EvalConfig
@@ -34,7 +34,7 @@ from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.cache import code_identity, model_identity
 from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
 from pruneframe.harness.runner import evaluate_model
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.host import PluginHost
 
 __all__ = ["COMMAND", "eval_config"]
 
@@ -43,14 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval flags: the model, an optional dense reference, and the evaluation knobs."""
     add_model_flags(parser)
     add_device_flags(parser)
-    parser.add_argument("--dense", metavar="MODEL", help="the unpruned model, for kept-fraction, measured/ideal speedups "
-                        "and perplexity ratios with 95%% paired-bootstrap intervals")
+    parser.add_argument(
+        "--dense",
+        metavar="MODEL",
+        help="the unpruned model, for kept-fraction, measured/ideal speedups and perplexity ratios with 95%% paired-bootstrap intervals",
+    )
     add_seed_flags(parser, many=False)
     add_data_flags(parser, calib=False)
     add_eval_flags(parser)
-    add_output_flags(parser, "JSON file to write (default: print the JSON to stdout); an existing file is refused "
-                     "unless it is a pruneframe eval record and --overwrite is given",
-                     overwrite_help="replace the eval record already at --out")
+    add_output_flags(
+        parser,
+        "JSON file to write (default: print the JSON to stdout); an existing file is refused unless it is a pruneframe eval record and --overwrite is given",
+        overwrite_help="replace the eval record already at --out",
+    )
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -76,8 +81,13 @@ def _ratios(model_ppl: dict[str, Any], dense_ppl: dict[str, Any]) -> dict[str, A
     for label, row in model_ppl["sources"].items():
         reference = dense_ppl["sources"][label]
         interval = ratio_interval(row["window_nll"], reference["window_nll"], [row["window_tokens"]] * row["windows"])
-        out[label] = {**interval.as_dict(), "dense_ppl": reference["ppl"], "dense_window_nll": reference["window_nll"],
-                      "domain": row["domain"], "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED}}
+        out[label] = {
+            **interval.as_dict(),
+            "dense_ppl": reference["ppl"],
+            "dense_window_nll": reference["window_nll"],
+            "domain": row["domain"],
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+        }
     return out
 
 
@@ -112,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
         dense = load_dense(args.dense, config.dtype, config.device) if args.dense else None
         seed = (args.seeds or [0])[0]
         device, dtype = str(model_device(model)), dtype_name(model)
-        context = EvalContext(dense_model=dense[0] if dense else None, device=device, dtype=dtype, progress=not args.quiet,
-                              seed=seed)
+        context = EvalContext(dense_model=dense[0] if dense else None, device=device, dtype=dtype, progress=not args.quiet, seed=seed)
         results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
         if "zeroshot" not in evaluators:
             log(ZEROSHOT_HOWTO)
@@ -125,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
         record = {
             "model": identity,
             "dense_model": dense[2] if dense else None,
-            "protocol": {"model": identity, "dtype": dtype, "device": device, "evaluation": stamp, "seed": seed,
-                         "code": code_identity()},
+            "protocol": {"model": identity, "dtype": dtype, "device": device, "evaluation": stamp, "seed": seed, "code": code_identity()},
             "pruning": _pruning_record(identity),
             "eval": results,
             "eval_wall_s": walls,

@@ -24,17 +24,21 @@ VERIFY_FAILED = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The export flags."""
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="a pruned checkpoint folder, a model folder, a hub id or an embedded name (smollm2-135m)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a pruned checkpoint folder, a model folder, a hub id or an embedded name (smollm2-135m)")
     parser.add_argument("--format", choices=["gguf"], default="gguf", help="output format (gguf: llama.cpp, ollama)")
-    parser.add_argument("--out", metavar="FILE.gguf", required=True,
-                        help="file to write (never over a file pruneframe did not write)")
-    parser.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0", "q4_0"], default="f16",
-                        help="weight type in the file (default f16; norms and biases stay f32; q4_0 keeps the token "
-                        "embedding and output layer in q8_0)")
-    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
-                        help="run the file in llama.cpp and compare with transformers (default: on when xllamacpp "
-                        "is installed)")
+    parser.add_argument("--out", metavar="FILE.gguf", required=True, help="file to write (never over a file pruneframe did not write)")
+    parser.add_argument(
+        "--dtype",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+        default="f16",
+        help="weight type in the file (default f16; norms and biases stay f32; q4_0 keeps the token embedding and output layer in q8_0)",
+    )
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the file in llama.cpp and compare with transformers (default: on when xllamacpp is installed)",
+    )
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="llama.cpp threads for --verify (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a GGUF file pruneframe wrote at --out")
     parser.add_argument("--quiet", action="store_true", help="print only the result lines")
@@ -62,14 +66,15 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise InputError(f"model {args.checkpoint!r}: no tokenizer saved with it; a GGUF file carries its vocabulary")
     try:
-        result = export_gguf(model, args.out, dtype=args.dtype, tokenizer=tokenizer, overwrite=args.overwrite,
-                             name=str(args.checkpoint))
+        result = export_gguf(model, args.out, dtype=args.dtype, tokenizer=tokenizer, overwrite=args.overwrite, name=str(args.checkpoint))
     except ExportRefused as exc:
         raise InputError(f"cannot export {args.checkpoint!r} for llama.cpp: {exc}") from None
     plan = result.plan
     widths = sorted({(lp.q_heads, lp.kv_heads, lp.ffn) for lp in plan.layers})
-    print(f"wrote {result.path} ({result.bytes / 2**20:,.1f} MiB, {args.dtype}, llama.cpp architecture {plan.arch!r}, "
-          f"{len(plan.layers)} layers, {len(widths)} distinct (heads, kv heads, ffn) widths)")
+    print(
+        f"wrote {result.path} ({result.bytes / 2**20:,.1f} MiB, {args.dtype}, llama.cpp architecture {plan.arch!r}, "
+        f"{len(plan.layers)} layers, {len(widths)} distinct (heads, kv heads, ffn) widths)"
+    )
     if not args.quiet:
         for note in plan.notes:
             print(f"  note: {note}")
@@ -80,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
     failures = check.failures()
     if failures:
         tol = TOLERANCES[args.dtype]
-        print(f"pruneframe export: verification failed (tolerances for {args.dtype}: top-1 >= {tol.top1}, top-5 prob "
-              f"diff <= {tol.top5_prob}, mean KL <= {tol.kl}): " + "; ".join(failures), file=sys.stderr)
+        print(
+            f"pruneframe export: verification failed (tolerances for {args.dtype}: top-1 >= {tol.top1}, top-5 prob "
+            f"diff <= {tol.top5_prob}, mean KL <= {tol.kl}): " + "; ".join(failures),
+            file=sys.stderr,
+        )
         return VERIFY_FAILED
     return 0
 
 
-COMMAND = Command("export", "write a model or pruned checkpoint as a GGUF file for llama.cpp / ollama, checked there",
-                  add_arguments, run)
+COMMAND = Command("export", "write a model or pruned checkpoint as a GGUF file for llama.cpp / ollama, checked there", add_arguments, run)

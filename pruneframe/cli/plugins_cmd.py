@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 
 from pruneframe.cli.common import Command
-from pruneframe.host import PluginHost, PluginInfo
+from pruneframe.pipeline.host import PluginHost, PluginInfo
 
 __all__ = ["COMMAND", "table"]
 
@@ -22,8 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def table(infos: list[PluginInfo]) -> str:
     """The loaded plugins as an aligned text table, then the failed ones with their reasons."""
     loaded = [i for i in infos if i.error is None]
-    cells = [[i.name, i.module, ", ".join(i.hooks) or "-", ", ".join(sorted(i.methods)) or "-",
-              ", ".join(sorted(i.recalibrations)) or "-", ", ".join(sorted(i.evaluators)) or "-", ", ".join(sorted(i.recoveries)) or "-"] for i in loaded]
+    cells = [
+        [
+            i.name,
+            i.module,
+            ", ".join(i.hooks) or "-",
+            ", ".join(sorted(i.methods)) or "-",
+            ", ".join(sorted(i.recalibrations)) or "-",
+            ", ".join(sorted(i.evaluators)) or "-",
+            ", ".join(sorted(i.recoveries)) or "-",
+        ]
+        for i in loaded
+    ]
     widths = [max(len(row[c]) for row in [list(_HEADERS), *cells]) for c in range(len(_HEADERS))]
     lines = ["  ".join(text.upper().ljust(w) for text, w in zip(_HEADERS, widths)).rstrip()]
     lines += ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in cells]

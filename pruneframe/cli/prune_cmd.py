@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pruneframe.calibration import CalibrationData, InsufficientCalibrationError
-from pruneframe.distributed import process_group_from_env
+from pruneframe.pipeline.calibration import CalibrationData, InsufficientCalibrationError
+from pruneframe.toolkit.distributed import process_group_from_env
 from pruneframe.cli.common import (
     Command,
     add_budget_flags,
@@ -32,12 +32,12 @@ from pruneframe.cli.prune_settings import prune_config
 from pruneframe.harness import InputError
 from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
 from pruneframe.harness.recovery_inputs import default_eval_sources, recovery_object, recovery_stream, recovery_text
-from pruneframe.host import PluginHost
+from pruneframe.pipeline.host import PluginHost
 from pruneframe import checkpoint
-from pruneframe.prune_report import PruneReport
+from pruneframe.pipeline.prune_report import PruneReport
 from pruneframe.recovery import compute_teacher, recover
-from pruneframe.resume import StaleCheckpointError
-from pruneframe.session import PruneSession
+from pruneframe.toolkit.resume import StaleCheckpointError
+from pruneframe.pipeline.session import PruneSession
 
 __all__ = ["COMMAND", "summary"]
 
@@ -51,28 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_flags(parser, many=False)
     add_data_flags(parser, evaluation=False)
     add_recovery_flags(parser)
-    add_output_flags(parser, "checkpoint folder to write (an existing folder is refused unless it is a pruneframe "
-                     "checkpoint and --overwrite is given)", config=False, required=True,
-                     overwrite_help="replace the pruneframe checkpoint already at --out")
+    add_output_flags(
+        parser,
+        "checkpoint folder to write (an existing folder is refused unless it is a pruneframe checkpoint and --overwrite is given)",
+        config=False,
+        required=True,
+        overwrite_help="replace the pruneframe checkpoint already at --out",
+    )
 
 
 def summary(report: PruneReport, path: Path) -> str:
     """The report's headline numbers, one per line."""
     t = report.timings
-    return "\n".join([
-        f"pruned with {report.method} to {report.budget_label}",
-        f"  model: {report.architecture} on {report.device} in {report.dtype}",
-        f"  prunable: {report.kept_prunable_params:,} kept of budget {report.budget_prunable_params:,} "
-        f"({report.kept_fraction_of_prunable:.2%} of {report.prunable_params:,})",
-        f"  parameters: {report.dense_params:,} -> {report.kept_params:,} ({report.kept_fraction_of_total:.2%})",
-        f"  calibration tokens read: {report.calibration_tokens:,}",
-        f"  time: {t.total_s:.1f} s (score {t.score_s:.1f} s, project_recalibrate {t.project_recalibrate_s:.1f} s, "
-        f"fold {t.fold_s:.1f} s); peak RSS {report.memory.peak_rss_bytes / 2**20:,.0f} MB",
-        *([f"  recovery: {report.recovery.name} on {report.recovery.tokens:,} tokens in {report.recovery.wall_s:.1f} s "
-           f"({report.recovery.tokens_per_s:,.0f} tokens/s), loss {report.recovery.loss_first:.3f} -> {report.recovery.loss_last:.3f}"]
-          if report.recovery is not None and report.recovery.steps else []),
-        f"  saved: {path}",
-    ])
+    return "\n".join(
+        [
+            f"pruned with {report.method} to {report.budget_label}",
+            f"  model: {report.architecture} on {report.device} in {report.dtype}",
+            f"  prunable: {report.kept_prunable_params:,} kept of budget {report.budget_prunable_params:,} "
+            f"({report.kept_fraction_of_prunable:.2%} of {report.prunable_params:,})",
+            f"  parameters: {report.dense_params:,} -> {report.kept_params:,} ({report.kept_fraction_of_total:.2%})",
+            f"  calibration tokens read: {report.calibration_tokens:,}",
+            f"  time: {t.total_s:.1f} s (score {t.score_s:.1f} s, project_recalibrate {t.project_recalibrate_s:.1f} s, "
+            f"fold {t.fold_s:.1f} s); peak RSS {report.memory.peak_rss_bytes / 2**20:,.0f} MB",
+            *(
+                [
+                    f"  recovery: {report.recovery.name} on {report.recovery.tokens:,} tokens in {report.recovery.wall_s:.1f} s "
+                    f"({report.recovery.tokens_per_s:,.0f} tokens/s), loss {report.recovery.loss_first:.3f} -> {report.recovery.loss_last:.3f}"
+                ]
+                if report.recovery is not None and report.recovery.steps
+                else []
+            ),
+            f"  saved: {path}",
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     with input_phase(f"method {name!r}"):
         method = host.method(name, config.method_config())
     recovery = recovery_object(config.recovery, host, config.recovery_settings) if config.recovery else None
-    recovery_source = (recovery_text(config.recovery_data, default_eval_sources())
-                       if recovery is not None and recovery.trains else None)
+    recovery_source = recovery_text(config.recovery_data, default_eval_sources()) if recovery is not None and recovery.trains else None
     with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
         log = make_log(args.quiet or not main)
@@ -103,22 +113,21 @@ def run(args: argparse.Namespace) -> int:
             stream = recovery_stream(recovery, recovery_source, tokenizer)
             if recovery.needs_teacher:  # the dense outputs, before the one copy of the weights is pruned
                 log(f"teacher outputs for {recovery.name}: {stream.tokens:,} tokens")
-                teacher = compute_teacher(model, stream, recovery.teacher_top_k(), recovery.teacher_hidden(),
-                                          recovery.config.batch_size, main and not args.quiet, identity)
+                teacher = compute_teacher(
+                    model, stream, recovery.teacher_top_k(), recovery.teacher_hidden(), recovery.config.batch_size, main and not args.quiet, identity
+                )
         with input_phase(f"model {config.model!r}, budget {budget.label()!r} for method {name!r}"):
             session = PruneSession(model, method, budget, host=host, model_identity=identity)
         del model  # the session holds the one copy, which the prune shrinks in place
         log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
         try:
-            result = session.run(CalibrationData(tokens, name=str(stamp["name"])), progress=main and not args.quiet,
-                                 inplace=True, calibration_source=stamp)
+            result = session.run(CalibrationData(tokens, name=str(stamp["name"])), progress=main and not args.quiet, inplace=True, calibration_source=stamp)
         except (StaleCheckpointError, InsufficientCalibrationError) as exc:
             raise InputError(f"method {name!r}: {exc}") from exc
         pruned, report = result.model, result.report
         if recovery is not None:
             log(f"recovering with {recovery.name} ({recovery.label()})")
-            healed = recover(pruned, recovery, stream, teacher=teacher, host=host, progress=main and not args.quiet,
-                             model_identity=identity)
+            healed = recover(pruned, recovery, stream, teacher=teacher, host=host, progress=main and not args.quiet, model_identity=identity)
             pruned, report = healed.model, report.model_copy(update={"recovery": healed.record})
         if not main:
             return 0

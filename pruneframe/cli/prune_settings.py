@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pruneframe.budget import BudgetKind
+from pruneframe.pipeline.budget import BudgetKind
 from pruneframe.cli.common import flag_settings, recovery_flag_settings, validated_settings
 from pruneframe.harness.config import (
     CalibrationSettings,
@@ -71,7 +71,7 @@ class PruneConfig(BaseModel):
         return self
 
     def budget_object(self) -> Any:
-        """The budget as a typed budget object (see :func:`pruneframe.budget.make_budget`)."""
+        """The budget as a typed budget object (see :func:`pruneframe.pipeline.budget.make_budget`)."""
         return checked_budget(self.budget, self.budget_kind, "budget")
 
     def method_config(self) -> dict[str, Any]:
@@ -92,6 +92,13 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
         settings.update(values)
     recovery, recovery_settings, recovery_data = recovery_flag_settings(args)
     flags = {k: v for k, v in flag_settings(args).items() if k in ("model", "dtype", "device", "budget_kind", "calibration", "out")}
-    flags.update(method=name, method_settings=settings, budget=args.budgets[0], seed=(args.seeds or [0])[0],
-                 recovery=recovery, recovery_settings=recovery_settings, recovery_data=recovery_data)
+    flags.update(
+        method=name,
+        method_settings=settings,
+        budget=args.budgets[0],
+        seed=(args.seeds or [0])[0],
+        recovery=recovery,
+        recovery_settings=recovery_settings,
+        recovery_data=recovery_data,
+    )
     return validated_settings(args, PruneConfig, flags)

@@ -26,7 +26,7 @@ from pruneframe.cli.common import (
     recovery_flag_settings,
     silenced,
 )
-from pruneframe.distributed import process_group_from_env
+from pruneframe.toolkit.distributed import process_group_from_env
 from pruneframe.harness.config import InputError
 from pruneframe.harness.inputs import input_phase, load_dense
 from pruneframe.harness.recovery_inputs import (
@@ -36,11 +36,11 @@ from pruneframe.harness.recovery_inputs import (
     recovery_stream,
     recovery_text,
 )
-from pruneframe.host import PluginHost
-from pruneframe.memory import release_unused_memory
-from pruneframe.prune_report import CheckpointReport
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.toolkit.memory import release_unused_memory
+from pruneframe.pipeline.prune_report import CheckpointReport
 from pruneframe.recovery import compute_teacher, recover
-from pruneframe.resume import StaleCheckpointError
+from pruneframe.toolkit.resume import StaleCheckpointError
 
 __all__ = ["COMMAND"]
 
@@ -52,11 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(model=None)
     add_device_flags(parser)
     add_recovery_flags(parser, required=True)
-    parser.add_argument("--teacher", metavar="MODEL", help="the dense teacher for distill (default: the model the "
-                        "checkpoint was pruned from, as its pruning.json records it)")
-    add_output_flags(parser, "new checkpoint folder to write (never the input; an existing folder is refused unless it is "
-                     "a pruneframe checkpoint and --overwrite is given)", config=False, required=True,
-                     overwrite_help="replace the pruneframe checkpoint already at --out")
+    parser.add_argument(
+        "--teacher", metavar="MODEL", help="the dense teacher for distill (default: the model the checkpoint was pruned from, as its pruning.json records it)"
+    )
+    add_output_flags(
+        parser,
+        "new checkpoint folder to write (never the input; an existing folder is refused unless it is a pruneframe checkpoint and --overwrite is given)",
+        config=False,
+        required=True,
+        overwrite_help="replace the pruneframe checkpoint already at --out",
+    )
 
 
 def _teacher_spec(args: argparse.Namespace, report: CheckpointReport) -> str:
@@ -72,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the input folder and settings, load, (teacher,) recover, save into the new folder."""
     source = Path(args.checkpoint).expanduser()
     if not is_checkpoint_folder(source):
-        raise InputError(f"CHECKPOINT {str(source)!r} is not a pruneframe checkpoint (no pruning.json and weights); "
-                         "prune a model first with pruneframe prune")
+        raise InputError(f"CHECKPOINT {str(source)!r} is not a pruneframe checkpoint (no pruning.json and weights); prune a model first with pruneframe prune")
     out = Path(args.out).expanduser()
     if out.resolve() == source.resolve():
         raise InputError(f"--out {str(out)!r} is the input checkpoint; recover writes a new folder and never changes its input")
@@ -102,23 +106,24 @@ def run(args: argparse.Namespace) -> int:
             spec = _teacher_spec(args, report)
             log(f"teacher outputs from {spec}: {stream.tokens:,} tokens")
             dense, _, teacher_identity = load_dense(spec, dtype, device)
-            teacher = compute_teacher(dense, stream, recovery.teacher_top_k(), recovery.teacher_hidden(),
-                                      recovery.config.batch_size, main and not args.quiet, teacher_identity)
+            teacher = compute_teacher(
+                dense, stream, recovery.teacher_top_k(), recovery.teacher_hidden(), recovery.config.batch_size, main and not args.quiet, teacher_identity
+            )
             del dense
             release_unused_memory()
         log(f"recovering with {recovery.name} ({recovery.label()})")
         try:
-            healed = recover(model, recovery, stream, teacher=teacher, host=host, progress=main and not args.quiet,
-                             model_identity=teacher_identity)
+            healed = recover(model, recovery, stream, teacher=teacher, host=host, progress=main and not args.quiet, model_identity=teacher_identity)
         except StaleCheckpointError as exc:
             raise InputError(f"recovery {recovery.name!r}: {exc}") from exc
         if not main:
             return 0
-        path = checkpoint.save(out, healed.model, report=report.model_copy(update={"recovery": healed.record}),
-                               tokenizer=tokenizer)
+        path = checkpoint.save(out, healed.model, report=report.model_copy(update={"recovery": healed.record}), tokenizer=tokenizer)
     record = healed.record
-    print(f"recovered {source} with {record.name} on {record.tokens:,} tokens in {record.wall_s:.1f} s "
-          f"({record.tokens_per_s:,.0f} tokens/s); parameters unchanged: {record.params:,}\n  saved: {path}")
+    print(
+        f"recovered {source} with {record.name} on {record.tokens:,} tokens in {record.wall_s:.1f} s "
+        f"({record.tokens_per_s:,.0f} tokens/s); parameters unchanged: {record.params:,}\n  saved: {path}"
+    )
     return 0
 
 

@@ -28,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", metavar="RESULTS_DIR", help="a comparison's output folder (holding results.json)")
     parser.add_argument("--out", metavar="DIR", help="where to write (default: RESULTS_DIR itself)")
     parser.add_argument("--figures-only", action="store_true", help="write the PNG figures only, not results.json/csv/md")
-    parser.add_argument("--suffix", default="", metavar="TEXT",
-                        help="appended to every figure's file name (with --figures-only), e.g. _gemma3")
+    parser.add_argument("--suffix", default="", metavar="TEXT", help="appended to every figure's file name (with --figures-only), e.g. _gemma3")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # also json.JSONDecodeError
         raise InputError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from exc
     out = Path(args.out).expanduser() if args.out else folder
-    if not args.figures_only and out.resolve() != folder.resolve() and out.exists() and any(out.iterdir()) \
-            and not is_results_folder(out):
-        raise InputError(f"--out {str(out)!r} is a non-empty folder that holds no comparison; the full report would "
-                         "overwrite its results.md/csv/json (use --figures-only to write figures there)")
+    if not args.figures_only and out.resolve() != folder.resolve() and out.exists() and any(out.iterdir()) and not is_results_folder(out):
+        raise InputError(
+            f"--out {str(out)!r} is a non-empty folder that holds no comparison; the full report would "
+            "overwrite its results.md/csv/json (use --figures-only to write figures there)"
+        )
     if args.figures_only:
         summary = summarise(dense, runs, nested_get(meta, "calibration", "domain") or None)
         images = render(summary, dense, nested_get(meta, "units", "total_params"))
@@ -60,5 +60,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("report", "rewrite a comparison's report and figures from its results.json (nothing is rerun)",
-                  add_arguments, run)
+COMMAND = Command("report", "rewrite a comparison's report and figures from its results.json (nothing is rerun)", add_arguments, run)

@@ -123,5 +123,3 @@ def paper_origin() -> str:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown version"
     return f"lm_eval {version} task READMEs in {_package_dir('lm_eval')}/tasks"
-
-

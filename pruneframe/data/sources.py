@@ -139,9 +139,7 @@ def _read_file(path: Path) -> str:
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
     if path.suffix not in TEXT_SUFFIXES:
-        raise DataSourceError(
-            f"text source {str(path)!r}: unsupported file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}"
-        )
+        raise DataSourceError(f"text source {str(path)!r}: unsupported file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
     return path.read_text(encoding="utf-8")
 
 
@@ -191,9 +189,7 @@ def _from_local(name: str, path: Path, split: str) -> TextSource:
         return _make(name, str(path.resolve()), "file", _read_file(path), domain)
     files = _folder_files(path, split)
     if not files:
-        raise DataSourceError(
-            f"text source {name!r}: folder {str(path)!r} holds no files ending in {', '.join(TEXT_SUFFIXES)}"
-        )
+        raise DataSourceError(f"text source {name!r}: folder {str(path)!r} holds no files ending in {', '.join(TEXT_SUFFIXES)}")
     text = "\n\n".join(_read_file(p) for p in files)
     origin = str(path.resolve()) + " [" + ", ".join(p.name for p in files) + "]"
     return _make(name, origin, split, text, domain)
@@ -216,8 +212,7 @@ def _probe_hub(endpoint: str, timeout_s: float) -> str | None:
 
 def _offline_env() -> bool:
     return any(
-        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+        os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"} for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
 
 
@@ -245,9 +240,7 @@ def _text_column(dataset: Any, hub_id: str) -> str:
     raise DataSourceError(f"hub dataset {hub_id!r}: no 'text' column and no single string column in {list(columns)}")
 
 
-def _from_hub(
-    path: str, config: str | None, split: str, *, data_files: dict[str, str] | None = None, max_rows: int | None = None
-) -> tuple[str, str]:
+def _from_hub(path: str, config: str | None, split: str, *, data_files: dict[str, str] | None = None, max_rows: int | None = None) -> tuple[str, str]:
     """Load ``path``/``config`` from the hub and join its text column with blank lines.
 
     Returns ``(text, origin)``. Raises ``ConnectionError``-like exceptions when unreachable.
@@ -328,16 +321,13 @@ _NAMED: dict[str, _Named] = {
             "validation": ("c4-validation.jsonl", "validation.jsonl"),
             "train": ("c4-train.jsonl", "train.jsonl"),
         },
-        hub=lambda split: _from_hub(
-            "allenai/c4", None, split, data_files={split: _C4_FILES[split]}, max_rows=_C4_ROWS
-        ),
+        hub=lambda split: _from_hub("allenai/c4", None, split, data_files={split: _C4_FILES[split]}, max_rows=_C4_ROWS),
         hub_label=lambda split: f"hub dataset allenai/c4 file {_C4_FILES[split]} (first {_C4_ROWS} rows)",
     ),
 }
 _NAMED["moby-dick"] = _Named(
     folder="literature",
-    splits={"test": "test", "validation": "validation", "valid": "validation", "dev": "validation",
-            "calibration": "validation"},
+    splits={"test": "test", "validation": "validation", "valid": "validation", "dev": "validation", "calibration": "validation"},
     local={"test": ("moby_dick.txt",), "validation": ("moby_dick.txt",)},
     hub=lambda split: _no_hub("moby-dick"),
     hub_label=lambda split: "the hub (moby-dick is read from the data folder only)",
@@ -388,8 +378,14 @@ EMBEDDED_SOURCES: dict[str, _Embedded] = {
     "embedded-papers": _Embedded(lambda split: paper_halves().text[split], paper_origin, "research"),
 }
 
-_EMBEDDED_SPLITS = {"test": "test", "calibration": "calibration", "calib": "calibration", "train": "calibration",
-                    "validation": "calibration", "valid": "calibration"}
+_EMBEDDED_SPLITS = {
+    "test": "test",
+    "calibration": "calibration",
+    "calib": "calibration",
+    "train": "calibration",
+    "validation": "calibration",
+    "valid": "calibration",
+}
 
 
 def _error(source: str, split: str, tried: list[str]) -> DataSourceError:
@@ -428,7 +424,7 @@ def _resolve_named(source: str, key: str, split: str, tried: list[str]) -> TextS
 
 
 def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
-    spec = source[len("hf:"):]
+    spec = source[len("hf:") :]
     path, _, config = spec.partition(":")
     if not path:
         raise DataSourceError(f"text source {source!r}: expected 'hf:owner/name[:config]'")
@@ -491,9 +487,7 @@ def check_disjoint(calib: TextSource, eval: TextSource, samples: int = 50, chunk
     calibration text. Whitespace-only passages are skipped.
     """
     if calib.origin == eval.origin and calib.split == eval.split:
-        raise ValueError(
-            f"calibration and evaluation text are the same source: {calib.origin!r} split {calib.split!r}"
-        )
+        raise ValueError(f"calibration and evaluation text are the same source: {calib.origin!r} split {calib.split!r}")
     text = eval.text
     if len(text) <= chunk:
         starts = [0]

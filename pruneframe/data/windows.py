@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pruneframe.calibration import CalibrationData
+from pruneframe.pipeline.calibration import CalibrationData
 
 from pruneframe.data.sources import TextSource, resolve_text
 
@@ -116,24 +116,19 @@ def token_windows(
     if wanted < 1 or offset_windows + wanted > available:
         asked = "all remaining windows" if num_windows is None else f"{num_windows} windows"
         raise ValueError(
-            f"token_windows: {label} has {ids.numel()} tokens = {available} full windows of {seq_len}; "
-            f"asked for {asked} after skipping {offset_windows}"
+            f"token_windows: {label} has {ids.numel()} tokens = {available} full windows of {seq_len}; asked for {asked} after skipping {offset_windows}"
         )
     start = offset_windows * seq_len
     return ids[start : start + wanted * seq_len].view(wanted, seq_len).clone()
 
 
-def calibration_windows(
-    source: str | TextSource, tokenizer: Any, seq_len: int, num: int, offset: int = 0
-) -> torch.Tensor:
+def calibration_windows(source: str | TextSource, tokenizer: Any, seq_len: int, num: int, offset: int = 0) -> torch.Tensor:
     """``num`` windows of ``seq_len`` tokens from ``source`` (resolved with split ``"calibration"``)."""
     resolved = source if isinstance(source, TextSource) else resolve_text(source, split="calibration")
     return token_windows(resolved, tokenizer, seq_len, num_windows=num, offset_windows=offset)
 
 
-def calibration_data(
-    source: str | TextSource, tokenizer: Any, split: str = "calibration", max_tokens: int | None = None
-) -> CalibrationData:
+def calibration_data(source: str | TextSource, tokenizer: Any, split: str = "calibration", max_tokens: int | None = None) -> CalibrationData:
     """The whole calibration text of ``source`` as one token stream for :func:`pruneframe.prune`.
 
     Methods cut their own windows from it, all from its beginning; ``max_tokens`` keeps a prefix.

@@ -51,10 +51,7 @@ class Evaluator(ABC):
         elif isinstance(config, Mapping):
             config = self.Config.model_validate(dict(config))
         elif not isinstance(config, self.Config):
-            raise TypeError(
-                f"{type(self).__name__}: config must be a {self.Config.__name__} or a mapping, "
-                f"got {type(config).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__}: config must be a {self.Config.__name__} or a mapping, got {type(config).__name__}")
         self.config = config
 
     @abstractmethod

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pruneframe.evaluation as _package
 from pruneframe.evaluation.base import Evaluator
-from pruneframe.hookspecs import hookimpl
+from pruneframe.pipeline.hookspecs import hookimpl
 
 __all__ = ["builtin_evaluators", "pruneframe_register_evaluators"]
 
@@ -27,12 +27,7 @@ def builtin_evaluators() -> list[type[Evaluator]]:
             continue
         module = importlib.import_module(info.name)
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if (
-                issubclass(obj, Evaluator)
-                and obj.__module__ == module.__name__
-                and not inspect.isabstract(obj)
-                and isinstance(getattr(obj, "name", None), str)
-            ):
+            if issubclass(obj, Evaluator) and obj.__module__ == module.__name__ and not inspect.isabstract(obj) and isinstance(getattr(obj, "name", None), str):
                 found.setdefault(obj.name, obj)
     return list(found.values())
 

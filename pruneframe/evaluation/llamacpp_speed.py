@@ -51,11 +51,11 @@ class LlamaCppSpeedEvaluator(Evaluator):
         with tempfile.TemporaryDirectory(prefix="pruneframe-llamacpp-") as tmp:
             files = {"model": export_gguf(model, Path(tmp) / "model.gguf", cfg.dtype, tokenizer=tokenizer).path}
             if context.dense_model is not None:
-                files["dense"] = export_gguf(context.dense_model, Path(tmp) / "dense.gguf", cfg.dtype,
-                                             tokenizer=tokenizer).path
+                files["dense"] = export_gguf(context.dense_model, Path(tmp) / "dense.gguf", cfg.dtype, tokenizer=tokenizer).path
             order = {k: files[k] for k in ("dense", "model") if k in files}
-            speeds = measure_llamacpp_speed(order, int(model.config.vocab_size), tuple(cfg.prefill_lens),
-                                            cfg.decode_tokens, cfg.threads, cfg.repeats, context.seed)
+            speeds = measure_llamacpp_speed(
+                order, int(model.config.vocab_size), tuple(cfg.prefill_lens), cfg.decode_tokens, cfg.threads, cfg.repeats, context.seed
+            )
             weight_bytes = {k: weight_bytes_per_token(p) for k, p in files.items()}
         result: dict[str, Any] = {k: v.to_dict() for k, v in speeds.items()}
         result["weight_bytes_per_token"] = weight_bytes
@@ -67,11 +67,17 @@ class LlamaCppSpeedEvaluator(Evaluator):
             }
             context_len = min(cfg.prefill_lens)
             result["ideal_speedup"] = {
-                "prefill": ideal_speedup(model_flops_per_token(context.dense_model, context_len),
-                                         model_flops_per_token(model, context_len)),
+                "prefill": ideal_speedup(model_flops_per_token(context.dense_model, context_len), model_flops_per_token(model, context_len)),
                 "decode": weight_bytes["dense"] / weight_bytes["model"],
             }
-        result["protocol"] = {"engine": "llama.cpp (xllamacpp)", "dtype": cfg.dtype, "threads": cfg.threads,
-                              "prefill_lens": cfg.prefill_lens, "decode_tokens": cfg.decode_tokens,
-                              "repeats": cfg.repeats, "statistic": "min", "batch": 1}
+        result["protocol"] = {
+            "engine": "llama.cpp (xllamacpp)",
+            "dtype": cfg.dtype,
+            "threads": cfg.threads,
+            "prefill_lens": cfg.prefill_lens,
+            "decode_tokens": cfg.decode_tokens,
+            "repeats": cfg.repeats,
+            "statistic": "min",
+            "batch": 1,
+        }
         return result

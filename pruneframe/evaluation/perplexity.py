@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
-from pruneframe.devices import DtypeName, dtype_name, model_device
+from pruneframe.util.devices import DtypeName, dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
-from pruneframe.streaming import StreamingOptions, streamed_logits
+from pruneframe.toolkit.streaming import StreamingOptions, streamed_logits
 
 __all__ = [
     "NonFiniteError",
@@ -83,7 +83,7 @@ def perplexity(
 
     Each window predicts its tokens 1..L-1 from the ones before; the mean NLL is weighted by token,
     summed in float64. Runs under ``torch.inference_mode`` with ``use_cache=False``. With
-    ``stream_device`` the decoder runs one layer at a time there (:func:`pruneframe.streaming.streamed_forward`,
+    ``stream_device`` the decoder runs one layer at a time there (:func:`pruneframe.toolkit.streaming.streamed_forward`,
     for a model larger than the device): every window's hidden states are carried from layer to layer
     on that device, then the output layer scores them batch by batch; the NLLs are those of the
     whole-model pass.
@@ -94,9 +94,7 @@ def perplexity(
         NonFiniteError: a batch gave a NaN/inf loss (never skipped; the window range is named).
     """
     if windows.dim() != 2 or windows.dtype not in (torch.long, torch.int32) or windows.shape[1] < 2:
-        raise ValueError(
-            f"perplexity: windows must be an integer tensor [n, L] with L >= 2, got {tuple(windows.shape)} {windows.dtype}"
-        )
+        raise ValueError(f"perplexity: windows must be an integer tensor [n, L] with L >= 2, got {tuple(windows.shape)} {windows.dtype}")
     if batch_size < 1:
         raise ValueError(f"perplexity: batch_size must be >= 1, got {batch_size}")
     count, seq_len = windows.shape
@@ -137,15 +135,10 @@ def _window_nll(ids: torch.Tensor, logits: torch.Tensor, start: int, count: int)
     # Shifting the labels rather than slicing the logits avoids copying the [b, L, V] logits.
     labels = torch.full_like(ids, _IGNORE)
     labels[:, :-1] = ids[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=_IGNORE, reduction="none"
-    )
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=_IGNORE, reduction="none")
     window_sums = nll.view(ids.shape).sum(dim=1, dtype=torch.float64)
     if not torch.isfinite(window_sums).all():
-        raise NonFiniteError(
-            f"perplexity: non-finite loss in windows {start}..{start + len(ids) - 1} (of {count}); "
-            "the model produced NaN/inf logits"
-        )
+        raise NonFiniteError(f"perplexity: non-finite loss in windows {start}..{start + len(ids) - 1} (of {count}); the model produced NaN/inf logits")
     return window_sums
 
 
@@ -205,7 +198,7 @@ class PerplexityConfig(StreamingOptions):
     source (``"all"``: every full window). A named ``protocol`` fixes ``seq_len`` and ``num_windows``
     (and the sources when none are given); setting either to another value is an error.
     ``offload="cpu"`` scores one decoder layer at a time on ``compute_device`` (inherited from
-    :class:`~pruneframe.streaming.StreamingOptions`), for a model larger than the device.
+    :class:`~pruneframe.toolkit.streaming.StreamingOptions`), for a model larger than the device.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -219,9 +212,7 @@ class PerplexityConfig(StreamingOptions):
     num_windows: WindowCount = 64
     offset_windows: Annotated[int, Field(ge=0)] = 0
     batch_size: Annotated[int, Field(ge=1)] = 1
-    dtype: DtypeName | None = Field(
-        None, description="expected model dtype; the model is never converted, a mismatch is an error"
-    )
+    dtype: DtypeName | None = Field(None, description="expected model dtype; the model is never converted, a mismatch is an error")
 
     @model_validator(mode="before")
     @classmethod
@@ -243,10 +234,7 @@ class PerplexityConfig(StreamingOptions):
         if preset is not None:
             for key in ("seq_len", "num_windows"):
                 if key in value and value[key] != preset[key]:
-                    raise ValueError(
-                        f"protocol {value['protocol']!r} fixes {key} = {preset[key]!r}, but {key} = {value[key]!r} "
-                        "was given; drop one of them"
-                    )
+                    raise ValueError(f"protocol {value['protocol']!r} fixes {key} = {preset[key]!r}, but {key} = {value[key]!r} was given; drop one of them")
                 value[key] = preset[key]
             value.setdefault("sources", preset["sources"])
         return value
@@ -291,13 +279,11 @@ class PerplexityEvaluator(Evaluator):
         return {"sources": results, "protocol": protocol.model_dump(mode="json")}
 
     @staticmethod
-    def _one(model: Any, tokenizer: Any, spec: PerplexitySource, cfg: PerplexityConfig, dtype: str,
-             progress: bool) -> dict[str, Any]:
+    def _one(model: Any, tokenizer: Any, spec: PerplexitySource, cfg: PerplexityConfig, dtype: str, progress: bool) -> dict[str, Any]:
         source = resolve_text(spec.data, spec.split)
         count = spec.num_windows if spec.num_windows is not None else cfg.num_windows
         bos = prepended_bos(tokenizer)
-        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows,
-                                bos=bos)
+        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows, bos=bos)
         stream = cfg.device_for(model) if cfg.streaming else None
         result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress, stream_device=stream)
         domain = spec.domain or source.domain

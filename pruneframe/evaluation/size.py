@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.architectures import LayerWidths, adapter_for
-from pruneframe.devices import dtype_name
+from pruneframe.util.devices import dtype_name
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import SizeProtocol
 

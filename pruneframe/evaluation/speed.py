@@ -20,8 +20,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pruneframe.memory import PeakMemory
-from pruneframe.devices import dtype_name, model_device
+from pruneframe.toolkit.memory import PeakMemory
+from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import SpeedProtocol
 from pruneframe.evaluation.size import LayerWidths, layer_widths
@@ -153,8 +153,14 @@ _REDUCE = {"min": min, "median": statistics.median}
 
 
 def _reduced(
-    prefill_times: list[float], decode_times: list[float], prefill_len: int, decode_tokens: int, statistic: Statistic,
-    peak_rss_bytes: int, delta_rss_bytes: int, cuda_peak_allocated_bytes: int | None,
+    prefill_times: list[float],
+    decode_times: list[float],
+    prefill_len: int,
+    decode_tokens: int,
+    statistic: Statistic,
+    peak_rss_bytes: int,
+    delta_rss_bytes: int,
+    cuda_peak_allocated_bytes: int | None,
 ) -> SpeedResult:
     """Prefill and decode times reduced by ``statistic``, their throughputs, and the given peak memory."""
     prefill = _REDUCE[statistic](prefill_times)
@@ -187,8 +193,7 @@ def measure_speed(
     """
     if prefill_len < 1 or decode_tokens < 1 or repeats < 1 or warmup < 0:
         raise ValueError(
-            f"measure_speed: need prefill_len, decode_tokens, repeats >= 1 and warmup >= 0; got "
-            f"{prefill_len}, {decode_tokens}, {repeats}, {warmup}"
+            f"measure_speed: need prefill_len, decode_tokens, repeats >= 1 and warmup >= 0; got {prefill_len}, {decode_tokens}, {repeats}, {warmup}"
         )
     prompt = _prompt(model, prefill_len, seed)
     for _ in range(warmup):
@@ -196,8 +201,9 @@ def measure_speed(
     with PeakMemory(device=str(model_device(model))) as mem:
         times = [time_generation(model, prompt, decode_tokens) for _ in range(repeats)]
     report = mem.report
-    return _reduced([t[0] for t in times], [t[1] for t in times], prefill_len, decode_tokens, statistic,
-                    report.peak_rss, report.delta_rss, report.cuda_peak_allocated)
+    return _reduced(
+        [t[0] for t in times], [t[1] for t in times], prefill_len, decode_tokens, statistic, report.peak_rss, report.delta_rss, report.cuda_peak_allocated
+    )
 
 
 class SpeedConfig(BaseModel):
@@ -209,9 +215,7 @@ class SpeedConfig(BaseModel):
     decode_tokens: Annotated[int, Field(ge=1)] = 32
     warmup: Annotated[int, Field(ge=0)] = 1
     repeats: Annotated[int, Field(ge=1)] = 3
-    statistic: Statistic = Field(
-        "min", description="min: each model's fastest repeat (what a rerun reproduces best on a shared machine); median"
-    )
+    statistic: Statistic = Field("min", description="min: each model's fastest repeat (what a rerun reproduces best on a shared machine); median")
 
 
 class SpeedEvaluator(Evaluator):
@@ -236,10 +240,7 @@ class SpeedEvaluator(Evaluator):
                 runs["dense"].append(measure_speed(dense, repeats=1, **kwargs))
                 runs["model"].append(measure_speed(model, repeats=1, **kwargs))
                 kwargs["warmup"] = 0
-            result = {
-                name: asdict(_reduce(values, cfg.prefill_len, cfg.decode_tokens, cfg.statistic))
-                for name, values in runs.items()
-            }
+            result = {name: asdict(_reduce(values, cfg.prefill_len, cfg.decode_tokens, cfg.statistic)) for name, values in runs.items()}
             context_len = cfg.prefill_len
             result["measured_speedup"] = {
                 "prefill": result["model"]["prefill_tokens_per_s"] / result["dense"]["prefill_tokens_per_s"],
@@ -251,9 +252,7 @@ class SpeedEvaluator(Evaluator):
                 "decode": [d.decode_s / m.decode_s for d, m in pairs],
             }
             result["speedup_spread"] = {k: _spread(v) for k, v in result["repeat_speedups"].items()}
-            result["ideal_speedup"] = ideal_speedup(
-                model_flops_per_token(dense, context_len), model_flops_per_token(model, context_len)
-            )
+            result["ideal_speedup"] = ideal_speedup(model_flops_per_token(dense, context_len), model_flops_per_token(model, context_len))
         result["flops_per_token"] = model_flops_per_token(model, cfg.prefill_len)
         protocol = SpeedProtocol(
             device=str(model_device(model)),
@@ -277,14 +276,19 @@ def _spread(values: list[float]) -> dict[str, float]:
     else:
         q25, _, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
     median = statistics.median(ordered)
-    return {"min": ordered[0], "q25": q25, "median": median, "q75": q75, "max": ordered[-1],
-            "iqr_rel": (q75 - q25) / (2 * median) if median else 0.0}
+    return {"min": ordered[0], "q25": q25, "median": median, "q75": q75, "max": ordered[-1], "iqr_rel": (q75 - q25) / (2 * median) if median else 0.0}
 
 
 def _reduce(results: list[SpeedResult], prefill_len: int, decode_tokens: int, statistic: Statistic) -> SpeedResult:
     """Single-repeat results reduced to one (fastest or median times; peak memory: the maximum)."""
     cuda = [r.cuda_peak_allocated_bytes for r in results if r.cuda_peak_allocated_bytes is not None]
     return _reduced(
-        [r.prefill_s for r in results], [r.decode_s for r in results], prefill_len, decode_tokens, statistic,
-        max(r.peak_rss_bytes for r in results), max(r.delta_rss_bytes for r in results), max(cuda, default=None),
+        [r.prefill_s for r in results],
+        [r.decode_s for r in results],
+        prefill_len,
+        decode_tokens,
+        statistic,
+        max(r.peak_rss_bytes for r in results),
+        max(r.delta_rss_bytes for r in results),
+        max(cuda, default=None),
     )

@@ -3,7 +3,7 @@
 lm-eval's :class:`~lm_eval.models.huggingface.HFLM` scores a list of requests by cutting it into
 batches and calling ``_model_call(token ids) -> logits`` once per batch. :class:`StreamedHFLM` keeps
 all of that (batching, padding, continuation slicing, greedy checks) and computes the logits with
-the decoder streamed (:func:`pruneframe.streaming.streamed_forward`): the weights stay where they
+the decoder streamed (:func:`pruneframe.toolkit.streaming.streamed_forward`): the weights stay where they
 were loaded, normally the CPU, and each decoder layer in turn visits the compute device.
 
 A streamed sweep moves every layer to the device once, so it serves many batches at a time: each
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from pruneframe.streaming import check_streamable_logits, streamed_logits
+from pruneframe.toolkit.streaming import check_streamable_logits, streamed_logits
 
 __all__ = ["StreamedHFLM"]
 
@@ -62,9 +62,7 @@ class StreamedHFLM(HFLM):
         self._replay: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None  # (batch, logits), same order
         self.sweeps = 0  # decoder sweeps run so far
 
-    def _loglikelihood_tokens(
-        self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None
-    ) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
         """lm-eval's scoring, run once to record its batches and once on their streamed logits."""
         self._recorded = []
         try:
@@ -89,9 +87,7 @@ class StreamedHFLM(HFLM):
             for batch, logits in zip(group, streamed_logits(self.model, group, self._compute_device), strict=True):
                 yield batch, logits.to(self.device)
 
-    def _model_call(
-        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The logits of ``inps`` (``[batch, seq_len, vocab]``), on the model's device like lm-eval's own call."""
         if attn_mask is not None or labels is not None:
             raise ValueError("zeroshot: a layer-streamed model is scored as a causal LM (no encoder inputs)")
@@ -110,6 +106,4 @@ class StreamedHFLM(HFLM):
 
     def _model_generate(self, *args: Any, **kwargs: Any) -> Any:
         """Refused: generation runs the whole model once per new token."""
-        raise ValueError(
-            "zeroshot: generative tasks cannot be scored layer by layer; score them with the whole model on one device"
-        )
+        raise ValueError("zeroshot: generative tasks cannot be scored layer by layer; score them with the whole model on one device")

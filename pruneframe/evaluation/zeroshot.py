@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.data.jsonl import iter_jsonl
 from pruneframe.data.sources import data_dir
-from pruneframe.devices import dtype_name
+from pruneframe.util.devices import dtype_name
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
 from pruneframe.evaluation.stats import proportion_interval
-from pruneframe.streaming import StreamingOptions
+from pruneframe.toolkit.streaming import StreamingOptions
 
 __all__ = [
     "PROMPT",
@@ -95,9 +95,7 @@ def _check_rows(path: Path) -> int:
     for lineno, row in iter_jsonl(path):
         problem = _row_problem(row)
         if problem is not None:
-            raise ValueError(
-                f"{path}:{lineno}: {problem} (rows are {{\"question\": str, \"choices\": [str, ...], \"label\": int}})"
-            )
+            raise ValueError(f'{path}:{lineno}: {problem} (rows are {{"question": str, "choices": [str, ...], "label": int}})')
         count += 1
     if count == 0:
         raise ValueError(f"{path}: no rows")
@@ -268,9 +266,7 @@ def zeroshot(
             "source": source,
             **_item_results(samples.get(name) or []),
         }
-        stamps.append(
-            ZeroShotTaskStamp(task=name, source=source, fingerprint=local.fingerprint if local else None, docs=docs)
-        )
+        stamps.append(ZeroShotTaskStamp(task=name, source=source, fingerprint=local.fingerprint if local else None, docs=docs))
     protocol = ZeroShotProtocol(
         tasks=tuple(stamps),
         num_fewshot=num_fewshot,
@@ -286,7 +282,7 @@ class ZeroShotConfig(StreamingOptions):
     """Zero-shot settings: tasks (local JSONL paths, shared-data names or lm-eval names) and limits.
 
     ``offload="cpu"`` runs every forward pass one decoder layer at a time on ``compute_device``
-    (inherited from :class:`~pruneframe.streaming.StreamingOptions`), for a model larger than the device.
+    (inherited from :class:`~pruneframe.toolkit.streaming.StreamingOptions`), for a model larger than the device.
     """
 
     model_config = ConfigDict(extra="forbid")

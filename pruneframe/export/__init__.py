@@ -11,5 +11,4 @@ from pruneframe.export.gguf_export import GGUF_DTYPES, ExportResult, export_gguf
 from pruneframe.export.plan import ExportRefused, GGUFPlan, LayerPlan, plan_export
 from pruneframe.export.writer import is_pruneframe_gguf
 
-__all__ = ["export_gguf", "ExportResult", "ExportRefused", "GGUF_DTYPES", "GGUFPlan", "LayerPlan", "plan_export",
-           "is_pruneframe_gguf"]
+__all__ = ["export_gguf", "ExportResult", "ExportRefused", "GGUF_DTYPES", "GGUFPlan", "LayerPlan", "plan_export", "is_pruneframe_gguf"]

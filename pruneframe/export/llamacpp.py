@@ -70,8 +70,17 @@ class LlamaCppModel:
 
         Raises ``RuntimeError`` with llama.cpp's message when the request fails.
         """
-        request = {"prompt": [int(t) for t in prompt], "n_predict": n_predict, "temperature": 0.0, "top_k": 1,
-                   "n_probs": n_probs, "cache_prompt": False, "ignore_eos": True, "return_tokens": True, **extra}
+        request = {
+            "prompt": [int(t) for t in prompt],
+            "n_predict": n_predict,
+            "temperature": 0.0,
+            "top_k": 1,
+            "n_probs": n_probs,
+            "cache_prompt": False,
+            "ignore_eos": True,
+            "return_tokens": True,
+            **extra,
+        }
         with _quiet_fd2(self.quiet):
             response = self._server.handle_completions(request)
         if not isinstance(response, dict) or "error" in response or "choices" not in response:

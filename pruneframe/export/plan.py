@@ -87,8 +87,7 @@ def _check_common(model: nn.Module, family: str) -> None:
     if kind not in ("default", None):
         raise ExportRefused(f"{name}: rope_scaling of type {kind!r} is not exported yet (only unscaled RoPE)")
     if family == "MistralForCausalLM" and _config(model, "sliding_window"):
-        raise ExportRefused(f"{name}: sliding-window attention ({_config(model, 'sliding_window')} tokens) has no "
-                            "llama.cpp 'llama' equivalent")
+        raise ExportRefused(f"{name}: sliding-window attention ({_config(model, 'sliding_window')} tokens) has no llama.cpp 'llama' equivalent")
     if family == "Qwen2ForCausalLM" and _config(model, "use_sliding_window", False):
         raise ExportRefused(f"{name}: use_sliding_window=True has no llama.cpp 'qwen2' equivalent")
     act = _config(model, "hidden_act", "silu")
@@ -131,27 +130,28 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
     if _uniform(widths):
         w = widths[0]
         if w.o_proj_bias and own_arch in ("qwen2", "qwen3"):
-            raise ExportRefused(f"{type(model).__name__}: an o_proj bias (FLAP's bias compensation) has no place in "
-                                f"llama.cpp's {own_arch!r} architecture")
+            raise ExportRefused(f"{type(model).__name__}: an o_proj bias (FLAP's bias compensation) has no place in llama.cpp's {own_arch!r} architecture")
         if w.down_proj_bias and own_arch in ("qwen2", "qwen3"):
-            raise ExportRefused(f"{type(model).__name__}: a down_proj bias (FLAP's bias compensation) has no place in "
-                                f"llama.cpp's {own_arch!r} architecture")
+            raise ExportRefused(f"{type(model).__name__}: a down_proj bias (FLAP's bias compensation) has no place in llama.cpp's {own_arch!r} architecture")
         pad = (-w.ffn) % block
         if pad:
             notes.append(f"FFN width {w.ffn} padded with {pad} zero channels to whole {dtype} blocks")
         kv_pad = _square_attention_pad(model, own_arch, w, g)
         if kv_pad:
-            notes.append(f"llama.cpp's {own_arch!r} needs query heads x head size = hidden size: {kv_pad} zero KV "
-                         "group(s) per layer restore it (exact; attention is not smaller in llama.cpp)")
-        layers = tuple(LayerPlan(x.index, x.ffn + pad, x.kv_heads + kv_pad, (x.kv_heads + kv_pad) * g, ffn_pad=pad,
-                                 kv_pad=kv_pad) for x in widths)
+            notes.append(
+                f"llama.cpp's {own_arch!r} needs query heads x head size = hidden size: {kv_pad} zero KV "
+                "group(s) per layer restore it (exact; attention is not smaller in llama.cpp)"
+            )
+        layers = tuple(LayerPlan(x.index, x.ffn + pad, x.kv_heads + kv_pad, (x.kv_heads + kv_pad) * g, ffn_pad=pad, kv_pad=kv_pad) for x in widths)
         return GGUFPlan(own_arch, family, head_dim, g, layers, tuple(notes))
     if not deci_ok:
         raise ExportRefused(
             f"{type(model).__name__}: layers have different widths, and llama.cpp holds per-layer widths only in "
             f"its 'deci' architecture, which lacks what {family} needs ("
-            + ("q/k/v biases" if family == "Qwen2ForCausalLM" else "per-head q/k norms") + "); prune with "
-            "scope 'uniform' to export it as llama.cpp's own " + repr(own_arch))
+            + ("q/k/v biases" if family == "Qwen2ForCausalLM" else "per-head q/k norms")
+            + "); prune with "
+            "scope 'uniform' to export it as llama.cpp's own " + repr(own_arch)
+        )
     _check_deci_biases(model, slices)
     layers = []
     for w in widths:
@@ -169,8 +169,7 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
                 ffn_pad = block
         if w.down_proj_bias and w.ffn == 0 and ffn_pad == 0:
             ffn_pad = block
-        layers.append(LayerPlan(w.index, w.ffn + ffn_pad, w.kv_heads + kv_pad, (w.kv_heads + kv_pad) * g,
-                                ffn_pad=ffn_pad, kv_pad=kv_pad))
+        layers.append(LayerPlan(w.index, w.ffn + ffn_pad, w.kv_heads + kv_pad, (w.kv_heads + kv_pad) * g, ffn_pad=ffn_pad, kv_pad=kv_pad))
     if any(x.ffn_pad and x.ffn - x.ffn_pad > 0 for x in layers):
         notes.append(f"FFN widths padded with zero channels to whole {dtype} blocks")
     return GGUFPlan("deci", family, head_dim, g, tuple(layers), tuple(notes))
@@ -182,8 +181,10 @@ def _square_attention_pad(model: nn.Module, arch: str, w: LayerWidths, g: int) -
         return 0
     full = w.hidden // (w.head_dim * g)
     if full * g * w.head_dim != w.hidden or full < w.kv_heads:
-        raise ExportRefused(f"{type(model).__name__}: {w.q_heads} query heads of {w.head_dim} do not fill the hidden "
-                            f"size {w.hidden}, which llama.cpp's 'qwen2' requires, and zero heads cannot make up for it")
+        raise ExportRefused(
+            f"{type(model).__name__}: {w.q_heads} query heads of {w.head_dim} do not fill the hidden "
+            f"size {w.hidden}, which llama.cpp's 'qwen2' requires, and zero heads cannot make up for it"
+        )
     return full - w.kv_heads
 
 
@@ -199,5 +200,7 @@ def _check_deci_biases(model: nn.Module, slices: list[Any]) -> None:
     for ls in slices:
         for s in ls.slices:
             if s.name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") and s.linear.bias is not None:
-                raise ExportRefused(f"{type(model).__name__}: layer {ls.index} has a {s.name} bias, which llama.cpp's "
-                                    "'deci' architecture (the one for uneven widths) does not read")
+                raise ExportRefused(
+                    f"{type(model).__name__}: layer {ls.index} has a {s.name} bias, which llama.cpp's "
+                    "'deci' architecture (the one for uneven widths) does not read"
+                )

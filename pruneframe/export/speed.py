@@ -69,8 +69,7 @@ def measure_llamacpp_speed(
     finally:
         for model in models.values():
             model.close()
-    return {label: LlamaCppSpeed({n: max(v) for n, v in prefill[label].items()}, max(decode[label]), threads, repeats)
-            for label in files}
+    return {label: LlamaCppSpeed({n: max(v) for n, v in prefill[label].items()}, max(decode[label]), threads, repeats) for label in files}
 
 
 def weight_bytes_per_token(path: str | Path) -> int:

@@ -33,7 +33,7 @@ __all__ = ["PROMPTS", "Tolerance", "TOLERANCES", "VerifyResult", "verify_gguf"]
 #: Fixed prompts (varied domains), each continued for ``positions // len(PROMPTS)`` tokens.
 PROMPTS: tuple[str, ...] = (
     "The history of the printing press begins in the fifteenth century, when",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Photosynthesis is the process by which green plants",
     "Call me Ishmael. Some years ago, never mind how long precisely,",
     "The recipe needs three eggs, two cups of flour and",
@@ -59,13 +59,17 @@ class Tolerance:
 
 
 #: Per export type. f32 differs from transformers only by summation order; f16/bf16 round every weight
-#: (bf16 to 8 significant bits); q8_0 rounds every weight to 8 bits per 32-weight block.
+#: (bf16 to 8 significant bits). The block-quantized types are set from the dense SmolLM2-135M's own
+#: check (docs/llamacpp.md), about twice its KL: q8_0 (8 bits per 32-weight block) measured top-1 97.5%,
+#: largest top-5 difference 0.129, mean KL 3.6e-3; q4_0 (4 bits, token embedding and output in q8_0)
+#: top-1 79.1%, 0.778, 0.227. A 4-bit file of a small model moves single probabilities a lot, so its
+#: top-5 limit is loose and its KL limit carries the check.
 TOLERANCES: dict[str, Tolerance] = {
     "f32": Tolerance(top1=0.99, top5_prob=0.01, kl=1e-3),
     "f16": Tolerance(top1=0.97, top5_prob=0.03, kl=5e-3),
     "bf16": Tolerance(top1=0.90, top5_prob=0.08, kl=3e-2),
-    "q8_0": Tolerance(top1=0.90, top5_prob=0.08, kl=3e-2),
-    "q4_0": Tolerance(top1=0.50, top5_prob=0.5, kl=0.5),
+    "q8_0": Tolerance(top1=0.90, top5_prob=0.25, kl=1e-2),
+    "q4_0": Tolerance(top1=0.70, top5_prob=0.9, kl=0.5),
 }
 
 
@@ -101,9 +105,11 @@ class VerifyResult:
 
     def summary(self) -> str:
         """One line of numbers."""
-        return (f"{self.dtype}: top-1 agreement {self.top1_agreement:.2%} over {self.positions} positions, "
-                f"max top-5 prob diff {self.max_top5_prob_diff:.2e}, KL mean {self.mean_kl:.2e} "
-                f"max {self.max_kl:.2e}, tokenizer {'agrees' if self.tokenizer_ok else 'DIFFERS'}")
+        return (
+            f"{self.dtype}: top-1 agreement {self.top1_agreement:.2%} over {self.positions} positions, "
+            f"max top-5 prob diff {self.max_top5_prob_diff:.2e}, KL mean {self.mean_kl:.2e} "
+            f"max {self.max_kl:.2e}, tokenizer {'agrees' if self.tokenizer_ok else 'DIFFERS'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -171,8 +177,16 @@ def _aligned_steps(response: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @torch.inference_mode()
-def verify_gguf(gguf_path: str | Path, model: nn.Module, tokenizer: Any, dtype: str, positions: int = 256,
-                top_k: int = 40, threads: int = 1, prompts: tuple[str, ...] = PROMPTS) -> VerifyResult:
+def verify_gguf(
+    gguf_path: str | Path,
+    model: nn.Module,
+    tokenizer: Any,
+    dtype: str,
+    positions: int = 256,
+    top_k: int = 40,
+    threads: int = 1,
+    prompts: tuple[str, ...] = PROMPTS,
+) -> VerifyResult:
     """Compare llama.cpp on ``gguf_path`` with ``model`` (in float32, on the CPU) over at least ``positions`` positions."""
     per_prompt = -(-positions // len(prompts)) + 8  # a margin for positions dropped by _aligned_steps
     model = model.float().eval()
@@ -194,13 +208,20 @@ def verify_gguf(gguf_path: str | Path, model: nn.Module, tokenizer: Any, dtype: 
                 kls.append(k)
             text_llama = b"".join(bytes(step["bytes"]) for step in steps).decode("utf-8", errors="replace")
             if text_llama != tokenizer.decode(generated):
-                issues.append(f"prompt {text[:30]!r}: llama.cpp's text {text_llama[:40]!r} != "
-                              f"transformers' {tokenizer.decode(generated)[:40]!r}")
+                issues.append(f"prompt {text[:30]!r}: llama.cpp's text {text_llama[:40]!r} != transformers' {tokenizer.decode(generated)[:40]!r}")
             n_llama = runner.count_prompt_tokens(text)
             if n_llama != len(ids):
                 issues.append(f"prompt {text[:30]!r}: llama.cpp reads {n_llama} tokens, transformers {len(ids)}")
     finally:
         runner.close()
     n = len(kls)
-    return VerifyResult(dtype=dtype, positions=n, top1_agreement=agree / n, max_top5_prob_diff=max(diffs),
-                        mean_kl=sum(kls) / n, max_kl=max(kls), tokenizer_ok=not issues, tokenizer_issues=issues)
+    return VerifyResult(
+        dtype=dtype,
+        positions=n,
+        top1_agreement=agree / n,
+        max_top5_prob_diff=max(diffs),
+        mean_kl=sum(kls) / n,
+        max_kl=max(kls),
+        tokenizer_ok=not issues,
+        tokenizer_issues=issues,
+    )

@@ -22,10 +22,14 @@ from pruneframe.export.plan import ExportRefused
 __all__ = ["add_vocab", "pre_tokenizer_name"]
 
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
-                r"\s+(?!\S)|\s+")
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 #: The split regex of a Split pre-tokenizer -> llama.cpp's name for the same rule.
 _SPLITS = {_QWEN2_SPLIT: "qwen2", _LLAMA3_SPLIT: "llama-bpe"}
 
@@ -39,20 +43,18 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     """
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if tokenizer_json.get("normalizer"):
-        raise ExportRefused(f"tokenizer: a normalizer ({tokenizer_json['normalizer'].get('type')}) before a byte-level "
-                            "BPE is not exported yet")
+        raise ExportRefused(f"tokenizer: a normalizer ({tokenizer_json['normalizer'].get('type')}) before a byte-level BPE is not exported yet")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         return "smollm"
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel" \
-            and not steps[1].get("use_regex", True):
+    if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
         if pattern in _SPLITS:
             return _SPLITS[pattern]
-        raise ExportRefused(f"tokenizer: a Split pre-tokenizer with regex {pattern!r}, which llama.cpp knows under no "
-                            "name pruneframe can tell")
-    raise ExportRefused(f"tokenizer: pre-tokenizer {json.dumps(pre)[:200]} is not exported yet (byte-level BPE with "
-                        "GPT-2's, Qwen2's or Llama 3's split rule is)")
+        raise ExportRefused(f"tokenizer: a Split pre-tokenizer with regex {pattern!r}, which llama.cpp knows under no name pruneframe can tell")
+    raise ExportRefused(
+        f"tokenizer: pre-tokenizer {json.dumps(pre)[:200]} is not exported yet (byte-level BPE with GPT-2's, Qwen2's or Llama 3's split rule is)"
+    )
 
 
 def _tokens(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
@@ -88,9 +90,11 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
             raise ExportRefused(f"tokenizer {type(tokenizer).__name__}: no tokenizer.json (a fast tokenizer is needed)")
         data = json.loads(file.read_text(encoding="utf-8"))
         if data.get("model", {}).get("type") != "BPE" or data["model"].get("byte_fallback"):
-            raise ExportRefused(f"tokenizer: model type {data.get('model', {}).get('type')!r} "
-                                f"(byte_fallback={data.get('model', {}).get('byte_fallback')}) is not exported yet; "
-                                "byte-level BPE is")
+            raise ExportRefused(
+                f"tokenizer: model type {data.get('model', {}).get('type')!r} "
+                f"(byte_fallback={data.get('model', {}).get('byte_fallback')}) is not exported yet; "
+                "byte-level BPE is"
+            )
         pre = pre_tokenizer_name(data)
         tokens, kinds = _tokens(data, vocab_size)
         writer.add_tokenizer_model("gpt2")

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 from torch import nn
 
-from pruneframe._io import _umask
+from pruneframe.util.io import _umask
 from pruneframe.export.plan import GGUFPlan
 from pruneframe.export.tensors import gguf_tensors
 from pruneframe.export.vocab import add_vocab
@@ -32,9 +32,13 @@ OWNER_KEY = "pruneframe.exported_from"
 #: Byte alignment of tensor data in the files pruneframe writes.
 ALIGNMENT = 4096
 
-_FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-               "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+_FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 _QUANTIZED = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
 #: Tensors a 4-bit file keeps in 8 bits: the token embedding and the output layer, which llama.cpp's own
 #: 4-bit presets keep at higher precision too (its ``q6_K``, which cannot be produced without llama.cpp's tools).

@@ -11,12 +11,12 @@ fingerprint and size, the evaluation protocol (each evaluator's validated settin
 fingerprints and its package's digest), the stage implementations (the plugin handling the model's
 architecture and, for score, project, recalibrate and fold, every plugin implementing the stage, in the
 order they are tried, each with its package's digest: see
-:meth:`~pruneframe.host.PluginHost.stage_candidates`), and :func:`code_identity`: the digest of every
+:meth:`~pruneframe.pipeline.host.PluginHost.stage_candidates`), and :func:`code_identity`: the digest of every
 ``.py`` file of the ``pruneframe`` package, the versions of pruneframe, torch, transformers and lm-eval,
 and the results schema version. An edit anywhere in that code (a comment included), or installing,
 removing or editing a plugin that overrides a stage or handles the architecture, recomputes the runs.
 
-Package digests (:mod:`pruneframe.digests`) are computed once per process and cached
+Package digests (:mod:`pruneframe.util.digests`) are computed once per process and cached
 (:func:`clear_digests` forgets them).
 """
 
@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pruneframe.digests import clear_digests, package_digest, package_root, sha256_file, source_hash, tree_digest
+from pruneframe.util.digests import clear_digests, package_digest, package_root, sha256_file, source_hash, tree_digest
 from pruneframe.models import resolve_model_path
 
 __all__ = [
@@ -63,11 +63,7 @@ def model_identity(spec: str) -> dict[str, Any]:
     folder = Path(resolved.location)
     if resolved.kind == "hub" or not folder.is_dir():
         return identity
-    stats = sorted(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.iterdir()
-        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
-    )
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     identity["config_sha256"] = sha256_file(folder / "config.json")[:16] if (folder / "config.json").is_file() else None
     identity["weights_fingerprint"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
     return identity

@@ -34,9 +34,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pruneframe.budget import BudgetKind, make_budget
+from pruneframe.pipeline.budget import BudgetKind, make_budget
 from pruneframe.data.sources import data_dir
-from pruneframe.devices import LoadDtype
+from pruneframe.util.devices import LoadDtype
 
 __all__ = [
     "InputError",
@@ -57,7 +57,7 @@ __all__ = [
     "budget_slug",
 ]
 
-#: ``auto`` or a dtype name or alias (``bf16``), stored under its canonical name (see :data:`pruneframe.devices.DTYPES`).
+#: ``auto`` or a dtype name or alias (``bf16``), stored under its canonical name (see :data:`pruneframe.util.devices.DTYPES`).
 Dtype = LoadDtype
 #: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when the model loads).
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
@@ -142,8 +142,8 @@ def protocol_flag_over_file(file_settings: dict[str, Any], flag_settings: dict[s
     given next to ``--protocol`` still apply (and are checked against it). ``--eval-data`` replaces the
     file's sources (given as ``sources`` or as the one-source ``data``/``split`` shorthand).
     """
-    flagged = ((flag_settings.get("evaluation") or {}).get("perplexity") or {})
-    file_ppl = ((file_settings.get("evaluation") or {}).get("perplexity"))
+    flagged = (flag_settings.get("evaluation") or {}).get("perplexity") or {}
+    file_ppl = (file_settings.get("evaluation") or {}).get("perplexity")
     if not isinstance(file_ppl, dict):
         return file_settings
     dropped = _PROTOCOL_FIXED if "protocol" in flagged else _SOURCE_KEYS if "sources" in flagged else ()
@@ -308,15 +308,14 @@ class CompareConfig(EvalConfig):
 
     def resolved(self) -> Self:
         """This config with its defaults found (evaluators, and text sources: :meth:`TextSettings.resolved`): what a run records."""
-        return super().resolved().model_copy(update={"calibration": self.calibration.resolved(),
-                                                     "recovery_data": self.recovery_data.resolved()})
+        return super().resolved().model_copy(update={"calibration": self.calibration.resolved(), "recovery_data": self.recovery_data.resolved()})
 
     def seeds_for(self, method: str) -> list[int]:
         """The seeds ``method`` runs with: ``method_seeds[method]`` when given, else ``seeds``."""
         return self.method_seeds.get(method, self.seeds)
 
     def budget_objects(self) -> list[Any]:
-        """The budgets as typed budget objects (see :func:`pruneframe.budget.make_budget`)."""
+        """The budgets as typed budget objects (see :func:`pruneframe.pipeline.budget.make_budget`)."""
         return [make_budget(value, self.budget_kind) for value in self.budgets]
 
     def out_dir(self) -> Path:

@@ -98,8 +98,7 @@ def quality_points(summary: Summary, key: str) -> dict[str, list[Point]]:
         y, x = _y(group, key, summary), kept_params(group)
         if y is None or x is None:
             continue
-        out.setdefault(series_label(group), []).append(
-            Point(group.method, group.budget, group.recovery, x, y[0], y[1], y[2], y[3], y[4]))
+        out.setdefault(series_label(group), []).append(Point(group.method, group.budget, group.recovery, x, y[0], y[1], y[2], y[3], y[4]))
     return {label: sorted(points, key=lambda p: p.x) for label, points in out.items()}
 
 
@@ -107,8 +106,7 @@ def _speed(engine: Engine) -> Callable[[Group, Literal["prefill", "decode"]], Sp
     return speedup if engine == "torch" else llamacpp_speedup
 
 
-def speed_points(summary: Summary, budget: str, phase: Literal["prefill", "decode"], engine: Engine = "torch",
-                 key: str = "ood") -> list[Point]:
+def speed_points(summary: Summary, budget: str, phase: Literal["prefill", "decode"], engine: Engine = "torch", key: str = "ood") -> list[Point]:
     """The groups at ``budget`` with measure ``key`` against their measured ``phase`` speedup in ``engine``."""
     points = []
     for group in summary.groups:
@@ -117,8 +115,7 @@ def speed_points(summary: Summary, budget: str, phase: Literal["prefill", "decod
         y, s = _y(group, key, summary), _speed(engine)(group, phase)
         if y is None or s is None:
             continue
-        points.append(Point(group.method, group.budget, group.recovery, s.value, y[0], y[1], y[2], y[3], y[4],
-                            s.low, s.high, s.ideal))
+        points.append(Point(group.method, group.budget, group.recovery, s.value, y[0], y[1], y[2], y[3], y[4], s.low, s.high, s.ideal))
     return points
 
 
@@ -159,15 +156,14 @@ def _draw_point(axes: Any, x: float, p: Point, colour: Any, marker: str, hollow:
     xerr = None
     if horizontal and p.x_low is not None and p.x_high is not None:
         xerr = [[max(p.x - p.x_low, 0.0)], [max(p.x_high - p.x, 0.0)]]
-    axes.errorbar([x], [p.y], yerr=[[p.y - p.low], [p.high - p.y]], xerr=xerr, fmt="none", ecolor=colour,
-                  elinewidth=1, capsize=3, zorder=3)
-    axes.plot([x], [p.y], marker=marker, linestyle="none", markersize=6, color=colour,
-              markerfacecolor="white" if hollow else colour, markeredgewidth=1.4, zorder=4)
+    axes.errorbar([x], [p.y], yerr=[[p.y - p.low], [p.high - p.y]], xerr=xerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3, zorder=3)
+    axes.plot(
+        [x], [p.y], marker=marker, linestyle="none", markersize=6, color=colour, markerfacecolor="white" if hollow else colour, markeredgewidth=1.4, zorder=4
+    )
 
 
 def _arrow(axes: Any, start: tuple[float, float], end: tuple[float, float], colour: Any) -> None:
-    axes.annotate("", xy=end, xytext=start, zorder=5,
-                  arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.2, "shrinkA": 4, "shrinkB": 5})
+    axes.annotate("", xy=end, xytext=start, zorder=5, arrowprops={"arrowstyle": "->", "color": colour, "linewidth": 1.2, "shrinkA": 4, "shrinkB": 5})
 
 
 def _legend(axes: Any, summary: Summary, intervals: str, spread: str | None = None) -> None:
@@ -176,8 +172,9 @@ def _legend(axes: Any, summary: Summary, intervals: str, spread: str | None = No
 
     colours, styles = _colours(summary), _recovery_styles(summary)
     handles = [Line2D([], [], color=c, marker="o", linestyle="-", label=m) for m, c in colours.items()]
-    handles += [Line2D([], [], color="grey", marker=styles[r][0], markerfacecolor="white", linestyle=styles[r][1],
-                       label=f"after {r}") for r in styles if r != "none"]
+    handles += [
+        Line2D([], [], color="grey", marker=styles[r][0], markerfacecolor="white", linestyle=styles[r][1], label=f"after {r}") for r in styles if r != "none"
+    ]
     handles.append(Line2D([], [], color="black", marker="*", markersize=10, linestyle="none", label="dense"))
     handles.append(Line2D([], [], color="grey", linewidth=1, marker="_", markersize=8, label=intervals))
     if spread:
@@ -193,17 +190,14 @@ def _offsets(summary: Summary, points: dict[str, list[Point]], width: float) -> 
     recoveries = list(_recovery_styles(summary))
     step = width * 0.012
     centre = (len(methods) - 1) / 2
-    return {(m, r): (i - centre) * step * (1 + 0.5 * (len(recoveries) > 1)) + j * step * 0.5
-            for i, m in enumerate(methods) for j, r in enumerate(recoveries)}
+    return {(m, r): (i - centre) * step * (1 + 0.5 * (len(recoveries) > 1)) + j * step * 0.5 for i, m in enumerate(methods) for j, r in enumerate(recoveries)}
 
 
-def _params_axes(axes: Any, summary: Summary, points: dict[str, list[Point]], dense_point: tuple[float, float] | None,
-                 ylabel: str, log_y: bool) -> None:
+def _params_axes(axes: Any, summary: Summary, points: dict[str, list[Point]], dense_point: tuple[float, float] | None, ylabel: str, log_y: bool) -> None:
     """Series against kept parameters (millions), recovered groups hollow and dashed, before/after arrows."""
     colours, styles = _colours(summary), _recovery_styles(summary)
     xs = [p.x for pts in points.values() for p in pts] + ([dense_point[0]] if dense_point else [])
-    scale, unit = next((s, u) for s, u in ((1e9, "billions"), (1e6, "millions"), (1e3, "thousands"), (1.0, ""))
-                       if max(xs) >= s or s == 1.0)
+    scale, unit = next((s, u) for s, u in ((1e9, "billions"), (1e6, "millions"), (1e3, "thousands"), (1.0, "")) if max(xs) >= s or s == 1.0)
     width = (max(xs) - min(xs)) / scale if max(xs) > min(xs) else max(xs) / scale
     offsets = _offsets(summary, points, width)
     placed: dict[tuple[str, str, str], tuple[float, float]] = {}
@@ -253,8 +247,7 @@ def perplexity_figure(summary: Summary, dense_params: float | None) -> bytes | N
         return None
     figure = _new_figure(8.2, 4.8)
     axes = figure.add_subplot()
-    _params_axes(axes, summary, points, (dense_params, 1.0) if dense_params else None,
-                 f"{_scope_name(summary)} geomean perplexity / dense", log_y=True)
+    _params_axes(axes, summary, points, (dense_params, 1.0) if dense_params else None, f"{_scope_name(summary)} geomean perplexity / dense", log_y=True)
     _legend(axes, summary, "95% paired-bootstrap interval")
     return _png(figure)
 
@@ -271,8 +264,7 @@ def accuracy_figure(summary: Summary, dense: dict[str, Any], dense_params: float
     for i, (task, points) in enumerate(panels.items()):
         axes = figure.add_subplot(rows, columns, i + 1)
         acc = nested_get(dense, "eval", "zeroshot", "tasks", task, "acc")
-        _params_axes(axes, summary, points, (dense_params, acc) if dense_params and acc is not None else None,
-                     "accuracy", log_y=False)
+        _params_axes(axes, summary, points, (dense_params, acc) if dense_params and acc is not None else None, "accuracy", log_y=False)
         axes.set_title(f"{task} ({summary.tasks[task]} items)", fontsize="medium")
         if i == columns - 1 or len(panels) == 1:
             _legend(axes, summary, "95% Wilson interval")
@@ -294,8 +286,18 @@ def _speed_axes(axes: Any, summary: Summary, points: list[Point], xlabel: str, i
             axes.axvline(low, color="dimgrey", linestyle="--", linewidth=1, zorder=0)
         else:
             axes.axvspan(low, high, color="grey", alpha=0.15, zorder=0)
-        axes.text(high, 0.98, text + " ", transform=axes.get_xaxis_transform(), rotation=90, va="top", ha="right",
-                  fontsize="small", color="dimgrey", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+        axes.text(
+            high,
+            0.98,
+            text + " ",
+            transform=axes.get_xaxis_transform(),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize="small",
+            color="dimgrey",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
     axes.axvline(1.0, color="black", linestyle=":", linewidth=0.8, zorder=0)
     axes.axhline(1.0, color="black", linestyle=":", linewidth=0.8, zorder=0)
     axes.plot([1.0], [1.0], marker="*", color="black", markersize=11, zorder=4)
@@ -322,8 +324,7 @@ def speed_figure(summary: Summary, budget: str) -> bytes | None:
                 xlabel, ideal = f"{phase} speedup over dense", "FLOPs ideal"
             else:
                 length = next((llamacpp_prefill_len(g) for g in summary.groups if g.budget == budget), None)
-                xlabel = f"prefill speedup over dense ({length}-token prompt)" if phase == "prefill" else \
-                    "decode speedup over dense"
+                xlabel = f"prefill speedup over dense ({length}-token prompt)" if phase == "prefill" else "decode speedup over dense"
                 ideal = "FLOPs ideal" if phase == "prefill" else "weight-bytes ideal"
             _speed_axes(axes, summary, points, xlabel, ideal)
             axes.set_title(f"{name}: {phase}", fontsize="medium")
@@ -338,8 +339,7 @@ def speed_figure(summary: Summary, budget: str) -> bytes | None:
 
 def render(summary: Summary, dense: dict[str, Any], dense_params: float | None) -> dict[str, bytes]:
     """Every figure with data, as PNG bytes by name (file name without ``.png``)."""
-    images = {"ppl_vs_params": perplexity_figure(summary, dense_params),
-              "acc_vs_params": accuracy_figure(summary, dense, dense_params)}
+    images = {"ppl_vs_params": perplexity_figure(summary, dense_params), "acc_vs_params": accuracy_figure(summary, dense, dense_params)}
     for budget in dict.fromkeys(g.budget for g in summary.groups):
         images[f"quality_vs_speed_{budget_slug(budget)}"] = speed_figure(summary, budget)
     return {name: image for name, image in images.items() if image is not None}

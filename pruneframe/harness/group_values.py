@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pruneframe.evaluation.stats import LEVEL
 from pruneframe.harness.summary import Group, nested_get
 
-__all__ = ["Speedup", "kept_params", "kept_fraction", "speedup", "llamacpp_speedup", "llamacpp_prefill_len",
-           "wilson_interval"]
+__all__ = ["Speedup", "kept_params", "kept_fraction", "speedup", "llamacpp_speedup", "llamacpp_prefill_len", "wilson_interval"]
+
 
 def _mean(values: list[Any]) -> float | None:
     known = [float(v) for v in values if v is not None]
@@ -62,8 +62,7 @@ def speedup(group: Group, phase: Literal["prefill", "decode"]) -> Speedup | None
     if not values:
         return None
     value = statistics.fmean(values)
-    widths = [w for w in (nested_get(r, "eval", "speed", "speedup_spread", phase, "iqr_rel") for r in group.records)
-              if w is not None]
+    widths = [w for w in (nested_get(r, "eval", "speed", "speedup_spread", phase, "iqr_rel") for r in group.records) if w is not None]
     width = max(widths) if widths else None
     low, high = (value * (1 - width), value * (1 + width)) if width is not None else (min(values), max(values))
     ideal = _mean([nested_get(r, "eval", "speed", "ideal_speedup") for r in group.records])
@@ -79,8 +78,7 @@ def llamacpp_prefill_len(group: Group) -> int | None:
 def llamacpp_speedup(group: Group, phase: Literal["prefill", "decode"]) -> Speedup | None:
     """The ``llamacpp-speed`` evaluator's speedup of ``phase`` (prefill at the shortest prompt), or ``None``."""
     key = phase if phase == "decode" else f"prefill_{llamacpp_prefill_len(group)}"
-    values = [v for v in (nested_get(r, "eval", "llamacpp-speed", "measured_speedup", key) for r in group.records)
-              if v is not None]
+    values = [v for v in (nested_get(r, "eval", "llamacpp-speed", "measured_speedup", key) for r in group.records) if v is not None]
     if not values:
         return None
     ideal = _mean([nested_get(r, "eval", "llamacpp-speed", "ideal_speedup", phase) for r in group.records])

@@ -22,9 +22,9 @@ from pruneframe.evaluation.base import Evaluator
 from pruneframe.evaluation.zeroshot import check_lm_eval_tasks, resolve_task
 from pruneframe.harness.cache import model_identity, package_digest
 from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputError, explain
-from pruneframe.host import PluginHost, UnknownNameError, UnsupportedModelError
+from pruneframe.pipeline.host import PluginHost, UnknownNameError, UnsupportedModelError
 from pruneframe.models import load_model
-from pruneframe.resume import tensor_digest
+from pruneframe.toolkit.resume import tensor_digest
 
 __all__ = ["INPUT_ERRORS", "input_phase", "load_dense", "calibration_stream", "build_evaluators"]
 
@@ -36,7 +36,12 @@ __all__ = ["INPUT_ERRORS", "input_phase", "load_dense", "calibration_stream", "b
 #: ``NotImplementedError`` that is input). ``FileNotFoundError``, ``NotADirectoryError`` and
 #: ``IsADirectoryError``: a named path that is missing or of the wrong kind (the ``OSError``\ s that are input).
 INPUT_ERRORS: tuple[type[Exception], ...] = (
-    ValueError, UnknownNameError, UnsupportedModelError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+    ValueError,
+    UnknownNameError,
+    UnsupportedModelError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
 )
 
 
@@ -130,4 +135,3 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
                 entry["tasks"] = [t if isinstance(t, str) else t.model_dump() for t in resolved]
         evaluators[name], stamp[name] = evaluator, entry
     return evaluators, stamp, sources
-

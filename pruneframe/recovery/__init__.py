@@ -15,7 +15,18 @@ from pruneframe.recovery.stream import RecoveryDataError, RecoveryStream, make_s
 from pruneframe.recovery.teacher import TeacherTargets, compute_teacher, top_k_kl
 
 __all__ = [
-    "Recovery", "RecoveryConfig", "RecoveryContext", "RecoveryRecord", "RecoveryResult", "RecoveryDataError",
-    "RecoveryStream", "TeacherTargets", "recover", "resolve_recovery", "text_stream", "make_stream", "compute_teacher",
+    "Recovery",
+    "RecoveryConfig",
+    "RecoveryContext",
+    "RecoveryRecord",
+    "RecoveryResult",
+    "RecoveryDataError",
+    "RecoveryStream",
+    "TeacherTargets",
+    "recover",
+    "resolve_recovery",
+    "text_stream",
+    "make_stream",
+    "compute_teacher",
     "top_k_kl",
 ]

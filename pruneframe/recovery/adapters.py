@@ -36,8 +36,7 @@ class LoraSettings(BaseModel):
 
 def linear_names(model: nn.Module) -> list[str]:
     """The distinct last names of the linear layers inside the model's decoder layers (``q_proj``, ``down_proj``, ...)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and ".layers." in f".{name}"}
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear) and ".layers." in f".{name}"}
     return sorted(names)
 
 
@@ -59,8 +58,7 @@ def with_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = check_targets(model, settings.target_modules)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from pruneframe.prune_report import RecoveryRecord
+from pruneframe.pipeline.prune_report import RecoveryRecord
 
 if TYPE_CHECKING:
     from pruneframe.recovery.stream import RecoveryStream

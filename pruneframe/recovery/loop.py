@@ -5,7 +5,7 @@
   and backward run in the model's own dtype.
 - **Schedule**: linear warm-up over ``warmup`` of the steps, then constant, cosine or linear decay.
 - **torchrun**: every rank walks the same batches and computes the loss of its round-robin share of
-  each (:func:`pruneframe.distributed.sharded_backward`); gradients are summed, so the updates are
+  each (:func:`pruneframe.toolkit.distributed.sharded_backward`); gradients are summed, so the updates are
   those of one process.
 - **Resume**: with ``checkpoint_dir`` the state (trainable weights, optimiser, schedule, losses, RNG)
   is saved every ``checkpoint_every`` steps; a run started again continues after the last saved step,
@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pruneframe.distributed import sharded_backward, world
-from pruneframe.memory import PeakMemory
+from pruneframe.toolkit.distributed import sharded_backward, world
+from pruneframe.toolkit.memory import PeakMemory
 from pruneframe.recovery.base import RecoveryConfig
 from pruneframe.recovery.stream import RecoveryStream
-from pruneframe.resume import LoopCheckpoint, LoopStats
+from pruneframe.toolkit.resume import LoopCheckpoint, LoopStats
 
 __all__ = ["LossBackward", "train", "lr_factor"]
 
@@ -77,7 +77,7 @@ def train(
 
     Raises:
         FloatingPointError: a non-finite loss, naming the step.
-        pruneframe.resume.StaleCheckpointError: ``checkpoint_dir`` holds another run's state.
+        pruneframe.toolkit.resume.StaleCheckpointError: ``checkpoint_dir`` holds another run's state.
     """
     if not params:
         raise ValueError(f"recovery {name!r}: nothing to train (no parameter requires a gradient)")
@@ -120,8 +120,7 @@ def train(
     return stats
 
 
-def _step(params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-          max_grad_norm: float | None) -> None:
+def _step(params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
     """Move gradients to the fp32 masters, clip, step, and round the masters back into the parameters."""
     for p, m in zip(params, masters):
         if m is not p:
@@ -136,8 +135,7 @@ def _step(params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: to
                 p.copy_(m)
 
 
-def _state(step: int, masters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
-           stats: LoopStats) -> dict[str, Any]:
+def _state(step: int, masters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, stats: LoopStats) -> dict[str, Any]:
     """Everything the loop needs to continue after ``step`` steps."""
     return {
         "step": step,
@@ -149,8 +147,9 @@ def _state(step: int, masters: list[torch.Tensor], optimizer: torch.optim.Optimi
     }
 
 
-def _restore(state: dict[str, Any], params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: torch.optim.Optimizer,
-             scheduler: Any, stats: LoopStats) -> int:
+def _restore(
+    state: dict[str, Any], params: list[torch.Tensor], masters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any, stats: LoopStats
+) -> int:
     """Load a saved state; return the steps already done."""
     saved = state["params"]
     if len(saved) != len(masters) or any(s.shape != m.shape for s, m in zip(saved, masters)):

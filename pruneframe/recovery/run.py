@@ -1,9 +1,9 @@
 """One recovery, start to end: check, (teacher,) train, verify the shape is unchanged, record.
 
-    from pruneframe.recovery import recover, text_stream
-    stream = text_stream("wikitext-2", tokenizer, tokens=16384, seq_len=256, seed=0)
-    result = recover(pruned, "distill", stream, teacher=dense)      # or a precomputed TeacherTargets
-    result.model, result.record.tokens_per_s
+from pruneframe.recovery import recover, text_stream
+stream = text_stream("wikitext-2", tokenizer, tokens=16384, seq_len=256, seed=0)
+result = recover(pruned, "distill", stream, teacher=dense)      # or a precomputed TeacherTargets
+result.model, result.record.tokens_per_s
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 from pruneframe.data import calibration_data, resolve_text
 from pruneframe.data.sources import TextSource
 from pruneframe.data.windows import tokenizer_fingerprint
-from pruneframe.digests import package_digest
-from pruneframe.host import PluginHost
+from pruneframe.util.digests import package_digest
+from pruneframe.pipeline.host import PluginHost
 from pruneframe.recovery.base import Recovery, RecoveryContext, RecoveryRecord
 from pruneframe.recovery.stream import RecoveryStream, make_stream
 from pruneframe.recovery.teacher import TeacherTargets, compute_teacher
@@ -35,8 +35,7 @@ class RecoveryResult:
     record: RecoveryRecord
 
 
-def resolve_recovery(recovery: str | Recovery | dict[str, Any], config: dict[str, Any] | None = None,
-                     host: PluginHost | None = None) -> Recovery:
+def resolve_recovery(recovery: str | Recovery | dict[str, Any], config: dict[str, Any] | None = None, host: PluginHost | None = None) -> Recovery:
     """A recovery object from a name (with ``config``), a ``{"name": ..., **settings}`` mapping, or an object."""
     if isinstance(recovery, Recovery):
         if config:
@@ -51,8 +50,7 @@ def resolve_recovery(recovery: str | Recovery | dict[str, Any], config: dict[str
     return (host or PluginHost.create()).recovery(recovery, config)
 
 
-def text_stream(source: str | TextSource, tokenizer: Any, tokens: int, seq_len: int, seed: int,
-                split: str = "calibration") -> RecoveryStream:
+def text_stream(source: str | TextSource, tokenizer: Any, tokens: int, seq_len: int, seed: int, split: str = "calibration") -> RecoveryStream:
     """The recovery stream of ``tokens`` tokens from a text source (see :func:`pruneframe.data.resolve_text`)."""
     resolved = source if isinstance(source, TextSource) else resolve_text(source, split)
     ids = calibration_data(resolved, tokenizer).tokens
@@ -108,48 +106,60 @@ def recover(
         raise ValueError(f"recovery {method.name!r} trains on text; pass a stream (text_stream(...)) or token ids")
     targets = _teacher_targets(method, teacher, stream, progress, model_identity) if method.needs_teacher else None
     before = _params(model)
-    fingerprint = {"recovery": method.name, "config": cfg.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_every"}),
-                   "stream": stream.fingerprint, "params": before}
-    context = RecoveryContext(stream=stream, teacher=targets, progress=progress,
-                              stats={"fingerprint": fingerprint})
+    fingerprint = {
+        "recovery": method.name,
+        "config": cfg.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_every"}),
+        "stream": stream.fingerprint,
+        "params": before,
+    }
+    context = RecoveryContext(stream=stream, teacher=targets, progress=progress, stats={"fingerprint": fingerprint})
     start = time.perf_counter()
     healed = method.recover(model, context)
     wall = time.perf_counter() - start
     after = _params(healed)
     if after != before:
-        raise RuntimeError(f"recovery {method.name!r} changed the parameter count from {before:,} to {after:,}; "
-                           "a recovery must keep the pruned shape")
+        raise RuntimeError(f"recovery {method.name!r} changed the parameter count from {before:,} to {after:,}; a recovery must keep the pruned shape")
     return RecoveryResult(model=healed, record=_record(method, host, stream, targets, context, wall, after))
 
 
-def _teacher_targets(method: Recovery, teacher: nn.Module | TeacherTargets | None, stream: RecoveryStream, progress: bool,
-                     model_identity: dict[str, Any] | None) -> TeacherTargets:
+def _teacher_targets(
+    method: Recovery, teacher: nn.Module | TeacherTargets | None, stream: RecoveryStream, progress: bool, model_identity: dict[str, Any] | None
+) -> TeacherTargets:
     if teacher is None:
         raise ValueError(f"recovery {method.name!r} needs a teacher: pass the dense model (teacher=...) or its outputs")
     if isinstance(teacher, TeacherTargets):
         if teacher.stamp.get("stream_sha256") != stream.fingerprint:
-            raise ValueError("the teacher's outputs were computed on another recovery stream "
-                             f"({teacher.stamp.get('stream_sha256')} != {stream.fingerprint})")
+            raise ValueError(f"the teacher's outputs were computed on another recovery stream ({teacher.stamp.get('stream_sha256')} != {stream.fingerprint})")
         if teacher.stamp.get("top_k", 0) < method.teacher_top_k() or (method.teacher_hidden() and teacher.hidden is None):
-            raise ValueError(f"the teacher's outputs hold top-{teacher.stamp.get('top_k')} logits"
-                             f"{'' if teacher.hidden is not None else ' and no hidden states'}; recovery "
-                             f"{method.name!r} needs top-{method.teacher_top_k()}{' and hidden states' if method.teacher_hidden() else ''}")
+            raise ValueError(
+                f"the teacher's outputs hold top-{teacher.stamp.get('top_k')} logits"
+                f"{'' if teacher.hidden is not None else ' and no hidden states'}; recovery "
+                f"{method.name!r} needs top-{method.teacher_top_k()}{' and hidden states' if method.teacher_hidden() else ''}"
+            )
         return teacher
-    return compute_teacher(teacher, stream, method.teacher_top_k(), method.teacher_hidden(), method.config.batch_size,
-                           progress, model_identity)
+    return compute_teacher(teacher, stream, method.teacher_top_k(), method.teacher_hidden(), method.config.batch_size, progress, model_identity)
 
 
-def _record(method: Recovery, host: PluginHost, stream: RecoveryStream, targets: TeacherTargets | None,
-            context: RecoveryContext, wall: float, params: int) -> RecoveryRecord:
+def _record(
+    method: Recovery, host: PluginHost, stream: RecoveryStream, targets: TeacherTargets | None, context: RecoveryContext, wall: float, params: int
+) -> RecoveryRecord:
     stats = context.stats.get("train")
     trained = stats.tokens if stats is not None else 0
     steps = len(stats.losses) if stats is not None else 0
     return RecoveryRecord(
-        name=method.name, plugin=host.recovery_plugin(method), code=package_digest(type(method)),
-        config=method.config.model_dump(mode="json"), tokens=trained, sequences=trained // stream.sequences.shape[-1],
-        steps=steps, data=stream.describe() if method.trains else {}, teacher=None if targets is None else targets.stamp,
-        wall_s=wall, tokens_per_s=stats.tokens_per_second if stats is not None else 0.0,
+        name=method.name,
+        plugin=host.recovery_plugin(method),
+        code=package_digest(type(method)),
+        config=method.config.model_dump(mode="json"),
+        tokens=trained,
+        sequences=trained // stream.sequences.shape[-1],
+        steps=steps,
+        data=stream.describe() if method.trains else {},
+        teacher=None if targets is None else targets.stamp,
+        wall_s=wall,
+        tokens_per_s=stats.tokens_per_second if stats is not None else 0.0,
         loss_first=stats.losses[0] if stats is not None and stats.losses else None,
         loss_last=stats.losses[-1] if stats is not None and stats.losses else None,
-        params=params, peak_rss_bytes=stats.peak_rss_bytes if stats is not None else 0,
+        params=params,
+        peak_rss_bytes=stats.peak_rss_bytes if stats is not None else 0,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pruneframe.resume import tensor_digest
+from pruneframe.toolkit.resume import tensor_digest
 
 __all__ = ["RecoveryStream", "RecoveryDataError", "make_stream"]
 
@@ -50,12 +50,18 @@ class RecoveryStream:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the source stamp, the stream's size and its fingerprint."""
-        return {**self.source, "sequences": len(self.sequences), "seq_len": int(self.sequences.shape[-1]),
-                "tokens": self.tokens, "stream_sha256": self.fingerprint}
+        return {
+            **self.source,
+            "sequences": len(self.sequences),
+            "seq_len": int(self.sequences.shape[-1]),
+            "tokens": self.tokens,
+            "stream_sha256": self.fingerprint,
+        }
 
 
-def make_stream(tokens: torch.Tensor, seq_len: int, budget: int, seed: int, source: dict[str, Any] | None = None,
-                name: str = "recovery text") -> RecoveryStream:
+def make_stream(
+    tokens: torch.Tensor, seq_len: int, budget: int, seed: int, source: dict[str, Any] | None = None, name: str = "recovery text"
+) -> RecoveryStream:
     """``budget // seq_len`` sequences of ``seq_len`` tokens from ``tokens`` (1-D), picked by a seeded permutation.
 
     Raises:

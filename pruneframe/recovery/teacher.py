@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pruneframe._io import write_bytes_atomic
-from pruneframe.devices import dtype_name, model_device
+from pruneframe.util.io import write_bytes_atomic
+from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.recovery.stream import RecoveryStream
 
 __all__ = ["TeacherTargets", "compute_teacher", "teacher_key", "top_k_kl", "load_or_compute_teacher"]
@@ -55,8 +55,7 @@ class TeacherTargets:
         """
         n = len(stream.sequences)
         if top_k > self.values.shape[-1] or n > len(self.values):
-            raise ValueError(f"teacher outputs of {len(self.values)} sequences, top-{self.values.shape[-1]}, cannot serve "
-                             f"{n} sequences at top-{top_k}")
+            raise ValueError(f"teacher outputs of {len(self.values)} sequences, top-{self.values.shape[-1]}, cannot serve {n} sequences at top-{top_k}")
         stamp = {**self.stamp, "stream_sha256": stream.fingerprint, "top_k": top_k}
         hidden = None if self.hidden is None else self.hidden[:n]
         return TeacherTargets(self.values[:n, :, :top_k], self.indices[:n, :, :top_k], self.lse[:n], hidden, stamp)
@@ -75,15 +74,19 @@ class TeacherTargets:
 
 def teacher_key(model_identity: dict[str, Any] | None, stream: RecoveryStream, top_k: int, hidden: bool, dtype: str) -> str:
     """A file-name-safe key over everything that determines the teacher's outputs."""
-    payload = json.dumps({"model": model_identity, "stream": stream.fingerprint, "k": top_k, "hidden": hidden, "dtype": dtype},
-                         sort_keys=True, default=str)
+    payload = json.dumps({"model": model_identity, "stream": stream.fingerprint, "k": top_k, "hidden": hidden, "dtype": dtype}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
 def compute_teacher(
-    model: nn.Module, stream: RecoveryStream, top_k: int, hidden: bool = False, batch_size: int = 4,
-    progress: bool = True, model_identity: dict[str, Any] | None = None,
+    model: nn.Module,
+    stream: RecoveryStream,
+    top_k: int,
+    hidden: bool = False,
+    batch_size: int = 4,
+    progress: bool = True,
+    model_identity: dict[str, Any] | None = None,
 ) -> TeacherTargets:
     """Run the dense ``model`` once over ``stream``; keep its top-``k`` logits, log-normaliser and (optionally) hidden states."""
     if top_k < 1:
@@ -106,14 +109,19 @@ def compute_teacher(
             del out, logits, top
     finally:
         model.train(was_training)
-    stamp = {"model": model_identity, "stream_sha256": stream.fingerprint, "top_k": top_k, "hidden": hidden,
-             "dtype": dtype_name(model)}
+    stamp = {"model": model_identity, "stream_sha256": stream.fingerprint, "top_k": top_k, "hidden": hidden, "dtype": dtype_name(model)}
     return TeacherTargets(torch.cat(values), torch.cat(indices), torch.cat(lses), torch.cat(states) if hidden else None, stamp)
 
 
 def load_or_compute_teacher(
-    folder: Path | None, model: nn.Module, stream: RecoveryStream, top_k: int, hidden: bool, batch_size: int,
-    progress: bool, model_identity: dict[str, Any] | None,
+    folder: Path | None,
+    model: nn.Module,
+    stream: RecoveryStream,
+    top_k: int,
+    hidden: bool,
+    batch_size: int,
+    progress: bool,
+    model_identity: dict[str, Any] | None,
 ) -> TeacherTargets:
     """The teacher's outputs from ``folder`` when a file there matches, else computed (and stored there)."""
     dtype = dtype_name(model)
@@ -126,8 +134,7 @@ def load_or_compute_teacher(
     return targets
 
 
-def top_k_kl(student_logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor,
-             temperature: float = 1.0) -> torch.Tensor:
+def top_k_kl(student_logits: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Mean over positions of KL(teacher || student) on the teacher's top-k tokens plus one bucket for the rest.
 
     The teacher's distribution is ``p_i = exp((v_i - lse) / T)``-normalised over its top-k tokens and

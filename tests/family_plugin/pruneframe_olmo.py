@@ -13,7 +13,7 @@ from torch import nn
 from transformers import OlmoForCausalLM
 
 from pruneframe.architectures import SplitProjectionAdapter
-from pruneframe.hookspecs import hookimpl
+from pruneframe.pipeline.hookspecs import hookimpl
 
 
 class OlmoAdapter(SplitProjectionAdapter):
@@ -25,8 +25,9 @@ class OlmoAdapter(SplitProjectionAdapter):
 
     def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
         """One tiny OLMo with GQA (G = 3) and attention biases."""
-        return {"olmo": (OlmoForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, attention_bias=True,
-                                               pad_token_id=0, bos_token_id=1, eos_token_id=2))}
+        return {
+            "olmo": (OlmoForCausalLM, dict(num_attention_heads=6, num_key_value_heads=2, attention_bias=True, pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        }
 
 
 @hookimpl

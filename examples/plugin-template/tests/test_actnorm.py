@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pruneframe.architectures import discover
-from pruneframe.collect import collect_input_moments
-from pruneframe.host import PluginHost
+from pruneframe.toolkit.collect import collect_input_moments
+from pruneframe.pipeline.host import PluginHost
 from pruneframe.testing import FAMILIES, check_method, check_scores, tiny_model, tokens
-from pruneframe.units import UnitKind
+from pruneframe.pipeline.units import UnitKind
 
 FAST = {"num_windows": 4, "seq_len": 16, "batch_size": 2}
 
@@ -28,7 +28,7 @@ def test_ffn_scores_are_activation_rms_times_down_column_norm() -> None:
     scores = check_scores("act-norm", "llama-gqa", FAST)
     units = discover(model)
     # the checks' calibration stream is tokens(4, 16); act-norm cuts FAST's windows from it
-    from pruneframe.calibration import CalibrationData
+    from pruneframe.pipeline.calibration import CalibrationData
 
     windows = CalibrationData(tokens(4, 16), name="tokens").windows(FAST["num_windows"], FAST["seq_len"])
     moments = collect_input_moments(model, windows, {"down": lambda m: m.down_proj}, progress=False)

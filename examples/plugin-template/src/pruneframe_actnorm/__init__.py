@@ -15,16 +15,16 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from pruneframe.collect import collect_input_moments
-from pruneframe.hookspecs import hookimpl
-from pruneframe.methods import MethodConfig, PruningMethod, ScoringContext
-from pruneframe.units import UnitKind
+from pruneframe.toolkit.collect import collect_input_moments
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import MethodConfig, PruningMethod, ScoringContext
+from pruneframe.pipeline.units import UnitKind
 
 __all__ = ["ActNormConfig", "ActNorm"]
 
 
 class ActNormConfig(MethodConfig):
-    """act-norm settings (``policy`` and ``scope`` come from :class:`~pruneframe.methods.MethodConfig`).
+    """act-norm settings (``policy`` and ``scope`` come from :class:`~pruneframe.pipeline.methods.MethodConfig`).
 
     Attributes:
         num_windows: calibration windows.
@@ -50,8 +50,13 @@ class ActNorm(PruningMethod):
         cfg, units = self.config, context.units
         windows = context.require_calibration(self.name).windows(cfg.num_windows, cfg.seq_len)
         moments = collect_input_moments(
-            context.model, windows, {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
-            batch_size=cfg.batch_size, progress=context.progress, desc="act-norm", adapter=units.adapter,
+            context.model,
+            windows,
+            {"down_proj": lambda m: m.down_proj, "o_proj": lambda m: m.o_proj},
+            batch_size=cfg.batch_size,
+            progress=context.progress,
+            desc="act-norm",
+            adapter=units.adapter,
         )
         context.stats["calibration_tokens"] = int(windows.numel())
         scores = torch.empty(len(units), dtype=torch.float32)

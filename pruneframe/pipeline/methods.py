@@ -1,0 +1,148 @@
+"""What a pruning method is: a scoring rule, optionally a recalibration rule, and a typed config.
+
+A method never touches the budget arithmetic or the weights' surgery: it gets a
+:class:`ScoringContext` (model, units, calibration data, the resolved budget and a projector bound
+to it) and returns one score per unit; the core projects, folds and reports.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+if TYPE_CHECKING:
+    from pruneframe.architectures.base import LayerSlices
+
+from pruneframe.pipeline.calibration import CalibrationData
+from pruneframe.pipeline.projection import Policy, Scope
+from pruneframe.pipeline.units import UnitSet
+
+__all__ = ["MethodConfig", "PruningMethod", "Recalibration", "ScoringContext", "Policy", "Scope"]
+
+
+class MethodConfig(BaseModel):
+    """Settings every method has. Subclass it (``extra="forbid"`` is inherited) for a method's own.
+
+    Attributes:
+        policy: how the core projector orders units (``rank`` by score, ``density`` by score/cost,
+            ``optimal`` maximises the kept score sum).
+        scope: ``global`` (one ranking across layers and kinds) or ``uniform`` (same keep fraction in
+            every layer and kind).
+        round_to: keep a multiple of this many FFN channels in every layer (or all of them), e.g. 64
+            for tensor-core friendly widths; KV groups are whole units anyway. ``None`` = any width.
+            Honoured by every projection (iterative methods' too); the budget is then met exactly in
+            the rounded sense of :mod:`pruneframe.pipeline.projection`.
+        seed: seed for anything random the method does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = "rank"
+    scope: Scope = "global"
+    round_to: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+
+
+@dataclass
+class Recalibration:
+    """What a method's recalibration returns; the fold multiplies/adds it into the weights.
+
+    Attributes:
+        scales: one multiplier per unit (flat unit order; entries of dropped units are ignored).
+            FFN channel scales multiply down_proj columns; KV-group scales multiply the group's
+            k_proj and v_proj rows (and biases).
+        mlp_bias: ``[num_layers, hidden]`` added to each down_proj output (a bias is created if absent).
+        attn_bias: ``[num_layers, hidden]`` added to each o_proj output.
+        mlp_out_scale: ``[num_layers, hidden]`` multiplying each down_proj output (its rows and bias)
+            before ``mlp_bias`` is added.
+        attn_out_scale: ``[num_layers, hidden]`` multiplying each o_proj output, likewise.
+        down_proj: per layer, a replacement down_proj weight ``[hidden, intermediate]`` (the dense
+            shape; columns of dropped channels are ignored), e.g. a least-squares refit of the kept
+            columns. Scales multiply the replacement columns.
+    """
+
+    scales: torch.Tensor | None = None
+    mlp_bias: torch.Tensor | None = None
+    attn_bias: torch.Tensor | None = None
+    mlp_out_scale: torch.Tensor | None = None
+    attn_out_scale: torch.Tensor | None = None
+    down_proj: list[torch.Tensor] | None = None
+
+    def is_empty(self) -> bool:
+        """True when there is nothing to fold."""
+        parts = (self.scales, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale, self.down_proj)
+        return all(p is None for p in parts)
+
+
+@dataclass
+class ScoringContext:
+    """Everything a method may use while scoring and recalibrating (runtime state, not config).
+
+    Attributes:
+        model: the dense model (do not modify its weights; gates belong in hooks).
+        units: the model's prunable units.
+        calibration: calibration token stream; methods cut their own windows from it.
+        budget: largest allowed summed cost of kept units.
+        minimum: per projection group, units that must be kept.
+        project: ``scores -> bool mask`` using the same projector, budget and policy as the final
+            projection; iterative methods call it at every step.
+        progress: show progress bars.
+        stats: free-form numbers a method reports (tokens processed, losses, ...), copied into the report.
+        score_with: ``(method name, config) -> scores`` of another registered method on the same
+            model, units and calibration (e.g. to warm-start learned scores); ``None`` outside
+            :func:`pruneframe.prune`.
+    """
+
+    model: nn.Module
+    units: UnitSet
+    calibration: CalibrationData | None
+    budget: int
+    minimum: torch.Tensor
+    project: Callable[[torch.Tensor], torch.Tensor]
+    progress: bool = True
+    stats: dict[str, Any] = field(default_factory=dict)
+    score_with: Callable[[str, dict[str, Any] | None], torch.Tensor] | None = None
+
+    def layers(self) -> "list[LayerSlices]":
+        """Per decoder layer, where each unit's weights are (:class:`~pruneframe.architectures.LayerSlices`)."""
+        return self.units.layer_slices(self.model)
+
+    def require_calibration(self, method: str) -> CalibrationData:
+        """The calibration data, or a clear error naming the method that needs it."""
+        if self.calibration is None:
+            raise ValueError(f"method {method!r} needs calibration data; pass calibration=... (a text source or token ids)")
+        return self.calibration
+
+
+class PruningMethod(ABC):
+    """Base class of every method. Subclasses set ``name``, ``Config`` and implement :meth:`score`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: MethodConfig | dict[str, Any] | None = None) -> None:
+        if isinstance(config, MethodConfig):
+            config = config.model_dump()
+        self.config = self.Config.model_validate(config or {})
+
+    @abstractmethod
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """One float score per unit (higher = keep)."""
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """Scales or bias corrections for the fixed ``mask``; ``None`` when the method has none."""
+        return None
+
+    def minimum(self, units: UnitSet) -> torch.Tensor:
+        """Units each projection group must keep (default: one FFN channel and one KV group per layer)."""
+        return units.default_minimum()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

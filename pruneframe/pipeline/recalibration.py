@@ -1,0 +1,154 @@
+"""Recalibrations as their own plugins, and pipelines that put any scorer with any recalibration.
+
+A :class:`RecalibrationMethod` is the fourth stage alone: given the dense model, the calibration data
+and a fixed keep-mask, it returns a :class:`~pruneframe.pipeline.methods.Recalibration` (per-unit scales, output
+biases, ...) or ``None``. Plugins announce them through ``pruneframe_register_recalibrations``; the core
+ships ``none``, GRASPrune's plugin ``scales`` (its stage B) and the baselines' plugin ``bias`` (FLAP's
+compensation).
+
+A :class:`PipelineMethod` named ``SCORER+RECALIBRATION`` (``llm-pruner+bias``) is a pruning method
+whose ``score`` is the scorer's and whose ``recalibrate`` is the recalibration's; everything else
+(minimums, projection policy, scope, ``round_to``) is the scorer's. Its config is the scorer's config
+plus one field, ``recalibration``, holding the recalibration's settings, so a pipeline's settings
+round-trip through :meth:`pruneframe.pipeline.host.PluginHost.method` like any method's. A method's own
+recalibration (its paper's) stays its default: ``flap`` still compensates biases and ``grasprune`` still
+learns scales; ``flap+none`` is FLAP without its compensation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from pruneframe.util.digests import package_digest
+from pruneframe.pipeline.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline.units import UnitSet
+
+__all__ = [
+    "PIPELINE_SEPARATOR",
+    "RecalibrationConfig",
+    "RecalibrationMethod",
+    "NoRecalibration",
+    "PipelineMethod",
+    "split_pipeline_name",
+    "method_code_digest",
+]
+
+#: Joins a scorer's name and a recalibration's name into a pipeline's name.
+PIPELINE_SEPARATOR = "+"
+
+
+class RecalibrationConfig(BaseModel):
+    """Settings every recalibration has (none yet); subclass it for a recalibration's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecalibrationMethod(ABC):
+    """Base class of every recalibration plugin: ``name``, ``Config``, ``summary`` and :meth:`recalibrate`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[RecalibrationConfig]] = RecalibrationConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: RecalibrationConfig | dict[str, Any] | None = None) -> None:
+        if isinstance(config, RecalibrationConfig):
+            config = config.model_dump()
+        self.config = self.Config.model_validate(config or {})
+
+    @abstractmethod
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """Scales and/or bias corrections for the fixed ``mask`` (``None``: nothing to fold)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+class NoRecalibration(RecalibrationMethod):
+    """``none``: fold the mask as it is."""
+
+    name = "none"
+    summary = "no recalibration: the kept weights are folded unchanged"
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """Nothing to fold."""
+        return None
+
+
+def split_pipeline_name(name: str) -> tuple[str, str] | None:
+    """``"llm-pruner+bias"`` -> ``("llm-pruner", "bias")``; ``None`` for a plain method name.
+
+    Raises:
+        ValueError: ``name`` has a separator but an empty part, or more than one separator.
+    """
+    if PIPELINE_SEPARATOR not in name:
+        return None
+    parts = name.split(PIPELINE_SEPARATOR)
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"pipeline {name!r}: expected SCORER{PIPELINE_SEPARATOR}RECALIBRATION, e.g. 'llm-pruner+bias'")
+    return parts[0].strip(), parts[1].strip()
+
+
+_CONFIG_CLASSES: dict[tuple[type[MethodConfig], type[RecalibrationConfig]], type[MethodConfig]] = {}
+
+
+def _pipeline_config(scorer: type[MethodConfig], recalibration: type[RecalibrationConfig]) -> type[MethodConfig]:
+    """The scorer's config class plus a ``recalibration`` field of the recalibration's config class."""
+    key = (scorer, recalibration)
+    if key not in _CONFIG_CLASSES:
+        if "recalibration" in scorer.model_fields:
+            raise TypeError(f"{scorer.__name__} has its own 'recalibration' field; it cannot head a pipeline")
+        _CONFIG_CLASSES[key] = create_model(  # type: ignore[call-overload]
+            f"{scorer.__name__}With{recalibration.__name__}",
+            __base__=scorer,
+            recalibration=(recalibration, Field(default_factory=recalibration, description="the recalibration's settings")),
+        )
+    return _CONFIG_CLASSES[key]
+
+
+class PipelineMethod(PruningMethod):
+    """A scorer's scores with another plugin's recalibration (see the module docstring).
+
+    Attributes:
+        scorer: the method whose ``score`` and ``minimum`` are used.
+        recalibration: the recalibration whose ``recalibrate`` is used.
+        name: ``"<scorer>+<recalibration>"``.
+        config: the scorer's settings plus ``recalibration`` (the recalibration's settings).
+    """
+
+    name = ""  # set per instance
+
+    def __init__(self, scorer: PruningMethod, recalibration: RecalibrationMethod) -> None:
+        self.scorer = scorer
+        self.recalibration = recalibration
+        self.name = f"{scorer.name}{PIPELINE_SEPARATOR}{recalibration.name}"  # type: ignore[misc]
+        self.Config = _pipeline_config(type(scorer.config), type(recalibration.config))  # type: ignore[misc]
+        self.summary = f"{scorer.name}'s scores, {recalibration.name} recalibration"  # type: ignore[misc]
+        self.config = self.Config.model_validate({**scorer.config.model_dump(), "recalibration": recalibration.config})
+
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """The scorer's scores."""
+        return self.scorer.score(context)
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """The recalibration plugin's result for ``mask``."""
+        return self.recalibration.recalibrate(context, mask)
+
+    def minimum(self, units: UnitSet) -> torch.Tensor:
+        """The scorer's minimums."""
+        return self.scorer.minimum(units)
+
+    def __repr__(self) -> str:
+        return f"PipelineMethod({self.scorer!r}, {self.recalibration!r})"
+
+
+def method_code_digest(method: PruningMethod) -> str:
+    """The digest of the code a method runs: its package's, or for a pipeline both parts' packages'."""
+    if isinstance(method, PipelineMethod):
+        parts = f"{package_digest(type(method.scorer))}{PIPELINE_SEPARATOR}{package_digest(type(method.recalibration))}"
+        return hashlib.sha256(parts.encode()).hexdigest()[:16]
+    return package_digest(type(method))

@@ -1,0 +1,308 @@
+"""One prune, start to end: :class:`PruneSession` runs the five stages, timed and memory-tracked.
+
+Building a session discovers the model's units and resolves the budget (so a budget the model cannot
+meet fails before anything slow starts); :meth:`PruneSession.run` scores, projects (the projector every
+method gets), recalibrates and folds, checks with the core's checks that the mask meets the budget
+exactly and that the folded model has exactly the parameters the mask implies, whichever plugin
+projected or folded, and returns a :class:`PruneResult` whose ``report`` is a typed
+:class:`~pruneframe.pipeline.prune_report.PruneReport` naming the plugin (and its code's digest) that carried
+out each stage. ``pruneframe.prune``, the ``prune`` command, ``compare``'s runner and the benchmarks
+all prune through this one object.
+
+    session = PruneSession(model, "wanda-sp", 0.5)
+    print(session.target)                       # the budget in prunable parameters
+    result = session.run(calibration, inplace=True)
+    print(result.report.kept_params, result.report.timings.total_s, result.report.memory.peak_rss_bytes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruneframe import checkpoint
+from pruneframe.toolkit.memory import PeakMemory, release_unused_memory
+from pruneframe.pipeline.budget import BudgetKind, check_meets_budget, group_round_to, make_budget, resolve
+from pruneframe.pipeline.calibration import CalibrationData
+from pruneframe.util.devices import dtype_name, model_device, resolve_device
+from pruneframe.pipeline.host import PluginHost
+from pruneframe.pipeline.recalibration import PipelineMethod
+from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
+from pruneframe.pipeline.prune_report import STAGES, CalibrationRecord, MemoryRecord, PruneReport, StageRecord, Timings
+from pruneframe.toolkit.streaming import StreamingOptions, resolve_compute_device
+from pruneframe.pipeline.units import UnitSet
+
+__all__ = ["PruneSession", "PruneResult", "as_calibration"]
+
+
+@dataclass
+class PruneResult:
+    """The outcome of a prune.
+
+    Attributes:
+        model: the folded, smaller dense model.
+        mask: bool keep-mask over ``units``.
+        scores: the scores the mask was projected from.
+        recalibration: what was folded in besides the mask (or ``None``).
+        units: the dense model's units.
+        report: the typed record of the prune (what ``pruning.json`` holds).
+    """
+
+    model: nn.Module
+    mask: torch.Tensor
+    scores: torch.Tensor
+    recalibration: Recalibration | None
+    units: UnitSet
+    report: PruneReport
+
+    def save(self, path: str | Path, tokenizer: Any = None) -> Path:
+        """Write the folded model as a checkpoint folder (see :mod:`pruneframe.checkpoint`)."""
+        return checkpoint.save(path, self.model, report=self.report, tokenizer=tokenizer, adapter=self.units.adapter)
+
+
+def as_calibration(calibration: Any) -> CalibrationData | None:
+    """``calibration`` as :class:`CalibrationData` (token-id tensors are wrapped; ``None`` stays ``None``)."""
+    if calibration is None or isinstance(calibration, CalibrationData):
+        return calibration
+    if isinstance(calibration, torch.Tensor):
+        return CalibrationData(calibration, name="tensor")
+    raise TypeError(
+        f"calibration must be CalibrationData or a tensor of token ids, got {type(calibration).__name__}; "
+        "use pruneframe.data.calibration_data(source, tokenizer) for text"
+    )
+
+
+def _json_ready(stats: dict[str, Any]) -> dict[str, Any]:
+    """The method's statistics as plain JSON values (anything else as its string), as ``pruning.json`` stores them."""
+    return json.loads(json.dumps(stats, default=str))
+
+
+def _check_weights_present(model: nn.Module) -> None:
+    """Raise ValueError when a weight of ``model`` has no data (on the meta device).
+
+    That is a model loaded with accelerate's offload (``device_map`` entries ``"cpu"``/``"disk"``
+    keep the weights outside the module until its forward runs) or built without weights: scores and
+    the fold read the weights directly, so it cannot be pruned.
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(
+                f"{type(model).__name__}.{name} has no data (it is on the meta device, as with accelerate's "
+                "device_map offload to 'cpu' or 'disk'); load the model without offload, on the CPU for one "
+                "larger than the device, and set the method's offload: cpu to run it one layer at a time there"
+            )
+
+
+class PruneSession:
+    """One method, one budget, one model: units discovered and the budget resolved once, then :meth:`run`.
+
+    Args:
+        model: a supported causal LM.
+        method: a registered method name (``pruneframe plugins`` lists them) or a method object.
+        budget: a keep-ratio (of prunable params by default, see ``budget_kind``), a budget dict such
+            as ``{"kind": "total", "keep": 0.8}``, or a budget object.
+        config: the method's settings when ``method`` is a name (validated; unknown keys are errors).
+        budget_kind: how a bare number is read: ``prunable``, ``total`` or ``params``.
+        host: a plugin host (a fresh one is built when omitted).
+        device: move the model there first (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); ``None``
+            leaves it where it is.
+        model_identity: the dense model's identity stamp, copied into the report.
+
+    Raises:
+        pruneframe.pipeline.budget.BudgetError: the budget cannot hold the method's per-layer minimum.
+        pruneframe.util.devices.DeviceUnavailableError: ``device`` is not on this machine.
+        ValueError: a weight of the model has no data (meta device: accelerate offload).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | PruningMethod,
+        budget: float | int | dict | Any,
+        config: dict[str, Any] | None = None,
+        *,
+        budget_kind: BudgetKind = "prunable",
+        host: PluginHost | None = None,
+        device: str | torch.device | None = None,
+        model_identity: dict[str, Any] | None = None,
+    ) -> None:
+        """Resolve the method and budget against the model's units (see the class docstring)."""
+        self.host = host or PluginHost.create()
+        if not isinstance(method, str) and config is not None:
+            raise ValueError("config is for a method given by name; a method object carries its own config")
+        self.method = self.host.method(method, config) if isinstance(method, str) else method
+        self.budget = make_budget(budget, budget_kind)
+        if device is not None:
+            model.to(resolve_device(device))
+        _check_weights_present(model)
+        self.model = model
+        #: Per stage that ran so far, the plugin that carried it out (the report's ``stages``).
+        self.stages: dict[str, StageRecord] = {}
+        self.units = self.host.discover_units(model, self.stages)
+        self.minimum = self.method.minimum(self.units)
+        self.round_to = group_round_to(self.units, self.method.config.round_to)
+        self.target = resolve(self.budget, self.units, self.minimum, self.round_to)
+        self.model_identity = model_identity
+        self._ran = False
+
+    def project(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` -> a keep-mask meeting this session's budget (the projector every method gets)."""
+        cfg = self.method.config
+        return self.host.project(
+            scores.detach().float().cpu(), self.units, self.target, self.minimum, cfg.policy, cfg.scope, self.round_to, provenance=self.stages
+        )
+
+    def _context(self, calibration: CalibrationData | None, progress: bool) -> ScoringContext:
+        context = ScoringContext(
+            model=self.model,
+            units=self.units,
+            calibration=calibration,
+            budget=self.target,
+            minimum=self.minimum,
+            project=self.project,
+            progress=progress,
+        )
+
+        def score_with(name: str, config: dict[str, Any] | None = None) -> torch.Tensor:
+            other = self.host.method(name, config)
+            sub = dataclasses.replace(context, stats={})
+            other_scores = self.host.score(other, sub)
+            context.stats.setdefault("scored_with", {})[name] = sub.stats
+            release_unused_memory()  # the other method's temporaries must not inflate the caller's memory
+            return other_scores
+
+        context.score_with = score_with
+        return context
+
+    def _compute_device(self, model: nn.Module) -> torch.device:
+        """Where the method computes: the model's device, or its streaming ``compute_device`` when it offloads."""
+        config = self.method.config
+        if isinstance(config, StreamingOptions) and config.offload != "none":
+            return resolve_compute_device(model, config.compute_device)
+        return model_device(model)
+
+    def run(
+        self,
+        calibration: CalibrationData | torch.Tensor | None = None,
+        *,
+        progress: bool = True,
+        inplace: bool = False,
+        scores: torch.Tensor | None = None,
+        calibration_source: dict[str, Any] | None = None,
+    ) -> PruneResult:
+        """Score, project, recalibrate and fold; return the folded model and the typed report.
+
+        Args:
+            calibration: token ids (any shape) or :class:`CalibrationData`; methods cut their own windows.
+            progress: show progress bars.
+            inplace: shrink the model itself, layer by layer, instead of folding a copy (the model is
+                unusable as the dense model afterwards).
+            scores: precomputed scores, one per unit: the scoring stage is skipped and the rest runs as usual.
+            calibration_source: where the calibration stream came from, copied into the report.
+
+        Raises:
+            RuntimeError: the session already ran (a session is one prune).
+            pruneframe.pipeline.host.PluginError: a plugin's mask fails the core budget check, or its fold produced
+                a parameter count other than the mask implies (a ``RuntimeError`` when pruneframe's own
+                code did: a bug).
+        """
+        if self._ran:
+            raise RuntimeError("this PruneSession already ran; build a new one for another prune")
+        self._ran = True
+        model, units = self.model, self.units
+        data = as_calibration(calibration)
+        context = self._context(data, progress)
+        if scores is not None and scores.shape != (len(units),):
+            raise ValueError(f"scores must have shape ({len(units)},) for this model's units, got {tuple(scores.shape)}")
+        was_training = model.training
+        model.eval()
+        with PeakMemory(device=str(self._compute_device(model))) as memory:
+            t0 = time.perf_counter()
+            if scores is None:
+                scores = self.host.score(self.method, context, provenance=self.stages)
+            else:
+                context.stats["scores"] = "precomputed"
+            t1 = time.perf_counter()
+            mask = self.project(scores)
+            check_meets_budget(mask, units.cost, self.target, groups=units.groups, minimum=self.minimum, round_to=self.round_to)
+            recalibration = self.host.recalibrate(self.method, context, mask, provenance=self.stages)
+            t2 = time.perf_counter()
+            added = _added_bias_params(model, units, recalibration)
+            folded = self.host.fold(model, units, mask, recalibration, inplace, provenance=self.stages).eval()
+            t3 = time.perf_counter()
+        # The scoring temporaries and (in place) the dense weights are gone: hand their pages back, so the
+        # pruned model's evaluation is not measured on top of freed memory the allocator kept.
+        release_unused_memory()
+        if not inplace:
+            model.train(was_training)
+        params = sum(p.numel() for p in folded.parameters())
+        if params != units.kept_params(mask) + added:
+            raise self.host.stage_error(
+                self.stages["fold"].plugin,
+                f"pruneframe_fold produced {params:,} parameters, expected {units.kept_params(mask) + added:,} (the fold is inconsistent with unit discovery)",
+            )
+        report = self._report(folded, mask, params, added, data, context.stats, (t0, t1, t2, t3), memory, calibration_source)
+        return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
+
+    def _report(
+        self,
+        folded: nn.Module,
+        mask: torch.Tensor,
+        params: int,
+        added: int,
+        data: CalibrationData | None,
+        stats: dict[str, Any],
+        times: tuple[float, float, float, float],
+        memory: PeakMemory,
+        calibration_source: dict[str, Any] | None,
+    ) -> PruneReport:
+        units, (t0, t1, t2, t3) = self.units, times
+        return PruneReport(
+            method=self.method.name,
+            config=self.method.config.model_dump(mode="json"),
+            budget=self.budget,
+            budget_label=self.budget.label(),
+            budget_prunable_params=self.target,
+            kept_prunable_params=units.kept_cost(mask),
+            prunable_params=units.prunable_params,
+            kept_params=params,
+            dense_params=units.total_params,
+            added_params=added,
+            kept_fraction_of_prunable=units.kept_cost(mask) / max(units.prunable_params, 1),
+            kept_fraction_of_total=params / units.total_params,
+            architecture=units.architecture,
+            units=len(units),
+            calibration=None if data is None else CalibrationRecord(name=data.name, tokens_read=data.tokens_read),
+            timings=Timings(score_s=t1 - t0, project_recalibrate_s=t2 - t1, fold_s=t3 - t2, total_s=t3 - t0),
+            memory=MemoryRecord(**{k: v for k, v in memory.report.as_dict().items() if k != "samples"}),
+            device=str(model_device(folded)),
+            dtype=dtype_name(folded),
+            method_stats=_json_ready(stats),
+            software=checkpoint.software_versions(),
+            model=self.model_identity,
+            calibration_source=calibration_source,
+            stages={stage: self.stages[stage] for stage in STAGES if stage in self.stages},
+            pipeline=(
+                {"scorer": self.method.scorer.name, "recalibration": self.method.recalibration.name} if isinstance(self.method, PipelineMethod) else None
+            ),
+        )
+
+
+def _added_bias_params(model: nn.Module, units: UnitSet, rec: Recalibration | None) -> int:
+    """Bias parameters the fold creates: a correction on a down_proj / o_proj that had no bias."""
+    if rec is None:
+        return 0
+    added = 0
+    for mods in units.layer_slices(model):
+        if rec.mlp_bias is not None and mods.down_proj.bias is None:
+            added += mods.down_proj.out_features
+        if rec.attn_bias is not None and mods.o_proj.bias is None:
+            added += mods.o_proj.out_features
+    return added

@@ -1,0 +1,1 @@
+"""Shared infrastructure: atomic writes, code digests, devices and dtypes."""

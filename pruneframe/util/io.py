@@ -1,0 +1,92 @@
+"""Atomic file and directory writes: readers never see a half-written result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "atomic_dir"]
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` on a temporary sibling file, then ``os.replace`` it onto ``path``.
+
+    The parent directory is created when missing; on any error ``path`` is left untouched.
+    Returns the final path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`). Returns the final path."""
+    return write_bytes_atomic(path, lambda handle: handle.write(text.encode(encoding)))
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int = 2) -> Path:
+    """Serialise ``data`` as JSON (sorted keys, trailing newline) and write it atomically."""
+    text = json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n"
+    return write_text_atomic(path, text)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes ``path`` when the block succeeds.
+
+    On an exception the temporary directory is removed and ``path`` is left untouched.
+    If ``path`` already exists it is replaced only when ``overwrite`` is true; otherwise a
+    ``FileExistsError`` naming ``path`` is raised before anything is written (or after the
+    block, if a concurrent writer created ``path`` first; the temporary copy is discarded).
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"atomic_dir: target {str(target)!r} already exists (pass overwrite=True)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:  # another writer finished first
+                raise FileExistsError(f"atomic_dir: target {str(target)!r} was created by another writer meanwhile") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
