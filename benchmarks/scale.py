@@ -12,10 +12,15 @@ parameters with random calibration token ids. Recorded: prune wall time (and the
 calibration tokens per second of the score stage (tokens the method read / score time; methods
 without calibration have none), and the memory measure of the scale issue: (peak RSS of the worker
 - its RSS after imports, before the model exists) / bytes of the dense weights. The peak covers
-building the model and pruning it. The worker calls ``pruneframe.toolkit.memory.return_large_blocks()`` first,
-as the command line does. ``--windows`` overrides the forward-statistics methods'
+building the model and pruning it (for a real model, pruning it: loading is recorded apart). The
+worker calls ``pruneframe.toolkit.memory.return_large_blocks()`` first, as the command line does. ``--windows`` overrides the forward-statistics methods'
 ``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
-Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes/methods are kept).
+Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes, methods or budgets are kept).
+
+A size may also name an embedded real model (``qwen2.5-coder-1.5b``, ``smollm2-135m``, ...): the worker
+then loads its cached bf16 weights with ``pruneframe.models.load_model`` (the peak covers loading) and
+calibrates on the first 200,000 tokens of WikiText-2 validation (``--calibration-source``), tokenized
+before the baseline RSS is taken.
 
 Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16] [--threads 1]``
 """
@@ -70,7 +75,20 @@ def build(name: str):  # noqa: ANN201 - a transformers model
         torch.set_default_dtype(default)
 
 
-def worker(size: str, method: str, budget: float, windows: int | None) -> dict[str, Any]:
+def real_calibration(name: str, source: str):  # noqa: ANN201 - a LongTensor
+    """Up to 200,000 token ids of ``source``'s calibration split, in embedded model ``name``'s tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pruneframe.data.sources import resolve_text
+    from pruneframe.models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name).location)
+    text = resolve_text(source, split="calibration").text
+    return tokenizer(text[:2_000_000], return_tensors="pt", add_special_tokens=False).input_ids[0][:200_000].to(torch.long)
+
+
+def worker(size: str, method: str, budget: float, windows: int | None, source: str = "wikitext-2") -> dict[str, Any]:
     """Build, prune in place, measure; runs in its own process."""
     import torch
 
@@ -78,17 +96,32 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
     from pruneframe.architectures import discover
     from pruneframe.toolkit.memory import PeakMemory, current_rss_bytes, release_unused_memory, return_large_blocks
 
+    # a real model's calibration text is tokenized before the baseline: the tokenizer is not the method's memory
+    calibration = None if size in SHAPES else real_calibration(size, source)
     return_large_blocks()  # as the command line does, and as the README advises API users
     release_unused_memory()
     bare = current_rss_bytes()
+    load_peak = None
+    if size not in SHAPES:
+        # loading reads the cached float32 files through a file mapping, which RSS counts; that is the
+        # loader's peak, recorded apart, and the method's peak below starts from the loaded model
+        from pruneframe.models import load_model
+
+        with PeakMemory() as loading:
+            t0 = time.perf_counter()
+            model, _ = load_model(size, dtype="bfloat16", device="cpu")
+            t_build = time.perf_counter() - t0
+        release_unused_memory()
+        load_peak = loading.report.peak_rss
     with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        model = build(size)
-        t_build = time.perf_counter() - t0
+        if size in SHAPES:
+            t0 = time.perf_counter()
+            model = build(size)
+            calibration = torch.randint(0, 49152, (200_000,), generator=torch.Generator().manual_seed(0))
+            t_build = time.perf_counter() - t0
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         params = sum(p.numel() for p in model.parameters())
         units = discover(model)
-        calibration = torch.randint(0, 49152, (200_000,), generator=torch.Generator().manual_seed(0))
         config = {WINDOWED[method]: windows} if windows and method in WINDOWED else None
         t1 = time.perf_counter()
         result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False, inplace=True)
@@ -115,9 +148,15 @@ def worker(size: str, method: str, budget: float, windows: int | None) -> dict[s
         "peak_rss_bytes": mem.report.peak_rss,
         "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes,
         "memory_source": mem.report.source,
+        "load_peak_over_weights": None if load_peak is None else (load_peak - bare) / weight_bytes,
         "kept_fraction_of_prunable": report.kept_fraction_of_prunable,
+        "calibration": "random ids" if size in SHAPES else f"{source} validation",
         "threads": torch.get_num_threads(),
     }
+
+
+def _size_order(size: str) -> int:
+    return list(SHAPES).index(size) if size in SHAPES else len(SHAPES)
 
 
 def main() -> None:
@@ -129,6 +168,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16, help="calibration windows of the windowed methods (0: their default)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's choice)")
+    parser.add_argument("--calibration-source", default="wikitext-2", help="text source of a real model's calibration")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,13 +177,15 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(worker(*args.worker, args.budget, args.windows or None)))
+        print(json.dumps(worker(*args.worker, args.budget, args.windows or None, args.calibration_source)))
         return
     sizes = [s for s in args.sizes.split(",") if s]
-    if bad := [s for s in sizes if s not in SHAPES]:
-        parser.error(f"unknown size(s) {bad}; choose from {', '.join(SHAPES)}")
+    from pruneframe.models.resolver import EMBEDDED_MODELS
+
+    if bad := [s for s in sizes if s not in SHAPES and s not in EMBEDDED_MODELS]:
+        parser.error(f"unknown size(s) {bad}; choose from {', '.join([*SHAPES, *EMBEDDED_MODELS])}")
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
-    rows = {(r["size"], r["method"]): r for r in old.get("rows", [])}
+    rows = {(r["size"], r["method"], r["budget"]): r for r in old.get("rows", [])}
     for size in sizes:
         for method in [m for m in args.methods.split(",") if m]:
             cmd = [
@@ -158,6 +200,8 @@ def main() -> None:
                 str(args.windows),
                 "--threads",
                 str(args.threads),
+                "--calibration-source",
+                args.calibration_source,
             ]
             load = os.getloadavg()[0]
             try:
@@ -169,10 +213,10 @@ def main() -> None:
                 print(f"{size:>5} {method:>10}: failed\n{done.stderr[-2000:]}", flush=True)
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg_1min_at_start": load}
-            rows[(size, method)] = row
+            rows[(size, method, args.budget)] = row
             rate = row["calibration_tokens_per_s"]
             print(
-                f"{size:>5} {method:>10}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
+                f"{size:>5} {method:>10} keep {args.budget}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
                 f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
                 f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
                 f"  [load {load:.1f}]",
@@ -187,7 +231,7 @@ def main() -> None:
             "machine": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
-            "rows": sorted(rows.values(), key=lambda r: (list(SHAPES).index(r["size"]), r["method"])),
+            "rows": sorted(rows.values(), key=lambda r: (_size_order(r["size"]), r["method"], -r["budget"])),
         },
     )
     print(f"wrote {args.out}")

@@ -115,11 +115,12 @@ def _context(model: torch.nn.Module, method: Any, calibration: torch.Tensor, bud
     host = host or PluginHost.create()
     units = host.discover_units(model)
     minimum = method.minimum(units)
-    target = resolve(make_budget(budget, "prunable"), units, minimum)
     cfg = method.config
+    removable = None if cfg.removal == "none" else method.removable(units)
+    target = resolve(make_budget(budget, "prunable"), units, minimum if removable is None else torch.where(removable, 0, minimum))
 
     def project(scores: torch.Tensor) -> torch.Tensor:
-        return host.project(scores.detach().float().cpu(), units, target, minimum, cfg.policy, cfg.scope)
+        return host.project(scores.detach().float().cpu(), units, target, minimum, cfg.policy, cfg.scope, removal=cfg.removal, removable=removable)
 
     return host, ScoringContext(
         model=model,
@@ -184,7 +185,7 @@ def check_prune_fold_reload(
     from transformers import AutoModelForCausalLM
 
     import pruneframe
-    from pruneframe.pipeline.budget import check_meets_budget
+    from pruneframe.pipeline.budget import check_mask
     from pruneframe.checkpoint import load_pruned
     from pruneframe.toolkit.gates import gated
     from pruneframe.pipeline.host import PluginHost
@@ -192,8 +193,10 @@ def check_prune_fold_reload(
     model = tiny_model(family, host=host)
     result = pruneframe.prune(model, method=method, budget=budget, calibration=tokens(4, 16), config=config, progress=False, host=host)
     units = result.units
-    minimum = (host or PluginHost.create()).method(method, config).minimum(units)
-    check_meets_budget(result.mask, units.cost, result.report.budget_prunable_params, groups=units.groups, minimum=minimum)
+    made = (host or PluginHost.create()).method(method, config)
+    removal = made.config.removal
+    removable = None if removal == "none" else made.removable(units)
+    check_mask(result.mask, units, result.report.budget_prunable_params, made.minimum(units), None, removal, removable)
     ids = tokens(2, 10, seed=5)
     with torch.no_grad(), gated(model, units, result.mask, result.recalibration):
         want = model(ids).logits

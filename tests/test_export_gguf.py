@@ -291,3 +291,34 @@ def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
     assert result["model"]["decode_tokens_per_s"] > 0
     assert result["ideal_speedup"]["decode"] > 1.0  # the pruned file has fewer weight bytes
     assert result["weight_bytes_per_token"]["model"] < result["weight_bytes_per_token"]["dense"]
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("attention_removed_in", [0, 1])
+def test_removed_blocks_export_and_agree(attention_removed_in: int, tokenizer, tmp_path: Path) -> None:
+    """Depth pruning: a layer without attention, one without MLP and one removed whole export as deci and agree."""
+    model = _model("llama-gqa", len(tokenizer), num_hidden_layers=4)
+    units = discover(model)
+    mask = _uneven_mask(units, drop_group_in=None)
+    mask[units.slice(attention_removed_in, UnitKind.KV)] = False
+    mask[units.slice(2, UnitKind.FFN)] = False
+    mask[units.slice(3, UnitKind.FFN)] = False
+    mask[units.slice(3, UnitKind.KV)] = False
+    pruned = fold(model, units, mask)
+    assert pruned.config.num_hidden_layers == 3
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "depth.gguf")
+    assert result.plan.arch == "deci"
+
+
+@needs_llamacpp
+def test_whole_layers_removed_export_as_the_family(tokenizer, tmp_path: Path) -> None:
+    """Whole layers removed, the rest untouched: the family's own architecture with fewer layers."""
+    model = _model("llama-gqa", len(tokenizer), num_hidden_layers=4)
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    for layer in (1, 2):
+        mask[units.slice(layer, UnitKind.FFN)] = False
+        mask[units.slice(layer, UnitKind.KV)] = False
+    pruned = fold(model, units, mask)
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "short.gguf")
+    assert result.plan.arch == "llama" and len(result.plan.layers) == 2

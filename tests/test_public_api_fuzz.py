@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 import pruneframe
 from pruneframe.architectures import discover
-from pruneframe.pipeline.budget import BudgetError, make_budget, resolve
+from pruneframe.pipeline.budget import BudgetError, check_mask, group_round_to, make_budget, resolve
 from pruneframe.pipeline.calibration import InsufficientCalibrationError
 from pruneframe.pipeline.host import PluginHost
 from tiny import tiny_model, tokens
@@ -107,11 +107,14 @@ def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input() -> No
             return
         event("pruned")
         report, mask = result.report, result.mask
-        target = resolve(make_budget(value, kind), UNITS, HOST.method(name, config).minimum(UNITS))
-        kept = UNITS.kept_cost(mask)
-        assert report.budget_prunable_params == target and report.kept_prunable_params == kept <= target
-        dropped = UNITS.cost[~mask]
-        assert dropped.numel() == 0 or int(dropped.min()) > target - kept  # no dropped unit still fits
+        made = HOST.method(name, config)
+        minimum, removal = made.minimum(UNITS), made.config.removal
+        removable = None if removal == "none" else made.removable(UNITS)
+        target = resolve(make_budget(value, kind), UNITS, minimum if removable is None else torch.where(removable, 0, minimum))
+        assert report.budget_prunable_params == target and report.kept_prunable_params == UNITS.kept_cost(mask)
+        assert UNITS.budget_cost(mask) <= target
+        # within budget and tight (no admissible addition still fits), in the method's removal mode
+        check_mask(mask, UNITS, target, minimum, group_round_to(UNITS, made.config.round_to), removal, removable)
         assert sum(p.numel() for p in result.model.parameters()) == report.kept_params
         assert sum(p.numel() for p in MODEL.parameters()) == UNITS.total_params  # the dense model is untouched
         with torch.no_grad():

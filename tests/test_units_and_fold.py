@@ -164,13 +164,17 @@ def test_inplace_fold_frees_each_layers_old_weights_before_the_next(family: str,
         assert alive[:i] == norms[:i], f"layer {i}: replaced weights of earlier layers still alive: {alive}"
 
 
-def test_fold_rejects_layer_without_kv_group() -> None:
+def test_fold_removes_the_attention_block_of_a_layer_without_kv_group() -> None:
+    """No KV group kept: the attention block goes with its input norm, and the count follows the units' accounting."""
     model = tiny_model()
     units = discover(model)
     mask = torch.ones(len(units), dtype=torch.bool)
     mask[units.slice(0, UnitKind.KV)] = False
-    with pytest.raises(ValueError, match="layer 0 would keep no KV group"):
-        fold(model, units, mask)
+    folded = fold(model, units, mask)
+    assert isinstance(folded.model.layers[0].input_layernorm, torch.nn.Identity)
+    dropped = units.prunable_params - units.kept_cost(mask)
+    assert sum(p.numel() for p in folded.parameters()) == units.kept_params(mask) == units.total_params - dropped - units.layers[0].kv_overhead
+    assert units.layers[0].kv_overhead == model.config.hidden_size  # its input norm
 
 
 def test_folded_model_decodes_with_kv_cache() -> None:

@@ -139,6 +139,12 @@ class LLMPruner(PruningMethod):
         """Every unit of layers outside the pruned range, else one FFN channel and one KV group."""
         return range_minimum(units, *self.layer_range(units))
 
+    def removable(self, units: UnitSet) -> torch.Tensor:
+        """Blocks of the pruned layers only: layers outside the range keep every unit."""
+        first, stop = self.layer_range(units)
+        layer = torch.arange(units.num_layers).repeat_interleave(2)
+        return (layer >= first) & (layer < stop)
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """One Taylor importance per unit (float32, flat unit order)."""
         cfg, units, model = self.config, context.units, context.model

@@ -314,6 +314,12 @@ class ArchitectureAdapter(ABC):
         """
         return model.get_decoder().norm
 
+    def queries_per_group(self, model: nn.Module) -> int:
+        """G, query heads per KV head, from the config (what a layer whose attention was removed still has)."""
+        config = model.config
+        heads = int(config.num_attention_heads)
+        return heads // int(getattr(config, "num_key_value_heads", None) or heads)
+
     def head_dim(self, model: nn.Module) -> int:
         """Per-head width from the config (``head_dim``, else ``hidden_size // num_attention_heads``)."""
         config = model.config
@@ -341,6 +347,8 @@ class ArchitectureAdapter(ABC):
                 queries_per_group=ls.queries_per_group,
                 ffn_cost=ls.unit_cost(UnitKind.FFN),
                 kv_cost=ls.unit_cost(UnitKind.KV),
+                ffn_overhead=self.block_overhead(ls, UnitKind.FFN),
+                kv_overhead=self.block_overhead(ls, UnitKind.KV),
             )
             for ls in layers
         ]
@@ -352,6 +360,55 @@ class ArchitectureAdapter(ABC):
             hidden_size=int(model.config.hidden_size),
             adapter=self,
         )
+
+    def block_norms(self, layer: LayerSlices, kind: UnitKind) -> list[nn.Module]:
+        """The norms that go with the attention (``KV``) or MLP (``FFN``) block when it is removed whole.
+
+        The default reads the layer's attribute names (:func:`~pruneframe.checkpoint.modeling_pruneframe.block_norm_names`:
+        pre-norms, and post-norms of a sandwich layout) and, for attention, its per-head q/k norms.
+        """
+        from pruneframe.checkpoint.modeling_pruneframe import ATTENTION_INNER_NORMS, block_norm_names  # lazy: checkpoint imports this module
+
+        attn_names, mlp_names = block_norm_names(layer.layer)
+        out = [getattr(layer.layer, n) for n in (attn_names if kind == UnitKind.KV else mlp_names)]
+        if kind == UnitKind.KV:
+            out += [m for n in ATTENTION_INNER_NORMS if isinstance(m := getattr(layer.attention, n, None), nn.Module)]
+        return out
+
+    def block_overhead(self, layer: LayerSlices, kind: UnitKind) -> int:
+        """Parameters a removed block sheds beyond its units: those of its :meth:`block_norms`."""
+        return sum(p.numel() for m in self.block_norms(layer, kind) for p in m.parameters())
+
+    def remove_blocks(self, layer: LayerSlices, attention: bool, mlp: bool) -> None:
+        """Mark the layer's emptied attention and/or MLP block removed (after fold sliced it to zero width).
+
+        The default is the checkpoint's own :func:`~pruneframe.checkpoint.modeling_pruneframe.remove_blocks`,
+        so a reloaded checkpoint has exactly the modules the fold left.
+        """
+        from pruneframe.checkpoint.modeling_pruneframe import remove_blocks  # lazy: checkpoint imports this module
+
+        remove_blocks(layer.layer, attention=layer.attention if attention else None, mlp=layer.mlp if mlp else None)
+
+    def drop_layers(self, model: nn.Module, indices: list[int]) -> None:
+        """Remove the decoder layers at ``indices`` (both blocks removed: they compute the identity).
+
+        The default edits ``model.model.layers`` and the config (``num_hidden_layers``, a per-layer
+        ``layer_types`` list) and renumbers the kept attention modules' ``layer_idx`` (their KV-cache
+        slot), so the model is the family's own model with fewer layers.
+        """
+        drop = set(indices)
+        decoder = model.model
+        kept = [layer for i, layer in enumerate(decoder.layers) if i not in drop]
+        decoder.layers = nn.ModuleList(kept)
+        config = model.config
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(kept) + len(drop):
+            config.layer_types = [t for i, t in enumerate(layer_types) if i not in drop]
+        config.num_hidden_layers = len(kept)
+        for i, layer in enumerate(kept):
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = i
 
     def layer_widths(self, model: nn.Module) -> list[LayerWidths]:
         """Per layer, the widths its modules have now (a pruned model reports its own, uneven ones)."""
@@ -412,8 +469,11 @@ class ArchitectureAdapter(ABC):
 
         The default sets ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads`` and
         ``head_dim``. The checkpoint writer builds the family's model from it on the meta device and
-        uses it only when every layer then has exactly ``widths`` (bias flags included).
+        uses it only when every layer then has exactly ``widths`` (bias flags included). Layers whose
+        attention or MLP block was removed (zero heads or channels) have no plain form: None.
         """
+        if widths.ffn == 0 or widths.kv_heads == 0:
+            return None
         out = dict(config)
         out.update(
             intermediate_size=widths.ffn,

@@ -43,7 +43,7 @@ class SplitProjectionAdapter(ArchitectureAdapter):
             attn, mlp = layer.self_attn, layer.mlp
             ffn = mlp.down_proj.in_features
             kv = attn.k_proj.out_features // head_dim
-            g = attn.q_proj.out_features // attn.k_proj.out_features
+            g = attn.q_proj.out_features // attn.k_proj.out_features if kv else self.queries_per_group(model)
             slices = (
                 WeightSlice("gate_proj", mlp, "gate_proj", UnitKind.FFN, 0, 0, 1, ffn),
                 WeightSlice("up_proj", mlp, "up_proj", UnitKind.FFN, 0, 0, 1, ffn),

@@ -37,7 +37,7 @@ class Phi3Adapter(ArchitectureAdapter):
             q_rows = attn.o_proj.in_features
             kv_rows = (attn.qkv_proj.out_features - q_rows) // 2
             kv = kv_rows // head_dim
-            g = q_rows // kv_rows
+            g = q_rows // kv_rows if kv_rows else self.queries_per_group(model)
             slices = (
                 WeightSlice("gate_proj", mlp, "gate_up_proj", UnitKind.FFN, 0, 0, 1, ffn),
                 WeightSlice("up_proj", mlp, "gate_up_proj", UnitKind.FFN, 0, ffn, 1, ffn),

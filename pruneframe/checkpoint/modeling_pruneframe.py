@@ -12,6 +12,10 @@ config copy).
 This file names no family: a checkpoint's copy ends with a few lines that import the family's model
 class it was pruned from and derive the two classes its ``config.json`` ``auto_map`` names. Load with
 ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)``.
+
+A layer entry with no KV heads has its attention block removed, one with FFN width 0 its MLP block:
+the block keeps its (empty) projections, its forward returns only its output bias (zero without
+one), and the norms that fed or followed only that block are gone (:func:`remove_blocks`).
 """
 
 from __future__ import annotations
@@ -19,17 +23,93 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 #: ``model_type`` of a pruned checkpoint's config: this prefix and the family's own ``model_type``.
 MODEL_TYPE_PREFIX = "pruneframe_"
 
 
+#: Norms inside an attention module that act per head (Qwen3, Gemma 3); a removed attention block loses them.
+ATTENTION_INNER_NORMS = ("q_norm", "k_norm")
+
+
+def block_norm_names(layer: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(attention block's norms, MLP block's norms)``: the decoder layer's attribute names of the
+    norms whose output only that block reads or that only normalise its output.
+
+    A pre-norm layer (Llama, Qwen, Mistral, Phi-3) has ``input_layernorm`` before attention and
+    ``post_attention_layernorm`` before the MLP; a sandwich layer (Gemma 2/3, recognised by its
+    ``pre_feedforward_layernorm``) adds a norm after each block.
+    """
+    sandwich = hasattr(layer, "pre_feedforward_layernorm")
+    attn = ("input_layernorm", "post_attention_layernorm") if sandwich else ("input_layernorm",)
+    mlp = ("pre_feedforward_layernorm", "post_feedforward_layernorm") if sandwich else ("post_attention_layernorm",)
+    return tuple(n for n in attn if hasattr(layer, n)), tuple(n for n in mlp if hasattr(layer, n))
+
+
+class _RemovedAttention:
+    """Forward of an attention block with no heads: its output bias (or zeros); the cache still learns the length."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - the family's signature
+        out = self.o_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0))
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None:
+            # one zero channel per position: a cache layer with no elements would read as empty (length 0)
+            b, s = hidden_states.shape[:2]
+            marker = hidden_states.new_zeros(b, 1, s, 1)
+            cache.update(marker, marker, self.layer_idx)
+        return out, None
+
+
+class _RemovedMLP:
+    """Forward of an MLP block with no channels: its output bias (or zeros)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        return self.down_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0))
+
+
+@functools.cache
+def _removed_class(base: type, forward: type) -> type:
+    return type(f"Removed{base.__name__}", (forward, base), {"__doc__": f"{base.__name__} whose block was removed by pruning."})
+
+
+def is_removed(module: nn.Module) -> bool:
+    """Whether ``module`` is an attention or MLP block removed by :func:`remove_blocks`."""
+    return isinstance(module, (_RemovedAttention, _RemovedMLP))
+
+
+def remove_blocks(layer: nn.Module, attention: nn.Module | None = None, mlp: nn.Module | None = None) -> None:
+    """Mark ``layer``'s (already emptied) ``attention`` and/or ``mlp`` block removed, in place.
+
+    The block's class becomes a subclass whose forward skips the empty computation (its projections
+    stay, with zero heads or channels, so its output bias still applies), and the norms that belong
+    to it (:func:`block_norm_names`, and q/k norms inside attention) become parameter-free identities.
+    """
+    attn_norms, mlp_norms = block_norm_names(layer)
+    if attention is not None:
+        if not is_removed(attention):
+            attention.__class__ = _removed_class(type(attention), _RemovedAttention)
+        for name in ATTENTION_INNER_NORMS:
+            if isinstance(getattr(attention, name, None), nn.Module):
+                setattr(attention, name, nn.Identity())
+        for name in attn_norms:
+            setattr(layer, name, nn.Identity())
+    if mlp is not None:
+        if not is_removed(mlp):
+            mlp.__class__ = _removed_class(type(mlp), _RemovedMLP)
+        for name in mlp_norms:
+            setattr(layer, name, nn.Identity())
+
+
 def _resize(linear: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias, device=linear.weight.device, dtype=linear.weight.dtype)
+    with warnings.catch_warnings():  # a removed block's projections have no elements to initialise
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, out_features, bias=bias, device=linear.weight.device, dtype=linear.weight.dtype)
 
 
 def _resize_split(mlp: nn.Module, attn: nn.Module, width: int, q: int, kv: int) -> None:
@@ -72,6 +152,7 @@ def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
         for name, value in (("num_heads", shape["num_attention_heads"]), ("num_key_value_heads", shape["num_key_value_heads"])):
             if hasattr(attn, name):
                 setattr(attn, name, int(value))
+        remove_blocks(layer, attention=attn if kv == 0 else None, mlp=mlp if width == 0 else None)
 
 
 @contextmanager

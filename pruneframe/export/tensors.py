@@ -71,6 +71,12 @@ def _mlp(mlp: nn.Module, lp: LayerPlan, prefix: str) -> Iterator[tuple[str, np.n
         yield f"{prefix}.ffn_down.bias", _np(mlp.down_proj.bias)
 
 
+def _norm_weight(norm: nn.Module, hidden: int) -> np.ndarray:
+    """A norm's weight; ones for a removed block's norm (an identity), which only zero padding reads."""
+    weight = getattr(norm, "weight", None)
+    return _np(torch.ones(hidden)) if weight is None else _np(weight)
+
+
 def gguf_tensors(model: nn.Module, plan: GGUFPlan) -> Iterator[tuple[str, np.ndarray]]:
     """``(GGUF tensor name, float32 array in PyTorch's [out, in] order)`` for every tensor the file holds."""
     decoder = model.model
@@ -78,10 +84,10 @@ def gguf_tensors(model: nn.Module, plan: GGUFPlan) -> Iterator[tuple[str, np.nda
     for lp, layer in zip(plan.layers, decoder.layers, strict=True):
         prefix = f"blk.{lp.index}"
         if lp.kv_heads > 0:
-            yield f"{prefix}.attn_norm.weight", _np(layer.input_layernorm.weight)
+            yield f"{prefix}.attn_norm.weight", _norm_weight(layer.input_layernorm, model.config.hidden_size)
             yield from _attention(layer.self_attn, lp, plan, prefix)
         if lp.ffn > 0:
-            yield f"{prefix}.ffn_norm.weight", _np(layer.post_attention_layernorm.weight)
+            yield f"{prefix}.ffn_norm.weight", _norm_weight(layer.post_attention_layernorm, model.config.hidden_size)
             yield from _mlp(layer.mlp, lp, prefix)
     yield "output_norm.weight", _np(decoder.norm.weight)
     if not getattr(model.config, "tie_word_embeddings", False):

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from pruneframe.pipeline.projection import BudgetError, project, rounded_minimum
+from pruneframe.pipeline.removal import check_removal
 from pruneframe.pipeline.units import UnitKind, UnitSet
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "make_budget",
     "resolve",
     "check_meets_budget",
+    "check_mask",
     "mandatory_cost",
     "group_round_to",
 ]
@@ -214,6 +216,29 @@ def check_meets_budget(
         if short.numel():
             g = int(short[0])
             raise BudgetError(f"group {g} keeps {int(counts[g])} units, below its minimum {int(minimum[g])}")
+
+
+def check_mask(
+    mask: torch.Tensor,
+    units: UnitSet,
+    budget: int,
+    minimum: torch.Tensor,
+    round_to: torch.Tensor | None = None,
+    removal: str = "none",
+    removable: torch.Tensor | None = None,
+) -> None:
+    """The core check of a method's mask against ``units``: :func:`check_meets_budget`, or with a
+    removal mode other than ``none``, :func:`pruneframe.pipeline.removal.check_removal`.
+
+    Raises:
+        BudgetError: the mask fails the check (the message says how).
+    """
+    if removal == "none":
+        check_meets_budget(mask, units.cost, budget, groups=units.groups, minimum=minimum, round_to=round_to)
+        return
+    if round_to is not None:
+        raise BudgetError(f"round_to cannot be combined with removal {removal!r}")
+    check_removal(mask, units.cost, budget, groups=units.groups, overhead=units.overhead, removal=removal, removable=removable, minimum=minimum)
 
 
 def _check_rounded(mask: torch.Tensor, costs: torch.Tensor, groups: torch.Tensor, round_to: torch.Tensor, left: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch import nn
 
 from pruneframe.architectures import ArchitectureAdapter, builtin_adapters
 from pruneframe.pipeline.fold import fold
+from pruneframe.pipeline.removal import project_removal
 from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.pipeline.recalibration import NoRecalibration, RecalibrationMethod
@@ -53,8 +54,23 @@ def pruneframe_project(
     policy: Policy,
     scope: Scope,
     round_to: torch.Tensor | None,
+    removal: str,
+    removable: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The core projector: a mask that meets the budget exactly."""
+    """The core projector: a mask that meets the budget exactly (with removable blocks when ``removal`` says so)."""
+    if removal != "none":
+        return project_removal(
+            scores,
+            units.cost,
+            budget,
+            groups=units.groups,
+            overhead=units.overhead,
+            removal=removal,
+            removable=removable,
+            minimum=minimum,
+            policy=policy,
+            scope=scope,
+        )
     return project(scores, units.cost, budget, groups=units.groups, minimum=minimum, policy=policy, scope=scope, round_to=round_to)
 
 

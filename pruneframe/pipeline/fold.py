@@ -8,11 +8,17 @@ KV group's k and v rows and their bias entries); output scales multiply down_pro
 weights (a refit of the kept columns) are sliced like the originals. The family's adapter then
 updates the attributes its forward reads (head counts, widths). Its logits equal those of the dense
 model run under :func:`pruneframe.toolkit.gates.gated` with the same arguments.
+
+A layer whose mask keeps no KV group loses its attention block, one that keeps no FFN channel its MLP
+block (the adapter's :meth:`~pruneframe.architectures.ArchitectureAdapter.remove_blocks`: the block's
+norms go with it, its output bias, if any, stays); a layer that loses both is dropped from the model
+(:meth:`~pruneframe.architectures.ArchitectureAdapter.drop_layers`), so depth pruning runs fewer layers.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -82,7 +88,9 @@ def _shrink(
     if extra_bias is not None:
         extra = extra_bias.to(device=w.device, dtype=w.dtype)
         b = extra if b is None else b + extra
-    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    with warnings.catch_warnings():  # a removed block's projections have no elements to initialise
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         out.weight.copy_(w)
         if b is not None:
@@ -153,7 +161,7 @@ def fold(
             shrunk one at a time, so old and new weights of more than one layer never coexist.
 
     Raises:
-        ValueError: on a mask of the wrong length or a layer left without any KV group.
+        ValueError: on a mask of the wrong length.
     """
     mask = mask.bool().cpu()
     if mask.shape != (len(units),):
@@ -163,14 +171,13 @@ def fold(
     scales = None if rec.scales is None else rec.scales.detach().float().cpu()
     target = model if inplace else copy.deepcopy(model)
     layers: list[LayerSlices | None] = list(adapter.layer_slices(target))
+    empty_layers: list[int] = []
     for i in range(len(layers)):
         # A LayerSlices holds its layer's input linears (mlp_in, attn_in, glu): drop each layer's entry
         # once folded, so the replaced weights of more than one layer are never alive together.
         layer, layers[i] = layers[i], None
         assert layer is not None
         keep = {kind: torch.nonzero(mask[units.slice(i, kind)]).flatten() for kind in (UnitKind.FFN, UnitKind.KV)}
-        if keep[UnitKind.KV].numel() == 0:
-            raise ValueError(f"layer {i} would keep no KV group; raise the per-layer minimum to at least 1")
         kept_scales = {kind: None if scales is None else scales[units.slice(i, kind)][keep[kind]] for kind in (UnitKind.FFN, UnitKind.KV)}
 
         def per_layer(value: torch.Tensor | list | None) -> torch.Tensor | None:
@@ -199,4 +206,30 @@ def fold(
             o_proj_bias=o.bias is not None,
         )
         adapter.set_widths(layer, widths, target.config)
+        no_attention, no_mlp = n_kv == 0, widths.ffn == 0
+        if no_attention or no_mlp:
+            _bias_through_post_norms(layer, no_attention, no_mlp)
+            adapter.remove_blocks(layer, attention=no_attention, mlp=no_mlp)
+            if no_attention and no_mlp and o.bias is None and down.bias is None:
+                empty_layers.append(i)
+    if empty_layers:
+        adapter.drop_layers(target, empty_layers)
     return target
+
+
+def _bias_through_post_norms(layer: LayerSlices, attention: bool, mlp: bool) -> None:
+    """A removed block's output is its constant output bias; a post-norm (sandwich layout) that goes
+    with the block is applied to that constant here, so the bias alone carries the block's output."""
+    from pruneframe.checkpoint.modeling_pruneframe import block_norm_names  # lazy: checkpoint imports the pipeline
+
+    if not hasattr(layer.layer, "pre_feedforward_layernorm"):
+        return  # pre-norm layouts: nothing follows a block's output projection
+    attn_norms, mlp_norms = block_norm_names(layer.layer)
+    for removed, norms, linear in ((attention, attn_norms, layer.o_proj), (mlp, mlp_norms, layer.down_proj)):
+        post = [n for n in norms if n.startswith("post_")]
+        if removed and linear.bias is not None and post:
+            with torch.no_grad():
+                bias = linear.bias.detach()
+                for name in post:
+                    bias = getattr(layer.layer, name)(bias[None, None, :])[0, 0]
+                linear.bias.copy_(bias)

@@ -95,6 +95,8 @@ def pruneframe_project(
     policy: Policy,
     scope: Scope,
     round_to: torch.Tensor | None,
+    removal: str,
+    removable: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """Turn scores into a boolean keep-mask whose cost meets ``budget`` exactly.
 
@@ -102,8 +104,12 @@ def pruneframe_project(
     group (``units.groups``), the number of units that must be kept; ``round_to`` (``None``: no
     rounding) holds per group the multiple its kept width must be (or the whole group), as in
     :func:`pruneframe.pipeline.projection.project`. An implementation that cannot round must return ``None``
-    when ``round_to`` is given (the mask is checked against it). The core's projector
-    (:func:`pruneframe.pipeline.budget.project`) is the default implementation.
+    when ``round_to`` is given (the mask is checked against it). ``removal`` (``none``, ``mixed``,
+    ``blocks``, ``layers``) and ``removable`` (per group) say whether whole blocks may go, as in
+    :func:`pruneframe.pipeline.removal.project_removal`; an implementation that cannot remove blocks
+    must return ``None`` unless ``removal`` is ``none``. The core's projectors
+    (:func:`pruneframe.pipeline.budget.project`, :func:`pruneframe.pipeline.removal.project_removal`) are
+    the default implementation.
     """
 
 

@@ -39,11 +39,12 @@ from torch import nn
 
 from pruneframe.pipeline import hookspecs
 from pruneframe.architectures.base import ArchitectureAdapter
-from pruneframe.pipeline.budget import check_meets_budget
+from pruneframe.pipeline.budget import check_mask
 from pruneframe.pipeline.calibration import InsufficientCalibrationError
 from pruneframe.util.digests import package_digest, top_package
 from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.pipeline.recalibration import PipelineMethod, RecalibrationMethod, split_pipeline_name
+from pruneframe.pipeline.removal import REMOVAL_MODES, REMOVAL_SEPARATOR
 from pruneframe.pipeline.projection import BudgetError
 from pruneframe.pipeline.prune_report import StageRecord
 from pruneframe.toolkit.resume import StaleCheckpointError
@@ -293,7 +294,16 @@ class PluginHost:
 
         ``SCORER+RECALIBRATION`` (``llm-pruner+bias``) gives a :class:`~pruneframe.pipeline.recalibration.PipelineMethod`:
         ``config`` is the scorer's settings, plus under ``recalibration`` the recalibration's.
+        ``NAME@REMOVAL`` (``llm-pruner@mixed``, ``flap+scales@mixed``) is ``NAME`` with ``removal`` set
+        to ``mixed``, ``blocks`` or ``layers`` (:mod:`pruneframe.pipeline.removal`), named so in reports.
         """
+        if REMOVAL_SEPARATOR in name:
+            base, _, removal = name.rpartition(REMOVAL_SEPARATOR)
+            if removal not in REMOVAL_MODES or not base:
+                raise UnknownNameError(f"method {name!r}: expected NAME{REMOVAL_SEPARATOR}REMOVAL with REMOVAL one of {', '.join(REMOVAL_MODES)}")
+            made = self.method(base, {**dict(config or {}), "removal": removal})
+            made.name = name  # type: ignore[misc] - the instance is reported under its full name
+            return made
         try:
             parts = split_pipeline_name(name)
         except ValueError as exc:
@@ -501,25 +511,38 @@ class PluginHost:
         scope: str,
         round_to: torch.Tensor | None = None,
         provenance: dict[str, StageRecord] | None = None,
+        removal: str = "none",
+        removable: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples); recorded as ``project``.
+        """A boolean keep-mask meeting ``budget`` exactly (``round_to``: per-group width multiples;
+        ``removal`` / ``removable``: whole blocks may go); recorded as ``project``.
 
         Whichever plugin projected, its mask must pass the core check
         (:func:`pruneframe.pipeline.budget.check_meets_budget`: within budget, tight, the minimums and ``round_to``
-        held); a plugin's mask of the wrong type or shape, or one that fails that check, is its fault
-        (:class:`PluginError`).
+        held; with removal, :func:`pruneframe.pipeline.removal.check_removal`); a plugin's mask of the wrong
+        type or shape, or one that fails that check, is its fault (:class:`PluginError`).
         """
         mask, plugin = self._call(
-            "pruneframe_project", "projection", scores=scores, units=units, budget=budget, minimum=minimum, policy=policy, scope=scope, round_to=round_to
+            "pruneframe_project",
+            "projection",
+            scores=scores,
+            units=units,
+            budget=budget,
+            minimum=minimum,
+            policy=policy,
+            scope=scope,
+            round_to=round_to,
+            removal=removal,
+            removable=removable,
         )
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (len(units),):
             got = f"{mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise self._fault(plugin, f"pruneframe_project returned {got}, expected a bool mask of shape ({len(units)},)")
-        kept = units.kept_cost(mask)
+        kept = units.kept_cost(mask) if removal == "none" else units.budget_cost(mask)
         if kept > budget:
             raise self.stage_error(plugin, f"pruneframe_project returned a mask over budget: it keeps cost {kept:,} > budget {budget:,}")
         try:
-            check_meets_budget(mask, units.cost, budget, groups=units.groups, minimum=minimum, round_to=round_to)
+            check_mask(mask, units, budget, minimum, round_to, removal, removable)
         except BudgetError as exc:
             raise self.stage_error(plugin, f"pruneframe_project returned a mask that fails the budget check: {exc}") from exc
         self._record(provenance, "project", plugin)

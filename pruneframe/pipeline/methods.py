@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.pipeline.projection import Policy, Scope
+from pruneframe.pipeline.removal import Removal
 from pruneframe.pipeline.units import UnitSet
 
 __all__ = ["MethodConfig", "PruningMethod", "Recalibration", "ScoringContext", "Policy", "Scope"]
@@ -39,6 +40,10 @@ class MethodConfig(BaseModel):
             Honoured by every projection (iterative methods' too); the budget is then met exactly in
             the rounded sense of :mod:`pruneframe.pipeline.projection`.
         seed: seed for anything random the method does.
+        removal: whether whole blocks may go (:mod:`pruneframe.pipeline.removal`): ``none`` (every
+            layer keeps its minimum of both kinds: the published width methods' default), ``mixed``
+            (width, and a block is removed when the scores drop all its units), ``blocks`` (whole
+            attention / MLP blocks only) or ``layers`` (whole layers only).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +52,7 @@ class MethodConfig(BaseModel):
     scope: Scope = "global"
     round_to: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
+    removal: Removal = "none"
 
 
 @dataclass
@@ -143,6 +149,10 @@ class PruningMethod(ABC):
     def minimum(self, units: UnitSet) -> torch.Tensor:
         """Units each projection group must keep (default: one FFN channel and one KV group per layer)."""
         return units.default_minimum()
+
+    def removable(self, units: UnitSet) -> torch.Tensor:
+        """Per projection group, whether its block may be removed when ``config.removal`` allows it (default: all)."""
+        return torch.ones(units.num_groups, dtype=torch.bool)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"

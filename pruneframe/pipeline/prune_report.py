@@ -161,6 +161,9 @@ class PruneReport(_Record):
             no ``score`` for precomputed scores), the plugin that carried it out and its code's digest.
         pipeline: for a ``SCORER+RECALIBRATION`` pipeline, its two parts (``scorer``, ``recalibration``);
             ``config`` then holds the scorer's settings and, under ``recalibration``, the recalibration's.
+        removed_blocks: the dense model's layer indices whose ``attention`` block or ``mlp`` block the
+            prune removed, and the ``layers`` it removed whole (dropped from the folded model); None
+            when no block was removed.
     """
 
     method: str
@@ -189,6 +192,7 @@ class PruneReport(_Record):
     recovery: RecoveryRecord | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     pipeline: dict[str, str] | None = None
+    removed_blocks: dict[str, list[int]] | None = None
 
     @property
     def calibration_tokens(self) -> int:

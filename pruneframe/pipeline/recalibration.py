@@ -142,6 +142,10 @@ class PipelineMethod(PruningMethod):
         """The scorer's minimums."""
         return self.scorer.minimum(units)
 
+    def removable(self, units: UnitSet) -> torch.Tensor:
+        """The scorer's removable blocks."""
+        return self.scorer.removable(units)
+
     def __repr__(self) -> str:
         return f"PipelineMethod({self.scorer!r}, {self.recalibration!r})"
 

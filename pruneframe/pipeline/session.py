@@ -29,7 +29,7 @@ from torch import nn
 
 from pruneframe import checkpoint
 from pruneframe.toolkit.memory import PeakMemory, release_unused_memory
-from pruneframe.pipeline.budget import BudgetKind, check_meets_budget, group_round_to, make_budget, resolve
+from pruneframe.pipeline.budget import BudgetKind, check_mask, group_round_to, make_budget, resolve
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.util.devices import dtype_name, model_device, resolve_device
 from pruneframe.pipeline.host import PluginHost
@@ -148,7 +148,13 @@ class PruneSession:
         self.units = self.host.discover_units(model, self.stages)
         self.minimum = self.method.minimum(self.units)
         self.round_to = group_round_to(self.units, self.method.config.round_to)
-        self.target = resolve(self.budget, self.units, self.minimum, self.round_to)
+        self.removal = self.method.config.removal
+        self.removable = None if self.removal == "none" else self.method.removable(self.units)
+        if self.removal != "none" and self.round_to is not None:
+            raise ValueError(f"method {self.method.name!r}: round_to cannot be combined with removal {self.removal!r}; set one of them")
+        # with removable blocks only the blocks that must stay have a minimum the budget must hold
+        floor_minimum = self.minimum if self.removable is None else torch.where(self.removable, 0, self.minimum)
+        self.target = resolve(self.budget, self.units, floor_minimum, self.round_to)
         self.model_identity = model_identity
         self._ran = False
 
@@ -156,7 +162,16 @@ class PruneSession:
         """``scores`` -> a keep-mask meeting this session's budget (the projector every method gets)."""
         cfg = self.method.config
         return self.host.project(
-            scores.detach().float().cpu(), self.units, self.target, self.minimum, cfg.policy, cfg.scope, self.round_to, provenance=self.stages
+            scores.detach().float().cpu(),
+            self.units,
+            self.target,
+            self.minimum,
+            cfg.policy,
+            cfg.scope,
+            self.round_to,
+            provenance=self.stages,
+            removal=self.removal,
+            removable=self.removable,
         )
 
     def _context(self, calibration: CalibrationData | None, progress: bool) -> ScoringContext:
@@ -231,7 +246,7 @@ class PruneSession:
                 context.stats["scores"] = "precomputed"
             t1 = time.perf_counter()
             mask = self.project(scores)
-            check_meets_budget(mask, units.cost, self.target, groups=units.groups, minimum=self.minimum, round_to=self.round_to)
+            check_mask(mask, units, self.target, self.minimum, self.round_to, self.removal, self.removable)
             recalibration = self.host.recalibrate(self.method, context, mask, provenance=self.stages)
             t2 = time.perf_counter()
             added = _added_bias_params(model, units, recalibration)
@@ -292,7 +307,21 @@ class PruneSession:
             pipeline=(
                 {"scorer": self.method.scorer.name, "recalibration": self.method.recalibration.name} if isinstance(self.method, PipelineMethod) else None
             ),
+            removed_blocks=_removed_blocks(units, mask),
         )
+
+
+def _removed_blocks(units: UnitSet, mask: torch.Tensor) -> dict[str, list[int]] | None:
+    """Layers whose attention block, MLP block or both the mask removes; None when it removes none."""
+    empty = units.removed_groups(mask).reshape(-1, 2)  # per layer: (FFN, KV)
+    if not bool(empty.any()):
+        return None
+    both = empty.all(dim=1)
+    return {
+        "attention": [i for i in range(units.num_layers) if bool(empty[i, 1]) and not bool(both[i])],
+        "mlp": [i for i in range(units.num_layers) if bool(empty[i, 0]) and not bool(both[i])],
+        "layers": [i for i in range(units.num_layers) if bool(both[i])],
+    }
 
 
 def _added_bias_params(model: nn.Module, units: UnitSet, rec: Recalibration | None) -> int:

@@ -37,6 +37,9 @@ class LayerShape:
         queries_per_group: G, the number of query heads that share one KV head.
         ffn_cost: parameters removed with one FFN channel.
         kv_cost: parameters removed with one KV group.
+        ffn_overhead: parameters removed with the MLP block once all its channels are (its norms).
+        kv_overhead: parameters removed with the attention block once all its KV groups are (its
+            norms, q/k norms included).
     """
 
     ffn_channels: int
@@ -44,6 +47,8 @@ class LayerShape:
     queries_per_group: int
     ffn_cost: int
     kv_cost: int
+    ffn_overhead: int = 0
+    kv_overhead: int = 0
 
 
 @dataclass
@@ -123,6 +128,20 @@ class UnitSet:
         return 2 * self.layer + self.kind
 
     @property
+    def overhead(self) -> torch.Tensor:
+        """Per projection group, the parameters its block sheds once the group keeps no unit (int64)."""
+        return torch.tensor([c for shape in self.layers for c in (shape.ffn_overhead, shape.kv_overhead)], dtype=torch.long)
+
+    def removed_groups(self, mask: torch.Tensor) -> torch.Tensor:
+        """Per projection group, whether ``mask`` keeps none of its units (its block is removed)."""
+        kept = torch.bincount(self.groups[mask.bool().cpu()], minlength=self.num_groups)
+        return kept == 0
+
+    def removed_overhead(self, mask: torch.Tensor) -> int:
+        """Parameters shed with the blocks ``mask`` removes (the overhead of every group it empties)."""
+        return int(self.overhead[self.removed_groups(mask)].sum())
+
+    @property
     def num_groups(self) -> int:
         """Number of projection groups (two per layer)."""
         return 2 * self.num_layers
@@ -140,8 +159,19 @@ class UnitSet:
         raise IndexError(f"layer {layer} out of range (model has {self.num_layers} layers)")
 
     def kept_params(self, mask: torch.Tensor) -> int:
-        """Total parameter count of a model folded with ``mask`` (no output biases added)."""
-        return self.nonprunable_params + int(self.cost[mask.bool()].sum())
+        """Total parameter count of a model folded with ``mask`` (no output biases added).
+
+        A group the mask empties removes its block, and the block's norms with it.
+        """
+        return self.nonprunable_params + int(self.cost[mask.bool()].sum()) - self.removed_overhead(mask)
+
+    def budget_cost(self, mask: torch.Tensor) -> int:
+        """What ``mask`` spends of a budget: kept unit cost minus the overhead of the blocks it removes.
+
+        Budgets count prunable parameters with every block present, so a removed block's norms are
+        credited back: ``kept_params(mask) == nonprunable_params + budget_cost(mask)``.
+        """
+        return self.kept_cost(mask) - self.removed_overhead(mask)
 
     def kept_cost(self, mask: torch.Tensor) -> int:
         """Summed cost of the kept units."""
