@@ -100,13 +100,15 @@ def render(table: list[dict[str, Any]], figure_path: str | None) -> str:
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
             for r in sorted(part, key=lambda r: (-r["keep"], r["ood_geomean"])):
+                ood = f"{_f(r['ood_geomean'])} [{_f(r['ood_low'])}, {_f(r['ood_high'])}]"
+                speed = f"{_f(r['prefill_speedup'])}x | {_f(r['decode_speedup'])}x | {_f(r['ideal_speedup'])}x"
                 lines.append(
-                    f"| {r['keep']:g} | `{r['method']}` | {r['kind']} | {_f(r['ood_geomean'])} [{_f(r['ood_low'])}, {_f(r['ood_high'])}] | "
-                    f"{_f(r['in_domain_ratio'])} | {_f(r['kept_fraction_of_total'], 3)} | {_f(r['prefill_speedup'])}x | {_f(r['decode_speedup'])}x | {_f(r['ideal_speedup'])}x |"
+                    f"| {r['keep']:g} | `{r['method']}` | {r['kind']} | {ood} | {_f(r['in_domain_ratio'])} | {_f(r['kept_fraction_of_total'], 3)} | {speed} |"
                 )
             lines.append("")
             for keep in sorted({r["keep"] for r in part}, reverse=True):
-                best = {k: min((r for r in part if r["keep"] == keep and r["kind"] == k), key=lambda r: r["ood_geomean"], default=None) for k in ("width", "depth", "mixed")}
+                at_keep = [r for r in part if r["keep"] == keep]
+                best = {k: min((r for r in at_keep if r["kind"] == k), key=lambda r: r["ood_geomean"], default=None) for k in ("width", "depth", "mixed")}
                 said = ", ".join(f"{k} `{b['method']}` {_f(b['ood_geomean'])}x (decode {_f(b['decode_speedup'])}x)" for k, b in best.items() if b)
                 lines.append(f"- keep {keep:g}: best OOD per kind: {said}.")
             lines.append("")
