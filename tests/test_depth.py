@@ -190,3 +190,24 @@ def test_cli_prune_and_compare_take_depth_pipelines(tmp_path, monkeypatch: pytes
     results = json.loads((out / "results.json").read_text())
     assert {r["run_id"] for r in results["runs"]} == {"shortgpt-0.5-s0", "block-influence-0.5-s0", "magnitude@mixed-0.5-s0"}
     assert all(r["status"] == "ok" for r in results["runs"])
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3", "phi3"])
+def test_streamed_logits_of_a_model_with_removed_blocks_equal_its_forward(family: str) -> None:
+    """Layer-by-layer evaluation (``--eval-compute-device``) runs removed blocks as the whole model does."""
+    from pruneframe.toolkit.streaming import streamed_logits
+
+    model = tiny_model(family)
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    mask[units.slice(0, UnitKind.KV)] = False
+    mask[units.slice(1, UnitKind.FFN)] = False
+    mask[units.slice(2, UnitKind.FFN)] = False
+    mask[units.slice(2, UnitKind.KV)] = False
+    folded = fold(model, units, mask)
+    batches = tokens(4, 12, seed=7).split(2)
+    with torch.no_grad():
+        streamed = list(streamed_logits(folded, batches, "cpu"))
+        whole = [folded(input_ids=b, use_cache=False).logits for b in batches]
+    for s, w in zip(streamed, whole, strict=True):
+        torch.testing.assert_close(s, w, rtol=1e-5, atol=1e-5)
