@@ -58,15 +58,16 @@ def test_removal_masks_meet_the_budget_exactly(removal: str, case: dict) -> None
     except BudgetError:
         # only when what must stay (non-removable groups: their minimum, or whole items) cannot fit
         forced = ~case["removable"]
+        has_units = torch.bincount(case["groups"], minlength=case["overhead"].numel()) > 0
+        overhead = torch.where(has_units, case["overhead"], 0)  # a group without units sheds nothing
         if removal == "mixed":
             need = sum(int(case["costs"][case["groups"] == g][: int(minimum[g])].sum()) for g in forced.nonzero().flatten().tolist())
-            need -= int(case["overhead"][case["removable"]].sum())
+            need -= int(overhead[case["removable"]].sum())
         else:
             item = item_of_group(case["overhead"].numel(), removal)
-            forced_items = set(item[forced].tolist())
-            need = sum(int(case["costs"][item[case["groups"]] == i].sum()) + int(case["overhead"][item == i].sum()) for i in forced_items) - int(
-                case["overhead"].sum()
-            )
+            forced_items = set(item[forced & has_units].tolist())
+            costs = [int(case["costs"][item[case["groups"]] == i].sum()) + int(overhead[item == i].sum()) for i in forced_items]
+            need = sum(costs) - int(overhead.sum())
         assert need > case["budget"]
         return
     check_removal(mask, case["costs"], case["budget"], **kwargs)

@@ -78,6 +78,26 @@ def _check_inputs(costs: torch.Tensor, groups: torch.Tensor, overhead: torch.Ten
         raise ValueError("removal 'layers' needs two groups per layer (FFN, KV)")
 
 
+def _normalised(
+    costs: torch.Tensor, groups: torch.Tensor, overhead: torch.Tensor, removal: str, removable: torch.Tensor | None, minimum: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated inputs with their defaults: ``(removable, minimum, overhead of groups that have units)``."""
+    num_groups = overhead.numel()
+    removable = torch.ones(num_groups, dtype=torch.bool) if removable is None else removable.bool()
+    _check_inputs(costs, groups, overhead, removable, removal)
+    minimum = torch.ones(num_groups, dtype=torch.long) if minimum is None else minimum.to(torch.long)
+    return removable, minimum, _unit_overhead(overhead, groups)
+
+
+def _items(costs: torch.Tensor, groups: torch.Tensor, overhead: torch.Tensor, removal: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Whole items (blocks or layers): ``(item of each group, item of each unit, item cost = units + overhead)``."""
+    item = item_of_group(overhead.numel(), removal)  # type: ignore[arg-type]
+    num_items = int(item.max()) + 1 if overhead.numel() else 0
+    unit_item = item.index_select(0, groups)
+    item_cost = torch.zeros(num_items, dtype=torch.long).index_add_(0, unit_item, costs).index_add_(0, item, overhead)
+    return item, unit_item, item_cost
+
+
 def _policy_key(scores: torch.Tensor, costs: torch.Tensor, policy: Policy) -> torch.Tensor:
     key = scores.to(torch.float64)
     return key / costs.to(torch.float64) if policy == "density" else key
@@ -144,16 +164,13 @@ def _project_whole(
     removal: Removal,
     policy: Policy,
 ) -> torch.Tensor:
-    num_groups = overhead.numel()
-    overhead = _unit_overhead(overhead, groups)
-    item = item_of_group(num_groups, removal)
-    num_items = int(item.max()) + 1 if num_groups else 0
-    unit_item = item.index_select(0, groups)
-    item_cost = torch.zeros(num_items, dtype=torch.long).index_add_(0, unit_item, costs).index_add_(0, item, overhead)
+    item, unit_item, item_cost = _items(costs, groups, overhead, removal)
+    num_items = item_cost.numel()
     count = torch.bincount(unit_item, minlength=num_items)
     total = torch.zeros(num_items, dtype=torch.float64).index_add_(0, unit_item, scores.to(torch.float64))
     item_score = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-    forced = torch.zeros(num_items, dtype=torch.long).index_add_(0, item, (~removable).long()) > 0
+    has_units = torch.bincount(groups, minlength=removable.numel()) > 0
+    forced = torch.zeros(num_items, dtype=torch.long).index_add_(0, item, (~removable & has_units).long()) > 0
     present = (count > 0).nonzero().flatten()
     kept_items = torch.zeros(num_items, dtype=torch.bool)
     if present.numel():
@@ -200,11 +217,7 @@ def project_removal(
         BudgetError: the non-removable groups' minimums alone exceed the budget.
         ValueError: malformed inputs or an unknown mode.
     """
-    num_groups = overhead.numel()
-    removable = torch.ones(num_groups, dtype=torch.bool) if removable is None else removable.bool()
-    _check_inputs(costs, groups, overhead, removable, removal)
-    minimum = torch.ones(num_groups, dtype=torch.long) if minimum is None else minimum.to(torch.long)
-    overhead = _unit_overhead(overhead, groups)
+    removable, minimum, overhead = _normalised(costs, groups, overhead, removal, removable, minimum)
     if removal == "none":
         return project(scores, costs, budget, groups=groups, minimum=minimum, policy=policy, scope=scope)
     if budget < -int(overhead.sum()):
@@ -232,11 +245,8 @@ def check_removal(
     non-removable groups hold their minimum and only removable groups are empty; for ``blocks`` /
     ``layers``, every item is kept whole or removed whole.
     """
+    removable, minimum, overhead = _normalised(costs, groups, overhead, removal, removable, minimum)
     num_groups = overhead.numel()
-    removable = torch.ones(num_groups, dtype=torch.bool) if removable is None else removable.bool()
-    _check_inputs(costs, groups, overhead, removable, removal)
-    minimum = torch.ones(num_groups, dtype=torch.long) if minimum is None else minimum.to(torch.long)
-    overhead = _unit_overhead(overhead, groups)
     mask = mask.bool()
     spent = budget_cost(mask, costs, groups, overhead, removable)
     if spent > budget:
@@ -257,16 +267,14 @@ def check_removal(
                 f"mask is not tight: a dropped unit of effective cost {int(dropped.min()):,} still fits in the {left:,} left of budget {budget:,}"
             )
         return
-    item = item_of_group(num_groups, removal)
-    num_items = int(item.max()) + 1 if num_groups else 0
-    unit_item = item.index_select(0, groups)
+    _, unit_item, item_cost = _items(costs, groups, overhead, removal)
+    num_items = item_cost.numel()
     item_units = torch.bincount(unit_item, minlength=num_items)
     item_kept = torch.bincount(unit_item[mask], minlength=num_items)
     partial = ((item_kept > 0) & (item_kept < item_units)).nonzero().flatten()
     if partial.numel():
         i = int(partial[0])
         raise BudgetError(f"removal {removal!r} keeps items whole, but item {i} keeps {int(item_kept[i])} of its {int(item_units[i])} units")
-    item_cost = torch.zeros(num_items, dtype=torch.long).index_add_(0, unit_item, costs).index_add_(0, item, overhead)
     dropped = item_cost[(item_kept == 0) & (item_units > 0)]
     if dropped.numel() and int(dropped.min()) <= left:
         raise BudgetError(f"mask is not tight: a removed item of cost {int(dropped.min()):,} still fits in the {left:,} left of budget {budget:,}")
