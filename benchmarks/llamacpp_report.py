@@ -176,9 +176,16 @@ NOTES = """
 - **q4_0** is written offline by `gguf`'s own quantizer (the token embedding and output layer in q8_0);
   its decode speedup meets the ideal (0.99-1.00 x), whose value is lower than f16's because the 8-bit
   output layer is a larger share of the bytes read per token.
-- **`round_to`** (LLM-Pruner at keep 0.5, f16): 64 and 128 leave prefill at 1.96-2.00x and decode at
-  0.95-0.98 x ideal, against 2.03x and 0.97 without rounding, differences within the spread of repeated
-  runs: llama.cpp's CPU kernels do not need aligned widths at this size, so rounding buys nothing here.
+- **`round_to`** (LLM-Pruner at keep 0.5, f16): 32, 64 and 128 give prefill 1.96-1.97x and decode at
+  0.997, 0.976 and 0.948 x ideal, against 2.00x and 0.967 without rounding, differences within the
+  spread of repeated runs: llama.cpp's CPU kernels do not need aligned widths at this size, so rounding
+  buys nothing here.
+- **Depth** (f16): ShortGPT's models keep whole layers alike, so they export as llama.cpp's own `llama`
+  with fewer layers; at keep 0.5 they decode 1.80x faster than dense (1.09 x the bytes ideal) against
+  LLM-Pruner's 1.60x (0.97 x), at a much higher perplexity (docs/results.md, width or depth).
+  block-influence's models, with attention-free layers, export as `deci` (zero heads; llama.cpp skips the
+  attention) and decode 2.29x at keep 0.5, 1.39 x the weight-bytes ideal: a removed attention block also
+  saves its KV-cache reads and attention arithmetic, which that ideal does not count.
 - **Not measured**: the GGUF's perplexity (llama.cpp's server API, which `xllamacpp` wraps, returns
   probabilities for generated tokens only; the KL of `--verify` stands in for it), and Gemma 3 270M
   (the exporter does not write Gemma 3 yet: uniform widths would need llama.cpp's `gemma3` layout, and

@@ -5,15 +5,17 @@ Usage::
     pruneframe compare --config examples/compare_width_depth_smollm2.yaml
     pruneframe compare --config examples/compare_width_depth_smollm2.yaml --budget-kind total --out results/width-depth-smollm2-total
     python benchmarks/width_depth_report.py results/width-depth-smollm2 results/width-depth-smollm2-total ... \
-        --json benchmarks/results/width_depth.json --figure docs/width_depth.png --docs docs/results.md
+        --llamacpp benchmarks/results/llamacpp_speed.json --json benchmarks/results/width_depth.json \
+        --figure docs/width_depth.png --docs docs/results.md
 
 Reads only the stored results. Each pipeline is classed by what it removes: ``depth`` (shortgpt,
 block-influence: whole layers or blocks), ``mixed`` (a width method with ``@mixed``: channels, KV groups
 and the blocks its scores empty) or ``width``. Per model, budget convention and keep-ratio: the
 out-of-domain geomean ratio to dense with the report's 95% interval, the in-domain ratio, and the
 measured HF speedups at batch 1 (prefill and decode, fastest of the alternating repeats) against the FLOPs
-ideal. Writes JSON rows, a quality-versus-speed figure, and the section between
-``<!-- width-depth:begin -->`` and ``<!-- width-depth:end -->`` of the docs file.
+ideal, and with ``--llamacpp`` the f16 speedups measured in llama.cpp for the same pipelines. Writes
+JSON rows, a quality-versus-speed figure, and the section between ``<!-- width-depth:begin -->`` and
+``<!-- width-depth:end -->`` of the docs file.
 """
 
 from __future__ import annotations
@@ -71,6 +73,20 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def add_llamacpp(table: list[dict[str, Any]], llamacpp: dict[str, Any]) -> None:
+    """Add llama.cpp's f16 speedups (``benchmarks/llamacpp_speed.py`` rows of the same model, method and
+    keep-ratio of prunable parameters) to the rows that have them."""
+    found = {(r["model"], r["method"], r["budget"]): r for r in llamacpp["rows"] if r["dtype"] == "f16" and r.get("round_to") is None}
+    for row in table:
+        match = found.get((row["model"], row["method"], row["keep"])) if row["budget_kind"] == "prunable" else None
+        if match:
+            row["llamacpp_prefill_512"] = match["prefill_speedup"]["512"]
+            row["llamacpp_decode"] = match["decode_speedup"]
+            row["llamacpp_ideal_decode"] = match["ideal_speedup"]["decode"]
+            row["llamacpp_arch"] = match["arch"]
+            row["llamacpp_verified"] = match.get("verify_passed")
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -112,6 +128,22 @@ def render(table: list[dict[str, Any]], figure_path: str | None) -> str:
                 said = ", ".join(f"{k} `{b['method']}` {_f(b['ood_geomean'])}x (decode {_f(b['decode_speedup'])}x)" for k, b in best.items() if b)
                 lines.append(f"- keep {keep:g}: best OOD per kind: {said}.")
             lines.append("")
+    measured = [r for r in table if "llamacpp_decode" in r]
+    if measured:
+        lines += [
+            "**In llama.cpp** (`benchmarks/llamacpp_speed.py`, f16, 1 thread, batch 1, 512-token prefill and 64-token decode,",
+            "fastest of 3 alternating repeats; ideal for decode: weight bytes read per token, dense over pruned):",
+            "",
+            "| model | keep (prunable) | pipeline | removes | architecture | prefill | decode | decode ideal | export check |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sorted(measured, key=lambda r: (r["model"], -r["keep"], r["kind"], r["method"])):
+            check = "passed" if r["llamacpp_verified"] else "FAILED"
+            lines.append(
+                f"| {r['model']} | {r['keep']:g} | `{r['method']}` | {r['kind']} | `{r['llamacpp_arch']}` | {_f(r['llamacpp_prefill_512'])}x | "
+                f"{_f(r['llamacpp_decode'])}x | {_f(r['llamacpp_ideal_decode'])}x | {check} |"
+            )
+        lines.append("")
     if figure_path:
         lines += [f"![OOD geomean against measured decode speedup, per model and budget]({figure_path})", ""]
     return "\n".join(lines)
@@ -125,10 +157,15 @@ def figure(table: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["model"], r["budget_kind"]) for r in table})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    cols = min(2, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, grid = plt.subplots(rows_, cols, figsize=(6.5 * cols, 4.5 * rows_), squeeze=False)
+    axes = [list(grid.flat)]
     markers = {"width": "o", "depth": "s", "mixed": "^"}
     methods = sorted({r["method"] for r in table})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    for ax in axes[0][len(panels) :]:
+        ax.set_visible(False)
     for ax, (model, budget_kind) in zip(axes[0], panels):
         for r in (r for r in table if r["model"] == model and r["budget_kind"] == budget_kind and r["decode_speedup"]):
             ax.errorbar(
@@ -164,11 +201,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=None)
+    parser.add_argument("--llamacpp", type=Path, default=None, help="benchmarks/results/llamacpp_speed.json, for llama.cpp's speedups")
     args = parser.parse_args()
     table: list[dict[str, Any]] = []
     for path in args.results:
         file = path / "results.json" if path.is_dir() else path
         table += rows(json.loads(file.read_text()))
+    if args.llamacpp:
+        add_llamacpp(table, json.loads(args.llamacpp.read_text()))
     if args.figure:
         figure(table, args.figure)
     figure_ref = None
