@@ -120,12 +120,13 @@ def block_influence(model: nn.Module, units: UnitSet, windows: torch.Tensor, bat
         handles.append(mlp_norm[0].register_forward_pre_hook(on_mid(i)))
         handles.append(layer.layer.register_forward_hook(on_output(i), with_kwargs=True))
     device = next(model.parameters()).device
+    decoder = model.get_decoder()
     try:
         from tqdm.auto import tqdm
 
         with torch.no_grad():
             for batch in tqdm(list(batches(windows, batch_size)), desc="block influence", disable=not progress, leave=False):
-                model(batch.to(device), use_cache=False)
+                decoder(input_ids=batch.to(device), use_cache=False)  # the hidden states only: no logits over the vocabulary
                 sums.tokens += int(batch.numel())
     finally:
         for handle in handles:
