@@ -116,8 +116,8 @@ def _context(model: torch.nn.Module, method: Any, calibration: torch.Tensor, bud
     units = host.discover_units(model)
     minimum = method.minimum(units)
     cfg = method.config
-    removable = None if cfg.removal == "none" else method.removable(units)
-    target = resolve(make_budget(budget, "prunable"), units, minimum if removable is None else torch.where(removable, 0, minimum))
+    removable = method.removable_blocks(units)
+    target = resolve(make_budget(budget, "prunable"), units, minimum, removable=removable)
 
     def project(scores: torch.Tensor) -> torch.Tensor:
         return host.project(scores.detach().float().cpu(), units, target, minimum, cfg.policy, cfg.scope, removal=cfg.removal, removable=removable)
@@ -194,9 +194,7 @@ def check_prune_fold_reload(
     result = pruneframe.prune(model, method=method, budget=budget, calibration=tokens(4, 16), config=config, progress=False, host=host)
     units = result.units
     made = (host or PluginHost.create()).method(method, config)
-    removal = made.config.removal
-    removable = None if removal == "none" else made.removable(units)
-    check_mask(result.mask, units, result.report.budget_prunable_params, made.minimum(units), None, removal, removable)
+    check_mask(result.mask, units, result.report.budget_prunable_params, made.minimum(units), None, made.config.removal, made.removable_blocks(units))
     ids = tokens(2, 10, seed=5)
     with torch.no_grad(), gated(model, units, result.mask, result.recalibration):
         want = model(ids).logits

@@ -109,8 +109,8 @@ def test_prune_returns_a_model_meeting_its_budget_or_names_the_bad_input() -> No
         report, mask = result.report, result.mask
         made = HOST.method(name, config)
         minimum, removal = made.minimum(UNITS), made.config.removal
-        removable = None if removal == "none" else made.removable(UNITS)
-        target = resolve(make_budget(value, kind), UNITS, minimum if removable is None else torch.where(removable, 0, minimum))
+        removable = made.removable_blocks(UNITS)
+        target = resolve(make_budget(value, kind), UNITS, minimum, removable=removable)
         assert report.budget_prunable_params == target and report.kept_prunable_params == UNITS.kept_cost(mask)
         assert UNITS.budget_cost(mask) <= target
         # within budget and tight (no admissible addition still fits), in the method's removal mode

@@ -144,16 +144,22 @@ def group_round_to(units: UnitSet, round_to: int | None) -> torch.Tensor | None:
     return torch.tensor([per_kind[kind] for _ in range(units.num_layers) for kind in (UnitKind.FFN, UnitKind.KV)], dtype=torch.long)
 
 
-def resolve(budget: _BudgetBase, units: UnitSet, minimum: torch.Tensor | None = None, round_to: torch.Tensor | None = None) -> int:
+def resolve(
+    budget: _BudgetBase, units: UnitSet, minimum: torch.Tensor | None = None, round_to: torch.Tensor | None = None, removable: torch.Tensor | None = None
+) -> int:
     """Resolve ``budget`` against ``units`` and check it is at least the mandatory minimum.
 
     ``round_to``: per-group rounding (:func:`group_round_to`); the minimum is rounded up with it.
+    ``removable``: per group, whether its block may be removed (a method's removal mode); those groups'
+    minimums bind only while they are kept, so only the other groups' count towards the floor.
 
     Raises:
         BudgetError: when the budget cannot hold the per-group minimum (or is negative).
     """
     target = budget.resolve(units)
     minimum = units.default_minimum() if minimum is None else minimum
+    if removable is not None:
+        minimum = torch.where(removable, 0, minimum)
     floor = mandatory_cost(units, minimum, round_to)
     if target < floor:
         rounded = "" if round_to is None else ", rounded up to multiples of round_to"

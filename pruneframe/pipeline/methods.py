@@ -154,5 +154,9 @@ class PruningMethod(ABC):
         """Per projection group, whether its block may be removed when ``config.removal`` allows it (default: all)."""
         return torch.ones(units.num_groups, dtype=torch.bool)
 
+    def removable_blocks(self, units: UnitSet) -> torch.Tensor | None:
+        """:meth:`removable` when ``config.removal`` lets blocks go, else None (what the projector and checks take)."""
+        return None if self.config.removal == "none" else self.removable(units)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"

@@ -149,12 +149,10 @@ class PruneSession:
         self.minimum = self.method.minimum(self.units)
         self.round_to = group_round_to(self.units, self.method.config.round_to)
         self.removal = self.method.config.removal
-        self.removable = None if self.removal == "none" else self.method.removable(self.units)
+        self.removable = self.method.removable_blocks(self.units)
         if self.removal != "none" and self.round_to is not None:
             raise ValueError(f"method {self.method.name!r}: round_to cannot be combined with removal {self.removal!r}; set one of them")
-        # with removable blocks only the blocks that must stay have a minimum the budget must hold
-        floor_minimum = self.minimum if self.removable is None else torch.where(self.removable, 0, self.minimum)
-        self.target = resolve(self.budget, self.units, floor_minimum, self.round_to)
+        self.target = resolve(self.budget, self.units, self.minimum, self.round_to, self.removable)
         self.model_identity = model_identity
         self._ran = False
 

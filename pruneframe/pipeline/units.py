@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pruneframe.pipeline.removal import empty_groups
+
 if TYPE_CHECKING:
     from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices
 
@@ -134,8 +136,7 @@ class UnitSet:
 
     def removed_groups(self, mask: torch.Tensor) -> torch.Tensor:
         """Per projection group, whether ``mask`` keeps none of its units (its block is removed)."""
-        kept = torch.bincount(self.groups[mask.bool().cpu()], minlength=self.num_groups)
-        return kept == 0
+        return empty_groups(mask.cpu(), self.groups, self.num_groups)
 
     def removed_overhead(self, mask: torch.Tensor) -> int:
         """Parameters shed with the blocks ``mask`` removes (the overhead of every group it empties)."""
