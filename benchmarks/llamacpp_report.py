@@ -9,6 +9,7 @@ and the dense and pruned tokens/s.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def _check_cell(check: dict[str, Any]) -> str:
 
 
 def _order(row: dict[str, Any]) -> tuple:
-    return (-row["budget"], row.get("round_to") or 0, row["method"], _DTYPE_ORDER.index(row["dtype"]))
+    return (row["model"] != "smollm2-135m", row["model"], -row["budget"], row.get("round_to") or 0, row["method"], _DTYPE_ORDER.index(row["dtype"]))
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -102,13 +103,90 @@ def _evidence(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _geomean_ratio(sources: dict[str, dict[str, float]], pruned: str, dense: str) -> float:
+    return math.exp(sum(math.log(s[pruned] / s[dense]) for s in sources.values()) / len(sources))
+
+
+def _perplexity_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table of GGUF perplexities (llama.cpp's own logits) beside the checkpoints' (transformers, float32)."""
+    scored = [r for r in rows if r.get("perplexity")]
+    if not scored:
+        return []
+    first = scored[0]["perplexity"]
+    lines = [
+        "",
+        f"**Perplexity in llama.cpp** (the first {first['windows']} windows of {first['seq_len']} tokens of each "
+        f"out-of-domain test source: {', '.join(first['sources'])}; geometric mean of the pruned/dense ratios). "
+        "The GGUF ratio is computed from llama.cpp's own logits on both files of the row's type; the transformers "
+        "ratio from both checkpoints in float32, on the same windows:",
+        "",
+        "| method | keep | round_to | type | GGUF ratio | transformers ratio | GGUF dense ppl / transformers dense ppl |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in scored:
+        s = r["perplexity"]["sources"]
+        drift = _geomean_ratio(s, "gguf_dense", "hf_dense")
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {_geomean_ratio(s, 'gguf_pruned', 'gguf_dense'):.2f}x | "
+            f"{_geomean_ratio(s, 'hf_pruned', 'hf_dense'):.2f}x | {drift:.3f} |"
+        )
+    return lines
+
+
+def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    """One model's tables: the dense checks, the speed rows, the refusals, the perplexities and the missed goals."""
+    measured = [r for r in rows if "refused" not in r]
+    refused = [r for r in rows if "refused" in r]
+    lines = [f"## {model}", ""]
+    dense_arch = sorted({r["dense_arch"] for r in measured})
+    if measured:
+        lines += [
+            f"Dense in llama.cpp's own `{'`, `'.join(dense_arch)}`. **The dense model's own check in each type** (what the type "
+            "costs before any pruning) and the tolerances `--verify` applies (`pruneframe.export.verify.TOLERANCES`):",
+            "",
+            "| type | dense export's check | tolerance: top-1 at least | top-5 diff at most | mean KL at most |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+    dense_checks = {r["dtype"]: r["dense_verify"] for r in measured if r.get("dense_verify")}
+    for dtype in sorted(dense_checks, key=_DTYPE_ORDER.index):
+        tol = TOLERANCES[dtype]
+        lines.append(f"| {dtype} | {_check_cell(dense_checks[dtype])} | {tol.top1:.0%} | {tol.top5_prob} | {tol.kl:.0e} |")
+    if measured:
+        lines += [
+            "",
+            "| method | keep | round_to | type | arch | check | prefill 256 | prefill 512 | prefill ideal (256) "
+            "| prefill / ideal | decode | decode ideal | decode / ideal | goals |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for r in measured:
+        ps, ideal, fr = r["prefill_speedup"], r["ideal_speedup"], _fractions(r)
+        goal = "" if r["budget"] != GOAL_BUDGET else ("missed" if _misses(r) else "met")
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {r['arch']} | "
+            f"{_check_cell(r['verify'])} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "
+            f"{fr['prefill']:.2f} | {r['decode_speedup']:.2f}x | {ideal['decode']:.2f}x | {fr['decode']:.2f} | "
+            f"{goal} |"
+        )
+    if refused:
+        lines += ["", "Refused by the exporter (nothing written):", ""]
+        lines += [f"- {_label(r)}: {r['refused']}" for r in refused]
+    lines += _perplexity_lines(measured)
+    missed = [r for r in measured if _misses(r)]
+    lines += ["", f"Where the goals are missed ({model}):", ""]
+    if not missed:
+        lines.append(f"Every row at keep {GOAL_BUDGET} meets its goals.")
+    for r in missed:
+        lines.append(f"- **{_label(r)}**: {'; '.join(_misses(r))}. {_evidence(r)}.")
+    return lines + [""]
+
+
 def render(data: dict, analysis: str = "") -> str:
-    """The page: protocol, goals, one table row per (method, budget, dtype, round_to), the misses with their evidence."""
+    """The page: protocol, goals, then per model its checks, speed rows, refusals, perplexities and missed goals."""
     p = data["protocol"]
     rows = sorted(data["rows"], key=_order)
-    repeats = sorted({r["dense"]["repeats"] for r in rows})
+    repeats = sorted({r["dense"]["repeats"] for r in rows if "dense" in r})
     lines = [
-        "# Pruned SmolLM2-135M in llama.cpp",
+        "# Pruned models in llama.cpp",
         "",
         "<!-- generated by benchmarks/llamacpp_report.py from benchmarks/results/llamacpp_speed.json; do not edit -->",
         "",
@@ -116,48 +194,19 @@ def render(data: dict, analysis: str = "") -> str:
         f"build of the `deploy` extra) on {p['machine']}. Batch {p['batch']}, {p['threads']} thread, prefill of "
         f"{' and '.join(map(str, p['prefill_lens']))}-token prompts, {p['decode_tokens']}-token decode, dense and "
         f"pruned alternating, fastest of {'/'.join(map(str, repeats))} repeats. Speedups are against the dense model "
-        "exported as llama.cpp's own `llama` architecture in the same type (what a user runs today). Ideal: FLOPs "
+        "exported as the family's own llama.cpp architecture in the same type (what a user runs today). Ideal: FLOPs "
         "per token at the prompt's length (prefill) and bytes of weights read per decoded token in the two files "
         "(decode; zero padding counts), dense over pruned. The check column is the export's agreement with the "
         "checkpoint in transformers (`--verify`: top-1 agreement over 256+ positions, the largest top-5 "
         "probability difference and mean KL), FAILED where it exceeds the type's tolerance.",
         "",
-        "**The dense model's own check in each type** (what the type costs before any pruning) and the tolerances "
-        "`--verify` applies (`pruneframe.export.verify.TOLERANCES`):",
-        "",
-        "| type | dense export's check | tolerance: top-1 at least | top-5 diff at most | mean KL at most |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    dense_checks = {r["dtype"]: r["dense_verify"] for r in rows if r.get("dense_verify")}
-    for dtype in sorted(dense_checks, key=_DTYPE_ORDER.index):
-        tol = TOLERANCES[dtype]
-        lines.append(f"| {dtype} | {_check_cell(dense_checks[dtype])} | {tol.top1:.0%} | {tol.top5_prob} | {tol.kl:.0e} |")
-    lines += [
-        "",
         f"**Goals at keep {GOAL_BUDGET}**: " + "; ".join(f"{dtype} {phase} at least {goal} x ideal" for (dtype, phase), goal in GOALS.items()) + ".",
         "",
-        "| method | keep | round_to | type | arch | check | prefill 256 | prefill 512 | prefill ideal (256) "
-        "| prefill / ideal | decode | decode ideal | decode / ideal | goals |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        v, ps, ideal, fr = r["verify"], r["prefill_speedup"], r["ideal_speedup"], _fractions(r)
-        check = _check_cell(v)
-        goal = "" if r["budget"] != GOAL_BUDGET else ("missed" if _misses(r) else "met")
-        lines.append(
-            f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r['dtype']} | {r['arch']} | "
-            f"{check} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "
-            f"{fr['prefill']:.2f} | {r['decode_speedup']:.2f}x | {ideal['decode']:.2f}x | {fr['decode']:.2f} | "
-            f"{goal} |"
-        )
-    missed = [r for r in rows if _misses(r)]
-    lines += ["", "## Where the goals are missed", ""]
-    if not missed:
-        lines.append(f"Every row at keep {GOAL_BUDGET} meets its goals.")
-    for r in missed:
-        lines.append(f"- **{_label(r)}**: {'; '.join(_misses(r))}. {_evidence(r)}.")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += _model_section(model, [r for r in rows if r["model"] == model], p)
     if analysis:
-        lines += ["", analysis.strip()]
+        lines += [analysis.strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""SmolLM2-135M pruned by the one-shot methods at keep 0.8 and 0.5, exported to GGUF and timed in llama.cpp.
+"""An embedded model pruned by the one-shot methods at keep 0.8 and 0.5, exported to GGUF and timed in llama.cpp.
 
 Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, budget, dtype, round_to)
 with the export's architecture, its check against transformers (and the dense export's own check in the
@@ -11,6 +11,14 @@ adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``. `
 a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
 (the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
 architecture alone.
+
+``--model gemma3-270m`` measures Gemma 3 (dense as llama.cpp's ``gemma3``; uneven FFN widths zero-padded to
+the widest layer's); a model llama.cpp cannot express gets a row with ``refused`` (the exporter's reason)
+and no timings. ``--perplexity-windows N`` adds, per row, the perplexity of the dense and the pruned GGUF
+computed by llama.cpp (:func:`pruneframe.export.perplexity.gguf_perplexity`) and of both checkpoints in
+transformers (float32) on the first ``N`` 512-token windows of each out-of-domain test source
+(``moby-dick``, ``embedded``: the comparisons' windows); rows already measured without it get it on a
+rerun with the flag.
 
 The file is rewritten after every row, and rows already in ``--out`` are kept and skipped, so an
 interrupted run resumes. ``--checkpoints DIR`` keeps the pruned checkpoints there (and reuses them).
@@ -32,22 +40,27 @@ import pruneframe
 from pruneframe.util.io import write_json_atomic
 from pruneframe.data import calibration_data
 from pruneframe.evaluation.speed import ideal_speedup, model_flops_per_token
-from pruneframe.export import export_gguf
+from pruneframe.data import resolve_text, token_windows
+from pruneframe.evaluation import perplexity
+from pruneframe.export import ExportRefused, export_gguf
+from pruneframe.export.perplexity import gguf_perplexity
 from pruneframe.export.speed import measure_llamacpp_speed, weight_bytes_per_token
 from pruneframe.export.verify import verify_gguf
 from pruneframe.models import load_model
 
 OUT = Path(__file__).parent / "results" / "llamacpp_speed.json"
-MODEL = "smollm2-135m"
 PREFILL_LENS = (256, 512)
 DECODE_TOKENS = 64
+#: Out-of-domain test sources of the comparisons, scored in 512-token windows from the start.
+PERPLEXITY_SOURCES = ("moby-dick", "embedded")
+PERPLEXITY_LEN = 512
 
 
 def _key(row: dict[str, Any]) -> tuple:
     return row["model"], row["method"], row["budget"], row["dtype"], row.get("round_to")
 
 
-def _pruned(method: str, budget: float, round_to: int | None, calibration: Any, checkpoints: Path | None) -> Any:
+def _pruned(model_name: str, method: str, budget: float, round_to: int | None, calibration: Any, checkpoints: Path | None) -> Any:
     """The pruned model: loaded from ``checkpoints`` when it holds it, else pruned (and saved there)."""
     import pruneframe.checkpoint as checkpoint
 
@@ -55,7 +68,7 @@ def _pruned(method: str, budget: float, round_to: int | None, calibration: Any, 
     folder = checkpoints / name if checkpoints else None
     if folder is not None and (folder / "config.json").exists():
         return load_model(str(folder), dtype="float32", device="cpu")[0]
-    model, tokenizer = load_model(MODEL, dtype="float32", device="cpu")
+    model, tokenizer = load_model(model_name, dtype="float32", device="cpu")
     config = {"round_to": round_to} if round_to else None
     result = pruneframe.prune(model, method=method, budget=budget, calibration=calibration, config=config, progress=False)
     if folder is not None:
@@ -63,7 +76,38 @@ def _pruned(method: str, budget: float, round_to: int | None, calibration: Any, 
     return result.model
 
 
-def _export_as_deci(model: Any, out: Path, dtype: str, tokenizer: Any) -> Any:
+def _windows(tokenizer: Any, count: int) -> dict[str, Any]:
+    """The first ``count`` 512-token windows of every out-of-domain test source (a BOS first where the tokenizer adds one)."""
+    from pruneframe.data.windows import prepended_bos
+
+    bos = prepended_bos(tokenizer)
+    return {name: token_windows(resolve_text(name, "test"), tokenizer, PERPLEXITY_LEN, count, bos=bos) for name in PERPLEXITY_SOURCES}
+
+
+def _perplexities(dense_path: Path, pruned_path: Path, dense: Any, model: Any, windows: dict[str, Any], memo: dict[Path, dict[str, float]]) -> dict[str, Any]:
+    """Per source: both GGUF files' perplexity in llama.cpp and both checkpoints' in transformers (float32).
+
+    The dense model's values are computed once per file (``memo``, keyed by path).
+    """
+    if dense_path not in memo:
+        memo[dense_path] = {
+            **{f"gguf:{name}": gguf_perplexity(dense_path, w, progress=False).ppl for name, w in windows.items()},
+            **{f"hf:{name}": perplexity(dense, w, progress=False).ppl for name, w in windows.items()},
+        }
+    known = memo[dense_path]
+    out = {
+        name: {
+            "gguf_dense": known[f"gguf:{name}"],
+            "gguf_pruned": gguf_perplexity(pruned_path, w, progress=False).ppl,
+            "hf_dense": known[f"hf:{name}"],
+            "hf_pruned": perplexity(model, w, progress=False).ppl,
+        }
+        for name, w in windows.items()
+    }
+    return {"windows": int(next(iter(windows.values())).shape[0]), "seq_len": PERPLEXITY_LEN, "sources": out}
+
+
+def _export_as_deci(model: Any, out: Path, dtype: str, tokenizer: Any, model_name: str) -> Any:
     """``model`` (uniform widths) written as ``deci`` instead of its own architecture: the dense diagnostic row."""
     from dataclasses import replace
 
@@ -72,13 +116,14 @@ def _export_as_deci(model: Any, out: Path, dtype: str, tokenizer: Any) -> Any:
     from pruneframe.export.writer import write_gguf
 
     plan = replace(plan_export(model, dtype), arch="deci")
-    path = write_gguf(out, model, tokenizer, plan, dtype, f"{MODEL} as deci")
+    path = write_gguf(out, model, tokenizer, plan, dtype, f"{model_name} as deci")
     return ExportResult(path, plan, path.stat().st_size)
 
 
 def main() -> None:
     """Prune, export, verify and time every (method, budget, dtype[, round_to]); write the JSON after each row."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="an embedded model (smollm2-135m, gemma3-270m)")
     parser.add_argument("--methods", default="llm-pruner,wanda-sp,flap,magnitude")
     parser.add_argument("--budgets", default="0.8,0.5")
     parser.add_argument("--dtypes", default="f16,q8_0")
@@ -88,6 +133,7 @@ def main() -> None:
     parser.add_argument("--dense-as-deci", action="store_true", help="add the dense model written as deci")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkpoints", type=Path, default=None, help="folder to keep / reuse pruned checkpoints")
+    parser.add_argument("--perplexity-windows", type=int, default=0, help="score N windows per out-of-domain source in llama.cpp too")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     dtypes = args.dtypes.split(",")
@@ -96,7 +142,8 @@ def main() -> None:
     jobs += [("dense-as-deci", 1.0, None)] if args.dense_as_deci else []
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows: list[dict[str, Any]] = list(previous.get("rows", []))
-    done = {_key(r) for r in rows}
+    by_key = {_key(r): r for r in rows}
+    name = args.model
     # repeats are per row (rows["dense"]["repeats"]): a resumed run may use another number
     protocol = {
         "threads": 1,
@@ -106,21 +153,45 @@ def main() -> None:
         "decode_tokens": DECODE_TOKENS,
         "machine": platform.processor() or platform.machine(),
     }
+
+    def pending(key: tuple) -> bool:
+        row = by_key.get(key)
+        return row is None or (args.perplexity_windows > 0 and "refused" not in row and "perplexity" not in row)
+
     with tempfile.TemporaryDirectory(prefix="llamacpp-speed-") as tmp:
-        dense, tokenizer = load_model(MODEL, dtype="float32", device="cpu")
+        dense, tokenizer = load_model(name, dtype="float32", device="cpu")
         calibration = calibration_data("wikitext-2", tokenizer)
-        dense_files = {d: export_gguf(dense, Path(tmp) / f"dense-{d}.gguf", d, tokenizer=tokenizer) for d in dtypes}
+        windows = _windows(tokenizer, args.perplexity_windows) if args.perplexity_windows > 0 else None
+        dense_files: dict[str, Any] = {}
         dense_checks: dict[str, Any] = {}
+        dense_ppl: dict[Path, dict[str, float]] = {}
         for method, budget, round_to in jobs:
-            todo = [d for d in dtypes if (MODEL, method, budget, d, round_to) not in done]
+            todo = [d for d in dtypes if pending((name, method, budget, d, round_to))]
             if not todo:
                 continue
             as_deci = method == "dense-as-deci"
-            model = dense if as_deci else _pruned(method, budget, round_to, calibration, args.checkpoints)
+            model = dense if as_deci else _pruned(name, method, budget, round_to, calibration, args.checkpoints)
             for dtype in todo:
+                if dtype not in dense_files:
+                    dense_files[dtype] = export_gguf(dense, Path(tmp) / f"dense-{dtype}.gguf", dtype, tokenizer=tokenizer)
                 dense_export = dense_files[dtype]
+                key = (name, method, budget, dtype, round_to)
                 target = Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf"
-                out = _export_as_deci(model, target, dtype, tokenizer) if as_deci else export_gguf(model, target, dtype, tokenizer=tokenizer)
+                try:
+                    out = _export_as_deci(model, target, dtype, tokenizer, name) if as_deci else export_gguf(model, target, dtype, tokenizer=tokenizer)
+                except ExportRefused as exc:
+                    row = {"model": name, "method": method, "budget": budget, "dtype": dtype, "round_to": round_to, "refused": str(exc)}
+                    rows.append(row)
+                    by_key[key] = row
+                    write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
+                    print(json.dumps(row), flush=True)
+                    continue
+                if key in by_key:  # measured before: add the perplexities only
+                    by_key[key]["perplexity"] = _perplexities(dense_export.path, out.path, dense, model, windows, dense_ppl)
+                    write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
+                    print(json.dumps({"key": list(key), "perplexity": by_key[key]["perplexity"]}), flush=True)
+                    out.path.unlink()
+                    continue
                 check = verify_gguf(out.path, model, tokenizer, dtype)
                 if dtype not in dense_checks:  # the dense file's own agreement: what the type costs before pruning
                     dense_checks[dtype] = verify_gguf(dense_export.path, dense, tokenizer, dtype).to_dict()
@@ -128,39 +199,39 @@ def main() -> None:
                     {"dense": dense_export.path, "pruned": out.path}, int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS, repeats=args.repeats
                 )
                 d, p = speeds["dense"], speeds["pruned"]
-                rows.append(
-                    {
-                        "model": MODEL,
-                        "method": method,
-                        "budget": budget,
-                        "dtype": dtype,
-                        "round_to": round_to,
-                        "arch": out.plan.arch,
-                        "dense_arch": dense_export.plan.arch,
-                        "notes": list(out.plan.notes),
-                        "kept_params": sum(t.numel() for t in model.parameters()),
-                        "dense_params": sum(t.numel() for t in dense.parameters()),
-                        "ffn_widths": [lp.ffn for lp in out.plan.layers],
-                        "kv_heads": [lp.kv_heads for lp in out.plan.layers],
-                        "verify": check.to_dict(),
-                        "verify_passed": check.passed(),
-                        "dense_verify": dense_checks[dtype],
-                        "dense": d.to_dict(),
-                        "pruned": p.to_dict(),
-                        "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in PREFILL_LENS},
-                        "decode_speedup": p.decode_tokens_per_s / d.decode_tokens_per_s,
-                        "ideal_speedup": {
-                            "prefill": {str(n): ideal_speedup(model_flops_per_token(dense, n), model_flops_per_token(model, n)) for n in PREFILL_LENS},
-                            "decode": weight_bytes_per_token(dense_export.path) / weight_bytes_per_token(out.path),
-                        },
-                        "weight_bytes_per_token": {"dense": weight_bytes_per_token(dense_export.path), "pruned": weight_bytes_per_token(out.path)},
-                    }
-                )
+                row = {
+                    "model": name,
+                    "method": method,
+                    "budget": budget,
+                    "dtype": dtype,
+                    "round_to": round_to,
+                    "arch": out.plan.arch,
+                    "dense_arch": dense_export.plan.arch,
+                    "notes": list(out.plan.notes),
+                    "kept_params": sum(t.numel() for t in model.parameters()),
+                    "dense_params": sum(t.numel() for t in dense.parameters()),
+                    "ffn_widths": [lp.ffn for lp in out.plan.layers],
+                    "kv_heads": [lp.kv_heads for lp in out.plan.layers],
+                    "verify": check.to_dict(),
+                    "verify_passed": check.passed(),
+                    "dense_verify": dense_checks[dtype],
+                    "dense": d.to_dict(),
+                    "pruned": p.to_dict(),
+                    "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in PREFILL_LENS},
+                    "decode_speedup": p.decode_tokens_per_s / d.decode_tokens_per_s,
+                    "ideal_speedup": {
+                        "prefill": {str(n): ideal_speedup(model_flops_per_token(dense, n), model_flops_per_token(model, n)) for n in PREFILL_LENS},
+                        "decode": weight_bytes_per_token(dense_export.path) / weight_bytes_per_token(out.path),
+                    },
+                    "weight_bytes_per_token": {"dense": weight_bytes_per_token(dense_export.path), "pruned": weight_bytes_per_token(out.path)},
+                }
+                if windows is not None:
+                    row["perplexity"] = _perplexities(dense_export.path, out.path, dense, model, windows, dense_ppl)
+                rows.append(row)
+                by_key[key] = row
                 write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
                 print(
-                    json.dumps(
-                        {k: rows[-1][k] for k in ("method", "budget", "dtype", "round_to", "arch", "prefill_speedup", "decode_speedup", "ideal_speedup")}
-                    ),
+                    json.dumps({k: row[k] for k in ("method", "budget", "dtype", "round_to", "arch", "prefill_speedup", "decode_speedup", "ideal_speedup")}),
                     flush=True,
                 )
                 out.path.unlink()

@@ -24,10 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneframe.evaluation.stats import kendall_tau
-from pruneframe.util.io import write_json_atomic, write_text_atomic
-
-BEGIN, END = "<!-- ranking-transfer:begin -->", "<!-- ranking-transfer:end -->"
-
+from pruneframe.util.io import replace_marked_section, write_json_atomic
 
 def _keep(label: str) -> float:
     return float(label.split()[1])
@@ -131,11 +128,7 @@ def main() -> None:
     if args.json:
         write_json_atomic(args.json, {"sources": sources, "rows": rows})
     if args.docs:
-        text = args.docs.read_text()
-        if BEGIN not in text or END not in text:
-            raise SystemExit(f"{args.docs}: no {BEGIN} ... {END} section to replace")
-        head, rest = text.split(BEGIN, 1)
-        write_text_atomic(args.docs, head + BEGIN + "\n" + section + "\n" + END + rest.split(END, 1)[1])
+        replace_marked_section(args.docs, "ranking-transfer", section)
     print(section)
 
 

@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pruneframe.util.io import replace_marked_section, write_json_atomic
+
 #: The goals of the recovery issue: the best recovered model's OOD geomean, per keep-ratio.
 GOALS = {0.5: 3.0, 0.8: 1.35}
 
@@ -220,19 +222,6 @@ def markdown(table: list[dict[str, Any]], results: dict[str, Any], figure_path: 
     return lines
 
 
-def replace_section(path: Path, name: str, lines: list[str]) -> None:
-    """Replace the text between ``<!-- recovery:NAME:begin -->`` and ``<!-- recovery:NAME:end -->`` (appended when absent)."""
-    begin, end = f"<!-- recovery:{name}:begin -->", f"<!-- recovery:{name}:end -->"
-    text = path.read_text(encoding="utf-8")
-    block = "\n".join([begin, *lines, end])
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     """Parse the arguments, write the rows, the figure and the docs section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,8 +234,7 @@ def main() -> None:
     results = json.loads((args.results / "results.json").read_text())
     results["meta"] = results.get("meta") or {k: results[k] for k in ("model", "config", "recovery") if k in results}
     table = rows(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"source": str(args.results), "goals": GOALS, "rows": table}, indent=2) + "\n")
+    write_json_atomic(args.json, {"source": str(args.results), "goals": GOALS, "rows": table})
     figure(table, _in_domain(results), args.figure)
     if args.docs is not None:
         relative = (
@@ -254,7 +242,7 @@ def main() -> None:
             if args.figure.parts[0] == "docs"
             else args.figure
         )
-        replace_section(args.docs, args.name, markdown(table, results, str(relative)))
+        replace_marked_section(args.docs, f"recovery:{args.name}", "\n".join(markdown(table, results, str(relative))))
     best = {
         keep: min((r["ood_geomean"] for r in table if r["budget"] == keep and r["recovery"] != "none" and r["ood_geomean"] is not None), default=math.nan)
         for keep in sorted({r["budget"] for r in table})

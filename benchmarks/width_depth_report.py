@@ -26,9 +26,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pruneframe.util.io import write_json_atomic, write_text_atomic
+from pruneframe.util.io import replace_marked_section, write_json_atomic
 
-BEGIN, END = "<!-- width-depth:begin -->", "<!-- width-depth:end -->"
 DEPTH_METHODS = ("shortgpt", "block-influence")
 
 
@@ -218,13 +217,7 @@ def main() -> None:
     if args.json:
         write_json_atomic(args.json, {"rows": table})
     if args.docs:
-        text = args.docs.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + BEGIN + "\n" + section + "\n" + END + rest.split(END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + section + "\n" + END + "\n"
-        write_text_atomic(args.docs, text)
+        replace_marked_section(args.docs, "width-depth", section)
     print(section)
 
 

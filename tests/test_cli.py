@@ -17,6 +17,7 @@ from pruneframe.checkpoint import load_pruned, read_report
 from pruneframe.cli import main
 from pruneframe.harness import CompareConfig
 from pruneframe.pipeline.host import PluginHost
+from workspace_files import cli_flags
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "compare_smollm2.yaml"
 
@@ -35,29 +36,6 @@ def offline_data(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) ->
     """The workspace, with an empty shared-data folder so defaults never reach real data."""
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace
-
-
-def base_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    """Flags for a fast comparison (no zero-shot, no speed) on the tiny model."""
-    return [
-        "compare",
-        "--model",
-        str(ws["model"]),
-        "--calib",
-        str(ws["calib"]),
-        "--eval-data",
-        str(ws["eval"]),
-        "--seq-len",
-        "32",
-        "--eval-windows",
-        "2",
-        "--zeroshot",
-        "none",
-        "--no-speed",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
 
 
 def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -79,7 +57,7 @@ def test_plugins_lists_core_plugins_hooks_and_failures(monkeypatch: pytest.Monke
     assert main(["plugins", "--json"]) == 0
     infos = {i["name"]: i for i in json.loads(capsys.readouterr().out)}
     assert "project" in infos["pruneframe.pipeline.builtins"]["hooks"]
-    assert infos["pruneframe.evaluation.builtin"]["evaluators"] == ["llamacpp-speed", "perplexity", "size", "speed", "zeroshot"]
+    assert infos["pruneframe.evaluation.builtin"]["evaluators"] == ["llamacpp-perplexity", "llamacpp-speed", "perplexity", "size", "speed", "zeroshot"]
     assert infos["broken-plugin"]["error"].startswith("ImportError")
 
 
@@ -92,14 +70,14 @@ def test_bad_budget_exits_2_with_one_message(capsys) -> None:
 
 
 def test_unknown_method_suggests_the_close_name(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
-    assert main([*base_flags(offline_data, tmp_path / "o"), "--methods", "magnitude,randon"]) == 2
+    assert main([*cli_flags("compare", offline_data, tmp_path / "o"), "--methods", "magnitude,randon"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'random'" in err and "Traceback" not in err
 
 
 def test_missing_data_file_lists_the_paths_tried(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nowhere" / "calib.txt"
-    flags = base_flags(offline_data, tmp_path / "o")
+    flags = cli_flags("compare", offline_data, tmp_path / "o")
     flags[flags.index("--calib") + 1] = str(missing)
     assert main([*flags, "--methods", "random"]) == 2
     err = capsys.readouterr().err
@@ -107,14 +85,14 @@ def test_missing_data_file_lists_the_paths_tried(offline_data: dict[str, Path], 
 
 
 def test_overlapping_calibration_and_evaluation_text_is_refused(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
-    flags = base_flags(offline_data, tmp_path / "o")
+    flags = cli_flags("compare", offline_data, tmp_path / "o")
     flags[flags.index("--eval-data") + 1] = str(offline_data["calib"])
     assert main([*flags, "--methods", "random"]) == 2
     assert "must not overlap" in capsys.readouterr().err
 
 
 def test_bad_settings_are_named(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
-    flags = [*base_flags(offline_data, tmp_path / "o"), "--methods", "magnitude"]
+    flags = [*cli_flags("compare", offline_data, tmp_path / "o"), "--methods", "magnitude"]
     assert main([*flags, "--method-config", 'magnitude={"norm": "l3"}']) == 2
     assert "method 'magnitude'" in capsys.readouterr().err
     assert main([*flags, "--method-config", "magnitude={oops"]) == 2
@@ -134,7 +112,7 @@ def test_flags_override_the_config_file(offline_data: dict[str, Path], tmp_path:
     config.write_text(
         yaml.safe_dump({"methods": {"magnitude": {"norm": "l1"}, "random": {}}, "budgets": [0.8], "evaluation": {"perplexity": {"num_windows": 3}}})
     )
-    assert main([*base_flags(offline_data, out), "--config", str(config), "--methods", "magnitude", "--budgets", "0.5"]) == 0
+    assert main([*cli_flags("compare", offline_data, out), "--config", str(config), "--methods", "magnitude", "--budgets", "0.5"]) == 0
     assert "(runs: 1 computed, 0 cached, 0 failed; dense computed)" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert [r["run_id"] for r in results["runs"]] == ["magnitude-0.5-s0"]
@@ -173,30 +151,7 @@ def test_prune_saves_a_checkpoint_that_eval_reads(offline_data: dict[str, Path],
     assert tokenizer is not None and sum(p.numel() for p in model.parameters()) == report.kept_params
 
     out = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(ckpt),
-                "--dense",
-                str(offline_data["model"]),
-                "--eval-data",
-                str(offline_data["eval"]),
-                "--seq-len",
-                "32",
-                "--eval-windows",
-                "2",
-                "--zeroshot",
-                "none",
-                "--no-speed",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(cli_flags("eval", {**offline_data, "model": ckpt}, out, "--dense", str(offline_data["model"]))) == 0
     record = json.loads(out.read_text())
     assert record["model"]["kind"] == "pruned" and record["pruning"]["method"] == "magnitude"
     assert record["eval"]["perplexity"]["sources"]["eval"]["protocol"]["num_windows"] == 2

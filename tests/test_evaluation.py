@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from tiny import PLAIN_LLAMA, plain_llama, tiny_tokenizer
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from pruneframe.util.io import atomic_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from pruneframe.util.io import atomic_dir, replace_marked_section, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pruneframe.toolkit.memory import PeakMemory, current_rss_bytes
 from pruneframe.evaluation import (
     EvalContext,
@@ -325,6 +325,17 @@ def test_atomic_writes(tmp_path: Path) -> None:
     with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
         (tmp / "g").write_text("y")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["g"]
+
+
+def test_replace_marked_section(tmp_path: Path) -> None:
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nprose\n")
+    replace_marked_section(doc, "table", "| a |\n")
+    assert doc.read_text() == "# Results\n\nprose\n\n<!-- table:begin -->\n| a |\n<!-- table:end -->\n"
+    doc.write_text(doc.read_text() + "after\n")
+    replace_marked_section(doc, "table", "| b |")
+    replace_marked_section(doc, "other", "x")
+    assert doc.read_text() == "# Results\n\nprose\n\n<!-- table:begin -->\n| b |\n<!-- table:end -->\nafter\n\n<!-- other:begin -->\nx\n<!-- other:end -->\n"
 
 
 def _touch(mib: int) -> None:

@@ -183,11 +183,104 @@ def test_uneven_qwen_is_refused_naming_why(tokenizer, tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("family", ["gemma3", "phi3"])
-def test_families_without_export_are_refused(family: str) -> None:
+def test_families_without_export_are_refused() -> None:
     """Families the exporter does not cover yet are refused by name."""
     with pytest.raises(ExportRefused, match="not exported yet"):
-        plan_export(tiny_model(family))
+        plan_export(tiny_model("phi3"))
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer():
+    """A SentencePiece-style BPE tokenizer (byte fallback, spaces as ``▁``: Gemma's kind), merges made from every split."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    space = "\u2581"
+    trained = Tokenizer(models.BPE())
+    trained.normalizer = normalizers.Replace(" ", space)
+    trained.train_from_iterator(list(PROMPTS) * 4, trainers.BpeTrainer(vocab_size=240, show_progress=False))
+    learned = [t for t, _ in sorted(trained.get_vocab().items(), key=lambda kv: kv[1])]
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)] + learned)}
+    # as SentencePiece's scores order them: every split of a token into two pieces, in the token's order
+    merges = [(tok[:cut], tok[cut:]) for tok in learned for cut in range(1, len(tok)) if tok[:cut] in vocab and tok[cut:] in vocab]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", space)
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    tok.decoder = decoders.Sequence([decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
+
+
+def _gemma3(vocab: int, layer_types: list[str]):
+    return _model("gemma3", vocab, num_hidden_layers=len(layer_types), layer_types=layer_types)
+
+
+def test_spm_scores_follow_merge_ranks() -> None:
+    """A token scores minus the rank of the first merge that makes it; tokens no merge makes score below all."""
+    from pruneframe.export.vocab import spm_scores
+
+    vocab = {"a": 0, "b": 1, "ab": 2, "abb": 3, "zz": 4}
+    assert spm_scores(vocab, [("a", "b"), ("ab", "b"), ("a", "bb")], 5) == [-4.0, -4.0, -1.0, -2.0, -4.0]
+    assert spm_scores(vocab, ["a b"], 6)[2] == -1.0
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("layer_types", [["sliding_attention"] * 5 + ["full_attention"], ["sliding_attention", "full_attention", "sliding_attention"]])
+def test_gemma3_dense_and_uneven_ffn_match_llamacpp(layer_types: list[str], spm_tokenizer, tmp_path: Path) -> None:
+    """Gemma 3 exports as ``gemma3`` (norms as 1 + weight, q/k norms, post-norms, its sliding-window pattern, a
+    SentencePiece vocabulary) and agrees in f32; uneven FFN widths are zero-padded to the widest layer and agree too."""
+    model = _gemma3(len(spm_tokenizer), layer_types)
+    assert model.config.sliding_window < 64  # the prompts run past the window: the pattern matters
+    result, check = _export_and_verify(model, spm_tokenizer, tmp_path / "dense.gguf")
+    assert result.plan.arch == "gemma3" and check.tokenizer_ok
+    fields = gguf.GGUFReader(str(result.path)).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert list(fields["gemma3.attention.sliding_window_pattern"].contents()) == [t == "sliding_attention" for t in layer_types]
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units, drop_group_in=None))
+    result, _ = _export_and_verify(pruned, spm_tokenizer, tmp_path / "uneven.gguf")
+    widths = [layer.mlp.down_proj.in_features for layer in pruned.model.layers]
+    assert len(set(widths)) > 1 and {lp.ffn for lp in result.plan.layers} == {max(widths)}
+    assert [lp.ffn_pad for lp in result.plan.layers] == [max(widths) - w for w in widths]
+    assert "zero channels" in result.plan.notes[0]
+
+
+@needs_llamacpp
+def test_gemma3_without_whole_layers_keeps_its_pattern(spm_tokenizer, tmp_path: Path) -> None:
+    """Whole layers removed: fewer layers, the survivors' own sliding/global pattern written, agreeing in llama.cpp."""
+    model = _gemma3(len(spm_tokenizer), ["sliding_attention"] * 5 + ["full_attention"])
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    for layer in (1, 3):
+        for kind in (UnitKind.FFN, UnitKind.KV):
+            s = units.slice(layer, kind)
+            mask[s.start : s.stop] = False
+    pruned = fold(model, units, mask)
+    assert pruned.config.layer_types == ["sliding_attention"] * 3 + ["full_attention"]
+    result, _ = _export_and_verify(pruned, spm_tokenizer, tmp_path / "shallow.gguf")
+    assert result.plan.arch == "gemma3" and len(result.plan.layers) == 4
+
+
+def test_gemma3_refusals_name_why(spm_tokenizer, tmp_path: Path) -> None:
+    """A removed block, output biases and settings llama.cpp's gemma3 lacks are refused, and nothing is written."""
+    model = _gemma3(len(spm_tokenizer), ["sliding_attention"] * 5 + ["full_attention"])
+    units = discover(model)
+    mask = torch.ones(len(units), dtype=torch.bool)
+    s = units.slice(2, UnitKind.FFN)
+    mask[s.start : s.stop] = False
+    with pytest.raises(ExportRefused, match="removed attention or MLP block"):
+        export_gguf(fold(model, units, mask), tmp_path / "g.gguf", tokenizer=spm_tokenizer)
+    bias = torch.zeros(units.num_layers, model.config.hidden_size)
+    biased = fold(model, units, _uneven_mask(units, drop_group_in=None), Recalibration(mlp_bias=bias))
+    with pytest.raises(ExportRefused, match="biases"):
+        export_gguf(biased, tmp_path / "g.gguf", tokenizer=spm_tokenizer)
+    softcapped = _gemma3(len(spm_tokenizer), ["full_attention"] * 2)
+    softcapped.config.attn_logit_softcapping = 50.0
+    with pytest.raises(ExportRefused, match="soft-capping"):
+        plan_export(softcapped)
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_pre_tokenizer_is_refused(tokenizer, tmp_path: Path) -> None:
@@ -322,3 +415,39 @@ def test_whole_layers_removed_export_as_the_family(tokenizer, tmp_path: Path) ->
     pruned = fold(model, units, mask)
     result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "short.gguf")
     assert result.plan.arch == "llama" and len(result.plan.layers) == 2
+
+
+@needs_llamacpp
+def test_gguf_perplexity_equals_transformers(tokenizer, tmp_path: Path) -> None:
+    """llama.cpp's perplexity of an f32 export equals transformers' on the same windows, window by window."""
+    from pruneframe.evaluation import perplexity
+    from pruneframe.export.perplexity import gguf_perplexity
+
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units))
+    path = export_gguf(pruned, tmp_path / "p.gguf", dtype="f32", tokenizer=tokenizer).path
+    windows = torch.tensor([tokenizer(p)["input_ids"][:12] for p in PROMPTS[:3]])
+    ours, theirs = gguf_perplexity(path, windows, progress=False), perplexity(pruned, windows, progress=False)
+    assert ours.tokens == theirs.tokens == 3 * 11
+    assert ours.window_nll == pytest.approx(theirs.window_nll, rel=1e-4)
+    with pytest.raises(ValueError, match="windows"):
+        gguf_perplexity(path, windows[:, :1])
+
+
+@needs_llamacpp
+def test_llamacpp_perplexity_evaluator_scores_the_perplexity_windows(spm_tokenizer, tmp_path: Path) -> None:
+    """The evaluator cuts the perplexity evaluator's windows and reports llama.cpp's perplexity beside it (Gemma 3, f32)."""
+    from pruneframe.evaluation.base import EvalContext
+    from pruneframe.evaluation.llamacpp_perplexity import LlamaCppPerplexityEvaluator
+    from pruneframe.evaluation.perplexity import PerplexityEvaluator
+
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(PROMPTS) * 3)
+    model = tiny_model("gemma3", vocab_size=len(spm_tokenizer), num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+    settings = {"data": str(text), "seq_len": 24, "num_windows": 2}
+    ours = LlamaCppPerplexityEvaluator({**settings, "export_dtype": "f32"}).evaluate(model, spm_tokenizer, EvalContext(progress=False))
+    theirs = PerplexityEvaluator(settings).evaluate(model, spm_tokenizer, EvalContext(progress=False))
+    (label,) = ours["sources"]
+    assert ours["protocol"]["arch"] == "gemma3" and ours["sources"][label]["windows"] == 2
+    assert ours["sources"][label]["mean_nll"] == pytest.approx(theirs["sources"][label]["mean_nll"], rel=1e-4)

@@ -10,6 +10,7 @@ import pytest
 from pruneframe.checkpoint import read_report, save
 from pruneframe.cli import main
 from tiny import tiny_model
+from workspace_files import cli_flags
 
 
 @pytest.fixture
@@ -23,56 +24,15 @@ def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str
     return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]
 
 
-def compare_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return [
-        "compare",
-        "--model",
-        str(ws["model"]),
-        "--methods",
-        "random",
-        "--budgets",
-        "0.5",
-        "--calib",
-        str(ws["calib"]),
-        "--eval-data",
-        str(ws["eval"]),
-        "--seq-len",
-        "32",
-        "--eval-windows",
-        "2",
-        "--zeroshot",
-        "none",
-        "--no-speed",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-
-
-def eval_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return [
-        "eval",
-        "--model",
-        str(ws["model"]),
-        "--eval-data",
-        str(ws["eval"]),
-        "--seq-len",
-        "32",
-        "--eval-windows",
-        "2",
-        "--zeroshot",
-        "none",
-        "--no-speed",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-
-
 def users_folder(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "thesis.tex").write_text("four years of work")
     return path
+
+
+def random_compare(ws: dict[str, Path], out: Path) -> list[str]:
+    """A fast comparison of ``random`` at keep 0.5 on the tiny workspace."""
+    return cli_flags("compare", ws, out, "--methods", "random", "--budgets", "0.5")
 
 
 def test_prune_refuses_a_folder_that_is_not_a_checkpoint(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
@@ -123,7 +83,7 @@ def test_the_library_save_refuses_a_folder_that_is_not_a_checkpoint(tmp_path: Pa
 def test_compare_refuses_a_folder_that_is_not_a_results_folder(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
     out = users_folder(tmp_path / "mine")
     for extra in ([], ["--overwrite"]):
-        assert main([*compare_flags(ws, out), *extra]) == 2
+        assert main([*random_compare(ws, out), *extra]) == 2
         err = capfd.readouterr().err
         assert str(out) in err and "not a pruneframe comparison results folder" in err
         assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
@@ -131,13 +91,13 @@ def test_compare_refuses_a_folder_that_is_not_a_results_folder(ws: dict[str, Pat
 
 def test_compare_reuses_its_results_folder_and_overwrite_recomputes_it(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
     out = tmp_path / "results"
-    assert main(compare_flags(ws, out)) == 0
+    assert main(random_compare(ws, out)) == 0
     assert "(runs: 1 computed, 0 cached, 0 failed; dense computed)" in capfd.readouterr().out
     first = json.loads((out / "runs" / "random-0.5-s0.json").read_text())
     (out / "results.md").write_text("stale")
-    assert main(compare_flags(ws, out)) == 0
+    assert main(random_compare(ws, out)) == 0
     assert "(runs: 0 computed, 1 cached, 0 failed; dense cached)" in capfd.readouterr().out
-    assert main([*compare_flags(ws, out), "--overwrite"]) == 0
+    assert main([*random_compare(ws, out), "--overwrite"]) == 0
     assert "(runs: 1 computed, 0 cached, 0 failed; dense computed)" in capfd.readouterr().out
     again = json.loads((out / "runs" / "random-0.5-s0.json").read_text())
     assert again["finished_at"] >= first["finished_at"] and again["cache_key"] == first["cache_key"]
@@ -148,9 +108,9 @@ def test_compare_reuses_its_results_folder_and_overwrite_recomputes_it(ws: dict[
 
 def test_compare_overwrite_that_fails_leaves_the_old_results(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
     out = tmp_path / "results"
-    assert main(compare_flags(ws, out)) == 0
+    assert main(random_compare(ws, out)) == 0
     before = (out / "results.json").read_text()
-    flags = compare_flags(ws, out)
+    flags = random_compare(ws, out)
     flags[flags.index("--calib") + 1] = str(tmp_path / "missing.txt")
     assert main([*flags, "--overwrite"]) == 2
     assert "missing.txt" in capfd.readouterr().err
@@ -161,17 +121,17 @@ def test_compare_overwrite_that_fails_leaves_the_old_results(ws: dict[str, Path]
 def test_eval_refuses_a_foreign_file_and_replaces_its_record_only_with_overwrite(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
     mine = tmp_path / "data.json"
     mine.write_text('{"mine": true}')
-    assert main([*eval_flags(ws, mine), "--overwrite"]) == 2
+    assert main([*cli_flags("eval", ws, mine), "--overwrite"]) == 2
     err = capfd.readouterr().err
     assert str(mine) in err and "not a pruneframe eval record" in err and mine.read_text() == '{"mine": true}'
     folder = users_folder(tmp_path / "folder")
-    assert main(eval_flags(ws, folder)) == 2
+    assert main(cli_flags("eval", ws, folder)) == 2
     assert "is a folder" in capfd.readouterr().err and (folder / "thesis.tex").exists()
 
     out = tmp_path / "eval.json"
-    assert main(eval_flags(ws, out)) == 0
+    assert main(cli_flags("eval", ws, out)) == 0
     first = out.read_text()
-    assert main(eval_flags(ws, out)) == 2
+    assert main(cli_flags("eval", ws, out)) == 2
     assert "pass --overwrite" in capfd.readouterr().err and out.read_text() == first
-    assert main([*eval_flags(ws, out), "--overwrite"]) == 0
+    assert main([*cli_flags("eval", ws, out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["eval"]["perplexity"]["sources"] == json.loads(first)["eval"]["perplexity"]["sources"]

@@ -19,6 +19,7 @@ from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.pipeline.host import PluginError, PluginHost
 from pruneframe.pipeline.methods import PruningMethod
 from tiny import tiny_model, tokens
+from workspace_files import cli_flags
 
 
 def method_plugin(name: str, score, recalibrate=None) -> object:
@@ -204,29 +205,7 @@ def test_a_method_raising_mid_compare_fails_its_run_and_the_others_complete(ws, 
 
     install("flaky", method_plugin("flaky", flaky))
     out = tmp_path / "out"
-    flags = [
-        "compare",
-        "--model",
-        str(ws["model"]),
-        "--methods",
-        "random,flaky,magnitude",
-        "--budgets",
-        "0.8,0.5",
-        "--calib",
-        str(ws["calib"]),
-        "--eval-data",
-        str(ws["eval"]),
-        "--seq-len",
-        "32",
-        "--eval-windows",
-        "2",
-        "--zeroshot",
-        "none",
-        "--no-speed",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+    flags = cli_flags("compare", ws, out, "--methods", "random,flaky,magnitude", "--budgets", "0.8,0.5")
     assert main(flags) == 1
     captured = capsys.readouterr()
     assert "(runs: 4 computed, 0 cached, 2 failed; dense computed)" in captured.out

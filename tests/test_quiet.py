@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pruneframe.cli import main
+from workspace_files import cli_flags
 
 
 @pytest.fixture
@@ -17,32 +18,11 @@ def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     return workspace
 
 
-def eval_flags(ws: dict[str, Path], out: Path) -> list[str]:
-    return [
-        "eval",
-        "--model",
-        str(ws["model"]),
-        "--eval-data",
-        str(ws["eval"]),
-        "--seq-len",
-        "16",
-        "--eval-windows",
-        "2",
-        "--zeroshot",
-        str(ws["task"]),
-        "--zeroshot-limit",
-        "3",
-        "--no-speed",
-        "--out",
-        str(out),
-    ]
-
-
 def test_eval_quiet_prints_only_the_final_lines(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
-    assert main(eval_flags(ws, tmp_path / "loud.json")) == 0
+    assert main(cli_flags("eval", ws, tmp_path / "loud.json", seq_len=16, zeroshot_limit=3, quiet=False)) == 0
     loud = capfd.readouterr()
     assert "loading model" in loud.err and "Running loglikelihood requests" in loud.err  # what --quiet has to silence
-    assert main([*eval_flags(ws, tmp_path / "quiet.json"), "--quiet"]) == 0
+    assert main(cli_flags("eval", ws, tmp_path / "quiet.json", seq_len=16, zeroshot_limit=3)) == 0
     quiet = capfd.readouterr()
     assert quiet.err == ""
     lines = quiet.out.splitlines()
@@ -74,43 +54,14 @@ def test_prune_and_compare_quiet_print_only_the_final_lines(ws: dict[str, Path],
     pruned = capfd.readouterr()
     assert pruned.err == "" and pruned.out.splitlines()[0] == "pruned with wanda-sp to keep 0.5 of prunable params"
     assert pruned.out.splitlines()[-1] == f"  saved: {tmp_path / 'ckpt'}"
-    assert (
-        main(
-            [
-                "compare",
-                "--model",
-                str(ws["model"]),
-                "--methods",
-                "random",
-                "--budgets",
-                "0.5",
-                "--calib",
-                str(ws["calib"]),
-                "--eval-data",
-                str(ws["eval"]),
-                "--seq-len",
-                "16",
-                "--eval-windows",
-                "2",
-                "--zeroshot",
-                str(ws["task"]),
-                "--zeroshot-limit",
-                "3",
-                "--no-speed",
-                "--out",
-                str(tmp_path / "cmp"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(cli_flags("compare", ws, tmp_path / "cmp", "--methods", "random", "--budgets", "0.5", seq_len=16, zeroshot_limit=3)) == 0
     compared = capfd.readouterr()
     assert compared.err == ""
     assert compared.out == f"results: {tmp_path / 'cmp'} (runs: 1 computed, 0 cached, 0 failed; dense computed)\n"
 
 
 def test_quiet_still_shows_the_error(ws: dict[str, Path], tmp_path: Path, capfd) -> None:
-    flags = eval_flags(ws, tmp_path / "e.json")
+    flags = cli_flags("eval", ws, tmp_path / "e.json", seq_len=16, zeroshot_limit=3, quiet=False)
     flags[flags.index("--eval-data") + 1] = str(tmp_path / "missing.txt")
     assert main([*flags, "--quiet"]) == 2
     captured = capfd.readouterr()

@@ -60,3 +60,26 @@ def make_workspace(root: Path) -> dict[str, Path]:
     paths["task"].write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
     paths["data_dir"].mkdir()
     return paths
+
+
+def cli_flags(
+    command: str,
+    ws: dict[str, Path],
+    out: Path,
+    *extra: str,
+    seq_len: int = 32,
+    zeroshot_limit: int | None = None,
+    quiet: bool = True,
+) -> list[str]:
+    """Flags of a fast ``compare`` or ``eval`` on the workspace's tiny model: its texts, 2 windows, no speed.
+
+    ``compare`` also calibrates on the workspace's calibration text. With ``zeroshot_limit`` the
+    workspace's task runs on that many items; without it zero-shot is off. ``extra`` flags come last.
+    """
+    flags = [command, "--model", str(ws["model"])]
+    if command == "compare":
+        flags += ["--calib", str(ws["calib"])]
+    flags += ["--eval-data", str(ws["eval"]), "--seq-len", str(seq_len), "--eval-windows", "2"]
+    flags += ["--zeroshot", "none"] if zeroshot_limit is None else ["--zeroshot", str(ws["task"]), "--zeroshot-limit", str(zeroshot_limit)]
+    flags += ["--no-speed", "--out", str(out)] + (["--quiet"] if quiet else [])
+    return [*flags, *extra]

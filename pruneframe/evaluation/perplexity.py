@@ -42,6 +42,7 @@ __all__ = [
     "PerplexitySource",
     "PerplexityConfig",
     "PerplexityEvaluator",
+    "source_windows",
 ]
 
 
@@ -251,6 +252,15 @@ class PerplexityConfig(StreamingOptions):
         return self
 
 
+def source_windows(spec: PerplexitySource, cfg: PerplexityConfig, tokenizer: Any) -> tuple[Any, torch.Tensor, int | None]:
+    """The text of ``spec``, its token windows under ``cfg`` (a BOS first when the tokenizer adds one), and that BOS id."""
+    source = resolve_text(spec.data, spec.split)
+    count = spec.num_windows if spec.num_windows is not None else cfg.num_windows
+    bos = prepended_bos(tokenizer)
+    windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows, bos=bos)
+    return source, windows, bos
+
+
 class PerplexityEvaluator(Evaluator):
     """Perplexity on every configured source.
 
@@ -280,10 +290,7 @@ class PerplexityEvaluator(Evaluator):
 
     @staticmethod
     def _one(model: Any, tokenizer: Any, spec: PerplexitySource, cfg: PerplexityConfig, dtype: str, progress: bool) -> dict[str, Any]:
-        source = resolve_text(spec.data, spec.split)
-        count = spec.num_windows if spec.num_windows is not None else cfg.num_windows
-        bos = prepended_bos(tokenizer)
-        windows = token_windows(source, tokenizer, cfg.seq_len, None if count == "all" else count, cfg.offset_windows, bos=bos)
+        source, windows, bos = source_windows(spec, cfg, tokenizer)
         stream = cfg.device_for(model) if cfg.streaming else None
         result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress, stream_device=stream)
         domain = spec.domain or source.domain

@@ -4,7 +4,9 @@
   and any exact zero padding, :mod:`~pruneframe.export.tensors` lays the weights out,
   :mod:`~pruneframe.export.vocab` carries the tokenizer, :mod:`~pruneframe.export.writer` writes);
 * :mod:`pruneframe.export.verify` runs the file in llama.cpp (through the optional ``xllamacpp``
-  package) beside the checkpoint in transformers and compares their next-token distributions.
+  package) beside the checkpoint in transformers and compares their next-token distributions;
+* :mod:`pruneframe.export.speed` times files there and :mod:`pruneframe.export.perplexity` scores their
+  perplexity with llama.cpp's own logits.
 """
 
 from pruneframe.export.gguf_export import GGUF_DTYPES, ExportResult, export_gguf

@@ -1,7 +1,9 @@
 """Which llama.cpp architecture a model exports as, and the per-layer widths the GGUF file declares.
 
 Uniform widths export as the family's own llama.cpp architecture (``llama`` for Llama and Mistral,
-``qwen2``, ``qwen3``); uneven Llama-family widths export as ``deci``, llama.cpp's architecture with
+``qwen2``, ``qwen3``, ``gemma3``). llama.cpp has no per-layer-width Gemma, so a Gemma 3 whose FFN widths
+differ is written as ``gemma3`` with every FFN zero-padded to the widest layer's (exact, but the padding
+is read: the speed follows the widest layer). Uneven Llama-family widths export as ``deci``, llama.cpp's architecture with
 per-layer query-head counts, KV-head counts and FFN widths. Where ``deci`` would compute something
 else than the checkpoint, the layout is padded with zero weights, which leaves the function unchanged:
 
@@ -35,7 +37,14 @@ _FAMILIES: dict[str, tuple[str, bool]] = {
     "MistralForCausalLM": ("llama", True),
     "Qwen2ForCausalLM": ("qwen2", False),
     "Qwen3ForCausalLM": ("qwen3", False),
+    "Gemma3ForCausalLM": ("gemma3", False),
 }
+#: Architectures whose llama.cpp graph has no output-projection biases.
+_NO_BIAS = ("qwen2", "qwen3", "gemma3")
+#: Architectures without a per-layer-width counterpart in llama.cpp whose uneven FFN widths are zero-padded to the widest layer's.
+PADDED_FFN_ARCHS = ("gemma3",)
+#: Where llama.cpp's ``gemma3`` puts global attention when the file gives no pattern: every sixth layer.
+GEMMA3_GLOBAL_EVERY = 6
 
 
 class ExportRefused(ValueError):
@@ -90,11 +99,37 @@ def _check_common(model: nn.Module, family: str) -> None:
         raise ExportRefused(f"{name}: sliding-window attention ({_config(model, 'sliding_window')} tokens) has no llama.cpp 'llama' equivalent")
     if family == "Qwen2ForCausalLM" and _config(model, "use_sliding_window", False):
         raise ExportRefused(f"{name}: use_sliding_window=True has no llama.cpp 'qwen2' equivalent")
+    if family == "Gemma3ForCausalLM":
+        _check_gemma3(model)
+        return
     act = _config(model, "hidden_act", "silu")
     if act != "silu":
         raise ExportRefused(f"{name}: hidden_act {act!r}; llama.cpp's {family} graph uses silu")
     if _config(model, "partial_rotary_factor", 1.0) not in (None, 1.0):
         raise ExportRefused(f"{name}: partial rotary embeddings are not exported yet")
+
+
+def _check_gemma3(model: nn.Module) -> None:
+    """Refuse Gemma 3 settings llama.cpp's ``gemma3`` graph does not reproduce."""
+    name = type(model).__name__
+    act = _config(model, "hidden_activation", None) or _config(model, "hidden_act", None)
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ExportRefused(f"{name}: hidden_activation {act!r}; llama.cpp's gemma3 graph uses tanh-approximated GELU")
+    head_dim = int(_config(model, "head_dim"))
+    if _config(model, "query_pre_attn_scalar", head_dim) != head_dim:
+        scalar = _config(model, "query_pre_attn_scalar")
+        raise ExportRefused(f"{name}: query_pre_attn_scalar {scalar} != head_dim {head_dim}; llama.cpp scales queries by head_dim")
+    if _config(model, "attn_logit_softcapping", None) is not None:
+        raise ExportRefused(f"{name}: attention logit soft-capping has no llama.cpp gemma3 equivalent")
+    if _config(model, "use_bidirectional_attention", False):
+        raise ExportRefused(f"{name}: bidirectional attention has no llama.cpp gemma3 equivalent")
+    params = _config(model, "rope_parameters", None) or {}
+    local = params.get("sliding_attention", {}) if isinstance(params, dict) else {}
+    if local.get("rope_theta", _config(model, "rope_local_base_freq", 10000.0)) != 10000.0 or local.get("rope_type", "default") != "default":
+        raise ExportRefused(f"{name}: sliding layers' RoPE {local}; llama.cpp's gemma3 fixes base 10000, unscaled")
+    full = params.get("full_attention", {}) if isinstance(params, dict) else {}
+    if full.get("rope_type", "default") not in ("default", "linear"):
+        raise ExportRefused(f"{name}: global layers' RoPE of type {full.get('rope_type')!r} is not exported yet (default and linear are)")
 
 
 def _uniform(widths: list[LayerWidths]) -> bool:
@@ -129,9 +164,9 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
     block = BLOCK_SIZES[dtype]
     if _uniform(widths):
         w = widths[0]
-        if w.o_proj_bias and own_arch in ("qwen2", "qwen3"):
+        if w.o_proj_bias and own_arch in _NO_BIAS:
             raise ExportRefused(f"{type(model).__name__}: an o_proj bias (FLAP's bias compensation) has no place in llama.cpp's {own_arch!r} architecture")
-        if w.down_proj_bias and own_arch in ("qwen2", "qwen3"):
+        if w.down_proj_bias and own_arch in _NO_BIAS:
             raise ExportRefused(f"{type(model).__name__}: a down_proj bias (FLAP's bias compensation) has no place in llama.cpp's {own_arch!r} architecture")
         pad = (-w.ffn) % block
         if pad:
@@ -144,6 +179,8 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
             )
         layers = tuple(LayerPlan(x.index, x.ffn + pad, x.kv_heads + kv_pad, (x.kv_heads + kv_pad) * g, ffn_pad=pad, kv_pad=kv_pad) for x in widths)
         return GGUFPlan(own_arch, family, head_dim, g, layers, tuple(notes))
+    if own_arch in PADDED_FFN_ARCHS:
+        return _padded_plan(model, own_arch, family, widths, g, block)
     if not deci_ok:
         raise ExportRefused(
             f"{type(model).__name__}: layers have different widths, and llama.cpp holds per-layer widths only in "
@@ -173,6 +210,33 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
     if any(x.ffn_pad and x.ffn - x.ffn_pad > 0 for x in layers):
         notes.append(f"FFN widths padded with zero channels to whole {dtype} blocks")
     return GGUFPlan("deci", family, head_dim, g, tuple(layers), tuple(notes))
+
+
+def _padded_plan(model: nn.Module, arch: str, family: str, widths: list[LayerWidths], g: int, block: int) -> GGUFPlan:
+    """``arch`` with every layer's FFN zero-padded to the widest layer's (exact; the padding costs its reads in llama.cpp).
+
+    llama.cpp's ``gemma3`` reads one FFN width and one head count for every layer; attention must be the
+    same everywhere, and no block may be removed (whole layers may: they are gone from the model).
+    """
+    name = type(model).__name__
+    if any(w.kv_heads == 0 or w.ffn == 0 for w in widths):
+        raise ExportRefused(
+            f"{name}: a removed attention or MLP block has no place in llama.cpp's {arch!r}, which needs both in every layer (remove whole layers instead)"
+        )
+    if len({(w.q_heads, w.kv_heads) for w in widths}) > 1:
+        raise ExportRefused(f"{name}: attention differs between layers; llama.cpp's {arch!r} has one head count for every layer (prune FFN channels only)")
+    if any(w.o_proj_bias or w.down_proj_bias for w in widths):
+        raise ExportRefused(f"{name}: output biases (FLAP's bias compensation) have no place in llama.cpp's {arch!r}")
+    widest = max(w.ffn for w in widths)
+    widest += (-widest) % block
+    layers = tuple(LayerPlan(w.index, widest, w.kv_heads, w.kv_heads * g, ffn_pad=widest - w.ffn) for w in widths)
+    kept, written = sum(w.ffn for w in widths), widest * len(widths)
+    notes = (
+        f"llama.cpp's {arch!r} reads one FFN width for every layer: each layer is padded with zero channels to "
+        f"{widest} ({written - kept} zero channels, {100 * (written - kept) / written:.0f}% of the FFN written; exact, "
+        "but llama.cpp reads them)",
+    )
+    return GGUFPlan(arch, family, widths[0].head_dim, g, layers, notes)
 
 
 def _square_attention_pad(model: nn.Module, arch: str, w: LayerWidths, g: int) -> int:

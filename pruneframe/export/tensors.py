@@ -2,9 +2,10 @@
 
 llama.cpp's ``llama`` and ``deci`` graphs rotate adjacent pairs of each query/key head (GPT-J style),
 while the Hugging Face Llama code rotates the two halves of each head; the q and k rows (and biases)
-of every head are therefore reordered, per layer, with that layer's own head count. ``qwen2`` and
-``qwen3`` rotate halves like the Hugging Face code, so their rows are kept. Zero padding planned by
-:func:`~pruneframe.export.plan.plan_export` is appended here.
+of every head are therefore reordered, per layer, with that layer's own head count. ``qwen2``,
+``qwen3`` and ``gemma3`` rotate halves like the Hugging Face code, so their rows are kept. Gemma's norms
+scale by ``1 + weight``, llama.cpp's by the stored weight, so ``1 + weight`` is stored. Zero padding
+planned by :func:`~pruneframe.export.plan.plan_export` is appended here.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def _attention(attn: nn.Module, lp: LayerPlan, plan: GGUFPlan, prefix: str) -> I
     yield f"{prefix}.attn_output.weight", _np(_pad_cols(attn.o_proj.weight.detach().float(), pad_q))
     if attn.o_proj.bias is not None:
         yield f"{prefix}.attn_output.bias", _np(attn.o_proj.bias)
-    if plan.arch == "qwen3":
-        yield f"{prefix}.attn_q_norm.weight", _np(attn.q_norm.weight)
-        yield f"{prefix}.attn_k_norm.weight", _np(attn.k_norm.weight)
+    if plan.arch in ("qwen3", "gemma3"):
+        yield f"{prefix}.attn_q_norm.weight", _norm(attn.q_norm, plan)
+        yield f"{prefix}.attn_k_norm.weight", _norm(attn.k_norm, plan)
 
 
 def _mlp(mlp: nn.Module, lp: LayerPlan, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -71,24 +72,32 @@ def _mlp(mlp: nn.Module, lp: LayerPlan, prefix: str) -> Iterator[tuple[str, np.n
         yield f"{prefix}.ffn_down.bias", _np(mlp.down_proj.bias)
 
 
-def _norm_weight(norm: nn.Module, hidden: int) -> np.ndarray:
-    """A norm's weight; ones for a removed block's norm (an identity), which only zero padding reads."""
+def _norm(norm: nn.Module, plan: GGUFPlan, hidden: int | None = None) -> np.ndarray:
+    """A norm's weight as llama.cpp multiplies by it; ones for a removed block's norm (an identity), which only zero padding reads."""
     weight = getattr(norm, "weight", None)
-    return _np(torch.ones(hidden)) if weight is None else _np(weight)
+    if weight is None:
+        return _np(torch.ones(hidden))
+    return _np(weight.detach().float() + 1.0) if plan.arch == "gemma3" else _np(weight)
 
 
 def gguf_tensors(model: nn.Module, plan: GGUFPlan) -> Iterator[tuple[str, np.ndarray]]:
     """``(GGUF tensor name, float32 array in PyTorch's [out, in] order)`` for every tensor the file holds."""
     decoder = model.model
     yield "token_embd.weight", _np(decoder.embed_tokens.weight)
+    hidden = model.config.hidden_size
+    gemma = plan.arch == "gemma3"
     for lp, layer in zip(plan.layers, decoder.layers, strict=True):
         prefix = f"blk.{lp.index}"
         if lp.kv_heads > 0:
-            yield f"{prefix}.attn_norm.weight", _norm_weight(layer.input_layernorm, model.config.hidden_size)
+            yield f"{prefix}.attn_norm.weight", _norm(layer.input_layernorm, plan, hidden)
             yield from _attention(layer.self_attn, lp, plan, prefix)
+            if gemma:
+                yield f"{prefix}.post_attention_norm.weight", _norm(layer.post_attention_layernorm, plan)
         if lp.ffn > 0:
-            yield f"{prefix}.ffn_norm.weight", _norm_weight(layer.post_attention_layernorm, model.config.hidden_size)
+            yield f"{prefix}.ffn_norm.weight", _norm(layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm, plan, hidden)
             yield from _mlp(layer.mlp, lp, prefix)
-    yield "output_norm.weight", _np(decoder.norm.weight)
+            if gemma:
+                yield f"{prefix}.post_ffw_norm.weight", _norm(layer.post_feedforward_layernorm, plan)
+    yield "output_norm.weight", _norm(decoder.norm, plan)
     if not getattr(model.config, "tie_word_embeddings", False):
         yield "output.weight", _np(model.lm_head.weight)

@@ -132,6 +132,15 @@ def _position_stats(hf_logp: torch.Tensor, step: dict[str, Any]) -> tuple[bool, 
     return agree, diff, max(kl, 0.0)
 
 
+def _piece_bytes(piece: str, sentencepiece: bool, decoder: dict[str, int]) -> bytes:
+    """The bytes a vocabulary piece stands for: byte-level BPE maps characters to bytes; SentencePiece pieces are text with ``▁`` for spaces, or ``<0xXX>``."""
+    if not sentencepiece:
+        return bytes(decoder[c] for c in piece)
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return bytes([int(piece[3:5], 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
 def _unsafe_tokens(tokenizer: Any) -> list[int]:
     """Token ids llama.cpp must not generate here: special tokens, and tokens whose bytes are not whole UTF-8 characters.
 
@@ -139,9 +148,13 @@ def _unsafe_tokens(tokenizer: Any) -> list[int]:
     and special tokens have no text; banning both keeps every generated position comparable. The bans
     apply to sampling only: the reported probabilities come from the raw logits.
     """
+    import json
+
     from gguf.vocab import bytes_to_unicode
 
     decoder = {c: b for b, c in bytes_to_unicode().items()}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    sentencepiece = bool(backend and json.loads(backend.to_str()).get("model", {}).get("byte_fallback"))
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     banned = []
     for token_id, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
@@ -149,7 +162,7 @@ def _unsafe_tokens(tokenizer: Any) -> list[int]:
             banned.append(token_id)
             continue
         try:
-            bytes(decoder[c] for c in piece).decode("utf-8")
+            _piece_bytes(piece, sentencepiece, decoder).decode("utf-8")
         except (KeyError, UnicodeDecodeError):
             banned.append(token_id)
     return banned

@@ -1,16 +1,21 @@
 """The tokenizer, its special tokens and its chat template as GGUF metadata.
 
-Byte-level BPE tokenizers (``tokenizer.json`` with a BPE model and a ByteLevel pre-tokenizer: SmolLM2,
+Two kinds of ``tokenizer.json`` are written. Byte-level BPE tokenizers (``tokenizer.json`` with a BPE model and a ByteLevel pre-tokenizer: SmolLM2,
 Qwen2/2.5/3, Llama 3) are written as llama.cpp's ``gpt2`` tokenizer model: tokens in id order, their
 types, the merges, and the name of the pre-tokenizer whose split rule llama.cpp applies
 (``tokenizer.ggml.pre``). That name is read off the pre-tokenizer's regex; a tokenizer whose split rule
 llama.cpp does not know under some name is refused rather than written with a rule that tokenizes
-differently. Special tokens and the chat template come from gguf's own ``SpecialVocab``.
+differently. SentencePiece-style BPE (a BPE model with byte fallback over text whose spaces the
+normalizer turns into ``▁``: Gemma, Llama 2) is written as llama.cpp's ``llama`` tokenizer model, which
+merges the adjacent pair whose merged token scores highest; each token's score is minus the rank of the
+first merge that makes it, so llama.cpp merges in the order of ``tokenizer.json``'s merges. Special
+tokens and the chat template come from gguf's own ``SpecialVocab``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,10 @@ import gguf
 
 from pruneframe.export.plan import ExportRefused
 
-__all__ = ["add_vocab", "pre_tokenizer_name"]
+__all__ = ["add_vocab", "pre_tokenizer_name", "spm_scores", "spm_space_prefix"]
+
+_SPACE = "\u2581"  # SentencePiece's "▁"
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _QWEN2_SPLIT = (
@@ -57,10 +65,50 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     )
 
 
+def spm_space_prefix(tokenizer_json: dict[str, Any]) -> bool:
+    """Whether a SentencePiece-style ``tokenizer.json`` prepends ``▁`` to the text; raises :class:`ExportRefused` for other rules.
+
+    Accepted: a normalizer that replaces spaces by ``▁`` (optionally after prepending one), with no
+    pre-tokenizer, a no-op split on spaces (Gemma's), or a ``Metaspace`` that does not split.
+    """
+    norm = tokenizer_json.get("normalizer") or {}
+    steps = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm] if norm else []
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": _SPACE}
+    prepend = {"type": "Prepend", "prepend": _SPACE}
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    if pre.get("type") == "Metaspace" and not pre.get("split", True) and not steps:
+        return pre.get("prepend_scheme", "always") != "never"
+    noop_split = pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}
+    if pre and not noop_split:
+        raise ExportRefused(f"tokenizer: pre-tokenizer {json.dumps(pre)[:200]} before a SentencePiece-style BPE is not exported yet")
+    if steps == [replace]:
+        return False
+    if steps == [prepend, replace]:
+        return True
+    raise ExportRefused(f"tokenizer: normalizer {json.dumps(norm)[:200]} before a SentencePiece-style BPE is not exported yet")
+
+
+def spm_scores(vocab: dict[str, int], merges: list[Any], vocab_size: int) -> list[float]:
+    """Per token id: minus the rank (from 1) of the first merge that makes the token; below every merge for tokens no merge makes."""
+    scores = [-float(len(merges) + 1)] * vocab_size
+    seen: set[int] = set()
+    for rank, merge in enumerate(merges):
+        left, right = merge if isinstance(merge, (list, tuple)) else merge.split(" ", 1)
+        token = vocab.get(left + right)
+        if token is not None and token not in seen and token < vocab_size:
+            seen.add(token)
+            scores[token] = -float(rank + 1)
+    return scores
+
+
 def _tokens(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
     model = tokenizer_json["model"]
     by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     types = {i: gguf.TokenType.NORMAL for i in by_id}
+    if model.get("byte_fallback"):
+        types.update({i: gguf.TokenType.BYTE for i, t in by_id.items() if _BYTE_TOKEN.fullmatch(t)})
+        if model.get("unk_token") in model["vocab"]:
+            types[model["vocab"][model["unk_token"]]] = gguf.TokenType.UNKNOWN
     for added in tokenizer_json.get("added_tokens", []):
         by_id[added["id"]] = added["content"]
         types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
@@ -80,7 +128,8 @@ def _tokens(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str],
 def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
     """Write ``tokenizer`` (a transformers fast tokenizer) into ``writer``; returns the pre-tokenizer name.
 
-    Raises :class:`ExportRefused` for a tokenizer that is not byte-level BPE or whose split rule is unknown.
+    Raises :class:`ExportRefused` for a tokenizer that is neither byte-level nor SentencePiece-style BPE,
+    or whose split rule or normalizer llama.cpp does not reproduce.
     """
     with tempfile.TemporaryDirectory(prefix="pruneframe-vocab-") as tmp:
         tokenizer.save_pretrained(tmp)
@@ -89,14 +138,21 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
         if not file.is_file():
             raise ExportRefused(f"tokenizer {type(tokenizer).__name__}: no tokenizer.json (a fast tokenizer is needed)")
         data = json.loads(file.read_text(encoding="utf-8"))
-        if data.get("model", {}).get("type") != "BPE" or data["model"].get("byte_fallback"):
-            raise ExportRefused(
-                f"tokenizer: model type {data.get('model', {}).get('type')!r} "
-                f"(byte_fallback={data.get('model', {}).get('byte_fallback')}) is not exported yet; "
-                "byte-level BPE is"
-            )
-        pre = pre_tokenizer_name(data)
+        model = data.get("model", {})
+        if model.get("type") != "BPE":
+            raise ExportRefused(f"tokenizer: model type {model.get('type')!r} is not exported yet; byte-level and SentencePiece-style BPE are")
         tokens, kinds = _tokens(data, vocab_size)
+        if model.get("byte_fallback"):
+            prefix = spm_space_prefix(data)
+            writer.add_tokenizer_model("llama")
+            writer.add_tokenizer_pre("default")
+            writer.add_token_list(tokens)
+            writer.add_token_scores(spm_scores(model["vocab"], model.get("merges", []), vocab_size))
+            writer.add_token_types(kinds)
+            writer.add_add_space_prefix(prefix)
+            gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+            return "default"
+        pre = pre_tokenizer_name(data)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)

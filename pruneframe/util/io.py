@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "atomic_dir"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_marked_section", "atomic_dir"]
 
 
 def _umask() -> int:
@@ -58,6 +58,24 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, indent: int = 2) 
     """Serialise ``data`` as JSON (sorted keys, trailing newline) and write it atomically."""
     text = json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n"
     return write_text_atomic(path, text)
+
+
+def replace_marked_section(path: str | os.PathLike[str], marker: str, body: str) -> Path:
+    """Replace what lies between ``<!-- MARKER:begin -->`` and ``<!-- MARKER:end -->`` in a text file, atomically.
+
+    The generated sections of the docs are written this way; a file without the markers gets the
+    section appended at its end.
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    target = Path(path)
+    text = target.read_text(encoding="utf-8")
+    block = begin + "\n" + body.strip("\n") + "\n" + end
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    return write_text_atomic(target, text)
 
 
 @contextmanager

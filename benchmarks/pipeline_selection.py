@@ -1,0 +1,274 @@
+"""A pipeline chosen on development text, then reported on test text beside every published pipeline.
+
+Usage::
+
+    pruneframe compare --config examples/select_pipelines_smollm2.yaml --out docs/runs/select-pipelines-smollm2-135m
+    pruneframe compare --config examples/select_pipelines_gemma3.yaml --out docs/runs/select-pipelines-gemma3-270m
+    python benchmarks/pipeline_selection.py select docs/runs/select-pipelines-smollm2-135m \
+        docs/runs/select-pipelines-gemma3-270m --json benchmarks/results/pipeline_selection.json
+    # then, for each model, the command `select` prints: the chosen pipeline in that model's main comparison
+    python benchmarks/pipeline_selection.py report --json benchmarks/results/pipeline_selection.json \
+        --test docs/runs/selected-smollm2-135m docs/runs/selected-gemma3-270m \
+        --published docs/runs/compare-smollm2-135m docs/runs/compare-gemma3-270m --docs docs/results.md
+
+``select`` reads only the development comparisons (perplexity on development text alone). Candidates
+are the pipelines assembled from pruneframe's parts (names with ``+RECALIBRATION`` or ``@REMOVAL``); the
+published methods' own pipelines run beside them as references. The rule, fixed before any run: the
+candidate with the lowest geometric mean, over every (model, budget) cell, of its out-of-domain geomean
+ratio to dense; a candidate that failed in some cell is out.
+
+``report`` reads the chosen pipeline's run in each model's main protocol and the published methods' rows
+of that model's main comparison (``random`` is a control, not a published method), checks that both
+measured the same model, calibration and windows, and writes each cell's test out-of-domain geomean with
+the paired-bootstrap interval of the chosen pipeline's ratio to the best published pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from statistics import geometric_mean
+from typing import Any
+
+import numpy as np
+
+from pruneframe.evaluation.stats import bootstrap_indices, log_ppl_draws, percentile_interval
+from pruneframe.util.io import replace_marked_section, write_json_atomic
+
+#: Not published methods: controls.
+CONTROLS = ("random",)
+#: What must agree between two comparisons for their rows to sit in one table (besides the weights and the windows).
+PROTOCOL_FIELDS = ("calibration", "dtype")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    file = path / "results.json" if path.is_dir() else path
+    return json.loads(file.read_text())
+
+
+def is_pipeline(method: str) -> bool:
+    """Whether ``method`` was assembled from parts (a recalibration or a removal mode named) rather than published."""
+    return "+" in method or "@" in method
+
+
+def _keep(budget_label: str) -> float:
+    return float(budget_label.split()[1])
+
+
+def ood_cells(results: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, keep) -> the unrecovered out-of-domain geomean (value, low, high) of one comparison."""
+    cells = {}
+    for group in results["summary"]["groups"]:
+        if group["recovery"] != "none" or "ood" not in group["measures"]:
+            continue
+        ood = group["measures"]["ood"]
+        cells[(group["method"], _keep(group["budget"]))] = {k: ood[k] for k in ("value", "low", "high")}
+    return cells
+
+
+def select(dev_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply the selection rule to the development comparisons; the rows, the ranking and the choice."""
+    rows = []
+    for results in dev_results:
+        model = results["model"]["spec"]
+        ood_sources = [s["label"] for s in results["summary"]["sources"] if not s["in_domain"]]
+        for (method, keep), ood in ood_cells(results).items():
+            rows.append({"model": model, "method": method, "keep": keep, "pipeline": is_pipeline(method), "dev_ood": ood, "dev_sources": ood_sources})
+    cells = sorted({(r["model"], r["keep"]) for r in rows})
+    ranking = []
+    for method in sorted({r["method"] for r in rows if r["pipeline"]}):
+        mine = {(r["model"], r["keep"]): r["dev_ood"]["value"] for r in rows if r["method"] == method}
+        if all(cell in mine and math.isfinite(mine[cell]) for cell in cells):
+            ranking.append({"method": method, "dev_score": geometric_mean(mine[cell] for cell in cells)})
+    if not ranking:
+        raise SystemExit("no candidate pipeline has a result in every (model, budget) cell")
+    ranking.sort(key=lambda r: r["dev_score"])
+    chosen = ranking[0]["method"]
+    configs = {results["model"]["spec"]: results["config"]["method_configs"].get(chosen, {}) for results in dev_results}
+    return {
+        "rule": "lowest geometric mean over every (model, budget) cell of the out-of-domain geomean ratio to dense on development text",
+        "cells": [{"model": m, "keep": k} for m, k in cells],
+        "rows": rows,
+        "ranking": ranking,
+        "chosen": chosen,
+        "chosen_config": configs,
+    }
+
+
+def _mismatch(test: dict[str, Any], published: dict[str, Any]) -> list[str]:
+    """The protocol fields in which two comparisons differ (model weights, calibration, dtype, perplexity windows)."""
+    diffs = [f for f in PROTOCOL_FIELDS if test[f] != published[f]]
+    if test["model"]["weights_fingerprint"] != published["model"]["weights_fingerprint"]:
+        diffs.append("model weights")
+    if any(test["evaluation"]["perplexity"][k] != published["evaluation"]["perplexity"][k] for k in ("config", "data")):
+        diffs.append("perplexity protocol")
+    return diffs
+
+
+def _run(results: dict[str, Any], method: str, keep: float) -> dict[str, Any] | None:
+    """The first seed's unrecovered run of ``method`` at ``keep``, or None."""
+    runs = [
+        r
+        for r in results["runs"]
+        if r.get("kind") == "pruned" and r["status"] == "ok" and (r["protocol"]["method"]["name"], r["protocol"]["budget"]["keep"]) == (method, keep)
+    ]
+    runs.sort(key=lambda r: r["protocol"]["seed"])
+    return runs[0] if runs else None
+
+
+def paired_ood_ratio(first: dict[str, Any], second: dict[str, Any], sources: list[str]) -> dict[str, float]:
+    """``first`` over ``second``: the geomean over ``sources`` of their perplexity ratio, with a paired-bootstrap interval.
+
+    Both runs scored the same windows; each resample draws the same windows for both runs and every source.
+    """
+    first_ppl, second_ppl = (r["eval"]["perplexity"]["sources"] for r in (first, second))
+    n = len(first_ppl[sources[0]]["window_nll"])
+    indices = bootstrap_indices(n)
+    draws = np.zeros(indices.shape[0])
+    point = 0.0
+    for source in sources:
+        a, b = first_ppl[source], second_ppl[source]
+        if a["window_tokens"] != b["window_tokens"]:
+            raise ValueError(f"{source}: the two runs scored different windows")
+        draws += log_ppl_draws(a["window_nll"], a["window_tokens"], indices) - log_ppl_draws(b["window_nll"], b["window_tokens"], indices)
+        point += math.log(a["ppl"]) - math.log(b["ppl"])
+    low, high = percentile_interval(draws / len(sources))
+    return {"value": math.exp(point / len(sources)), "low": math.exp(low), "high": math.exp(high)}
+
+
+def report(selection: dict[str, Any], tests: list[dict[str, Any]], published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, budget): the chosen pipeline's test geomean against every published pipeline's."""
+    chosen = selection["chosen"]
+    by_model = {r["model"]["spec"]: r for r in published}
+    cells = []
+    for test in tests:
+        model = test["model"]["spec"]
+        if model not in by_model:
+            raise SystemExit(f"{model}: no published comparison given for it")
+        pub = by_model[model]
+        diffs = _mismatch(test, pub)
+        if diffs:
+            raise SystemExit(f"{model}: the chosen pipeline's run and the published comparison differ in {', '.join(diffs)}")
+        sources = [s["label"] for s in pub["summary"]["sources"] if not s["in_domain"]]
+        test_cells, pub_cells = ood_cells(test), ood_cells(pub)
+        for keep in sorted({k for m, k in test_cells if m == chosen}, reverse=True):
+            rivals = {m: v for (m, k), v in pub_cells.items() if k == keep and not is_pipeline(m) and m not in CONTROLS}
+            best = min(rivals, key=lambda m: rivals[m]["value"])
+            chosen_run, best_run = _run(test, chosen, keep), _run(pub, best, keep)
+            versus = paired_ood_ratio(chosen_run, best_run, sources) if chosen_run and best_run else None
+            dev_rows = [r for r in selection["rows"] if (r["model"], r["keep"]) == (model, keep)]
+            dev = next((r["dev_ood"]["value"] for r in dev_rows if r["method"] == chosen), None)
+            dev_best = min((r["dev_ood"]["value"] for r in dev_rows if not r["pipeline"] and r["method"] not in CONTROLS), default=None)
+            cells.append(
+                {
+                    "model": model,
+                    "keep": keep,
+                    "sources": sources,
+                    "chosen": chosen,
+                    "chosen_test_ood": test_cells[(chosen, keep)],
+                    "published": rivals,
+                    "best_published": best,
+                    "ratio_to_best_published": versus,
+                    "beats_best_published": test_cells[(chosen, keep)]["value"] < rivals[best]["value"],
+                    "chosen_dev_ood": dev,
+                    "best_reference_dev_ood": dev_best,
+                }
+            )
+    return cells
+
+
+def _fmt(ood: dict[str, float]) -> str:
+    return f"{ood['value']:.2f}x [{ood['low']:.2f}, {ood['high']:.2f}]"
+
+
+def _cell(cell: dict[str, Any]) -> str:
+    return f"`{cell['model']}` keep {cell['keep']}"
+
+
+def render(selection: dict[str, Any], cells: list[dict[str, Any]]) -> str:
+    """The docs section: the development ranking, then the test table and what it says."""
+    chosen = selection["chosen"]
+    lines = [
+        "<!-- generated by benchmarks/pipeline_selection.py from the stored results.json of each comparison; do not edit -->",
+        "",
+        f"Rule, fixed before any run: {selection['rule']}. Development text: "
+        + "; ".join(sorted({f"`{r['model']}`: {', '.join(r['dev_sources'])}" for r in selection["rows"]}))
+        + " (the halves the reports never read). Candidates and their development score (lower is better):",
+        "",
+        "| pipeline | " + " | ".join(f"`{c['model']}` keep {c['keep']}" for c in selection["cells"]) + " | score |",
+        "|---|" + "---|" * (len(selection["cells"]) + 1),
+    ]
+    dev = {(r["method"], r["model"], r["keep"]): r["dev_ood"]["value"] for r in selection["rows"]}
+    score = {r["method"]: r["dev_score"] for r in selection["ranking"]}
+    methods = sorted({r["method"] for r in selection["rows"]}, key=lambda m: (m not in score, score.get(m, 0.0), m))
+    for method in methods:
+        label = f"**{method}**" if method == chosen else method if method in score else f"{method} (published)"
+        row = [f"{dev[(method, c['model'], c['keep'])]:.2f}x" if (method, c["model"], c["keep"]) in dev else "-" for c in selection["cells"]]
+        lines.append(f"| {label} | " + " | ".join(row) + f" | {score[method]:.2f} |" if method in score else f"| {label} | " + " | ".join(row) + " | - |")
+    lines += [
+        "",
+        f"Chosen: **{chosen}**. On test text, in each model's main comparison protocol (same weights, calibration "
+        "and windows; the published rows are that comparison's own), out-of-domain geomean ratio to dense with 95% "
+        "intervals, and the chosen pipeline over the best published one with a paired-bootstrap interval:",
+        "",
+        "| model | keep | chosen | best published | chosen / best | every published pipeline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        versus = c["ratio_to_best_published"]
+        others = ", ".join(f"{m} {v['value']:.2f}x" for m, v in sorted(c["published"].items(), key=lambda kv: kv[1]["value"]))
+        lines.append(
+            f"| `{c['model']}` | {c['keep']} | {_fmt(c['chosen_test_ood'])} | {c['best_published']} {_fmt(c['published'][c['best_published']])} | "
+            + (_fmt(versus) if versus else "-")
+            + f" | {others} |"
+        )
+    won = [c for c in cells if c["beats_best_published"]]
+    clear = [c for c in won if c["ratio_to_best_published"] and c["ratio_to_best_published"]["high"] < 1.0]
+    lost = [c for c in cells if not c["beats_best_published"]]
+    verdict = "**met**" if not lost else "**not met**"
+    summary = f"The goal (beat every published pipeline at both budgets on both models) is {verdict}: {chosen} is ahead in {len(won)} of {len(cells)} cells"
+    if won:
+        summary += f" ({', '.join(_cell(c) for c in won)}; the paired interval lies below 1 in {len(clear)})"
+    if lost:
+        summary += "; behind in " + ", ".join(f"{_cell(c)} ({c['best_published']})" for c in lost)
+    lines += ["", summary + "."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """``select`` or ``report``, as the module docstring shows."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sel = sub.add_parser("select", help="apply the selection rule to development comparisons")
+    sel.add_argument("dev", nargs="+", type=Path, help="development comparisons (folders or results.json)")
+    sel.add_argument("--json", type=Path, default=Path("benchmarks/results/pipeline_selection.json"))
+    rep = sub.add_parser("report", help="the chosen pipeline on test text beside the published pipelines")
+    rep.add_argument("--json", type=Path, default=Path("benchmarks/results/pipeline_selection.json"))
+    rep.add_argument("--test", nargs="+", type=Path, required=True, help="comparisons that ran the chosen pipeline")
+    rep.add_argument("--published", nargs="+", type=Path, required=True, help="the models' main comparisons")
+    rep.add_argument("--docs", type=Path, default=None)
+    args = parser.parse_args()
+    if args.command == "select":
+        selection = select([_load(p) for p in args.dev])
+        write_json_atomic(args.json, {"selection": selection})
+        for r in selection["ranking"]:
+            print(f"{r['method']:32s} {r['dev_score']:.3f}")
+        chosen = selection["chosen"]
+        print(f"chosen: {chosen}")
+        for model, config in selection["chosen_config"].items():
+            settings = f"'{chosen}={json.dumps(config)}'"
+            print(f"pruneframe compare --config <{model}'s main config> --methods {chosen} --method-config {settings} --out docs/runs/selected-{model}")
+        return
+    stored = json.loads(args.json.read_text())
+    cells = report(stored["selection"], [_load(p) for p in args.test], [_load(p) for p in args.published])
+    write_json_atomic(args.json, {**stored, "test": cells})
+    section = render(stored["selection"], cells)
+    if args.docs:
+        replace_marked_section(args.docs, "pipeline-selection", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
