@@ -226,6 +226,22 @@ def test_spm_scores_follow_merge_ranks() -> None:
     assert spm_scores(vocab, ["a b"], 6)[2] == -1.0
 
 
+def test_spm_space_prefix_reads_the_normalizer() -> None:
+    """Gemma's rule (spaces to ``▁``), Llama 2's (a ``▁`` prepended first) and a non-splitting Metaspace; others refused."""
+    from pruneframe.export.vocab import spm_space_prefix
+
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    prepend = {"type": "Prepend", "prepend": "\u2581"}
+    gemma = {"normalizer": replace, "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious"}}
+    assert spm_space_prefix(gemma) is False
+    assert spm_space_prefix({"normalizer": {"type": "Sequence", "normalizers": [prepend, replace]}, "pre_tokenizer": None}) is True
+    assert spm_space_prefix({"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "split": False, "prepend_scheme": "first"}}) is True
+    with pytest.raises(ExportRefused, match="normalizer"):
+        spm_space_prefix({"normalizer": {"type": "NFKC"}, "pre_tokenizer": None})
+    with pytest.raises(ExportRefused, match="pre-tokenizer"):
+        spm_space_prefix({"normalizer": replace, "pre_tokenizer": {"type": "Whitespace"}})
+
+
 @needs_llamacpp
 @pytest.mark.parametrize("layer_types", [["sliding_attention"] * 5 + ["full_attention"], ["sliding_attention", "full_attention", "sliding_attention"]])
 def test_gemma3_dense_and_uneven_ffn_match_llamacpp(layer_types: list[str], spm_tokenizer, tmp_path: Path) -> None:

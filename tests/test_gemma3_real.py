@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -34,3 +35,27 @@ def test_gemma3_270m_loads_with_its_published_size_and_perplexity() -> None:
     windows = torch.cat([torch.full((1, 1), tokenizer.bos_token_id), body], dim=1)
     ppl = perplexity(model, windows, progress=False).ppl
     assert 13.5 < ppl < 15.5, ppl
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs xllamacpp (pip install 'pruneframe[deploy]')")
+def test_gemma3_270m_exports_to_llamacpp_and_tokenizes_alike(tmp_path) -> None:
+    """The real Gemma 3 as ``gemma3`` in f16: --verify passes, and llama.cpp reads long prose as as many tokens as transformers."""
+    from pruneframe.data import resolve_text
+    from pruneframe.export import export_gguf
+    from pruneframe.export.llamacpp import LlamaCppModel
+    from pruneframe.export.verify import verify_gguf
+    from pruneframe.models.resolver import load_model
+
+    model, tokenizer = load_model("gemma3-270m", dtype="float32", device="cpu")
+    result = export_gguf(model, tmp_path / "gemma3.gguf", dtype="f16", tokenizer=tokenizer)
+    assert result.plan.arch == "gemma3"
+    check = verify_gguf(result.path, model, tokenizer, "f16")
+    assert check.passed(), check.failures()
+    text = resolve_text("moby-dick", "test").text[:12_000]
+    runner = LlamaCppModel(result.path, n_ctx=8192)
+    try:
+        for start in range(0, len(text), 3000):
+            chunk = text[start : start + 3000]
+            assert runner.count_prompt_tokens(chunk) == len(tokenizer(chunk)["input_ids"])
+    finally:
+        runner.close()
