@@ -60,7 +60,7 @@ def _key(row: dict[str, Any]) -> tuple:
     return row["model"], row["method"], row["budget"], row["dtype"], row.get("round_to")
 
 
-def _pruned(model_name: str, method: str, budget: float, round_to: int | None, calibration: Any, checkpoints: Path | None) -> Any:
+def _pruned(model_name: str, method: str, budget: float, round_to: int | None, calibration: Any, checkpoints: Path | None, settings: dict[str, Any]) -> Any:
     """The pruned model: loaded from ``checkpoints`` when it holds it, else pruned (and saved there)."""
     import pruneframe.checkpoint as checkpoint
 
@@ -69,7 +69,7 @@ def _pruned(model_name: str, method: str, budget: float, round_to: int | None, c
     if folder is not None and (folder / "config.json").exists():
         return load_model(str(folder), dtype="float32", device="cpu")[0]
     model, tokenizer = load_model(model_name, dtype="float32", device="cpu")
-    config = {"round_to": round_to} if round_to else None
+    config = {**settings, **({"round_to": round_to} if round_to else {})} or None
     result = pruneframe.prune(model, method=method, budget=budget, calibration=calibration, config=config, progress=False)
     if folder is not None:
         checkpoint.save(folder, result.model, result.report, tokenizer=tokenizer)
@@ -133,10 +133,12 @@ def main() -> None:
     parser.add_argument("--dense-as-deci", action="store_true", help="add the dense model written as deci")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--checkpoints", type=Path, default=None, help="folder to keep / reuse pruned checkpoints")
+    parser.add_argument("--method-config", action="append", default=[], metavar="NAME=JSON", help="a method's settings (repeatable)")
     parser.add_argument("--perplexity-windows", type=int, default=0, help="score N windows per out-of-domain source in llama.cpp too")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     dtypes = args.dtypes.split(",")
+    settings = {name: json.loads(value) for name, _, value in (item.partition("=") for item in args.method_config)}
     jobs = [(m, float(b), None) for m in args.methods.split(",") if m for b in args.budgets.split(",") if b]
     jobs += [(args.round_to_method, args.round_to_budget, int(r)) for r in args.round_to.split(",") if r]
     jobs += [("dense-as-deci", 1.0, None)] if args.dense_as_deci else []
@@ -170,7 +172,7 @@ def main() -> None:
             if not todo:
                 continue
             as_deci = method == "dense-as-deci"
-            model = dense if as_deci else _pruned(name, method, budget, round_to, calibration, args.checkpoints)
+            model = dense if as_deci else _pruned(name, method, budget, round_to, calibration, args.checkpoints, settings.get(method, {}))
             for dtype in todo:
                 if dtype not in dense_files:
                     dense_files[dtype] = export_gguf(dense, Path(tmp) / f"dense-{dtype}.gguf", dtype, tokenizer=tokenizer)

@@ -130,9 +130,10 @@ def paired_ood_ratio(first: dict[str, Any], second: dict[str, Any], sources: lis
     point = 0.0
     for source in sources:
         a, b = first_ppl[source], second_ppl[source]
-        if a["window_tokens"] != b["window_tokens"]:
+        if (a["windows"], a["window_tokens"]) != (b["windows"], b["window_tokens"]):
             raise ValueError(f"{source}: the two runs scored different windows")
-        draws += log_ppl_draws(a["window_nll"], a["window_tokens"], indices) - log_ppl_draws(b["window_nll"], b["window_tokens"], indices)
+        tokens = [a["window_tokens"]] * n  # every window predicts the same number of tokens
+        draws += log_ppl_draws(a["window_nll"], tokens, indices) - log_ppl_draws(b["window_nll"], tokens, indices)
         point += math.log(a["ppl"]) - math.log(b["ppl"])
     low, high = percentile_interval(draws / len(sources))
     return {"value": math.exp(point / len(sources)), "low": math.exp(low), "high": math.exp(high)}

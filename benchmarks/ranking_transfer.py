@@ -26,6 +26,7 @@ from typing import Any
 from pruneframe.evaluation.stats import kendall_tau
 from pruneframe.util.io import replace_marked_section, write_json_atomic
 
+
 def _keep(label: str) -> float:
     return float(label.split()[1])
 

@@ -75,7 +75,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def add_llamacpp(table: list[dict[str, Any]], llamacpp: dict[str, Any]) -> None:
     """Add llama.cpp's f16 speedups (``benchmarks/llamacpp_speed.py`` rows of the same model, method and
     keep-ratio of prunable parameters) to the rows that have them."""
-    found = {(r["model"], r["method"], r["budget"]): r for r in llamacpp["rows"] if r["dtype"] == "f16" and r.get("round_to") is None}
+    found = {(r["model"], r["method"], r["budget"]): r for r in llamacpp["rows"] if r["dtype"] == "f16" and r.get("round_to") is None and "refused" not in r}
     for row in table:
         match = found.get((row["model"], row["method"], row["keep"])) if row["budget_kind"] == "prunable" else None
         if match:
