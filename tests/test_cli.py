@@ -185,6 +185,18 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     }
 
 
+def test_methods_flag_narrows_the_files_per_method_settings() -> None:
+    """``--methods`` over a config file drops the file's settings, seeds and recovery choices of the methods left out."""
+    from pruneframe.cli import build_parser
+    from pruneframe.cli.compare_cmd import compare_config
+
+    flags = ["compare", "--config", str(EXAMPLE), "--out", "x", "--methods", "llm-pruner+scales,random"]
+    config = compare_config(build_parser().parse_args([*flags, "--method-config", 'llm-pruner+scales={"recalibration": {"epochs": 2}}']))
+    assert config.methods == ["llm-pruner+scales", "random"]
+    assert config.method_configs == {"llm-pruner+scales": {"recalibration": {"epochs": 2}}, "random": {}}
+    assert config.method_seeds == {"random": [0, 1]} and config.recovery_methods == []
+
+
 @pytest.mark.ranks
 def test_prune_under_torchrun_saves_the_one_process_checkpoint(offline_data: dict[str, Path], tmp_path: Path, capsys) -> None:
     settings = json.dumps({"num_sequences": 4, "seq_len": 12, "epochs": 2, "rescale_sequences": 2, "lr": 0.2})

@@ -372,8 +372,12 @@ def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: 
         data = {k: v for k, v in data.items() if k in model.model_fields}
         flags = {k: v for k, v in flags.items() if k in model.model_fields}
     data = protocol_flag_over_file(data, flags)
-    if "methods" in flags and "method_configs" in data:
-        data["method_configs"] = {k: v for k, v in data["method_configs"].items() if k in flags["methods"]}
+    if "methods" in flags:  # the file's per-method settings of the methods left out go with them
+        for key in ("method_configs", "method_seeds"):
+            if isinstance(data.get(key), dict):
+                data[key] = {k: v for k, v in data[key].items() if k in flags["methods"]}
+        if isinstance(data.get("recovery_methods"), list):
+            data["recovery_methods"] = [m for m in data["recovery_methods"] if m in flags["methods"]]
     try:
         return model.model_validate(deep_merge(data, flags))
     except ValidationError as exc:
