@@ -57,15 +57,21 @@ def _keep(budget_label: str) -> float:
     return float(budget_label.split()[1])
 
 
-def ood_cells(results: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
-    """(method, keep) -> the unrecovered out-of-domain geomean (value, low, high) of one comparison."""
+def ood_cells(results: dict[str, Any], measure: str = "ood") -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, keep) -> an unrecovered measure (value, low, high) of one comparison: by default the out-of-domain geomean."""
     cells = {}
     for group in results["summary"]["groups"]:
-        if group["recovery"] != "none" or "ood" not in group["measures"]:
+        if group["recovery"] != "none" or measure not in group["measures"]:
             continue
-        ood = group["measures"]["ood"]
-        cells[(group["method"], _keep(group["budget"]))] = {k: ood[k] for k in ("value", "low", "high")}
+        found = group["measures"][measure]
+        cells[(group["method"], _keep(group["budget"]))] = {k: found[k] for k in ("value", "low", "high")}
     return cells
+
+
+def in_domain_cells(results: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, keep) -> the ratio to dense on the in-domain source (the calibration text's domain), if there is one."""
+    source = next((s["label"] for s in results["summary"]["sources"] if s["in_domain"]), None)
+    return ood_cells(results, f"ratio:{source}") if source else {}
 
 
 def select(dev_results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -154,6 +160,7 @@ def report(selection: dict[str, Any], tests: list[dict[str, Any]], published: li
             raise SystemExit(f"{model}: the chosen pipeline's run and the published comparison differ in {', '.join(diffs)}")
         sources = [s["label"] for s in pub["summary"]["sources"] if not s["in_domain"]]
         test_cells, pub_cells = ood_cells(test), ood_cells(pub)
+        test_in, pub_in = in_domain_cells(test), in_domain_cells(pub)
         for keep in sorted({k for m, k in test_cells if m == chosen}, reverse=True):
             rivals = {m: v for (m, k), v in pub_cells.items() if k == keep and not is_pipeline(m) and m not in CONTROLS}
             best = min(rivals, key=lambda m: rivals[m]["value"])
@@ -173,6 +180,8 @@ def report(selection: dict[str, Any], tests: list[dict[str, Any]], published: li
                     "best_published": best,
                     "ratio_to_best_published": versus,
                     "beats_best_published": test_cells[(chosen, keep)]["value"] < rivals[best]["value"],
+                    "chosen_in_domain": test_in.get((chosen, keep)),
+                    "best_published_in_domain": pub_in.get((best, keep)),
                     "chosen_dev_ood": dev,
                     "best_reference_dev_ood": dev_best,
                 }
@@ -182,6 +191,10 @@ def report(selection: dict[str, Any], tests: list[dict[str, Any]], published: li
 
 def _fmt(ood: dict[str, float]) -> str:
     return f"{ood['value']:.2f}x [{ood['low']:.2f}, {ood['high']:.2f}]"
+
+
+def _value(measure: dict[str, float] | None) -> str:
+    return "-" if measure is None else f"{measure['value']:.2f}x"
 
 
 def _cell(cell: dict[str, Any]) -> str:
@@ -212,10 +225,11 @@ def render(selection: dict[str, Any], cells: list[dict[str, Any]]) -> str:
         "",
         f"Chosen: **{chosen}**. On test text, in each model's main comparison protocol (same weights, calibration "
         "and windows; the published rows are that comparison's own), out-of-domain geomean ratio to dense with 95% "
-        "intervals, and the chosen pipeline over the best published one with a paired-bootstrap interval:",
+        "intervals, the chosen pipeline over the best published one with a paired-bootstrap interval, and both "
+        "pipelines' ratio on the in-domain source (WikiText-2 test, the calibration text's domain):",
         "",
-        "| model | keep | chosen | best published | chosen / best | every published pipeline |",
-        "|---|---|---|---|---|---|",
+        "| model | keep | chosen | best published | chosen / best | in-domain: chosen, best | every published pipeline |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         versus = c["ratio_to_best_published"]
@@ -223,7 +237,7 @@ def render(selection: dict[str, Any], cells: list[dict[str, Any]]) -> str:
         lines.append(
             f"| `{c['model']}` | {c['keep']} | {_fmt(c['chosen_test_ood'])} | {c['best_published']} {_fmt(c['published'][c['best_published']])} | "
             + (_fmt(versus) if versus else "-")
-            + f" | {others} |"
+            + f" | {_value(c['chosen_in_domain'])}, {_value(c['best_published_in_domain'])} | {others} |"
         )
     won = [c for c in cells if c["beats_best_published"]]
     clear = [c for c in won if c["ratio_to_best_published"] and c["ratio_to_best_published"]["high"] < 1.0]
