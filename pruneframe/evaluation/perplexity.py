@@ -71,6 +71,13 @@ class PerplexityResult:
     windows: int
     window_nll: tuple[float, ...] = ()
 
+    @classmethod
+    def from_window_nll(cls, window_nll: tuple[float, ...], seq_len: int) -> PerplexityResult:
+        """The result of windows of ``seq_len`` tokens (each predicting ``seq_len - 1``) whose NLL sums are ``window_nll``."""
+        tokens = len(window_nll) * (seq_len - 1)
+        mean_nll = math.fsum(window_nll) / tokens
+        return cls(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=len(window_nll), window_nll=window_nll)
+
 
 @torch.inference_mode()
 def perplexity(
@@ -105,10 +112,7 @@ def perplexity(
         for start, ids, logits in _batch_logits(model, batches, stream_device, progress):
             sums.append(_window_nll(ids, logits, start, count))
             bar.update(len(ids))
-    per_window = tuple(float(v) for v in torch.cat(sums).cpu().tolist())
-    tokens = count * (seq_len - 1)
-    mean_nll = math.fsum(per_window) / tokens
-    return PerplexityResult(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=count, window_nll=per_window)
+    return PerplexityResult.from_window_nll(tuple(float(v) for v in torch.cat(sums).cpu().tolist()), seq_len)
 
 
 def _batch_logits(

@@ -10,7 +10,6 @@ the raw logits), and reads that token's log-probability. The NLL sums are those 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -54,6 +53,4 @@ def gguf_perplexity(path: str | Path, windows: torch.Tensor, threads: int = 1, p
                 sums.append(nll)
     finally:
         model.close()
-    tokens = count * (seq_len - 1)
-    mean_nll = math.fsum(sums) / tokens
-    return PerplexityResult(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=count, window_nll=tuple(sums))
+    return PerplexityResult.from_window_nll(tuple(sums), seq_len)

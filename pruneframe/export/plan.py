@@ -43,8 +43,6 @@ _FAMILIES: dict[str, tuple[str, bool]] = {
 _NO_BIAS = ("qwen2", "qwen3", "gemma3")
 #: Architectures without a per-layer-width counterpart in llama.cpp whose uneven FFN widths are zero-padded to the widest layer's.
 PADDED_FFN_ARCHS = ("gemma3",)
-#: Where llama.cpp's ``gemma3`` puts global attention when the file gives no pattern: every sixth layer.
-GEMMA3_GLOBAL_EVERY = 6
 
 
 class ExportRefused(ValueError):

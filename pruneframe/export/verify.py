@@ -148,13 +148,11 @@ def _unsafe_tokens(tokenizer: Any) -> list[int]:
     and special tokens have no text; banning both keeps every generated position comparable. The bans
     apply to sampling only: the reported probabilities come from the raw logits.
     """
-    import json
-
     from gguf.vocab import bytes_to_unicode
 
     decoder = {c: b for b, c in bytes_to_unicode().items()}
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    sentencepiece = bool(backend and json.loads(backend.to_str()).get("model", {}).get("byte_fallback"))
+    sentencepiece = bool(getattr(getattr(backend, "model", None), "byte_fallback", False))
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     banned = []
     for token_id, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
