@@ -10,7 +10,12 @@ bytes of weights read per decoded token for decode, both dense over pruned). ``-
 adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``. ``--dense-as-deci`` adds
 a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
 (the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
-architecture alone.
+architecture alone. ``--dense-vs-dense`` adds a noise row per type (method ``dense-vs-dense``, keep 1.0): the
+dense model timed against a second export of itself (byte-identical, written the same way; a copy made
+with ``cp`` decoded several percent slower than the file it copied), whose speedups should be 1.0; how
+far they move is the measurement's own spread on this machine. Every row also keeps each repeat's tokens/s and the
+paired speedups (``decode_speedup_paired``, ``prefill_speedup_paired``: median, lowest and highest of the
+per-repeat ratios, :func:`pruneframe.export.speed.paired_speedup`).
 
 ``--model gemma3-270m`` measures Gemma 3 (dense as llama.cpp's ``gemma3``; uneven FFN widths zero-padded to
 the widest layer's); a model llama.cpp cannot express gets a row with ``refused`` (the exporter's reason)
@@ -21,7 +26,8 @@ transformers (float32) on the first ``N`` 512-token windows of each out-of-domai
 rerun with the flag.
 
 The file is rewritten after every row, and rows already in ``--out`` are kept and skipped, so an
-interrupted run resumes. ``--checkpoints DIR`` keeps the pruned checkpoints there (and reuses them).
+interrupted run resumes; ``--remeasure`` times this run's rows again and replaces them in place.
+``--checkpoints DIR`` keeps the pruned checkpoints there (and reuses them).
 Run it alone on the machine (timings), e.g.::
 
     flock /tmp/pruneframe-heavy.lock .venv/bin/python benchmarks/llamacpp_speed.py --methods magnitude,wanda-sp
@@ -44,7 +50,7 @@ from pruneframe.data import resolve_text, token_windows
 from pruneframe.evaluation import perplexity
 from pruneframe.export import ExportRefused, export_gguf
 from pruneframe.export.perplexity import gguf_perplexity
-from pruneframe.export.speed import measure_llamacpp_speed, weight_bytes_per_token
+from pruneframe.export.speed import measure_llamacpp_speed, paired_speedup, weight_bytes_per_token
 from pruneframe.export.verify import verify_gguf
 from pruneframe.models import load_model
 
@@ -131,7 +137,9 @@ def main() -> None:
     parser.add_argument("--round-to-method", default="llm-pruner")
     parser.add_argument("--round-to-budget", type=float, default=0.5)
     parser.add_argument("--dense-as-deci", action="store_true", help="add the dense model written as deci")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dense-vs-dense", action="store_true", help="add the dense model timed against a second export of itself (noise)")
+    parser.add_argument("--remeasure", action="store_true", help="time this run's rows again, replacing those in --out")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--checkpoints", type=Path, default=None, help="folder to keep / reuse pruned checkpoints")
     parser.add_argument("--method-config", action="append", default=[], metavar="NAME=JSON", help="a method's settings (repeatable)")
     parser.add_argument("--perplexity-windows", type=int, default=0, help="score N windows per out-of-domain source in llama.cpp too")
@@ -142,6 +150,7 @@ def main() -> None:
     jobs = [(m, float(b), None) for m in args.methods.split(",") if m for b in args.budgets.split(",") if b]
     jobs += [(args.round_to_method, args.round_to_budget, int(r)) for r in args.round_to.split(",") if r]
     jobs += [("dense-as-deci", 1.0, None)] if args.dense_as_deci else []
+    jobs += [("dense-vs-dense", 1.0, None)] if args.dense_vs_dense else []
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows: list[dict[str, Any]] = list(previous.get("rows", []))
     by_key = {_key(r): r for r in rows}
@@ -156,9 +165,21 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
     }
 
+    remeasured: set[tuple] = set()
+
     def pending(key: tuple) -> bool:
         row = by_key.get(key)
-        return row is None or (args.perplexity_windows > 0 and "refused" not in row and "perplexity" not in row)
+        return row is None or (args.remeasure and key not in remeasured) or (args.perplexity_windows > 0 and "refused" not in row and "perplexity" not in row)
+
+    def store(key: tuple, row: dict[str, Any]) -> None:
+        """Add ``row``, or replace the stored row of ``key`` in place; then rewrite the file."""
+        if key in by_key:
+            rows[rows.index(by_key[key])] = row
+        else:
+            rows.append(row)
+        by_key[key] = row
+        remeasured.add(key)
+        write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
 
     with tempfile.TemporaryDirectory(prefix="llamacpp-speed-") as tmp:
         dense, tokenizer = load_model(name, dtype="float32", device="cpu")
@@ -172,7 +193,7 @@ def main() -> None:
             if not todo:
                 continue
             as_deci = method == "dense-as-deci"
-            model = dense if as_deci else _pruned(name, method, budget, round_to, calibration, args.checkpoints, settings.get(method, {}))
+            model = dense if method.startswith("dense-") else _pruned(name, method, budget, round_to, calibration, args.checkpoints, settings.get(method, {}))
             for dtype in todo:
                 if dtype not in dense_files:
                     dense_files[dtype] = export_gguf(dense, Path(tmp) / f"dense-{dtype}.gguf", dtype, tokenizer=tokenizer)
@@ -180,15 +201,16 @@ def main() -> None:
                 key = (name, method, budget, dtype, round_to)
                 target = Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf"
                 try:
-                    out = _export_as_deci(model, target, dtype, tokenizer, name) if as_deci else export_gguf(model, target, dtype, tokenizer=tokenizer)
+                    if as_deci:
+                        out = _export_as_deci(model, target, dtype, tokenizer, name)
+                    else:
+                        out = export_gguf(model, target, dtype, tokenizer=tokenizer)
                 except ExportRefused as exc:
                     row = {"model": name, "method": method, "budget": budget, "dtype": dtype, "round_to": round_to, "refused": str(exc)}
-                    rows.append(row)
-                    by_key[key] = row
-                    write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
+                    store(key, row)
                     print(json.dumps(row), flush=True)
                     continue
-                if key in by_key:  # measured before: add the perplexities only
+                if key in by_key and key not in remeasured and not args.remeasure:  # measured before: add the perplexities only
                     by_key[key]["perplexity"] = _perplexities(dense_export.path, out.path, dense, model, windows, dense_ppl)
                     write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
                     print(json.dumps({"key": list(key), "perplexity": by_key[key]["perplexity"]}), flush=True)
@@ -217,10 +239,13 @@ def main() -> None:
                     "verify": check.to_dict(),
                     "verify_passed": check.passed(),
                     "dense_verify": dense_checks[dtype],
+                    "balanced_order": True,
                     "dense": d.to_dict(),
                     "pruned": p.to_dict(),
                     "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in PREFILL_LENS},
                     "decode_speedup": p.decode_tokens_per_s / d.decode_tokens_per_s,
+                    "prefill_speedup_paired": {str(n): paired_speedup(d.prefill_samples[n], p.prefill_samples[n]) for n in PREFILL_LENS},
+                    "decode_speedup_paired": paired_speedup(d.decode_samples, p.decode_samples),
                     "ideal_speedup": {
                         "prefill": {str(n): ideal_speedup(model_flops_per_token(dense, n), model_flops_per_token(model, n)) for n in PREFILL_LENS},
                         "decode": weight_bytes_per_token(dense_export.path) / weight_bytes_per_token(out.path),
@@ -229,9 +254,9 @@ def main() -> None:
                 }
                 if windows is not None:
                     row["perplexity"] = _perplexities(dense_export.path, out.path, dense, model, windows, dense_ppl)
-                rows.append(row)
-                by_key[key] = row
-                write_json_atomic(args.out, {"protocol": protocol, "rows": rows})
+                elif "perplexity" in by_key.get(key, {}):  # re-timed: the files' perplexities do not change
+                    row["perplexity"] = by_key[key]["perplexity"]
+                store(key, row)
                 print(
                     json.dumps({k: row[k] for k in ("method", "budget", "dtype", "round_to", "arch", "prefill_speedup", "decode_speedup", "ideal_speedup")}),
                     flush=True,

@@ -84,6 +84,7 @@ def add_llamacpp(table: list[dict[str, Any]], llamacpp: dict[str, Any]) -> None:
             row["llamacpp_ideal_decode"] = match["ideal_speedup"]["decode"]
             row["llamacpp_arch"] = match["arch"]
             row["llamacpp_verified"] = match.get("verify_passed")
+            row["llamacpp_repeats"] = match["dense"]["repeats"]
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -129,9 +130,10 @@ def render(table: list[dict[str, Any]], figure_path: str | None) -> str:
             lines.append("")
     measured = [r for r in table if "llamacpp_decode" in r]
     if measured:
+        repeats = "/".join(str(n) for n in sorted({r.get("llamacpp_repeats", 3) for r in measured}))
         lines += [
             "**In llama.cpp** (`benchmarks/llamacpp_speed.py`, f16, 1 thread, batch 1, 512-token prefill and 64-token decode,",
-            "fastest of 3 alternating repeats; ideal for decode: weight bytes read per token, dense over pruned):",
+            f"fastest of {repeats} alternating repeats; ideal for decode: weight bytes read per token, dense over pruned):",
             "",
             "| model | keep (prunable) | pipeline | removes | architecture | prefill | decode | decode ideal | export check |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -18,6 +18,7 @@ import torch
 from pruneframe.architectures import discover
 from pruneframe.export import ExportRefused, export_gguf, is_pruneframe_gguf, plan_export
 from pruneframe.export.llamacpp import available
+from pruneframe.export.speed import paired_speedup
 from pruneframe.export.tensors import rope_pairs
 from pruneframe.export.verify import PROMPTS, verify_gguf
 from pruneframe.pipeline.fold import fold
@@ -87,6 +88,16 @@ def _export_and_verify(model, tokenizer, path: Path, dtype: str = "f32"):
     assert check.positions >= 256, check.summary()
     assert check.passed(), f"{result.plan.arch}: {check.summary()}: {check.failures()}"
     return result, check
+
+
+def test_paired_speedup_reads_ratios_within_repeats() -> None:
+    """Each repeat's ratio is taken between the two files timed together: a slow repeat slows both and cancels."""
+    dense = [100.0, 50.0, 100.0]  # the second repeat ran in a slow period of the machine
+    pruned = [150.0, 80.0, 140.0]
+    assert paired_speedup(dense, pruned) == {"median": 1.5, "low": 1.4, "high": 1.6, "repeats": 3}
+    assert paired_speedup([10.0, 20.0], [30.0, 20.0])["median"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="as many repeats"):
+        paired_speedup([1.0], [1.0, 2.0])
 
 
 def test_rope_pairs_moves_halves_to_adjacent_pairs() -> None:
@@ -394,9 +405,12 @@ def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
     dense = _model("llama-gqa", len(tokenizer))
     units = discover(dense)
     pruned = fold(dense, units, _uneven_mask(units))
-    evaluator = PluginHost.create().evaluator("llamacpp-speed", {"prefill_lens": [16, 32], "decode_tokens": 4, "repeats": 1})
+    evaluator = PluginHost.create().evaluator("llamacpp-speed", {"prefill_lens": [16, 32], "decode_tokens": 4, "repeats": 2})
     result = evaluator.evaluate(pruned, tokenizer, EvalContext(dense_model=dense))
     assert set(result["measured_speedup"]) == {"prefill_16", "prefill_32", "decode"}
+    assert len(result["model"]["decode_samples"]) == 2 and max(result["model"]["decode_samples"]) == result["model"]["decode_tokens_per_s"]
+    paired = result["paired_speedup"]["decode"]
+    assert paired["repeats"] == 2 and paired["low"] <= paired["median"] <= paired["high"]
     assert result["model"]["decode_tokens_per_s"] > 0
     assert result["ideal_speedup"]["decode"] > 1.0  # the pruned file has fewer weight bytes
     assert result["weight_bytes_per_token"]["model"] < result["weight_bytes_per_token"]["dense"]

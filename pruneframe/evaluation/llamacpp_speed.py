@@ -45,7 +45,7 @@ class LlamaCppSpeedEvaluator(Evaluator):
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Export ``model`` (and ``context.dense_model``) and time them in llama.cpp."""
         from pruneframe.export import export_gguf
-        from pruneframe.export.speed import measure_llamacpp_speed, weight_bytes_per_token
+        from pruneframe.export.speed import measure_llamacpp_speed, paired_speedup, weight_bytes_per_token
 
         cfg: LlamaCppSpeedConfig = self.config  # type: ignore[assignment]
         with tempfile.TemporaryDirectory(prefix="pruneframe-llamacpp-") as tmp:
@@ -64,6 +64,10 @@ class LlamaCppSpeedEvaluator(Evaluator):
             result["measured_speedup"] = {
                 **{f"prefill_{n}": m.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in cfg.prefill_lens},
                 "decode": m.decode_tokens_per_s / d.decode_tokens_per_s,
+            }
+            result["paired_speedup"] = {
+                **{f"prefill_{n}": paired_speedup(d.prefill_samples[n], m.prefill_samples[n]) for n in cfg.prefill_lens},
+                "decode": paired_speedup(d.decode_samples, m.decode_samples),
             }
             context_len = min(cfg.prefill_lens)
             result["ideal_speedup"] = {
