@@ -1,13 +1,14 @@
 """An embedded model pruned by the one-shot methods at keep 0.8 and 0.5, exported to GGUF and timed in llama.cpp.
 
-Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, budget, dtype, round_to)
+Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, budget, dtype, round_to, pad_ffn_to)
 with the export's architecture, its check against transformers (and the dense export's own check in the
 same type, ``dense_verify``), prefill tokens/s (256- and 512-token
 prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alternating, each model's
 fastest of the repeats, ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
 llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
 bytes of weights read per decoded token for decode, both dense over pruned). ``--round-to 32,64,128``
-adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``. ``--dense-as-deci`` adds
+adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``; ``--pad-ffn-to N`` exports
+this run's pruned models with every FFN width zero-padded to a multiple of ``N`` (rows of their own). ``--dense-as-deci`` adds
 a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
 (the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
 architecture alone. ``--dense-vs-dense`` adds a noise row per type (method ``dense-vs-dense``, keep 1.0): the
@@ -63,7 +64,7 @@ PERPLEXITY_LEN = 512
 
 
 def _key(row: dict[str, Any]) -> tuple:
-    return row["model"], row["method"], row["budget"], row["dtype"], row.get("round_to")
+    return row["model"], row["method"], row["budget"], row["dtype"], row.get("round_to"), row.get("pad_ffn_to", 1)
 
 
 def _pruned(model_name: str, method: str, budget: float, round_to: int | None, calibration: Any, checkpoints: Path | None, settings: dict[str, Any]) -> Any:
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--methods", default="llm-pruner,wanda-sp,flap,magnitude")
     parser.add_argument("--budgets", default="0.8,0.5")
     parser.add_argument("--dtypes", default="f16,q8_0")
+    parser.add_argument("--pad-ffn-to", type=int, default=1, help="zero-pad the pruned files' FFN widths to a multiple of N")
     parser.add_argument("--round-to", default="", help="comma-separated round_to values for the extra rows")
     parser.add_argument("--round-to-method", default="llm-pruner")
     parser.add_argument("--round-to-budget", type=float, default=0.5)
@@ -189,7 +191,8 @@ def main() -> None:
         dense_checks: dict[str, Any] = {}
         dense_ppl: dict[Path, dict[str, float]] = {}
         for method, budget, round_to in jobs:
-            todo = [d for d in dtypes if pending((name, method, budget, d, round_to))]
+            pad = 1 if method.startswith("dense-") else args.pad_ffn_to
+            todo = [d for d in dtypes if pending((name, method, budget, d, round_to, pad))]
             if not todo:
                 continue
             as_deci = method == "dense-as-deci"
@@ -198,15 +201,16 @@ def main() -> None:
                 if dtype not in dense_files:
                     dense_files[dtype] = export_gguf(dense, Path(tmp) / f"dense-{dtype}.gguf", dtype, tokenizer=tokenizer)
                 dense_export = dense_files[dtype]
-                key = (name, method, budget, dtype, round_to)
-                target = Path(tmp) / f"{method}-{budget}-{round_to}-{dtype}.gguf"
+                key = (name, method, budget, dtype, round_to, pad)
+                target = Path(tmp) / f"{method}-{budget}-{round_to}-{pad}-{dtype}.gguf"
                 try:
                     if as_deci:
                         out = _export_as_deci(model, target, dtype, tokenizer, name)
                     else:
-                        out = export_gguf(model, target, dtype, tokenizer=tokenizer)
+                        out = export_gguf(model, target, dtype, tokenizer=tokenizer, pad_ffn_to=pad)
                 except ExportRefused as exc:
                     row = {"model": name, "method": method, "budget": budget, "dtype": dtype, "round_to": round_to, "refused": str(exc)}
+                    row |= {"pad_ffn_to": pad} if pad > 1 else {}
                     store(key, row)
                     print(json.dumps(row), flush=True)
                     continue
@@ -229,6 +233,7 @@ def main() -> None:
                     "budget": budget,
                     "dtype": dtype,
                     "round_to": round_to,
+                    **({"pad_ffn_to": pad} if pad > 1 else {}),
                     "arch": out.plan.arch,
                     "dense_arch": dense_export.plan.arch,
                     "notes": list(out.plan.notes),

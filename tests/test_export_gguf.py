@@ -149,6 +149,25 @@ def test_uneven_widths_export_as_deci(family: str, tokenizer, tmp_path: Path) ->
 
 
 @needs_llamacpp
+@pytest.mark.parametrize("uniform", [False, True])
+def test_pad_ffn_to_aligns_every_width_exactly(uniform: bool, tokenizer, tmp_path: Path) -> None:
+    """``pad_ffn_to``: every FFN width written is a multiple of it, the zeros are exact, and the notes say so."""
+    model = _model("llama-gqa", len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uniform_mask(units) if uniform else _uneven_mask(units))
+    own = [w.ffn for w in plan_export(pruned, "f32").layers]
+    assert any(f % 16 for f in own), own  # the test needs widths that are not aligned already
+    result = export_gguf(pruned, tmp_path / "aligned.gguf", dtype="f32", tokenizer=tokenizer, pad_ffn_to=16)
+    written = [lp.ffn for lp in result.plan.layers]
+    assert all(f % 16 == 0 for f in written) and [lp.ffn - lp.ffn_pad for lp in result.plan.layers] == own
+    assert any("multiples of 16" in note for note in result.plan.notes)
+    check = verify_gguf(result.path, pruned, tokenizer, "f32", positions=256)
+    assert check.passed(), check.summary()
+    with pytest.raises(ExportRefused, match="pad_ffn_to 0"):
+        plan_export(pruned, "f32", pad_ffn_to=0)
+
+
+@needs_llamacpp
 def test_layer_without_ffn_gets_a_zero_channel(tokenizer, tmp_path: Path) -> None:
     """A layer whose FFN is pruned away entirely is written with one zero channel (deci drops attention otherwise)."""
     model = _model("llama-gqa", len(tokenizer))

@@ -33,6 +33,7 @@ def export_gguf(
     tokenizer: Any = None,
     overwrite: bool = False,
     name: str | None = None,
+    pad_ffn_to: int = 1,
 ) -> ExportResult:
     """Write ``model`` as a GGUF file llama.cpp runs; returns an :class:`ExportResult`.
 
@@ -44,6 +45,7 @@ def export_gguf(
         tokenizer: the model's fast tokenizer (loaded with the model when ``model`` is a spec).
         overwrite: replace a GGUF file pruneframe wrote earlier at ``out``.
         name: ``general.name`` in the file (default: the spec, or the model's ``name_or_path``).
+        pad_ffn_to: zero-pad every FFN width to a multiple of this (exact; see :func:`plan_export`).
 
     Raises:
         pruneframe.export.ExportRefused: llama.cpp cannot express the model (names what and why).
@@ -62,7 +64,7 @@ def export_gguf(
         name = name or spec
     if tokenizer is None:
         raise ValueError("export_gguf: a tokenizer is needed (llama.cpp files carry their vocabulary)")
-    plan = plan_export(model, dtype)
+    plan = plan_export(model, dtype, pad_ffn_to)
     label = name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
     path = write_gguf(target, model, tokenizer, plan, dtype, label)
     return ExportResult(path, plan, path.stat().st_size)

@@ -12,13 +12,16 @@ else than the checkpoint, the layout is padded with zero weights, which leaves t
 * layer 0 without a KV group, or an attention-free layer whose ``o_proj`` has a bias (which ``deci``
   ignores there), gets one zero KV group;
 * for block-quantized types (``q8_0``, ``q4_0``) FFN widths are padded to a multiple of the block size, so that
-  every FFN matrix can use the quantized kernels.
+  every FFN matrix can use the quantized kernels; ``pad_ffn_to`` pads them to a multiple of its own too
+  (llama.cpp's f16 kernels decode some unaligned widths about 10% below the weight-bytes ideal:
+  docs/llamacpp.md).
 
 Anything else llama.cpp cannot express raises :class:`ExportRefused` naming what and why.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,16 +137,19 @@ def _uniform(widths: list[LayerWidths]) -> bool:
     return all(w.same_shape(widths[0]) for w in widths) and widths[0].ffn > 0 and widths[0].kv_heads > 0
 
 
-def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
+def plan_export(model: nn.Module, dtype: str = "f16", pad_ffn_to: int = 1) -> GGUFPlan:
     """Decide how ``model`` (a dense or pruned Hugging Face causal LM) is written; raise :class:`ExportRefused` if it cannot be.
 
     Args:
         model: the model, as loaded (dense, or a pruned checkpoint with uniform or uneven widths).
         dtype: the export type (``f32``, ``f16``, ``bf16``, ``q8_0`` or ``q4_0``): block-quantized types get
             FFN widths padded to a whole number of blocks.
+        pad_ffn_to: zero-pad every FFN width to a multiple of this too (exact; 1 leaves them as they are).
     """
     if dtype not in BLOCK_SIZES:
         raise ExportRefused(f"dtype {dtype!r}: expected one of {', '.join(BLOCK_SIZES)}")
+    if pad_ffn_to < 1:
+        raise ExportRefused(f"pad_ffn_to {pad_ffn_to}: expected a positive number of channels")
     try:
         adapter = adapter_for(model)
     except Exception as exc:  # no adapter: an unknown family
@@ -159,7 +165,8 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
     head_dim = widths[0].head_dim
     g = _queries_per_group(model, widths)
     notes: list[str] = []
-    block = BLOCK_SIZES[dtype]
+    block = math.lcm(BLOCK_SIZES[dtype], pad_ffn_to)
+    what = f"whole {dtype} blocks" if block == BLOCK_SIZES[dtype] else f"multiples of {block}"
     if _uniform(widths):
         w = widths[0]
         if w.o_proj_bias and own_arch in _NO_BIAS:
@@ -168,7 +175,7 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
             raise ExportRefused(f"{type(model).__name__}: a down_proj bias (FLAP's bias compensation) has no place in llama.cpp's {own_arch!r} architecture")
         pad = (-w.ffn) % block
         if pad:
-            notes.append(f"FFN width {w.ffn} padded with {pad} zero channels to whole {dtype} blocks")
+            notes.append(f"FFN width {w.ffn} padded with {pad} zero channels to {what}")
         kv_pad = _square_attention_pad(model, own_arch, w, g)
         if kv_pad:
             notes.append(
@@ -206,7 +213,7 @@ def plan_export(model: nn.Module, dtype: str = "f16") -> GGUFPlan:
             ffn_pad = block
         layers.append(LayerPlan(w.index, w.ffn + ffn_pad, w.kv_heads + kv_pad, (w.kv_heads + kv_pad) * g, ffn_pad=ffn_pad, kv_pad=kv_pad))
     if any(x.ffn_pad and x.ffn - x.ffn_pad > 0 for x in layers):
-        notes.append(f"FFN widths padded with zero channels to whole {dtype} blocks")
+        notes.append(f"FFN widths padded with zero channels to {what}")
     return GGUFPlan("deci", family, head_dim, g, tuple(layers), tuple(notes))
 
 
