@@ -13,6 +13,7 @@ shows how far the machine's own variation moves a speedup.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,10 +52,8 @@ def paired_speedup(reference: list[float], candidate: list[float]) -> dict[str, 
     """
     if not reference or len(reference) != len(candidate):
         raise ValueError(f"paired_speedup needs as many repeats of each file, got {len(reference)} and {len(candidate)}")
-    ratios = sorted(c / r for r, c in zip(reference, candidate, strict=True))
-    mid = len(ratios) // 2
-    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
-    return {"median": median, "low": ratios[0], "high": ratios[-1], "repeats": len(ratios)}
+    ratios = [c / r for r, c in zip(reference, candidate, strict=True)]
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios), "repeats": len(ratios)}
 
 
 def _prompt(length: int, vocab: int, seed: int) -> list[int]:
