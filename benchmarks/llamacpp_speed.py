@@ -4,7 +4,9 @@ Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, b
 with the export's architecture, its check against transformers (and the dense export's own check in the
 same type, ``dense_verify``), prefill tokens/s (256- and 512-token
 prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alternating, each model's
-fastest of the repeats, ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
+fastest of the repeats over ``--placements`` fresh copies of both files (byte-identical copies decode
+several percent apart with the layout of their pages in memory; each row keeps every copy's count of
+physically contiguous page runs, :mod:`pruneframe.export.pagemap`), ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
 llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
 bytes of weights read per decoded token for decode, both dense over pruned). ``--round-to 32,64,128``
 adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``; ``--pad-ffn-to N`` exports
@@ -12,9 +14,8 @@ this run's pruned models with every FFN width zero-padded to a multiple of ``N``
 a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
 (the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
 architecture alone. ``--dense-vs-dense`` adds a noise row per type (method ``dense-vs-dense``, keep 1.0): the
-dense model timed against a second export of itself (byte-identical, written the same way; a copy made
-with ``cp`` decoded several percent slower than the file it copied), whose speedups should be 1.0; how
-far they move is the measurement's own spread on this machine. Every row also keeps each repeat's tokens/s and the
+dense model timed against a second export of itself, whose speedups should be 1.0; how far they move is
+the measurement's own spread on this machine. Every row also keeps each repeat's tokens/s and the
 paired speedups (``decode_speedup_paired``, ``prefill_speedup_paired``: median, lowest and highest of the
 per-repeat ratios, :func:`pruneframe.export.speed.paired_speedup`).
 
@@ -141,7 +142,8 @@ def main() -> None:
     parser.add_argument("--dense-as-deci", action="store_true", help="add the dense model written as deci")
     parser.add_argument("--dense-vs-dense", action="store_true", help="add the dense model timed against a second export of itself (noise)")
     parser.add_argument("--remeasure", action="store_true", help="time this run's rows again, replacing those in --out")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=4, help="timed repeats per placement")
+    parser.add_argument("--placements", type=int, default=3, help="fresh copies of both files, each timed --repeats times")
     parser.add_argument("--checkpoints", type=Path, default=None, help="folder to keep / reuse pruned checkpoints")
     parser.add_argument("--method-config", action="append", default=[], metavar="NAME=JSON", help="a method's settings (repeatable)")
     parser.add_argument("--perplexity-windows", type=int, default=0, help="score N windows per out-of-domain source in llama.cpp too")
@@ -224,7 +226,12 @@ def main() -> None:
                 if dtype not in dense_checks:  # the dense file's own agreement: what the type costs before pruning
                     dense_checks[dtype] = verify_gguf(dense_export.path, dense, tokenizer, dtype).to_dict()
                 speeds = measure_llamacpp_speed(
-                    {"dense": dense_export.path, "pruned": out.path}, int(dense.config.vocab_size), PREFILL_LENS, DECODE_TOKENS, repeats=args.repeats
+                    {"dense": dense_export.path, "pruned": out.path},
+                    int(dense.config.vocab_size),
+                    PREFILL_LENS,
+                    DECODE_TOKENS,
+                    repeats=args.repeats,
+                    placements=args.placements,
                 )
                 d, p = speeds["dense"], speeds["pruned"]
                 row = {
@@ -245,6 +252,7 @@ def main() -> None:
                     "verify_passed": check.passed(),
                     "dense_verify": dense_checks[dtype],
                     "balanced_order": True,
+                    "placements": args.placements,
                     "dense": d.to_dict(),
                     "pruned": p.to_dict(),
                     "prefill_speedup": {str(n): p.prefill_tokens_per_s[n] / d.prefill_tokens_per_s[n] for n in PREFILL_LENS},

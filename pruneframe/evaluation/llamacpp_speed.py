@@ -23,7 +23,11 @@ __all__ = ["LlamaCppSpeedConfig", "LlamaCppSpeedEvaluator"]
 
 
 class LlamaCppSpeedConfig(BaseModel):
-    """Settings: export type, prompt lengths, decoded tokens, threads and timed repeats."""
+    """Settings: export type, prompt lengths, decoded tokens, threads, timed repeats and placements.
+
+    ``placements`` above 1 times both files from that many fresh copies (new page layouts; see
+    :mod:`pruneframe.export.speed`), ``repeats`` each.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +36,7 @@ class LlamaCppSpeedConfig(BaseModel):
     decode_tokens: Annotated[int, Field(ge=1)] = 64
     threads: Annotated[int, Field(ge=1)] = 1
     repeats: Annotated[int, Field(ge=1)] = 5
+    placements: Annotated[int, Field(ge=1)] = 1
 
 
 class LlamaCppSpeedEvaluator(Evaluator):
@@ -54,7 +59,7 @@ class LlamaCppSpeedEvaluator(Evaluator):
                 files["dense"] = export_gguf(context.dense_model, Path(tmp) / "dense.gguf", cfg.dtype, tokenizer=tokenizer).path
             order = {k: files[k] for k in ("dense", "model") if k in files}
             speeds = measure_llamacpp_speed(
-                order, int(model.config.vocab_size), tuple(cfg.prefill_lens), cfg.decode_tokens, cfg.threads, cfg.repeats, context.seed
+                order, int(model.config.vocab_size), tuple(cfg.prefill_lens), cfg.decode_tokens, cfg.threads, cfg.repeats, context.seed, cfg.placements
             )
             weight_bytes = {k: weight_bytes_per_token(p) for k, p in files.items()}
         result: dict[str, Any] = {k: v.to_dict() for k, v in speeds.items()}
@@ -81,6 +86,7 @@ class LlamaCppSpeedEvaluator(Evaluator):
             "prefill_lens": cfg.prefill_lens,
             "decode_tokens": cfg.decode_tokens,
             "repeats": cfg.repeats,
+            "placements": cfg.placements,
             "statistic": "min",
             "batch": 1,
         }
