@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,70 @@ def _evidence(row: dict[str, Any]) -> str:
 
 
 def _repeats_cell(row: dict[str, Any]) -> str:
-    """How many repeats timed the row, and whether their order was balanced (else the dense file always went first)."""
-    return f"{row['dense']['repeats']}" + (" balanced" if row.get("balanced_order") else "")
+    """How many repeats timed the row (placements x repeats each), and whether their order was balanced (else the dense file always went first)."""
+    placements = row["dense"].get("placements", 1)
+    count = f"{placements}x{row['dense']['repeats']}" if placements > 1 else f"{row['dense']['repeats']}"
+    return count + (" balanced" if row.get("balanced_order") else "")
+
+
+def _placement_lines(row: dict[str, Any]) -> list[str]:
+    """Per placement of a row: both copies' physically contiguous page runs and the median decode ratio of its repeats."""
+    d, p = row["dense"], row["pruned"]
+    n, runs_d, runs_p = d["repeats"], d.get("page_runs") or [], p.get("page_runs") or []
+    if d.get("placements", 1) < 2 or len(runs_d) != d["placements"]:
+        return []
+    cells = []
+    for i, (a, b) in enumerate(zip(runs_d, runs_p, strict=True)):
+        ratio = statistics.median(y / x for x, y in zip(d["decode_samples"][i * n : (i + 1) * n], p["decode_samples"][i * n : (i + 1) * n], strict=True))
+        layout = f"page runs {a} / {b}" if a is not None and b is not None else "page runs not readable"
+        cells.append(f"{layout}: decode {ratio:.3f}x")
+    return [f"  placements ({row['dtype']}): " + "; ".join(cells) + "."]
 
 
 def _paired_cell(row: dict[str, Any]) -> str:
-    """The per-repeat decode speedups: median [lowest, highest], or ``-`` for rows timed before they were kept."""
+    """The per-repeat decode speedups: median [lowest, highest] and the median over ideal, or ``-`` for rows timed before they were kept."""
     paired = row.get("decode_speedup_paired")
-    return "-" if not paired else f"{paired['median']:.2f}x [{paired['low']:.2f}, {paired['high']:.2f}]"
+    if not paired:
+        return "-"
+    return f"{paired['median']:.2f}x [{paired['low']:.2f}, {paired['high']:.2f}], {paired['median'] / row['ideal_speedup']['decode']:.2f} x ideal"
+
+
+def _goal_cell(row: dict[str, Any]) -> str:
+    """``met`` / ``missed`` on the fastest repeats (the goals' statistic), and whether the per-repeat median agrees on decode."""
+    if row["budget"] != GOAL_BUDGET:
+        return ""
+    cell = "missed" if _misses(row) else "met"
+    paired, goal = row.get("decode_speedup_paired"), GOALS.get((row["dtype"], "decode"))
+    if paired and goal is not None:
+        median_meets = paired["median"] / row["ideal_speedup"]["decode"] >= goal
+        if median_meets != (row["decode_speedup"] / row["ideal_speedup"]["decode"] >= goal):
+            cell += f" (decode median {'meets' if median_meets else 'misses'})"
+    return cell
+
+
+def _heads_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows timed over placements, by the share of KV heads they keep: the per-repeat median decode speedup over the bytes ideal."""
+    timed = [r for r in rows if r["dense"].get("placements", 1) > 1 and r.get("kv_heads") and not r["method"].startswith("dense-")]
+    if not timed:
+        return []
+    shaped = [r for r in rows if r.get("kv_heads") and r.get("ffn_widths")]  # the dense rows give the full widths
+    dense_kv = max(max(r["kv_heads"]) for r in shaped) * len(timed[0]["kv_heads"])
+    dense_ffn = max(max(r["ffn_widths"]) for r in shaped) * len(timed[0]["ffn_widths"])
+    lines = [
+        "",
+        "**Decode against the KV heads kept** (rows timed over placements, per type from the most KV heads kept to the fewest; "
+        "the bytes ideal counts weights only, not a kept head's KV-cache reads and attention):",
+        "",
+        "| type | method | keep | FFN padded to | KV heads kept | FFN channels written | decode per repeat / ideal |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(timed, key=lambda r: (_DTYPE_ORDER.index(r["dtype"]), -sum(r["kv_heads"]), r["method"])):
+        median = r["decode_speedup_paired"]["median"] / r["ideal_speedup"]["decode"]
+        lines.append(
+            f"| {r['dtype']} | {r['method']} | {r['budget']} | {r.get('pad_ffn_to') or '-'} | {sum(r['kv_heads']) / dense_kv:.0%} | "
+            f"{sum(r['ffn_widths']) / dense_ffn:.0%} | {median:.2f} |"
+        )
+    return lines
 
 
 def _noise_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -133,11 +190,12 @@ def _noise_lines(rows: list[dict[str, Any]]) -> list[str]:
         paired = r.get("decode_speedup_paired")
         spread = f", per-repeat decode ratios {paired['low']:.2f}-{paired['high']:.2f}" if paired else ""
         lines.append(
-            f"- {r['dtype']}, {r['dense']['repeats']} repeats: fastest-repeat decode {r['decode_speedup']:.3f}x, prefill "
+            f"- {r['dtype']}, {_repeats_cell(r)} repeats: fastest-repeat decode {r['decode_speedup']:.3f}x, prefill "
             + ", ".join(f"{n}: {v:.3f}x" for n, v in r["prefill_speedup"].items())
             + spread
             + "."
         )
+        lines += _placement_lines(r)
     return lines
 
 
@@ -198,7 +256,7 @@ def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, An
         ]
     for r in measured:
         ps, ideal, fr = r["prefill_speedup"], r["ideal_speedup"], _fractions(r)
-        goal = "" if r["budget"] != GOAL_BUDGET else ("missed" if _misses(r) else "met")
+        goal = _goal_cell(r)
         lines.append(
             f"| {r['method']} | {r['budget']} | {r.get('round_to') or '-'} | {r.get('pad_ffn_to') or '-'} | {r['dtype']} | {r['arch']} | "
             f"{_check_cell(r['verify'])} | {ps['256']:.2f}x | {ps['512']:.2f}x | {_ideal_prefill(r, '256'):.2f}x | "
@@ -209,6 +267,7 @@ def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, An
         lines += ["", "Refused by the exporter (nothing written):", ""]
         lines += [f"- {_label(r)}: {r['refused']}" for r in refused]
     lines += _noise_lines(measured)
+    lines += _heads_lines(measured)
     lines += _perplexity_lines(measured)
     missed = [r for r in measured if _misses(r)]
     lines += ["", f"Where the goals are missed ({model}):", ""]
@@ -223,7 +282,7 @@ def render(data: dict, analysis: str = "") -> str:
     """The page: protocol, goals, then per model its checks, speed rows, refusals, perplexities and missed goals."""
     p = data["protocol"]
     rows = sorted(data["rows"], key=_order)
-    repeats = sorted({r["dense"]["repeats"] for r in rows if "dense" in r})
+    repeats = sorted({_repeats_cell(r).split()[0] for r in rows if "dense" in r})
     lines = [
         "# Pruned models in llama.cpp",
         "",
@@ -232,7 +291,8 @@ def render(data: dict, analysis: str = "") -> str:
         "Pruned checkpoints exported with `pruneframe export --format gguf` and run in llama.cpp (the `xllamacpp` "
         f"build of the `deploy` extra) on {p['machine']}. Batch {p['batch']}, {p['threads']} thread, prefill of "
         f"{' and '.join(map(str, p['prefill_lens']))}-token prompts, {p['decode_tokens']}-token decode, dense and "
-        f"pruned alternating, fastest of {'/'.join(map(str, repeats))} repeats. Speedups are against the dense model "
+        f"pruned alternating, fastest of {' / '.join(repeats)} repeats (PxR: R repeats on each of P fresh copies of both files). "
+        "Speedups are against the dense model "
         "exported as the family's own llama.cpp architecture in the same type (what a user runs today). Ideal: FLOPs "
         "per token at the prompt's length (prefill) and bytes of weights read per decoded token in the two files "
         "(decode; zero padding counts), dense over pruned. The check column is the export's agreement with the "
@@ -264,39 +324,57 @@ NOTES = """
   distributions let 8-bit rounding move the top token more often, and FLAP's bias compensation adds large
   constant terms. `--verify` says so per file; the tolerances are set from the dense model's own check
   in each type.
-- **How far the timings can be trusted.** The dense model timed against a second export of itself
-  (`--dense-vs-dense`, 7 balanced repeats) gives decode 1.00x in f16, 1.02x in q8_0 and 0.98x in q4_0, and
-  prefill within 1% of 1.00x: about 2% is the resolution of a fastest-of-7 speedup on this machine, while
-  a single repeat's ratio moves much more (0.93-1.05 in f16, 0.79-1.02 in q8_0). Two things were found and
-  removed on the way: a file copied with `cp` decoded several percent slower than the file it was copied
-  from (the noise row now exports twice), and the dense file always went first; the keep-0.5 SmolLM2 rows
-  were re-timed with the order balanced (`repeats` column).
-- **Why Wanda-sp and FLAP miss the f16 decode goal: their FFN widths.** Re-timed with balanced order
-  their decode stays at 0.91 and 0.90 x ideal (0.88-0.93 over three separate timings each), beyond the
-  2% noise, while LLM-Pruner reaches 0.97 and magnitude 0.95. Pruned again with `round_to: 64`, the same
-  methods at the same budget decode at 0.99 x ideal (Wanda-sp, widths 682-683 before) and 0.99 x (FLAP,
-  144-1536 in 26 widths before): llama.cpp's f16 kernels lose speed on these widths (Wanda-sp's are all
-  odd or not a multiple of 32). Without pruning again, `pruneframe export --pad-ffn-to 64` writes the same
-  models with zero channels up to multiples of 64 (exact): Wanda-sp then decodes at 0.97 x ideal and FLAP
-  at 1.01 x (the ideal of the padded file, which counts the zeros), both meeting the goal. GRASPrune's f16
-  decode is 0.93 x ideal unpadded (widths 659-984, none a multiple of 32) and 1.15 x padded; that row's
-  dense file never reached its speed in the other rows (67 against 73 tokens/s), and GRASPrune's mostly
-  single-KV-head layers also save attention work the bytes ideal does not count, so read it as meeting
-  the goal rather than as 1.15. GRASPrune meets both quantized goals unpadded.
-- **q4_0** is written offline by `gguf`'s own quantizer (the token embedding and output layer in q8_0);
-  at keep 0.5 every method but FLAP meets the decode goal (0.94-1.11 x ideal; FLAP 0.90, the widths
-  again), against an ideal lower than f16's because the 8-bit output layer is a larger share of the
-  bytes read per token. In q8_0 FLAP (0.87) and Wanda-sp (0.90) miss it; block-quantized types pad FFN
-  widths to whole 32-blocks already, so there the odd widths are not the whole story. Quality, from
-  llama.cpp's own logits on one 512-token window of each out-of-domain source: the dense q4_0 file
-  scores 1.17x the perplexity of the float32 model (q8_0: 1.01x), and LLM-Pruner's q4_0 file 11.5x its
-  dense q4_0 file's, against 11.0x between the checkpoints in transformers: quantizing the pruned model
-  costs about what quantizing the dense one does. Wanda-sp's and magnitude's files, whose checkpoints are
-  already 290x and 40,000x dense, move furthest.
-- **`round_to`** (LLM-Pruner at keep 0.5, f16, 3 repeats, dense first): 32, 64 and 128 give prefill
-  1.96-1.97x and decode at 0.997, 0.976 and 0.948 x ideal, against 2.00x and 0.967 without rounding:
-  LLM-Pruner's own widths already run at full speed, so rounding buys it nothing, unlike Wanda-sp and
-  FLAP above.
+- **How the timings are taken, and how far they can be trusted.** Rows marked `3x4` were timed over three
+  placements (`--placements 3 --repeats 4`): fresh copies of both files, four balanced repeats on each.
+  llama.cpp maps the file, and where its pages lie matters: four byte-identical copies of the dense f16
+  file, written one after another and timed together (`benchmarks/llamacpp_layout.py`, two rounds),
+  decoded at medians 64.0-67.3 and 63.0-64.5 tokens/s (fastest 67.9-71.9 and 65.1-67.9), and in both
+  rounds the copy whose pages lay in the most physically separate runs (4127 and 4118 of 66,161 pages)
+  was among the slowest, though run counts and speeds do not line up copy by copy. The dense file
+  against a second export of itself gives fastest-repeat decode 1.02x (f16), 1.01x (q8_0) and 1.04x
+  (q4_0), per-repeat medians 1.01-1.02x, single repeats 0.93-1.19x. A fastest-of-N ratio therefore moves
+  by a few percent between timings, as far as the goals' margins: the same Wanda-sp bytes (widths 682-683
+  padded to 704, by `--pad-ffn-to 64` and by 32) timed at 0.97 and at 0.87 x ideal in two single-layout
+  runs of 7 repeats, and at 0.93 (median 0.99) over placements. The goals column judges the fastest
+  repeats and says where the per-repeat median falls on the other side. Rows with a plain repeat count
+  were timed on one layout; `3` also with the dense file first every time.
+- **f16 at keep 0.5.** Prefill runs at 1.10-1.22 x its FLOPs ideal for every method. Decode, as pruned:
+  GRASPrune 0.97 x ideal (median 0.97) meets the goal, magnitude 0.948 (median 0.98) just misses it,
+  LLM-Pruner 0.90 (0.93), Wanda-sp 0.93 (0.89) and FLAP 0.88 (0.90) miss it. What was measured:
+  (1) **FFN widths that are not multiples of 32.** Zero-padded to 32 (`--pad-ffn-to 32`, exact),
+  Wanda-sp's median rises from 0.89 to 0.99 (widths 682-683), GRASPrune's from 0.97 to 1.07 (659-984) and
+  FLAP's from 0.90 to 0.93, while LLM-Pruner (518 to 544) and magnitude stay where they were; padding
+  never made a file clearly slower, so `pruneframe export` now pads FFN widths to 32 by default. As
+  exported by default, GRASPrune (1.08), magnitude (0.97) and FLAP (0.95, median 0.93) meet the goal,
+  Wanda-sp meets it on the median (0.99; fastest 0.93) and LLM-Pruner misses it (0.93). (2) **Not the
+  architecture:** the dense model written as `deci` runs at 1.00x, 1.04x and 0.99x of itself as `llama`
+  (medians 0.99-1.00). (3) **Not the widths alone.** LLM-Pruner at keep 0.8 has the same trouble as
+  Wanda-sp (widths 1044-1045): padded to 32 it rises from 0.91 to 0.99 x ideal (median 0.89 to 0.97); at
+  keep 0.5 it does not move (0.93). (4) **The KV heads kept.** In every type the rows fall in the
+  order of the KV heads they keep (table above): LLM-Pruner, Wanda-sp and FLAP keep 66-68% and land at
+  0.89-0.93 of the ideal in f16 and q8_0, magnitude (57%) and GRASPrune (49%) at 0.97-1.07. The bytes
+  ideal leaves out each kept head's KV-cache reads and attention, which grow with the context:
+  `benchmarks/llamacpp_context.py` (results/llamacpp_context.json, f16 as pruned, 2x4 repeats) times
+  decoding after 16, 256 and 1024 tokens. GRASPrune's keep-0.5 file goes from 0.87 to 0.96 and
+  1.17 x ideal, LLM-Pruner's keep-0.8 file (every head kept) from 0.91 to 0.92 and 0.88, and
+  LLM-Pruner's keep-0.5 file from 0.93 to 0.93 and 0.87. So removing heads is what lifts GRASPrune and
+  magnitude above the others at 256 tokens, and after a 16-token prompt every one of these files sits at
+  0.87-0.93 of the bytes ideal; for LLM-Pruner at keep 0.5, which padding does not move, what holds
+  it there is not found yet.
+- **Quantized at keep 0.5.** q4_0 is written offline by `gguf`'s own quantizer (token embedding and output
+  layer in q8_0), which makes its ideal lower than f16's: every method meets its decode goal (0.98-1.09 x
+  ideal, medians 0.96-1.06). In q8_0 GRASPrune (0.99), magnitude (0.98) and LLM-Pruner (0.91) meet it; FLAP
+  meets it on the fastest repeats over placements (0.92; median 0.89), not in two single-layout timings (0.87,
+  and 0.88 padded to 64), and Wanda-sp misses it (0.88; median 0.89): the two keep the most KV heads (cause 4
+  above; block-quantized types already pad widths to 32). Quality, from llama.cpp's own logits on one
+  512-token window of each out-of-domain source: the dense q4_0 file scores 1.17x the perplexity of the
+  float32 model (q8_0: 1.01x), and LLM-Pruner's q4_0 file 11.5x its dense q4_0 file's, against 11.0x between
+  the checkpoints in transformers: quantizing the pruned model costs about what quantizing the dense one does.
+  Wanda-sp's and magnitude's files, whose checkpoints are already 290x and 40,000x dense, move furthest.
+- **`round_to`** (LLM-Pruner at keep 0.5, f16, 3 repeats on one layout, dense first): 32, 64 and 128 give
+  prefill 1.96-1.97x and decode at 0.997, 0.976 and 0.948 x ideal, differences within the spread above;
+  pruning Wanda-sp and FLAP again with `round_to: 64` (7 balanced repeats, one layout) gave 0.99 x ideal
+  for both, as padding their widths does.
 - **Depth** (f16): ShortGPT's models keep whole layers alike, so they export as llama.cpp's own `llama`
   with fewer layers; at keep 0.5 they decode 1.80x faster than dense (1.09 x the bytes ideal) against
   LLM-Pruner's 1.61x (0.97 x), at a much higher perplexity (docs/results.md, width or depth).

@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--methods", default="llm-pruner,wanda-sp,flap,magnitude")
     parser.add_argument("--budgets", default="0.8,0.5")
     parser.add_argument("--dtypes", default="f16,q8_0")
-    parser.add_argument("--pad-ffn-to", type=int, default=1, help="zero-pad the pruned files' FFN widths to a multiple of N")
+    parser.add_argument("--pad-ffn-to", type=int, default=1, help="zero-pad the pruned files' FFN widths to a multiple of N (default 1: as pruned)")
     parser.add_argument("--round-to", default="", help="comma-separated round_to values for the extra rows")
     parser.add_argument("--round-to-method", default="llm-pruner")
     parser.add_argument("--round-to-budget", type=float, default=0.5)

@@ -75,7 +75,11 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def add_llamacpp(table: list[dict[str, Any]], llamacpp: dict[str, Any]) -> None:
     """Add llama.cpp's f16 speedups (``benchmarks/llamacpp_speed.py`` rows of the same model, method and
     keep-ratio of prunable parameters) to the rows that have them."""
-    found = {(r["model"], r["method"], r["budget"]): r for r in llamacpp["rows"] if r["dtype"] == "f16" and r.get("round_to") is None and "refused" not in r}
+    found = {
+        (r["model"], r["method"], r["budget"]): r
+        for r in llamacpp["rows"]
+        if r["dtype"] == "f16" and r.get("round_to") is None and r.get("pad_ffn_to", 1) == 1 and "refused" not in r
+    }
     for row in table:
         match = found.get((row["model"], row["method"], row["keep"])) if row["budget_kind"] == "prunable" else None
         if match:
@@ -84,7 +88,8 @@ def add_llamacpp(table: list[dict[str, Any]], llamacpp: dict[str, Any]) -> None:
             row["llamacpp_ideal_decode"] = match["ideal_speedup"]["decode"]
             row["llamacpp_arch"] = match["arch"]
             row["llamacpp_verified"] = match.get("verify_passed")
-            row["llamacpp_repeats"] = match["dense"]["repeats"]
+            placements = match["dense"].get("placements", 1)
+            row["llamacpp_repeats"] = f"{placements}x{match['dense']['repeats']}" if placements > 1 else str(match["dense"]["repeats"])
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -130,10 +135,11 @@ def render(table: list[dict[str, Any]], figure_path: str | None) -> str:
             lines.append("")
     measured = [r for r in table if "llamacpp_decode" in r]
     if measured:
-        repeats = "/".join(str(n) for n in sorted({r.get("llamacpp_repeats", 3) for r in measured}))
+        repeats = " / ".join(sorted({str(r.get("llamacpp_repeats", 3)) for r in measured}))
         lines += [
             "**In llama.cpp** (`benchmarks/llamacpp_speed.py`, f16, 1 thread, batch 1, 512-token prefill and 64-token decode,",
-            f"fastest of {repeats} alternating repeats; ideal for decode: weight bytes read per token, dense over pruned):",
+            f"fastest of {repeats} alternating repeats (PxR: R on each of P fresh copies of both files);",
+            "ideal for decode: weight bytes read per token, dense over pruned):",
             "",
             "| model | keep (prunable) | pipeline | removes | architecture | prefill | decode | decode ideal | export check |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

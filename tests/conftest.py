@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -42,3 +44,13 @@ def recovery_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     paths["recover"] = paths["calib"].parent / "recover.txt"
     paths["recover"].write_text(random_text(4, 2000))
     return paths
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks folder is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

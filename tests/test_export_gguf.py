@@ -82,8 +82,9 @@ def _uniform_mask(units) -> torch.Tensor:
     return mask
 
 
-def _export_and_verify(model, tokenizer, path: Path, dtype: str = "f32"):
-    result = export_gguf(model, path, dtype=dtype, tokenizer=tokenizer)
+def _export_and_verify(model, tokenizer, path: Path, dtype: str = "f32", pad_ffn_to: int | None = 1):
+    """Export (by default with the widths as pruned, which the layout tests read) and check the file in llama.cpp."""
+    result = export_gguf(model, path, dtype=dtype, tokenizer=tokenizer, pad_ffn_to=pad_ffn_to)
     check = verify_gguf(result.path, model, tokenizer, dtype, positions=256)
     assert check.positions >= 256, check.summary()
     assert check.passed(), f"{result.plan.arch}: {check.summary()}: {check.failures()}"
@@ -155,7 +156,7 @@ def test_pad_ffn_to_aligns_every_width_exactly(uniform: bool, tokenizer, tmp_pat
     model = _model("llama-gqa", len(tokenizer))
     units = discover(model)
     pruned = fold(model, units, _uniform_mask(units) if uniform else _uneven_mask(units))
-    own = [w.ffn for w in plan_export(pruned, "f32").layers]
+    own = [w.ffn for w in plan_export(pruned, "f32", pad_ffn_to=1).layers]
     assert any(f % 16 for f in own), own  # the test needs widths that are not aligned already
     result = export_gguf(pruned, tmp_path / "aligned.gguf", dtype="f32", tokenizer=tokenizer, pad_ffn_to=16)
     written = [lp.ffn for lp in result.plan.layers]
@@ -175,6 +176,19 @@ def test_layer_without_ffn_gets_a_zero_channel(tokenizer, tmp_path: Path) -> Non
     pruned = fold(model, units, _uneven_mask(units, drop_group_in=None, ffn_keep={1: 0}))
     result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "no-ffn.gguf")
     assert result.plan.layers[1].ffn == 1 and result.plan.layers[1].ffn_pad == 1
+    assert plan_export(pruned, "f32").layers[1].ffn == 32  # the default multiple
+
+
+@needs_llamacpp
+def test_default_export_pads_ffn_widths_to_32_exactly(tokenizer, tmp_path: Path) -> None:
+    """Without ``pad_ffn_to`` every FFN width is written as a multiple of 32 (llama.cpp's fast kernels) and still agrees."""
+    model = _model("llama-gqa", len(tokenizer), intermediate_size=80)
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units))
+    own = [w.ffn for w in plan_export(pruned, "f16", pad_ffn_to=1).layers]
+    assert any(f % 32 for f in own), own
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / "default.gguf", dtype="f16", pad_ffn_to=None)
+    assert all(lp.ffn % 32 == 0 for lp in result.plan.layers) and [lp.ffn - lp.ffn_pad for lp in result.plan.layers] == own
 
 
 @needs_llamacpp
@@ -433,6 +447,28 @@ def test_llamacpp_speed_evaluator_reports_speedups(tokenizer) -> None:
     assert result["model"]["decode_tokens_per_s"] > 0
     assert result["ideal_speedup"]["decode"] > 1.0  # the pruned file has fewer weight bytes
     assert result["weight_bytes_per_token"]["model"] < result["weight_bytes_per_token"]["dense"]
+
+
+@needs_llamacpp
+def test_placements_time_fresh_copies_and_remove_them(tokenizer, tmp_path: Path) -> None:
+    """With placements, every file is timed from that many fresh copies, repeats each; the copies are gone after."""
+    from pruneframe.export.speed import measure_llamacpp_speed
+
+    dense = _model("llama-gqa", len(tokenizer))
+    units = discover(dense)
+    files = {
+        "dense": export_gguf(dense, tmp_path / "dense.gguf", "f32", tokenizer=tokenizer).path,
+        "pruned": export_gguf(fold(dense, units, _uneven_mask(units)), tmp_path / "pruned.gguf", "f32", tokenizer=tokenizer).path,
+    }
+    speeds = measure_llamacpp_speed(files, len(tokenizer), (16,), 4, repeats=3, placements=2)
+    for speed in speeds.values():
+        assert speed.placements == 2 and speed.repeats == 3
+        assert len(speed.decode_samples) == 6 and len(speed.prefill_samples[16]) == 6
+        assert speed.decode_tokens_per_s == max(speed.decode_samples)
+        assert len(speed.page_runs) == 2 and all(r is None or r >= 1 for r in speed.page_runs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.gguf", "pruned.gguf"]
+    with pytest.raises(ValueError, match="placements"):
+        measure_llamacpp_speed(files, len(tokenizer), (16,), 4, repeats=1, placements=0)
 
 
 @needs_llamacpp

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "pipeline_selection.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def selection_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pipeline_selection", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pipeline_selection")
 
 
 def _row(model: str, method: str, keep: float, value: float) -> dict:

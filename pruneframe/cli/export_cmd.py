@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pad-ffn-to",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="zero-pad every FFN width to a multiple of N (exact; 64 lets llama.cpp's f16 kernels reach full speed on uneven widths)",
+        help="zero-pad every FFN width to a multiple of N (exact; default 32: llama.cpp's kernels run unaligned widths slower; 1 for none in float types)",
     )
     parser.add_argument(
         "--verify",

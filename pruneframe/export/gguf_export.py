@@ -33,7 +33,7 @@ def export_gguf(
     tokenizer: Any = None,
     overwrite: bool = False,
     name: str | None = None,
-    pad_ffn_to: int = 1,
+    pad_ffn_to: int | None = None,
 ) -> ExportResult:
     """Write ``model`` as a GGUF file llama.cpp runs; returns an :class:`ExportResult`.
 
@@ -45,7 +45,7 @@ def export_gguf(
         tokenizer: the model's fast tokenizer (loaded with the model when ``model`` is a spec).
         overwrite: replace a GGUF file pruneframe wrote earlier at ``out``.
         name: ``general.name`` in the file (default: the spec, or the model's ``name_or_path``).
-        pad_ffn_to: zero-pad every FFN width to a multiple of this (exact; see :func:`plan_export`).
+        pad_ffn_to: zero-pad every FFN width to a multiple of this (exact; default 32, 1 for none; see :func:`plan_export`).
 
     Raises:
         pruneframe.export.ExportRefused: llama.cpp cannot express the model (names what and why).

@@ -13,7 +13,7 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ["physical_runs"]
+__all__ = ["count_runs", "physical_runs"]
 
 _PAGE = mmap.PAGESIZE
 _PFN_MASK = (1 << 55) - 1
@@ -48,7 +48,12 @@ def physical_runs(path: str | Path) -> int | None:
     frames = [e & _PFN_MASK for e in entries]
     if not any(frames):  # frame numbers hidden: no CAP_SYS_ADMIN
         return None
-    return 1 + sum(1 for a, b in zip(frames, frames[1:], strict=False) if b != a + 1)
+    return count_runs(frames)
+
+
+def count_runs(frames: list[int]) -> int:
+    """How many runs of consecutive numbers ``frames`` (page frame numbers in file order) falls into."""
+    return (1 if frames else 0) + sum(1 for a, b in zip(frames, frames[1:], strict=False) if b != a + 1)
 
 
 def _mapping_start(mapped: mmap.mmap) -> int:

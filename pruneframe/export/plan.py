@@ -11,10 +11,10 @@ else than the checkpoint, the layout is padded with zero weights, which leaves t
   output of a layer whose FFN width is 0);
 * layer 0 without a KV group, or an attention-free layer whose ``o_proj`` has a bias (which ``deci``
   ignores there), gets one zero KV group;
-* for block-quantized types (``q8_0``, ``q4_0``) FFN widths are padded to a multiple of the block size, so that
-  every FFN matrix can use the quantized kernels; ``pad_ffn_to`` pads them to a multiple of its own too
-  (llama.cpp's f16 kernels decode some unaligned widths about 10% below the weight-bytes ideal:
-  docs/llamacpp.md).
+* FFN widths are padded to a multiple of ``pad_ffn_to``, 32 unless told otherwise: block-quantized types
+  (``q8_0``, ``q4_0``) need whole 32-weight blocks along a row, and llama.cpp's f16 kernels decode
+  unaligned widths up to about 10% slower (docs/llamacpp.md); ``pad_ffn_to=1`` leaves float widths as
+  they are.
 
 Anything else llama.cpp cannot express raises :class:`ExportRefused` naming what and why.
 """
@@ -29,10 +29,12 @@ from torch import nn
 
 from pruneframe.architectures import LayerWidths, adapter_for
 
-__all__ = ["ExportRefused", "LayerPlan", "GGUFPlan", "plan_export", "BLOCK_SIZES"]
+__all__ = ["ExportRefused", "LayerPlan", "GGUFPlan", "plan_export", "BLOCK_SIZES", "DEFAULT_PAD_FFN_TO"]
 
 #: Row-block size of each export type whose kernels need whole blocks along a row.
 BLOCK_SIZES: dict[str, int] = {"f32": 1, "f16": 1, "bf16": 1, "q8_0": 32, "q4_0": 32}
+#: The multiple FFN widths are zero-padded to when the caller names none (measured in docs/llamacpp.md).
+DEFAULT_PAD_FFN_TO = 32
 
 #: transformers class -> (llama.cpp architecture for uniform widths, whether ``deci`` can hold uneven ones).
 _FAMILIES: dict[str, tuple[str, bool]] = {
@@ -137,15 +139,18 @@ def _uniform(widths: list[LayerWidths]) -> bool:
     return all(w.same_shape(widths[0]) for w in widths) and widths[0].ffn > 0 and widths[0].kv_heads > 0
 
 
-def plan_export(model: nn.Module, dtype: str = "f16", pad_ffn_to: int = 1) -> GGUFPlan:
+def plan_export(model: nn.Module, dtype: str = "f16", pad_ffn_to: int | None = None) -> GGUFPlan:
     """Decide how ``model`` (a dense or pruned Hugging Face causal LM) is written; raise :class:`ExportRefused` if it cannot be.
 
     Args:
         model: the model, as loaded (dense, or a pruned checkpoint with uniform or uneven widths).
         dtype: the export type (``f32``, ``f16``, ``bf16``, ``q8_0`` or ``q4_0``): block-quantized types get
-            FFN widths padded to a whole number of blocks.
-        pad_ffn_to: zero-pad every FFN width to a multiple of this too (exact; 1 leaves them as they are).
+            FFN widths padded to a whole number of blocks whatever ``pad_ffn_to`` says.
+        pad_ffn_to: zero-pad every FFN width to a multiple of this (exact; ``None``: :data:`DEFAULT_PAD_FFN_TO`;
+            1 leaves float widths as they are).
     """
+    if pad_ffn_to is None:
+        pad_ffn_to = DEFAULT_PAD_FFN_TO
     if dtype not in BLOCK_SIZES:
         raise ExportRefused(f"dtype {dtype!r}: expected one of {', '.join(BLOCK_SIZES)}")
     if pad_ffn_to < 1:
