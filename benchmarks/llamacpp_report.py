@@ -385,9 +385,10 @@ NOTES = """
   1 + weight, the sliding/global pattern written per layer). llama.cpp has one FFN width for every Gemma
   layer, so uneven widths are zero-padded to the widest layer's: LLM-Pruner leaves its first and last
   layers whole (its paper's layer range), so its file is as large as the dense one (decode ideal 1.00x)
-  and runs as fast: re-timed with balanced order it decodes at 0.95x the dense file, which, for files
-  of the same size, is this machine's spread on Gemma (no Gemma dense-vs-dense row was measured yet);
-  Wanda-sp's widest layer is narrower, and its 0.94 x ideal lies within that spread. ShortGPT's models lose whole layers and keep
+  and should run as fast: timed on one layout (7 balanced repeats) it decoded at 0.95x the dense file,
+  while the dense file against a second export of itself, over placements (3x4), gives 1.03x (median
+  1.02x, single repeats 0.99-1.05x); Wanda-sp's widest layer is narrower, and it reached 0.94 x ideal.
+  Both rows predate placements and are left to re-time. ShortGPT's models lose whole layers and keep
   every other layer whole: 1.29x decode at keep 0.5 (ideal 1.23x). FLAP's bias compensation and Block
   Influence's removed blocks have no place in `gemma3` and are refused, naming why. Gemma's prefill
   speedups run past the FLOPs ideal because that ideal counts the 262,144-row output layer at every
