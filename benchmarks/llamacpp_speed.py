@@ -5,7 +5,7 @@ with the export's architecture, its check against transformers (and the dense ex
 same type, ``dense_verify``), prefill tokens/s (256- and 512-token
 prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alternating, each model's
 fastest of the repeats over ``--placements`` fresh copies of both files (byte-identical copies decode
-several percent apart with the layout of their pages in memory; each row keeps every copy's count of
+up to about 5% apart, docs/llamacpp.md; each row keeps every copy's count of
 physically contiguous page runs, :mod:`pruneframe.export.pagemap`), ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
 llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
 bytes of weights read per decoded token for decode, both dense over pruned). ``--round-to 32,64,128``

@@ -1,9 +1,9 @@
 """How scattered a file's cached pages lie in physical memory: the layout behind file-to-file speed differences.
 
-llama.cpp maps a GGUF file and reads every weight page per decoded token. Two byte-identical copies of
-one file can then decode several percent apart, and the copy whose page-cache pages form fewer
-physically contiguous runs is the faster one (fewer TLB misses; measured in docs/llamacpp.md). The
-timing protocol of :mod:`pruneframe.export.speed` records this count beside each file's speeds.
+llama.cpp maps a GGUF file and reads every weight page per decoded token. Byte-identical copies of one
+file were measured to decode up to about 5% apart, the copy with the most scattered pages among the
+slowest, though not copy by copy in order (docs/llamacpp.md). The timing protocol of
+:mod:`pruneframe.export.speed` records this count beside each file's speeds.
 """
 
 from __future__ import annotations

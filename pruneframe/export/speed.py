@@ -10,9 +10,9 @@ fastest repeat is kept, as the speed evaluator does, and so is every repeat's va
 :func:`paired_speedup` reads the ratio within each repeat (two files timed seconds apart), whose spread
 shows how far the machine's own variation moves a speedup.
 
-Nor is a file favoured by where its pages lie: llama.cpp maps the file, and byte-identical copies decode
-several percent apart depending on how scattered their page-cache pages are in physical memory
-(:mod:`pruneframe.export.pagemap`). With ``placements`` above 1 every file is timed from that many fresh
+Nor is a file favoured by where its pages lie: llama.cpp maps the file, and byte-identical copies were
+measured to decode up to about 5% apart (docs/llamacpp.md; :mod:`pruneframe.export.pagemap` records how
+scattered each copy's pages are). With ``placements`` above 1 every file is timed from that many fresh
 copies of itself (new pages each time, the files' copies written in turns), and the fastest repeat is
 taken over all of them.
 """
