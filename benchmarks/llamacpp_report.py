@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pruneframe.util.io import write_text_atomic
+from pruneframe.export.plan import DEFAULT_PAD_FFN_TO
 from pruneframe.export.verify import TOLERANCES
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "benchmarks" / "results" / "llamacpp_speed.json"
+COSTS = ROOT / "benchmarks" / "results" / "llamacpp_costs.json"
 TARGET = ROOT / "docs" / "llamacpp.md"
 
 #: (dtype, phase) -> the least fraction of the ideal speedup the goal asks for at keep 0.5.
@@ -180,6 +183,73 @@ def _heads_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _costs_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One model's ``llamacpp_costs.py`` runs, per type and context: the latest run's fit and table, then every run's readings.
+
+    The fit prices one KV group in FFN channels by time and by bytes; the table gives each file's measured
+    and predicted speedup; with several runs of the same type and context, a line per file lists its
+    measured speedup over the ideal in each run, oldest first (how far the same bytes move between runs).
+    """
+    lines: list[str] = []
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["protocol"]["dtype"], run["protocol"]["context"]), []).append(run)
+    for (dtype, context), same in sorted(groups.items(), key=lambda item: (_DTYPE_ORDER.index(item[0][0]), item[0][1])):
+        p, c = same[-1]["protocol"], same[-1]["costs"]
+        lines += [
+            "",
+            f"**Where decode time goes** ({dtype}, 64 tokens decoded after a {context}-token prompt, "
+            f"{p['placements']}x{p['repeats']} repeats, `benchmarks/llamacpp_costs.py`, the latest of {len(same)} run(s)): shape "
+            "variants of the dense model (the leading FFN channels or KV groups of every layer kept, every file timed in one run) "
+            f"fit relative decode time = {c['fixed']:.3f} + {c['per_channel']:.3g} x FFN channels + {c['per_group']:.3g} x KV groups "
+            f"(largest residual {c['largest_residual']:.3f}). One KV group (its query heads, their weights, KV cache and "
+            f"attention) takes the time of {c['group_in_channels_by_time']:.0f} FFN channels; by bytes it weighs "
+            f"{c['group_in_channels_by_bytes']:.0f}. Predicted: the speedup that fit gives each file's shape. A twin is a "
+            "checkpoint's per-layer widths cut from the dense weights; the control is a second export of the dense model.",
+            "",
+            "| file | FFN channels | KV groups | decode ideal (bytes) | decode per repeat | predicted | per repeat / ideal | predicted / ideal |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in same[-1]["rows"]:
+            lines.append(
+                f"| {r['file']}{'' if r['kind'] == 'checkpoint' else ' (' + r['kind'] + ')'} | {r['ffn_channels']} | {r['kv_groups']} | "
+                f"{r['ideal_decode']:.2f}x | {r['decode_speedup']:.2f}x [{1 / r['relative_time_spread'][1]:.2f}, "
+                f"{1 / r['relative_time_spread'][0]:.2f}] | {r['predicted_speedup']:.2f}x | {r['measured_over_ideal']:.2f} | "
+                f"{r['predicted_over_ideal']:.2f} |"
+            )
+        if len(same) > 1:
+            lines += _replicate_lines(same)
+    return lines
+
+
+def _costs_evidence(row: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
+    """The same file's readings in ``llamacpp_costs.py`` runs (which export with the default padding), or nothing."""
+    if row["dtype"] == "f16" and row.get("pad_ffn_to") != DEFAULT_PAD_FFN_TO:
+        return ""  # the costs runs timed other bytes (padded widths)
+    name = f"{row['method']}-{row['budget']}"
+    same = [run for run in runs if run["protocol"]["model"] == row["model"] and run["protocol"]["dtype"] == row["dtype"]]
+    found = [r for run in same for r in run["rows"] if r["file"] == name]
+    if not found:
+        return ""
+    readings = ", ".join(f"{r['measured_over_ideal']:.2f}" for r in found)  # in run order
+    twins = [r["measured_over_ideal"] for run in same for r in run["rows"] if r["file"] == f"{name}-twin"]
+    twin = f" (its twin, the same widths cut from the dense weights: {', '.join(f'{t:.2f}' for t in twins)})" if twins else ""
+    predicted = ", ".join(f"{r['predicted_over_ideal']:.2f}" for r in found)
+    return f"; in `llamacpp_costs.py` runs its decode per repeat reads {readings} x ideal{twin}, the shape fit predicts {predicted}"
+
+
+def _replicate_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Every file timed in any of ``runs`` (same type and context): its decode per repeat over the ideal in each run (- where not timed)."""
+    readings: dict[str, list[str]] = {}
+    for i, run in enumerate(runs):
+        for r in run["rows"]:
+            if r["file"] != "dense":
+                readings.setdefault(r["file"], ["-"] * len(runs))[i] = f"{r['measured_over_ideal']:.2f}"
+    prices = ", ".join(f"{run['costs']['group_in_channels_by_time']:.0f}" for run in runs)
+    head = f"Every file in each of the {len(runs)} runs (decode per repeat / ideal, oldest first; one KV group in FFN channels by time: {prices}):"
+    return ["", head, ""] + [f"- {name}: {', '.join(values)}" for name, values in readings.items()]
+
+
 def _noise_lines(rows: list[dict[str, Any]]) -> list[str]:
     """What the dense-vs-dense rows say about the measurement's own spread."""
     aa = [r for r in rows if r["method"] == "dense-vs-dense" and "decode_speedup" in r]
@@ -229,7 +299,7 @@ def _perplexity_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, Any], costs: Sequence[dict[str, Any]] = ()) -> list[str]:
     """One model's tables: the dense checks, the speed rows, the refusals, the perplexities and the missed goals."""
     measured = [r for r in rows if "refused" not in r]
     refused = [r for r in rows if "refused" in r]
@@ -268,18 +338,22 @@ def _model_section(model: str, rows: list[dict[str, Any]], machine: dict[str, An
         lines += [f"- {_label(r)}: {r['refused']}" for r in refused]
     lines += _noise_lines(measured)
     lines += _heads_lines(measured)
+    lines += _costs_lines([run for run in costs if run["protocol"]["model"] == model])
     lines += _perplexity_lines(measured)
     missed = [r for r in measured if _misses(r)]
     lines += ["", f"Where the goals are missed ({model}):", ""]
     if not missed:
         lines.append(f"Every row at keep {GOAL_BUDGET} meets its goals.")
     for r in missed:
-        lines.append(f"- **{_label(r)}**: {'; '.join(_misses(r))}. {_evidence(r)}.")
+        lines.append(f"- **{_label(r)}**: {'; '.join(_misses(r))}. {_evidence(r)}{_costs_evidence(r, costs)}.")
     return lines + [""]
 
 
-def render(data: dict, analysis: str = "") -> str:
-    """The page: protocol, goals, then per model its checks, speed rows, refusals, perplexities and missed goals."""
+def render(data: dict, analysis: str = "", costs: Sequence[dict[str, Any]] = ()) -> str:
+    """The page: protocol, goals, then per model its checks, speed rows, refusals, decode costs, perplexities and missed goals.
+
+    ``costs`` holds the runs of ``llamacpp_costs.py`` (its JSON's ``runs``).
+    """
     p = data["protocol"]
     rows = sorted(data["rows"], key=_order)
     repeats = sorted({_repeats_cell(r).split()[0] for r in rows if "dense" in r})
@@ -306,7 +380,7 @@ def render(data: dict, analysis: str = "") -> str:
         "",
     ]
     for model in dict.fromkeys(r["model"] for r in rows):
-        lines += _model_section(model, [r for r in rows if r["model"] == model], p)
+        lines += _model_section(model, [r for r in rows if r["model"] == model], p, costs)
     if analysis:
         lines += [analysis.strip()]
     return "\n".join(lines) + "\n"
@@ -350,23 +424,47 @@ NOTES = """
   architecture:** the dense model written as `deci` runs at 1.00x, 1.04x and 0.99x of itself as `llama`
   (medians 0.99-1.00). (3) **Not the widths alone.** LLM-Pruner at keep 0.8 has the same trouble as
   Wanda-sp (widths 1044-1045): padded to 32 it rises from 0.91 to 0.99 x ideal (median 0.89 to 0.97); at
-  keep 0.5 it does not move (0.93). (4) **The KV heads kept.** In every type the rows fall in the
-  order of the KV heads they keep (table above): LLM-Pruner, Wanda-sp and FLAP keep 66-68% and land at
-  0.89-0.93 of the ideal in f16 and q8_0, magnitude (57%) and GRASPrune (49%) at 0.97-1.07. The bytes
-  ideal leaves out each kept head's KV-cache reads and attention, which grow with the context:
-  `benchmarks/llamacpp_context.py` (results/llamacpp_context.json, f16 as pruned, 2x4 repeats) times
-  decoding after 16, 256 and 1024 tokens. GRASPrune's keep-0.5 file goes from 0.87 to 0.96 and
-  1.17 x ideal, LLM-Pruner's keep-0.8 file (every head kept) from 0.91 to 0.92 and 0.88, and
-  LLM-Pruner's keep-0.5 file from 0.93 to 0.93 and 0.87. So removing heads is what lifts GRASPrune and
-  magnitude above the others at 256 tokens, and after a 16-token prompt every one of these files sits at
-  0.87-0.93 of the bytes ideal; for LLM-Pruner at keep 0.5, which padding does not move, what holds
-  it there is not found yet.
+  keep 0.5 it does not move (0.93). (4) **A kept head costs about three times its bytes.** Decode time
+  is not proportional to weight bytes (`benchmarks/llamacpp_costs.py`, "Where decode time goes" above,
+  four runs): shape variants of the dense model price one KV group (three query heads and their KV head,
+  with their KV-cache reads and attention) at the time of 471-544 FFN channels, against 171 by bytes. So
+  cutting FFN channels alone falls short of the bytes ideal (a third of the FFN with every head kept:
+  0.85-0.89 x ideal) and cutting heads beats it (one KV group of three with the full FFN: 1.25-1.26 x).
+  The methods fall in that order: GRASPrune and magnitude keep 44 and 51 of the 90 KV groups and decode
+  at 0.99-1.09 x ideal in those runs, LLM-Pruner, FLAP and Wanda-sp keep 59-61 and decode at 0.91-1.04 x.
+  The work a kept head adds grows with the context (`benchmarks/llamacpp_context.py`, 2x4 repeats, as
+  pruned: after 16, 256 and 1024-token prompts GRASPrune's keep-0.5 file runs at 0.87, 0.96 and 1.17 x
+  ideal, LLM-Pruner's keep-0.8 file, every head kept, at 0.91, 0.92 and 0.88). (5) **Shape, not
+  weights.** Each keep-0.5 checkpoint decodes within 1.5% of its twin, its per-layer widths cut from the
+  dense model's weights, so no method's weight values slow its file. (6) **How the heads are spread.**
+  LLM-Pruner's and Wanda-sp's shapes hold nearly the same FFN channels (21,280 and 21,120), KV groups (59
+  and 60) and bytes, yet Wanda-sp's file read 0.91-0.95 x ideal in four runs and LLM-Pruner's 0.98-1.04,
+  and only LLM-Pruner's lands where the fit from totals puts both (1.01-1.04). Taken apart in one run,
+  LLM-Pruner's FFN widths with two KV groups in every layer (Wanda-sp's heads) read 0.94, like Wanda-sp's
+  twin (0.94), and Wanda-sp's FFN widths with LLM-Pruner's KV groups (all three in five layers, one in six)
+  read 0.97, near LLM-Pruner's twin (1.02): the spread of the kept heads over the layers, not of the FFN
+  channels, is what separates the two, by about as much as that run's dense control moved (1.04). Why
+  two groups in every layer cost more than the same number spread unevenly is not measured here. (7)
+  **Between runs** the same bytes move by up to 6%: the dense control read 0.99, 1.06 and 1.04, and
+  LLM-Pruner's keep-0.5 file (padded to 32) 0.98-1.04 x ideal in `llamacpp_costs.py` (many files timed
+  together after one 256-token prompt) against 0.93 in `llamacpp_speed.py` (two files, prompts of 256 and
+  512 tokens, a larger context). Against the f16 decode goal, then, as exported by default: GRASPrune and
+  magnitude meet it in every run of both scripts; Wanda-sp reads lowest in every run of
+  `llamacpp_costs.py` (0.91-0.95) and misses it on the fastest repeats of `llamacpp_speed.py` (0.93), for
+  its shape (two-thirds of the heads kept, two in every layer); LLM-Pruner and FLAP fall on either side
+  of it, by script and run.
 - **Quantized at keep 0.5.** q4_0 is written offline by `gguf`'s own quantizer (token embedding and output
   layer in q8_0), which makes its ideal lower than f16's: every method meets its decode goal (0.98-1.09 x
   ideal, medians 0.96-1.06). In q8_0 GRASPrune (0.99), magnitude (0.98) and LLM-Pruner (0.91) meet it; FLAP
   meets it on the fastest repeats over placements (0.92; median 0.89), not in two single-layout timings (0.87,
-  and 0.88 padded to 64), and Wanda-sp misses it (0.88; median 0.89): the two keep the most KV heads (cause 4
-  above; block-quantized types already pad widths to 32). Quality, from llama.cpp's own logits on one
+  and 0.88 padded to 64), and Wanda-sp misses it (0.88; median 0.89): the two keep the most KV heads, and in q8_0
+  a kept head weighs even more against the weights than in f16 (cause 4 above; block-quantized types
+  already pad widths to 32). The q8_0 run of `llamacpp_costs.py` prices one KV group at the time of 600 FFN
+  channels (f16: 471-544; by bytes 171), so a third of the FFN with every head kept reaches only 0.78 x
+  ideal. From the uniform variants alone, its fit predicts 0.91 x ideal for Wanda-sp's shape, 0.91 for
+  FLAP's and 0.92 for LLM-Pruner's, and the files read 0.89, 0.92 and 0.93 (their twins 0.92, 0.94 and
+  0.93), GRASPrune and magnitude 1.02 and 1.00: the three methods that keep two-thirds of the heads sit at
+  the q8_0 goal's edge by their shapes, and a run lands them on one side of it or the other. Quality, from llama.cpp's own logits on one
   512-token window of each out-of-domain source: the dense q4_0 file scores 1.17x the perplexity of the
   float32 model (q8_0: 1.01x), and LLM-Pruner's q4_0 file 11.5x its dense q4_0 file's, against 11.0x between
   the checkpoints in transformers: quantizing the pruned model costs about what quantizing the dense one does.
@@ -385,10 +483,13 @@ NOTES = """
   1 + weight, the sliding/global pattern written per layer). llama.cpp has one FFN width for every Gemma
   layer, so uneven widths are zero-padded to the widest layer's: LLM-Pruner leaves its first and last
   layers whole (its paper's layer range), so its file is as large as the dense one (decode ideal 1.00x)
-  and should run as fast: timed on one layout (7 balanced repeats) it decoded at 0.95x the dense file,
-  while the dense file against a second export of itself, over placements (3x4), gives 1.03x (median
-  1.02x, single repeats 0.99-1.05x); Wanda-sp's widest layer is narrower, and it reached 0.94 x ideal.
-  Both rows predate placements and are left to re-time. ShortGPT's models lose whole layers and keep
+  and should run as fast: over placements (3x4) it decodes at 0.97x the dense file (median 0.99x,
+  single repeats 0.83-1.08x), as the dense file does against a second export of itself (1.03x, median
+  1.02x); its prefill, 1.00x, misses a FLOPs ideal of 1.22x that only the transformers model, not the
+  padded file, has. Wanda-sp's widest layer is narrower (598 channels everywhere, every head kept, since
+  Gemma 3 270M has one KV head per layer): 1.14x decode against a 1.23x ideal, 0.93 x ideal (median 0.96),
+  missing the f16 goal on the fastest repeats as FFN-only cuts do on SmolLM2 (cause 4 above: the kept
+  attention takes more time than its bytes' share). ShortGPT's models lose whole layers and keep
   every other layer whole: 1.29x decode at keep 0.5 (ideal 1.23x). FLAP's bias compensation and Block
   Influence's removed blocks have no place in `gemma3` and are refused, naming why. Gemma's prefill
   speedups run past the FLOPs ideal because that ideal counts the 262,144-row output layer at every
@@ -403,4 +504,5 @@ NOTES = """
 
 
 if __name__ == "__main__":
-    write_text_atomic(TARGET, render(json.loads(SOURCE.read_text()), NOTES))
+    cost_runs = json.loads(COSTS.read_text())["runs"] if COSTS.exists() else []
+    write_text_atomic(TARGET, render(json.loads(SOURCE.read_text()), NOTES, cost_runs))
