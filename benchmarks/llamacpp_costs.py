@@ -149,7 +149,10 @@ def main() -> None:
         help="a named shape cut from the dense weights (counts: one for every layer or one per layer; not fitted; repeatable)",
     )
     parser.add_argument("--dtype", default="f16")
-    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--context", type=int, default=256, help="the prompt decoding follows")
+    parser.add_argument(
+        "--longer-prompt", type=int, default=0, help="also prefill a prompt this long each repeat (llamacpp_speed.py: 512), which sizes the context"
+    )
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--placements", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -158,7 +161,8 @@ def main() -> None:
         named = {name: json.loads(spec) for name, spec in (item.split("=", 1) for item in args.shape)}
         exported, kinds, vocab = export_files(args.model, args.dtype, Path(tmp), args.ffn_widths, args.kv_groups, args.checkpoints, args.twins, named)
         files = {label: result.path for label, result in exported.items()}
-        speeds = measure_llamacpp_speed(files, vocab, (args.context,), 64, repeats=args.repeats, placements=args.placements)
+        prompts = (args.context, args.longer_prompt) if args.longer_prompt > args.context else (args.context,)
+        speeds = measure_llamacpp_speed(files, vocab, prompts, 64, repeats=args.repeats, placements=args.placements)
         dense_bytes = weight_bytes_per_token(files["dense"])
         rows = []
         for label, path in files.items():
@@ -182,7 +186,8 @@ def main() -> None:
     costs["group_in_channels_by_bytes"] = by_bytes["per_group"] / by_bytes["per_channel"]
     print(costs, flush=True)
     machine = platform.processor() or platform.machine()
-    protocol = {"model": args.model, "dtype": args.dtype, "context": args.context, "repeats": args.repeats, "placements": args.placements}
+    protocol = {"model": args.model, "dtype": args.dtype, "context": args.context, "prefill_lens": list(prompts), "repeats": args.repeats}
+    protocol["placements"] = args.placements
     protocol |= {"decode_tokens": 64, "threads": 1, "machine": machine}
     write_json_atomic(args.out, {"runs": with_run(args.out, {"protocol": protocol, "costs": costs, "rows": rows})})
 

@@ -191,14 +191,15 @@ def _costs_lines(runs: list[dict[str, Any]]) -> list[str]:
     measured speedup over the ideal in each run, oldest first (how far the same bytes move between runs).
     """
     lines: list[str] = []
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["protocol"]["dtype"], run["protocol"]["context"]), []).append(run)
-    for (dtype, context), same in sorted(groups.items(), key=lambda item: (_DTYPE_ORDER.index(item[0][0]), item[0][1])):
+        groups.setdefault(_costs_key(run["protocol"]), []).append(run)
+    for (dtype, context, prompts), same in sorted(groups.items(), key=lambda item: (_DTYPE_ORDER.index(item[0][0]), item[0][1:])):
         p, c = same[-1]["protocol"], same[-1]["costs"]
+        longer = f", each repeat also prefilling {', '.join(map(str, prompts[1:]))} tokens (which sizes the context)" if len(prompts) > 1 else ""
         lines += [
             "",
-            f"**Where decode time goes** ({dtype}, 64 tokens decoded after a {context}-token prompt, "
+            f"**Where decode time goes** ({dtype}, 64 tokens decoded after a {context}-token prompt{longer}, "
             f"{p['placements']}x{p['repeats']} repeats, `benchmarks/llamacpp_costs.py`, the latest of {len(same)} run(s)): shape "
             "variants of the dense model (the leading FFN channels or KV groups of every layer kept, every file timed in one run) "
             f"fit relative decode time = {c['fixed']:.3f} + {c['per_channel']:.3g} x FFN channels + {c['per_group']:.3g} x KV groups "
@@ -222,20 +223,32 @@ def _costs_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _costs_key(protocol: dict[str, Any]) -> tuple[str, int, tuple[int, ...]]:
+    """A costs run's type, decode context and prompt lengths (runs without ``prefill_lens`` prefilled the context only)."""
+    return protocol["dtype"], protocol["context"], tuple(protocol.get("prefill_lens", [protocol["context"]]))
+
+
 def _costs_evidence(row: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
-    """The same file's readings in ``llamacpp_costs.py`` runs (which export with the default padding), or nothing."""
+    """The same file's readings in ``llamacpp_costs.py`` runs (which export with the default padding), per prompt setting, or nothing."""
     if row["dtype"] == "f16" and row.get("pad_ffn_to") != DEFAULT_PAD_FFN_TO:
         return ""  # the costs runs timed other bytes (padded widths)
     name = f"{row['method']}-{row['budget']}"
-    same = [run for run in runs if run["protocol"]["model"] == row["model"] and run["protocol"]["dtype"] == row["dtype"]]
-    found = [r for run in same for r in run["rows"] if r["file"] == name]
-    if not found:
-        return ""
-    readings = ", ".join(f"{r['measured_over_ideal']:.2f}" for r in found)  # in run order
-    twins = [r["measured_over_ideal"] for run in same for r in run["rows"] if r["file"] == f"{name}-twin"]
-    twin = f" (its twin, the same widths cut from the dense weights: {', '.join(f'{t:.2f}' for t in twins)})" if twins else ""
-    predicted = ", ".join(f"{r['predicted_over_ideal']:.2f}" for r in found)
-    return f"; in `llamacpp_costs.py` runs its decode per repeat reads {readings} x ideal{twin}, the shape fit predicts {predicted}"
+    groups: dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["protocol"]["model"] == row["model"] and run["protocol"]["dtype"] == row["dtype"]:
+            groups.setdefault(_costs_key(run["protocol"]), []).append(run)
+    parts = []
+    for (_, context, prompts), same in sorted(groups.items()):
+        found = [r for run in same for r in run["rows"] if r["file"] == name]
+        if not found:
+            continue
+        readings = ", ".join(f"{r['measured_over_ideal']:.2f}" for r in found)  # in run order
+        twins = [r["measured_over_ideal"] for run in same for r in run["rows"] if r["file"] == f"{name}-twin"]
+        twin = f" (its twin, the same widths cut from the dense weights: {', '.join(f'{t:.2f}' for t in twins)})" if twins else ""
+        predicted = ", ".join(f"{r['predicted_over_ideal']:.2f}" for r in found)
+        setting = f"after a {context}-token prompt" + (f" with {', '.join(map(str, prompts[1:]))}-token prefills" if len(prompts) > 1 else "")
+        parts.append(f"{setting} its decode per repeat reads {readings} x ideal{twin}, the shape fit predicts {predicted}")
+    return "; in `llamacpp_costs.py` runs " + "; ".join(parts) if parts else ""
 
 
 def _replicate_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -436,23 +449,23 @@ NOTES = """
   pruned: after 16, 256 and 1024-token prompts GRASPrune's keep-0.5 file runs at 0.87, 0.96 and 1.17 x
   ideal, LLM-Pruner's keep-0.8 file, every head kept, at 0.91, 0.92 and 0.88). (5) **Shape, not
   weights.** Each keep-0.5 checkpoint decodes within 1.5% of its twin, its per-layer widths cut from the
-  dense model's weights, so no method's weight values slow its file. (6) **How the heads are spread.**
-  LLM-Pruner's and Wanda-sp's shapes hold nearly the same FFN channels (21,280 and 21,120), KV groups (59
-  and 60) and bytes, yet Wanda-sp's file read 0.91-0.95 x ideal in four runs and LLM-Pruner's 0.98-1.04,
-  and only LLM-Pruner's lands where the fit from totals puts both (1.01-1.04). Taken apart in one run,
-  LLM-Pruner's FFN widths with two KV groups in every layer (Wanda-sp's heads) read 0.94, like Wanda-sp's
-  twin (0.94), and Wanda-sp's FFN widths with LLM-Pruner's KV groups (all three in five layers, one in six)
-  read 0.97, near LLM-Pruner's twin (1.02): the spread of the kept heads over the layers, not of the FFN
-  channels, is what separates the two, by about as much as that run's dense control moved (1.04). Why
-  two groups in every layer cost more than the same number spread unevenly is not measured here. (7)
-  **Between runs** the same bytes move by up to 6%: the dense control read 0.99, 1.06 and 1.04, and
-  LLM-Pruner's keep-0.5 file (padded to 32) 0.98-1.04 x ideal in `llamacpp_costs.py` (many files timed
-  together after one 256-token prompt) against 0.93 in `llamacpp_speed.py` (two files, prompts of 256 and
-  512 tokens, a larger context). Against the f16 decode goal, then, as exported by default: GRASPrune and
-  magnitude meet it in every run of both scripts; Wanda-sp reads lowest in every run of
-  `llamacpp_costs.py` (0.91-0.95) and misses it on the fastest repeats of `llamacpp_speed.py` (0.93), for
-  its shape (two-thirds of the heads kept, two in every layer); LLM-Pruner and FLAP fall on either side
-  of it, by script and run.
+  dense model's weights, so no method's weight values slow its file. (6) **LLM-Pruner against
+  Wanda-sp.** Their shapes hold nearly the same FFN channels (21,280 and 21,120), KV groups (59 and 60) and
+  bytes. After a 256-token prompt alone, Wanda-sp's file read 0.91-0.95 x ideal in four runs and
+  LLM-Pruner's 0.98-1.04; taken apart in one run, LLM-Pruner's FFN widths with two KV groups in every layer
+  read 0.94, like Wanda-sp's twin, and Wanda-sp's FFN widths with LLM-Pruner's KV groups (all three in five
+  layers, one in six) 0.97, near LLM-Pruner's twin (1.02). But with `llamacpp_speed.py`'s prompts (a
+  512-token prefill in every repeat, which also sizes the context) one run read LLM-Pruner 0.95, Wanda-sp
+  0.97 and GRASPrune 1.06 (dense control 1.01): the two swap places with the protocol, so the gap between
+  them is not a fixed property of their shapes. What holds in every run and protocol is that the methods
+  keeping two-thirds of the heads sit around the goal and GRASPrune, keeping half, above it. (7) **Between
+  runs** the same bytes move by up to 6% (the dense control read 0.99, 1.06, 1.04 and 1.01). LLM-Pruner's
+  keep-0.5 file (padded to 32) read 0.98-1.04 x ideal after a 256-token prompt alone, 0.95 with the
+  512-token prefills, and 0.93 in `llamacpp_speed.py` (two files per run instead of many): most of the gap
+  between the two scripts goes with the prompt setting, in one run. Against the f16 decode goal, then, as
+  exported by default: GRASPrune and magnitude meet it in every run of both scripts; LLM-Pruner, FLAP and
+  Wanda-sp, which keep 59-61 of the 90 KV groups, land at 0.91-1.04 x ideal, on either side of 0.95 by
+  protocol and run, because a kept head costs about three times its bytes (cause 4).
 - **Quantized at keep 0.5.** q4_0 is written offline by `gguf`'s own quantizer (token embedding and output
   layer in q8_0), which makes its ideal lower than f16's: every method meets its decode goal (0.98-1.09 x
   ideal, medians 0.96-1.06). In q8_0 GRASPrune (0.99), magnitude (0.98) and LLM-Pruner (0.91) meet it; FLAP

@@ -96,6 +96,10 @@ def test_report_prints_the_costs_and_each_files_prediction(costs: ModuleType) ->
     lines = report._costs_lines([run, again])
     assert "the latest of 2 run(s)" in lines[1] and "| 1.52x [1.43, 1.67] |" in "\n".join(lines)
     assert "- llm-pruner-0.5: 0.92, 0.97" in lines and "by time: 500, 520" in "\n".join(lines)
+    longer = json.loads(json.dumps(run))
+    longer["protocol"]["prefill_lens"] = [256, 512]
+    sections = [line for line in report._costs_lines([run, longer]) if line.startswith("**Where decode time goes**")]
+    assert len(sections) == 2 and "each repeat also prefilling 512 tokens" in sections[1]
     again["rows"][0]["file"] = "other"
     assert {"- llm-pruner-0.5: 0.92, -", "- other: -, 0.97"} <= set(report._costs_lines([run, again]))
 
@@ -111,7 +115,11 @@ def test_missed_goal_cites_the_same_files_costs_readings(costs: ModuleType) -> N
     runs = [{"protocol": protocol, "costs": {}, "rows": rows}]
     padded = {"model": "m", "method": "wanda-sp", "budget": 0.5, "dtype": "f16", "pad_ffn_to": 32}
     text = report._costs_evidence(padded, runs)
-    assert "reads 0.93 x ideal (its twin, the same widths cut from the dense weights: 0.94), the shape fit predicts 1.03" in text
+    assert "after a 256-token prompt its decode per repeat reads 0.93 x ideal (its twin, the same widths cut" in text
+    assert "from the dense weights: 0.94), the shape fit predicts 1.03" in text
+    longer = {"protocol": protocol | {"prefill_lens": [256, 512]}, "costs": {}, "rows": rows[:1]}
+    both = report._costs_evidence(padded, runs + [longer])
+    assert "after a 256-token prompt its" in both and "; after a 256-token prompt with 512-token prefills its decode per repeat reads 0.93" in both
     assert report._costs_evidence(padded | {"pad_ffn_to": None}, runs) == ""  # other bytes than the costs runs timed
     assert report._costs_evidence(padded | {"dtype": "q8_0"}, runs) == ""  # no q8_0 run
     assert report._costs_evidence(padded | {"method": "flap"}, runs) == ""
