@@ -90,8 +90,8 @@ def export_files(
     model_name: str,
     dtype: str,
     folder: Path,
-    ffn_widths: str,
-    kv_groups: str,
+    ffn_widths: list[int],
+    kv_groups: list[int],
     checkpoints: list[Path],
     twins: bool,
     shapes_by_name: dict[str, dict[str, Any]] | None = None,
@@ -116,9 +116,9 @@ def export_files(
 
     write("dense", "variant", model)
     write("dense-copy", "control", model)  # identical bytes: the run's own spread (not fitted)
-    for w in (int(w) for w in ffn_widths.split(",") if w):
+    for w in ffn_widths:
         cut(f"ffn-{w}", "variant", w, None)
-    for g in (int(g) for g in kv_groups.split(",") if g):
+    for g in kv_groups:
         cut(f"kv-{g}", "variant", None, g)
     for label, spec in (shapes_by_name or {}).items():
         cut(label, "shape", spec.get("ffn"), spec.get("kv"))
@@ -159,7 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llamacpp-costs-") as tmp:
         named = {name: json.loads(spec) for name, spec in (item.split("=", 1) for item in args.shape)}
-        exported, kinds, vocab = export_files(args.model, args.dtype, Path(tmp), args.ffn_widths, args.kv_groups, args.checkpoints, args.twins, named)
+        widths, groups = _ints(args.ffn_widths), _ints(args.kv_groups)
+        exported, kinds, vocab = export_files(args.model, args.dtype, Path(tmp), widths, groups, args.checkpoints, args.twins, named)
         files = {label: result.path for label, result in exported.items()}
         prompts = (args.context, args.longer_prompt) if args.longer_prompt > args.context else (args.context,)
         speeds = measure_llamacpp_speed(files, vocab, prompts, 64, repeats=args.repeats, placements=args.placements)
@@ -190,6 +191,10 @@ def main() -> None:
     protocol["placements"] = args.placements
     protocol |= {"decode_tokens": 64, "threads": 1, "machine": machine}
     write_json_atomic(args.out, {"runs": with_run(args.out, {"protocol": protocol, "costs": costs, "rows": rows})})
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def with_run(path: Path, run: dict[str, Any]) -> list[dict[str, Any]]:

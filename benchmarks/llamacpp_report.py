@@ -191,9 +191,7 @@ def _costs_lines(runs: list[dict[str, Any]]) -> list[str]:
     measured speedup over the ideal in each run, oldest first (how far the same bytes move between runs).
     """
     lines: list[str] = []
-    groups: dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault(_costs_key(run["protocol"]), []).append(run)
+    groups = _costs_groups(runs)
     for (dtype, context, prompts), same in sorted(groups.items(), key=lambda item: (_DTYPE_ORDER.index(item[0][0]), item[0][1:])):
         p, c = same[-1]["protocol"], same[-1]["costs"]
         longer = f", each repeat also prefilling {', '.join(map(str, prompts[1:]))} tokens (which sizes the context)" if len(prompts) > 1 else ""
@@ -223,9 +221,13 @@ def _costs_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _costs_key(protocol: dict[str, Any]) -> tuple[str, int, tuple[int, ...]]:
-    """A costs run's type, decode context and prompt lengths (runs without ``prefill_lens`` prefilled the context only)."""
-    return protocol["dtype"], protocol["context"], tuple(protocol.get("prefill_lens", [protocol["context"]]))
+def _costs_groups(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]]:
+    """``runs`` by type, decode context and prompt lengths, oldest first (runs without ``prefill_lens`` prefilled the context only)."""
+    groups: dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]] = {}
+    for run in runs:
+        p = run["protocol"]
+        groups.setdefault((p["dtype"], p["context"], tuple(p.get("prefill_lens", [p["context"]]))), []).append(run)
+    return groups
 
 
 def _costs_evidence(row: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
@@ -233,10 +235,7 @@ def _costs_evidence(row: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
     if row["dtype"] == "f16" and row.get("pad_ffn_to") != DEFAULT_PAD_FFN_TO:
         return ""  # the costs runs timed other bytes (padded widths)
     name = f"{row['method']}-{row['budget']}"
-    groups: dict[tuple[str, int, tuple[int, ...]], list[dict[str, Any]]] = {}
-    for run in runs:
-        if run["protocol"]["model"] == row["model"] and run["protocol"]["dtype"] == row["dtype"]:
-            groups.setdefault(_costs_key(run["protocol"]), []).append(run)
+    groups = _costs_groups([run for run in runs if run["protocol"]["model"] == row["model"] and run["protocol"]["dtype"] == row["dtype"]])
     parts = []
     for (_, context, prompts), same in sorted(groups.items()):
         found = [r for run in same for r in run["rows"] if r["file"] == name]
