@@ -18,6 +18,11 @@ settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("stress", max_examples=2000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# ``dtype: auto`` follows the hardware (bf16 where native); the suite's exactness checks are written for
+# float32, so every test (and every command-line subprocess it starts) sees an emulating machine unless
+# it mocks the probe itself (tests/test_devices.py).
+os.environ["PRUNEFRAME_NATIVE_BF16"] = "0"
+
 
 def pytest_report_header(config) -> str:
     """Show the active hypothesis profile in the pytest header."""
@@ -54,3 +59,19 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The command-line fuzz test's cases tried per subcommand (``cli_fuzz_cases`` properties; also under xdist)."""
+    tried: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call":  # every phase's report carries the properties
+                continue
+            for name, value in getattr(report, "user_properties", []):
+                if name == "cli_fuzz_cases":
+                    for command, count in value.items():
+                        tried[command] = tried.get(command, 0) + count
+    if tried:
+        terminalreporter.section("cli fuzz: cases tried per subcommand")
+        terminalreporter.write_line(", ".join(f"{command} {count}" for command, count in tried.items()) + f" (total {sum(tried.values())})")

@@ -111,6 +111,8 @@ def test_each_run_is_stamped_with_its_protocol(full_run: Path, workspace: dict[s
     protocol = record["protocol"]
     assert protocol["model"]["location"] == str(workspace["model"].resolve()) and protocol["model"]["weights_fingerprint"]
     assert protocol["dtype"] == "float32" and protocol["seed"] == 0
+    assert protocol["dtype_reason"] == "PRUNEFRAME_NATIVE_BF16=0"  # dtype auto; the suite pins the probe (conftest)
+    assert "(float32: PRUNEFRAME_NATIVE_BF16=0)" in (full_run / "results.md").read_text()
     assert protocol["method"]["name"] == "magnitude" and protocol["method"]["config"]["norm"] == "l1"
     assert protocol["method"]["config"]["seed"] == 0 and protocol["method"]["code"] != "unknown"
     assert protocol["budget"] == {"kind": "prunable", "keep": 0.5, "label": "keep 0.5 of prunable params"}

@@ -9,7 +9,7 @@ import torch
 
 from pruneframe.util import devices
 from pruneframe.cli import main
-from pruneframe.util.devices import DeviceUnavailableError, available_devices, checkpoint_dtype, resolve_device, resolve_dtype
+from pruneframe.util.devices import DeviceUnavailableError, available_devices, checkpoint_dtype, choose_dtype, resolve_device
 from pruneframe.models import load_model
 from tiny import tiny_model, tiny_tokenizer
 
@@ -45,14 +45,74 @@ def test_a_cuda_index_past_the_last_device_is_refused(monkeypatch: pytest.Monkey
         resolve_device("tpu-ish")
 
 
-def test_auto_dtype_is_the_stored_one_on_an_accelerator_and_float32_on_the_cpu() -> None:
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert resolve_dtype("auto", cuda, torch.bfloat16) is torch.bfloat16
-    assert resolve_dtype("auto", cpu, torch.bfloat16) is torch.float32
-    assert resolve_dtype(None, cuda, None) is torch.float32  # the checkpoint does not say
-    assert resolve_dtype("bf16", cpu, torch.float32) is torch.bfloat16
+def _cpu(monkeypatch: pytest.MonkeyPatch, capability: str, avx512_bf16: bool = False, amx: bool = False) -> None:
+    """A CPU as torch's probes see it; the suite-wide override of the probe is lifted."""
+    monkeypatch.delenv(devices.NATIVE_BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+@pytest.mark.parametrize(
+    ("capability", "avx512_bf16", "amx", "expected"),
+    [
+        ("AVX2", False, False, torch.float32),
+        ("AVX2", True, True, torch.float32),  # ATen limited to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2): emulated
+        ("AVX512", False, False, torch.float32),
+        ("AVX512", True, False, torch.bfloat16),
+        ("AVX512", False, True, torch.bfloat16),
+        ("DEFAULT", False, False, torch.float32),
+    ],
+)
+def test_auto_dtype_is_bf16_only_on_a_cpu_that_runs_it_natively(
+    monkeypatch: pytest.MonkeyPatch, capability: str, avx512_bf16: bool, amx: bool, expected: torch.dtype
+) -> None:
+    _cpu(monkeypatch, capability, avx512_bf16, amx)
+    choice = choose_dtype("auto", torch.device("cpu"))
+    assert choice.dtype is expected and choose_dtype(None, torch.device("cpu")).dtype is expected
+    assert capability in choice.reason and ("natively" in choice.reason) == (expected is torch.bfloat16)
+    assert choice.warning is None
+
+
+def test_auto_dtype_on_cuda_follows_the_gpus_bf16_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(devices.NATIVE_BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU-X")
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        choice = choose_dtype("auto", torch.device("cuda", 0))
+        assert choice.dtype is expected and "GPU-X" in choice.reason
+    assert choose_dtype("auto", torch.device("mps")).dtype is torch.float32
+
+
+def test_a_named_dtype_wins_and_bf16_on_an_emulating_cpu_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu(monkeypatch, "AVX2")
+    emulated = choose_dtype("bf16", torch.device("cpu"))
+    assert emulated.dtype is torch.bfloat16 and "emulated" in (emulated.warning or "") and "AVX2" in emulated.warning
+    assert choose_dtype("float16", torch.device("cpu")).dtype is torch.float16
+    assert choose_dtype("float32", torch.device("cpu")) == devices.DtypeChoice(torch.float32, "named in the settings")
+    _cpu(monkeypatch, "AVX512", avx512_bf16=True)
+    native = choose_dtype("bfloat16", torch.device("cpu"))
+    assert native.dtype is torch.bfloat16 and native.warning is None
+    assert choose_dtype("float32", torch.device("cpu")).dtype is torch.float32  # named wins over native bf16
     with pytest.raises(ValueError, match="int8"):
-        resolve_dtype("int8", cpu)
+        choose_dtype("int8", torch.device("cpu"))
+
+
+def test_the_environment_overrides_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu(monkeypatch, "AVX2")
+    monkeypatch.setenv(devices.NATIVE_BF16_ENV, "1")
+    assert choose_dtype("auto", torch.device("cpu")).dtype is torch.bfloat16
+    monkeypatch.setenv(devices.NATIVE_BF16_ENV, "0")
+    assert str(choose_dtype("auto", torch.device("cpu"))) == f"float32 ({devices.NATIVE_BF16_ENV}=0)"
+
+
+def test_load_model_warns_when_bf16_is_named_on_an_emulating_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _cpu(monkeypatch, "AVX2")
+    tiny_model().save_pretrained(tmp_path)
+    tiny_tokenizer("t").save_pretrained(tmp_path)
+    with pytest.warns(devices.EmulatedDtypeWarning, match="emulated"):
+        model, _ = load_model(str(tmp_path), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype is torch.bfloat16
 
 
 def test_checkpoint_dtype_reads_either_config_key(tmp_path: Path) -> None:

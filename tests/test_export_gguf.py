@@ -536,3 +536,40 @@ def test_llamacpp_perplexity_evaluator_scores_the_perplexity_windows(spm_tokeniz
     (label,) = ours["sources"]
     assert ours["protocol"]["arch"] == "gemma3" and ours["sources"][label]["windows"] == 2
     assert ours["sources"][label]["mean_nll"] == pytest.approx(theirs["sources"][label]["mean_nll"], rel=1e-4)
+
+
+@needs_llamacpp
+@pytest.mark.parametrize(("family", "uneven"), [("llama-gqa", False), ("llama-gqa", True), ("qwen3", False)])
+def test_a_smaller_hidden_size_exports_in_the_familys_own_layout(family: str, uneven: bool, tokenizer, tmp_path: Path) -> None:
+    """Hidden channels cut (24 of 48, norms rescaled) with uniform or uneven widths: the file agrees with transformers."""
+    from pruneframe.architectures import adapter_for
+    from pruneframe.architectures.hidden import fold_hidden, norm_names
+
+    model = _model(family, len(tokenizer))
+    units = discover(model)
+    pruned = fold(model, units, _uneven_mask(units) if uneven else _uniform_mask(units))
+    keep = torch.zeros(48, dtype=torch.bool)
+    keep[torch.randperm(48, generator=torch.Generator().manual_seed(0))[:24]] = True
+    adapter = adapter_for(pruned)
+    fold_hidden(adapter, pruned, keep, dict.fromkeys(norm_names(adapter, pruned), 1.2))
+    result, _ = _export_and_verify(pruned, tokenizer, tmp_path / f"{family}-hidden.gguf")
+    assert (result.plan.arch == "deci") == uneven
+    arch = result.plan.arch
+    assert gguf.GGUFReader(str(result.path)).fields[f"{arch}.embedding_length"].contents() == 24
+
+
+@needs_llamacpp
+def test_gemma3_with_a_smaller_hidden_size_matches_llamacpp(spm_tokenizer, tmp_path: Path) -> None:
+    """Gemma 3's embedding scale follows sqrt(hidden_size): the fold compensates it, llama.cpp agrees."""
+    from pruneframe.architectures import adapter_for
+    from pruneframe.architectures.hidden import fold_hidden, norm_names
+
+    model = _gemma3(len(spm_tokenizer), ["sliding_attention", "full_attention", "sliding_attention"])
+    d = model.config.hidden_size
+    keep = torch.zeros(d, dtype=torch.bool)
+    keep[torch.randperm(d, generator=torch.Generator().manual_seed(0))[: d // 2]] = True
+    adapter = adapter_for(model)
+    fold_hidden(adapter, model, keep, dict.fromkeys(norm_names(adapter, model), 1.1))
+    result, check = _export_and_verify(model, spm_tokenizer, tmp_path / "gemma-hidden.gguf")
+    assert result.plan.arch == "gemma3" and check.tokenizer_ok
+    assert gguf.GGUFReader(str(result.path)).fields["gemma3.embedding_length"].contents() == d // 2

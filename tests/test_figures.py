@@ -251,3 +251,20 @@ def test_report_command_refuses_bad_folders(stored: Path, tmp_path: Path, capsys
     (tmp_path / "bad" / "results.json").write_text("[1, 2]")
     assert main(["report", str(tmp_path / "bad")]) == 2
     assert "not a comparison's results.json" in capsys.readouterr().err
+
+
+def test_a_value_outside_its_bootstrap_interval_is_drawn_inside_a_widened_one() -> None:
+    """One window: every bootstrap draw is the point summed in another order, a rounding error away; the figure still draws."""
+    from pruneframe.harness.summary import Measure
+
+    built = build_comparison()
+    summary = built["summary"]
+    for group in summary.groups:
+        measure = group.measures["ood"]
+        above = Measure(point=measure.point, draws=np.full_like(measure.draws, measure.point + 1e-12), seed_points=[measure.point], log_scale=True)
+        low, high = above.interval()
+        assert low == pytest.approx(above.value(), rel=0, abs=0) and high > above.value()
+        group.measures["ood"] = above
+    point = quality_points(summary, "ood")["steady"][0]
+    assert point.low <= point.y <= point.high
+    assert set(render(summary, built["dense"], DENSE_PARAMS)) >= {"ppl_vs_params"}

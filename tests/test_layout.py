@@ -84,3 +84,74 @@ def test_nothing_outside_the_package_imports_a_private_module() -> None:
                 private = [n for n in names if n.startswith("pruneframe") and any(p.startswith("_") and not p.startswith("__") for p in n.split("."))]
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in private]
     assert not offenders, offenders
+
+
+def _pruneframe_imports(path: Path) -> set[str]:
+    """Every pruneframe module ``path`` imports anywhere (functions and ``if TYPE_CHECKING:`` included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {name for name in found if name.startswith("pruneframe")}
+
+
+def test_shared_types_sit_below_the_adapters() -> None:
+    """The unit types the adapters and the pipeline share, and the GGUF description adapters give, import no adapter (nor type hints of one)."""
+    assert _pruneframe_imports(PACKAGE / "pipeline" / "units.py") == {"pruneframe.pipeline.removal"}
+    assert _pruneframe_imports(PACKAGE / "architectures" / "gguf.py") == set()
+
+
+#: Words that name a model family or a family's own llama.cpp architecture (matched in lower case).
+FAMILY_WORDS = ("gemma", "qwen", "mistral", "phi3", "phi-3", "olmo", "deci", "forcausallm")
+#: llama.cpp's names of tokenizer rules that are also family names (``tokenizer.ggml.model`` "llama",
+#: ``tokenizer.ggml.pre`` "qwen2"): vocab.py writes them for any tokenizer with that rule, so there they name a tokenizer.
+TOKENIZER_WORDS = ("llama", "qwen2")
+
+
+def _code_names(tree: ast.Module) -> set[str]:
+    """A module's identifiers and string constants, docstrings left out."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names |= {node.name, node.asname or node.name}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            names.add(node.value)
+    return names
+
+
+def test_export_names_no_family() -> None:
+    """``pruneframe.export`` knows no family: architectures, tensor names and special cases come from the adapter (``gguf_spec``).
+
+    Its code (identifiers and strings; docstrings aside) names no family, no model class and no
+    family's llama.cpp architecture; ``llama`` appears only as part of llama.cpp's own name.
+    """
+    offenders = []
+    for path in sorted((PACKAGE / "export").glob("*.py")):
+        for name in _code_names(ast.parse(path.read_text())):
+            lowered = name.lower()
+            if path.name == "vocab.py":
+                for word in TOKENIZER_WORDS:
+                    lowered = lowered.replace(word, "")
+            if any(word in lowered for word in FAMILY_WORDS) or lowered == "llama":
+                offenders.append(f"{path.relative_to(ROOT)}: {name!r}")
+    assert not offenders, offenders

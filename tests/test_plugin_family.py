@@ -1,4 +1,4 @@
-"""A family from a plugin package is one adapter, end to end: prune, uneven checkpoint, both loaders, method checks.
+"""A family from a plugin package is one adapter, end to end: prune, uneven checkpoint, both loaders, method checks, GGUF export.
 
 The plugin (``tests/family_plugin/pruneframe_olmo.py``) adds OLMo, a family pruneframe does not ship,
 with one adapter and nothing else; it is installed here as a package would be (importable, with an
@@ -17,8 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM, OlmoForCausalLM
 
 import pruneframe
-from pruneframe.architectures import builtin_adapters
+from pruneframe.architectures import adapter_for, builtin_adapters
 from pruneframe.checkpoint import MODELING_FILE, load_pruned, save
+from pruneframe.export import ExportRefused, export_gguf, plan_export
 from pruneframe.pipeline.host import DISABLE_AUTOLOAD_ENV, PLUGINS_ENV, PluginHost
 from pruneframe.testing import check_method, tiny_families, tiny_model, tokens
 
@@ -80,6 +81,18 @@ def test_a_plugin_family_prunes_unevenly_saves_and_reloads_through_both_loaders(
 def test_a_plugin_family_gets_the_same_method_checks_as_the_built_in_ones(olmo_plugin: ModuleType, tmp_path: Path) -> None:
     assert "olmo" in tiny_families()
     check_method("magnitude", "olmo", tmp_path)
+
+
+def test_gguf_export_asks_the_plugin_adapter_and_names_it_when_refused(olmo_plugin: ModuleType, tmp_path: Path) -> None:
+    """The exporter takes a family's GGUF layout from its adapter; the OLMo plugin describes none, so export is refused naming the adapter."""
+    model = tiny_model("olmo")
+    assert isinstance(adapter_for(model), olmo_plugin.OlmoAdapter)
+    with pytest.raises(ExportRefused, match=r"^OlmoForCausalLM: OlmoAdapter \(family 'olmo'\) describes no GGUF layout, so it is not exported yet$"):
+        plan_export(model)
+    out = tmp_path / "olmo.gguf"
+    with pytest.raises(ExportRefused, match="OlmoAdapter"):
+        export_gguf(model, out, tokenizer=object())  # refused before the tokenizer is read
+    assert not out.exists()
 
 
 def test_a_checkpoint_of_an_unregistered_family_is_refused_until_its_plugin_is_there(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

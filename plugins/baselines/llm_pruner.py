@@ -25,6 +25,13 @@ weight's gradient into per-unit numbers and frees it at once, so no full set of 
 (``element2`` keeps one float32 Fisher buffer per projection weight, i.e. about one extra copy).
 ``batch_size`` splits the gradient pass into micro-batches; gradients then accumulate across them
 and are reduced after the last one.
+
+Hidden channels (LLM-Pruner's ``channel`` strategy): with ``hidden_keep`` set
+(:class:`~pruneframe.pipeline.methods.HiddenOptions`), a second gradient pass on the same sequences
+scores every hidden channel by the same salience summed over every tensor it spans (embedding and
+lm_head columns, norm entries, q/k/v/gate/up input columns, o/down output rows and biases). It is first
+order for every ``importance`` (``element2``'s Fisher term is not computed there) and runs on the whole
+model at once (not with ``offload``).
 """
 
 from __future__ import annotations
@@ -39,10 +46,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import WeightSlice
+from pruneframe.architectures.hidden import HiddenSite, hidden_sites
 from pruneframe.toolkit.collect import batches
 from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.toolkit.losses import causal_lm_loss, hidden_state_loss
-from pruneframe.pipeline.methods import PruningMethod, ScoringContext
+from pruneframe.pipeline.methods import HiddenOptions, PruningMethod, ScoringContext
 from pruneframe.toolkit.recompute import recompute_decoder_layers
 from pruneframe.toolkit.streaming import StreamingOptions, streamed_backward
 from pruneframe.pipeline.units import UnitKind, UnitSet
@@ -55,7 +63,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Importance = Literal["vector", "element1", "element2"]
 
 
-class LLMPrunerConfig(AllocationConfig, StreamingOptions):
+class LLMPrunerConfig(AllocationConfig, StreamingOptions, HiddenOptions):
     """LLM-Pruner settings.
 
     Attributes:
@@ -74,6 +82,8 @@ class LLMPrunerConfig(AllocationConfig, StreamingOptions):
         offload, compute_device: ``offload="cpu"`` runs the gradient passes one decoder layer at a
             time on ``compute_device`` (:func:`pruneframe.toolkit.streaming.streamed_backward`; the weights
             stay where they are, recomputation is implied; :class:`~pruneframe.toolkit.streaming.StreamingOptions`).
+        hidden_keep: share of hidden channels to keep (``None``, the default: all of them; the
+            ``channel`` strategy's scores, see the module docstring).
     """
 
     importance: Importance = "element1"
@@ -221,6 +231,47 @@ class LLMPruner(PruningMethod):
         context.stats["forward_passes"] = context.stats["backward_passes"] = state["passes"]
         context.stats["calibration_loss"] = sum(losses) / n
         return self._combine(units, context.layers(), shares)
+
+    def score_hidden(self, context: ScoringContext) -> torch.Tensor:
+        """One first-order Taylor importance per hidden channel, over every tensor it spans (float32)."""
+        cfg, model = self.config, context.model
+        if cfg.streaming:
+            raise ValueError("llm-pruner: hidden-channel scores need the whole model on its device; set offload: none")
+        windows = context.require_calibration(self.name).windows(cfg.num_samples, cfg.seq_len)
+        device = next(model.parameters()).device
+        by_tensor: dict[int, tuple[nn.Parameter, list[HiddenSite]]] = {}
+        for site in hidden_sites(context.units.require_adapter(), model):
+            by_tensor.setdefault(id(site.tensor), (site.tensor, []))[1].append(site)
+        total = torch.zeros(context.units.hidden_size, dtype=torch.float64)
+        micro, n = list(batches(windows, cfg.batch_size)), len(windows)
+        state = {"reduce": False}
+
+        def reduce_to_channels(sites: list[HiddenSite]):
+            def hook(p: torch.Tensor) -> None:
+                if not state["reduce"]:
+                    return
+                s = salience(p, p.grad)
+                for site in sites:
+                    other = [d for d in range(s.dim()) if d != site.dim]
+                    per = (s.sum(dim=other).abs() if cfg.importance == "vector" else s.abs().sum(dim=other)) if other else s.abs()
+                    total.add_(per.double().cpu())
+                p.grad = None
+
+            return hook
+
+        tensors = [t for t, _ in by_tensor.values()]
+        handles = []
+        try:
+            with _only_these_require_grad(model, tensors), recompute_decoder_layers(model, cfg.recompute):
+                handles = [t.register_post_accumulate_grad_hook(reduce_to_channels(sites)) for t, sites in by_tensor.values()]
+                for k, batch in enumerate(tqdm(micro, desc="llm-pruner hidden gradients", disable=not context.progress, leave=False)):
+                    state["reduce"] = k == len(micro) - 1
+                    (causal_lm_loss(model, batch.to(device)) * (len(batch) / n)).backward()
+        finally:
+            for h in handles:
+                h.remove()
+        context.stats["hidden_backward_passes"] = len(micro)
+        return total.float()
 
     def _combine(self, units: UnitSet, layers: list, shares: dict[tuple[int, str], torch.Tensor]) -> torch.Tensor:
         scores = torch.empty(len(units), dtype=torch.float32)

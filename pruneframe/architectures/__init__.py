@@ -3,7 +3,9 @@
 Public names for plugin authors: :class:`ArchitectureAdapter` (subclass it for a new family and
 register an instance through ``pruneframe_register_architectures``; :class:`SplitProjectionAdapter`
 already covers any family with Llama's module names), :class:`LayerSlices`,
-:class:`WeightSlice`, :class:`LayerWidths`, and :func:`adapter_for` (the adapter of a model).
+:class:`WeightSlice`, :class:`LayerWidths`, and :func:`adapter_for` (the adapter of a model). A family
+that llama.cpp runs describes its GGUF layout with the types of :mod:`pruneframe.architectures.gguf`
+(:meth:`ArchitectureAdapter.gguf_spec`).
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ from torch import nn
 from pruneframe.architectures.base import (
     ArchitectureAdapter,
     LayerSlices,
-    LayerWidths,
     WeightSlice,
     count_parameters,
     unit_indices,
 )
-
 from pruneframe.architectures.llama import SplitProjectionAdapter
+from pruneframe.pipeline.units import LayerWidths, UnitSet
 
 if TYPE_CHECKING:
     from pruneframe.pipeline.host import PluginHost
-    from pruneframe.pipeline.units import UnitSet
 
 __all__ = [
     "ArchitectureAdapter",
@@ -89,7 +89,7 @@ def adapter_for_class(name: str, host: "PluginHost | None" = None) -> Architectu
     raise NotImplementedError(f"no installed plugin handles {name}; supported: {', '.join(supported)}")
 
 
-def discover(model: nn.Module, host: "PluginHost | None" = None) -> "UnitSet":
+def discover(model: nn.Module, host: "PluginHost | None" = None) -> UnitSet:
     """The :class:`~pruneframe.pipeline.units.UnitSet` of ``model`` (see :func:`adapter_for`)."""
     return adapter_for(model, host).discover(model)
 

@@ -9,13 +9,15 @@ checkpoints, methods) reaches a model's units through an :class:`ArchitectureAda
   the modules whose inputs carry the MLP / attention inputs, and the output projections;
 * :meth:`~ArchitectureAdapter.discover`: the :class:`~pruneframe.pipeline.units.UnitSet`, costs computed from
   the slices themselves (weights and bias entries a unit owns), so costs and fold never disagree;
-* :meth:`~ArchitectureAdapter.layer_widths`: the per-layer widths (:class:`LayerWidths`, the one
+* :meth:`~ArchitectureAdapter.layer_widths`: the per-layer widths (:class:`~pruneframe.pipeline.units.LayerWidths`, the one
   representation used by size evaluation, the checkpoint config and the prune report);
 * :meth:`~ArchitectureAdapter.set_widths`: module attributes a family's forward reads (head counts,
   intermediate size) after its weights were sliced;
 * :meth:`~ArchitectureAdapter.family_class` and :meth:`~ArchitectureAdapter.plain_config`: the
   family's own transformers class (from which a checkpoint with uneven layers derives its classes)
   and its config with every layer alike;
+* :meth:`~ArchitectureAdapter.gguf_spec`: how the family is written as a GGUF file for llama.cpp
+  (:mod:`pruneframe.architectures.gguf`), or why a model cannot be;
 * :meth:`~ArchitectureAdapter.tiny_models`: small random models of the family, which
   :mod:`pruneframe.testing` checks every method on.
 
@@ -34,10 +36,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from pruneframe.architectures.gguf import ExportRefused, GGUFSpec
 from pruneframe.toolkit.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
-from pruneframe.pipeline.units import LayerShape, UnitKind, UnitSet
+from pruneframe.pipeline.units import LayerShape, LayerWidths, UnitKind, UnitSet
 
-__all__ = ["WeightSlice", "LayerSlices", "LayerWidths", "ArchitectureAdapter", "count_parameters", "unit_indices"]
+__all__ = ["WeightSlice", "LayerSlices", "ArchitectureAdapter", "count_parameters", "unit_indices"]
 
 Axis = Literal[0, 1]
 
@@ -218,53 +221,6 @@ class LayerSlices:
         return sum(s.cost_per_unit for s in self.of(kind))
 
 
-@dataclass(frozen=True)
-class LayerWidths:
-    """The prunable widths of one decoder layer, as its modules have them now (one representation for all).
-
-    Attributes:
-        index: layer index.
-        ffn: FFN (intermediate) channels.
-        q_heads: query heads.
-        kv_heads: KV heads.
-        head_dim: per-head width.
-        hidden: model width (the output projections' out_features).
-        down_proj_bias: whether the MLP output projection has a bias.
-        o_proj_bias: whether the attention output projection has a bias.
-    """
-
-    index: int
-    ffn: int
-    q_heads: int
-    kv_heads: int
-    head_dim: int
-    hidden: int
-    down_proj_bias: bool = False
-    o_proj_bias: bool = False
-
-    def to_config(self) -> dict[str, int | bool]:
-        """The entry of ``config.pruned_layers`` (transformers' attribute names)."""
-        return {
-            "intermediate_size": self.ffn,
-            "num_attention_heads": self.q_heads,
-            "num_key_value_heads": self.kv_heads,
-            "down_proj_bias": self.down_proj_bias,
-            "o_proj_bias": self.o_proj_bias,
-        }
-
-    def same_shape(self, other: "LayerWidths") -> bool:
-        """Whether two layers have identical widths and bias flags (the index aside)."""
-        return (self.ffn, self.q_heads, self.kv_heads, self.head_dim, self.hidden, self.down_proj_bias, self.o_proj_bias) == (
-            other.ffn,
-            other.q_heads,
-            other.kv_heads,
-            other.head_dim,
-            other.hidden,
-            other.down_proj_bias,
-            other.o_proj_bias,
-        )
-
-
 def count_parameters(model: nn.Module) -> int:
     """``sum(p.numel() for p in model.parameters())``; shared (tied) tensors are counted once."""
     return sum(p.numel() for p in model.parameters())
@@ -360,6 +316,13 @@ class ArchitectureAdapter(ABC):
             hidden_size=int(model.config.hidden_size),
             adapter=self,
         )
+
+    def norm_weight_offset(self, norm: nn.Module) -> float:
+        """What the family's norm adds to its stored weight before scaling (0; Gemma's ``1 + w``: 1).
+
+        Cutting hidden channels rescales a norm's applied scale (:mod:`pruneframe.architectures.hidden`).
+        """
+        return 0.0
 
     def block_norms(self, layer: LayerSlices, kind: UnitKind) -> list[nn.Module]:
         """The norms that go with the attention (``KV``) or MLP (``FFN``) block when it is removed whole.
@@ -482,6 +445,18 @@ class ArchitectureAdapter(ABC):
             head_dim=widths.head_dim,
         )
         return out
+
+    # export -----------------------------------------------------------------------------------
+
+    def gguf_spec(self, model: nn.Module) -> GGUFSpec:
+        """How ``model``, as it is now, is written as a GGUF file for llama.cpp (a :class:`~pruneframe.architectures.gguf.GGUFSpec`).
+
+        A family that llama.cpp runs overrides this: it names the llama.cpp architectures its layers
+        are written as and how its modules become tensors, and raises
+        :class:`~pruneframe.architectures.gguf.ExportRefused` for any setting or state of ``model``
+        llama.cpp cannot hold, saying why. The default describes no layout and refuses every model.
+        """
+        raise ExportRefused(f"{type(model).__name__}: {type(self).__name__} (family {self.name!r}) describes no GGUF layout, so it is not exported yet")
 
     # tests ------------------------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ All four share one layout: ``model.model.layers[i].mlp.{gate,up,down}_proj`` and
 heads grouped by the KV head they share (query head ``j`` reads KV head ``j // G``).
 Widths are read from the modules, not the config, so an already pruned model (different widths per
 layer) is described correctly too.
+
+In GGUF files, Llama and Mistral are llama.cpp's ``llama`` (pairs of adjacent q/k rows rotated), and with
+layers of different widths its ``deci`` (per-layer query-head counts, KV-head counts and FFN widths, no
+q/k/v or gate/up biases); Qwen2 and Qwen3 are ``qwen2`` and ``qwen3`` (no output-projection biases;
+Qwen3's q/k norms), which hold one width for every layer.
 """
 
 from __future__ import annotations
@@ -14,9 +19,27 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices, WeightSlice
+from pruneframe.architectures.gguf import HEAD_NORMS, ExportRefused, GGUFLayout, GGUFSpec, refuse_scaled_rope
 from pruneframe.pipeline.units import UnitKind
 
 __all__ = ["SplitProjectionAdapter", "LlamaAdapter"]
+
+_LLAMA = GGUFLayout("llama", paired_rope=True)
+_PER_LAYER = GGUFLayout("deci", per_layer_widths=True, paired_rope=True, input_biases=False)
+_NO_PER_LAYER = "llama.cpp holds per-layer widths only in its 'deci' architecture, which lacks what {family} needs ({what})"
+#: transformers class -> how it is written as GGUF.
+_GGUF: dict[str, GGUFSpec] = {
+    "LlamaForCausalLM": GGUFSpec(_LLAMA, _PER_LAYER),
+    "MistralForCausalLM": GGUFSpec(_LLAMA, _PER_LAYER),
+    "Qwen2ForCausalLM": GGUFSpec(
+        GGUFLayout("qwen2", output_biases=False, square_attention=True),
+        uneven_refusal=_NO_PER_LAYER.format(family="Qwen2ForCausalLM", what="q/k/v biases"),
+    ),
+    "Qwen3ForCausalLM": GGUFSpec(
+        GGUFLayout("qwen3", output_biases=False, head_norms=HEAD_NORMS),
+        uneven_refusal=_NO_PER_LAYER.format(family="Qwen3ForCausalLM", what="per-head q/k norms"),
+    ),
+}
 
 
 class SplitProjectionAdapter(ArchitectureAdapter):
@@ -76,6 +99,26 @@ class LlamaAdapter(SplitProjectionAdapter):
     name = "llama"
     architectures = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
     silu_glu_mlps = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+    def gguf_spec(self, model: nn.Module) -> GGUFSpec:
+        """``llama`` (uneven widths: ``deci``) for Llama and Mistral, ``qwen2`` / ``qwen3`` for Qwen; settings llama.cpp lacks are refused."""
+        family = self.architecture_of(model) or type(model).__name__
+        name, config = type(model).__name__, model.config
+        spec = _GGUF.get(family)
+        if spec is None:
+            raise ExportRefused(f"{name}: {type(self).__name__} describes no GGUF layout for {family}, so it is not exported yet")
+        refuse_scaled_rope(model)
+        window = getattr(config, "sliding_window", None)
+        if family == "MistralForCausalLM" and window:
+            raise ExportRefused(f"{name}: sliding-window attention ({window} tokens) has no llama.cpp 'llama' equivalent")
+        if family == "Qwen2ForCausalLM" and getattr(config, "use_sliding_window", False):
+            raise ExportRefused(f"{name}: use_sliding_window=True has no llama.cpp 'qwen2' equivalent")
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise ExportRefused(f"{name}: hidden_act {act!r}; llama.cpp's {family} graph uses silu")
+        if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0):
+            raise ExportRefused(f"{name}: partial rotary embeddings are not exported yet")
+        return spec
 
     def tiny_models(self) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
         """GQA and MHA Llama (the latter with MLP and attention biases), Mistral, Qwen2 (q/k/v biases), Qwen3 (q/k norms)."""

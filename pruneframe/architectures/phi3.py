@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices, LayerWidths, WeightSlice
-from pruneframe.pipeline.units import UnitKind
+from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices, WeightSlice
+from pruneframe.pipeline.units import LayerWidths, UnitKind
 
 __all__ = ["Phi3Adapter"]
 

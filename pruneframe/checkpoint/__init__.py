@@ -35,7 +35,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from pruneframe.util.io import atomic_dir, write_json_atomic
+from pruneframe.util.io import atomic_dir, read_small_text, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for, adapter_for_class
 from pruneframe.checkpoint.modeling_pruneframe import MODEL_TYPE_PREFIX, pruned_classes
 from pruneframe.checkpoint.validate import PER_LAYER_WIDTHS, CheckpointError, check_replaceable, validate_checkpoint
@@ -214,7 +214,7 @@ def read_report_json(path: str | Path) -> dict[str, Any]:
     file = Path(path) / REPORT_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a pruneframe checkpoint (no {REPORT_FILE})")
-    return json.loads(file.read_text())
+    return json.loads(read_small_text(file))
 
 
 def read_report(path: str | Path) -> CheckpointReport:
@@ -231,6 +231,18 @@ def read_report(path: str | Path) -> CheckpointReport:
     except ValidationError as exc:
         fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
         raise ValueError(f"{Path(path) / REPORT_FILE} is not a prune's report (fields: {fields})") from None
+
+
+def _supported(name: str, host: "PluginHost | None") -> None:
+    """Raise :class:`~pruneframe.pipeline.host.UnsupportedModelError` when no registered adapter handles the model class ``name``."""
+    from pruneframe.pipeline.host import UnsupportedModelError
+
+    try:
+        adapter_for_class(name, host)
+    except UnsupportedModelError:
+        raise
+    except NotImplementedError as exc:  # adapter_for_class's way of saying that no adapter handles it
+        raise UnsupportedModelError(str(exc)) from exc
 
 
 def _family_class(path: Path, config: dict[str, Any], host: "PluginHost | None") -> type[nn.Module]:
@@ -257,7 +269,7 @@ def _family_class(path: Path, config: dict[str, Any], host: "PluginHost | None")
     if not isinstance(ref, str) or "." not in ref:
         raise CheckpointError(f"{path / 'config.json'}: {FAMILY_FIELD!r} must be 'module.ClassName', got {ref!r}")
     module, _, name = ref.rpartition(".")
-    adapter_for_class(name, host)  # a family no registered adapter handles is refused before anything is imported
+    _supported(name, host)  # a family no registered adapter handles is refused before anything is imported
     try:
         family = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
@@ -287,7 +299,9 @@ def load_pruned(
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json; not a checkpoint folder")
-    stored = json.loads(config_file.read_text())
+    stored = json.loads(read_small_text(config_file))
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{config_file}: holds a JSON {type(stored).__name__}, not an object")
     model_type = str(stored.get("model_type", ""))
     kwargs: dict[str, Any] = {}
     if dtype is not None:
@@ -308,7 +322,7 @@ def load_pruned(
             model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
         except (KeyError, ValueError):
             raise ValueError(f"{path}: model_type {model_type!r} is neither a pruneframe checkpoint's nor a causal LM transformers knows") from None
-        adapter_for_class(model_cls.__name__, host)
+        _supported(model_cls.__name__, host)
     validate_checkpoint(path, model_cls, config)
     model = model_cls.from_pretrained(path, config=config, **kwargs).eval()
     tokenizer = None

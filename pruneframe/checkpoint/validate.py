@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruneframe.util.io import read_small_text
+
 __all__ = [
     "PER_LAYER_WIDTHS",
     "REPORT_FILE",
@@ -160,8 +162,8 @@ def _read_report(folder: Path) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        report = json.loads(read_small_text(file))
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{file}: not valid JSON ({exc})") from exc
     if not isinstance(report, dict):
         raise CheckpointError(f"{file}: expected a JSON object, got {type(report).__name__}")

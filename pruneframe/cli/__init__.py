@@ -2,10 +2,12 @@
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
 errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable
-data, infeasible budgets, each raised as such by an input phase, see
-:data:`pruneframe.harness.inputs.INPUT_ERRORS`) prints one message to stderr and exits with 2; a plugin's
-fault (:class:`~pruneframe.pipeline.host.PluginError`) prints one message naming the plugin and exits with 1;
-anything else is a bug: it propagates with its traceback (``python -m pruneframe`` then exits with 1).
+data, infeasible budgets, unwritable output paths, each raised as such by an input phase, see
+:data:`pruneframe.harness.inputs.INPUT_ERRORS`) prints one line to stderr and exits with 2; a plugin's
+fault (:class:`~pruneframe.pipeline.host.PluginError`) prints one line naming the plugin and exits with 1,
+as does an output the disk refused (:class:`~pruneframe.cli.output_paths.OutputError`: full, read-only);
+Ctrl-C prints ``interrupted`` and exits with 130, the output left absent or as it was. Anything else is
+a bug: it propagates with its traceback (``python -m pruneframe`` then exits with 1).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd, report_cmd
-from pruneframe.cli.common import Command
+from pruneframe.cli.common import Command, Parser, one_line
+from pruneframe.cli.output_paths import OutputError
 from pruneframe.harness.config import InputError
 from pruneframe.pipeline.host import PluginError
 from pruneframe.toolkit.memory import return_large_blocks
@@ -35,13 +38,15 @@ COMMANDS: tuple[Command, ...] = (
 
 #: Exit code for bad input.
 USAGE_ERROR = 2
-#: Exit code for a fault of an installed plugin.
+#: Exit code for a fault of an installed plugin, and for an output the disk refused.
 PLUGIN_FAULT = 1
+#: Exit code after Ctrl-C (SIGINT), as shells report a process it ended: 128 + 2.
+INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command."""
-    parser = argparse.ArgumentParser(prog="pruneframe", description="Budgeted structured pruning of LLMs.")
+    parser = Parser(prog="pruneframe", description="Budgeted structured pruning of LLMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.help)
@@ -51,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 1 a plugin's fault or a failed run, 2 bad input).
+    """Run the command line; returns the exit code (0 success, 1 a plugin's fault, a failed run or a refused
+    write, 2 bad input, 130 interrupted).
 
     Any other exception propagates unchanged, with its traceback.
     """
@@ -61,14 +67,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help (0) and on bad flags (2)
         return exc.code if isinstance(exc.code, int) else USAGE_ERROR
     if args.command is None:
-        parser.print_help(sys.stderr)
+        names = ", ".join(command.name for command in COMMANDS)
+        print(f"pruneframe: error: name a command: {names} (see pruneframe --help)", file=sys.stderr)
         return USAGE_ERROR
     return_large_blocks()  # freed weight-sized temporaries go back to the OS (see its docstring)
     try:
         return args.run(args)
     except InputError as exc:
-        print(f"pruneframe {args.command}: error: {exc}", file=sys.stderr)
+        _error(args.command, exc)
         return USAGE_ERROR
-    except PluginError as exc:
-        print(f"pruneframe {args.command}: error: {exc}", file=sys.stderr)
+    except (PluginError, OutputError) as exc:
+        _error(args.command, exc)
         return PLUGIN_FAULT
+    except KeyboardInterrupt:
+        print(f"pruneframe {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _error(command: str, exc: Exception) -> None:
+    """The error's message on stderr, in one line after ``pruneframe COMMAND: error:``."""
+    print(f"pruneframe {command}: error: {one_line(str(exc))}", file=sys.stderr)

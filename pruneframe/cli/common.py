@@ -14,17 +14,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from pruneframe.checkpoint.validate import is_checkpoint_folder
+from pruneframe.cli.config_file import check_file_shape, read_config_file
+from pruneframe.cli.output_paths import check_output_path
 from pruneframe.util.devices import DTYPE_CHOICES
-from pruneframe.harness.config import InputError, explain, normalise_methods, protocol_flag_over_file
+from pruneframe.harness.config import InputError, explain, protocol_flag_over_file
 from pruneframe.harness.runner import Log
+from pruneframe.util.io import read_small_text
 
 __all__ = [
     "Command",
+    "Parser",
+    "one_line",
     "Log",
     "add_model_flags",
     "add_device_flags",
@@ -60,6 +65,19 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+
+
+def one_line(message: str) -> str:
+    """``message`` with its lines joined by ``; `` (an error is reported in one line)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, ``<prog>: error: <message>``, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error (with where the flags are listed) and exit with 2."""
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _names(text: str) -> list[str]:
@@ -115,6 +133,8 @@ def _method_config(text: str) -> tuple[str | None, dict[str, Any]]:
         value = json.loads(body)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"--method-config {text!r}: not JSON ({exc.msg}); use NAME='{{\"key\": 1}}'") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"--method-config {text[:80]!r}...: nested too deeply") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"--method-config {text!r}: expected a JSON object after NAME=")
     return (name.strip() if name else None), value
@@ -127,7 +147,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         type=str.lower,
         choices=DTYPE_CHOICES,
-        help="load and evaluate in this dtype (default auto: the checkpoint's own on an accelerator, float32 on the CPU)",
+        help="load and evaluate in this dtype (default auto: bfloat16 where the device runs it natively, else float32)",
     )
 
 
@@ -279,24 +299,26 @@ def is_results_folder(path: Path) -> bool:
         return True
     for record in sorted((path / "runs").glob("*.json")) if (path / "runs").is_dir() else []:
         try:
-            if "cache_key" in json.loads(record.read_text(encoding="utf-8")):
-                return True
-        except (OSError, ValueError, TypeError):
+            data = json.loads(read_small_text(record))
+        except (OSError, ValueError, RecursionError):  # unreadable, not a small UTF-8 file, not JSON
             continue
+        if isinstance(data, dict) and "cache_key" in data:
+            return True
     return False
 
 
 def is_eval_record(path: Path) -> bool:
     """Whether ``path`` is a JSON file written by ``pruneframe eval`` (an object with ``eval`` and ``protocol``)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = json.loads(read_small_text(path))
+    except (OSError, ValueError, RecursionError):  # unreadable, not a small UTF-8 file, not JSON
         return False
     return isinstance(record, dict) and {"eval", "protocol"} <= record.keys()
 
 
 def _empty(path: Path) -> bool:
-    return (path.is_dir() and not any(path.iterdir())) or (path.is_file() and path.stat().st_size == 0)
+    """Whether ``path`` (an existing file or folder) holds nothing."""
+    return not any(path.iterdir()) if path.is_dir() else path.stat().st_size == 0
 
 
 _OURS = {
@@ -309,41 +331,26 @@ _OURS = {
 def guard_output(path: str | Path, kind: OutputKind, overwrite: bool) -> Path:
     """Refuse an output path whose current content pruneframe did not write; returns the path.
 
-    A missing path or an empty file/folder is always fine. An existing output of the same kind is fine
-    for ``results`` (the comparison reuses its cached runs) and, for ``checkpoint`` and ``eval``, only
-    with ``overwrite``. Anything else raises :class:`InputError` naming the path, before any work starts.
+    The path must be one that can be written (:func:`~pruneframe.cli.output_paths.check_output_path`).
+    A missing path, or an empty folder (for a folder output) or empty file (for a file output) is fine.
+    An existing output of the same kind is fine for ``results`` (the comparison reuses its cached runs)
+    and, for ``checkpoint`` and ``eval``, only with ``overwrite``. Anything else raises
+    :class:`InputError` naming the path, before any work starts.
     """
-    target = Path(path).expanduser()
-    if not target.exists() and not target.is_symlink():
-        return target
-    if _empty(target):
-        return target
     folder, ours, what = _OURS[kind]
     shape = "folder" if folder else "file"
+    target = check_output_path(path, "--out", shape)
+    if not target.exists():
+        return target
     if target.is_dir() != folder:
         raise InputError(f"--out {str(target)!r} is a {'folder' if target.is_dir() else 'file'}; expected a {shape} for {what}")
+    if _empty(target):
+        return target
     if not ours(target):
         raise InputError(f"--out {str(target)!r} exists and is not {what}; refusing to replace it (choose another --out, or move it away)")
     if kind != "results" and not overwrite:
         raise InputError(f"--out {str(target)!r} is {what} already; pass --overwrite to replace it")
     return target
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON file (YAML is a superset of JSON, so one parser reads both)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"config file {str(path)!r}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"config file {str(path)!r}: not valid YAML/JSON ({exc})") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InputError(f"config file {str(path)!r}: expected a mapping at the top level, got {type(data).__name__}")
-    return normalise_methods(data)
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +378,8 @@ def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: 
     if own_fields_only:
         data = {k: v for k, v in data.items() if k in model.model_fields}
         flags = {k: v for k, v in flags.items() if k in model.model_fields}
+    if config_file:
+        check_file_shape(data, model, config_file)  # the merging below relies on the file's shape
     data = protocol_flag_over_file(data, flags)
     if "methods" in flags:  # the file's per-method settings of the methods left out go with them
         for key in ("method_configs", "method_seeds"):

@@ -29,7 +29,9 @@ from pruneframe.cli.common import (
     silenced,
     validated_settings,
 )
+from pruneframe.cli.output_paths import folder_lock, writing
 from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare
+from pruneframe.harness.runner import Prepared, prepare
 from pruneframe.pipeline.host import PluginHost
 
 __all__ = ["COMMAND", "compare_config"]
@@ -63,23 +65,28 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     return validated_settings(args, CompareConfig, flags)
 
 
-def _compare(config: CompareConfig, target: Path, args: argparse.Namespace) -> CompareOutcome:
+def _compare(config: CompareConfig, prep: Prepared, target: Path, args: argparse.Namespace) -> CompareOutcome:
     """The comparison written to ``target``; with ``--overwrite`` built in a sibling folder that replaces it at the end."""
-    host, progress, log = PluginHost.create(), not args.quiet, make_log(args.quiet)
+    host, progress, log = prep.host, not args.quiet, make_log(args.quiet)
     if not args.overwrite:
-        return compare(config, host=host, progress=progress, log=log)
+        return compare(config, host=host, progress=progress, log=log, out=target, prepared=prep)
     with atomic_dir(target, overwrite=True) as tmp:
-        outcome = compare(config, host=host, progress=progress, log=log, out=tmp)
+        outcome = compare(config, host=host, progress=progress, log=log, out=tmp, prepared=prep)
     files = {name: target / path.relative_to(tmp) for name, path in outcome.files.items()}
     return dataclasses.replace(outcome, out=target, files=files)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, run (resuming from cached runs) and print where the results are."""
+    """Validate, check every input (nothing is created before), run (resuming from cached runs) and print where the results are.
+
+    One comparison at a time writes into a results folder; a second one is refused by name.
+    """
     with silenced(args.quiet):
         config = compare_config(args)
         target = guard_output(config.out_dir(), "results", args.overwrite)
-        outcome = _compare(config, target, args)
+        prep = prepare(config, PluginHost.create(), make_log(args.quiet))
+        with writing(target), folder_lock(target):
+            outcome = _compare(config, prep, target, args)
     if not args.quiet:
         print(outcome.files["md"].read_text(encoding="utf-8"))
     failed = len(outcome.failed)

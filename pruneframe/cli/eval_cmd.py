@@ -26,13 +26,15 @@ from pruneframe.cli.common import (
     silenced,
     validated_settings,
 )
+from pruneframe.cli.output_paths import writing
 from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext
+from pruneframe.evaluation.perplexity import NonFiniteError
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
-from pruneframe.harness import EvalConfig
+from pruneframe.harness import EvalConfig, InputError
 from pruneframe.harness.report import ZEROSHOT_HOWTO
 from pruneframe.harness.cache import code_identity, model_identity
-from pruneframe.harness.inputs import build_evaluators, input_phase, load_dense
+from pruneframe.harness.inputs import build_evaluators, check_evaluators, input_phase, load_dense
 from pruneframe.harness.runner import evaluate_model
 from pruneframe.pipeline.host import PluginHost
 
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and write (or print) one JSON record stamped with its protocol."""
     with silenced(args.quiet):
         config = eval_config(args).resolved()
-        if args.out:
+        if args.out is not None:
             guard_output(args.out, "eval", args.overwrite)
         with input_phase(f"model {config.model!r}"):
             identity = model_identity(config.model)
@@ -117,19 +119,26 @@ def run(args: argparse.Namespace) -> int:
         log = make_log(args.quiet)
         log(f"loading model {config.model} ({config.dtype}, device {config.device})")
         model, tokenizer, identity = load_dense(config.model, config.dtype, config.device)
+        check_evaluators(evaluators, tokenizer)
         with input_phase(f"model {config.model!r}"):
             host.discover_units(model)  # the size and speed evaluators read the same layers the plugins prune
         dense = load_dense(args.dense, config.dtype, config.device) if args.dense else None
         seed = (args.seeds or [0])[0]
         device, dtype = str(model_device(model)), dtype_name(model)
         context = EvalContext(dense_model=dense[0] if dense else None, device=device, dtype=dtype, progress=not args.quiet, seed=seed)
-        results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+        try:
+            results, walls = evaluate_model(model, tokenizer, evaluators, context, log, config.model)
+        except NonFiniteError as exc:
+            raise InputError(f"model {config.model!r} cannot be scored: {exc}") from exc
         if "zeroshot" not in evaluators:
             log(ZEROSHOT_HOWTO)
         ratios = None
         if dense is not None and "perplexity" in evaluators:
             log(f"[{args.dense}] evaluating perplexity (the reference of the ratios)")
-            dense_ppl = evaluators["perplexity"].evaluate(dense[0], dense[1], context)
+            try:
+                dense_ppl = evaluators["perplexity"].evaluate(dense[0], dense[1], context)
+            except NonFiniteError as exc:
+                raise InputError(f"--dense {args.dense!r} cannot be scored: {exc}") from exc
             ratios = _ratios(results["perplexity"], dense_ppl)
         record = {
             "model": identity,
@@ -141,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
             "perplexity_ratios": ratios,
             "software": software_versions(),
         }
-    if args.out:
-        write_json_atomic(guard_output(args.out, "eval", args.overwrite), record)
+    if args.out is not None:
+        with writing(args.out):
+            write_json_atomic(guard_output(args.out, "eval", args.overwrite), record)
         print(f"{config.model}: {_headline(results)}\nwritten: {args.out}")
     else:
         print(json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -11,15 +11,37 @@ and the exit code is 1 when it exceeds the export type's tolerances
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 
-from pruneframe.cli.common import Command
+from pruneframe.cli.common import Command, silenced
+from pruneframe.cli.output_paths import check_output_path, writing
 from pruneframe.harness.config import InputError
 
-__all__ = ["COMMAND"]
+__all__ = ["COMMAND", "MAX_PAD_FFN_TO", "MAX_THREADS"]
 
 #: Exit code when the written file disagrees with the checkpoint beyond the tolerances.
 VERIFY_FAILED = 1
+#: The largest ``--pad-ffn-to``: a multiple of this many channels already aligns every kernel llama.cpp has.
+MAX_PAD_FFN_TO = 4096
+#: The most ``--threads`` llama.cpp is asked to run.
+MAX_THREADS = 1024
+
+
+def _bounded(flag: str, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[1, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} must lie in [1, {high}], got {value}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pad-ffn-to",
-        type=int,
+        type=_bounded("--pad-ffn-to", MAX_PAD_FFN_TO),
         default=None,
         metavar="N",
         help="zero-pad every FFN width to a multiple of N (exact; default 32: llama.cpp's kernels run unaligned widths slower; 1 for none in float types)",
@@ -46,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run the file in llama.cpp and compare with transformers (default: on when xllamacpp is installed)",
     )
-    parser.add_argument("--threads", type=int, default=1, metavar="N", help="llama.cpp threads for --verify (default 1)")
+    parser.add_argument("--threads", type=_bounded("--threads", MAX_THREADS), default=1, metavar="N", help="llama.cpp threads for --verify (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a GGUF file pruneframe wrote at --out")
     parser.add_argument("--quiet", action="store_true", help="print only the result lines")
 
@@ -56,28 +78,27 @@ def run(args: argparse.Namespace) -> int:
     from pruneframe.export import ExportRefused, export_gguf
     from pruneframe.export.llamacpp import available
     from pruneframe.export.verify import TOLERANCES, verify_gguf
-    from pruneframe.harness.inputs import input_phase
-    from pruneframe.models import load_model
+    from pruneframe.harness.inputs import load_dense
 
     verify = available() if args.verify is None else args.verify
     if verify and not available():
         raise InputError("--verify needs the xllamacpp package: pip install 'pruneframe[deploy]'")
     from pruneframe.export.writer import check_gguf_replaceable
 
+    out = os.path.abspath(check_output_path(args.out, "--out", "file"))  # absolute: the writer never expands '~' again
     try:
-        check_gguf_replaceable(args.out, args.overwrite)
+        check_gguf_replaceable(out, args.overwrite)
     except FileExistsError as exc:
         raise InputError(str(exc)) from None
-    with input_phase(f"model {args.checkpoint!r}"):
-        model, tokenizer = load_model(args.checkpoint, dtype="float32", device="cpu")
-    if tokenizer is None:
-        raise InputError(f"model {args.checkpoint!r}: no tokenizer saved with it; a GGUF file carries its vocabulary")
-    try:
-        result = export_gguf(
-            model, args.out, dtype=args.dtype, tokenizer=tokenizer, overwrite=args.overwrite, name=str(args.checkpoint), pad_ffn_to=args.pad_ffn_to
-        )
-    except ExportRefused as exc:
-        raise InputError(f"cannot export {args.checkpoint!r} for llama.cpp: {exc}") from None
+    with silenced(args.quiet):  # the libraries' progress bars too
+        model, tokenizer, _ = load_dense(args.checkpoint, "float32", "cpu")
+        try:
+            with writing(args.out):
+                result = export_gguf(
+                    model, out, dtype=args.dtype, tokenizer=tokenizer, overwrite=args.overwrite, name=str(args.checkpoint), pad_ffn_to=args.pad_ffn_to
+                )
+        except ExportRefused as exc:
+            raise InputError(f"cannot export {args.checkpoint!r} for llama.cpp: {exc}") from None
     plan = result.plan
     widths = sorted({(lp.q_heads, lp.kv_heads, lp.ffn) for lp in plan.layers})
     print(

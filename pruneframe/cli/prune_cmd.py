@@ -28,9 +28,10 @@ from pruneframe.cli.common import (
     make_log,
     silenced,
 )
+from pruneframe.cli.output_paths import writing
 from pruneframe.cli.prune_settings import prune_config
 from pruneframe.harness import InputError
-from pruneframe.harness.inputs import calibration_stream, input_phase, load_dense
+from pruneframe.harness.inputs import calibration_stream, check_compute_device, input_phase, load_dense
 from pruneframe.harness.recovery_inputs import default_eval_sources, recovery_object, recovery_stream, recovery_text
 from pruneframe.pipeline.host import PluginHost
 from pruneframe import checkpoint
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     budget = config.budget_object()
     with input_phase(f"method {name!r}"):
         method = host.method(name, config.method_config())
+        check_compute_device(method.config)
     recovery = recovery_object(config.recovery, host, config.recovery_settings) if config.recovery else None
     recovery_source = recovery_text(config.recovery_data, default_eval_sources()) if recovery is not None and recovery.trains else None
     with silenced(args.quiet), process_group_from_env() as (rank, _):
@@ -131,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
             pruned, report = healed.model, report.model_copy(update={"recovery": healed.record})
         if not main:
             return 0
-        path = checkpoint.save(guard_output(out, "checkpoint", args.overwrite), pruned, report=report, tokenizer=tokenizer)
+        with writing(out):
+            path = checkpoint.save(guard_output(out, "checkpoint", args.overwrite), pruned, report=report, tokenizer=tokenizer)
     print(summary(report, path))
     return 0
 

@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pruneframe.pipeline.budget import BudgetKind
 from pruneframe.cli.common import flag_settings, recovery_flag_settings, validated_settings
 from pruneframe.harness.config import (
+    BudgetNumber,
     CalibrationSettings,
     Device,
     Dtype,
     InputError,
     RecoveryDataSettings,
+    Seed,
     checked_budget,
 )
 
@@ -52,9 +54,9 @@ class PruneConfig(BaseModel):
     device: Device = "auto"
     method: Annotated[str, Field(min_length=1)]
     method_settings: dict[str, Any] = Field(default_factory=dict)
-    budget: float | int
+    budget: BudgetNumber
     budget_kind: BudgetKind = "prunable"
-    seed: int = 0
+    seed: Seed = 0
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     recovery: Annotated[str, Field(min_length=1)] | None = None
     recovery_settings: dict[str, Any] = Field(default_factory=dict)

@@ -11,10 +11,10 @@ Under ``torchrun`` every rank trains on its share of each batch and rank 0 alone
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from pruneframe import checkpoint
 from pruneframe.checkpoint.validate import is_checkpoint_folder
+from pruneframe.cli.output_paths import writing
+from pruneframe.util.paths import name_problem, user_path
 from pruneframe.cli.common import (
     Command,
     add_device_flags,
@@ -75,13 +75,15 @@ def _teacher_spec(args: argparse.Namespace, report: CheckpointReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Check the input folder and settings, load, (teacher,) recover, save into the new folder."""
-    source = Path(args.checkpoint).expanduser()
+    problem = name_problem(args.checkpoint)
+    if problem is not None:
+        raise InputError(f"CHECKPOINT {args.checkpoint!r}: {problem}")
+    source = user_path(args.checkpoint)
     if not is_checkpoint_folder(source):
         raise InputError(f"CHECKPOINT {str(source)!r} is not a pruneframe checkpoint (no pruning.json and weights); prune a model first with pruneframe prune")
-    out = Path(args.out).expanduser()
-    if out.resolve() == source.resolve():
-        raise InputError(f"--out {str(out)!r} is the input checkpoint; recover writes a new folder and never changes its input")
-    out = guard_output(out, "checkpoint", args.overwrite)
+    if name_problem(args.out) is None and user_path(args.out).resolve() == source.resolve():
+        raise InputError(f"--out {args.out!r} is the input checkpoint; recover writes a new folder and never changes its input")
+    out = guard_output(args.out, "checkpoint", args.overwrite)
     with input_phase(f"CHECKPOINT {str(source)!r}"):
         report = checkpoint.read_report(source)
     host = PluginHost.create()
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"recovery {recovery.name!r}: {exc}") from exc
         if not main:
             return 0
-        path = checkpoint.save(out, healed.model, report=report.model_copy(update={"recovery": healed.record}), tokenizer=tokenizer)
+        with writing(out):
+            path = checkpoint.save(out, healed.model, report=report.model_copy(update={"recovery": healed.record}), tokenizer=tokenizer)
     record = healed.record
     print(
         f"recovered {source} with {record.name} on {record.tokens:,} tokens in {record.wall_s:.1f} s "

@@ -12,15 +12,21 @@ folder), ``--suffix`` tells apart the figures of several comparisons written int
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import re
 
 from pruneframe.cli.common import Command, is_results_folder
+from pruneframe.cli.output_paths import check_output_path, writing
 from pruneframe.harness.config import InputError
 from pruneframe.harness.figures import render
 from pruneframe.harness.report import read_results, write_bytes_atomic, write_results
 from pruneframe.harness.summary import nested_get, summarise
+from pruneframe.util.paths import name_problem, user_path
 
-__all__ = ["COMMAND"]
+__all__ = ["COMMAND", "SUFFIX"]
+
+#: What ``--suffix`` may hold: part of a file name (letters, digits, ``._+-``), never a path; short enough
+#: that every figure's name stays within a file system's limit.
+SUFFIX = re.compile(r"[A-Za-z0-9._+-]{0,64}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,17 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read ``results.json``, then write the report (or the figures) and list the files written."""
-    folder = Path(args.results).expanduser()
+    problem = name_problem(args.results)
+    if problem is not None:
+        raise InputError(f"RESULTS_DIR {args.results!r}: {problem}")
+    folder = user_path(args.results)
     source = folder / "results.json"
     if not source.is_file():
         raise InputError(f"RESULTS_DIR {str(folder)!r} holds no results.json; run pruneframe compare first")
     if args.suffix and not args.figures_only:
         raise InputError(f"--suffix {args.suffix!r} renames figures only; add --figures-only")
+    if not SUFFIX.fullmatch(args.suffix):
+        raise InputError(f"--suffix {args.suffix!r}: up to 64 letters, digits and '._+-' (a part of a file name, not a path)")
     try:
         meta, dense, runs = read_results(source)
-    except ValueError as exc:  # also json.JSONDecodeError
-        raise InputError(str(exc) if str(source) in str(exc) else f"{source}: {exc}") from exc
-    out = Path(args.out).expanduser() if args.out else folder
+    except OSError as exc:
+        raise InputError(f"{str(source)!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    out = check_output_path(args.out, "--out", "folder") if args.out is not None else check_output_path(args.results, "RESULTS_DIR", "folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file; expected a folder")
     if not args.figures_only and out.resolve() != folder.resolve() and out.exists() and any(out.iterdir()) and not is_results_folder(out):
         raise InputError(
             f"--out {str(out)!r} is a non-empty folder that holds no comparison; the full report would "
@@ -52,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.figures_only:
         summary = summarise(dense, runs, nested_get(meta, "calibration", "domain") or None)
         images = render(summary, dense, nested_get(meta, "units", "total_params"))
-        files = {name: write_bytes_atomic(out / f"{name}{args.suffix}.png", image) for name, image in images.items()}
+        with writing(out):
+            files = {name: write_bytes_atomic(out / f"{name}{args.suffix}.png", image) for name, image in images.items()}
     else:
-        files = write_results(out, meta, dense, runs)
+        with writing(out):
+            files = write_results(out, meta, dense, runs)
     for path in files.values():
         print(path)
     return 0

@@ -41,6 +41,7 @@ from typing import Any
 from pruneframe.data.embedded import embedded_origin, embedded_text
 from pruneframe.data.installed import code_halves, code_origin, paper_halves, paper_origin
 from pruneframe.data.jsonl import iter_jsonl
+from pruneframe.util.paths import user_path
 
 __all__ = [
     "DataSourceError",
@@ -121,7 +122,7 @@ def data_dir() -> Path | None:
     """
     env = os.environ.get("PRUNEFRAME_DATA_DIR")
     if env:
-        return Path(env).expanduser()
+        return user_path(env)
     default = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     return default if default.is_dir() else None
 
@@ -464,7 +465,7 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
         return _make(source, corpus.origin(), canonical, text, corpus.domain)
     if lowered.startswith("hf:"):
         return _resolve_hf(key, split, tried)
-    path = Path(key).expanduser()
+    path = user_path(key)
     if path.exists():
         return _from_local(source, path, split)
     tried.append(f"local path {str(path.resolve())!r} (not found)")

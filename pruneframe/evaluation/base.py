@@ -54,6 +54,13 @@ class Evaluator(ABC):
             raise TypeError(f"{type(self).__name__}: config must be a {self.Config.__name__} or a mapping, got {type(config).__name__}")
         self.config = config
 
+    def check(self, tokenizer: Any) -> None:
+        """Raise ``ValueError`` when the data this evaluator reads cannot serve ``tokenizer`` (default: nothing to check).
+
+        Called once the tokenizer is loaded and before any model is measured, so a run that could never
+        finish is refused up front.
+        """
+
     @abstractmethod
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Measure ``model``; return a JSON-ready dict that includes ``"protocol"``."""

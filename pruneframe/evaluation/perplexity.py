@@ -31,7 +31,9 @@ from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fing
 from pruneframe.util.devices import DtypeName, dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
+from pruneframe.evaluation.stats import exp_or_inf
 from pruneframe.toolkit.streaming import StreamingOptions, streamed_logits
+from pruneframe.util.paths import user_path
 
 __all__ = [
     "NonFiniteError",
@@ -73,10 +75,13 @@ class PerplexityResult:
 
     @classmethod
     def from_window_nll(cls, window_nll: tuple[float, ...], seq_len: int) -> PerplexityResult:
-        """The result of windows of ``seq_len`` tokens (each predicting ``seq_len - 1``) whose NLL sums are ``window_nll``."""
+        """The result of windows of ``seq_len`` tokens (each predicting ``seq_len - 1``) whose NLL sums are ``window_nll``.
+
+        A mean NLL beyond what a float's ``exp`` holds (a broken model: about 710 nats per token) is a perplexity of ``inf``.
+        """
         tokens = len(window_nll) * (seq_len - 1)
         mean_nll = math.fsum(window_nll) / tokens
-        return cls(ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=len(window_nll), window_nll=window_nll)
+        return cls(ppl=exp_or_inf(mean_nll), mean_nll=mean_nll, tokens=tokens, windows=len(window_nll), window_nll=window_nll)
 
 
 @torch.inference_mode()
@@ -191,7 +196,7 @@ class PerplexitySource(BaseModel):
         """The report label: ``label``, else the name of a named source, else a path's stem."""
         if self.label:
             return self.label
-        path = Path(self.data).expanduser()
+        path = user_path(self.data)
         return path.stem if (path.suffix or "/" in self.data) and not self.data.startswith("hf:") else self.data
 
 
@@ -274,6 +279,12 @@ class PerplexityEvaluator(Evaluator):
 
     name: ClassVar[str] = "perplexity"
     Config: ClassVar[type[BaseModel]] = PerplexityConfig
+
+    def check(self, tokenizer: Any) -> None:
+        """Cut every source's windows (the tokenization is cached for :meth:`evaluate`): a text too short raises ``ValueError``."""
+        cfg: PerplexityConfig = self.config  # type: ignore[assignment]
+        for spec in cfg.sources:
+            source_windows(spec, cfg, tokenizer)
 
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Resolve each text, cut windows, measure perplexity per source and stamp the protocols."""

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.toolkit.memory import PeakMemory
-from pruneframe.util.devices import dtype_name, model_device
+from pruneframe.util.devices import dtype_name, hardware_info, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import SpeedProtocol
 from pruneframe.evaluation.size import LayerWidths, layer_widths
@@ -265,6 +265,7 @@ class SpeedEvaluator(Evaluator):
             statistic=cfg.statistic,
         )
         result["protocol"] = protocol.model_dump(mode="json")
+        result["hardware"] = hardware_info(model_device(model))
         return result
 
 

@@ -12,6 +12,7 @@ difficulty that every model shares cancels, and only how the models differ on ea
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "LEVEL",
     "Interval",
+    "exp_or_inf",
     "bootstrap_indices",
     "log_ppl_draws",
     "percentile_interval",
@@ -51,6 +53,15 @@ class Interval:
     def as_dict(self) -> dict[str, float]:
         """``{"value", "low", "high", "level"}`` for JSON."""
         return {"value": self.value, "low": self.low, "high": self.high, "level": self.level}
+
+
+#: The largest ``x`` whose ``exp(x)`` is a finite float.
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
+def exp_or_inf(value: float) -> float:
+    """``exp(value)``, or ``inf`` where it exceeds the largest float (a perplexity or ratio of a broken model)."""
+    return math.exp(value) if value < _LOG_FLOAT_MAX else math.inf
 
 
 def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
@@ -97,7 +108,7 @@ def ratio_interval(
     log_ratio = log_ppl_draws(method_nll, window_tokens, indices) - log_ppl_draws(dense_nll, window_tokens, indices)
     point = (math.fsum(method_nll) - math.fsum(dense_nll)) / float(sum(window_tokens))
     low, high = percentile_interval(log_ratio, level)
-    return Interval(math.exp(point), math.exp(low), math.exp(high), level)
+    return Interval(exp_or_inf(point), exp_or_inf(low), exp_or_inf(high), level)
 
 
 def proportion_interval(correct: Sequence[bool | int | float], level: float = LEVEL) -> dict[str, float]:

@@ -14,6 +14,7 @@ per metric in document order, so intervals and paired comparisons can be recompu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pruneframe.data.jsonl import iter_jsonl
@@ -30,6 +32,8 @@ from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
 from pruneframe.evaluation.stats import proportion_interval
 from pruneframe.toolkit.streaming import StreamingOptions
+from pruneframe.util.io import read_small_text
+from pruneframe.util.paths import user_path
 
 __all__ = [
     "PROMPT",
@@ -104,7 +108,7 @@ def _check_rows(path: Path) -> int:
 
 def local_task(path: str | Path) -> LocalTask:
     """Describe a local JSONL multiple-choice file (validated) as a task named ``pf_<stem>``."""
-    file = Path(path).expanduser().resolve()
+    file = user_path(path).resolve()
     if not file.is_file():
         raise FileNotFoundError(f"zero-shot task file {str(file)!r} does not exist")
     docs = _check_rows(file)
@@ -117,11 +121,15 @@ def resolve_task(spec: str) -> LocalTask | str:
     """A local task for a ``.jsonl`` path or a name under ``$PRUNEFRAME_DATA_DIR/zeroshot``.
 
     Anything else (an lm-eval task name, or the path of an lm-eval YAML task file) is returned as a string.
+
+    Raises:
+        ValueError: a file that is neither a ``.jsonl`` task nor an lm-eval task YAML (a mapping).
     """
-    path = Path(spec).expanduser()
+    path = user_path(spec)
     if path.suffix == ".jsonl":
         return local_task(path)
     if path.is_file():
+        _check_task_yaml(path)
         return str(path.resolve())
     root = data_dir()
     if root is not None and re.fullmatch(r"[0-9A-Za-z_.-]+", spec):
@@ -129,6 +137,34 @@ def resolve_task(spec: str) -> LocalTask | str:
         if shared.is_file():
             return local_task(shared)
     return spec
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Safe YAML reading every ``!tag`` (lm-eval's ``!function module.name``) as nothing: nothing is imported or run."""
+
+
+_TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _check_task_yaml(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it reads as an lm-eval task YAML: a mapping of the task's settings."""
+    try:
+        data = yaml.load(read_small_text(path), Loader=_TaskLoader)  # a SafeLoader: builds plain values only
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise ValueError(f"zero-shot task file {str(path)!r} is not an lm-eval task YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"zero-shot task file {str(path)!r} is neither a .jsonl file of {{question, choices, label}} rows nor an lm-eval task YAML "
+            f"(a mapping of the task's settings; it holds a {type(data).__name__})"
+        )
+
+
+@functools.cache
+def _task_manager() -> Any:
+    """lm-eval's registry of tasks, built once per process (it indexes every task file it ships: seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def check_lm_eval_tasks(names: list[str], manager: Any = None) -> None:
@@ -143,9 +179,7 @@ def check_lm_eval_tasks(names: list[str], manager: Any = None) -> None:
     if not names:
         return
     if manager is None:
-        from lm_eval.tasks import TaskManager
-
-        manager = TaskManager()
+        manager = _task_manager()
     unknown = sorted({n for n in names if n not in manager.all_tasks and not Path(n).is_file()})
     if unknown:
         raise ValueError(

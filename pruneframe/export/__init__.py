@@ -1,8 +1,10 @@
 """Deployment: pruned (and dense) models as GGUF files for llama.cpp and ollama, checked and timed there.
 
-* :func:`export_gguf` writes the file (:mod:`~pruneframe.export.plan` picks the llama.cpp architecture
-  and any exact zero padding, :mod:`~pruneframe.export.tensors` lays the weights out,
-  :mod:`~pruneframe.export.vocab` carries the tokenizer, :mod:`~pruneframe.export.writer` writes);
+* :func:`export_gguf` writes the file (:mod:`~pruneframe.export.plan` takes the llama.cpp architecture
+  from the model's adapter, :meth:`~pruneframe.architectures.ArchitectureAdapter.gguf_spec`, and plans
+  any exact zero padding, :mod:`~pruneframe.export.tensors` lays the weights out,
+  :mod:`~pruneframe.export.vocab` carries the tokenizer, :mod:`~pruneframe.export.writer` writes). The
+  package knows no family: everything family-specific comes from the adapter;
 * :mod:`pruneframe.export.verify` runs the file in llama.cpp (through the optional ``xllamacpp``
   package) beside the checkpoint in transformers and compares their next-token distributions;
 * :mod:`pruneframe.export.speed` times files there and :mod:`pruneframe.export.perplexity` scores their

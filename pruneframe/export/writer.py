@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 from torch import nn
 
+from pruneframe.architectures.gguf import global_rope
 from pruneframe.util.io import _umask
 from pruneframe.export.plan import GGUFPlan
 from pruneframe.export.tensors import gguf_tensors
@@ -104,16 +105,8 @@ def _typed(name: str, array: np.ndarray, dtype: str) -> tuple[np.ndarray, gguf.G
     return gguf.quants.quantize(array, kind), kind
 
 
-def _rope(config: Any) -> dict[str, Any]:
-    """The RoPE settings of the (global) attention layers: ``rope_parameters``, or its ``full_attention`` entry (Gemma 3)."""
-    params = getattr(config, "rope_parameters", None) or {}
-    if not isinstance(params, dict):
-        return {}
-    return params.get("full_attention", params) if isinstance(params.get("full_attention"), dict) else params
-
-
 def _rope_theta(config: Any) -> float:
-    theta = _rope(config).get("rope_theta")
+    theta = global_rope(config).get("rope_theta")
     return float(theta if theta is not None else getattr(config, "rope_theta", 10000.0))
 
 
@@ -128,37 +121,23 @@ def _header(writer: gguf.GGUFWriter, model: nn.Module, plan: GGUFPlan, dtype: st
     ffn = [lp.ffn for lp in plan.layers]
     heads = [lp.q_heads for lp in plan.layers]
     kv = [lp.kv_heads for lp in plan.layers]
-    deci = plan.arch == "deci"
-    writer.add_feed_forward_length(ffn if deci else ffn[0])
-    writer.add_head_count(heads if deci else heads[0])
-    writer.add_head_count_kv(kv if deci else kv[0])
+    layout = plan.layout
+    per_layer = layout.per_layer_widths
+    writer.add_feed_forward_length(ffn if per_layer else ffn[0])
+    writer.add_head_count(heads if per_layer else heads[0])
+    writer.add_head_count_kv(kv if per_layer else kv[0])
     writer.add_key_length(hd)
     writer.add_value_length(hd)
     writer.add_rope_dimension_count(hd)
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(int(config.vocab_size))
-    if plan.arch == "gemma3":
-        _gemma3_header(writer, config)
+    if layout.metadata is not None:
+        layout.metadata(writer, config)
     writer.add_file_type(int(_FILE_TYPES[dtype]))
     if dtype in _QUANTIZED:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(OWNER_KEY, name)
-
-
-def _gemma3_header(writer: gguf.GGUFWriter, config: Any) -> None:
-    """Gemma 3's sliding window, its layer pattern, soft-capping and global RoPE scaling."""
-    window = getattr(config, "sliding_window", None)
-    if window:
-        writer.add_sliding_window(int(window))
-        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in config.layer_types])
-    softcap = getattr(config, "final_logit_softcapping", None)
-    if softcap:
-        writer.add_final_logit_softcapping(float(softcap))
-    rope = _rope(config)
-    if rope.get("rope_type") == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
 
 
 def write_gguf(out: str | Path, model: nn.Module, tokenizer: Any, plan: GGUFPlan, dtype: str, name: str) -> Path:

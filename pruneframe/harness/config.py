@@ -32,15 +32,19 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruneframe.pipeline.budget import BudgetKind, make_budget
+from pruneframe.pipeline.methods import Seed, not_a_boolean
 from pruneframe.data.sources import data_dir
 from pruneframe.util.devices import LoadDtype
+from pruneframe.util.paths import user_path
 
 __all__ = [
     "InputError",
     "explain",
+    "BudgetNumber",
+    "Seed",
     "normalise_methods",
     "Dtype",
     "Device",
@@ -61,6 +65,10 @@ __all__ = [
 Dtype = LoadDtype
 #: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when the model loads).
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
+
+
+#: A budget number: a keep-ratio or a parameter count (a boolean is not one).
+BudgetNumber = Annotated[float | int, BeforeValidator(not_a_boolean)]
 
 #: Files under ``<data dir>/wikitext-2`` that make ``wikitext-2`` usable offline, per split.
 _WIKITEXT_FILES = {"test": ("wiki.test.raw", "wiki.test.tokens"), "calibration": ("wiki.valid.tokens", "wiki.valid.raw")}
@@ -83,12 +91,18 @@ def explain(exc: BaseException) -> str:
 
 
 def normalise_methods(data: Any) -> Any:
-    """Split a ``methods`` mapping (name -> settings) into ``methods`` (names) and ``method_configs``."""
-    if isinstance(data, dict) and isinstance(data.get("methods"), dict):
-        mapping = data["methods"]
-        configs = {name: dict(cfg or {}) for name, cfg in mapping.items()}
-        data = {**data, "methods": list(mapping), "method_configs": {**configs, **(data.get("method_configs") or {})}}
-    return data
+    """Split a ``methods`` mapping (name -> settings) into ``methods`` (names) and ``method_configs``.
+
+    Values of the wrong type are passed on as they are, for the settings model to name.
+    """
+    if not (isinstance(data, dict) and isinstance(data.get("methods"), dict)):
+        return data
+    mapping = data["methods"]
+    configs = {name: {} if cfg is None else cfg for name, cfg in mapping.items()}
+    given = data.get("method_configs")
+    if given is not None and not isinstance(given, dict):
+        return {**data, "methods": list(mapping)}
+    return {**data, "methods": list(mapping), "method_configs": {**configs, **(given or {})}}
 
 
 def default_text_source(split: Literal["test", "calibration"]) -> str:
@@ -209,8 +223,8 @@ class EvalConfig(BaseModel):
 
     Attributes:
         model: ``smollm2-135m``, a local folder, a pruned checkpoint or a hub id.
-        dtype: the dtype every model is loaded and evaluated in (``auto``: the checkpoint's own on an
-            accelerator, float32 on the CPU).
+        dtype: the dtype every model is loaded and evaluated in (``auto``: bfloat16 where the device runs it natively,
+            else float32: :func:`pruneframe.util.devices.choose_dtype`).
         device: where every model is loaded, pruned and evaluated (``auto``: CUDA when present).
         evaluation: evaluator name -> its settings (validated by that evaluator's ``Config``), or
             ``null`` to switch it off; merged over :func:`default_evaluation` when the run starts
@@ -262,10 +276,10 @@ class CompareConfig(EvalConfig):
 
     methods: list[Annotated[str, Field(min_length=1)]] | None = None
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    budgets: Annotated[list[float | int], Field(min_length=1)] = Field(default_factory=lambda: [0.5])
+    budgets: Annotated[list[BudgetNumber], Field(min_length=1)] = Field(default_factory=lambda: [0.5])
     budget_kind: BudgetKind = "prunable"
-    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0])
-    method_seeds: dict[str, Annotated[list[int], Field(min_length=1)]] = Field(default_factory=dict)
+    seeds: Annotated[list[Seed], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    method_seeds: dict[str, Annotated[list[Seed], Field(min_length=1)]] = Field(default_factory=dict)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     recovery: list[Annotated[str, Field(min_length=1)] | dict[str, Any]] = Field(default_factory=lambda: ["none"])
     recovery_data: RecoveryDataSettings = Field(default_factory=RecoveryDataSettings)
@@ -321,6 +335,6 @@ class CompareConfig(EvalConfig):
     def out_dir(self) -> Path:
         """``out``, or ``results/compare-<model name>``."""
         if self.out:
-            return Path(self.out).expanduser()
+            return user_path(self.out)
         name = Path(self.model.rstrip("/")).name or "model"
         return Path("results") / f"compare-{re.sub(r'[^0-9A-Za-z_.-]+', '-', name)}"

@@ -69,9 +69,13 @@ def series_label(group: Group) -> str:
     return group.method if group.recovery == "none" else f"{group.method} ({group.recovery})"
 
 
+#: The longest budget slug: a figure's file name stays well within a file system's 255 bytes.
+_SLUG_MAX = 100
+
+
 def budget_slug(budget: str) -> str:
-    """A file-name-safe form of a budget label (``keep 0.8 of prunable params`` -> ``keep-0.8-of-prunable-params``)."""
-    return re.sub(r"[^a-z0-9.]+", "-", budget.lower()).strip("-") or "budget"
+    """A file-name-safe form of a budget label (``keep 0.8 of prunable params`` -> ``keep-0.8-of-prunable-params``), at most 100 characters."""
+    return re.sub(r"[^a-z0-9.]+", "-", budget.lower()).strip("-")[:_SLUG_MAX].strip("-") or "budget"
 
 
 def _y(group: Group, key: str, summary: Summary) -> tuple[float, float, float, float | None, float | None] | None:
@@ -156,7 +160,9 @@ def _draw_point(axes: Any, x: float, p: Point, colour: Any, marker: str, hollow:
     xerr = None
     if horizontal and p.x_low is not None and p.x_high is not None:
         xerr = [[max(p.x - p.x_low, 0.0)], [max(p.x_high - p.x, 0.0)]]
-    axes.errorbar([x], [p.y], yerr=[[p.y - p.low], [p.high - p.y]], xerr=xerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3, zorder=3)
+    # a point lies inside its interval (Measure.interval); the bars never reach past it the other way
+    yerr = [[max(p.y - p.low, 0.0)], [max(p.high - p.y, 0.0)]]
+    axes.errorbar([x], [p.y], yerr=yerr, xerr=xerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3, zorder=3)
     axes.plot(
         [x], [p.y], marker=marker, linestyle="none", markersize=6, color=colour, markerfacecolor="white" if hollow else colour, markeredgewidth=1.4, zorder=4
     )

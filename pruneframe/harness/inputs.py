@@ -10,6 +10,7 @@ so the command line can report it in one line before anything slow starts. Only 
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,8 +26,19 @@ from pruneframe.harness.config import CalibrationSettings, EvalConfig, InputErro
 from pruneframe.pipeline.host import PluginHost, UnknownNameError, UnsupportedModelError
 from pruneframe.models import load_model
 from pruneframe.toolkit.resume import tensor_digest
+from pruneframe.toolkit.streaming import StreamingOptions
+from pruneframe.util.devices import resolve_device
 
-__all__ = ["INPUT_ERRORS", "input_phase", "load_dense", "calibration_stream", "build_evaluators"]
+__all__ = [
+    "INPUT_ERRORS",
+    "PATH_ERRNOS",
+    "input_phase",
+    "load_dense",
+    "calibration_stream",
+    "check_compute_device",
+    "build_evaluators",
+    "check_evaluators",
+]
 
 #: The exceptions an input phase reports as bad input. ``ValueError``: a bad value; pruneframe's own input
 #: errors are all ValueErrors (``InputError``, ``BudgetError``, ``DataSourceError``, ``DeviceUnavailableError``,
@@ -34,7 +46,8 @@ __all__ = ["INPUT_ERRORS", "input_phase", "load_dense", "calibration_stream", "b
 #: ``ValidationError``. ``UnknownNameError``: a method or evaluator name no plugin registered (the one
 #: ``KeyError`` that is input). ``UnsupportedModelError``: a model no adapter handles (the one
 #: ``NotImplementedError`` that is input). ``FileNotFoundError``, ``NotADirectoryError`` and
-#: ``IsADirectoryError``: a named path that is missing or of the wrong kind (the ``OSError``\ s that are input).
+#: ``IsADirectoryError``: a named path that is missing or of the wrong kind (the ``OSError``\ s that are input,
+#: with those of :data:`PATH_ERRNOS`).
 INPUT_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     UnknownNameError,
@@ -45,15 +58,27 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+#: The ``errno`` values of an ``OSError`` that only a named path causes: a name too long, a symbolic link loop.
+PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP})
+
+
 @contextmanager
 def input_phase(what: str) -> Iterator[None]:
-    """Re-raise the :data:`INPUT_ERRORS` raised inside as ``InputError`` naming ``what``; anything else propagates."""
+    """Re-raise the :data:`INPUT_ERRORS` (and the path errors of :data:`PATH_ERRNOS`) raised inside as ``InputError`` naming ``what``.
+
+    Anything else propagates unchanged.
+    """
     try:
         yield
     except InputError:
         raise
     except INPUT_ERRORS as exc:
         raise InputError(f"{what}: {explain(exc)}") from exc
+    except OSError as exc:
+        if exc.errno not in PATH_ERRNOS:
+            raise
+        named = f"{exc.filename!r}: " if exc.filename is not None else ""
+        raise InputError(f"{what}: {named}{exc.strerror}") from exc
 
 
 def load_dense(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[torch.nn.Module, Any, dict[str, Any]]:
@@ -105,6 +130,19 @@ def calibration_stream(settings: CalibrationSettings, tokenizer: Any) -> tuple[t
     return tokens, stamp, source
 
 
+def check_compute_device(settings: Any) -> None:
+    """Raise ``DeviceUnavailableError`` when ``settings`` (a method's or evaluator's) stream layers to a device this machine lacks."""
+    if isinstance(settings, StreamingOptions) and settings.streaming and settings.compute_device is not None:
+        resolve_device(settings.compute_device)
+
+
+def check_evaluators(evaluators: dict[str, Evaluator], tokenizer: Any) -> None:
+    """Each evaluator's :meth:`~pruneframe.evaluation.base.Evaluator.check` with ``tokenizer``; a failure is an ``InputError`` naming it."""
+    for name, evaluator in evaluators.items():
+        with input_phase(f"evaluation.{name}"):
+            evaluator.check(tokenizer)
+
+
 def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Evaluator], dict[str, Any], list[Any]]:
     """Instantiate the enabled evaluators; return them, the evaluation stamp and the text sources they read.
 
@@ -118,6 +156,7 @@ def build_evaluators(host: PluginHost, config: EvalConfig) -> tuple[dict[str, Ev
         with input_phase(f"evaluation.{name}"):
             evaluator = host.evaluator(name, settings)
             cfg = evaluator.config
+            check_compute_device(cfg)
             entry: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "code": package_digest(type(evaluator))}
             if isinstance(getattr(cfg, "sources", None), list):
                 entry["data"] = {}

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pruneframe.util.io import write_json_atomic, write_text_atomic
+from pruneframe.util.io import read_small_text, write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.figures import render as render_figures
 from pruneframe.harness.group_values import kept_fraction, kept_params, speedup
+from pruneframe.harness.results_file import check_results
 from pruneframe.harness.summary import Group, Measure, Summary, summarise
 from pruneframe.harness.summary import nested_get as _get
 from pruneframe.pipeline.prune_report import PruneReport
@@ -370,11 +371,19 @@ def _tau_lines(summary: Summary) -> list[str]:
     return lines
 
 
+def _dtype_text(meta: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The dtype the runs computed in and why (results written before the reason was recorded: the setting)."""
+    if meta.get("dtype_reason"):
+        return f"{meta.get('dtype')}: {meta['dtype_reason']}"
+    return str(cfg["dtype"])
+
+
 def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summary) -> list[str]:
     cal, ev, cfg = meta["calibration"], meta["evaluation"], meta["config"]
     targets = ", ".join(f"{slug}: {n:,}" for slug, n in meta["budgets"].items())
     lines = [
-        f"- model: `{meta['model']['spec']}` ({cfg['dtype']}), {meta['units']['total_params']:,} parameters, {meta['units']['prunable_params']:,} prunable",
+        f"- model: `{meta['model']['spec']}` ({_dtype_text(meta, cfg)}), {meta['units']['total_params']:,} parameters, "
+        f"{meta['units']['prunable_params']:,} prunable",
         f"- budgets ({cfg['budget_kind']}), as prunable parameters every method must meet: {targets}",
         f"- calibration: `{cal['name']}` ({cal['origin']}, split {cal['split']}, domain `{cal.get('domain') or '?'}`), "
         f"{cal['tokens']:,} tokens, fingerprint {cal['fingerprint']}",
@@ -406,17 +415,22 @@ def _protocol_lines(meta: dict[str, Any], dense: dict[str, Any], summary: Summar
 
 
 def write_results(out: Path, meta: dict[str, Any], dense: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write the combined outputs into ``out``; returns them by name (plots only when there is data)."""
+    """Write the combined outputs into ``out``; returns them by name (plots only when there is data).
+
+    Every output is computed before the first file is written, so a failure leaves the folder as it was.
+    """
     summary = summarise(dense, runs, _calibration_domain(meta))
     table = rows(dense, runs, meta["units"].get("total_params"), summary)
     protocols = {protocol_key(r) for r in [dense, *runs] if r.get("status") == "ok"}
     combined = {**meta, "comparable": len(protocols) == 1, "rows": table, "summary": summary.as_dict(), "dense": dense, "runs": runs}
+    texts = {"csv": csv_text(table), "md": markdown(table, meta, dense, summary)}
+    images = render_figures(summary, dense, meta["units"].get("total_params"))
     files = {
         "json": write_json_atomic(out / "results.json", combined),
-        "csv": write_text_atomic(out / "results.csv", csv_text(table)),
-        "md": write_text_atomic(out / "results.md", markdown(table, meta, dense, summary)),
+        "csv": write_text_atomic(out / "results.csv", texts["csv"]),
+        "md": write_text_atomic(out / "results.md", texts["md"]),
     }
-    for name, image in render_figures(summary, dense, meta["units"].get("total_params")).items():
+    for name, image in images.items():
         files[name] = write_bytes_atomic(out / f"{name}.png", image)
     return files
 
@@ -426,10 +440,23 @@ _DERIVED = ("comparable", "rows", "summary", "dense", "runs")
 
 
 def read_results(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The meta, dense record and run records of a stored ``results.json`` (what :func:`write_results` takes)."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("dense"), dict) or not isinstance(data.get("runs"), list):
-        raise ValueError(f"{path}: not a comparison's results.json (no dense record and runs)")
+    """The meta, dense record and run records of a stored ``results.json`` (what :func:`write_results` takes).
+
+    Raises:
+        ValueError: naming ``path``: not a small regular UTF-8 file, not JSON, or not a comparison's
+            results (:func:`~pruneframe.harness.results_file.check_results` names the values).
+        OSError: it cannot be read.
+    """
+    try:
+        data = json.loads(read_small_text(path))
+    except RecursionError:
+        raise ValueError(f"{str(path)!r}: nested too deeply to be a results.json") from None
+    except ValueError as exc:  # also json.JSONDecodeError
+        raise ValueError(str(exc) if str(path) in str(exc) else f"{str(path)!r}: {exc}") from None
+    try:
+        check_results(data)
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r}: {exc}") from None
     meta = {key: value for key, value in data.items() if key not in _DERIVED}
     dense = data["dense"]
     # results.json is written with sorted keys: restore the comparison's order of sources and budgets

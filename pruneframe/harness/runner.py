@@ -30,13 +30,14 @@ from pruneframe.pipeline.budget import group_round_to, resolve
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.checkpoint import software_versions
 from pruneframe.data import check_disjoint
-from pruneframe.util.devices import dtype_name, model_device
+from pruneframe.util.devices import choose_dtype, dtype_name, model_device, resolve_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.harness.cache import cache_key, code_identity, load_cached, package_digest
 from pruneframe.harness.config import CompareConfig, InputError, budget_slug
-from pruneframe.harness.inputs import build_evaluators, calibration_stream, input_phase, load_dense
+from pruneframe.harness.inputs import build_evaluators, calibration_stream, check_compute_device, check_evaluators, input_phase, load_dense
 from pruneframe.harness.recovery_inputs import recovery_object, recovery_stream, recovery_text
 from pruneframe.harness.report import write_results
+from pruneframe.pipeline.hidden_plan import hidden_plan
 from pruneframe.pipeline.host import PluginHost
 from pruneframe.pipeline.recalibration import method_code_digest
 from pruneframe.models import load_model
@@ -97,7 +98,8 @@ class Prepared:
     """Runtime state shared by every run of a comparison (never part of a config).
 
     ``model`` is the dense model until it has been evaluated, then ``None`` (runs reload it from its
-    files); ``device`` and ``dtype`` are what ``auto`` resolved to.
+    files); ``device`` and ``dtype`` are what ``auto`` resolved to, ``dtype_reason`` why that dtype
+    (:func:`pruneframe.util.devices.choose_dtype`).
     """
 
     config: CompareConfig
@@ -106,6 +108,7 @@ class Prepared:
     tokenizer: Any
     device: str
     dtype: str
+    dtype_reason: str
     model_stamp: dict[str, Any]
     evaluators: dict[str, Evaluator]
     evaluation_stamp: dict[str, Any]
@@ -162,9 +165,16 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
     for name in names:
         with input_phase(f"method {name!r}"):
             methods[name] = host.method(name, config.method_configs.get(name))
+            check_compute_device(methods[name].config)
     evaluators, evaluation_stamp, eval_sources = build_evaluators(host, config)
-    log(f"loading model {config.model} ({config.dtype}, device {config.device})")
-    model, tokenizer, model_stamp = load_dense(config.model, config.dtype, config.device)
+    with input_phase(f"device {config.device!r}"):
+        choice = choose_dtype(config.dtype, resolve_device(config.device))
+    log(f"dtype: {choice}")
+    if choice.warning:
+        log(f"warning: {choice.warning}")
+    log(f"loading model {config.model} ({choice.name}, device {config.device})")
+    model, tokenizer, model_stamp = load_dense(config.model, choice.name, config.device)
+    check_evaluators(evaluators, tokenizer)
     tokens, calibration_stamp, calib_source = calibration_stream(config.calibration, tokenizer)
     for source in eval_sources:
         with input_phase("calibration and evaluation data must not overlap"):
@@ -188,6 +198,7 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
         tokenizer=tokenizer,
         device=str(model_device(model)),
         dtype=dtype_name(model),
+        dtype_reason=choice.reason,
         model_stamp=model_stamp,
         evaluators=evaluators,
         evaluation_stamp=evaluation_stamp,
@@ -211,7 +222,10 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = _silent) -> Prep
     for budget in config.budget_objects():
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-                prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units), group_round_to(units, method.config.round_to))
+                if hidden_plan(method, model, units, budget.resolve(units) + units.nonprunable_params) is None:
+                    prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units), group_round_to(units, method.config.round_to))
+                else:  # the hidden width sets the units' costs; the run's session checks its floor
+                    prep.budgets.setdefault(budget_slug(budget), budget.resolve(units))
             for seed in config.seeds_for(name):
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
                 prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, method_code_digest(method), stages[name]))
@@ -222,6 +236,7 @@ def _base_fields(prep: Prepared) -> dict[str, Any]:
     return {
         "model": prep.model_stamp,
         "dtype": prep.dtype,
+        "dtype_reason": prep.dtype_reason,
         "device": torch.device(prep.device).type,
         "evaluation": prep.evaluation_stamp,
         "eval_seed": EVAL_SEED,
@@ -473,14 +488,16 @@ def compare(
     progress: bool = True,
     log: Log = _silent,
     out: Path | None = None,
+    prepared: Prepared | None = None,
 ) -> CompareOutcome:
     """Run every (method, budget, seed) of ``config`` on one model and write the results folder.
 
     Finished runs found in ``<out>/runs`` with the same cache key are loaded, not recomputed. ``out``
     (default ``config.out_dir()``) is where the files go, e.g. a temporary folder renamed into place later.
+    ``prepared`` is :func:`prepare`'s result for ``config`` when the caller checked the inputs first.
     """
     host = host or PluginHost.create()
-    prep = prepare(config, host, log)
+    prep = prepared if prepared is not None else prepare(config, host, log)
     out = Path(out) if out is not None else config.out_dir()
     runs_dir = out / "runs"
     dense, computed = run_dense(prep, runs_dir, progress, log)
@@ -505,6 +522,7 @@ def compare(
         "budgets": prep.budgets,
         "device": prep.device,
         "dtype": prep.dtype,
+        "dtype_reason": prep.dtype_reason,
         "code": code_identity(),
         "recovery": {label: stream.describe() for label, stream in prep.streams.items()},
         "stages": _stages_used(records),

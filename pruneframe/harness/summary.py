@@ -39,6 +39,7 @@ from pruneframe.evaluation.stats import (
     LEVEL,
     bootstrap_indices,
     excludes_zero,
+    exp_or_inf,
     kendall_tau,
     log_ppl_draws,
     percentile_interval,
@@ -98,16 +99,21 @@ class Measure:
     log_scale: bool
 
     def _out(self, value: float) -> float:
-        return math.exp(value) if self.log_scale else value
+        return exp_or_inf(value) if self.log_scale else value
 
     def value(self) -> float:
         """The reported value (a ratio or an accuracy)."""
         return self._out(self.point)
 
     def interval(self) -> tuple[float, float]:
-        """The 95% bootstrap interval of the reported value."""
+        """The 95% bootstrap interval of the reported value, widened where needed to hold the value itself.
+
+        The percentile interval of the draws can miss the point estimate by a rounding error (one window:
+        every draw is the point, summed in another order) or, for a skewed statistic, by more; a value is
+        never shown outside its own interval.
+        """
         low, high = percentile_interval(self.draws, LEVEL)
-        return self._out(low), self._out(high)
+        return self._out(min(low, self.point)), self._out(max(high, self.point))
 
     def seed_range(self) -> tuple[float, float]:
         """Min and max over seeds of the reported value."""

@@ -17,6 +17,7 @@ A spec is one of:
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,11 +25,12 @@ from typing import Any, Literal
 import torch
 
 from pruneframe.data.sources import hub_reachable
-from pruneframe.util.devices import DTYPES, parse_dtype, resolve_device
+from pruneframe.util.devices import DTYPES, EmulatedDtypeWarning, choose_dtype, parse_dtype, resolve_device
 from pruneframe.models.gemma3 import GEMMA3_NAME, build_gemma3
 from pruneframe.models.qwen import QWEN_CODER_0_5B, QWEN_CODER_1_5B, build_qwen_coder_0_5b, build_qwen_coder_1_5b
 from pruneframe.models.smollm2 import SMOLLM2_NAME, build_smollm2
 from pruneframe.models.unmap import own_weights
+from pruneframe.util.paths import user_path
 
 #: Names of the embedded models and the function that builds (once) and returns each one's folder.
 EMBEDDED_MODELS = {
@@ -69,7 +71,7 @@ def resolve_model_path(spec: str | Path) -> ResolvedModel:
     text = str(spec).strip()
     if text.lower() in EMBEDDED_MODELS:
         return ResolvedModel(text, "embedded", str(EMBEDDED_MODELS[text.lower()]()))
-    path = Path(text).expanduser()
+    path = user_path(text)
     if path.exists():
         if path.is_file() and path.suffix.lower() == ".gguf":
             raise ValueError(
@@ -144,10 +146,12 @@ def _from_pretrained(location: str, placement: dict[str, Any], hub: bool) -> tup
         if any((Path(location) / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
             header_shapes(location)  # a truncated or corrupt weight file fails here, naming the file
 
-    local_only = False
+    local_only, reason = False, ""
     if hub:
         reachable, reason = hub_reachable()
         local_only = not reachable
+        if local_only and not _in_hub_cache(location):
+            raise _unreachable(location, reason)  # without asking transformers, whose optional lookups retry the hub for seconds
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             location, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True, **placement
@@ -156,12 +160,23 @@ def _from_pretrained(location: str, placement: dict[str, Any], hub: bool) -> tup
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
         if hub and local_only:
-            raise OSError(
-                f"model {location!r}: the hub is unreachable ({reason}) and it is not in the local Hugging Face "
-                f"cache. Pass a local folder, use {SMOLLM2_NAME!r}, or go online."
-            ) from exc
+            raise _unreachable(location, reason) from exc
         raise
     return model, tokenizer
+
+
+def _unreachable(location: str, reason: str) -> OSError:
+    return OSError(
+        f"model {location!r}: the hub is unreachable ({reason}) and it is not in the local Hugging Face cache. "
+        f"Pass a local folder, use {SMOLLM2_NAME!r}, or go online."
+    )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds the ``config.json`` of hub model ``repo_id`` (an invalid id raises ``ValueError``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def load_model(spec: str | Path, dtype: str | torch.dtype | None = "auto", device: str | torch.device | None = "auto") -> tuple[Any, Any]:
@@ -169,8 +184,9 @@ def load_model(spec: str | Path, dtype: str | torch.dtype | None = "auto", devic
 
     Args:
         spec: the model to load.
-        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (the checkpoint's own dtype on an
-            accelerator, float32 on the CPU).
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (bfloat16 where the device runs it
+            natively, else float32: :func:`pruneframe.util.devices.choose_dtype`; naming bfloat16 for a
+            device that emulates it warns with :class:`~pruneframe.util.devices.EmulatedDtypeWarning`).
         device: ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
     The weights go straight from their files to ``device`` in the target dtype; on the CPU they are
@@ -182,9 +198,10 @@ def load_model(spec: str | Path, dtype: str | torch.dtype | None = "auto", devic
         pruneframe.util.devices.DeviceUnavailableError: ``device`` is not on this machine.
     """
     target = resolve_device(device)
-    auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
-    # "auto" on an accelerator lets transformers keep the stored dtype without reading it twice
-    torch_dtype: torch.dtype | str = torch.float32 if auto and target.type == "cpu" else "auto" if auto else parse_dtype(dtype)
+    choice = choose_dtype(dtype, target)
+    if choice.warning:
+        warnings.warn(choice.warning, EmulatedDtypeWarning, stacklevel=2)
+    torch_dtype = choice.dtype
     resolved = resolve_model_path(spec)
     if resolved.kind == "pruned":
         from pruneframe.checkpoint import load_pruned  # lazy: optional at import time

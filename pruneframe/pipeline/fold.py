@@ -23,9 +23,9 @@ import warnings
 import torch
 from torch import nn
 
-from pruneframe.architectures.base import LayerSlices, LayerWidths, WeightSlice
+from pruneframe.architectures.base import LayerSlices, WeightSlice
 from pruneframe.pipeline.methods import Recalibration
-from pruneframe.pipeline.units import UnitKind, UnitSet
+from pruneframe.pipeline.units import LayerWidths, UnitKind, UnitSet
 
 __all__ = ["fold", "fold_layer"]
 

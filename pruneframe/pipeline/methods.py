@@ -10,10 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from torch import nn
 
 if TYPE_CHECKING:
@@ -24,7 +24,25 @@ from pruneframe.pipeline.projection import Policy, Scope
 from pruneframe.pipeline.removal import Removal
 from pruneframe.pipeline.units import UnitSet
 
-__all__ = ["MethodConfig", "PruningMethod", "Recalibration", "ScoringContext", "Policy", "Scope"]
+__all__ = ["HiddenOptions", "MethodConfig", "PruningMethod", "Recalibration", "ScoringContext", "Policy", "Scope", "Seed", "not_a_boolean"]
+
+
+def not_a_boolean(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number belongs (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {value!r}")
+    return value
+
+
+def _seedable(value: int) -> int:
+    """Refuse an integer torch cannot seed a generator with."""
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"a seed must lie in [-2**63, 2**64 - 1]; {value} does not")
+    return value
+
+
+#: A seed: an integer torch can seed a generator with (a boolean is not one).
+Seed = Annotated[int, BeforeValidator(not_a_boolean), AfterValidator(_seedable)]
 
 
 class MethodConfig(BaseModel):
@@ -51,8 +69,32 @@ class MethodConfig(BaseModel):
     policy: Policy = "rank"
     scope: Scope = "global"
     round_to: Annotated[int, Field(ge=1)] | None = None
-    seed: int = 0
+    seed: Seed = 0
     removal: Removal = "none"
+
+
+class HiddenOptions(BaseModel):
+    """Settings of a method that may cut the hidden dimension (mix into its config to opt in).
+
+    Attributes:
+        hidden_keep: share of hidden channels to keep, ``None`` (the default) = keep them all. The
+            per-layer units are then projected at that width (:mod:`pruneframe.pipeline.hidden_budget`).
+        hidden_round_to: kept hidden widths are multiples of this; ``None`` = the attention head count
+            (transformers' configs require ``hidden_size`` to be a multiple of it).
+        norm_correction: ``energy`` multiplies every norm's scale by ``sqrt(f * d / d')`` with ``f``
+            its input's energy share on the kept channels, measured on calibration text; ``none``
+            leaves the norms as they are.
+        norm_windows: calibration windows the energies are measured on.
+        norm_seq_len: tokens per such window.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_keep: Annotated[float, BeforeValidator(not_a_boolean), Field(gt=0, le=1)] | None = None
+    hidden_round_to: Annotated[int, BeforeValidator(not_a_boolean), Field(ge=1)] | None = None
+    norm_correction: Literal["energy", "none"] = "energy"
+    norm_windows: Annotated[int, Field(ge=1)] = 16
+    norm_seq_len: Annotated[int, Field(ge=2)] = 256
 
 
 @dataclass
@@ -145,6 +187,13 @@ class PruningMethod(ABC):
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """Scales or bias corrections for the fixed ``mask``; ``None`` when the method has none."""
         return None
+
+    def score_hidden(self, context: ScoringContext) -> torch.Tensor:
+        """One float score per hidden channel (higher = keep), for a config with ``hidden_keep`` set.
+
+        Only methods whose config mixes in :class:`HiddenOptions` are asked; the default refuses.
+        """
+        raise NotImplementedError(f"method {self.name!r} has no hidden-channel scores")
 
     def minimum(self, units: UnitSet) -> torch.Tensor:
         """Units each projection group must keep (default: one FFN channel and one KV group per layer)."""

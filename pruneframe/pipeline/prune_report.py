@@ -164,6 +164,8 @@ class PruneReport(_Record):
         removed_blocks: the dense model's layer indices whose ``attention`` block or ``mlp`` block the
             prune removed, and the ``layers`` it removed whole (dropped from the folded model); None
             when no block was removed.
+        hidden_size: the kept hidden width when the prune cut the hidden dimension (``None``: it did not);
+            then the budget and kept prunable parameters are counted at that width.
     """
 
     method: str
@@ -193,6 +195,7 @@ class PruneReport(_Record):
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     pipeline: dict[str, str] | None = None
     removed_blocks: dict[str, list[int]] | None = None
+    hidden_size: int | None = None
 
     @property
     def calibration_tokens(self) -> int:

@@ -29,13 +29,16 @@ from torch import nn
 
 from pruneframe import checkpoint
 from pruneframe.toolkit.memory import PeakMemory, release_unused_memory
-from pruneframe.pipeline.budget import BudgetKind, check_mask, group_round_to, make_budget, resolve
+from pruneframe.architectures.hidden import fold_hidden
+from pruneframe.pipeline.budget import BudgetError, BudgetKind, check_mask, group_round_to, make_budget, mandatory_cost, resolve
+from pruneframe.pipeline.hidden_plan import HiddenPlan, hidden_plan
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.util.devices import dtype_name, model_device, resolve_device
 from pruneframe.pipeline.host import PluginHost
 from pruneframe.pipeline.recalibration import PipelineMethod
 from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.pipeline.prune_report import STAGES, CalibrationRecord, MemoryRecord, PruneReport, StageRecord, Timings
+from pruneframe.toolkit.hidden_stats import norm_factors, norm_input_energy
 from pruneframe.toolkit.streaming import StreamingOptions, resolve_compute_device
 from pruneframe.pipeline.units import UnitSet
 
@@ -152,16 +155,35 @@ class PruneSession:
         self.removable = self.method.removable_blocks(self.units)
         if self.removal != "none" and self.round_to is not None:
             raise ValueError(f"method {self.method.name!r}: round_to cannot be combined with removal {self.removal!r}; set one of them")
-        self.target = resolve(self.budget, self.units, self.minimum, self.round_to, self.removable)
+        #: How the hidden dimension is cut (``None``: it is not); then :attr:`cost_units` price the units at its width.
+        self.plan: HiddenPlan | None = hidden_plan(self.method, model, self.units, self.budget.resolve(self.units) + self.units.nonprunable_params)
+        #: The units with the costs the projector and the budget check use (at the kept hidden width).
+        self.cost_units = self.units if self.plan is None else self.plan.units_at(self.units, self.plan.width)
+        if self.plan is None:
+            self.target = resolve(self.budget, self.units, self.minimum, self.round_to, self.removable)
+        else:
+            self.target = self._hidden_target(self.cost_units)
         self.model_identity = model_identity
         self._ran = False
+
+    def _hidden_target(self, cost_units: UnitSet) -> int:
+        """What the budget leaves the units at the plan's width; refuses one below their minimum."""
+        assert self.plan is not None
+        target = self.plan.unit_target(cost_units)
+        floor = mandatory_cost(cost_units, self.minimum, self.round_to)
+        if target < floor:
+            raise BudgetError(
+                f"budget '{self.budget.label()}' with {cost_units.hidden_size} hidden channels leaves {target:,} parameters for "
+                f"the layers' units, below their mandatory minimum of {floor:,}; lower hidden_keep or raise the budget"
+            )
+        return min(target, cost_units.prunable_params)
 
     def project(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` -> a keep-mask meeting this session's budget (the projector every method gets)."""
         cfg = self.method.config
         return self.host.project(
             scores.detach().float().cpu(),
-            self.units,
+            self.cost_units,
             self.target,
             self.minimum,
             cfg.policy,
@@ -242,13 +264,20 @@ class PruneSession:
                 scores = self.host.score(self.method, context, provenance=self.stages)
             else:
                 context.stats["scores"] = "precomputed"
+            hidden_scores = None if self.plan is None else self.method.score_hidden(context).detach().float().cpu()
             t1 = time.perf_counter()
             mask = self.project(scores)
-            check_mask(mask, units, self.target, self.minimum, self.round_to, self.removal, self.removable)
+            cost_units, target = self.cost_units, self.target
+            if self.plan is not None:
+                cost_units = self.plan.units_at(units, self.plan.widen(mask))
+                target = self.plan.unit_target(cost_units)
+            check_mask(mask, cost_units, target, self.minimum, self.round_to, self.removal, self.removable)
             recalibration = self.host.recalibrate(self.method, context, mask, provenance=self.stages)
             t2 = time.perf_counter()
-            added = _added_bias_params(model, units, recalibration)
+            added = _added_bias_params(model, units, recalibration) * cost_units.hidden_size // units.hidden_size
             folded = self.host.fold(model, units, mask, recalibration, inplace, provenance=self.stages).eval()
+            if self.plan is not None:
+                self._fold_hidden(folded, hidden_scores, cost_units.hidden_size, data, context)
             t3 = time.perf_counter()
         # The scoring temporaries and (in place) the dense weights are gone: hand their pages back, so the
         # pruned model's evaluation is not measured on top of freed memory the allocator kept.
@@ -256,13 +285,33 @@ class PruneSession:
         if not inplace:
             model.train(was_training)
         params = sum(p.numel() for p in folded.parameters())
-        if params != units.kept_params(mask) + added:
+        expected = cost_units.kept_params(mask) + added
+        if params != expected:
             raise self.host.stage_error(
                 self.stages["fold"].plugin,
-                f"pruneframe_fold produced {params:,} parameters, expected {units.kept_params(mask) + added:,} (the fold is inconsistent with unit discovery)",
+                f"pruneframe_fold produced {params:,} parameters, expected {expected:,} (the fold is inconsistent with unit discovery)",
             )
-        report = self._report(folded, mask, params, added, data, context.stats, (t0, t1, t2, t3), memory, calibration_source)
+        report = self._report(folded, mask, params, added, data, context.stats, (t0, t1, t2, t3), memory, calibration_source, cost_units, target)
         return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
+
+    def _fold_hidden(self, folded: nn.Module, scores: torch.Tensor, width: int, data: CalibrationData | None, context: ScoringContext) -> None:
+        """Cut ``folded``'s hidden dimension to the ``width`` best-scored channels, norms corrected as the plan says."""
+        from pruneframe.pipeline.hidden_budget import top_hidden_mask
+
+        assert self.plan is not None
+        if scores.shape != (self.units.hidden_size,):
+            raise ValueError(f"method {self.method.name!r} gave {tuple(scores.shape)} hidden scores for a hidden size of {self.units.hidden_size}")
+        keep = top_hidden_mask(scores, width)
+        adapter = self.units.require_adapter()
+        factors = None
+        if self.plan.options.norm_correction == "energy":
+            if data is None:
+                raise ValueError(f"method {self.method.name!r}: norm_correction 'energy' needs calibration data (or set norm_correction: none)")
+            windows = data.windows(self.plan.options.norm_windows, self.plan.options.norm_seq_len)
+            factors = norm_factors(norm_input_energy(adapter, folded, windows, progress=context.progress), keep)
+            context.stats["norm_factors"] = {name: round(f, 6) for name, f in factors.items()}
+        fold_hidden(adapter, folded, keep, factors)
+        context.stats["hidden_kept"] = width
 
     def _report(
         self,
@@ -275,6 +324,8 @@ class PruneSession:
         times: tuple[float, float, float, float],
         memory: PeakMemory,
         calibration_source: dict[str, Any] | None,
+        cost_units: UnitSet,
+        target: int,
     ) -> PruneReport:
         units, (t0, t1, t2, t3) = self.units, times
         return PruneReport(
@@ -282,13 +333,13 @@ class PruneSession:
             config=self.method.config.model_dump(mode="json"),
             budget=self.budget,
             budget_label=self.budget.label(),
-            budget_prunable_params=self.target,
-            kept_prunable_params=units.kept_cost(mask),
+            budget_prunable_params=target,
+            kept_prunable_params=cost_units.kept_cost(mask),
             prunable_params=units.prunable_params,
             kept_params=params,
             dense_params=units.total_params,
             added_params=added,
-            kept_fraction_of_prunable=units.kept_cost(mask) / max(units.prunable_params, 1),
+            kept_fraction_of_prunable=cost_units.kept_cost(mask) / max(units.prunable_params, 1),
             kept_fraction_of_total=params / units.total_params,
             architecture=units.architecture,
             units=len(units),
@@ -306,6 +357,7 @@ class PruneSession:
                 {"scorer": self.method.scorer.name, "recalibration": self.method.recalibration.name} if isinstance(self.method, PipelineMethod) else None
             ),
             removed_blocks=_removed_blocks(units, mask),
+            hidden_size=None if self.plan is None else cost_units.hidden_size,
         )
 
 

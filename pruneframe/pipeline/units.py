@@ -4,22 +4,23 @@ A :class:`UnitSet` is a flat table, one row per unit, ordered layer by layer and
 all FFN channels first and then all KV groups. Every stage (scoring, projection, recalibration,
 folding) speaks in this one flat order, so a score vector, a mask and a scale vector are plain
 1-D tensors of length ``len(units)``.
+
+This module is the vocabulary the architecture adapters and the pipeline share (:class:`UnitKind`,
+:class:`LayerShape`, :class:`LayerWidths`, :class:`UnitSet`); it imports no adapter, not even for type
+hints. A unit set reaches its adapter through :class:`UnitAdapter`, the one method it calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
 from pruneframe.pipeline.removal import empty_groups
 
-if TYPE_CHECKING:
-    from pruneframe.architectures.base import ArchitectureAdapter, LayerSlices
-
-__all__ = ["UnitKind", "UnitSet", "LayerShape"]
+__all__ = ["UnitKind", "UnitSet", "LayerShape", "LayerWidths", "UnitAdapter"]
 
 
 class UnitKind(IntEnum):
@@ -53,6 +54,65 @@ class LayerShape:
     kv_overhead: int = 0
 
 
+@dataclass(frozen=True)
+class LayerWidths:
+    """The prunable widths of one decoder layer, as its modules have them now (one representation for all).
+
+    Attributes:
+        index: layer index.
+        ffn: FFN (intermediate) channels.
+        q_heads: query heads.
+        kv_heads: KV heads.
+        head_dim: per-head width.
+        hidden: model width (the output projections' out_features).
+        down_proj_bias: whether the MLP output projection has a bias.
+        o_proj_bias: whether the attention output projection has a bias.
+    """
+
+    index: int
+    ffn: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    down_proj_bias: bool = False
+    o_proj_bias: bool = False
+
+    def to_config(self) -> dict[str, int | bool]:
+        """The entry of ``config.pruned_layers`` (transformers' attribute names)."""
+        return {
+            "intermediate_size": self.ffn,
+            "num_attention_heads": self.q_heads,
+            "num_key_value_heads": self.kv_heads,
+            "down_proj_bias": self.down_proj_bias,
+            "o_proj_bias": self.o_proj_bias,
+        }
+
+    def same_shape(self, other: "LayerWidths") -> bool:
+        """Whether two layers have identical widths and bias flags (the index aside)."""
+        return (self.ffn, self.q_heads, self.kv_heads, self.head_dim, self.hidden, self.down_proj_bias, self.o_proj_bias) == (
+            other.ffn,
+            other.q_heads,
+            other.kv_heads,
+            other.head_dim,
+            other.hidden,
+            other.down_proj_bias,
+            other.o_proj_bias,
+        )
+
+
+class UnitAdapter(Protocol):
+    """What a :class:`UnitSet` asks of the adapter that discovered it: where each layer's unit weights are.
+
+    Every :class:`~pruneframe.architectures.ArchitectureAdapter` is one; the protocol lets this module
+    name it without importing the adapters, which import this module.
+    """
+
+    def layer_slices(self, model: torch.nn.Module) -> list[Any]:
+        """Per decoder layer of ``model``, its :class:`~pruneframe.architectures.LayerSlices`."""
+        ...
+
+
 @dataclass
 class UnitSet:
     """Every prunable unit of a model, with its exact parameter cost.
@@ -72,7 +132,7 @@ class UnitSet:
     total_params: int
     head_dim: int
     hidden_size: int
-    adapter: "ArchitectureAdapter | None" = field(default=None, repr=False, compare=False)
+    adapter: UnitAdapter | None = field(default=None, repr=False, compare=False)
     layer: torch.Tensor = field(init=False, repr=False)
     kind: torch.Tensor = field(init=False, repr=False)
     index: torch.Tensor = field(init=False, repr=False)
@@ -93,12 +153,13 @@ class UnitSet:
         if self.nonprunable_params < 0:
             raise ValueError("unit costs exceed the model's parameter count; discovery is inconsistent")
 
-    def layer_slices(self, model: torch.nn.Module) -> "list[LayerSlices]":
-        """Per decoder layer of ``model`` (the model these units were discovered on), its weight slices."""
+    def layer_slices(self, model: torch.nn.Module) -> list[Any]:
+        """Per decoder layer of ``model`` (the model these units were discovered on), its weight slices
+        (:class:`~pruneframe.architectures.LayerSlices`)."""
         return self.require_adapter().layer_slices(model)
 
-    def require_adapter(self) -> "ArchitectureAdapter":
-        """The adapter that discovered these units (an error names how to get one when there is none)."""
+    def require_adapter(self) -> Any:
+        """The :class:`~pruneframe.architectures.ArchitectureAdapter` that discovered these units (an error names how to get one when there is none)."""
         if self.adapter is None:
             raise ValueError(
                 f"this UnitSet ({self.architecture}) carries no architecture adapter; "

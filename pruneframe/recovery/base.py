@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from pruneframe.pipeline.methods import Seed
 from pruneframe.pipeline.prune_report import RecoveryRecord
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class RecoveryConfig(BaseModel):
     warmup: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
-    seed: int = 0
+    seed: Seed = 0
     checkpoint_dir: str | None = None
     checkpoint_every: Annotated[int, Field(ge=1)] = 50
 

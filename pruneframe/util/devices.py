@@ -1,9 +1,11 @@
 """Devices and dtypes: what ``--device`` / ``device=`` and ``--dtype`` / ``dtype=`` name, resolved once.
 
 ``auto`` picks the first CUDA device when one is present, else the CPU (Apple's ``mps`` is used only
-when asked for: several operations the methods use are missing there). A dtype of ``auto`` is the
-checkpoint's own dtype on an accelerator and float32 on the CPU, where half-precision matmuls are
-slow and statistics lose precision.
+when asked for: several operations the methods use are missing there). A dtype of ``auto`` is chosen
+from the hardware by :func:`choose_dtype`: bfloat16 where the device runs it natively (CUDA with bf16
+support, a CPU with AVX-512 BF16 or AMX), float32 everywhere else. On a CPU without those instructions
+bf16 is emulated and several times slower than float32 (``benchmarks/dtype_speed.py`` measures it on
+the machine it runs on).
 
     >>> resolve_device("cpu")
     device(type='cpu')
@@ -12,6 +14,9 @@ slow and statistics lose precision.
 from __future__ import annotations
 
 import json
+import os
+import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +35,12 @@ __all__ = [
     "resolve_device",
     "parse_dtype",
     "checkpoint_dtype",
-    "resolve_dtype",
+    "DtypeChoice",
+    "EmulatedDtypeWarning",
+    "NATIVE_BF16_ENV",
+    "native_bf16",
+    "choose_dtype",
+    "hardware_info",
     "dtype_name",
     "model_device",
 ]
@@ -49,7 +59,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-#: Every dtype string ``--dtype``, a config file's ``dtype`` and ``dtype=`` accept (``auto``: see :func:`resolve_dtype`).
+#: Every dtype string ``--dtype``, a config file's ``dtype`` and ``dtype=`` accept (``auto``: see :func:`choose_dtype`).
 DTYPE_CHOICES: tuple[str, ...] = ("auto", *DTYPES)
 
 
@@ -70,7 +80,7 @@ def canonical_dtype(value: Any) -> Any:
 
 #: A validated dtype setting: any of :data:`DTYPES`' names or aliases, stored under its canonical name.
 DtypeName = Annotated[Literal["float32", "bfloat16", "float16"], BeforeValidator(canonical_dtype)]
-#: :data:`DtypeName` or ``auto`` (the checkpoint's own dtype on an accelerator, float32 on the CPU).
+#: :data:`DtypeName` or ``auto`` (bfloat16 where the device runs it natively, else float32: :func:`choose_dtype`).
 LoadDtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(canonical_dtype)]
 
 
@@ -153,13 +163,116 @@ def checkpoint_dtype(config: Any) -> torch.dtype | None:
     return None
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, stored: torch.dtype | None = None) -> torch.dtype:
-    """The dtype to load in: ``dtype`` itself, or for ``auto``/``None`` the stored dtype on an accelerator, else float32."""
-    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
-        if device.type == "cpu" or stored is None:
-            return torch.float32
-        return stored
-    return parse_dtype(dtype)
+#: Environment variable that overrides the native-bf16 probe (``1``: native, ``0``: emulated), e.g. to get
+#: the same ``auto`` dtype on every machine of a cluster, or where the probe is wrong.
+NATIVE_BF16_ENV = "PRUNEFRAME_NATIVE_BF16"
+
+
+class EmulatedDtypeWarning(UserWarning):
+    """bfloat16 was named for a device that emulates it (correct results, several times slower than float32)."""
+
+
+def _cpu_bf16() -> tuple[bool, str]:
+    capability = torch.backends.cpu.get_cpu_capability()
+    # ATen's kernels must be built for AVX-512 as well: with ATEN_CPU_CAPABILITY=avx2 bf16 runs emulated.
+    if not capability.upper().startswith("AVX512"):
+        return False, f"this CPU has no native bf16: {capability}"
+    found = [name for name, probe in (("AVX-512 BF16", torch.cpu._is_avx512_bf16_supported), ("AMX", torch.cpu._is_amx_tile_supported)) if probe()]
+    if not found:
+        return False, f"this CPU has no native bf16: {capability} without AVX-512 BF16 or AMX"
+    return True, f"this CPU runs bf16 natively: {capability} with {' and '.join(found)}"
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` runs bfloat16 natively, and the evidence in words.
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: ATen's capability is AVX-512 and the CPU has AVX-512
+    BF16 or AMX tiles. Anything else (Apple's ``mps`` included) counts as emulated. The environment
+    variable :data:`NATIVE_BF16_ENV` overrides the probe.
+    """
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"{NATIVE_BF16_ENV}={forced}"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, f"{torch.cuda.get_device_name(device)} supports bf16"
+        return False, f"{torch.cuda.get_device_name(device)} has no native bf16"
+    if device.type == "cpu":
+        return _cpu_bf16()
+    return False, f"bf16 is not native on {device.type} for every operation the methods use"
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a model is loaded and computed in, why, and a warning when the choice is slow here."""
+
+    dtype: torch.dtype
+    reason: str
+    warning: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The dtype's canonical name (``"float32"``)."""
+        return dtype_name(self.dtype)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def choose_dtype(requested: str | torch.dtype | None, device: torch.device) -> DtypeChoice:
+    """The compute dtype for ``requested`` on ``device``: the one rule behind every ``auto``.
+
+    ``auto`` (or ``None``) is bfloat16 where :func:`native_bf16` says the device runs it natively and
+    float32 everywhere else. A named dtype always wins; naming bfloat16 for a device that emulates it
+    comes with a warning.
+
+    Raises:
+        ValueError: ``requested`` is not a supported dtype name.
+    """
+    if requested is None or (isinstance(requested, str) and requested.strip().lower() == "auto"):
+        native, why = native_bf16(device)
+        return DtypeChoice(torch.bfloat16 if native else torch.float32, why)
+    dtype = parse_dtype(requested)
+    if dtype is not torch.bfloat16:
+        return DtypeChoice(dtype, "named in the settings")
+    native, why = native_bf16(device)
+    if native:
+        return DtypeChoice(dtype, f"named in the settings; {why}")
+    slow = f"bfloat16 was named but is emulated here ({why}): expect it to run several times slower than float32 (dtype: auto picks float32)"
+    return DtypeChoice(dtype, f"named in the settings; {why}", warning=slow)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What a timing on ``device`` depends on: CPU model, ATen's capability, bf16 support, threads (and the GPU).
+
+    Recorded beside every timing, since the same code runs several times faster or slower from one
+    machine to the next (bf16 above all, see :func:`native_bf16`).
+    """
+    device = torch.device(device)
+    native, why = native_bf16(device)
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "native_bf16": native,
+        "native_bf16_reason": why,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def dtype_name(dtype: torch.dtype | torch.nn.Module) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_marked_section", "atomic_dir"]
+__all__ = ["SMALL_FILE_LIMIT", "read_small_text", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "replace_marked_section", "atomic_dir"]
 
 
 def _umask() -> int:
@@ -25,6 +26,33 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: The most a file that should be small (a settings file, a results or run record) may hold: 64 MiB.
+SMALL_FILE_LIMIT = 64 * 2**20
+
+
+def read_small_text(path: str | os.PathLike[str], limit: int = SMALL_FILE_LIMIT) -> str:
+    """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes, read without waiting on a pipe.
+
+    Raises:
+        ValueError: ``path`` is a folder, a device (``/dev/zero``), a pipe or a socket, holds more than
+            ``limit`` bytes, or is not UTF-8; the message names the path.
+        OSError: it cannot be opened (missing, no permission, a name too long).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
+            raise ValueError(f"{os.fspath(path)!r} is {what}")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{os.fspath(path)!r} holds more than {limit:,} bytes, more than such a file ever needs")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x})") from None
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:

@@ -1,0 +1,163 @@
+"""Minitron: activation importance for hidden (embedding) channels, attention heads and FFN neurons
+(Muralidharan et al., NeurIPS 2024, "Compact Language Models via Pruning and Knowledge Distillation").
+
+One forward-only pass over calibration windows records, per window, the mean over its tokens of each
+activation's magnitude, and aggregates the windows by their L2 norm (the paper's batch and sequence
+aggregation, as we read it):
+
+* an FFN neuron: its activation, the input of down_proj (the paper takes the first projection's output;
+  with a gated MLP the product that down_proj reads is what the neuron passes on);
+* an attention head: the L2 norm over its channels of that aggregate on the input of o_proj (its output
+  before the projection); a KV group scores the sum of its query heads, since a KV head is removed with
+  the query heads that share it;
+* a hidden (embedding) channel: the sum over every layer of that aggregate on the outputs of the norms
+  that feed attention and the MLP (the inputs of q/k/v and gate/up).
+
+The hidden dimension is cut to ``hidden_keep`` of its width (default 0.75: the Llama-3.1-Minitron 4B
+width model keeps 3,072 of 4,096 channels), and the FFN and KV widths are then set by the exact budget
+with the same keep fraction in every layer and kind (``allocation: uniform``, Minitron's models have
+uniform layers). Each norm's scale is corrected for the channels it loses
+(:class:`~pruneframe.pipeline.methods.HiddenOptions`). The paper's recipe then distils; pruneframe's
+``distill`` recovery is that step (``recovery: [{name: distill, tokens: ...}]`` in a comparison).
+
+Differences from the paper: its depth mode (layer removal by LM loss or Block Importance) is not part
+of this plugin (``shortgpt`` and ``block-influence`` cover depth); its architecture search over several
+candidate widths, each briefly distilled, is replaced by the fixed ``hidden_keep`` and the budget's
+exact projection; the calibration windows default to WikiText-2 validation text here (the paper uses
+1,024 samples of its pretraining data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+
+from pruneframe.pipeline.hookspecs import hookimpl
+from pruneframe.pipeline.methods import HiddenOptions, PruningMethod, ScoringContext
+from pruneframe.pipeline.units import UnitKind
+from pruneframe.toolkit.collect import collect_layer_inputs
+from pruneframe.toolkit.distributed import summed
+from pruneframe_baselines import AllocationConfig
+
+__all__ = ["MinitronConfig", "Minitron", "WindowL2"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+_TARGETS = {
+    "down_in": lambda m: m.down_proj,
+    "o_in": lambda m: m.o_proj,
+    "attn_in": lambda m: m.attn_in,
+    "mlp_in": lambda m: m.mlp_in,
+}
+
+
+class MinitronConfig(AllocationConfig, HiddenOptions):
+    """Minitron settings.
+
+    Attributes:
+        hidden_keep: share of hidden channels kept (default 0.75; ``None`` cuts only heads and neurons).
+        num_windows: calibration windows the activations are recorded on.
+        seq_len: tokens per window.
+        batch_size: windows per forward pass.
+        allocation: ``uniform`` (default: the same keep fraction in every layer and kind) or ``global``.
+    """
+
+    hidden_keep: Annotated[float, Field(gt=0, le=1)] | None = 0.75
+    num_windows: PositiveInt = 64
+    seq_len: Annotated[int, Field(ge=2)] = 256
+    batch_size: PositiveInt = 8
+    allocation: Literal["global", "uniform"] = "uniform"
+
+
+@dataclass
+class WindowL2:
+    """Per feature: the L2 norm over windows of the mean magnitude over each window's tokens.
+
+    Attributes:
+        windows: windows seen.
+        total_sq: per feature, the sum over windows of the squared per-window mean magnitude (float64).
+    """
+
+    windows: int
+    total_sq: torch.Tensor
+
+    @classmethod
+    def empty(cls, features: int) -> WindowL2:
+        """Zero sums for ``features`` features."""
+        return cls(0, torch.zeros(features, dtype=torch.float64))
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate inputs ``[windows, tokens, features]``."""
+        per_window = x.detach().abs().to(torch.float64).mean(dim=-2).reshape(-1, x.shape[-1])
+        self.total_sq = self.total_sq.to(per_window.device) + per_window.square().sum(0)
+        self.windows += per_window.shape[0]
+
+    def merge_ranks(self) -> None:
+        """Sum the counts and sums over all ranks."""
+        self.windows = int(summed(torch.tensor(self.windows, dtype=torch.float64)))
+        self.total_sq = summed(self.total_sq)
+
+    def value(self) -> torch.Tensor:
+        """The aggregate per feature (float64, CPU)."""
+        return self.total_sq.sqrt().cpu()
+
+
+class Minitron(PruningMethod):
+    """Activation importance of neurons, heads and hidden channels (see the module docstring)."""
+
+    name = "minitron"
+    Config = MinitronConfig
+    summary = "activation importance of FFN neurons, heads and hidden channels; cuts the hidden dimension"
+    config: MinitronConfig
+
+    def __init__(self, config: MinitronConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self._stats: dict[tuple[int, int], dict[str, list[WindowL2]]] = {}
+
+    def _collect(self, context: ScoringContext) -> dict[str, list[WindowL2]]:
+        calibration = context.require_calibration(self.name)
+        key = (id(context.model), id(calibration))
+        if key not in self._stats:
+            windows = calibration.windows(self.config.num_windows, self.config.seq_len)
+            stats = collect_layer_inputs(
+                context.model,
+                windows,
+                _TARGETS,
+                WindowL2.empty,
+                batch_size=self.config.batch_size,
+                progress=context.progress,
+                desc="minitron activations",
+                adapter=context.units.adapter,
+            )
+            context.stats["calibration_tokens"] = int(windows.numel())
+            self._stats = {key: stats}  # type: ignore[dict-item]
+        return self._stats[key]
+
+    def score(self, context: ScoringContext) -> torch.Tensor:
+        """One importance per unit (float32, flat unit order)."""
+        units, stats = context.units, self._collect(context)
+        scores = torch.empty(len(units), dtype=torch.float32)
+        for i, layer in enumerate(context.layers()):
+            scores[units.slice(i, UnitKind.FFN)] = stats["down_in"][i].value().float()
+            heads = stats["o_in"][i].value().reshape(-1, layer.head_dim).norm(dim=1)
+            scores[units.slice(i, UnitKind.KV)] = heads.reshape(-1, layer.queries_per_group).sum(1).float()
+        return scores
+
+    def score_hidden(self, context: ScoringContext) -> torch.Tensor:
+        """One importance per hidden channel: the summed aggregates of every attention and MLP input."""
+        stats = self._collect(context)
+        total = torch.zeros(context.units.hidden_size, dtype=torch.float64)
+        for name in ("attn_in", "mlp_in"):
+            for acc in stats[name]:
+                total += acc.value()
+        return total.float()
+
+
+@hookimpl
+def pruneframe_register_methods(register: Callable[[type[PruningMethod]], None]) -> None:
+    """Register Minitron."""
+    register(Minitron)
