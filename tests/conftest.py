@@ -51,6 +51,19 @@ def recovery_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return paths
 
 
+@pytest.fixture(scope="module")
+def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with a tokenizer a GGUF file can carry, saved as a checkpoint folder."""
+    from pruneframe import checkpoint
+    from pruneframe.testing import tiny_model
+    from workspace_files import bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("exportable") / "ckpt"
+    tokenizer = bpe_tokenizer()
+    checkpoint.save(folder, tiny_model("llama-gqa", vocab_size=len(tokenizer)), {"method": "hand-made"}, tokenizer=tokenizer)
+    return folder
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks folder is not a package)."""
     path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"

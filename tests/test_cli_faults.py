@@ -28,8 +28,7 @@ import pruneframe.checkpoint as checkpoint
 import pruneframe.util.io as io_module
 from pruneframe.cli import main
 from pruneframe.cli.output_paths import folder_lock
-from pruneframe.testing import tiny_model
-from workspace_files import bpe_tokenizer, cli_flags
+from workspace_files import cli_flags
 
 #: The exit code after Ctrl-C.
 INTERRUPTED = 130
@@ -84,15 +83,6 @@ def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str,
     """The workspace, with an empty shared-data folder so defaults never reach real data."""
     monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
     return workspace
-
-
-@pytest.fixture(scope="module")
-def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama with a tokenizer a GGUF file can carry, saved as a checkpoint folder."""
-    folder = tmp_path_factory.mktemp("exportable") / "ckpt"
-    tokenizer = bpe_tokenizer()
-    checkpoint.save(folder, tiny_model("llama-gqa", vocab_size=len(tokenizer)), {"method": "hand-made"}, tokenizer=tokenizer)
-    return folder
 
 
 def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str]:

@@ -274,7 +274,7 @@ ALIASES = {
     "--zeroshot-limit": ["limit"],
     "--method": ["method"],
     "--methods": ["method"],
-    "--method-config": ["method"],
+    "--method-config": ["method", "method_settings", "method_configs"],
     "--recover": ["recover", "recovery"],
     "--recover-config": ["recover", "recovery", "recovery_settings"],
     "--recover-tokens": ["recover", "recovery", "tokens"],

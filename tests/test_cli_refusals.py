@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pruneframe.checkpoint as checkpoint
 import pruneframe.data.sources as sources
 from pruneframe.cli import main
-from pruneframe.testing import tiny_model
-from workspace_files import bpe_tokenizer, cli_flags
+from workspace_files import cli_flags
 
 LONG = "x" * 300
 RESULTS_FIXTURE = Path(__file__).resolve().parent / "data" / "results.json"
@@ -33,15 +31,6 @@ def ws(workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPat
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     return workspace
-
-
-@pytest.fixture(scope="module")
-def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama with a tokenizer a GGUF file can carry, saved as a checkpoint folder."""
-    folder = tmp_path_factory.mktemp("exportable") / "ckpt"
-    tokenizer = bpe_tokenizer()
-    checkpoint.save(folder, tiny_model("llama-gqa", vocab_size=len(tokenizer)), {"method": "hand-made"}, tokenizer=tokenizer)
-    return folder
 
 
 def listing(folder: Path) -> list[tuple[str, int]]:
