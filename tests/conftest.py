@@ -51,6 +51,13 @@ def recovery_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return paths
 
 
+@pytest.fixture
+def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The workspace, with an empty shared-data folder so defaults never reach real data."""
+    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
+    return workspace
+
+
 @pytest.fixture(scope="module")
 def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama with a tokenizer a GGUF file can carry, saved as a checkpoint folder."""

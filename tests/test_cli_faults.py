@@ -28,7 +28,7 @@ import pruneframe.checkpoint as checkpoint
 import pruneframe.util.io as io_module
 from pruneframe.cli import main
 from pruneframe.cli.output_paths import folder_lock
-from workspace_files import cli_flags
+from workspace_files import prune_flags, cli_flags
 
 #: The exit code after Ctrl-C.
 INTERRUPTED = 130
@@ -76,17 +76,6 @@ elif point == "dense":
 from pruneframe.cli import main
 sys.exit(main(sys.argv[4:]))
 """
-
-
-@pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """The workspace, with an empty shared-data folder so defaults never reach real data."""
-    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
-    return workspace
-
-
-def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str]:
-    return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]
 
 
 def state(path: Path) -> dict[str, str] | None:

@@ -10,18 +10,7 @@ import pytest
 from pruneframe.checkpoint import read_report, save
 from pruneframe.cli import main
 from tiny import tiny_model
-from workspace_files import cli_flags
-
-
-@pytest.fixture
-def ws(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """The workspace, with an empty shared-data folder so defaults never reach real data."""
-    monkeypatch.setenv("PRUNEFRAME_DATA_DIR", str(workspace["data_dir"]))
-    return workspace
-
-
-def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str]:
-    return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]
+from workspace_files import prune_flags, cli_flags
 
 
 def users_folder(path: Path) -> Path:

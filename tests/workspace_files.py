@@ -97,3 +97,8 @@ def cli_flags(
     flags += ["--zeroshot", "none"] if zeroshot_limit is None else ["--zeroshot", str(ws["task"]), "--zeroshot-limit", str(zeroshot_limit)]
     flags += ["--no-speed", "--out", str(out)] + (["--quiet"] if quiet else [])
     return [*flags, *extra]
+
+
+def prune_flags(ws: dict[str, Path], out: Path, budget: str = "0.5") -> list[str]:
+    """A cheap, valid ``prune`` command line on the workspace's tiny model (random scores)."""
+    return ["prune", "--model", str(ws["model"]), "--method", "random", "--budget", budget, "--calib", str(ws["calib"]), "--out", str(out), "--quiet"]
