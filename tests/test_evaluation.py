@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import mmap
 import os
 import time
 from pathlib import Path
@@ -339,9 +340,16 @@ def test_replace_marked_section(tmp_path: Path) -> None:
 
 
 def _touch(mib: int) -> None:
-    block = torch.ones(mib * 1024 * 1024 // 4)  # allocated and touched, then freed
-    block += 1
-    del block
+    """Make ``mib`` MiB of fresh pages resident, then unmap them.
+
+    An anonymous mapping is new memory every time; a tensor could reuse heap pages an earlier test
+    left resident, and then the high-water mark would rightly rise by less than its size.
+    """
+    size = mib * 2**20
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    block.close()
 
 
 @pytest.mark.parametrize("sampling", [False, True])
