@@ -173,7 +173,7 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     for name, settings in config.enabled_evaluators().items():
         host.evaluator(name, settings)
     assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 8
-    assert config.seeds_for("grasprune") == [0, 1] and config.seeds_for("flap") == [0]
+    assert config.seeds_for("grasprune") == [0] and config.seeds_for("random") == [0, 1] and config.seeds_for("flap") == [0]
     # GRASPrune's benchmark schedule with the objective chosen on development text (docs/results.md)
     assert config.method_configs["grasprune"] == {
         "num_sequences": 64,
