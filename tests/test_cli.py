@@ -173,7 +173,7 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     for name, settings in config.enabled_evaluators().items():
         host.evaluator(name, settings)
     assert config.budgets == [0.8, 0.5] and config.evaluation["perplexity"]["num_windows"] == 8
-    assert config.seeds_for("grasprune") == [0] and config.seeds_for("random") == [0, 1] and config.seeds_for("flap") == [0]
+    assert config.seeds_for("grasprune") == [0] and config.seeds_for("random") == [0] and config.seeds_for("flap") == [0]
     # GRASPrune's benchmark schedule with the objective chosen on development text (docs/results.md)
     assert config.method_configs["grasprune"] == {
         "num_sequences": 64,
@@ -185,12 +185,14 @@ def test_example_config_is_valid_for_the_installed_methods() -> None:
     }
 
 
-def test_methods_flag_narrows_the_files_per_method_settings() -> None:
+def test_methods_flag_narrows_the_files_per_method_settings(tmp_path: Path) -> None:
     """``--methods`` over a config file drops the file's settings, seeds and recovery choices of the methods left out."""
     from pruneframe.cli import build_parser
     from pruneframe.cli.compare_cmd import compare_config
 
-    flags = ["compare", "--config", str(EXAMPLE), "--out", "x", "--methods", "llm-pruner+scales,random"]
+    file = tmp_path / "compare.yaml"
+    file.write_text(EXAMPLE.read_text() + "method_seeds: {grasprune: [0, 1], random: [0, 1]}\n")
+    flags = ["compare", "--config", str(file), "--out", "x", "--methods", "llm-pruner+scales,random"]
     config = compare_config(build_parser().parse_args([*flags, "--method-config", 'llm-pruner+scales={"recalibration": {"epochs": 2}}']))
     assert config.methods == ["llm-pruner+scales", "random"]
     assert config.method_configs == {"llm-pruner+scales": {"recalibration": {"epochs": 2}}, "random": {}}

@@ -37,7 +37,7 @@ def test_a_pipeline_is_the_scorers_score_and_the_recalibrations_recalibrate(host
     assert method.config.scope == "uniform" and method.config.recalibration.seq_len == 16  # the scorer's own allocation
     dumped = method.config.model_dump(mode="json")
     assert host.method("llm-pruner+bias", dumped).config == method.config  # the settings round-trip
-    assert sorted(host.recalibrations()) == ["bias", "none", "scales"]
+    assert sorted(host.recalibrations()) == ["bias", "none", "refit", "scales"]
     with pytest.raises(UnknownNameError, match="unknown recalibration 'bais'; did you mean 'bias'"):
         host.method("llm-pruner+bais")
     with pytest.raises(UnknownNameError, match="expected SCORER\\+RECALIBRATION"):

@@ -338,6 +338,20 @@ class ArchitectureAdapter(ABC):
             out += [m for n in ATTENTION_INNER_NORMS if isinstance(m := getattr(layer.attention, n, None), nn.Module)]
         return out
 
+    def input_norm(self, layer: LayerSlices, kind: UnitKind) -> nn.Module | None:
+        """The pre-norm whose output the attention (``KV``) or MLP (``FFN``) block's input projections read.
+
+        The default is the first of the block's norm names (``input_layernorm`` before attention;
+        ``post_attention_layernorm`` in pre-norm layers or ``pre_feedforward_layernorm`` in sandwich
+        layers before the MLP); None where the layer has none. A rotation of the residual stream folds
+        this norm's scale into those projections (:mod:`pruneframe.architectures.rotation`).
+        """
+        from pruneframe.checkpoint.modeling_pruneframe import block_norm_names  # lazy: checkpoint imports this module
+
+        attn_names, mlp_names = block_norm_names(layer.layer)
+        names = attn_names if kind == UnitKind.KV else mlp_names
+        return getattr(layer.layer, names[0]) if names else None
+
     def block_overhead(self, layer: LayerSlices, kind: UnitKind) -> int:
         """Parameters a removed block sheds beyond its units: those of its :meth:`block_norms`."""
         return sum(p.numel() for m in self.block_norms(layer, kind) for p in m.parameters())

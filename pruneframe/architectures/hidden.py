@@ -31,7 +31,7 @@ from pruneframe.pipeline.units import UnitKind
 if TYPE_CHECKING:
     from pruneframe.architectures.base import ArchitectureAdapter
 
-__all__ = ["HiddenRole", "HiddenSite", "hidden_sites", "hidden_refusal", "hidden_cost_model", "norm_correction", "norm_names", "fold_hidden"]
+__all__ = ["HiddenRole", "HiddenSite", "head_is_tied", "hidden_sites", "hidden_refusal", "hidden_cost_model", "norm_correction", "norm_names", "fold_hidden"]
 
 HiddenRole = Literal["embedding", "head", "norm", "input", "output", "output_bias"]
 #: Roles whose entries no per-layer unit owns: every kept hidden channel carries them.
@@ -66,6 +66,12 @@ class HiddenSite:
         """Entries one hidden channel owns in this tensor."""
         t = self.tensor
         return t.numel() // t.shape[self.dim]
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether ``model``'s lm_head is the token embedding's own tensor."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
 
 
 def hidden_sites(adapter: ArchitectureAdapter, model: nn.Module) -> list[HiddenSite]:
@@ -213,7 +219,7 @@ def fold_hidden(adapter: ArchitectureAdapter, model: nn.Module, keep: torch.Tens
         raise NotImplementedError(f"{type(adapter).__name__} cannot cut the hidden dimension of this model: {why}")
     head_dim = adapter.head_dim(model)
     sites = hidden_sites(adapter, model)
-    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    tied = head_is_tied(model)
     index = keep.nonzero().flatten()
     names = {id(module): name for name, module in model.named_modules()}
     factors = norm_factors or {}

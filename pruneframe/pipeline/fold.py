@@ -4,7 +4,7 @@ The result has no hooks and no extra parameters. Every linear layer that holds u
 :class:`~pruneframe.architectures.WeightSlice`; fused ones included) keeps the rows and columns of
 its kept units; a unit's scale multiplies its gated slices (an FFN channel's down_proj column, a
 KV group's k and v rows and their bias entries); output scales multiply down_proj / o_proj rows
-(and their own biases); bias corrections become down_proj / o_proj biases; replacement down_proj
+(and their own biases); bias corrections become down_proj / o_proj biases; replacement down_proj / o_proj
 weights (a refit of the kept columns) are sliced like the originals. The family's adapter then
 updates the attributes its forward reads (head counts, widths). Its logits equal those of the dense
 model run under :func:`pruneframe.toolkit.gates.gated` with the same arguments.
@@ -105,6 +105,7 @@ def fold_layer(
     scales: dict[UnitKind, torch.Tensor | None],
     *,
     down_proj: torch.Tensor | None = None,
+    o_proj: torch.Tensor | None = None,
     mlp_out_scale: torch.Tensor | None = None,
     attn_out_scale: torch.Tensor | None = None,
     mlp_bias: torch.Tensor | None = None,
@@ -117,6 +118,7 @@ def fold_layer(
         keep: per unit kind, the kept unit indices (sorted).
         scales: per unit kind, one factor per kept unit folded into the gated slices (None: none).
         down_proj: a replacement down_proj weight (full width) sliced like the original.
+        o_proj: a replacement o_proj weight (full width), likewise.
         mlp_out_scale / attn_out_scale: per-output factors of down_proj / o_proj.
         mlp_bias / attn_bias: vectors added to down_proj / o_proj outputs.
     """
@@ -139,7 +141,7 @@ def fold_layer(
         if key == down_key:
             extra = dict(weight=down_proj, out_scale=mlp_out_scale, extra_bias=mlp_bias)
         elif key == o_key:
-            extra = dict(out_scale=attn_out_scale, extra_bias=attn_bias)
+            extra = dict(weight=o_proj, out_scale=attn_out_scale, extra_bias=attn_bias)
         setattr(first.owner, first.attr, _shrink(linear, rows, cols, **extra))
 
 
@@ -188,6 +190,7 @@ def fold(
             keep,
             kept_scales,
             down_proj=None if rec.down_proj is None else rec.down_proj[i],
+            o_proj=None if rec.o_proj is None else rec.o_proj[i],
             mlp_out_scale=per_layer(rec.mlp_out_scale),
             attn_out_scale=per_layer(rec.attn_out_scale),
             mlp_bias=per_layer(rec.mlp_bias),

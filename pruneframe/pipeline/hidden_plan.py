@@ -90,12 +90,15 @@ def hidden_plan(method: PruningMethod, model: nn.Module, units: UnitSet, target_
         raise ValueError(f"method {method.name!r}: {type(adapter).__name__} cannot cut this model's hidden dimension: {why}")
     d = units.hidden_size
     round_to = options.hidden_round_to or int(model.config.num_attention_heads)
-    width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
+    if options.hidden_keep == "budget":
+        width = min(d, round_to)
+    else:
+        width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
     costs = hidden_cost_model(adapter, model)
     hidden_only = costs.fixed + costs.per_channel * width
     if hidden_only > target_total:
         raise BudgetError(
-            f"method {method.name!r}: {width} of {d} hidden channels (hidden_keep {options.hidden_keep:g}) already take "
+            f"method {method.name!r}: {width} of {d} hidden channels (hidden_keep {options.hidden_keep}) already take "
             f"{hidden_only:,} parameters, over the budget's {target_total:,}; lower hidden_keep"
         )
     return HiddenPlan(options, costs, target_total, width, round_to)

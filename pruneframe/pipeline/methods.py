@@ -79,6 +79,9 @@ class HiddenOptions(BaseModel):
     Attributes:
         hidden_keep: share of hidden channels to keep, ``None`` (the default) = keep them all. The
             per-layer units are then projected at that width (:mod:`pruneframe.pipeline.hidden_budget`).
+            ``"budget"``: the hidden width alone meets the budget; the per-layer units are projected
+            at the narrowest admissible width (where they all fit unless the budget is extreme), then
+            the width grows while the model still fits.
         hidden_round_to: kept hidden widths are multiples of this; ``None`` = the attention head count
             (transformers' configs require ``hidden_size`` to be a multiple of it).
         norm_correction: ``energy`` multiplies every norm's scale by ``sqrt(f * d / d')`` with ``f``
@@ -90,7 +93,7 @@ class HiddenOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden_keep: Annotated[float, BeforeValidator(not_a_boolean), Field(gt=0, le=1)] | None = None
+    hidden_keep: Annotated[float, BeforeValidator(not_a_boolean), Field(gt=0, le=1)] | Literal["budget"] | None = None
     hidden_round_to: Annotated[int, BeforeValidator(not_a_boolean), Field(ge=1)] | None = None
     norm_correction: Literal["energy", "none"] = "energy"
     norm_windows: Annotated[int, Field(ge=1)] = 16
@@ -113,6 +116,8 @@ class Recalibration:
         down_proj: per layer, a replacement down_proj weight ``[hidden, intermediate]`` (the dense
             shape; columns of dropped channels are ignored), e.g. a least-squares refit of the kept
             columns. Scales multiply the replacement columns.
+        o_proj: per layer, a replacement o_proj weight ``[hidden, heads * head_dim]`` (the dense shape;
+            columns of dropped heads are ignored), likewise.
     """
 
     scales: torch.Tensor | None = None
@@ -121,10 +126,11 @@ class Recalibration:
     mlp_out_scale: torch.Tensor | None = None
     attn_out_scale: torch.Tensor | None = None
     down_proj: list[torch.Tensor] | None = None
+    o_proj: list[torch.Tensor] | None = None
 
     def is_empty(self) -> bool:
         """True when there is nothing to fold."""
-        parts = (self.scales, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale, self.down_proj)
+        parts = (self.scales, self.mlp_bias, self.attn_bias, self.mlp_out_scale, self.attn_out_scale, self.down_proj, self.o_proj)
         return all(p is None for p in parts)
 
 
@@ -194,6 +200,15 @@ class PruningMethod(ABC):
         Only methods whose config mixes in :class:`HiddenOptions` are asked; the default refuses.
         """
         raise NotImplementedError(f"method {self.name!r} has no hidden-channel scores")
+
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
+        """An orthonormal basis ``[d, d]`` of the residual stream to cut in, or None (the default: its own axes).
+
+        Asked after :meth:`score_hidden`, whose scores then index the basis' columns. The session fuses
+        the norms and rotates the folded model into it (:mod:`pruneframe.architectures.rotation`) before
+        the hidden channels are cut.
+        """
+        return None
 
     def minimum(self, units: UnitSet) -> torch.Tensor:
         """Units each projection group must keep (default: one FFN channel and one KV group per layer)."""

@@ -134,6 +134,14 @@ class PipelineMethod(PruningMethod):
         """The scorer's scores."""
         return self.scorer.score(context)
 
+    def score_hidden(self, context: ScoringContext) -> torch.Tensor:
+        """The scorer's hidden-channel scores."""
+        return self.scorer.score_hidden(context)
+
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
+        """The scorer's basis of the residual stream."""
+        return self.scorer.hidden_rotation(context)
+
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
         """The recalibration plugin's result for ``mask``."""
         return self.recalibration.recalibrate(context, mask)

@@ -30,6 +30,7 @@ from torch import nn
 from pruneframe import checkpoint
 from pruneframe.toolkit.memory import PeakMemory, release_unused_memory
 from pruneframe.architectures.hidden import fold_hidden
+from pruneframe.architectures.rotation import fuse_input_norms, rotate_hidden
 from pruneframe.pipeline.budget import BudgetError, BudgetKind, check_mask, group_round_to, make_budget, mandatory_cost, resolve
 from pruneframe.pipeline.hidden_plan import HiddenPlan, hidden_plan
 from pruneframe.pipeline.calibration import CalibrationData
@@ -295,7 +296,11 @@ class PruneSession:
         return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
 
     def _fold_hidden(self, folded: nn.Module, scores: torch.Tensor, width: int, data: CalibrationData | None, context: ScoringContext) -> None:
-        """Cut ``folded``'s hidden dimension to the ``width`` best-scored channels, norms corrected as the plan says."""
+        """Cut ``folded``'s hidden dimension to the ``width`` best-scored channels, norms corrected as the plan says.
+
+        Where the method gives a basis (:meth:`~pruneframe.pipeline.methods.PruningMethod.hidden_rotation`),
+        the norms are fused and the stream rotated into it first; the channels cut are its axes.
+        """
         from pruneframe.pipeline.hidden_budget import top_hidden_mask
 
         assert self.plan is not None
@@ -303,6 +308,11 @@ class PruneSession:
             raise ValueError(f"method {self.method.name!r} gave {tuple(scores.shape)} hidden scores for a hidden size of {self.units.hidden_size}")
         keep = top_hidden_mask(scores, width)
         adapter = self.units.require_adapter()
+        rotation = self.method.hidden_rotation(context)
+        if rotation is not None:
+            fused = fuse_input_norms(adapter, folded)
+            missed = rotate_hidden(adapter, folded, rotation)
+            context.stats["rotation"] = {"norms_fused": len(fused), "norms_approximated": {k: round(v, 6) for k, v in missed.items()}}
         factors = None
         if self.plan.options.norm_correction == "energy":
             if data is None:

@@ -16,7 +16,7 @@ A gate vector ``z`` (one value per unit, flat unit order) multiplies:
 Output scales multiply every down_proj / o_proj output per hidden dimension, and ``bias`` terms
 then add a vector to it. This is the reference that folding
 must reproduce exactly, and the mechanism gate-training methods use (``z`` may carry gradients).
-:func:`replaced_weights` swaps in refit down_proj weights for the same purpose.
+:func:`replaced_weights` swaps in refit down_proj / o_proj weights for the same purpose.
 """
 
 from __future__ import annotations
@@ -249,30 +249,40 @@ def gate_values(mask: torch.Tensor, recalibration: Recalibration | None = None) 
 
 
 @contextmanager
-def replaced_weights(model: nn.Module, down_proj: list[torch.Tensor] | None, adapter: ArchitectureAdapter | None = None) -> Iterator[nn.Module]:
-    """Use ``down_proj[i]`` as layer i's down_proj weight inside the block (``None``: unchanged).
+def replaced_weights(
+    model: nn.Module,
+    down_proj: list[torch.Tensor] | None,
+    adapter: ArchitectureAdapter | None = None,
+    *,
+    o_proj: list[torch.Tensor] | None = None,
+) -> Iterator[nn.Module]:
+    """Use ``down_proj[i]`` / ``o_proj[i]`` as layer i's weights inside the block (``None``: unchanged).
 
     ``adapter``: the model's architecture adapter (looked up when omitted).
 
     The original weights are restored on exit, also after an error.
     """
-    if down_proj is None:
+    if down_proj is None and o_proj is None:
         yield model
         return
     mods = (adapter or adapter_for(model)).layer_slices(model)
-    if len(down_proj) != len(mods):
-        raise ValueError(f"down_proj replacements: expected {len(mods)} layers, got {len(down_proj)}")
-    saved = []
+    saved: list[tuple[nn.Linear, torch.Tensor]] = []
     try:
-        for m, w in zip(mods, down_proj):
-            if w.shape != m.down_proj.weight.shape:
-                raise ValueError(f"down_proj replacement of shape {tuple(w.shape)} for a weight of shape {tuple(m.down_proj.weight.shape)}")
-            saved.append(m.down_proj.weight.data)
-            m.down_proj.weight.data = w.detach().to(m.down_proj.weight)
+        for name, replacements in (("down_proj", down_proj), ("o_proj", o_proj)):
+            if replacements is None:
+                continue
+            if len(replacements) != len(mods):
+                raise ValueError(f"{name} replacements: expected {len(mods)} layers, got {len(replacements)}")
+            for m, w in zip(mods, replacements):
+                linear = getattr(m, name)
+                if w.shape != linear.weight.shape:
+                    raise ValueError(f"{name} replacement of shape {tuple(w.shape)} for a weight of shape {tuple(linear.weight.shape)}")
+                saved.append((linear, linear.weight.data))
+                linear.weight.data = w.detach().to(linear.weight)
         yield model
     finally:
-        for m, w in zip(mods, saved):
-            m.down_proj.weight.data = w
+        for linear, w in saved:
+            linear.weight.data = w
 
 
 @contextmanager
@@ -283,5 +293,5 @@ def gated(model: nn.Module, units: UnitSet, mask: torch.Tensor, recalibration: R
     gates.set(gate_values(mask, rec))
     gates.set_bias(rec.mlp_bias, rec.attn_bias)
     gates.set_output_scales(rec.mlp_out_scale, rec.attn_out_scale)
-    with gates, replaced_weights(model, rec.down_proj, units.adapter):
+    with gates, replaced_weights(model, rec.down_proj, units.adapter, o_proj=rec.o_proj):
         yield model

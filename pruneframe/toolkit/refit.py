@@ -10,6 +10,14 @@ original columns:
 so the removed channels' output is predicted from the kept ones (their correlation), not just dropped.
 ``lam = damping * mean(diag(H[k, k]))``. The activations are taken from the *pruned* model (mask
 applied upstream), so each layer is refit on the inputs it will actually see.
+
+:func:`sequential_refit` does this for both projections that read units, one decoder layer at a time:
+o_proj over the kept heads, then down_proj over the kept FFN channels, each on the activations the
+already pruned *and refit* layers before it produce, so an error made upstream is seen, and partly
+undone, downstream instead of compounding. Per layer it runs the calibration hidden states through
+the layer three times (to o_proj's input with the layer dense; to down_proj's input with the layer's
+heads cut and its o_proj refit; through the whole pruned, refit layer for the next one) and holds one
+Gram matrix at a time.
 """
 
 from __future__ import annotations
@@ -17,12 +25,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruneframe.toolkit.collect import SecondMoments, collect_layer_inputs
-from pruneframe.toolkit.gates import gated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from tqdm.auto import tqdm
+
 from pruneframe.pipeline.methods import Recalibration
 from pruneframe.pipeline.units import UnitKind, UnitSet
+from pruneframe.toolkit.collect import SecondMoments, batches, collect_layer_inputs
+from pruneframe.toolkit.gates import UnitGates, gated
+from pruneframe.toolkit.streaming import LayerCall, capture_layer_calls, on_device
+from pruneframe.util.devices import model_device
 
-__all__ = ["ridge_refit_columns", "ffn_input_moments", "refit_down_proj"]
+__all__ = ["ridge_refit_columns", "ffn_input_moments", "refit_down_proj", "sequential_refit"]
 
 
 def ridge_refit_columns(weight: torch.Tensor, moments: torch.Tensor, keep: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
@@ -41,16 +56,16 @@ def ridge_refit_columns(weight: torch.Tensor, moments: torch.Tensor, keep: torch
     n = weight.shape[1]
     if moments.shape != (n, n) or keep.shape != (n,):
         raise ValueError(f"shapes: weight {tuple(weight.shape)}, moments {tuple(moments.shape)}, keep {tuple(keep.shape)}")
-    keep = keep.bool()
+    keep = keep.bool().to(weight.device)
     out = weight.detach().clone()
     if not keep.any():
         return out
     w = weight.detach().double()
-    h = moments.double()
+    h = moments.to(weight.device).double()
     h_kk = h[keep][:, keep]
     lam = damping * float(h_kk.diagonal().mean().clamp_min(1e-12))
     rhs = w @ h[:, keep] + lam * w[:, keep]
-    system = h_kk + lam * torch.eye(h_kk.shape[0], dtype=h.dtype)
+    system = h_kk + lam * torch.eye(h_kk.shape[0], dtype=h.dtype, device=h.device)
     factor = torch.linalg.cholesky(system)
     out[:, keep] = torch.cholesky_solve(rhs.T, factor).T.to(out.dtype)
     return out
@@ -98,3 +113,111 @@ def refit_down_proj(model: nn.Module, units: UnitSet, mask: torch.Tensor, moment
         w = m.down_proj.weight.detach()
         out.append(ridge_refit_columns(w.cpu(), moments[i], keep, damping).to(w.device))
     return out
+
+
+class _Reached(Exception):
+    """Raised by a hook once the input it records has been seen: the rest of the layer is not needed."""
+
+
+@contextmanager
+def _swapped(linear: nn.Linear, weight: torch.Tensor) -> Iterator[None]:
+    saved = linear.weight.data
+    linear.weight.data = weight.to(saved)
+    try:
+        yield
+    finally:
+        linear.weight.data = saved
+
+
+def _input_gram(linear: nn.Linear, run: Callable[[], None]) -> torch.Tensor:
+    """``sum x x^T`` of ``linear``'s input over one ``run`` (stopped at ``linear``), summed over ranks."""
+    acc = SecondMoments.empty(linear.in_features)
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        acc.add(args[0])
+        raise _Reached
+
+    handle = linear.register_forward_pre_hook(record)
+    try:
+        run()
+    finally:
+        handle.remove()
+    acc.merge_ranks()
+    return acc.total
+
+
+def _kept_columns(linear: nn.Linear, columns: torch.Tensor) -> torch.Tensor:
+    keep = torch.zeros(linear.in_features, dtype=torch.bool)
+    keep[columns.cpu()] = True
+    return keep
+
+
+@torch.no_grad()
+def sequential_refit(
+    model: nn.Module,
+    units: UnitSet,
+    mask: torch.Tensor,
+    windows: torch.Tensor,
+    *,
+    damping: float = 0.01,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, the refit o_proj and down_proj weights for ``mask`` (full shapes; see the module docstring).
+
+    Args:
+        model: the dense model (left unchanged).
+        units: its units; ``mask`` is one bool per unit.
+        windows: ``[num, seq_len]`` calibration token ids.
+        damping: ridge strength relative to the mean kept diagonal of each Gram matrix.
+        batch_size: windows per layer call.
+        device: where each layer runs (it is moved there and back: a layer-streamed pass); ``None``:
+            where the model is.
+        progress: show a bar over the layers.
+    """
+    mask = mask.bool().cpu()
+    adapter = units.require_adapter()
+    device = torch.device(device) if device is not None else model_device(model)
+    layers = adapter.decoder_layers(model)
+    slices = units.layer_slices(model)
+    embed_device = model.get_input_embeddings().weight.device
+    captured = [capture_layer_calls(model, layers, b.to(embed_device), device) for b in batches(windows, batch_size)]
+    hidden = [h for h, _ in captured]
+    calls: list[list[LayerCall]] = [c for _, c in captured]
+    del captured
+    o_new: list[torch.Tensor] = []
+    down_new: list[torch.Tensor] = []
+    gates = UnitGates(model, units)
+
+    def through(i: int, layer: nn.Module) -> None:
+        for b in range(len(hidden)):
+            try:
+                calls[b][i](layer, hidden[b])
+            except _Reached:
+                pass
+
+    with gates:
+        for i, layer in enumerate(tqdm(layers, desc="refit layers", disable=not progress, leave=False)):
+            ls = slices[i]
+            ffn, kv = units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)
+            o_keep = _kept_columns(ls.o_proj, ls.slice("o_proj").indices(torch.nonzero(mask[kv]).flatten()))
+            down_keep = _kept_columns(ls.down_proj, ls.slice("down_proj").indices(torch.nonzero(mask[ffn]).flatten()))
+            z = mask.float()
+            with on_device(layer, device):
+                z[ffn], z[kv] = 1.0, 1.0  # this layer dense: o_proj's full input
+                gates.set(z.to(device))
+                gram = _input_gram(ls.o_proj, lambda: through(i, layer))
+                o_w = ridge_refit_columns(ls.o_proj.weight.detach(), gram, o_keep, damping)
+                with _swapped(ls.o_proj, o_w):
+                    z[kv] = mask[kv].float()  # its heads cut, o_proj refit: down_proj's full input
+                    gates.set(z.to(device))
+                    gram = _input_gram(ls.down_proj, lambda: through(i, layer))
+                    down_w = ridge_refit_columns(ls.down_proj.weight.detach(), gram, down_keep, damping)
+                    del gram
+                    with _swapped(ls.down_proj, down_w):
+                        gates.set(mask.float().to(device))
+                        hidden = [calls[b][i](layer, hidden[b]) for b in range(len(hidden))]
+            o_new.append(o_w.to(ls.o_proj.weight.device))  # the layer is home again: where its weights live
+            down_new.append(down_w.to(ls.down_proj.weight.device))
+    return o_new, down_new

@@ -1,0 +1,151 @@
+"""Rotating the residual stream: fuse the norms' scales into the projections, then change its basis.
+
+An RMSNorm with a uniform scale commutes with an orthogonal change of basis of its input: the root
+mean square over all ``d`` channels is the same in any orthonormal basis. So once every norm's scale
+is moved into the projections that read it (:func:`fuse_input_norms`), the whole model can be
+re-expressed in a basis ``Q`` of the stream, the stream ``x`` becoming ``Q^T x`` (:func:`rotate_hidden`):
+
+- the token embedding and the lm_head (its columns are read from the stream): ``E Q``;
+- every projection that reads the stream (q/k/v/gate/up): ``W Q``;
+- every projection that writes it (o/down) and its bias: ``Q^T W``, ``Q^T b``.
+
+Without slicing, the rotated model computes the same function (up to rounding) wherever every norm
+on the stream was fused. Two kinds of norm cannot be fused, and their diagonal scale ``s`` has no exact
+image in the new basis, where it becomes the full matrix ``Q^T diag(s) Q``:
+
+- the final norm when the lm_head is tied to the embedding (its scale would have to enter the
+  embedding too, which feeds the first layer unscaled); untying would cost a vocabulary-sized matrix;
+- post-norms (Gemma's sandwich layers normalise each block's output before it joins the stream).
+
+Those keep the diagonal of that matrix, ``s'_j = sum_i Q_ij^2 s_i``, the closest diagonal in the
+Frobenius norm; :func:`rotate_hidden` returns, per such norm, the share of the matrix that diagonal
+misses (``||offdiag|| / ||M||``), so the approximation is reported, not hidden. Slicing the rotated
+stream is then :func:`~pruneframe.architectures.hidden.fold_hidden` on its leading coordinates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from pruneframe.architectures.hidden import head_is_tied, hidden_sites
+from pruneframe.pipeline.units import UnitKind
+
+if TYPE_CHECKING:
+    from pruneframe.architectures.base import ArchitectureAdapter
+
+__all__ = ["fuse_input_norms", "rotate_hidden", "diagonal_miss", "principal_basis"]
+
+#: Rows (or columns) rotated at a time: bounds the float64 temporaries on a large vocabulary.
+_CHUNK = 8192
+
+
+def _applied_scale(adapter: ArchitectureAdapter, norm: nn.Module) -> torch.Tensor:
+    return norm.weight.detach().double() + float(adapter.norm_weight_offset(norm))
+
+
+def _set_unit_scale(adapter: ArchitectureAdapter, norm: nn.Module) -> None:
+    norm.weight.fill_(1.0 - float(adapter.norm_weight_offset(norm)))
+
+
+@torch.no_grad()
+def fuse_input_norms(adapter: ArchitectureAdapter, model: nn.Module) -> list[nn.Module]:
+    """Move every pre-norm's scale into the input columns of the projections that read it.
+
+    Each block's :meth:`~pruneframe.architectures.base.ArchitectureAdapter.input_norm` and, where the
+    lm_head is not tied to the embedding, the final norm end with a scale of one; the model computes the
+    same function. Returns the norms fused.
+    """
+    fused: list[nn.Module] = []
+    for layer in adapter.layer_slices(model):
+        for kind in (UnitKind.KV, UnitKind.FFN):
+            norm = adapter.input_norm(layer, kind)
+            readers = list({id(s.linear): s.linear for s in layer.of(kind) if s.axis == 0}.values())
+            if norm is None or getattr(norm, "weight", None) is None or not readers:
+                continue
+            scale = _applied_scale(adapter, norm)
+            for linear in readers:
+                linear.weight.copy_((linear.weight.double() * scale.to(linear.weight.device)[None, :]).to(linear.weight.dtype))
+            _set_unit_scale(adapter, norm)
+            fused.append(norm)
+    head = model.get_output_embeddings()
+    final = adapter.final_norm(model)
+    if head is not None and not head_is_tied(model) and getattr(final, "weight", None) is not None:
+        scale = _applied_scale(adapter, final)
+        head.weight.copy_((head.weight.double() * scale.to(head.weight.device)[None, :]).to(head.weight.dtype))
+        _set_unit_scale(adapter, final)
+        fused.append(final)
+    return fused
+
+
+def diagonal_miss(scale: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The diagonal of ``Q^T diag(scale) Q`` and the share of its Frobenius norm off that diagonal (pure)."""
+    s, qd = scale.double(), q.double()
+    diagonal = qd.square().T @ s
+    total = float(s.square().sum())  # ||Q^T diag(s) Q||_F^2 = ||s||^2 for an orthogonal Q
+    missed = max(0.0, total - float(diagonal.square().sum()))
+    return diagonal, (missed / total) ** 0.5 if total > 0 else 0.0
+
+
+@torch.no_grad()
+def _right_multiply(t: torch.Tensor, q: torch.Tensor) -> None:
+    """``t <- t @ q`` in place, ``_CHUNK`` rows at a time, in float64."""
+    for start in range(0, t.shape[0], _CHUNK):
+        rows = t[start : start + _CHUNK]
+        rows.copy_((rows.double() @ q).to(t.dtype))
+
+
+@torch.no_grad()
+def _left_multiply_transposed(t: torch.Tensor, q: torch.Tensor) -> None:
+    """``t <- q^T @ t`` in place (``t`` 1-D or 2-D with the stream on axis 0), ``_CHUNK`` columns at a time."""
+    if t.dim() == 1:
+        t.copy_((q.T @ t.double()).to(t.dtype))
+        return
+    for start in range(0, t.shape[1], _CHUNK):
+        cols = t[:, start : start + _CHUNK]
+        cols.copy_((q.T @ cols.double()).to(t.dtype))
+
+
+@torch.no_grad()
+def rotate_hidden(adapter: ArchitectureAdapter, model: nn.Module, q: torch.Tensor) -> dict[str, float]:
+    """Re-express ``model`` in the orthonormal basis ``q`` (``[d, d]``, columns the new axes) of its stream.
+
+    Call :func:`fuse_input_norms` first: a norm whose applied scale is not uniform keeps only the
+    diagonal of its rotated scale. Returns, per such norm (by module name), the share of the rotated
+    scale that diagonal misses (:func:`diagonal_miss`); empty when the rotation is exact.
+
+    Raises:
+        ValueError: ``q`` is not ``[d, d]`` or not orthogonal (to 1e-6).
+    """
+    d = int(model.config.hidden_size)
+    if q.shape != (d, d):
+        raise ValueError(f"a rotation of a {d}-wide stream must be [{d}, {d}], got {list(q.shape)}")
+    qd = q.detach().double().cpu()
+    if not torch.allclose(qd.T @ qd, torch.eye(d, dtype=torch.float64), atol=1e-6):
+        raise ValueError("the rotation is not orthogonal (Q^T Q differs from the identity by more than 1e-6)")
+    names = {id(module): name for name, module in model.named_modules()}
+    missed: dict[str, float] = {}
+    for site in hidden_sites(adapter, model):
+        t = site.tensor.data
+        qt = qd.to(t.device)
+        if site.role in ("embedding", "head", "input"):
+            _right_multiply(t, qt)
+        elif site.role in ("output", "output_bias"):
+            _left_multiply_transposed(t, qt)
+        else:  # a norm
+            scale = t.double() + site.norm_offset
+            if float(scale.max() - scale.min()) <= 1e-12 * float(scale.abs().max()):
+                continue  # uniform: commutes with the rotation
+            diagonal, miss = diagonal_miss(scale.cpu(), qd)
+            t.copy_((diagonal.to(t.device) - site.norm_offset).to(t.dtype))
+            missed[names[id(site.owner)]] = miss
+    return missed
+
+
+def principal_basis(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and the orthonormal eigenvectors (columns, same order) of a covariance (pure)."""
+    sym = (covariance.double() + covariance.double().T) / 2
+    values, vectors = torch.linalg.eigh(sym)
+    return values.flip(0), vectors.flip(1)
