@@ -30,6 +30,13 @@ table had been read (one cell behind): its picks still read development text alo
 is a second look at the test text, and the report says so. Its picks are stored under ``per_cell``
 beside the first rule's ``selection``; ``report --rule per-cell`` reads their test runs.
 
+``versus`` sets one pipeline's test runs against another comparison's pipeline in the same protocol (last
+round's best), with the paired interval of their ratio, and keeps the rows in a JSON file
+(``benchmarks/results/reconstruction.json``)::
+
+    python benchmarks/pipeline_selection.py versus --test docs/runs/selected-reconstruction-smollm2-135m \
+        --pipeline flap+refit --reference docs/runs/selected-smollm2-135m --reference-pipeline llm-pruner+scales
+
 ``report`` reads the chosen pipeline's run in each model's main protocol and the published methods' rows
 of that model's main comparison (``random`` is a control, not a published method), checks that both
 measured the same model, calibration and windows, and writes each cell's test out-of-domain geomean with
@@ -333,8 +340,45 @@ def _per_cell_lines(per_cell: dict[str, Any]) -> list[str]:
     return lines + ["", _verdict(per_cell["test"], "the per-cell picks are") + "."]
 
 
+def versus(test: dict[str, Any], reference: dict[str, Any], pipeline: str, reference_pipeline: str) -> list[dict[str, Any]]:
+    """Per budget: ``pipeline``'s test geomean and its paired ratio to ``reference_pipeline`` (another comparison, same protocol).
+
+    The rows of ``benchmarks/results/reconstruction.json``: ``vs_last_best`` is the paired-bootstrap ratio of the
+    two pipelines' out-of-domain geomeans on the same windows, with its 95% interval.
+    """
+    diffs = _mismatch(test, reference)
+    if diffs:
+        raise SystemExit(f"the test comparison and the reference differ in {', '.join(diffs)}")
+    sources = [s["label"] for s in reference["summary"]["sources"] if not s["in_domain"]]
+    mine, theirs = ood_cells(test), ood_cells(reference)
+    rows = []
+    for (method, keep), ood in sorted(mine.items(), key=lambda kv: -kv[0][1]):
+        if method != pipeline or (reference_pipeline, keep) not in theirs:
+            continue
+        ratio = paired_ood_ratio(_run(test, pipeline, keep), _run(reference, reference_pipeline, keep), sources)
+        rows.append(
+            {
+                "model": test["model"]["spec"],
+                "budget": keep,
+                "budget_kind": test["config"]["budget_kind"],
+                "pipeline": pipeline,
+                "ood_geomean": ood["value"],
+                "ood_geomean_low": ood["low"],
+                "ood_geomean_high": ood["high"],
+                "last_best": reference_pipeline,
+                "last_best_ood_geomean": theirs[(reference_pipeline, keep)]["value"],
+                "vs_last_best": ratio["value"],
+                "vs_last_best_low": ratio["low"],
+                "vs_last_best_high": ratio["high"],
+            }
+        )
+    if not rows:
+        raise SystemExit(f"no budget where the test ran {pipeline} and the reference ran {reference_pipeline}")
+    return rows
+
+
 def main() -> None:
-    """``select`` or ``report``, as the module docstring shows."""
+    """``select``, ``report`` or ``versus``, as the module docstring shows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sel = sub.add_parser("select", help="apply the selection rule to development comparisons")
@@ -347,7 +391,24 @@ def main() -> None:
     rep.add_argument("--published", nargs="+", type=Path, required=True, help="the models' main comparisons")
     rep.add_argument("--docs", type=Path, default=None)
     rep.add_argument("--rule", choices=("pooled", "per-cell"), default="pooled", help="which rule's picks the --test comparisons ran")
+    vs = sub.add_parser("versus", help="a pipeline's test rows against last round's best pipeline, paired")
+    vs.add_argument("--test", type=Path, required=True, help="the comparison that ran the pipeline on test text")
+    vs.add_argument("--pipeline", required=True)
+    vs.add_argument("--reference", type=Path, required=True, help="the comparison that ran the reference pipeline, same protocol")
+    vs.add_argument("--reference-pipeline", required=True)
+    vs.add_argument("--json", type=Path, default=Path("benchmarks/results/reconstruction.json"))
     args = parser.parse_args()
+    if args.command == "versus":
+        new_rows = versus(_load(args.test), _load(args.reference), args.pipeline, args.reference_pipeline)
+        old_rows = json.loads(args.json.read_text())["rows"] if args.json.exists() else []
+        keys = {(r["model"], r["budget"], r["pipeline"]) for r in new_rows}
+        write_json_atomic(args.json, {"rows": [r for r in old_rows if (r["model"], r["budget"], r["pipeline"]) not in keys] + new_rows})
+        for r in new_rows:
+            print(
+                f"{r['model']} keep {r['budget']}: {r['pipeline']} {r['ood_geomean']:.2f}x; {r['last_best']} {r['last_best_ood_geomean']:.2f}x; "
+                f"ratio {r['vs_last_best']:.3f} [{r['vs_last_best_low']:.3f}, {r['vs_last_best_high']:.3f}]"
+            )
+        return
     if args.command == "select" and args.rule == "per-cell":
         stored = json.loads(args.json.read_text())
         per_cell = select_per_cell(stored["selection"], [_load(p) for p in args.dev])

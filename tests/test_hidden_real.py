@@ -1,4 +1,4 @@
-"""Hidden channels on real SmolLM2-135M weights: slow, run with PRUNEFRAME_SLOW=1.
+"""Hidden channels (and the SliceGPT rotation) on real SmolLM2-135M weights: slow, run with PRUNEFRAME_SLOW=1.
 
 The semantic check of the tiny models (tests/test_hidden_fold.py) on real weights: where no weight
 writes the dropped channels, the fold with ``sqrt(d / d')`` norms computes the dense function; and a
@@ -61,3 +61,37 @@ def test_smollm2_hidden_fold_is_exact_and_a_minitron_checkpoint_reloads_exactly(
         plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
         with torch.no_grad():
             torch.testing.assert_close(plain(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_smollm2_rotation_without_slicing_keeps_the_function_once_the_head_is_untied_and_slicegpt_reloads(tmp_path: Path) -> None:
+    """On real weights every norm fuses exactly once the tied head is untied; kept tied, its final norm is the one approximation."""
+    from transformers import AutoModelForCausalLM
+
+    from pruneframe.architectures import adapter_for
+    from pruneframe.architectures.rotation import fuse_input_norms, rotate_hidden
+    from pruneframe.data import calibration_data
+    from pruneframe.models.resolver import load_model
+    from pruneframe.pipeline.session import PruneSession
+
+    model, tokenizer = load_model("smollm2-135m", dtype="float32", device="cpu")
+    adapter, d = adapter_for(model), model.config.hidden_size
+    ids = torch.tensor([tokenizer("The whale surfaced beside the ship, and the men cheered.").input_ids])
+    rotated = copy.deepcopy(model)
+    with torch.no_grad():
+        want = model(ids).logits
+        fuse_input_norms(adapter, rotated)
+        torch.testing.assert_close(rotated(ids).logits, want, rtol=1e-4, atol=1e-3)
+        q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+        tied = copy.deepcopy(rotated)
+        assert set(rotate_hidden(adapter, tied, q)) == {"model.norm"}  # a tied head's final norm: the one approximation
+        fuse_input_norms(adapter, rotated, untie=True)
+        assert rotate_hidden(adapter, rotated, q) == {}
+        torch.testing.assert_close(rotated(ids).logits, want, rtol=1e-4, atol=1e-3)
+
+    calibration = calibration_data("embedded", tokenizer, max_tokens=8192)
+    result = PruneSession(model, "slicegpt", {"kind": "total", "keep": 0.75}, {"num_windows": 8, "norm_windows": 4}).run(calibration, progress=False)
+    assert result.model.config.hidden_size == result.report.hidden_size < d and bool(result.mask.all())
+    result.save(tmp_path / "ckpt", tokenizer=tokenizer)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, result.model(ids).logits, rtol=0, atol=1e-5)

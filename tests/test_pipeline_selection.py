@@ -48,3 +48,23 @@ def test_verdict_separates_clear_wins_from_ties(selection_module: ModuleType) ->
     tied = verdict([cell(0.8, True, 0.9), cell(0.5, True, 1.03)], "x is")
     assert "**met on the point estimates**" in tied and "includes 1 in `a` keep 0.5" in tied
     assert "**not met**" in verdict([cell(0.8, True, 0.9), cell(0.5, False, 1.2)], "x is")
+
+
+def test_versus_pairs_the_same_windows_and_refuses_another_protocol(selection_module: ModuleType) -> None:
+    """A comparison against itself is a ratio of exactly 1; one that scored other windows, or another dtype, is refused."""
+    import copy
+    import json
+    from pathlib import Path
+
+    stored = json.loads((Path(__file__).resolve().parents[1] / "docs" / "runs" / "selected-smollm2-135m" / "results.json").read_text())
+    rows = selection_module.versus(stored, stored, "llm-pruner+scales", "llm-pruner+scales")
+    assert [r["budget"] for r in rows] == [0.8, 0.5]
+    for r in rows:
+        assert r["vs_last_best"] == pytest.approx(1.0) and r["vs_last_best_low"] == pytest.approx(1.0) and r["vs_last_best_high"] == pytest.approx(1.0)
+        assert r["ood_geomean_low"] <= r["ood_geomean"] <= r["ood_geomean_high"]
+    other = copy.deepcopy(stored)
+    other["dtype"] = "float32"
+    with pytest.raises(SystemExit, match="differ in dtype"):
+        selection_module.versus(other, stored, "llm-pruner+scales", "llm-pruner+scales")
+    with pytest.raises(SystemExit, match="no budget"):
+        selection_module.versus(stored, stored, "flap+refit", "llm-pruner+scales")

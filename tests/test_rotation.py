@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from pruneframe import load_pruned
 from pruneframe.architectures import adapter_for
-from pruneframe.architectures.hidden import head_is_tied
-from pruneframe.architectures.rotation import diagonal_miss, fuse_input_norms, principal_basis, rotate_hidden
+from pruneframe.architectures.hidden import head_is_tied, hidden_cost_model
+from pruneframe.architectures.rotation import diagonal_miss, fuse_input_norms, principal_basis, rotate_hidden, unfusable_norms
 from pruneframe.pipeline.session import PruneSession
 from pruneframe.testing import FAMILIES, tiny_model, tokens
 from pruneframe.toolkit.hidden_stats import stream_covariance
@@ -44,15 +44,19 @@ def _unfusable(model: torch.nn.Module) -> set[str]:
     return names
 
 
+@pytest.mark.parametrize("untie", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fusion_keeps_the_function_and_rotation_is_exact_where_every_norm_fused(family: str) -> None:
+def test_fusion_keeps_the_function_and_rotation_is_exact_where_every_norm_fused(family: str, untie: bool) -> None:
     model, ids = tiny_model(family), tokens(2, 12)
     adapter = adapter_for(model)
+    tied = head_is_tied(model)
     dense = _logits(model, ids)
-    fuse_input_norms(adapter, model)
+    fuse_input_norms(adapter, model, untie=untie)
     torch.testing.assert_close(_logits(model, ids), dense, rtol=0, atol=1e-5)
+    assert head_is_tied(model) == (tied and not untie) and model.config.tie_word_embeddings == head_is_tied(model)
     missed = rotate_hidden(adapter, model, _orthogonal(model.config.hidden_size))
-    assert set(missed) == _unfusable(model)
+    expected = _unfusable(model) if not untie else _unfusable(model) - {"model.norm"}
+    assert set(missed) == expected and set(unfusable_norms(adapter, model)) == _unfusable(model) - {"model.norm"}
     if not missed:
         torch.testing.assert_close(_logits(model, ids), dense, rtol=0, atol=1e-5)
     else:
@@ -110,7 +114,8 @@ def test_stream_covariance_is_the_second_moment_of_unit_rms_tokens() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen3", "phi3", "llama-mha-bias"])
-def test_slicegpt_keeping_every_channel_is_the_dense_model_where_every_norm_fuses(family: str) -> None:
+def test_slicegpt_keeping_every_channel_is_the_dense_model(family: str) -> None:
+    """Untied families: a tied one cannot keep every channel within the dense count once its head is untied."""
     model, ids = tiny_model(family), tokens(2, 12)
     dense = _logits(model, ids)
     result = PruneSession(model, "slicegpt", 1.0, {**FAST, "hidden_keep": 1.0}).run(tokens(8, 32), progress=False)
@@ -118,18 +123,22 @@ def test_slicegpt_keeping_every_channel_is_the_dense_model_where_every_norm_fuse
     torch.testing.assert_close(_logits(result.model, ids), dense, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gemma3"])
 def test_slicegpt_meets_the_total_budget_exactly_with_every_unit_kept_and_reloads(family: str, tmp_path: Path) -> None:
+    """A tied head comes back untied, and its matrix is part of what the budget counts."""
     model = tiny_model(family)
     dense = sum(p.numel() for p in model.parameters())
-    config = {**FAST, "hidden_round_to": 8} if family == "gemma3" else FAST
-    session = PruneSession(model, "slicegpt", {"kind": "total", "keep": 0.7}, config)
+    tied = head_is_tied(model)
+    session = PruneSession(model, "slicegpt", {"kind": "total", "keep": 0.7}, FAST)
+    if tied:
+        assert session.plan.costs.per_channel > hidden_cost_model(adapter_for(model), model).per_channel
     result = session.run(tokens(8, 32), progress=False)
     target = math.floor(0.7 * dense)
     report, folded = result.report, result.model
     assert bool(result.mask.all()) and report.hidden_size == folded.config.hidden_size < 48
     assert report.kept_params == sum(p.numel() for p in folded.parameters()) <= target
     assert session.plan.costs.total(report.hidden_size + session.plan.round_to, result.mask) > target
+    assert not head_is_tied(folded) and report.method_stats["rotation"]["norms_approximated"] == {}
     ids = tokens(2, 12)
     expected = _logits(folded, ids)
     result.save(tmp_path / "ckpt")
@@ -155,3 +164,8 @@ def test_a_pipeline_of_a_hidden_method_delegates_its_hidden_scores_and_rotation(
     )
     assert result.report.hidden_size < 48 and result.report.method_stats["rotation"]["norms_fused"] == 7
     assert result.report.kept_params == sum(p.numel() for p in result.model.parameters())
+
+
+def test_slicegpt_refuses_a_family_with_post_norms_naming_them() -> None:
+    with pytest.raises(ValueError, match="slicegpt.*rotates the residual stream.*model.layers.0.post_attention_layernorm"):
+        PruneSession(tiny_model("gemma3"), "slicegpt", {"kind": "total", "keep": 0.7}, FAST)

@@ -79,6 +79,10 @@ class HiddenCostModel:
             raise ValueError(f"hidden-channel and unit costs ({spanned:,}) exceed the model's {total_params:,} parameters")
         return cls(hidden_size, total_params - spanned, per_channel, unit_per_channel, unit_fixed)
 
+    def with_untied_head(self, vocab_size: int) -> HiddenCostModel:
+        """The same model once its tied lm_head gets its own ``[vocab_size, hidden]`` weight (a rotation unties it)."""
+        return HiddenCostModel(self.hidden_size, self.fixed, self.per_channel + vocab_size, self.unit_per_channel, self.unit_fixed)
+
     def __len__(self) -> int:
         return int(self.unit_per_channel.numel())
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pruneframe.architectures.hidden import hidden_cost_model, hidden_refusal
+from pruneframe.architectures.hidden import head_is_tied, hidden_cost_model, hidden_refusal
 from pruneframe.pipeline.hidden_budget import HiddenCostModel
 from pruneframe.pipeline.methods import HiddenOptions, PruningMethod
 from pruneframe.pipeline.projection import BudgetError
@@ -95,6 +95,16 @@ def hidden_plan(method: PruningMethod, model: nn.Module, units: UnitSet, target_
     else:
         width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
     costs = hidden_cost_model(adapter, model)
+    if method.rotates_hidden:
+        from pruneframe.architectures.rotation import unfusable_norms  # lazy: rotation sits beside the adapters
+
+        if approximated := unfusable_norms(adapter, model):
+            raise ValueError(
+                f"method {method.name!r} rotates the residual stream, which cannot carry the per-channel scale of a norm after a "
+                f"block ({', '.join(approximated[:3])}{', ...' if len(approximated) > 3 else ''}); this family normalises block outputs"
+            )
+        if head_is_tied(model):  # the rotation unties the head to fuse the final norm into it
+            costs = costs.with_untied_head(int(model.get_output_embeddings().weight.shape[0]))
     hidden_only = costs.fixed + costs.per_channel * width
     if hidden_only > target_total:
         raise BudgetError(

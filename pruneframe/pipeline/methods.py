@@ -201,6 +201,10 @@ class PruningMethod(ABC):
         """
         raise NotImplementedError(f"method {self.name!r} has no hidden-channel scores")
 
+    #: Whether :meth:`hidden_rotation` gives a basis: the session then unties a tied lm_head (its cost is
+    #: counted in the budget) and refuses a family whose post-norms a rotation can only approximate.
+    rotates_hidden: ClassVar[bool] = False
+
     def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
         """An orthonormal basis ``[d, d]`` of the residual stream to cut in, or None (the default: its own axes).
 

@@ -130,6 +130,11 @@ class PipelineMethod(PruningMethod):
         self.summary = f"{scorer.name}'s scores, {recalibration.name} recalibration"  # type: ignore[misc]
         self.config = self.Config.model_validate({**scorer.config.model_dump(), "recalibration": recalibration.config})
 
+    @property
+    def rotates_hidden(self) -> bool:  # type: ignore[override]
+        """Whether the scorer rotates the residual stream."""
+        return self.scorer.rotates_hidden
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """The scorer's scores."""
         return self.scorer.score(context)

@@ -310,7 +310,7 @@ class PruneSession:
         adapter = self.units.require_adapter()
         rotation = self.method.hidden_rotation(context)
         if rotation is not None:
-            fused = fuse_input_norms(adapter, folded)
+            fused = fuse_input_norms(adapter, folded, untie=True)
             missed = rotate_hidden(adapter, folded, rotation)
             context.stats["rotation"] = {"norms_fused": len(fused), "norms_approximated": {k: round(v, 6) for k, v in missed.items()}}
         factors = None
