@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from common import machine, with_run
 from pruneframe.architectures import discover
 from pruneframe.export import ExportResult, export_gguf
 from pruneframe.export.plan import GGUFPlan
@@ -186,21 +187,14 @@ def main() -> None:
     by_bytes = fit_costs(variants, "relative_bytes")
     costs["group_in_channels_by_bytes"] = by_bytes["per_group"] / by_bytes["per_channel"]
     print(costs, flush=True)
-    machine = platform.processor() or platform.machine()
     protocol = {"model": args.model, "dtype": args.dtype, "context": args.context, "prefill_lens": list(prompts), "repeats": args.repeats}
     protocol["placements"] = args.placements
-    protocol |= {"decode_tokens": 64, "threads": 1, "machine": machine}
+    protocol |= {"decode_tokens": 64, "threads": 1, "machine": machine()["machine"]}
     write_json_atomic(args.out, {"runs": with_run(args.out, {"protocol": protocol, "costs": costs, "rows": rows})})
 
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
-
-
-def with_run(path: Path, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs stored in ``path`` followed by ``run``: every run is kept, so repeated runs show the spread between runs."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    return runs + [run]
 
 
 if __name__ == "__main__":

@@ -1,35 +1,25 @@
 """An embedded model pruned by the one-shot methods at keep 0.8 and 0.5, exported to GGUF and timed in llama.cpp.
 
-Writes ``benchmarks/results/llamacpp_speed.json``: one row per (model, method, budget, dtype, round_to, pad_ffn_to)
-with the export's architecture, its check against transformers (and the dense export's own check in the
-same type, ``dense_verify``), prefill tokens/s (256- and 512-token
-prompts), decode tokens/s (64 tokens), batch 1, 1 thread, dense and pruned alternating, each model's
-fastest of the repeats over ``--placements`` fresh copies of both files (byte-identical copies decode
-up to about 5% apart, docs/llamacpp.md; each row keeps every copy's count of
-physically contiguous page runs, :mod:`pruneframe.export.pagemap`), ``prefill_speedup`` / ``decode_speedup`` over the dense model exported in
-llama.cpp's own ``llama`` architecture in the same type, and ``ideal_speedup`` (FLOPs for prefill,
-bytes of weights read per decoded token for decode, both dense over pruned). ``--round-to 32,64,128``
-adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``; ``--pad-ffn-to N`` exports
-this run's pruned models with every FFN width zero-padded to a multiple of ``N`` (rows of their own). ``--dense-as-deci`` adds
-a diagnostic row per type (method ``dense-as-deci``, keep 1.0): the dense model itself written as ``deci``
-(the architecture uneven widths need) against the same model as ``llama``, that is the cost of the
-architecture alone. ``--dense-vs-dense`` adds a noise row per type (method ``dense-vs-dense``, keep 1.0): the
-dense model timed against a second export of itself, whose speedups should be 1.0; how far they move is
-the measurement's own spread on this machine. Every row also keeps each repeat's tokens/s and the
-paired speedups (``decode_speedup_paired``, ``prefill_speedup_paired``: median, lowest and highest of the
-per-repeat ratios, :func:`pruneframe.export.speed.paired_speedup`).
+Writes ``benchmarks/results/llamacpp_speed.json`` (``python benchmarks/docs_report.py llamacpp`` renders it in
+``docs/llamacpp.md``): one row per (model, method, budget, dtype, round_to, pad_ffn_to) with the export's
+architecture, its check against transformers (and the dense export's own check in the same type,
+``dense_verify``), prefill tokens/s (256- and 512-token prompts) and decode tokens/s (64 tokens), batch 1,
+1 thread, dense and pruned alternating, each model's fastest repeat over ``--placements`` fresh copies of both
+files (each copy's count of physically contiguous page runs kept, :mod:`pruneframe.export.pagemap`), the
+per-repeat speedups (``decode_speedup_paired``, ``prefill_speedup_paired``: median, lowest, highest), and
+``ideal_speedup`` (FLOPs for prefill, bytes of weights read per decoded token for decode, dense over pruned).
+Speedups are over the dense model in the family's own llama.cpp architecture in the same type.
 
-``--model gemma3-270m`` measures Gemma 3 (dense as llama.cpp's ``gemma3``; uneven FFN widths zero-padded to
-the widest layer's); a model llama.cpp cannot express gets a row with ``refused`` (the exporter's reason)
-and no timings. ``--perplexity-windows N`` adds, per row, the perplexity of the dense and the pruned GGUF
-computed by llama.cpp (:func:`pruneframe.export.perplexity.gguf_perplexity`) and of both checkpoints in
-transformers (float32) on the first ``N`` 512-token windows of each out-of-domain test source
-(``moby-dick``, ``embedded``: the comparisons' windows); rows already measured without it get it on a
-rerun with the flag.
+``--round-to 32,64,128`` adds rows for ``--round-to-method`` at keep 0.5 pruned with that ``round_to``;
+``--pad-ffn-to N`` exports this run's pruned models with every FFN width zero-padded to a multiple of ``N``.
+``--dense-as-deci`` adds the dense model written as ``deci`` against itself as ``llama`` (the architecture's
+own cost); ``--dense-vs-dense`` the dense model against a second export of itself (the measurement's spread).
+``--model gemma3-270m`` measures Gemma 3; a model llama.cpp cannot express gets a row with ``refused``.
+``--perplexity-windows N`` adds both GGUF files' perplexity from llama.cpp's own logits beside both
+checkpoints' in transformers, on the first ``N`` 512-token windows of ``moby-dick`` and ``embedded``.
 
-The file is rewritten after every row, and rows already in ``--out`` are kept and skipped, so an
-interrupted run resumes; ``--remeasure`` times this run's rows again and replaces them in place.
-``--checkpoints DIR`` keeps the pruned checkpoints there (and reuses them).
+The file is rewritten after every row; rows already in ``--out`` are kept and skipped (a run resumes),
+``--remeasure`` times this run's rows again. ``--checkpoints DIR`` keeps the pruned checkpoints there.
 Run it alone on the machine (timings), e.g.::
 
     flock /tmp/pruneframe-heavy.lock .venv/bin/python benchmarks/llamacpp_speed.py --methods magnitude,wanda-sp
@@ -39,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pruneframe
+from common import machine
 from pruneframe.util.io import write_json_atomic
 from pruneframe.data import calibration_data
 from pruneframe.evaluation.speed import ideal_speedup, model_flops_per_token
@@ -166,7 +156,7 @@ def main() -> None:
         "statistic": "fastest repeat (max tokens/s)",
         "prefill_lens": list(PREFILL_LENS),
         "decode_tokens": DECODE_TOKENS,
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine()["machine"],
     }
 
     remeasured: set[tuple] = set()

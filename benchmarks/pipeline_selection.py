@@ -1,46 +1,26 @@
 """A pipeline chosen on development text, then reported on test text beside every published pipeline.
 
-Usage::
+``select`` applies the rule fixed before any run to development comparisons (perplexity on development text
+alone): among the pipelines assembled from pruneframe's parts (names with ``+RECALIBRATION`` or ``@REMOVAL``),
+the lowest geometric mean, over every (model, budget) cell, of the out-of-domain geomean ratio to dense; a
+candidate that failed in some cell is out. ``select --rule per-cell`` is the second rule over the same rows,
+each cell's best candidate; fixed after the first rule's test table had been read, it is a second look at
+the test text, and the report says so. ``report`` reads the chosen pipeline's run in each model's main
+protocol beside that model's main comparison (checked to share weights, calibration and windows; ``random`` is
+a control), stores each cell's test geomean and the paired-bootstrap interval of its ratio to the best published
+pipeline in ``benchmarks/results/pipeline_selection.json``, and with ``--docs`` writes the section
+``python benchmarks/docs_report.py pipeline-selection`` also writes. ``versus`` pairs one pipeline's test runs
+with another comparison's pipeline in the same protocol (rows in ``benchmarks/results/reconstruction.json``)::
 
-    pruneframe compare --config examples/select_pipelines_smollm2.yaml --out docs/runs/select-pipelines-smollm2-135m
-    pruneframe compare --config examples/select_pipelines_gemma3.yaml --out docs/runs/select-pipelines-gemma3-270m
-    python benchmarks/pipeline_selection.py select docs/runs/select-pipelines-smollm2-135m \
-        docs/runs/select-pipelines-gemma3-270m --json benchmarks/results/pipeline_selection.json
-    # then, for each model, the command `select` prints: the chosen pipeline in that model's main comparison
-    python benchmarks/pipeline_selection.py report --json benchmarks/results/pipeline_selection.json \
-        --test docs/runs/selected-smollm2-135m docs/runs/selected-gemma3-270m \
-        --published docs/runs/compare-smollm2-135m docs/runs/compare-gemma3-270m --docs docs/results.md
-    # the second rule: each cell's picks, run in the main protocols at that budget, then reported beside the first
-    python benchmarks/pipeline_selection.py select --rule per-cell docs/runs/select-pipelines-smollm2-135m \
-        docs/runs/select-pipelines-gemma3-270m
+    python benchmarks/pipeline_selection.py select docs/runs/select-pipelines-smollm2-135m docs/runs/select-pipelines-gemma3-270m
+    python benchmarks/pipeline_selection.py report --test docs/runs/selected-smollm2-135m docs/runs/selected-gemma3-270m \
+        --published docs/runs/compare-smollm2-135m docs/runs/compare-gemma3-270m --docs docs/results-pipelines.md
+    python benchmarks/pipeline_selection.py select --rule per-cell docs/runs/select-pipelines-smollm2-135m docs/runs/select-pipelines-gemma3-270m
     python benchmarks/pipeline_selection.py report --rule per-cell --test docs/runs/selected-smollm2-135m \
-        docs/runs/selected-per-cell-smollm2-135m-mixed docs/runs/selected-gemma3-270m \
-        docs/runs/selected-per-cell-gemma3-270m-flap docs/runs/selected-per-cell-gemma3-270m-mixed \
-        --published docs/runs/compare-smollm2-135m docs/runs/compare-gemma3-270m --docs docs/results.md
-
-``select`` reads only the development comparisons (perplexity on development text alone). Candidates
-are the pipelines assembled from pruneframe's parts (names with ``+RECALIBRATION`` or ``@REMOVAL``); the
-published methods' own pipelines run beside them as references. The rule, fixed before any run: the
-candidate with the lowest geometric mean, over every (model, budget) cell, of its out-of-domain geomean
-ratio to dense; a candidate that failed in some cell is out.
-
-``select --rule per-cell`` applies a second rule to the same development rows: in each (model, budget)
-cell, the candidate with the lowest development ratio there. It was fixed after the first rule's test
-table had been read (one cell behind): its picks still read development text alone, but its test table
-is a second look at the test text, and the report says so. Its picks are stored under ``per_cell``
-beside the first rule's ``selection``; ``report --rule per-cell`` reads their test runs.
-
-``versus`` sets one pipeline's test runs against another comparison's pipeline in the same protocol (last
-round's best), with the paired interval of their ratio, and keeps the rows in a JSON file
-(``benchmarks/results/reconstruction.json``)::
-
+        docs/runs/selected-per-cell-smollm2-135m-mixed docs/runs/selected-gemma3-270m docs/runs/selected-per-cell-gemma3-270m-flap \
+        docs/runs/selected-per-cell-gemma3-270m-mixed --published docs/runs/compare-smollm2-135m docs/runs/compare-gemma3-270m
     python benchmarks/pipeline_selection.py versus --test docs/runs/selected-reconstruction-smollm2-135m \
-        --pipeline flap+refit --reference docs/runs/selected-smollm2-135m --reference-pipeline llm-pruner+scales
-
-``report`` reads the chosen pipeline's run in each model's main protocol and the published methods' rows
-of that model's main comparison (``random`` is a control, not a published method), checks that both
-measured the same model, calibration and windows, and writes each cell's test out-of-domain geomean with
-the paired-bootstrap interval of the chosen pipeline's ratio to the best published pipeline.
+        --pipeline llm-pruner+refit@mixed --reference docs/runs/reference-scales-smollm2-135m --reference-pipeline llm-pruner+scales
 """
 
 from __future__ import annotations
@@ -54,43 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from common import CONTROLS, in_domain_source, is_pipeline, load_results, ood_cells, protocol_mismatch
 from pruneframe.evaluation.stats import bootstrap_indices, log_ppl_draws, percentile_interval
 from pruneframe.util.io import replace_marked_section, write_json_atomic
-
-#: Not published methods: controls.
-CONTROLS = ("random",)
-#: What must agree between two comparisons for their rows to sit in one table (besides the weights and the windows).
-PROTOCOL_FIELDS = ("calibration", "dtype")
-
-
-def _load(path: Path) -> dict[str, Any]:
-    file = path / "results.json" if path.is_dir() else path
-    return json.loads(file.read_text())
-
-
-def is_pipeline(method: str) -> bool:
-    """Whether ``method`` was assembled from parts (a recalibration or a removal mode named) rather than published."""
-    return "+" in method or "@" in method
-
-
-def _keep(budget_label: str) -> float:
-    return float(budget_label.split()[1])
-
-
-def ood_cells(results: dict[str, Any], measure: str = "ood") -> dict[tuple[str, float], dict[str, Any]]:
-    """(method, keep) -> an unrecovered measure (value, low, high) of one comparison: by default the out-of-domain geomean."""
-    cells = {}
-    for group in results["summary"]["groups"]:
-        if group["recovery"] != "none" or measure not in group["measures"]:
-            continue
-        found = group["measures"][measure]
-        cells[(group["method"], _keep(group["budget"]))] = {k: found[k] for k in ("value", "low", "high")}
-    return cells
 
 
 def in_domain_cells(results: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
     """(method, keep) -> the ratio to dense on the in-domain source (the calibration text's domain), if there is one."""
-    source = next((s["label"] for s in results["summary"]["sources"] if s["in_domain"]), None)
+    source = in_domain_source(results)
     return ood_cells(results, f"ratio:{source}") if source else {}
 
 
@@ -137,16 +88,6 @@ def select_per_cell(selection: dict[str, Any], dev_results: list[dict[str, Any]]
         best = min(here, key=lambda r: r["dev_ood"]["value"])
         picks.append({**cell, "method": best["method"], "dev_ood": best["dev_ood"]["value"], "config": configs[cell["model"]].get(best["method"], {})})
     return {"rule": PER_CELL_RULE, "picks": picks}
-
-
-def _mismatch(test: dict[str, Any], published: dict[str, Any]) -> list[str]:
-    """The protocol fields in which two comparisons differ (model weights, calibration, dtype, perplexity windows)."""
-    diffs = [f for f in PROTOCOL_FIELDS if test[f] != published[f]]
-    if test["model"]["weights_fingerprint"] != published["model"]["weights_fingerprint"]:
-        diffs.append("model weights")
-    if any(test["evaluation"]["perplexity"][k] != published["evaluation"]["perplexity"][k] for k in ("config", "data")):
-        diffs.append("perplexity protocol")
-    return diffs
 
 
 def _run(results: dict[str, Any], method: str, keep: float) -> dict[str, Any] | None:
@@ -202,7 +143,7 @@ def report(
         if model not in by_model:
             raise SystemExit(f"{model}: no published comparison given for it")
         pub = by_model[model]
-        diffs = _mismatch(test, pub)
+        diffs = protocol_mismatch(test, pub)
         if diffs:
             raise SystemExit(f"{model}: the chosen pipeline's run and the published comparison differ in {', '.join(diffs)}")
         sources = [s["label"] for s in pub["summary"]["sources"] if not s["in_domain"]]
@@ -346,7 +287,7 @@ def versus(test: dict[str, Any], reference: dict[str, Any], pipeline: str, refer
     The rows of ``benchmarks/results/reconstruction.json``: ``vs_last_best`` is the paired-bootstrap ratio of the
     two pipelines' out-of-domain geomeans on the same windows, with its 95% interval.
     """
-    diffs = _mismatch(test, reference)
+    diffs = protocol_mismatch(test, reference)
     if diffs:
         raise SystemExit(f"the test comparison and the reference differ in {', '.join(diffs)}")
     sources = [s["label"] for s in reference["summary"]["sources"] if not s["in_domain"]]
@@ -399,7 +340,7 @@ def main() -> None:
     vs.add_argument("--json", type=Path, default=Path("benchmarks/results/reconstruction.json"))
     args = parser.parse_args()
     if args.command == "versus":
-        new_rows = versus(_load(args.test), _load(args.reference), args.pipeline, args.reference_pipeline)
+        new_rows = versus(load_results(args.test), load_results(args.reference), args.pipeline, args.reference_pipeline)
         old_rows = json.loads(args.json.read_text())["rows"] if args.json.exists() else []
         keys = {(r["model"], r["budget"], r["pipeline"]) for r in new_rows}
         write_json_atomic(args.json, {"rows": [r for r in old_rows if (r["model"], r["budget"], r["pipeline"]) not in keys] + new_rows})
@@ -411,7 +352,7 @@ def main() -> None:
         return
     if args.command == "select" and args.rule == "per-cell":
         stored = json.loads(args.json.read_text())
-        per_cell = select_per_cell(stored["selection"], [_load(p) for p in args.dev])
+        per_cell = select_per_cell(stored["selection"], [load_results(p) for p in args.dev])
         write_json_atomic(args.json, {**stored, "per_cell": per_cell})
         for pick in per_cell["picks"]:
             settings = f"'{pick['method']}={json.dumps(pick['config'])}'"
@@ -421,7 +362,7 @@ def main() -> None:
             )
         return
     if args.command == "select":
-        selection = select([_load(p) for p in args.dev])
+        selection = select([load_results(p) for p in args.dev])
         write_json_atomic(args.json, {"selection": selection})
         for r in selection["ranking"]:
             print(f"{r['method']:32s} {r['dev_score']:.3f}")
@@ -432,7 +373,7 @@ def main() -> None:
             print(f"pruneframe compare --config <{model}'s main config> --methods {chosen} --method-config {settings} --out docs/runs/selected-{model}")
         return
     stored = json.loads(args.json.read_text())
-    tests, published = [_load(p) for p in args.test], [_load(p) for p in args.published]
+    tests, published = [load_results(p) for p in args.test], [load_results(p) for p in args.published]
     if args.rule == "per-cell":
         picks = {(p["model"], p["keep"]): p["method"] for p in stored["per_cell"]["picks"]}
         stored["per_cell"]["test"] = report(stored["selection"], tests, published, picks)

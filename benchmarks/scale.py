@@ -1,26 +1,17 @@
-"""How prune time and memory grow with model size: random-weight bf16 models built from configs.
+"""How prune time and memory grow with model size: random-weight bf16 models built from configs, or embedded models.
 
-Three shapes (no downloads; random weights, tied embeddings, vocabulary 49,152):
+Shapes (random weights, tied embeddings, vocabulary 49,152): ``135m`` (SmolLM2-135M's layers), ``0.5b``
+(24 layers, hidden 1,152, FFN 4,608, 18 / 6 heads; 524M parameters) and ``1b`` (Llama-3.2-1B's layers;
+1,073,809,408 parameters). A size may also name an embedded model (``qwen2.5-coder-1.5b``, ...): its cached
+bf16 weights are loaded (loading's peak is recorded apart) and it calibrates on the first 200,000 tokens of
+``--calibration-source``'s calibration split, tokenized before the baseline RSS.
 
-* ``135m``: SmolLM2-135M (30 layers, hidden 576, FFN 1,536, 9 / 3 heads);
-* ``0.5b``: 24 layers, hidden 1,152, FFN 4,608, 18 / 6 heads (524M parameters);
-* ``1b``: Llama-3.2-1B's layers (16 layers, hidden 2,048, FFN 8,192, 32 / 8 heads; 1,073,809,408 parameters).
-
-Every (size, method) runs in a fresh worker process that builds the model straight in bfloat16,
-then prunes it in place (``pruneframe.prune(..., inplace=True)``) to ``--budget`` of the prunable
-parameters with random calibration token ids. Recorded: prune wall time (and the score stage's),
-calibration tokens per second of the score stage (tokens the method read / score time; methods
-without calibration have none), and the memory measure of the scale issue: (peak RSS of the worker
-- its RSS after imports, before the model exists) / bytes of the dense weights. The peak covers
-building the model and pruning it (for a real model, pruning it: loading is recorded apart). The
-worker calls ``pruneframe.toolkit.memory.return_large_blocks()`` first, as the command line does. ``--windows`` overrides the forward-statistics methods'
-``num_windows`` (their default is 64 windows of 128 tokens) to keep runs short; it is recorded.
-Writes ``benchmarks/results/scale.json`` (rows of earlier runs with other sizes, methods or budgets are kept).
-
-A size may also name an embedded real model (``qwen2.5-coder-1.5b``, ``smollm2-135m``, ...): the worker
-then loads its cached bf16 weights with ``pruneframe.models.load_model`` (the peak covers loading) and
-calibrates on the first 200,000 tokens of WikiText-2 validation (``--calibration-source``), tokenized
-before the baseline RSS is taken.
+Every (size, method) runs in a fresh worker process that builds (or loads) the model, then prunes it in place
+to ``--budget`` of the prunable parameters, after ``return_large_blocks()`` as the command line does.
+Recorded: prune wall time (and the score stage's), calibration tokens per second of the score stage, and
+(peak RSS of the worker - its RSS after imports) / bytes of the dense weights. ``--windows`` overrides the
+windowed methods' calibration count to keep runs short. Writes ``benchmarks/results/scale.json`` (rows of
+other sizes, methods or budgets are kept); ``python benchmarks/docs_report.py scale`` renders it in ``docs/scale.md``.
 
 Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16] [--threads 1]``
 """
@@ -30,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from common import machine, worker_json
 
 RESULT = Path(__file__).resolve().parent / "results" / "scale.json"
 
@@ -188,31 +179,14 @@ def main() -> None:
     rows = {(r["size"], r["method"], r["budget"]): r for r in old.get("rows", [])}
     for size in sizes:
         for method in [m for m in args.methods.split(",") if m]:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                size,
-                method,
-                "--budget",
-                str(args.budget),
-                "--windows",
-                str(args.windows),
-                "--threads",
-                str(args.threads),
-                "--calibration-source",
-                args.calibration_source,
-            ]
+            cmd = [sys.executable, __file__, "--worker", size, method, "--budget", str(args.budget), "--windows", str(args.windows)]
+            cmd += ["--threads", str(args.threads), "--calibration-source", args.calibration_source]
             load = os.getloadavg()[0]
             try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
-            except subprocess.TimeoutExpired:
-                print(f"{size:>5} {method:>10}: timed out after {args.timeout:.0f} s", flush=True)
+                row = worker_json(cmd, args.timeout) | {"load_avg_1min_at_start": load}
+            except RuntimeError as exc:
+                print(f"{size:>5} {method:>10}: {exc}", flush=True)
                 continue
-            if done.returncode != 0:
-                print(f"{size:>5} {method:>10}: failed\n{done.stderr[-2000:]}", flush=True)
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg_1min_at_start": load}
             rows[(size, method, args.budget)] = row
             rate = row["calibration_tokens_per_s"]
             print(
@@ -228,7 +202,7 @@ def main() -> None:
         args.out,
         {
             "benchmark": "scale",
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine()["machine"],
             "cpu_count": os.cpu_count(),
             "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
             "rows": sorted(rows.values(), key=lambda r: (_size_order(r["size"]), r["method"], -r["budget"])),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -72,8 +73,13 @@ def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks folder is not a package)."""
+    """The script ``benchmarks/<name>.py`` loaded as a module (the benchmarks folder is not a package).
+
+    The folder goes on ``sys.path`` first, as when the script runs, so its ``from common import ...`` resolves.
+    """
     path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)

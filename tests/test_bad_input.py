@@ -19,7 +19,7 @@ import pruneframe
 from pruneframe.pipeline.budget import BudgetError
 from pruneframe.pipeline.calibration import InsufficientCalibrationError
 from pruneframe.cli import main
-from pruneframe.harness import inputs
+from pruneframe.settings import loading as inputs
 from pruneframe.harness.config import CalibrationSettings, InputError
 from pruneframe.harness.inputs import input_phase
 from pruneframe.pipeline.host import UnknownNameError, UnsupportedModelError
@@ -280,7 +280,7 @@ def test_an_internal_error_inside_an_input_phase_is_not_reported_as_input(
 def test_an_internal_error_keeps_its_traceback_and_exits_1(ws: dict[str, Path], tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "import pruneframe.harness.inputs as inputs\n"
+        "import pruneframe.settings.loading as inputs\n"
         "def broken(spec):\n"
         "    return {}['weights_fingerprint']\n"
         "inputs.model_identity = broken\n"

@@ -206,6 +206,7 @@ def test_default_perplexity_uses_every_available_source(monkeypatch: pytest.Monk
 
 def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_found(monkeypatch: pytest.MonkeyPatch, workspace: dict[str, Path]) -> None:
     import pruneframe.harness.config as config_module
+    import pruneframe.settings.text as text_module
     from pruneframe.cli import build_parser
     from pruneframe.cli.prune_settings import prune_config
     from pruneframe.pipeline.host import PluginHost
@@ -215,6 +216,7 @@ def test_validating_settings_reads_no_files_and_a_run_records_the_defaults_it_fo
 
     with monkeypatch.context() as mp:
         mp.setattr(config_module, "data_dir", no_disk)
+        mp.setattr(text_module, "data_dir", no_disk)
         compare = parsed_config(
             [
                 "--model",

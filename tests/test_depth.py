@@ -211,3 +211,57 @@ def test_streamed_logits_of_a_model_with_removed_blocks_equal_its_forward(family
         whole = [folded(input_ids=b, use_cache=False).logits for b in batches]
     for s, w in zip(streamed, whole, strict=True):
         torch.testing.assert_close(s, w, rtol=1e-5, atol=1e-5)
+
+
+class _Skip(torch.nn.Module):
+    """A decoder layer's stand-in that returns the stream it receives."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.attention_type = getattr(layer, "attention_type", None)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+def _hand_skip_losses(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Per layer, the model's own mean loss with that layer swapped for a pass-through, minus the dense loss."""
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(model(ids, labels=ids).loss)
+
+    dense, layers, out = loss(), model.model.layers, []
+    for i in range(len(layers)):
+        original = layers[i]
+        layers[i] = _Skip(original)
+        try:
+            out.append(loss() - dense)
+        finally:
+            layers[i] = original
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3"])
+def test_minitron_depth_ranks_layers_by_the_loss_of_skipping_them(family: str) -> None:
+    """The depth mode's importance is the loss increase of the model with that layer swapped by hand for a
+    pass-through; an idle layer costs nothing, and at a budget of one layer less the least important goes."""
+    from pruneframe_baselines.minitron import layer_loss_importance
+
+    model = tiny_model(family, num_hidden_layers=3)
+    units = discover(model)
+    ids = tokens(4, 16, seed=2)
+    got = layer_loss_importance(model, units, ids, batch_size=3)
+    torch.testing.assert_close(got, _hand_skip_losses(model, ids), atol=1e-5, rtol=0)
+    layer = units.layer_slices(model)[1]
+    with torch.no_grad():  # layer 1 now adds nothing to the stream
+        layer.o_proj.weight.zero_()
+        layer.down_proj.weight.zero_()
+    assert abs(float(layer_loss_importance(model, units, ids, batch_size=4)[1])) < 1e-6
+    keep = 1 - (units.prunable_params // 3) / units.prunable_params
+    result = pruneframe.prune(model, "minitron@layers", keep, calibration=tokens(16, 16, seed=1), config=SMALL, progress=False)
+    widths = units.widths(result.mask)
+    increase = result.report.method_stats["layer_loss_increase"]
+    assert increase[1] == pytest.approx(0, abs=1e-6)  # random layers may even lower the loss: the least important goes
+    assert [i for i, w in enumerate(widths) if w["ffn_channels"] == 0 and w["kv_groups"] == 0] == [min(range(3), key=increase.__getitem__)]
+    assert result.model.config.num_hidden_layers == 2 and result.model.config.hidden_size == model.config.hidden_size

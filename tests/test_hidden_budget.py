@@ -16,7 +16,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pruneframe.pipeline.hidden_budget import HiddenCostModel, project_with_hidden, top_hidden_mask
+from pruneframe.pipeline.hidden_budget import HiddenCostModel, balanced_width, project_with_hidden, top_hidden_mask
 from pruneframe.pipeline.projection import BudgetError
 
 
@@ -185,6 +185,28 @@ def test_brute_force_no_mask_of_the_same_width_adds_to_the_kept_set_within_the_t
             bigger = result.unit_mask.clone()
             bigger[u] = True
             assert costs.total(shape.hidden, bigger) > target
+
+
+@given(shapes(), st.data())
+def test_the_balanced_width_is_the_widest_whose_share_the_units_can_match(shape: Shape, data: st.DataObject) -> None:
+    costs = shape.cost_model()
+    round_to = data.draw(st.integers(1, shape.hidden))
+    target = data.draw(st.integers(0, costs.dense_total))
+    width = balanced_width(costs, target, round_to)
+    d, every = shape.hidden, torch.ones(len(costs), dtype=torch.bool)
+
+    def balanced(h: int) -> bool:  # h / d <= (what the target leaves the units) / (the units' full cost), exactly
+        hidden_only = costs.fixed + costs.per_channel * h
+        return h * (costs.total(h, every) - hidden_only) <= (target - hidden_only) * d
+
+    candidates = sorted({*range(round_to, d + 1, round_to), d})
+    assert width in candidates
+    passing = [h for h in candidates if balanced(h)]
+    # brute force: the widest width that holds, or the narrowest when none does
+    assert width == (max(passing) if passing else candidates[0])
+    # and the widths that hold are a prefix, which is why a scan may stop at the first that fails
+    assert passing == candidates[: len(passing)]
+    assert balanced_width(costs, costs.dense_total, round_to) == d
 
 
 def test_top_hidden_mask_breaks_ties_by_index_and_refuses_bad_input() -> None:

@@ -94,6 +94,10 @@ def test_every_family_folds_and_an_embedding_scale_that_is_not_sqrt_hidden_is_re
     model.get_input_embeddings().embed_scale.fill_(3.0)
     with pytest.raises(NotImplementedError, match="cannot cut the hidden dimension.*scaled by 3, not sqrt"):
         fold_hidden(adapter_for(model), model, _keep(48, KEPT))
+    # sqrt(hidden_size) rounded to bf16, as a model loaded in bf16 holds it, is that scale
+    rounded = tiny_model("gemma3").to(torch.bfloat16)
+    assert float(rounded.get_input_embeddings().embed_scale) != float(rounded.config.hidden_size) ** 0.5
+    assert hidden_refusal(adapter_for(rounded), rounded) is None
 
 
 def test_bad_masks_are_refused() -> None:

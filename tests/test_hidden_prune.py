@@ -33,6 +33,7 @@ NORM = {"norm_windows": 2, "norm_seq_len": 16}
     [
         ("llama-gqa", "minitron", FAST),
         ("gemma3", "minitron", {**FAST, "hidden_round_to": 8}),
+        ("gemma3", "minitron", {**FAST, "hidden_round_to": 8, "hidden_keep": "balanced"}),
         ("qwen2", "magnitude", {"hidden_keep": 0.75, **NORM}),
         ("qwen3", "llm-pruner", {"hidden_keep": 0.75, "num_samples": 2, "seq_len": 16, **NORM}),
         ("llama-mha-bias", "llm-pruner", {"hidden_keep": 0.75, "importance": "vector", "num_samples": 2, "seq_len": 16, "batch_size": 1, **NORM}),
@@ -71,6 +72,17 @@ def test_minitron_keeps_the_same_fraction_of_every_layer_and_records_its_norm_fa
     stats = result.report.method_stats
     assert stats["hidden_kept"] == result.report.hidden_size and len(stats["norm_factors"]) == 2 * 3 + 1
     assert all(f > 0 for f in stats["norm_factors"].values())
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.5])
+def test_balanced_minitron_cuts_the_hidden_width_and_the_layers_by_about_one_fraction(keep: float) -> None:
+    _, _, session, result = _prune("llama-gqa", "minitron", keep, {**FAST, "hidden_keep": "balanced", "hidden_round_to": 4})
+    d, width = session.units.hidden_size, result.report.hidden_size
+    costs = session.plan.units_at(session.units, width).cost
+    unit_share = float(costs[result.mask].sum() / costs.sum())
+    # the widest width whose share the units can match: apart by at most one rounding step of the width
+    # and the largest unit's share of the units (the projection fills the rest exactly)
+    assert width < d and abs(width / d - unit_share) <= 4 / d + float(costs.max() / costs.sum())
 
 
 def test_norm_correction_none_leaves_the_norm_scales(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pruneframe.pipeline import projection
+from pruneframe.pipeline import projection_walks
 from pruneframe.pipeline.budget import check_meets_budget
 from pruneframe.pipeline.projection import BudgetError, forced_units, project, tie_break_order
 
@@ -253,7 +253,7 @@ def test_greedy_loop_fallback_equals_reference(data: st.DataObject, rounds: int,
     case = data.draw(cases(cost_modes=("per_unit", "per_group")), label="case")
     budget = draw_budget(data, case, policy)
     expected = ref_greedy(ref_keys(case, policy, "global"), case, ref_forced(case, policy), budget)
-    with mock.patch.object(projection, "_MAX_ROUNDS", rounds):
+    with mock.patch.object(projection_walks, "_MAX_ROUNDS", rounds):
         assert case.project(budget, policy, "global").tolist() == expected
 
 
@@ -627,7 +627,7 @@ def test_rounded_greedy_equals_sequential_reference(policy: str, scope: str, dat
     """Also with the vectorised rounds cut short (0, 1) so the plain loop finishes the walk."""
     case, round_to = data.draw(rounded_cases(), label="case")
     budget = draw_rounded_budget(data, case, round_to, policy)
-    with mock.patch.object(projection, "_MAX_ROUNDS", rounds):
+    with mock.patch.object(projection_walks, "_MAX_ROUNDS", rounds):
         mask = project(case.scores, case.costs, budget, groups=case.groups, minimum=case.minimum, policy=policy, scope=scope, round_to=torch.tensor(round_to))
     assert mask.tolist() == ref_rounded(case, round_to, policy, scope, budget)
 

@@ -114,8 +114,12 @@ def test_library_versions_model_files_data_and_settings_each_recompute_the_runs(
 
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert rerun() == ([], dense_key)  # the same bytes rebuilt (a new mtime): the same weights, nothing recomputes
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the last byte of the last tensor: other weights
+    weights.write_bytes(bytes(data))
     again, model_key = rerun()
-    assert again == ["magnitude"] and model_key != dense_key  # rebuilt weights: everything recomputes
+    assert again == ["magnitude"] and model_key != dense_key  # other weights: everything recomputes
 
     calib.write_text(calib.read_text() + "the river city music .\n")
     assert rerun() == (["magnitude"], model_key)  # other calibration text: the run recomputes, the dense one stays

@@ -20,11 +20,16 @@ uniform layers). Each norm's scale is corrected for the channels it loses
 (:class:`~pruneframe.pipeline.methods.HiddenOptions`). The paper's recipe then distils; pruneframe's
 ``distill`` recovery is that step (``recovery: [{name: distill, tokens: ...}]`` in a comparison).
 
-Differences from the paper: its depth mode (layer removal by LM loss or Block Importance) is not part
-of this plugin (``shortgpt`` and ``block-influence`` cover depth); its architecture search over several
-candidate widths, each briefly distilled, is replaced by the fixed ``hidden_keep`` and the budget's
-exact projection; the calibration windows default to WikiText-2 validation text here (the paper uses
-1,024 samples of its pretraining data).
+Depth mode (``removal: layers``, or ``minitron@layers``): whole decoder layers go instead, ranked by the
+paper's LM-loss importance: the increase of the mean next-token loss on the calibration windows when
+that layer alone is skipped (its output replaced by its input). The exact projector then removes the
+least important layers until the budget holds; the hidden dimension and the layers' widths are kept.
+
+Differences from the paper: the depth mode ranks every layer on its own and removes the lowest-ranked,
+where the paper also tried contiguous ranges and, for its final models, a downstream task's accuracy;
+its architecture search over several candidate widths, each briefly distilled, is replaced by the fixed
+``hidden_keep`` (or the ``balanced`` rule) and the budget's exact projection; the calibration windows
+default to WikiText-2 validation text here (the paper uses 1,024 samples of its pretraining data).
 """
 
 from __future__ import annotations
@@ -34,16 +39,17 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from torch import nn
+from pydantic import Field, model_validator
 
 from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.pipeline.methods import HiddenOptions, PruningMethod, ScoringContext
-from pruneframe.pipeline.units import UnitKind
-from pruneframe.toolkit.collect import collect_layer_inputs
+from pruneframe.pipeline.units import UnitKind, UnitSet
+from pruneframe.toolkit.collect import batches, collect_layer_inputs
 from pruneframe.toolkit.distributed import summed
 from pruneframe_baselines import AllocationConfig
 
-__all__ = ["MinitronConfig", "Minitron", "WindowL2"]
+__all__ = ["MinitronConfig", "Minitron", "WindowL2", "layer_loss_importance"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -56,21 +62,35 @@ _TARGETS = {
 
 
 class MinitronConfig(AllocationConfig, HiddenOptions):
-    """Minitron settings.
+    """Minitron settings (width mode by default; ``removal: layers`` is the depth mode).
 
     Attributes:
-        hidden_keep: share of hidden channels kept (default 0.75; ``None`` cuts only heads and neurons).
+        hidden_keep: share of hidden channels kept (default 0.75; ``None`` cuts only heads and neurons;
+            ``"balanced"`` cuts the hidden dimension by about the fraction the budget leaves the heads and
+            neurons, which a fixed share cannot do at every budget on a model whose embedding dominates).
         num_windows: calibration windows the activations are recorded on.
         seq_len: tokens per window.
         batch_size: windows per forward pass.
         allocation: ``uniform`` (default: the same keep fraction in every layer and kind) or ``global``.
+        removal: ``none`` (width mode), or ``layers`` (depth mode: whole layers by LM-loss importance;
+            the hidden width is then kept, and ``hidden_keep`` defaults to ``None``).
+        depth_windows: calibration windows the depth mode's losses are measured on.
     """
 
-    hidden_keep: Annotated[float, Field(gt=0, le=1)] | None = 0.75
+    hidden_keep: Annotated[float, Field(gt=0, le=1)] | Literal["balanced"] | None = 0.75
     num_windows: PositiveInt = 64
     seq_len: Annotated[int, Field(ge=2)] = 256
     batch_size: PositiveInt = 8
     allocation: Literal["global", "uniform"] = "uniform"
+    depth_windows: PositiveInt = 16
+
+    @model_validator(mode="before")
+    @classmethod
+    def _depth_keeps_the_hidden_width(cls, data: Any) -> Any:
+        """In depth mode the hidden width stays unless ``hidden_keep`` is set (which the session then refuses)."""
+        if isinstance(data, dict) and data.get("removal") == "layers" and "hidden_keep" not in data:
+            return {**data, "hidden_keep": None}
+        return data
 
 
 @dataclass
@@ -106,6 +126,48 @@ class WindowL2:
         return self.total_sq.sqrt().cpu()
 
 
+def _skipped(output: Any, hidden_in: torch.Tensor) -> Any:
+    """A decoder layer's output with its hidden states replaced by the layer's input (the layer skipped)."""
+    if isinstance(output, tuple):
+        return (hidden_in, *output[1:])
+    return hidden_in
+
+
+def layer_loss_importance(model: nn.Module, units: UnitSet, windows: torch.Tensor, batch_size: int, progress: bool = False) -> torch.Tensor:
+    """Per decoder layer: the mean next-token loss on ``windows`` with that layer skipped, minus the dense loss (float64).
+
+    One dense pass and one pass per layer; a skipped layer's output is its input, so the rest of the model
+    runs unchanged on the stream the layer would have received.
+    """
+    layers = units.require_adapter().layer_slices(model)
+    device = next(model.parameters()).device
+
+    def mean_loss() -> float:
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in batches(windows, batch_size):
+                ids = batch.to(device)
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+                total += float(loss)
+                count += int(ids[:, 1:].numel())
+        return total / max(count, 1)
+
+    from tqdm.auto import tqdm
+
+    dense = mean_loss()
+    increase = torch.zeros(len(layers), dtype=torch.float64)
+    for i, layer in enumerate(tqdm(layers, desc="minitron layer losses", disable=not progress, leave=False)):
+        handle = layer.layer.register_forward_hook(
+            lambda _m, args, kwargs, output: _skipped(output, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]), with_kwargs=True
+        )
+        try:
+            increase[i] = mean_loss() - dense
+        finally:
+            handle.remove()
+    return increase
+
+
 class Minitron(PruningMethod):
     """Activation importance of neurons, heads and hidden channels (see the module docstring)."""
 
@@ -138,13 +200,27 @@ class Minitron(PruningMethod):
         return self._stats[key]
 
     def score(self, context: ScoringContext) -> torch.Tensor:
-        """One importance per unit (float32, flat unit order)."""
+        """One importance per unit (float32, flat unit order); in depth mode every unit carries its layer's."""
+        if self.config.removal == "layers":
+            return self._depth_scores(context)
         units, stats = context.units, self._collect(context)
         scores = torch.empty(len(units), dtype=torch.float32)
         for i, layer in enumerate(context.layers()):
             scores[units.slice(i, UnitKind.FFN)] = stats["down_in"][i].value().float()
             heads = stats["o_in"][i].value().reshape(-1, layer.head_dim).norm(dim=1)
             scores[units.slice(i, UnitKind.KV)] = heads.reshape(-1, layer.queries_per_group).sum(1).float()
+        return scores
+
+    def _depth_scores(self, context: ScoringContext) -> torch.Tensor:
+        cfg, units = self.config, context.units
+        windows = context.require_calibration(self.name).windows(cfg.depth_windows, cfg.seq_len)
+        importance = layer_loss_importance(context.model, units, windows, cfg.batch_size, context.progress)
+        context.stats["calibration_tokens"] = int(windows.numel())
+        context.stats["layer_loss_increase"] = [round(float(x), 6) for x in importance]
+        scores = torch.empty(len(units), dtype=torch.float32)
+        for i in range(units.num_layers):
+            scores[units.slice(i, UnitKind.FFN)] = float(importance[i])
+            scores[units.slice(i, UnitKind.KV)] = float(importance[i])
         return scores
 
     def score_hidden(self, context: ScoringContext) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pruneframe.architectures.gguf import ExportRefused, GGUFSpec
-from pruneframe.toolkit.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
+from pruneframe.util.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
 from pruneframe.pipeline.units import LayerShape, LayerWidths, UnitKind, UnitSet
 
 __all__ = ["WeightSlice", "LayerSlices", "ArchitectureAdapter", "count_parameters", "unit_indices"]

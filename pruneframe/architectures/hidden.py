@@ -125,8 +125,13 @@ def hidden_refusal(adapter: ArchitectureAdapter, model: nn.Module) -> str | None
     if callable(own) and (why := own(model)):
         return str(why)
     scale = getattr(model.get_input_embeddings(), "embed_scale", None)
-    if scale is not None and abs(float(scale) - float(model.config.hidden_size) ** 0.5) > 1e-3 * float(scale):
-        return f"its embedding is scaled by {float(scale):g}, not sqrt(hidden_size), so a smaller hidden size cannot be compensated"
+    if scale is None:
+        return None
+    # the scale the forward multiplies by, within its dtype's rounding (a bf16 buffer holds sqrt(640) as 25.25)
+    value = float(scale)
+    rounding = torch.finfo(scale.dtype).eps if isinstance(scale, torch.Tensor) and scale.is_floating_point() else 0.0
+    if abs(value - float(model.config.hidden_size) ** 0.5) > max(1e-3, rounding) * value:
+        return f"its embedding is scaled by {value:g}, not sqrt(hidden_size), so a smaller hidden size cannot be compensated"
     return None
 
 

@@ -39,6 +39,7 @@ from pruneframe.util.io import atomic_dir, read_small_text, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for, adapter_for_class
 from pruneframe.checkpoint.modeling_pruneframe import MODEL_TYPE_PREFIX, pruned_classes
 from pruneframe.checkpoint.validate import PER_LAYER_WIDTHS, CheckpointError, check_replaceable, validate_checkpoint
+from pruneframe.pipeline.plugin_errors import UnsupportedModelError
 from pruneframe.pipeline.prune_report import CheckpointReport, PruneReport
 
 if TYPE_CHECKING:
@@ -234,9 +235,7 @@ def read_report(path: str | Path) -> CheckpointReport:
 
 
 def _supported(name: str, host: "PluginHost | None") -> None:
-    """Raise :class:`~pruneframe.pipeline.host.UnsupportedModelError` when no registered adapter handles the model class ``name``."""
-    from pruneframe.pipeline.host import UnsupportedModelError
-
+    """Raise :class:`~pruneframe.pipeline.plugin_errors.UnsupportedModelError` when no registered adapter handles the model class ``name``."""
     try:
         adapter_for_class(name, host)
     except UnsupportedModelError:

@@ -1,9 +1,9 @@
 """The ``pruneframe`` command line: ``plugins``, ``prune``, ``recover``, ``eval``, ``compare``, ``export`` and ``report``.
 
 Each subcommand is a :class:`~pruneframe.cli.common.Command` in :data:`COMMANDS`. Bad input (argparse
-errors, and :class:`~pruneframe.harness.config.InputError`: invalid settings, unknown names, unreachable
+errors, and :class:`~pruneframe.settings.errors.InputError`: invalid settings, unknown names, unreachable
 data, infeasible budgets, unwritable output paths, each raised as such by an input phase, see
-:data:`pruneframe.harness.inputs.INPUT_ERRORS`) prints one line to stderr and exits with 2; a plugin's
+:data:`pruneframe.settings.phases.INPUT_ERRORS`) prints one line to stderr and exits with 2; a plugin's
 fault (:class:`~pruneframe.pipeline.host.PluginError`) prints one line naming the plugin and exits with 1,
 as does an output the disk refused (:class:`~pruneframe.cli.output_paths.OutputError`: full, read-only);
 Ctrl-C prints ``interrupted`` and exits with 130, the output left absent or as it was. Anything else is
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pruneframe.cli import compare_cmd, eval_cmd, export_cmd, plugins_cmd, prune_cmd, recover_cmd, report_cmd
 from pruneframe.cli.common import Command, Parser, one_line
 from pruneframe.cli.output_paths import OutputError
-from pruneframe.harness.config import InputError
+from pruneframe.settings.errors import InputError
 from pruneframe.pipeline.host import PluginError
 from pruneframe.toolkit.memory import return_large_blocks
 

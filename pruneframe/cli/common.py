@@ -19,11 +19,11 @@ from typing import Any, Literal, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from pruneframe.checkpoint.validate import is_checkpoint_folder
-from pruneframe.cli.config_file import check_file_shape, read_config_file
+from pruneframe.cli.config_file import check_file_shape, protocol_flag_over_file, read_config_file
 from pruneframe.cli.output_paths import check_output_path
 from pruneframe.util.devices import DTYPE_CHOICES
-from pruneframe.harness.config import InputError, explain, protocol_flag_over_file
-from pruneframe.harness.runner import Log
+from pruneframe.settings.errors import InputError, explain
+from pruneframe.util.log import Log
 from pruneframe.util.io import read_small_text
 
 __all__ = [

@@ -30,9 +30,10 @@ from pruneframe.cli.common import (
     validated_settings,
 )
 from pruneframe.cli.output_paths import folder_lock, writing
-from pruneframe.harness import CompareConfig, CompareOutcome, InputError, compare
+from pruneframe.harness import CompareConfig, CompareOutcome, compare
 from pruneframe.harness.runner import Prepared, prepare
 from pruneframe.pipeline.host import PluginHost
+from pruneframe.settings.errors import InputError
 
 __all__ = ["COMMAND", "compare_config"]
 

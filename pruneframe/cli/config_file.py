@@ -4,7 +4,8 @@ The file is read whole only when it is a regular file of at most
 :data:`~pruneframe.util.io.SMALL_FILE_LIMIT` bytes of UTF-8 text; a YAML error is reported in one line
 with its position. :func:`file_shape` derives from a settings model the model that checks the types of
 the file's values (a list where a list belongs, a mapping where a mapping belongs) before they are
-merged with the flags; the settings model itself then checks the merged values.
+merged with the flags; the settings model itself then checks the merged values. A perplexity protocol
+named by a flag replaces the file's own protocol settings (:func:`protocol_flag_over_file`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from pruneframe.harness.config import InputError, explain, normalise_methods
+from pruneframe.settings.errors import InputError, explain
+from pruneframe.settings.fields import normalise_methods
 from pruneframe.util.io import read_small_text
 from pruneframe.util.paths import name_problem, user_path
 
-__all__ = ["MAX_VALUES", "read_config_file", "file_shape", "check_file_shape"]
+__all__ = ["MAX_VALUES", "read_config_file", "file_shape", "check_file_shape", "protocol_flag_over_file"]
 
 #: The most values (scalars, lists and mappings, counted with YAML aliases expanded) a settings file may hold.
 MAX_VALUES = 100_000
@@ -103,3 +105,24 @@ def check_file_shape(data: dict[str, Any], model: type[BaseModel], path: Path) -
         file_shape(model).model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{explain(exc)} (from {path})") from exc
+
+
+_PROTOCOL_FIXED = ("sources", "data", "split", "seq_len", "num_windows")
+_SOURCE_KEYS = ("sources", "data", "split")
+
+
+def protocol_flag_over_file(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> dict[str, Any]:
+    """``file_settings`` without the perplexity settings that the flags replace as a whole.
+
+    A ``--protocol`` flag names a whole perplexity protocol (sources, window length and count), so the
+    file's own values of those settings are dropped rather than reported as conflicting with it; flags
+    given next to ``--protocol`` still apply (and are checked against it). ``--eval-data`` replaces the
+    file's sources (given as ``sources`` or as the one-source ``data``/``split`` shorthand).
+    """
+    flagged = (flag_settings.get("evaluation") or {}).get("perplexity") or {}
+    file_ppl = (file_settings.get("evaluation") or {}).get("perplexity")
+    if not isinstance(file_ppl, dict):
+        return file_settings
+    dropped = _PROTOCOL_FIXED if "protocol" in flagged else _SOURCE_KEYS if "sources" in flagged else ()
+    kept = {k: v for k, v in file_ppl.items() if k not in dropped}
+    return {**file_settings, "evaluation": {**file_settings["evaluation"], "perplexity": kept}}

@@ -31,10 +31,14 @@ from pruneframe.util.devices import dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext
 from pruneframe.evaluation.perplexity import NonFiniteError
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, ratio_interval
-from pruneframe.harness import EvalConfig, InputError
+from pruneframe.harness.config import EvalConfig
 from pruneframe.harness.report import ZEROSHOT_HOWTO
-from pruneframe.harness.cache import code_identity, model_identity
-from pruneframe.harness.inputs import build_evaluators, check_evaluators, input_phase, load_dense
+from pruneframe.harness.cache import code_identity
+from pruneframe.harness.inputs import build_evaluators, check_evaluators
+from pruneframe.models.identity import model_identity
+from pruneframe.settings.errors import InputError
+from pruneframe.settings.loading import load_dense
+from pruneframe.settings.phases import input_phase
 from pruneframe.harness.runner import evaluate_model
 from pruneframe.pipeline.host import PluginHost
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from pruneframe.cli.common import Command, silenced
 from pruneframe.cli.output_paths import check_output_path, writing
-from pruneframe.harness.config import InputError
+from pruneframe.settings.errors import InputError
 
 __all__ = ["COMMAND", "MAX_PAD_FFN_TO", "MAX_THREADS"]
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from pruneframe.export import ExportRefused, export_gguf
     from pruneframe.export.llamacpp import available
     from pruneframe.export.verify import TOLERANCES, verify_gguf
-    from pruneframe.harness.inputs import load_dense
+    from pruneframe.settings.loading import load_dense
 
     verify = available() if args.verify is None else args.verify
     if verify and not available():

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from pruneframe.harness.config import InputError
+from pruneframe.settings.errors import InputError
 from pruneframe.util.paths import name_problem, user_path
 
 __all__ = ["OutputError", "DISK_ERRNOS", "check_output_path", "writing", "folder_lock"]

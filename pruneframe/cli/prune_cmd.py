@@ -30,9 +30,10 @@ from pruneframe.cli.common import (
 )
 from pruneframe.cli.output_paths import writing
 from pruneframe.cli.prune_settings import prune_config
-from pruneframe.harness import InputError
-from pruneframe.harness.inputs import calibration_stream, check_compute_device, input_phase, load_dense
-from pruneframe.harness.recovery_inputs import default_eval_sources, recovery_object, recovery_stream, recovery_text
+from pruneframe.settings.errors import InputError
+from pruneframe.settings.loading import calibration_stream, check_compute_device, load_dense
+from pruneframe.settings.phases import input_phase
+from pruneframe.settings.recovery import default_eval_sources, recovery_object, recovery_stream, recovery_text
 from pruneframe.pipeline.host import PluginHost
 from pruneframe import checkpoint
 from pruneframe.pipeline.prune_report import PruneReport

@@ -1,7 +1,7 @@
 """What ``pruneframe prune`` runs, as validated settings: one model, method, budget and seed, and an optional recovery.
 
 Validating reads nothing from disk: the default calibration and recovery texts are named when the run
-starts (:meth:`~pruneframe.harness.config.TextSettings.resolved`), and the recorded calibration stamp
+starts (:meth:`~pruneframe.settings.text.TextSettings.resolved`), and the recorded calibration stamp
 carries the resolved name.
 """
 
@@ -14,16 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruneframe.pipeline.budget import BudgetKind
 from pruneframe.cli.common import flag_settings, recovery_flag_settings, validated_settings
-from pruneframe.harness.config import (
-    BudgetNumber,
-    CalibrationSettings,
-    Device,
-    Dtype,
-    InputError,
-    RecoveryDataSettings,
-    Seed,
-    checked_budget,
-)
+from pruneframe.settings.errors import InputError
+from pruneframe.settings.fields import BudgetNumber, Device, Dtype, Seed, checked_budget
+from pruneframe.settings.text import CalibrationSettings, RecoveryDataSettings
 
 __all__ = ["PruneConfig", "prune_config"]
 

@@ -27,15 +27,11 @@ from pruneframe.cli.common import (
     silenced,
 )
 from pruneframe.toolkit.distributed import process_group_from_env
-from pruneframe.harness.config import InputError
-from pruneframe.harness.inputs import input_phase, load_dense
-from pruneframe.harness.recovery_inputs import (
-    RecoveryDataSettings,
-    default_eval_sources,
-    recovery_object,
-    recovery_stream,
-    recovery_text,
-)
+from pruneframe.settings.errors import InputError
+from pruneframe.settings.loading import load_dense
+from pruneframe.settings.phases import input_phase
+from pruneframe.settings.recovery import default_eval_sources, recovery_object, recovery_stream, recovery_text
+from pruneframe.settings.text import RecoveryDataSettings
 from pruneframe.pipeline.host import PluginHost
 from pruneframe.toolkit.memory import release_unused_memory
 from pruneframe.pipeline.prune_report import CheckpointReport

@@ -16,7 +16,7 @@ import re
 
 from pruneframe.cli.common import Command, is_results_folder
 from pruneframe.cli.output_paths import check_output_path, writing
-from pruneframe.harness.config import InputError
+from pruneframe.settings.errors import InputError
 from pruneframe.harness.figures import render
 from pruneframe.harness.report import read_results, write_bytes_atomic, write_results
 from pruneframe.harness.summary import nested_get, summarise

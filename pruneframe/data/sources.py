@@ -23,24 +23,29 @@ Every source carries a **domain** tag: the folder a named corpus lives in (``wik
 (``folder:/abs/path``). A local file inside ``<data dir>/<corpus folder>`` gets that corpus's tag, so
 ``<data dir>/wikitext-2/wiki.valid.tokens`` passed as a path is in the same domain as ``wikitext-2``.
 Two sources share a domain exactly when their tags are equal.
+
+The pieces every source shares are their own modules: :mod:`~pruneframe.data.text_source` (what a
+source is), :mod:`~pruneframe.data.local_files` (reading files and folders),
+:mod:`~pruneframe.data.moby_dick` (its halves) and :mod:`~pruneframe.data.disjoint` (the overlap check).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import re
 import socket
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pruneframe.data.disjoint import check_disjoint
 from pruneframe.data.embedded import embedded_origin, embedded_text
 from pruneframe.data.installed import code_halves, code_origin, paper_halves, paper_origin
-from pruneframe.data.jsonl import iter_jsonl
+from pruneframe.data.local_files import TEXT_SUFFIXES, folder_files, read_text_file
+from pruneframe.data.moby_dick import moby_dick_part
+from pruneframe.data.text_source import DataSourceError, TextSource, make_source
 from pruneframe.util.paths import user_path
 
 __all__ = [
@@ -56,60 +61,12 @@ __all__ = [
     "TEXT_SUFFIXES",
 ]
 
-#: File name endings read as text.
-TEXT_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".raw", ".tokens")
 
 _HOW_TO = (
     "To provide the data: set PRUNEFRAME_DATA_DIR to a folder that holds it, pass a local file or "
     "folder path, or go online so the hub dataset can be downloaded (with it already in the Hugging Face "
     "cache, HF_DATASETS_OFFLINE=1 reads it offline; use 'embedded' for a corpus that needs neither)."
 )
-
-
-class DataSourceError(ValueError):
-    """A text source could not be resolved; the message lists everything that was tried."""
-
-
-@dataclass(frozen=True)
-class TextSource:
-    """Resolved text plus where it came from.
-
-    Attributes:
-        name: the source string as the user gave it (``"wikitext-2"``, a path, ``"embedded"``).
-        origin: the resolved file/folder path or hub id the text was read from.
-        split: the split that was selected (``"file"`` for a single local file).
-        text: the whole text.
-        fingerprint: the first 16 hex digits of the SHA-256 of ``text``.
-        domain: the domain tag (see the module docstring); equal tags mean the same domain.
-    """
-
-    name: str
-    origin: str
-    split: str
-    text: str = field(repr=False)
-    fingerprint: str
-    domain: str = ""
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-ready description for stamping into evaluation protocols."""
-        return {
-            "name": self.name,
-            "origin": self.origin,
-            "split": self.split,
-            "fingerprint": self.fingerprint,
-            "chars": len(self.text),
-            "domain": self.domain,
-        }
-
-
-def _fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _make(name: str, origin: str, split: str, text: str, domain: str) -> TextSource:
-    if not text.strip():
-        raise DataSourceError(f"text source {name!r} ({origin}, split {split!r}) is empty")
-    return TextSource(name=name, origin=origin, split=split, text=text, fingerprint=_fingerprint(text), domain=domain)
 
 
 # ----------------------------------------------------------------------------- local files
@@ -127,54 +84,6 @@ def data_dir() -> Path | None:
     return default if default.is_dir() else None
 
 
-def _read_jsonl(path: Path) -> str:
-    texts: list[str] = []
-    for lineno, row in iter_jsonl(path, error=DataSourceError):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataSourceError(f"{path}:{lineno}: expected an object with a string 'text' field")
-        texts.append(row["text"])
-    return "\n\n".join(texts)
-
-
-def _read_file(path: Path) -> str:
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix not in TEXT_SUFFIXES:
-        raise DataSourceError(f"text source {str(path)!r}: unsupported file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
-    return path.read_text(encoding="utf-8")
-
-
-_SPLIT_WORDS: dict[str, tuple[str, ...]] = {
-    "test": ("test",),
-    "validation": ("valid", "validation", "val", "dev"),
-    "train": ("train",),
-    "calibration": ("calibration", "calib", "valid", "validation", "val", "dev", "train"),
-}
-_ALL_SPLIT_WORDS = frozenset(w for words in _SPLIT_WORDS.values() for w in words)
-
-
-def _name_words(path: Path) -> set[str]:
-    return set(path.name.lower().replace("-", ".").replace("_", ".").split("."))
-
-
-def _folder_files(folder: Path, split: str) -> list[Path]:
-    """Files of ``folder`` for ``split``: those whose names mention it, else those naming no split."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    words = set(_SPLIT_WORDS.get(split, (split,)))
-    mentioning = [p for p in files if _name_words(p) & words]
-    if mentioning:
-        return mentioning
-    neutral = [p for p in files if not _name_words(p) & _ALL_SPLIT_WORDS]
-    if neutral:
-        return neutral
-    if files:
-        raise DataSourceError(
-            f"text source {str(folder)!r}: no file for split {split!r} among {[p.name for p in files]} "
-            "(file names mention other splits; pass the file itself or choose another split)"
-        )
-    return []
-
-
 def _local_domain(path: Path) -> str:
     """The domain of a local file or folder: a named corpus's folder under the data dir, else ``folder:<abs>``."""
     folder = path.resolve() if path.is_dir() else path.resolve().parent
@@ -187,13 +96,13 @@ def _local_domain(path: Path) -> str:
 def _from_local(name: str, path: Path, split: str) -> TextSource:
     domain = _local_domain(path)
     if path.is_file():
-        return _make(name, str(path.resolve()), "file", _read_file(path), domain)
-    files = _folder_files(path, split)
+        return make_source(name, str(path.resolve()), "file", read_text_file(path), domain)
+    files = folder_files(path, split)
     if not files:
         raise DataSourceError(f"text source {name!r}: folder {str(path)!r} holds no files ending in {', '.join(TEXT_SUFFIXES)}")
-    text = "\n\n".join(_read_file(p) for p in files)
+    text = "\n\n".join(read_text_file(p) for p in files)
     origin = str(path.resolve()) + " [" + ", ".join(p.name for p in files) + "]"
-    return _make(name, origin, split, text, domain)
+    return make_source(name, origin, split, text, domain)
 
 
 # ----------------------------------------------------------------------------- the hub
@@ -335,32 +244,10 @@ _NAMED["moby-dick"] = _Named(
     part=lambda text, split: moby_dick_part(text, split),
 )
 _ALIASES = {"wikitext2": "wikitext-2", "wikitext": "wikitext-2", "wikitext-2-raw-v1": "wikitext-2", "c4-en": "c4"}
-_CHAPTER = re.compile(r"^CHAPTER \d+\b", re.MULTILINE)
 
 
 def _no_hub(name: str) -> tuple[str, str]:
     raise DataSourceError(f"{name} has no hub recipe")
-
-
-def moby_dick_part(text: str, split: str) -> str:
-    """One of the two disjoint halves of *Moby-Dick*: ``validation`` (before the cut) or ``test`` (from it on).
-
-    The cut is the ``CHAPTER n`` heading nearest to the middle of the text (chapter 67 of 135 in the
-    Gutenberg text), so no sentence is shared: the front matter and first half are the development part
-    (``validation``, also what ``calibration`` reads), the second half and the epilogue are ``test``.
-
-    Raises:
-        DataSourceError: the text has no ``CHAPTER`` headings, or ``split`` is neither part.
-    """
-    starts = [m.start() for m in _CHAPTER.finditer(text)]
-    if not starts:
-        raise DataSourceError("moby-dick: no 'CHAPTER n' headings found; is this the Gutenberg text of Moby-Dick?")
-    cut = min(starts, key=lambda start: abs(start - len(text) // 2))
-    if split == "validation":
-        return text[:cut]
-    if split == "test":
-        return text[cut:]
-    raise DataSourceError(f"moby-dick: unknown part {split!r}; expected 'validation' or 'test'")
 
 
 @dataclass(frozen=True)
@@ -411,17 +298,17 @@ def _resolve_named(source: str, key: str, split: str, tried: list[str]) -> TextS
         for file_name in named.local.get(canonical, ()):
             candidate = root / named.folder / file_name
             if candidate.is_file():
-                text = _read_file(candidate)
+                text = read_text_file(candidate)
                 if named.part is not None:
                     text = named.part(text, canonical)
-                return _make(source, str(candidate.resolve()), canonical, text, named.folder)
+                return make_source(source, str(candidate.resolve()), canonical, text, named.folder)
             tried.append(f"{candidate} (not found; {via})")
     try:
         text, origin = named.hub(canonical)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes a listed attempt
         tried.append(f"{named.hub_label(canonical)} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         raise _error(source, split, tried) from exc
-    return _make(source, origin, canonical, text, named.folder)
+    return make_source(source, origin, canonical, text, named.folder)
 
 
 def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
@@ -438,7 +325,7 @@ def _resolve_hf(source: str, split: str, tried: list[str]) -> TextSource:
         first = str(exc).splitlines()[0] if str(exc) else ""
         tried.append(f"hub dataset {spec!r} split {canonical!r} ({type(exc).__name__}: {first})")
         raise _error(source, split, tried) from exc
-    return _make(source, origin, canonical, text, f"hf:{path}")
+    return make_source(source, origin, canonical, text, f"hf:{path}")
 
 
 def resolve_text(source: str, split: str = "test") -> TextSource:
@@ -462,7 +349,7 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
             text = corpus.text(canonical)
         except (OSError, UnicodeError) as exc:
             raise DataSourceError(f"text source {source!r}: {exc}") from exc
-        return _make(source, corpus.origin(), canonical, text, corpus.domain)
+        return make_source(source, corpus.origin(), canonical, text, corpus.domain)
     if lowered.startswith("hf:"):
         return _resolve_hf(key, split, tried)
     path = user_path(key)
@@ -475,34 +362,6 @@ def resolve_text(source: str, split: str = "test") -> TextSource:
     known = ", ".join([*_NAMED, *EMBEDDED_SOURCES, "hf:owner/name[:config]"])
     tried.append(f"named corpora ({known}): {source!r} is none of them")
     raise _error(source, split, tried)
-
-
-# ----------------------------------------------------------------------------- disjointness
-
-
-def check_disjoint(calib: TextSource, eval: TextSource, samples: int = 50, chunk: int = 200) -> None:  # noqa: A002
-    """Raise ``ValueError`` if ``calib`` and ``eval`` could overlap.
-
-    Checks that they are not the same origin and split, then takes ``samples`` evenly spaced
-    ``chunk``-character passages of the evaluation text and fails if any appears verbatim in the
-    calibration text. Whitespace-only passages are skipped.
-    """
-    if calib.origin == eval.origin and calib.split == eval.split:
-        raise ValueError(f"calibration and evaluation text are the same source: {calib.origin!r} split {calib.split!r}")
-    text = eval.text
-    if len(text) <= chunk:
-        starts = [0]
-    else:
-        span = len(text) - chunk
-        starts = sorted({(i * span) // max(1, samples - 1) for i in range(samples)})
-    for start in starts:
-        passage = text[start : start + chunk]
-        if passage.strip() and passage in calib.text:
-            raise ValueError(
-                f"evaluation text {eval.name!r} ({eval.origin}, split {eval.split!r}) overlaps calibration text "
-                f"{calib.name!r} ({calib.origin}, split {calib.split!r}): the {len(passage)}-character passage "
-                f"at offset {start} ({passage[:60]!r}...) appears verbatim in the calibration text"
-            )
 
 
 # ----------------------------------------------------------------------------- default evaluation sources

@@ -31,7 +31,7 @@ from pruneframe.util.devices import dtype_name
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.evaluation.protocol import ZeroShotProtocol, ZeroShotTaskStamp
 from pruneframe.evaluation.stats import proportion_interval
-from pruneframe.toolkit.streaming import StreamingOptions
+from pruneframe.util.offload import StreamingOptions
 from pruneframe.util.io import read_small_text
 from pruneframe.util.paths import user_path
 
@@ -316,7 +316,7 @@ class ZeroShotConfig(StreamingOptions):
     """Zero-shot settings: tasks (local JSONL paths, shared-data names or lm-eval names) and limits.
 
     ``offload="cpu"`` runs every forward pass one decoder layer at a time on ``compute_device``
-    (inherited from :class:`~pruneframe.toolkit.streaming.StreamingOptions`), for a model larger than the device.
+    (inherited from :class:`~pruneframe.util.offload.StreamingOptions`), for a model larger than the device.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -5,7 +5,7 @@ A run is reused when its JSON exists, parses, finished, and carries the same key
 written atomically when the run ends, an interrupted comparison resumes at the first unfinished run.
 
 The key is a SHA-256 over: the model's identity (spec, resolved location, config.json hash, weight
-file names + sizes + mtimes, or the hub id), the dtype and device, the method name + validated config
+file names + content digests, or the hub id), the dtype and device, the method name + validated config
 dump + the digest of the method's whole package, the budget, the seed, the calibration stream's
 fingerprint and size, the evaluation protocol (each evaluator's validated settings, its data
 fingerprints and its package's digest), the stage implementations (the plugin handling the model's
@@ -18,6 +18,7 @@ removing or editing a plugin that overrides a stage or handles the architecture,
 
 Package digests (:mod:`pruneframe.util.digests`) are computed once per process and cached
 (:func:`clear_digests` forgets them).
+The model's identity is :mod:`pruneframe.models.identity`'s (:func:`model_identity`, re-exported here).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pruneframe.util.digests import clear_digests, package_digest, package_root, sha256_file, source_hash, tree_digest
-from pruneframe.models import resolve_model_path
+from pruneframe.models.identity import model_identity, weights_digest
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,6 +41,7 @@ __all__ = [
     "package_digest",
     "clear_digests",
     "model_identity",
+    "weights_digest",
     "code_identity",
     "cache_key",
     "load_cached",
@@ -47,26 +49,8 @@ __all__ = [
 
 #: Bumped whenever the layout of a run's JSON changes, so older files are recomputed.
 SCHEMA_VERSION = 3
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 #: Distributions whose versions shape a run's numbers (the import machinery, the models, the zero-shot harness).
 _VERSIONED = ("pruneframe", "torch", "transformers", "lm_eval")
-
-
-def model_identity(spec: str) -> dict[str, Any]:
-    """What identifies the model weights: the resolved folder's config hash and weight-file stats, or the hub id.
-
-    Weight files are fingerprinted by name, size and modification time (hashing 500 MB per run start
-    would cost more than it saves); rebuilding or replacing the weights changes the key.
-    """
-    resolved = resolve_model_path(spec)
-    identity: dict[str, Any] = {"spec": spec, "kind": resolved.kind, "location": resolved.location}
-    folder = Path(resolved.location)
-    if resolved.kind == "hub" or not folder.is_dir():
-        return identity
-    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
-    identity["config_sha256"] = sha256_file(folder / "config.json")[:16] if (folder / "config.json").is_file() else None
-    identity["weights_fingerprint"] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
-    return identity
 
 
 def _version(distribution: str) -> str:

@@ -8,6 +8,9 @@ validation when ``$PRUNEFRAME_DATA_DIR`` (or ``../shared/data``) holds it, else 
 embedded test half offline, plus C4 and PTB when the hub answers); zero-shot on the local JSONL tasks
 found under ``<data dir>/zeroshot``.
 
+The fields and text settings every command shares (dtype, device, budget numbers, seeds, calibration
+and recovery text, :class:`InputError`) are :mod:`pruneframe.settings`', re-exported here.
+
 Example (YAML or JSON)::
 
     model: smollm2-135m
@@ -30,14 +33,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pruneframe.pipeline.budget import BudgetKind, make_budget
-from pruneframe.pipeline.methods import Seed, not_a_boolean
 from pruneframe.data.sources import data_dir
-from pruneframe.util.devices import LoadDtype
+from pruneframe.settings.errors import InputError, explain
+from pruneframe.settings.fields import BudgetNumber, Device, Dtype, Seed, budget_slug, checked_budget, normalise_methods
+from pruneframe.settings.text import CalibrationSettings, RecoveryDataSettings, TextSettings, default_text_source
 from pruneframe.util.paths import user_path
 
 __all__ = [
@@ -56,61 +60,9 @@ __all__ = [
     "default_text_source",
     "default_zeroshot_tasks",
     "default_evaluation",
-    "protocol_flag_over_file",
     "checked_budget",
     "budget_slug",
 ]
-
-#: ``auto`` or a dtype name or alias (``bf16``), stored under its canonical name (see :data:`pruneframe.util.devices.DTYPES`).
-Dtype = LoadDtype
-#: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when the model loads).
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
-
-
-#: A budget number: a keep-ratio or a parameter count (a boolean is not one).
-BudgetNumber = Annotated[float | int, BeforeValidator(not_a_boolean)]
-
-#: Files under ``<data dir>/wikitext-2`` that make ``wikitext-2`` usable offline, per split.
-_WIKITEXT_FILES = {"test": ("wiki.test.raw", "wiki.test.tokens"), "calibration": ("wiki.valid.tokens", "wiki.valid.raw")}
-
-
-class InputError(ValueError):
-    """Bad user input (config, names, data sources, budgets); the CLI prints it and exits with 2."""
-
-
-def explain(exc: BaseException) -> str:
-    """A one-line-per-problem message for ``exc``; pydantic errors as ``field.path: message``."""
-    if isinstance(exc, ValidationError):
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            message = error["msg"].replace("Value error, ", "")
-            problems.append(f"{where}: {message}" if where else message)
-        return f"invalid {exc.title} settings: " + "; ".join(problems)
-    return str(exc)
-
-
-def normalise_methods(data: Any) -> Any:
-    """Split a ``methods`` mapping (name -> settings) into ``methods`` (names) and ``method_configs``.
-
-    Values of the wrong type are passed on as they are, for the settings model to name.
-    """
-    if not (isinstance(data, dict) and isinstance(data.get("methods"), dict)):
-        return data
-    mapping = data["methods"]
-    configs = {name: {} if cfg is None else cfg for name, cfg in mapping.items()}
-    given = data.get("method_configs")
-    if given is not None and not isinstance(given, dict):
-        return {**data, "methods": list(mapping)}
-    return {**data, "methods": list(mapping), "method_configs": {**configs, **(given or {})}}
-
-
-def default_text_source(split: Literal["test", "calibration"]) -> str:
-    """``wikitext-2`` when the data folder holds its ``split`` file, else ``embedded`` (always offline)."""
-    root = data_dir()
-    if root is not None and any((root / "wikitext-2" / name).is_file() for name in _WIKITEXT_FILES[split]):
-        return "wikitext-2"
-    return "embedded"
 
 
 def default_zeroshot_tasks() -> list[str]:
@@ -142,80 +94,6 @@ def _merge_evaluation(value: dict[str, dict[str, Any] | None]) -> dict[str, dict
             continue  # no local tasks on this machine and none named: zero-shot stays off
         merged[name] = {**base, **settings} if isinstance(base, dict) and isinstance(settings, dict) else settings
     return merged
-
-
-_PROTOCOL_FIXED = ("sources", "data", "split", "seq_len", "num_windows")
-_SOURCE_KEYS = ("sources", "data", "split")
-
-
-def protocol_flag_over_file(file_settings: dict[str, Any], flag_settings: dict[str, Any]) -> dict[str, Any]:
-    """``file_settings`` without the perplexity settings that the flags replace as a whole.
-
-    A ``--protocol`` flag names a whole perplexity protocol (sources, window length and count), so the
-    file's own values of those settings are dropped rather than reported as conflicting with it; flags
-    given next to ``--protocol`` still apply (and are checked against it). ``--eval-data`` replaces the
-    file's sources (given as ``sources`` or as the one-source ``data``/``split`` shorthand).
-    """
-    flagged = (flag_settings.get("evaluation") or {}).get("perplexity") or {}
-    file_ppl = (file_settings.get("evaluation") or {}).get("perplexity")
-    if not isinstance(file_ppl, dict):
-        return file_settings
-    dropped = _PROTOCOL_FIXED if "protocol" in flagged else _SOURCE_KEYS if "sources" in flagged else ()
-    kept = {k: v for k, v in file_ppl.items() if k not in dropped}
-    return {**file_settings, "evaluation": {**file_settings["evaluation"], "perplexity": kept}}
-
-
-def checked_budget(value: float | int, kind: BudgetKind, where: str) -> Any:
-    """The budget object for ``value`` read as ``kind``; a ``ValueError`` naming ``where`` when it is not one."""
-    try:
-        return make_budget(value, kind)
-    except (ValueError, ValidationError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise ValueError(f"{where} = {value!r} (kind {kind!r}): {msg}") from None
-
-
-def budget_slug(budget: Any) -> str:
-    """The budget's part of a run id: ``0.5`` for keep-ratios, the parameter count for ``params``."""
-    keep = getattr(budget, "keep", None)
-    return f"{keep:g}" if keep is not None else str(budget.params)
-
-
-class TextSettings(BaseModel):
-    """One text source and split; ``data=None`` is the default development text, found when a run starts.
-
-    Validating these settings reads nothing: :meth:`resolved` looks at the data folder.
-
-    Attributes:
-        data: any source :func:`pruneframe.data.resolve_text` takes, or ``None``: WikiText-2 validation
-            when the data folder holds it, else ``embedded``'s calibration half (see :func:`default_text_source`).
-        split: the split read; ``calibration`` maps to validation for named corpora and to the half
-            that evaluation never reads for ``embedded`` and ``moby-dick``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Annotated[str, Field(min_length=1)] | None = None
-    split: str = "calibration"
-
-    def resolved(self) -> Self:
-        """These settings with ``data`` named: ``None`` becomes the default source of this machine's data folder."""
-        if self.data is not None:
-            return self
-        return self.model_copy(update={"data": default_text_source("calibration")})
-
-
-class CalibrationSettings(TextSettings):
-    """Where the one calibration token stream shared by every run comes from (see :class:`TextSettings`).
-
-    Attributes:
-        max_tokens: keep only the first this many tokens of the stream (``None``: all of it).
-    """
-
-    max_tokens: Annotated[int, Field(ge=2)] | None = None
-
-
-class RecoveryDataSettings(TextSettings):
-    """Where the recovery text comes from: one text for every recovery of a comparison (see :class:`TextSettings`)."""
 
 
 class EvalConfig(BaseModel):

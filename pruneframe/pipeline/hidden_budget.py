@@ -36,7 +36,7 @@ import torch
 
 from pruneframe.pipeline.projection import BudgetError, project
 
-__all__ = ["HiddenCostModel", "HiddenProjection", "project_with_hidden", "top_hidden_mask"]
+__all__ = ["HiddenCostModel", "HiddenProjection", "balanced_width", "project_with_hidden", "top_hidden_mask"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,35 @@ def top_hidden_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     mask[order[:kept]] = True
     return mask
+
+
+def balanced_width(costs: HiddenCostModel, target_total: int, round_to: int = 1) -> int:
+    """The widest hidden width (a multiple of ``round_to``, or ``d``) whose share of ``d`` is at most the share
+    of the units' parameters the target leaves at that width.
+
+    Cutting the hidden dimension and the per-layer units by the same fraction is the rule this encodes:
+    at width ``h`` the units would cost ``U(h)`` if all were kept, and the target leaves them
+    ``target_total - fixed - per_channel * h``; the width is balanced when ``h / d`` does not exceed that
+    over ``U(h)``. The left-over share only falls as ``h`` grows, so the widths that satisfy it form a
+    prefix and the widest is found by scanning. Returns ``round_to`` (or ``d``) when none does: the
+    narrowest width, which the caller's budget check then judges.
+    """
+    d = costs.hidden_size
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    every_unit = torch.ones(len(costs), dtype=torch.bool)
+    best = min(d, round_to)
+    for width in sorted({*range(round_to, d + 1, round_to), d}):
+        hidden_only = costs.fixed + costs.per_channel * width
+        units_full = costs.total(width, every_unit) - hidden_only
+        left = target_total - hidden_only
+        # width / d <= left / units_full, in integers
+        if units_full > 0 and width * units_full > left * d:
+            break
+        if units_full == 0 and left < 0:
+            break
+        best = width
+    return best
 
 
 def _rounded(width: int, round_to: int, hidden_size: int) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pruneframe.architectures.hidden import head_is_tied, hidden_cost_model, hidden_refusal
-from pruneframe.pipeline.hidden_budget import HiddenCostModel
+from pruneframe.pipeline.hidden_budget import HiddenCostModel, balanced_width
 from pruneframe.pipeline.methods import HiddenOptions, PruningMethod
 from pruneframe.pipeline.projection import BudgetError
 from pruneframe.pipeline.units import UnitKind, UnitSet
@@ -90,10 +90,6 @@ def hidden_plan(method: PruningMethod, model: nn.Module, units: UnitSet, target_
         raise ValueError(f"method {method.name!r}: {type(adapter).__name__} cannot cut this model's hidden dimension: {why}")
     d = units.hidden_size
     round_to = options.hidden_round_to or int(model.config.num_attention_heads)
-    if options.hidden_keep == "budget":
-        width = min(d, round_to)
-    else:
-        width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
     costs = hidden_cost_model(adapter, model)
     if method.rotates_hidden:
         from pruneframe.architectures.rotation import unfusable_norms  # lazy: rotation sits beside the adapters
@@ -105,6 +101,12 @@ def hidden_plan(method: PruningMethod, model: nn.Module, units: UnitSet, target_
             )
         if head_is_tied(model):  # the rotation unties the head to fuse the final norm into it
             costs = costs.with_untied_head(int(model.get_output_embeddings().weight.shape[0]))
+    if options.hidden_keep == "budget":
+        width = min(d, round_to)
+    elif options.hidden_keep == "balanced":
+        width = balanced_width(costs, target_total, round_to)
+    else:
+        width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
     hidden_only = costs.fixed + costs.per_channel * width
     if hidden_only > target_total:
         raise BudgetError(

@@ -81,7 +81,11 @@ class HiddenOptions(BaseModel):
             per-layer units are then projected at that width (:mod:`pruneframe.pipeline.hidden_budget`).
             ``"budget"``: the hidden width alone meets the budget; the per-layer units are projected
             at the narrowest admissible width (where they all fit unless the budget is extreme), then
-            the width grows while the model still fits.
+            the width grows while the model still fits. ``"balanced"``: the widest hidden width whose
+            share of the dense width is at most the share of the per-layer units' parameters the budget
+            leaves at that width, so the hidden dimension and the units are cut by about the same
+            fraction (:func:`~pruneframe.pipeline.hidden_budget.balanced_width`); the units are then
+            projected at that width.
         hidden_round_to: kept hidden widths are multiples of this; ``None`` = the attention head count
             (transformers' configs require ``hidden_size`` to be a multiple of it).
         norm_correction: ``energy`` multiplies every norm's scale by ``sqrt(f * d / d')`` with ``f``
@@ -93,7 +97,7 @@ class HiddenOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden_keep: Annotated[float, BeforeValidator(not_a_boolean), Field(gt=0, le=1)] | Literal["budget"] | None = None
+    hidden_keep: Annotated[float, BeforeValidator(not_a_boolean), Field(gt=0, le=1)] | Literal["budget", "balanced"] | None = None
     hidden_round_to: Annotated[int, BeforeValidator(not_a_boolean), Field(ge=1)] | None = None
     norm_correction: Literal["energy", "none"] = "energy"
     norm_windows: Annotated[int, Field(ge=1)] = 16

@@ -40,7 +40,7 @@ from pruneframe.pipeline.recalibration import PipelineMethod
 from pruneframe.pipeline.methods import PruningMethod, Recalibration, ScoringContext
 from pruneframe.pipeline.prune_report import STAGES, CalibrationRecord, MemoryRecord, PruneReport, StageRecord, Timings
 from pruneframe.toolkit.hidden_stats import norm_factors, norm_input_energy
-from pruneframe.toolkit.streaming import StreamingOptions, resolve_compute_device
+from pruneframe.util.offload import StreamingOptions, resolve_compute_device
 from pruneframe.pipeline.units import UnitSet
 
 __all__ = ["PruneSession", "PruneResult", "as_calibration"]

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, LayerSlices, adapter_for
-from pruneframe.toolkit.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
+from pruneframe.util.blockwise import UPCAST_BLOCK_ELEMENTS, float64_blocks
 from pruneframe.toolkit.distributed import shard_rows, summed, world
 from pruneframe.toolkit.streaming import resolve_compute_device, streamed_forward
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pruneframe.architectures.base import ArchitectureAdapter
 from pruneframe.architectures.hidden import norm_correction, norm_names
 from pruneframe.pipeline.units import UnitKind
-from pruneframe.toolkit.blockwise import float64_blocks
+from pruneframe.util.blockwise import float64_blocks
 from pruneframe.toolkit.collect import Moments, batches
 from pruneframe.toolkit.distributed import summed
 

@@ -82,7 +82,7 @@ def return_large_blocks(threshold_bytes: int = LARGE_BLOCK_BYTES) -> bool:
     After the first freed weight-sized temporary (a gradient, a transposed or folded matrix), blocks
     of that size come from the heap instead, and the heap keeps them after they are freed: the
     process's resident memory grows by temporaries that no longer exist. A fixed threshold stops
-    that. On the 1B shape in bf16 (``benchmarks/memory_one_copy.py``) it took llm-pruner's peak from
+    that. On the 1B shape in bf16 (``benchmarks/results/memory_one_copy_1b.json``, docs/scale.md) it took llm-pruner's peak from
     1.45-1.49x to 1.30x the weight bytes and ``compare``'s from 1.31x to 1.11x. Blocks under 4 MiB
     (activations of short sequences) stay on the heap, so compute speed is unchanged: SmolLM2-135M's
     bf16 prefill of 256 tokens on 2 CPU cores (fastest of 7, two processes per setting) took 0.211 s

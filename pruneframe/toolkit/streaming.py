@@ -19,6 +19,9 @@ Gradient methods stream their backward pass too (:func:`streamed_backward`): a f
 each layer's input, then the layers run again from the last to the first, each alone on the device,
 recomputing its output with autograd on and passing the gradient of its input to the layer before.
 Evaluation takes the logits of a streamed forward (:func:`streamed_logits`).
+
+The settings a config mixes in to stream (:class:`StreamingOptions`) and the compute device they pick
+(:func:`resolve_compute_device`) are :mod:`pruneframe.util.offload`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -26,15 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from pruneframe.architectures import ArchitectureAdapter, adapter_for
 from pruneframe.util.devices import model_device
+from pruneframe.util.offload import StreamingOptions, resolve_compute_device
 from pruneframe.toolkit.losses import logits_layer
 
 __all__ = [
@@ -48,52 +51,6 @@ __all__ = [
     "streamed_forward",
     "streamed_logits",
 ]
-
-Offload = Literal["none", "cpu"]
-
-
-class StreamingOptions(BaseModel):
-    """Config fields of a method whose calibration pass can stream the decoder layer by layer.
-
-    Attributes:
-        offload: ``none`` (the whole model runs where it is) or ``cpu`` (the weights stay where they
-            are, normally the CPU, and each decoder layer in turn is moved to ``compute_device``).
-        compute_device: where streamed layers run (``cuda``, ``cuda:1``, ``mps``, ``cpu``); ``None``
-            picks CUDA when present, else the model's own device.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    offload: Offload = "none"
-    compute_device: str | None = None
-
-    @field_validator("compute_device")
-    @classmethod
-    def _is_a_device(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                torch.device(value)
-            except (RuntimeError, ValueError) as err:
-                raise ValueError(f"compute_device={value!r} is not a torch device ({err})") from None
-        return value
-
-    @property
-    def streaming(self) -> bool:
-        """Whether the calibration pass streams the decoder layer by layer."""
-        return self.offload != "none"
-
-    def device_for(self, model: nn.Module) -> torch.device:
-        """The compute device for ``model`` (see :func:`resolve_compute_device`)."""
-        return resolve_compute_device(model, self.compute_device)
-
-
-def resolve_compute_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """``device`` as a :class:`torch.device`; when None, CUDA if present, else ``model``'s device."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return model_device(model)
 
 
 @dataclass

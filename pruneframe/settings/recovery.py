@@ -13,9 +13,10 @@ from typing import Any
 
 from pruneframe.data import check_disjoint, resolve_text
 from pruneframe.data.sources import TextSource, eval_source_catalog
-from pruneframe.harness.config import InputError, RecoveryDataSettings, explain
 from pruneframe.pipeline.host import PluginHost
 from pruneframe.recovery import Recovery, RecoveryDataError, RecoveryStream, resolve_recovery, text_stream
+from pruneframe.settings.errors import InputError, explain
+from pruneframe.settings.text import RecoveryDataSettings
 
 __all__ = ["RecoveryDataSettings", "recovery_object", "recovery_text", "recovery_stream", "default_eval_sources"]
 
