@@ -173,6 +173,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("checkpoint", ("pruneframe.checkpoint",)),
     ("toolkit", ("pruneframe.toolkit",)),
     ("architectures", ("pruneframe.architectures",)),
+    ("vocabulary", ("pruneframe.vocabulary",)),
     (
         "pipeline contract",
         tuple(

@@ -30,6 +30,7 @@ from pruneframe.data.sources import eval_source_catalog, resolve_text
 from pruneframe.data.windows import prepended_bos, token_windows, tokenizer_fingerprint
 from pruneframe.util.devices import DtypeName, dtype_name, model_device
 from pruneframe.evaluation.base import EvalContext, Evaluator
+from pruneframe.evaluation.covered_bytes import bits_per_byte, window_bytes
 from pruneframe.evaluation.protocol import DataStamp, PerplexityProtocol, PerplexitySetProtocol
 from pruneframe.evaluation.stats import exp_or_inf
 from pruneframe.toolkit.streaming import StreamingOptions, streamed_logits
@@ -273,8 +274,11 @@ def source_windows(spec: PerplexitySource, cfg: PerplexityConfig, tokenizer: Any
 class PerplexityEvaluator(Evaluator):
     """Perplexity on every configured source.
 
-    Result: ``{"sources": {label: {ppl, mean_nll, tokens, windows, window_tokens, window_nll, domain,
-    protocol}}, "protocol": PerplexitySetProtocol}``.
+    Result: ``{"sources": {label: {ppl, mean_nll, tokens, windows, window_tokens, window_nll,
+    bits_per_byte, bytes, window_bytes, domain, protocol}}, "protocol": PerplexitySetProtocol}``.
+    ``bits_per_byte`` is the NLL sum over the predicted tokens / ln 2 / the UTF-8 bytes of text they
+    cover (``bytes``; ``window_bytes`` per window, see :mod:`pruneframe.evaluation.covered_bytes`);
+    the three are None for a tokenizer without character offsets.
     """
 
     name: ClassVar[str] = "perplexity"
@@ -308,6 +312,7 @@ class PerplexityEvaluator(Evaluator):
         source, windows, bos = source_windows(spec, cfg, tokenizer)
         stream = cfg.device_for(model) if cfg.streaming else None
         result = perplexity(model, windows, batch_size=cfg.batch_size, progress=progress, stream_device=stream)
+        covered = window_bytes(source.text, tokenizer, windows, cfg.offset_windows, bos, source.fingerprint)
         domain = spec.domain or source.domain
         protocol = PerplexityProtocol(
             protocol_name=cfg.protocol,
@@ -328,6 +333,9 @@ class PerplexityEvaluator(Evaluator):
             "windows": result.windows,
             "window_tokens": cfg.seq_len - 1,
             "window_nll": list(result.window_nll),
+            "bits_per_byte": None if covered is None else bits_per_byte(result.window_nll, sum(covered)),
+            "bytes": None if covered is None else sum(covered),
+            "window_bytes": covered,
             "domain": domain,
             "protocol": protocol.model_dump(mode="json"),
         }
