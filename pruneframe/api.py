@@ -38,6 +38,7 @@ def prune(
     inplace: bool = False,
     scores: torch.Tensor | None = None,
     device: str | torch.device | None = None,
+    tokenizer: Any = None,
 ) -> PruneResult:
     """Prune ``model`` with ``method`` to ``budget`` and return the folded result.
 
@@ -59,9 +60,11 @@ def prune(
             recalibration settings on one mask, or to cut one score vector to several budgets.
         device: move ``model`` to this device first (``auto``: CUDA when present; ``cpu``, ``cuda``,
             ``cuda:N``, ``mps``); ``None`` prunes it where it is.
+        tokenizer: the model's tokenizer, for a method that trims the vocabulary (``vocab``,
+            ``vocab+METHOD``); the result then carries the rebuilt one (``PruneResult.tokenizer``).
 
     Returns:
         the folded model, mask, scores and the typed :class:`~pruneframe.pipeline.prune_report.PruneReport`.
     """
-    session = PruneSession(model, method, budget, config, budget_kind=budget_kind, host=host, device=device)
+    session = PruneSession(model, method, budget, config, budget_kind=budget_kind, host=host, device=device, tokenizer=tokenizer)
     return session.run(calibration, progress=progress, inplace=inplace, scores=scores)

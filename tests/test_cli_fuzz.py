@@ -256,6 +256,9 @@ KINDS = {
     "--suffix": ["_x", "/../../escaped", "a/b", LONG, "..", "\udcff", " "],
     # the recoveries that train (lora, distill) take seconds each: their own tests cover them
     "--recover": ["none", "NONE", "nosuch", "distil", "lora,none", "", " "],
+    # submitit and ray start real jobs: their own tests (tests/test_executors.py) cover them
+    "--executor": ["local", "LOCAL", "slurm", "nosuch", "", " "],
+    "--executor-option": ["partition=gpu", "gpus=1", "nosuch=1", "cluster=moon", "x", "=1", "address=", LONG],
 }
 NUMBER_FLAGS = {"--budget", "--budgets", "--seed", "--seeds", "--seq-len", "--eval-windows", "--calib-tokens", "--zeroshot-limit", "--recover-tokens"}
 NUMBER_FLAGS |= {"--pad-ffn-to", "--threads"}
@@ -288,6 +291,8 @@ ALIASES = {
     "--teacher": ["model", "teacher"],
     "--out": ["out"],
     "--config": ["config"],
+    "--executor": ["executor"],
+    "--executor-option": ["executor", "executor_options"],
 }
 
 #: A valid, cheap command line of each subcommand (paths relative to the sandbox).

@@ -334,3 +334,13 @@ def test_no_import_cycle_counting_imports_inside_functions() -> None:
                 seen.add(name)
                 pending += graph[name]
     assert not looping, looping
+
+
+def test_every_package_is_listed_for_installation() -> None:
+    """A package missing from pyproject's ``packages`` works in an editable install and is absent from a wheel."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "pruneframe").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"

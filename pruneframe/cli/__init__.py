@@ -6,8 +6,9 @@ data, infeasible budgets, unwritable output paths, each raised as such by an inp
 :data:`pruneframe.settings.phases.INPUT_ERRORS`) prints one line to stderr and exits with 2; a plugin's
 fault (:class:`~pruneframe.pipeline.host.PluginError`) prints one line naming the plugin and exits with 1,
 as does an output the disk refused (:class:`~pruneframe.cli.output_paths.OutputError`: full, read-only);
-Ctrl-C prints ``interrupted`` and exits with 130, the output left absent or as it was. Anything else is
-a bug: it propagates with its traceback (``python -m pruneframe`` then exits with 1).
+Ctrl-C prints ``interrupted`` and exits with 130, the output left absent or as it was;
+``compare --collect`` exits with 3 while runs are still pending (no report yet). Anything else is a bug:
+it propagates with its traceback (``python -m pruneframe`` then exits with 1).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 1 a plugin's fault, a failed run or a refused
-    write, 2 bad input, 130 interrupted).
+    """Run the command line; returns the exit code (0 success, 1 a plugin's fault, a failed run or job or a refused
+    write, 2 bad input, 3 runs still pending after ``compare --collect``, 130 interrupted).
 
     Any other exception propagates unchanged, with its traceback.
     """

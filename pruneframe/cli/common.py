@@ -381,6 +381,8 @@ def validated_settings(args: argparse.Namespace, model: type[SettingsT], flags: 
     if config_file:
         check_file_shape(data, model, config_file)  # the merging below relies on the file's shape
     data = protocol_flag_over_file(data, flags)
+    if "executor" in flags and data.get("executor") != flags["executor"]:  # the file's options are another executor's
+        data.pop("executor_options", None)
     if "methods" in flags:  # the file's per-method settings of the methods left out go with them
         for key in ("method_configs", "method_seeds"):
             if isinstance(data.get(key), dict):

@@ -40,6 +40,7 @@ from pruneframe.pipeline.prune_report import PruneReport
 from pruneframe.recovery import compute_teacher, recover
 from pruneframe.toolkit.resume import StaleCheckpointError
 from pruneframe.pipeline.session import PruneSession
+from pruneframe.pipeline.vocab_method import trims_vocabulary
 
 __all__ = ["COMMAND", "summary"]
 
@@ -72,6 +73,11 @@ def summary(report: PruneReport, path: Path) -> str:
             f"  prunable: {report.kept_prunable_params:,} kept of budget {report.budget_prunable_params:,} "
             f"({report.kept_fraction_of_prunable:.2%} of {report.prunable_params:,})",
             f"  parameters: {report.dense_params:,} -> {report.kept_params:,} ({report.kept_fraction_of_total:.2%})",
+            *(
+                [f"  vocabulary: {report.vocabulary.dense_tokens:,} -> {report.vocabulary.tokens:,} tokens (fingerprint {report.vocabulary.fingerprint})"]
+                if report.vocabulary is not None
+                else []
+            ),
             f"  calibration tokens read: {report.calibration_tokens:,}",
             f"  time: {t.total_s:.1f} s (score {t.score_s:.1f} s, project_recalibrate {t.project_recalibrate_s:.1f} s, "
             f"fold {t.fold_s:.1f} s); peak RSS {report.memory.peak_rss_bytes / 2**20:,.0f} MB",
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         method = host.method(name, config.method_config())
         check_compute_device(method.config)
     recovery = recovery_object(config.recovery, host, config.recovery_settings) if config.recovery else None
+    if recovery is not None and recovery.trains and trims_vocabulary(method):
+        raise InputError(f"method {name!r} trims the vocabulary; recovery after it is not supported yet (its text and teacher use the dense tokenizer)")
     recovery_source = recovery_text(config.recovery_data, default_eval_sources()) if recovery is not None and recovery.trains else None
     with silenced(args.quiet), process_group_from_env() as (rank, _):
         main = rank == 0
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                     model, stream, recovery.teacher_top_k(), recovery.teacher_hidden(), recovery.config.batch_size, main and not args.quiet, identity
                 )
         with input_phase(f"model {config.model!r}, budget {budget.label()!r} for method {name!r}"):
-            session = PruneSession(model, method, budget, host=host, model_identity=identity)
+            session = PruneSession(model, method, budget, host=host, model_identity=identity, tokenizer=tokenizer)
         del model  # the session holds the one copy, which the prune shrinks in place
         log(f"pruning with {name} ({budget.label()}); calibration {stamp['tokens']:,} tokens of {stamp['origin']}")
         try:
@@ -135,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         if not main:
             return 0
         with writing(out):
-            path = checkpoint.save(guard_output(out, "checkpoint", args.overwrite), pruned, report=report, tokenizer=tokenizer)
+            kept_tokenizer = result.tokenizer if result.tokenizer is not None else tokenizer  # a trimmed vocabulary's own
+            path = checkpoint.save(guard_output(out, "checkpoint", args.overwrite), pruned, report=report, tokenizer=kept_tokenizer)
     print(summary(report, path))
     return 0
 

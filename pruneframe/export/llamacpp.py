@@ -65,13 +65,13 @@ class LlamaCppModel:
         with _quiet_fd2(quiet):
             self._server = xllamacpp.Server(params)
 
-    def complete(self, prompt: list[int], n_predict: int, n_probs: int = 0, **extra: Any) -> dict[str, Any]:
-        """Greedy continuation of the token ids ``prompt``: the server's response (choices, logprobs, timings).
+    def complete(self, prompt: list[int] | str, n_predict: int, n_probs: int = 0, **extra: Any) -> dict[str, Any]:
+        """Greedy continuation of the token ids ``prompt`` (or of a text, which llama.cpp tokenizes): the server's response (choices, logprobs, timings).
 
         Raises ``RuntimeError`` with llama.cpp's message when the request fails.
         """
         request = {
-            "prompt": [int(t) for t in prompt],
+            "prompt": prompt if isinstance(prompt, str) else [int(t) for t in prompt],
             "n_predict": n_predict,
             "temperature": 0.0,
             "top_k": 1,

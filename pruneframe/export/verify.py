@@ -11,8 +11,10 @@ every position. Per position:
   other token (a coarse-graining, so a lower bound of the full KL that is tight when the rest carries
   little mass).
 
-The tokenizer is checked too: llama.cpp's count of prompt tokens for the prompt *text* must equal
-transformers', and llama.cpp's text of the continuation must equal transformers' decoding of its ids.
+The tokenizer is checked too: llama.cpp must read the prompts and :data:`~pruneframe.export.verify_tokens.TOKENIZER_TEXTS`
+(several scripts) as the same token ids as transformers, give every token the bytes transformers'
+token stands for (:mod:`pruneframe.export.verify_tokens`), and its text of the continuation must
+equal transformers' decoding of its ids.
 :data:`TOLERANCES` are the limits per export type; :meth:`VerifyResult.passed` applies them.
 """
 
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from pruneframe.export.llamacpp import LlamaCppModel
+from pruneframe.export.verify_tokens import TOKENIZER_TEXTS, piece_issues, tokenization_issues, unsafe_tokens
 
 __all__ = ["PROMPTS", "Tolerance", "TOLERANCES", "VerifyResult", "verify_gguf"]
 
@@ -132,40 +135,6 @@ def _position_stats(hf_logp: torch.Tensor, step: dict[str, Any]) -> tuple[bool, 
     return agree, diff, max(kl, 0.0)
 
 
-def _piece_bytes(piece: str, sentencepiece: bool, decoder: dict[str, int]) -> bytes:
-    """The bytes a vocabulary piece stands for: byte-level BPE maps characters to bytes; SentencePiece pieces are text with ``▁`` for spaces, or ``<0xXX>``."""
-    if not sentencepiece:
-        return bytes(decoder[c] for c in piece)
-    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-        return bytes([int(piece[3:5], 16)])
-    return piece.replace("\u2581", " ").encode("utf-8")
-
-
-def _unsafe_tokens(tokenizer: Any) -> list[int]:
-    """Token ids llama.cpp must not generate here: special tokens, and tokens whose bytes are not whole UTF-8 characters.
-
-    llama.cpp folds an incomplete character into the next per-token entry (see :func:`_aligned_steps`),
-    and special tokens have no text; banning both keeps every generated position comparable. The bans
-    apply to sampling only: the reported probabilities come from the raw logits.
-    """
-    from gguf.vocab import bytes_to_unicode
-
-    decoder = {c: b for b, c in bytes_to_unicode().items()}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    sentencepiece = bool(getattr(getattr(backend, "model", None), "byte_fallback", False))
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    banned = []
-    for token_id, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if token_id in special or piece is None:
-            banned.append(token_id)
-            continue
-        try:
-            _piece_bytes(piece, sentencepiece, decoder).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            banned.append(token_id)
-    return banned
-
-
 def _aligned_steps(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-token entries that each stand for exactly one generated token.
 
@@ -202,9 +171,10 @@ def verify_gguf(
     per_prompt = -(-positions // len(prompts)) + 8  # a margin for positions dropped by _aligned_steps
     model = model.float().eval()
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    runner = LlamaCppModel(gguf_path, n_ctx=max(len(e) for e in encoded) + per_prompt + 8, threads=threads)
+    longest = max(len(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in (*prompts, *TOKENIZER_TEXTS))
+    runner = LlamaCppModel(gguf_path, n_ctx=max(longest, max(len(e) for e in encoded) + per_prompt) + 8, threads=threads)
     agree, diffs, kls, issues = 0, [], [], []
-    ban = [[token_id, False] for token_id in _unsafe_tokens(tokenizer)]
+    ban = [[token_id, False] for token_id in unsafe_tokens(tokenizer)]
     try:
         for text, ids in zip(prompts, encoded, strict=True):
             response = runner.complete(ids, per_prompt, n_probs=top_k, logit_bias=ban)
@@ -220,9 +190,8 @@ def verify_gguf(
             text_llama = b"".join(bytes(step["bytes"]) for step in steps).decode("utf-8", errors="replace")
             if text_llama != tokenizer.decode(generated):
                 issues.append(f"prompt {text[:30]!r}: llama.cpp's text {text_llama[:40]!r} != transformers' {tokenizer.decode(generated)[:40]!r}")
-            n_llama = runner.count_prompt_tokens(text)
-            if n_llama != len(ids):
-                issues.append(f"prompt {text[:30]!r}: llama.cpp reads {n_llama} tokens, transformers {len(ids)}")
+        issues += tokenization_issues(runner, tokenizer, (*prompts, *TOKENIZER_TEXTS), top_k, ban)
+        issues += piece_issues(runner, tokenizer, ban)
     finally:
         runner.close()
     n = len(kls)

@@ -28,6 +28,7 @@ __all__ = ["add_vocab", "pre_tokenizer_name", "spm_scores", "spm_space_prefix"]
 
 _SPACE = "\u2581"  # SentencePiece's "▁"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_DIGIT = re.compile(r"[0-9]")
 
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _QWEN2_SPLIT = (
@@ -48,11 +49,19 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     A lone ByteLevel pre-tokenizer with its own (GPT-2) regex is ``smollm`` (GPT-2's split, without
     clean-up of spaces on decoding, as SmolLM2 and the other ByteLevel-only tokenizers decode); a
     Split with Qwen2's or Llama 3's regex followed by a regex-free ByteLevel is ``qwen2`` / ``llama-bpe``.
+    llama.cpp's ``smollm`` rule also puts every digit apart, which matches only a vocabulary where no
+    token joins a digit to anything (SmolLM2's): one that does is refused.
     """
     pre = tokenizer_json.get("pre_tokenizer") or {}
     if tokenizer_json.get("normalizer"):
         raise ExportRefused(f"tokenizer: a normalizer ({tokenizer_json['normalizer'].get('type')}) before a byte-level BPE is not exported yet")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+        joined = next((t for t in (tokenizer_json.get("model") or {}).get("vocab", {}) if len(t) > 1 and _DIGIT.search(t)), None)
+        if joined is not None:
+            raise ExportRefused(
+                f"tokenizer: token {joined!r} joins a digit to other characters; llama.cpp's split rule for a ByteLevel-only "
+                "tokenizer (smollm) puts every digit apart, so it would read numbers as other tokens"
+            )
         return "smollm"
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
     if len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex", True):

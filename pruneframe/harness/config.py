@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pruneframe.pipeline.budget import BudgetKind, make_budget
 from pruneframe.data.sources import data_dir
+from pruneframe.harness.executors.options import ExecutorName, options_model
 from pruneframe.settings.errors import InputError, explain
 from pruneframe.settings.fields import BudgetNumber, Device, Dtype, Seed, budget_slug, checked_budget, normalise_methods
 from pruneframe.settings.text import CalibrationSettings, RecoveryDataSettings, TextSettings, default_text_source
@@ -150,6 +151,13 @@ class CompareConfig(EvalConfig):
         recovery_data: the recovery text (see :class:`RecoveryDataSettings`).
         recovery_methods: the methods whose runs go through ``recovery`` (``None``: every method).
         out: output folder (default ``results/compare-<model>``).
+        executor: where the runs are computed: ``local`` (this process, the default), ``submitit`` (Slurm
+            jobs) or ``ray`` (Ray tasks); see :mod:`pruneframe.harness.executors`.
+        executor_options: the executor's settings (:mod:`pruneframe.harness.executors.options`).
+
+    ``executor`` and ``executor_options`` say where the runs are computed, not what they compute: they are
+    left out of the config's dump (:meth:`model_dump`), so neither a run's cache key nor the report
+    depends on them.
     """
 
     methods: list[Annotated[str, Field(min_length=1)]] | None = None
@@ -163,6 +171,8 @@ class CompareConfig(EvalConfig):
     recovery_data: RecoveryDataSettings = Field(default_factory=RecoveryDataSettings)
     recovery_methods: list[Annotated[str, Field(min_length=1)]] | None = None
     out: str | None = None
+    executor: ExecutorName = Field("local", exclude=True)
+    executor_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -196,7 +206,12 @@ class CompareConfig(EvalConfig):
                 raise ValueError(f"method_configs has settings for {name!r}, which is not among methods {self.methods}")
             if "seed" in cfg:
                 raise ValueError(f"method_configs.{name}.seed: set seeds with 'seeds' (one run per seed)")
+        options_model(self.executor, self.executor_options)
         return self
+
+    def executor_settings(self) -> BaseModel:
+        """``executor_options`` validated by the executor's own model (e.g. :class:`~pruneframe.harness.executors.options.SubmititOptions`)."""
+        return options_model(self.executor, self.executor_options)
 
     def resolved(self) -> Self:
         """This config with its defaults found (evaluators, and text sources: :meth:`TextSettings.resolved`): what a run records."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,24 @@ import torch
 
 from pruneframe.checkpoint import software_versions
 from pruneframe.evaluation.base import EvalContext, Evaluator
-from pruneframe.harness.cache import code_identity, package_digest
+from pruneframe.harness.cache import cache_key, code_identity, package_digest
 from pruneframe.harness.prepare import Prepared, RunSpec
 from pruneframe.recovery import Recovery
 from pruneframe.util.io import write_json_atomic
 from pruneframe.util.log import Log
 
-__all__ = ["EVAL_SEED", "evaluate_model", "base_fields", "pruned_fields", "recovered_fields", "recovered_path", "finish_record"]
+__all__ = [
+    "EVAL_SEED",
+    "evaluate_model",
+    "base_fields",
+    "pruned_fields",
+    "recovered_fields",
+    "recovered_path",
+    "finish_record",
+    "RecordFile",
+    "dense_file",
+    "cell_files",
+]
 
 
 #: Seed of every evaluation (speed prompts, lm-eval sampling): fixed, so method seeds never change the protocol.
@@ -93,3 +105,35 @@ def recovered_fields(prep: Prepared, spec: RunSpec, recovery: Recovery) -> dict[
 def recovered_path(runs_dir: Path, spec: RunSpec, recovery: Recovery) -> Path:
     """The file of the run of ``spec`` recovered with ``recovery``: ``<run id>+<recovery label, spaces as dashes>.json``."""
     return runs_dir / f"{spec.run_id}+{recovery.label().replace(' ', '-')}.json"
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """One record a comparison writes: its run id, its file under ``runs/``, its cache key and the fields the key covers.
+
+    ``recovery`` is the recovery of a recovered run (``None`` for the dense and the unrecovered runs).
+    """
+
+    run_id: str
+    path: Path
+    key: str
+    fields: dict[str, Any]
+    recovery: Recovery | None = None
+
+
+def dense_file(prep: Prepared, runs_dir: Path) -> RecordFile:
+    """The dense model's record: ``runs/dense.json``."""
+    fields = {"kind": "dense", **base_fields(prep)}
+    return RecordFile("dense", runs_dir / "dense.json", cache_key(fields), fields)
+
+
+def cell_files(prep: Prepared, spec: RunSpec, runs_dir: Path) -> list[RecordFile]:
+    """The records of the cell ``spec``: its unrecovered run, then one per recovery its method goes through, in order."""
+    fields = pruned_fields(prep, spec)
+    files = [RecordFile(spec.run_id, runs_dir / f"{spec.run_id}.json", cache_key(fields), fields)]
+    chosen = prep.config.recovery_methods
+    for recovery in prep.recoveries if chosen is None or spec.method in chosen else []:
+        r_fields = recovered_fields(prep, spec, recovery)
+        path = recovered_path(runs_dir, spec, recovery)
+        files.append(RecordFile(path.stem, path, cache_key(r_fields), r_fields, recovery))
+    return files

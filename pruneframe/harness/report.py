@@ -3,7 +3,7 @@
 ``results.csv`` has one row per run (plus the dense model) with every number and its interval.
 ``results.md`` has one row per method and budget (seeds combined, see :mod:`pruneframe.harness.summary`):
 kept parameters, the perplexity ratio to dense per source with its 95% interval (the in-domain source
-marked), the out-of-domain geometric mean that ranks the methods, the rank, accuracies with standard
+marked), the out-of-domain geometric mean that ranks the methods (bits per byte ranks when a run's vocabulary differs), the rank, accuracies with standard
 errors, measured and ideal speedups with their repeat spread, prune time and memory. A value is bold
 only where it is better than the next method's beyond the intervals. ``results.json`` keeps the records
 (per-window NLLs, per-item correctness) and the summary, so every number can be recomputed;
@@ -29,7 +29,7 @@ from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.figures import render as render_figures
 from pruneframe.harness.group_values import kept_fraction, kept_params, speedup
 from pruneframe.harness.results_file import check_results
-from pruneframe.harness.summary import Group, Measure, Summary, summarise
+from pruneframe.harness.summary import BITS_PER_BYTE_LEGEND, Group, Measure, Summary, bits_per_byte_fields, summarise
 from pruneframe.harness.summary import nested_get as _get
 from pruneframe.pipeline.prune_report import PruneReport
 
@@ -98,6 +98,7 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
     ood = measures.get("ood")
     row["ood_ratio"] = 1.0 if dense else ood.value() if ood else None
     row["ood_ratio_low"], row["ood_ratio_high"] = ood.interval() if ood else (None, None)
+    row.update(bits_per_byte_fields(ev, measures, summary, dense) if summary.bits_per_byte else {})
     accs = []
     for task, values in (_get(ev, "zeroshot", "tasks") or {}).items():
         row[f"acc_{task}"] = values.get("acc")
@@ -250,7 +251,12 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
         )
     scope = "OOD" if summary.summary_scope == "out-of-domain" else "all-source"
     columns.append(_Column(f"{scope} geomean", lambda d: "1", lambda g: _ratio_cell(g, "ood"), "ood"))
-    columns.append(_Column("rank", lambda d: "-", lambda g: str(g.ranks["ood"]) if "ood" in g.ranks else "-"))
+    if summary.bits_per_byte:
+        for s in summary.sources:
+            bpb = _Column(f"{s.label} bpb/dense", lambda d, s=s: _dense_bpb(dense, s.label), lambda g, s=s: _ratio_cell(g, f"bpb:{s.label}"), f"bpb:{s.label}")
+            columns.append(bpb)
+        columns.append(_Column(f"{scope} bpb geomean", lambda d: "1", lambda g: _ratio_cell(g, "bpb"), "bpb"))
+    columns.append(_Column("rank", lambda d: "-", lambda g: str(g.ranks[summary.ranking_key]) if summary.ranking_key in g.ranks else "-"))
     for task in summary.tasks:
         columns.append(_Column(f"acc {task}", lambda d, t=task: _dense_acc(dense, t), lambda g, t=task: _acc_cell(g, t), f"acc:{task}"))
     if any(_get(r, "eval", "speed", "measured_speedup") for g in summary.groups for r in g.records):
@@ -276,6 +282,11 @@ def _recovery_cell(group: Group) -> str:
     return "-" if not walls else f"{_mean(walls):.1f}, {_mean(rates):,.0f}"
 
 
+def _dense_bpb(dense: dict[str, Any], label: str) -> str:
+    value = _get(dense, "eval", "perplexity", "sources", label, "bits_per_byte")
+    return "-" if value is None else f"bpb {value:.3f}"
+
+
 def _dense_acc(dense: dict[str, Any], task: str) -> str:
     row = _get(dense, "eval", "zeroshot", "tasks", task) or {}
     if row.get("acc") is None:
@@ -295,7 +306,7 @@ def _order(summary: Summary) -> list[Group]:
     settings = list(dict.fromkeys(g.setting for g in summary.groups))
 
     def key(g: Group) -> tuple[int, float, str]:
-        ood = g.measures.get("ood")
+        ood = g.measures.get(summary.ranking_key)
         return settings.index(g.setting), ood.point if ood else float("inf"), g.method
 
     return sorted(summary.groups, key=key)
@@ -347,7 +358,7 @@ def _legend(summary: Summary) -> list[str]:
         "rank-1 value(s) of a column where another method ranks below. Speedups: dense time / pruned time, each "
         "reduced over alternating dense/pruned repeats by the statistic named above, ± half the interquartile range of "
         "the per-repeat speedups, / the FLOPs ideal.",
-    ]
+    ] + ([BITS_PER_BYTE_LEGEND] if summary.bits_per_byte else [])
 
 
 def _tau_lines(summary: Summary) -> list[str]:

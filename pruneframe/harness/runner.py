@@ -11,7 +11,9 @@ model next to each pruned one (``pairs_with_dense``, e.g. the paired speed timin
 copy, loaded from the files after the prune.
 
 Preparing is :mod:`~pruneframe.harness.prepare`'s and a run's record :mod:`~pruneframe.harness.records`';
-their public names are re-exported here.
+their public names are re-exported here. :func:`start` (dense and teachers), :func:`run_cell` (one cell) and
+:func:`finish` (the report) are the pieces :func:`compare` runs in order; the jobs of the other executors
+(:mod:`pruneframe.harness.executors`) run the same pieces, each where its engine puts it.
 """
 
 from __future__ import annotations
@@ -28,17 +30,15 @@ from pruneframe.util.io import write_json_atomic
 from pruneframe.toolkit.memory import release_unused_memory
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.evaluation.base import EvalContext
-from pruneframe.harness.cache import cache_key, code_identity, load_cached
+from pruneframe.harness.cache import code_identity, load_cached
 from pruneframe.harness.config import CompareConfig
 from pruneframe.harness.prepare import Prepared, RunSpec, prepare
 from pruneframe.harness.records import (
     EVAL_SEED,
-    base_fields,
+    cell_files,
+    dense_file,
     evaluate_model,
     finish_record,
-    pruned_fields,
-    recovered_fields,
-    recovered_path,
 )
 from pruneframe.harness.report import write_results
 from pruneframe.pipeline.host import PluginHost
@@ -60,6 +60,8 @@ __all__ = [
     "run_pruned",
     "run_cell",
     "prepare_teachers",
+    "start",
+    "finish",
     "compare",
 ]
 
@@ -82,9 +84,8 @@ class CompareOutcome:
 
 def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
     """The dense model's evaluation (cached like a run); returns ``(record, computed)``."""
-    fields = {"kind": "dense", **base_fields(prep)}
-    key, path = cache_key(fields), runs_dir / "dense.json"
-    cached = load_cached(path, key)
+    file = dense_file(prep, runs_dir)
+    cached = load_cached(file.path, file.key)
     if cached is not None:
         log("[dense] cached")
         return cached, False
@@ -92,8 +93,8 @@ def run_dense(prep: Prepared, runs_dir: Path, progress: bool, log: Log) -> tuple
         raise RuntimeError("the dense model was already released; run_dense comes before the runs")
     context = EvalContext(device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
     results, walls = evaluate_model(prep.model, prep.tokenizer, prep.evaluators, context, log, "dense")
-    record = {"run_id": "dense", "kind": "dense", "cache_key": key, "protocol": fields, "eval": results, "eval_wall_s": walls}
-    return finish_record(path, record), True
+    record = {"run_id": "dense", "kind": "dense", "cache_key": file.key, "protocol": file.fields, "eval": results, "eval_wall_s": walls}
+    return finish_record(file.path, record), True
 
 
 def run_pruned(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
@@ -107,22 +108,19 @@ def run_cell(prep: Prepared, spec: RunSpec, runs_dir: Path, progress: bool, log:
     Cached records are loaded; the prune runs (once) when any of them is missing, and each missing
     recovery starts from the same pruned weights.
     """
-    fields = pruned_fields(prep, spec)
-    key, path = cache_key(fields), runs_dir / f"{spec.run_id}.json"
+    base_file, *recovered = cell_files(prep, spec, runs_dir)
+    fields, key, path = base_file.fields, base_file.key, base_file.path
     cached = load_cached(path, key)
     pending = []
     done: dict[str, tuple[dict[str, Any], bool]] = {}
-    chosen = prep.config.recovery_methods
-    recoveries = prep.recoveries if chosen is None or spec.method in chosen else []
-    for recovery in recoveries:
-        r_fields = recovered_fields(prep, spec, recovery)
-        r_key, r_path = cache_key(r_fields), recovered_path(runs_dir, spec, recovery)
-        r_cached = load_cached(r_path, r_key)
+    recoveries = [file.recovery for file in recovered]
+    for file in recovered:
+        r_cached = load_cached(file.path, file.key)
         if r_cached is not None:
-            log(f"[{r_path.stem}] cached")
-            done[recovery.label()] = (r_cached, False)
+            log(f"[{file.run_id}] cached")
+            done[file.recovery.label()] = (r_cached, False)
         else:
-            pending.append((recovery, r_fields, r_key, r_path))
+            pending.append((file.recovery, file.fields, file.key, file.path))
     if cached is not None:
         log(f"[{spec.run_id}] cached")
     if cached is not None and not pending:
@@ -295,10 +293,7 @@ def compare(
     prep = prepared if prepared is not None else prepare(config, host, log)
     out = Path(out) if out is not None else config.out_dir()
     runs_dir = out / "runs"
-    dense, computed = run_dense(prep, runs_dir, progress, log)
-    prepare_teachers(prep, out / "teacher", progress, log)
-    prep.model = None  # every run reloads the weights from their files: one copy at a time
-    release_unused_memory()
+    dense, computed = start(prep, out, progress, log)
     done = ["dense"] if computed else []
     records = []
     with tqdm(total=len(prep.runs), desc="compare", unit="run", disable=not progress) as bar:
@@ -308,6 +303,25 @@ def compare(
                 records.append(record)
                 done += [record["run_id"]] if computed else []
             bar.update()
+    files = finish(prep, out, dense, records, log)
+    return CompareOutcome(out=out, dense=dense, runs=records, files=files, computed=done)
+
+
+def start(prep: Prepared, out: Path, progress: bool, log: Log) -> tuple[dict[str, Any], bool]:
+    """What comes before the runs: the dense evaluation and the teachers' outputs; then the dense model is released.
+
+    Returns :func:`run_dense`'s ``(record, computed)``. Every run reloads the weights from their files:
+    one copy at a time.
+    """
+    dense, computed = run_dense(prep, out / "runs", progress, log)
+    prepare_teachers(prep, out / "teacher", progress, log)
+    prep.model = None
+    release_unused_memory()
+    return dense, computed
+
+
+def finish(prep: Prepared, out: Path, dense: dict[str, Any], records: list[dict[str, Any]], log: Log) -> dict[str, Path]:
+    """Write the report of ``records`` (in :attr:`Prepared.runs` order, each cell's recoveries after it) into ``out``; returns the files."""
     meta = {
         "config": prep.config.model_dump(mode="json"),
         "model": prep.model_stamp,
@@ -327,4 +341,4 @@ def compare(
             log(f"warning: the runs' {stage} stage was carried out by different plugins: {', '.join(meta['stages'][stage])}")
     files = write_results(out, meta, dense, records)
     log(f"results in {out}")
-    return CompareOutcome(out=out, dense=dense, runs=records, files=files, computed=done)
+    return files

@@ -20,6 +20,13 @@ holds everything needed to recompute them.
   groups of the same budget and recovery; ``recovery_taus`` holds, per budget and recovery, the Kendall
   tau between the methods' unrecovered and recovered OOD orderings (does recovery change which method
   is best?).
+- **Bits per byte**: when some run's vocabulary differs from the dense model's (its prune trimmed the
+  vocabulary, or its tokenizer fingerprint differs), a ratio of per-token perplexities compares
+  different token counts and such runs get none. Every run then also gets ``bpb:<source>``, its bits
+  per byte over the dense model's on the same text, and ``bpb``, their geometric mean over the OOD
+  scope, which ranks the methods instead (``Summary.bits_per_byte``). The windows are cut in each
+  model's own tokens, so window ``i`` of two tokenizers covers nearly, not exactly, the same text; the
+  interval resamples windows by position for every model alike (approximately paired).
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ __all__ = [
     "summarise",
     "perplexity_sources",
     "setting_label",
+    "vocabulary_differs",
+    "bits_per_byte_fields",
+    "BITS_PER_BYTE_LEGEND",
 ]
 
 
@@ -172,6 +182,12 @@ class Summary:
     taus: dict[str, dict[str, float | None]]
     better: dict[str, Literal["min", "max"]]
     recovery_taus: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    bits_per_byte: bool = False
+
+    @property
+    def ranking_key(self) -> str:
+        """The measure that ranks the methods: ``bpb`` when vocabularies differ, else ``ood``."""
+        return "bpb" if self.bits_per_byte else "ood"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (ranks, intervals, seed spreads, tau) for ``results.json``."""
@@ -197,6 +213,7 @@ class Summary:
             ],
             "kendall_tau": self.taus,
             "kendall_tau_recovery": self.recovery_taus,
+            **({"ranked_by": "bits per byte"} if self.bits_per_byte else {}),
         }
 
 
@@ -229,6 +246,64 @@ def _comparable(run_row: dict[str, Any], dense_row: dict[str, Any]) -> bool:
         and nested_get(a, "data", "fingerprint") == nested_get(b, "data", "fingerprint")
         and len(run_row.get("window_nll") or []) == len(dense_row.get("window_nll") or [])
     )
+
+
+def _bytes_comparable(run_row: dict[str, Any], dense_row: dict[str, Any]) -> bool:
+    """Same text and windowing (the tokenizer may differ), with the bytes of every window recorded."""
+    keys = ("seq_len", "num_windows", "offset_windows")
+    a, b = run_row.get("protocol") or {}, dense_row.get("protocol") or {}
+    sizes = {len(row.get(k) or []) for row in (run_row, dense_row) for k in ("window_nll", "window_bytes")}
+    return (
+        all(a.get(k) == b.get(k) for k in keys)
+        and nested_get(a, "data", "fingerprint") == nested_get(b, "data", "fingerprint")
+        and len(sizes) == 1
+        and 0 not in sizes
+    )
+
+
+def _log_nats_per_byte(row: dict[str, Any], indices: np.ndarray) -> tuple[float, np.ndarray]:
+    """``log(nats per byte)`` of a source's row, and its value on each resample of windows."""
+    point = math.log(math.fsum(row["window_nll"]) / sum(row["window_bytes"]))
+    return point, np.log(log_ppl_draws(row["window_nll"], row["window_bytes"], indices))
+
+
+#: What the report's legend says of the bits-per-byte columns.
+BITS_PER_BYTE_LEGEND = (
+    "Bits per byte: some run's vocabulary differs from the dense model's (its ppl ratios count other tokens: none). bpb/dense: "
+    "bits per byte (NLL over the UTF-8 bytes its windows cover) / the dense model's on the same text; their geomean ranks the "
+    "methods. Windows are cut in each model's own tokens: the interval resamples them by position (approximately paired)."
+)
+
+
+def vocabulary_differs(record: dict[str, Any], dense: dict[str, Any]) -> bool:
+    """Whether ``record``'s model reads text with other tokens than the dense model (a trimmed vocabulary, another tokenizer)."""
+    if nested_get(record, "prune", "vocabulary"):
+        return True
+    for label, row in (nested_get(record, "eval", "perplexity", "sources") or {}).items():
+        dense_fp = nested_get(dense, "eval", "perplexity", "sources", label, "protocol", "tokenizer_fingerprint")
+        if nested_get(row, "protocol", "tokenizer_fingerprint") != dense_fp:
+            return True
+    return False
+
+
+def _bpb_measures(
+    record: dict[str, Any], dense: dict[str, Any], sources: list[SourceInfo], indices: dict[str, np.ndarray], scope: list[str]
+) -> dict[str, Measure]:
+    """``bpb:<source>`` (bits per byte over the dense model's) per source and ``bpb``, their geometric mean over ``scope``."""
+    measures: dict[str, Measure] = {}
+    for source in sources:
+        row = nested_get(record, "eval", "perplexity", "sources", source.label)
+        dense_row = nested_get(dense, "eval", "perplexity", "sources", source.label)
+        if not row or not dense_row or not _bytes_comparable(row, dense_row):
+            continue
+        point, draws = _log_nats_per_byte(row, indices[source.label])
+        dense_point, dense_draws = _log_nats_per_byte(dense_row, indices[source.label])
+        measures[f"bpb:{source.label}"] = Measure(point - dense_point, draws - dense_draws, [point - dense_point], log_scale=True)
+    parts = [measures.get(f"bpb:{label}") for label in scope]
+    if scope and all(p is not None for p in parts):
+        point = statistics.fmean(p.point for p in parts)  # type: ignore[union-attr]
+        measures["bpb"] = Measure(point, np.mean([p.draws for p in parts], axis=0), [point], log_scale=True)  # type: ignore[union-attr]
+    return measures
 
 
 def _task_sizes(records: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -351,6 +426,10 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
     tasks = _task_sizes(ok)
     item_indices = {t: bootstrap_indices(n, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED + 1000 + i) for i, (t, n) in enumerate(tasks.items())}
     per_run = {r["run_id"]: _run_measures(r, dense, sources, indices, dense_draws, tasks, item_indices, scope) for r in ok}
+    bits_per_byte = any(vocabulary_differs(r, dense) for r in ok)
+    if bits_per_byte:
+        for r in ok:
+            per_run[r["run_id"]].update(_bpb_measures(r, dense, sources, indices, scope))
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in ok:
         key = (
@@ -380,4 +459,21 @@ def summarise(dense: dict[str, Any], runs: list[dict[str, Any]], calibration_dom
         taus=_taus(groups, sources),
         better=better,
         recovery_taus=_recovery_taus(groups),
+        bits_per_byte=bits_per_byte,
     )
+
+
+def bits_per_byte_fields(ev: dict[str, Any], measures: dict[str, Measure], summary: Summary, dense: bool) -> dict[str, Any]:
+    """A table row's bits per byte per source, its ratio to dense with the interval, and the ratios' geometric mean (``bpb_ood_ratio``).
+
+    ``ev``: the record's evaluation; ``measures``: its :attr:`Summary.per_run` entry; ``dense``: whether it is the dense record.
+    """
+    out: dict[str, Any] = {}
+    for key, label in [*((f"bpb:{s.label}", s.label) for s in summary.sources), ("bpb", None)]:
+        name = "bpb_ood_ratio" if label is None else f"bpb_ratio_{label}"
+        if label is not None:
+            out[f"bpb_{label}"] = nested_get(ev, "perplexity", "sources", label, "bits_per_byte")
+        measure = measures.get(key)
+        out[name] = 1.0 if dense else measure.value() if measure else None
+        out[f"{name}_low"], out[f"{name}_high"] = measure.interval() if measure else (None, None)
+    return out

@@ -51,6 +51,7 @@ from pruneframe.pipeline.projection import BudgetError
 from pruneframe.pipeline.prune_report import StageRecord
 from pruneframe.toolkit.resume import StaleCheckpointError
 from pruneframe.pipeline.units import UnitSet
+from pruneframe.pipeline.vocab_method import VocabularyComposition
 
 __all__ = [
     "PluginHost",
@@ -150,7 +151,10 @@ class PluginHost(PluginRegistry):
     @staticmethod
     def stage_owner(method: PruningMethod, stage: str) -> PruningMethod | RecalibrationMethod:
         """The object whose code carries out ``stage`` for ``method``: a pipeline's scorer scores and its
-        recalibration recalibrates; any other method does both."""
+        recalibration recalibrates, a vocabulary composition's width method does both (the session
+        scores the tokens); any other method does both."""
+        if isinstance(method, VocabularyComposition):
+            return PluginHost.stage_owner(method.width, stage)
         if isinstance(method, PipelineMethod):
             return method.recalibration if stage == "recalibrate" else method.scorer
         return method

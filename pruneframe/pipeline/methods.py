@@ -230,5 +230,9 @@ class PruningMethod(ABC):
         """:meth:`removable` when ``config.removal`` lets blocks go, else None (what the projector and checks take)."""
         return None if self.config.removal == "none" else self.removable(units)
 
+    def code_parts(self) -> tuple[object, ...]:
+        """The objects whose code a prune with this method runs, in order (a composite method's parts; itself by default)."""
+        return (self,)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"

@@ -20,6 +20,7 @@ __all__ = [
     "StageRecord",
     "STAGES",
     "RecoveryRecord",
+    "VocabularyRecord",
     "PruneReport",
     "CheckpointReport",
 ]
@@ -129,6 +130,32 @@ class RecoveryRecord(BaseModel):
     peak_rss_bytes: int = 0
 
 
+class VocabularyRecord(_Record):
+    """The vocabulary a prune kept (see :mod:`pruneframe.pipeline.vocab_plan`).
+
+    Attributes:
+        tokens: tokens kept (the pruned model's embedding rows).
+        dense_tokens: the dense tokenizer's tokens.
+        dense_rows: the dense model's embedding rows (padding rows beyond the tokens are dropped).
+        row_cost: parameters one token holds (its embedding row, and its output row unless tied).
+        params: parameters the kept tokens hold (``row_cost * tokens``).
+        budget_params: what the budget left the tokens once the width units were projected.
+        initial_tokens: the vocabulary's first share of the budget, in tokens (``vocab_keep``).
+        keep: the ``vocab_keep`` rule that set it (``budget``, ``balanced`` or a share).
+        fingerprint: the kept vocabulary's fingerprint (:func:`~pruneframe.vocabulary.vocabulary_fingerprint`).
+    """
+
+    tokens: NonNegativeInt
+    dense_tokens: NonNegativeInt
+    dense_rows: NonNegativeInt
+    row_cost: NonNegativeInt
+    params: NonNegativeInt
+    budget_params: int
+    initial_tokens: NonNegativeInt
+    keep: str
+    fingerprint: str
+
+
 class PruneReport(_Record):
     """One prune: the method and its settings, the budget and what was kept, time, memory and software.
 
@@ -166,6 +193,8 @@ class PruneReport(_Record):
             when no block was removed.
         hidden_size: the kept hidden width when the prune cut the hidden dimension (``None``: it did not);
             then the budget and kept prunable parameters are counted at that width.
+        vocabulary: the kept vocabulary when the prune trimmed it (``None``: the tokenizer is the dense
+            model's); ``budget_prunable_params`` is then what the budget left the width units.
     """
 
     method: str
@@ -196,6 +225,7 @@ class PruneReport(_Record):
     pipeline: dict[str, str] | None = None
     removed_blocks: dict[str, list[int]] | None = None
     hidden_size: int | None = None
+    vocabulary: VocabularyRecord | None = None
 
     @property
     def calibration_tokens(self) -> int:

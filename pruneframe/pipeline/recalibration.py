@@ -159,13 +159,18 @@ class PipelineMethod(PruningMethod):
         """The scorer's removable blocks."""
         return self.scorer.removable(units)
 
+    def code_parts(self) -> tuple[object, ...]:
+        """The scorer's parts, then the recalibration."""
+        return (*self.scorer.code_parts(), self.recalibration)
+
     def __repr__(self) -> str:
         return f"PipelineMethod({self.scorer!r}, {self.recalibration!r})"
 
 
-def method_code_digest(method: PruningMethod) -> str:
-    """The digest of the code a method runs: its package's, or for a pipeline both parts' packages'."""
-    if isinstance(method, PipelineMethod):
-        parts = f"{package_digest(type(method.scorer))}{PIPELINE_SEPARATOR}{package_digest(type(method.recalibration))}"
-        return hashlib.sha256(parts.encode()).hexdigest()[:16]
+def method_code_digest(method: PruningMethod | RecalibrationMethod) -> str:
+    """The digest of the code a method (or a recalibration) runs: its package's, or for a composite method (a pipeline) every part's package's."""
+    parts = method.code_parts() if isinstance(method, PruningMethod) else (method,)
+    if len(parts) > 1:
+        joined = PIPELINE_SEPARATOR.join(package_digest(type(part)) for part in parts)
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
     return package_digest(type(method))

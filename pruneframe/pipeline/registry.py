@@ -21,6 +21,7 @@ from pruneframe.pipeline.methods import PruningMethod
 from pruneframe.pipeline.plugin_errors import PluginError, UnknownNameError, UnsupportedModelError, did_you_mean
 from pruneframe.pipeline.recalibration import PipelineMethod, RecalibrationMethod, split_pipeline_name
 from pruneframe.pipeline.removal import REMOVAL_MODES, REMOVAL_SEPARATOR
+from pruneframe.pipeline.vocab_method import VOCAB_SEPARATOR, VocabularyComposition, VocabularyMethod
 
 __all__ = ["CORE_PLUGINS", "PLUGINS_ENV", "PluginInfo", "PluginRegistry"]
 
@@ -155,6 +156,9 @@ class PluginRegistry:
 
         ``SCORER+RECALIBRATION`` (``llm-pruner+bias``) gives a :class:`~pruneframe.pipeline.recalibration.PipelineMethod`:
         ``config`` is the scorer's settings, plus under ``recalibration`` the recalibration's.
+        ``VOCAB+METHOD`` (``vocab+llm-pruner``, ``vocab+llm-pruner+scales``), where ``VOCAB`` is a
+        vocabulary method, gives a :class:`~pruneframe.pipeline.vocab_method.VocabularyComposition`:
+        ``config`` is ``METHOD``'s settings, plus under ``vocab`` the vocabulary method's.
         ``NAME@REMOVAL`` (``llm-pruner@mixed``, ``flap+scales@mixed``) is ``NAME`` with ``removal`` set
         to ``mixed``, ``blocks`` or ``layers`` (:mod:`pruneframe.pipeline.removal`), named so in reports.
         """
@@ -165,6 +169,9 @@ class PluginRegistry:
             made = self.method(base, {**dict(config or {}), "removal": removal})
             made.name = name  # type: ignore[misc] - the instance is reported under its full name
             return made
+        composed = self._vocabulary_composition(name, config)
+        if composed is not None:
+            return composed
         try:
             parts = split_pipeline_name(name)
         except ValueError as exc:
@@ -174,6 +181,22 @@ class PluginRegistry:
             recalibration = self.recalibration(parts[1], settings.pop("recalibration", None))
             return PipelineMethod(self.method(parts[0], settings), recalibration)
         return self._instance("method", self.methods(), name, config)
+
+    def _vocabulary_composition(self, name: str, config: Any) -> VocabularyComposition | None:
+        """``VOCAB+METHOD`` as a :class:`VocabularyComposition` when ``VOCAB`` names a vocabulary method, else None."""
+        vocab, separator, rest = (part.strip() for part in name.partition(VOCAB_SEPARATOR))
+        registered = self.methods().get(vocab) if separator else None
+        if registered is None or not issubclass(registered, VocabularyMethod):
+            return None
+        if not rest:
+            raise UnknownNameError(f"method {name!r}: expected VOCAB{VOCAB_SEPARATOR}METHOD, e.g. '{vocab}{VOCAB_SEPARATOR}llm-pruner'")
+        settings = dict(config or {})
+        vocabulary = self._instance("method", self.methods(), vocab, settings.pop("vocab", None))
+        width = self.method(rest, settings)
+        try:
+            return VocabularyComposition(vocabulary, width)
+        except ValueError as exc:
+            raise UnknownNameError(str(exc)) from exc
 
     def _instance(self, kind: str, registered: dict[str, type[Any]], name: str, config: Any) -> Any:
         """``registered[name](config)``; an unknown name suggests close ones, a bad setting names the plugin's entry."""

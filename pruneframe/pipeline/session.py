@@ -4,7 +4,8 @@ Building a session discovers the model's units and resolves the budget (so a bud
 meet fails before anything slow starts); :meth:`PruneSession.run` scores, projects (the projector every
 method gets), recalibrates and folds, checks with the core's checks that the mask meets the budget
 exactly and that the folded model has exactly the parameters the mask implies, whichever plugin
-projected or folded, and returns a :class:`PruneResult` whose ``report`` is a typed
+projected or folded (a method that trims the vocabulary then slices the token rows and rebuilds the
+tokenizer within the same budget, :mod:`pruneframe.pipeline.vocab_plan`), and returns a :class:`PruneResult` whose ``report`` is a typed
 :class:`~pruneframe.pipeline.prune_report.PruneReport` naming the plugin (and its code's digest) that carried
 out each stage. ``pruneframe.prune``, the ``prune`` command, ``compare``'s runner and the benchmarks
 all prune through this one object.
@@ -42,6 +43,8 @@ from pruneframe.pipeline.prune_report import STAGES, CalibrationRecord, MemoryRe
 from pruneframe.toolkit.hidden_stats import norm_factors, norm_input_energy
 from pruneframe.util.offload import StreamingOptions, resolve_compute_device
 from pruneframe.pipeline.units import UnitSet
+from pruneframe.pipeline.vocab_method import VocabularyComposition
+from pruneframe.pipeline.vocab_plan import VocabularyPlan, vocabulary_plan
 
 __all__ = ["PruneSession", "PruneResult", "as_calibration"]
 
@@ -57,6 +60,11 @@ class PruneResult:
         recalibration: what was folded in besides the mask (or ``None``).
         units: the dense model's units.
         report: the typed record of the prune (what ``pruning.json`` holds).
+        tokenizer: the rebuilt tokenizer when the prune trimmed the vocabulary (``None``: the dense
+            model's tokenizer still fits the model).
+        token_scores: the token scores the kept vocabulary was projected from (``None`` without a trim).
+        kept_tokens: the kept tokens' dense ids in their new order (new id ``i`` is dense id
+            ``kept_tokens[i]``; ``None`` without a trim).
     """
 
     model: nn.Module
@@ -65,9 +73,14 @@ class PruneResult:
     recalibration: Recalibration | None
     units: UnitSet
     report: PruneReport
+    tokenizer: Any = None
+    token_scores: torch.Tensor | None = None
+    kept_tokens: torch.Tensor | None = None
 
     def save(self, path: str | Path, tokenizer: Any = None) -> Path:
-        """Write the folded model as a checkpoint folder (see :mod:`pruneframe.checkpoint`)."""
+        """Write the folded model as a checkpoint folder (see :mod:`pruneframe.checkpoint`) with ``tokenizer``,
+        or with the rebuilt tokenizer when the prune trimmed the vocabulary (the dense one no longer fits)."""
+        tokenizer = self.tokenizer if self.tokenizer is not None else tokenizer
         return checkpoint.save(path, self.model, report=self.report, tokenizer=tokenizer, adapter=self.units.adapter)
 
 
@@ -118,11 +131,15 @@ class PruneSession:
         device: move the model there first (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); ``None``
             leaves it where it is.
         model_identity: the dense model's identity stamp, copied into the report.
+        tokenizer: the model's tokenizer; needed by a method that trims the vocabulary (``vocab``,
+            ``vocab+METHOD``: :mod:`pruneframe.pipeline.vocab_plan`), whose prune rebuilds it
+            (:attr:`PruneResult.tokenizer`); other methods do not use it.
 
     Raises:
         pruneframe.pipeline.budget.BudgetError: the budget cannot hold the method's per-layer minimum.
         pruneframe.util.devices.DeviceUnavailableError: ``device`` is not on this machine.
-        ValueError: a weight of the model has no data (meta device: accelerate offload).
+        ValueError: a weight of the model has no data (meta device: accelerate offload), or a method
+            that trims the vocabulary gets no tokenizer or one that is not BPE (the message names its type).
     """
 
     def __init__(
@@ -136,6 +153,7 @@ class PruneSession:
         host: PluginHost | None = None,
         device: str | torch.device | None = None,
         model_identity: dict[str, Any] | None = None,
+        tokenizer: Any = None,
     ) -> None:
         """Resolve the method and budget against the model's units (see the class docstring)."""
         self.host = host or PluginHost.create()
@@ -157,10 +175,16 @@ class PruneSession:
         if self.removal != "none" and self.round_to is not None:
             raise ValueError(f"method {self.method.name!r}: round_to cannot be combined with removal {self.removal!r}; set one of them")
         #: How the hidden dimension is cut (``None``: it is not); then :attr:`cost_units` price the units at its width.
-        self.plan: HiddenPlan | None = hidden_plan(self.method, model, self.units, self.budget.resolve(self.units) + self.units.nonprunable_params)
+        total = self.budget.resolve(self.units) + self.units.nonprunable_params
+        self.plan: HiddenPlan | None = hidden_plan(self.method, model, self.units, total)
+        #: How the budget is shared with the tokens (``None``: the vocabulary is kept whole).
+        self.vocab_plan: VocabularyPlan | None = vocabulary_plan(self.method, model, self.units, tokenizer, total, hidden=self.plan is not None)
+        self.tokenizer = tokenizer
         #: The units with the costs the projector and the budget check use (at the kept hidden width).
         self.cost_units = self.units if self.plan is None else self.plan.units_at(self.units, self.plan.width)
-        if self.plan is None:
+        if self.vocab_plan is not None:
+            self.target = self._vocabulary_target()
+        elif self.plan is None:
             self.target = resolve(self.budget, self.units, self.minimum, self.round_to, self.removable)
         else:
             self.target = self._hidden_target(self.cost_units)
@@ -178,6 +202,20 @@ class PruneSession:
                 f"the layers' units, below their mandatory minimum of {floor:,}; lower hidden_keep or raise the budget"
             )
         return min(target, cost_units.prunable_params)
+
+    def _vocabulary_target(self) -> int:
+        """What the budget leaves the width units beside the vocabulary's first share; refuses one below their minimum."""
+        assert self.vocab_plan is not None
+        target = self.vocab_plan.unit_target()
+        minimum = self.minimum if self.removable is None else torch.where(self.removable, 0, self.minimum)
+        floor = mandatory_cost(self.units, minimum, self.round_to)
+        if target < floor:
+            plan = self.vocab_plan
+            raise BudgetError(
+                f"budget '{self.budget.label()}' with {plan.initial_tokens:,} of {plan.tokens:,} tokens (vocab_keep {plan.keep!r}) leaves "
+                f"{target:,} parameters for the layers' units, below their mandatory minimum of {floor:,}; lower vocab_keep or raise the budget"
+            )
+        return min(target, self.units.prunable_params)
 
     def project(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` -> a keep-mask meeting this session's budget (the projector every method gets)."""
@@ -266,6 +304,7 @@ class PruneSession:
             else:
                 context.stats["scores"] = "precomputed"
             hidden_scores = None if self.plan is None else self.method.score_hidden(context).detach().float().cpu()
+            token_scores = None if self.vocab_plan is None else self.vocab_plan.score_tokens(context)
             t1 = time.perf_counter()
             mask = self.project(scores)
             cost_units, target = self.cost_units, self.target
@@ -279,6 +318,9 @@ class PruneSession:
             folded = self.host.fold(model, units, mask, recalibration, inplace, provenance=self.stages).eval()
             if self.plan is not None:
                 self._fold_hidden(folded, hidden_scores, cost_units.hidden_size, data, context)
+            trim, vocabulary = None, None
+            if self.vocab_plan is not None:
+                trim, vocabulary = self.vocab_plan.trim(folded, self.tokenizer, token_scores, cost_units.budget_cost(mask))
             t3 = time.perf_counter()
         # The scoring temporaries and (in place) the dense weights are gone: hand their pages back, so the
         # pruned model's evaluation is not measured on top of freed memory the allocator kept.
@@ -287,13 +329,29 @@ class PruneSession:
             model.train(was_training)
         params = sum(p.numel() for p in folded.parameters())
         expected = cost_units.kept_params(mask) + added
+        if vocabulary is not None:
+            expected += vocabulary.params - vocabulary.dense_rows * vocabulary.row_cost
         if params != expected:
             raise self.host.stage_error(
                 self.stages["fold"].plugin,
                 f"pruneframe_fold produced {params:,} parameters, expected {expected:,} (the fold is inconsistent with unit discovery)",
             )
+        if self.vocab_plan is not None and params - added > self.vocab_plan.target_total:
+            raise RuntimeError(f"the vocabulary trim left {params - added:,} parameters, over the budget's {self.vocab_plan.target_total:,} (a bug)")
         report = self._report(folded, mask, params, added, data, context.stats, (t0, t1, t2, t3), memory, calibration_source, cost_units, target)
-        return PruneResult(model=folded, mask=mask, scores=scores, recalibration=recalibration, units=units, report=report)
+        if vocabulary is not None:
+            report = report.model_copy(update={"vocabulary": vocabulary})
+        return PruneResult(
+            model=folded,
+            mask=mask,
+            scores=scores,
+            recalibration=recalibration,
+            units=units,
+            report=report,
+            tokenizer=None if trim is None else trim.trimmed.tokenizer,
+            token_scores=token_scores,
+            kept_tokens=None if trim is None else trim.trimmed.old_ids,
+        )
 
     def _fold_hidden(self, folded: nn.Module, scores: torch.Tensor, width: int, data: CalibrationData | None, context: ScoringContext) -> None:
         """Cut ``folded``'s hidden dimension to the ``width`` best-scored channels, norms corrected as the plan says.
@@ -363,12 +421,21 @@ class PruneSession:
             model=self.model_identity,
             calibration_source=calibration_source,
             stages={stage: self.stages[stage] for stage in STAGES if stage in self.stages},
-            pipeline=(
-                {"scorer": self.method.scorer.name, "recalibration": self.method.recalibration.name} if isinstance(self.method, PipelineMethod) else None
-            ),
+            pipeline=_pipeline_parts(self.method),
             removed_blocks=_removed_blocks(units, mask),
             hidden_size=None if self.plan is None else cost_units.hidden_size,
         )
+
+
+def _pipeline_parts(method: PruningMethod) -> dict[str, str] | None:
+    """A composite method's parts by role (``vocabulary``, ``width``, ``scorer``, ``recalibration``); None for a plain method."""
+    parts: dict[str, str] = {}
+    if isinstance(method, VocabularyComposition):
+        parts = {"vocabulary": method.vocabulary.name, "width": method.width.name}
+        method = method.width
+    if isinstance(method, PipelineMethod):
+        parts.update(scorer=method.scorer.name, recalibration=method.recalibration.name)
+    return parts or None
 
 
 def _removed_blocks(units: UnitSet, mask: torch.Tensor) -> dict[str, list[int]] | None:

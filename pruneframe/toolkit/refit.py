@@ -17,7 +17,8 @@ already pruned *and refit* layers before it produce, so an error made upstream i
 undone, downstream instead of compounding. Per layer it runs the calibration hidden states through
 the layer three times (to o_proj's input with the layer dense; to down_proj's input with the layer's
 heads cut and its o_proj refit; through the whole pruned, refit layer for the next one) and holds one
-Gram matrix at a time.
+Gram matrix at a time. That pass, with the rule applied to each projection left to the caller, is
+:func:`sequential_solve` (SlimGPT's OBS pruning uses it with a rule that also chooses the kept units).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
+from pruneframe.architectures import WeightSlice
 from pruneframe.pipeline.methods import Recalibration
 from pruneframe.pipeline.units import UnitKind, UnitSet
 from pruneframe.toolkit.collect import SecondMoments, batches, collect_layer_inputs
@@ -37,7 +39,7 @@ from pruneframe.toolkit.gates import UnitGates, gated
 from pruneframe.toolkit.streaming import LayerCall, capture_layer_calls, on_device
 from pruneframe.util.devices import model_device
 
-__all__ = ["ridge_refit_columns", "ffn_input_moments", "refit_down_proj", "sequential_refit"]
+__all__ = ["LayerSolver", "ridge_refit_columns", "ffn_input_moments", "refit_down_proj", "sequential_refit", "sequential_solve"]
 
 
 def ridge_refit_columns(weight: torch.Tensor, moments: torch.Tensor, keep: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
@@ -152,7 +154,99 @@ def _kept_columns(linear: nn.Linear, columns: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+#: ``(layer index, the projection's unit slice, its weight, the Gram matrix of its input) -> (replacement
+#: weight, kept units of the slice)``: what :func:`sequential_solve` asks of a caller for each projection.
+LayerSolver = Callable[[int, WeightSlice, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.no_grad()
+def sequential_solve(
+    model: nn.Module,
+    units: UnitSet,
+    windows: torch.Tensor,
+    solve: LayerSolver,
+    *,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    progress: bool = False,
+    desc: str = "layers",
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Per layer, replacement o_proj and down_proj weights chosen by ``solve`` on the pruned upstream's inputs.
+
+    For every decoder layer in order: the Gram matrix ``sum x x^T`` of o_proj's input (the layer's own
+    units dense) goes to ``solve``, which returns o_proj's replacement and the KV groups it keeps; then
+    that of down_proj's input (the layer's KV groups cut as chosen, the new o_proj in place), likewise
+    for the FFN channels; then the calibration hidden states run through the whole pruned layer with
+    both replacements, which gives the next layer's inputs. The model is left unchanged.
+
+    Args:
+        model: the dense model.
+        units: its units.
+        windows: ``[num, seq_len]`` calibration token ids.
+        solve: the per-projection rule (:data:`LayerSolver`); its weight argument is the current weight
+            on the compute device, the Gram matrix float64 on the CPU.
+        batch_size: windows per layer call.
+        device: where each layer runs (it is moved there and back: a layer-streamed pass); ``None``:
+            where the model is.
+        progress: show a bar over the layers, labelled ``desc``.
+
+    Returns:
+        The o_proj weights, the down_proj weights (full shapes, where each layer's weights live) and
+        the keep-mask ``solve`` chose (one bool per unit).
+    """
+    adapter = units.require_adapter()
+    device = torch.device(device) if device is not None else model_device(model)
+    layers = adapter.decoder_layers(model)
+    slices = units.layer_slices(model)
+    embed_device = model.get_input_embeddings().weight.device
+    captured = [capture_layer_calls(model, layers, b.to(embed_device), device) for b in batches(windows, batch_size)]
+    hidden = [h for h, _ in captured]
+    calls: list[list[LayerCall]] = [c for _, c in captured]
+    del captured
+    mask = torch.ones(len(units), dtype=torch.bool)
+    o_new: list[torch.Tensor] = []
+    down_new: list[torch.Tensor] = []
+    gates = UnitGates(model, units)
+
+    def through(i: int, layer: nn.Module) -> None:
+        for b in range(len(hidden)):
+            try:
+                calls[b][i](layer, hidden[b])
+            except _Reached:
+                pass
+
+    def kept(part: WeightSlice, keep: torch.Tensor) -> torch.Tensor:
+        keep = keep.bool().cpu()
+        if keep.shape != (part.units,):
+            raise ValueError(f"a solver returned {tuple(keep.shape)} kept units for {part.name}, which has {part.units}")
+        return keep
+
+    with gates:
+        for i, layer in enumerate(tqdm(layers, desc=desc, disable=not progress, leave=False)):
+            ls = slices[i]
+            ffn, kv = units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)
+            z = torch.ones(len(units))  # only layer i runs below: the other layers' gates do not matter
+            with on_device(layer, device):
+                gates.set(z.to(device))  # this layer dense: o_proj's full input
+                gram = _input_gram(ls.o_proj, lambda: through(i, layer))
+                o_w, keep = solve(i, ls.slice("o_proj"), ls.o_proj.weight.detach(), gram)
+                mask[kv] = kept(ls.slice("o_proj"), keep)
+                with _swapped(ls.o_proj, o_w):
+                    z[kv] = mask[kv].float()  # its heads cut, o_proj replaced: down_proj's full input
+                    gates.set(z.to(device))
+                    gram = _input_gram(ls.down_proj, lambda: through(i, layer))
+                    down_w, keep = solve(i, ls.slice("down_proj"), ls.down_proj.weight.detach(), gram)
+                    mask[ffn] = kept(ls.slice("down_proj"), keep)
+                    del gram
+                    with _swapped(ls.down_proj, down_w):
+                        z[ffn] = mask[ffn].float()
+                        gates.set(z.to(device))
+                        hidden = [calls[b][i](layer, hidden[b]) for b in range(len(hidden))]
+            o_new.append(o_w.to(ls.o_proj.weight.device))  # the layer is home again: where its weights live
+            down_new.append(down_w.to(ls.down_proj.weight.device))
+    return o_new, down_new, mask
+
+
 def sequential_refit(
     model: nn.Module,
     units: UnitSet,
@@ -177,47 +271,11 @@ def sequential_refit(
         progress: show a bar over the layers.
     """
     mask = mask.bool().cpu()
-    adapter = units.require_adapter()
-    device = torch.device(device) if device is not None else model_device(model)
-    layers = adapter.decoder_layers(model)
-    slices = units.layer_slices(model)
-    embed_device = model.get_input_embeddings().weight.device
-    captured = [capture_layer_calls(model, layers, b.to(embed_device), device) for b in batches(windows, batch_size)]
-    hidden = [h for h, _ in captured]
-    calls: list[list[LayerCall]] = [c for _, c in captured]
-    del captured
-    o_new: list[torch.Tensor] = []
-    down_new: list[torch.Tensor] = []
-    gates = UnitGates(model, units)
 
-    def through(i: int, layer: nn.Module) -> None:
-        for b in range(len(hidden)):
-            try:
-                calls[b][i](layer, hidden[b])
-            except _Reached:
-                pass
+    def solve(i: int, part: WeightSlice, weight: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = mask[units.slice(i, part.kind)]
+        columns = _kept_columns(part.linear, part.indices(torch.nonzero(keep).flatten()))
+        return ridge_refit_columns(weight, gram, columns, damping), keep
 
-    with gates:
-        for i, layer in enumerate(tqdm(layers, desc="refit layers", disable=not progress, leave=False)):
-            ls = slices[i]
-            ffn, kv = units.slice(i, UnitKind.FFN), units.slice(i, UnitKind.KV)
-            o_keep = _kept_columns(ls.o_proj, ls.slice("o_proj").indices(torch.nonzero(mask[kv]).flatten()))
-            down_keep = _kept_columns(ls.down_proj, ls.slice("down_proj").indices(torch.nonzero(mask[ffn]).flatten()))
-            z = mask.float()
-            with on_device(layer, device):
-                z[ffn], z[kv] = 1.0, 1.0  # this layer dense: o_proj's full input
-                gates.set(z.to(device))
-                gram = _input_gram(ls.o_proj, lambda: through(i, layer))
-                o_w = ridge_refit_columns(ls.o_proj.weight.detach(), gram, o_keep, damping)
-                with _swapped(ls.o_proj, o_w):
-                    z[kv] = mask[kv].float()  # its heads cut, o_proj refit: down_proj's full input
-                    gates.set(z.to(device))
-                    gram = _input_gram(ls.down_proj, lambda: through(i, layer))
-                    down_w = ridge_refit_columns(ls.down_proj.weight.detach(), gram, down_keep, damping)
-                    del gram
-                    with _swapped(ls.down_proj, down_w):
-                        gates.set(mask.float().to(device))
-                        hidden = [calls[b][i](layer, hidden[b]) for b in range(len(hidden))]
-            o_new.append(o_w.to(ls.o_proj.weight.device))  # the layer is home again: where its weights live
-            down_new.append(down_w.to(ls.down_proj.weight.device))
+    o_new, down_new, _ = sequential_solve(model, units, windows, solve, batch_size=batch_size, device=device, progress=progress, desc="refit layers")
     return o_new, down_new

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruneframe.vocabulary.bpe import read_bpe
+from pruneframe.vocabulary.bpe import BpeVocabulary, read_bpe
 from pruneframe.vocabulary.closure import project_vocabulary
 from pruneframe.vocabulary.rebuild import TrimmedTokenizer, trim_tokenizer
 from pruneframe.vocabulary.slicing import SPECIAL_ID_FIELDS, row_cost, slice_vocabulary
@@ -43,7 +43,9 @@ def config_token_ids(model: nn.Module) -> list[int]:
     return sorted(set(found))
 
 
-def trim_vocabulary(model: nn.Module, tokenizer: Any, scores: torch.Tensor, budget: int, *, all_special: bool = True) -> VocabularyTrim:
+def trim_vocabulary(
+    model: nn.Module, tokenizer: Any, scores: torch.Tensor, budget: int, *, all_special: bool = True, vocab: BpeVocabulary | None = None
+) -> VocabularyTrim:
     """Keep the tokens :func:`~pruneframe.vocabulary.closure.project_vocabulary` chooses within ``budget`` parameters.
 
     Every token costs :func:`~pruneframe.vocabulary.slicing.row_cost` (its embedding row, and its output
@@ -57,13 +59,16 @@ def trim_vocabulary(model: nn.Module, tokenizer: Any, scores: torch.Tensor, budg
         scores: float ``[V]`` (one per token of ``tokenizer``), higher is more worth keeping.
         budget: the most parameters the kept tokens' rows may hold.
         all_special: force every special added token (see :func:`~pruneframe.vocabulary.bpe.read_bpe`).
+        vocab: ``tokenizer``'s vocabulary when already read (its ``forced`` tokens are the ones kept;
+            ``all_special`` is then not used).
 
     Raises:
         VocabularyBudgetError: the forced tokens alone need more than ``budget``.
         ValueError: an unsupported tokenizer, or a model with fewer rows than the tokenizer has tokens.
     """
     rows = model.get_input_embeddings().num_embeddings
-    vocab = read_bpe(tokenizer, all_special=all_special, keep=[i for i in config_token_ids(model) if i < len(tokenizer)])
+    if vocab is None:
+        vocab = read_bpe(tokenizer, all_special=all_special, keep=[i for i in config_token_ids(model) if i < len(tokenizer)])
     if rows < len(vocab):
         raise ValueError(f"vocabulary: the model has {rows} embedding rows for a tokenizer of {len(vocab)} tokens")
     cost = row_cost(model)
