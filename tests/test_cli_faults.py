@@ -104,6 +104,8 @@ def interrupted(tmp_path: Path, point: str, argv: list[str], env: dict[str, str]
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **env},
+        # an ignored SIGINT is inherited, and Python then leaves it ignored: start from the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while not marker.exists() and process.poll() is None and time.time() < deadline:

@@ -44,6 +44,15 @@ SUBMITIT_LOCAL = ["--executor", "submitit", "--executor-option", "cluster=local"
 MEASURED = ("prune time (s)", "peak RSS MB (+ while pruning)")
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """The engines install signal handlers in the test process; later tests' children would inherit them."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 def settings(ws: dict[str, Path], out: Path) -> dict[str, Any]:
     """The small comparison, without the speed timings (they measure the machine, not the model)."""
     data = compare_settings(ws, out)
