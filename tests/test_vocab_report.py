@@ -10,7 +10,8 @@ import pytest
 
 from pruneframe.harness.report import csv_text, markdown, rows
 from pruneframe.harness.summary import summarise, vocabulary_differs
-from pruneframe.pipeline.prune_report import MemoryRecord, PruneReport, Timings, VocabularyRecord
+from pruneframe.pipeline.prune_report import VocabularyRecord
+from test_summary import PRUNE_REPORT
 
 WINDOWS, TOKENS = 30, 31
 DOMAINS = {"wiki": "wikitext-2", "book": "literature", "docs": "embedded"}
@@ -25,26 +26,8 @@ META = {
 
 
 def _report(vocabulary: VocabularyRecord | None) -> dict[str, Any]:
-    return PruneReport(
-        method="m",
-        config={},
-        budget={"kind": "total", "keep": 0.5},
-        budget_label="keep 0.5",
-        budget_prunable_params=50,
-        kept_prunable_params=50,
-        prunable_params=100,
-        kept_params=100,
-        dense_params=200,
-        kept_fraction_of_prunable=0.5,
-        kept_fraction_of_total=0.5,
-        architecture="LlamaForCausalLM",
-        units=10,
-        timings=Timings(score_s=0.5, project_recalibrate_s=0.25, fold_s=0.25, total_s=1.0),
-        memory=MemoryRecord(start_rss_bytes=1, peak_rss_bytes=2, delta_rss_bytes=1, source="sampling"),
-        device="cpu",
-        dtype="float32",
-        vocabulary=vocabulary,
-    ).model_dump(mode="json")
+    """The summary tests' prune record at a total budget, with ``vocabulary``."""
+    return {**PRUNE_REPORT, "budget": {"kind": "total", "keep": 0.5}, "vocabulary": vocabulary.model_dump(mode="json") if vocabulary else None}
 
 
 TRIMMED = VocabularyRecord(
