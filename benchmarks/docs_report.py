@@ -7,7 +7,7 @@ Sections (each between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of its 
 ``ranking-transfer`` (``docs/results.md``), ``reports`` (each model's main report, as ``pruneframe report``
 renders it, on its page ``docs/results-*.md``), ``recovery`` (``recovery:smollm2``, ``recovery:gemma3``),
 ``width-depth`` and ``pipeline-selection`` (``docs/results-pipelines.md``), ``domains``
-(``docs/results-grasprune.md``), and the pages ``llamacpp``, ``scale`` and ``gpu``. The rows behind the
+(``docs/results-grasprune.md``), ``vocabulary`` (``docs/results.md``), and the pages ``llamacpp``, ``scale`` and ``gpu``. The rows behind the
 sections are kept in ``benchmarks/results/`` (rewritten only when they change); ``--figures`` redraws the
 recovery and width-or-depth figures.
 """
@@ -330,6 +330,29 @@ def width_depth(args: argparse.Namespace) -> None:
     replace_marked_section(DOCS / "results-pipelines.md", "width-depth", report_studies.render_width_depth(table, "width_depth.png"))
 
 
+def _vocabulary_bounds(results: dict[str, Any]) -> str:
+    """The least share of the total parameters a width method alone, and the vocabulary alone, can keep."""
+    units = results["units"]
+    total, prunable = units["total_params"], units["prunable_params"]
+    record = next(r["prune"]["vocabulary"] for r in results["runs"] if (r.get("prune") or {}).get("vocabulary"))
+    rows = record["dense_rows"] * record["row_cost"]
+    return (
+        f"{results['model']['spec']}: {(total - prunable) / total:.1%} of the total is in no width unit (a floor for a width method "
+        f"alone, which each layer's mandatory units raise); {(total - rows) / total:.1%} is outside the embedding and output rows "
+        "(a floor for the vocabulary alone, which the tokens it must keep raise)"
+    )
+
+
+def vocabulary(args: argparse.Namespace) -> None:
+    """Write the vocabulary rows and section (docs/results.md) from the ``compare-vocab-*`` comparisons."""
+    folders = args.results or sorted(RUNS.glob("compare-vocab-*"))
+    loaded = [load_results(folder) for folder in folders]
+    table = [row for results in loaded for row in report_studies.vocabulary_rows(results)]
+    bounds = sorted({_vocabulary_bounds(results) for results in loaded})
+    write_json_if_changed(RESULTS / "vocabulary.json", {"sources": [_rel(f) for f in folders], "rows": table})
+    replace_marked_section(DOCS / "results.md", "vocabulary", report_studies.render_vocabulary(table, bounds))
+
+
 SECTIONS = {
     "summary": summary,
     "reports": reports,
@@ -338,6 +361,7 @@ SECTIONS = {
     "width-depth": width_depth,
     "pipeline-selection": pipeline_selection,
     "domains": domains,
+    "vocabulary": vocabulary,
     "llamacpp": lambda args: llamacpp_report.write_page(),
     "scale": lambda args: report_machines.scale_page(),
     "gpu": lambda args: report_machines.gpu_page(),
@@ -349,7 +373,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("section", choices=["all", *SECTIONS])
     parser.add_argument(
-        "results", nargs="*", type=Path, help="comparison folders instead of the stored ones (reports, ranking-transfer, width-depth, recovery)"
+        "results", nargs="*", type=Path, help="comparison folders instead of the stored ones (reports, ranking-transfer, width-depth, recovery, vocabulary)"
     )
     parser.add_argument("--name", choices=sorted(report_studies.RECOVERY), help="recovery: this section only (default: both)")
     parser.add_argument("--figures", action="store_true", help="recovery, width-depth: redraw the figures too")

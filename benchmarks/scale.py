@@ -14,18 +14,20 @@ windowed methods' calibration count to keep runs short. Writes ``benchmarks/resu
 other sizes, methods or budgets are kept); ``python benchmarks/docs_report.py scale`` renders it in ``docs/scale.md``.
 
 ``executors``: one comparison (default the main job's) through the ``local`` executor and through submitit's
-local executor with ``--jobs`` jobs at once, each a ``pruneframe compare`` subprocess into a fresh folder: wall and
-CPU time, the peak RSS of the largest process of its tree (``RUSAGE_CHILDREN``, in a process of its own per run),
-and whether both hold the same records (keys, untimed evaluations). Writes ``benchmarks/results/executor_overhead.json``.
+local executor with ``--jobs`` jobs at once (each with ``--cpus`` torch threads, default 1), each a
+``pruneframe compare`` subprocess into a fresh folder: wall and CPU time, the peak RSS of the largest process
+of its tree (``RUSAGE_CHILDREN``, in a process of its own per run), and whether both hold the same records
+(keys, untimed evaluations; else the largest relative gap of a window NLL). Writes ``benchmarks/results/executor_overhead.json``.
 
 Usage: ``python benchmarks/scale.py [--sizes 135m,0.5b,1b] [--methods magnitude,random,wanda-sp,flap] [--windows 16] [--threads 1]``
-or ``python benchmarks/scale.py executors [--config examples/compare_smollm2.yaml] [--jobs 2]``
+or ``python benchmarks/scale.py executors [--config examples/compare_smollm2.yaml] [--jobs 2] [--cpus 1]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -144,10 +146,12 @@ def executors(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="scale.py executors", description="one comparison through local and through submitit's local executor")
     parser.add_argument("--config", default="examples/compare_smollm2.yaml")
     parser.add_argument("--jobs", type=int, default=2, help="submitit jobs running at once")
+    parser.add_argument("--cpus", type=int, default=1, help="CPUs per submitit job: its torch threads (local processes share the cores)")
     parser.add_argument("--out", type=Path, default=RESULT.with_name("executor_overhead.json"))
     args = parser.parse_args(argv)
     root, runs, records = Path(tempfile.mkdtemp(prefix="executor-overhead-")), {}, {}
     submitit = ["--executor", "submitit", "--executor-option", "cluster=local", "--executor-option", f"array_parallelism={args.jobs}"]
+    submitit += ["--executor-option", f"cpus={args.cpus}"]
     for name, flags in (("local", []), ("submitit", submitit)):
         cmd, load = [sys.executable, "-m", "pruneframe", "compare", "--config", args.config, "--out", str(root / name), "--quiet", *flags], os.getloadavg()[0]
         runs[name] = worker_json([sys.executable, "-c", MEASURE, *cmd], 4 * 3600) | {"command": cmd[1:], "load_avg_1min_at_start": load}
@@ -156,9 +160,24 @@ def executors(argv: list[str]) -> None:
         got = runs[name]
         print(f"{name:>8}: {got['wall_s']:.0f} s wall, {got['cpu_s']:.0f} s CPU, peak RSS {got['peak_rss_bytes'] / 2**20:,.0f} MiB", flush=True)
     differing = sorted(r for r in {*records["local"], *records["submitit"]} if records["local"].get(r) != records["submitit"].get(r))
-    run = {"benchmark": "executor_overhead", "config": args.config, "jobs": args.jobs, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    nll = max((_nll_gap(records["local"].get(r), records["submitit"].get(r)) for r in differing), default=0.0)
+    run = {"benchmark": "executor_overhead", "config": args.config, "jobs": args.jobs, "cpus_per_job": args.cpus}
+    run |= {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "local_threads": torch.get_num_threads()}
+    run |= {"wall_ratio": runs["submitit"]["wall_s"] / runs["local"]["wall_s"], "max_window_nll_rel_gap": nll}
     write_json_atomic(args.out, run | machine() | {"runs": runs, "records_identical": not differing, "differing_runs": differing, "folders": str(root)})
-    print(f"records identical: {not differing}; wrote {args.out}")
+    print(f"records identical: {not differing} (largest relative gap of a window NLL: {nll:.2e}); submitit / local wall: {run['wall_ratio']:.3f}")
+    print(f"wrote {args.out}")
+
+
+def _nll_gap(first: list[Any] | None, second: list[Any] | None) -> float:
+    """The largest relative difference of a perplexity window's NLL between two stored records (``inf`` when one is missing)."""
+    if first is None or second is None:
+        return math.inf
+    gaps = [0.0]
+    for label, source in (first[1].get("perplexity") or {}).get("sources", {}).items():
+        other = second[1]["perplexity"]["sources"][label]["window_nll"]
+        gaps += [abs(a - b) / abs(a) for a, b in zip(source["window_nll"], other) if a]
+    return max(gaps)
 
 
 def main() -> None:

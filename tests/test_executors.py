@@ -23,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+import torch
 
 from pruneframe.cli import main
 from pruneframe.cli.output_paths import folder_lock
@@ -285,3 +286,19 @@ def test_options_become_the_slurm_job_arrays_parameters(tmp_path: Path, monkeypa
     for line in ("--array=0-3%2", "--partition=gpu", "--account=lab", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=90"):
         assert f"#SBATCH {line}\n" in script, line
     assert json.loads((tmp_path / "out" / "jobs" / "submitted.json").read_text()) == {r: f"4242_{i}" for i, r in enumerate(RUN_IDS)}
+
+
+def test_local_jobs_run_torch_on_the_cpus_they_were_given(tmp_path: Path, monkeypatch) -> None:
+    """Local processes are not confined to CPUs: each job sets torch's threads to its ``cpus`` option."""
+    executor = SubmititExecutor(SubmititOptions(cluster="local", cpus=3), tmp_path)
+    submitted: list[JobCall] = []
+    monkeypatch.setattr(executor.executor, "map_array", lambda fn, calls: submitted.extend(calls) or [])
+    executor.submit([JobCall("dense", {}, str(tmp_path), {}, {}, str(tmp_path))])
+    assert [call.threads for call in submitted] == [3]
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(Exception):  # a model folder that is not there: the job fails after setting its threads
+            run_job(JobCall("dense", {"model": str(tmp_path / "absent")}, str(tmp_path), {}, {}, str(tmp_path), threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

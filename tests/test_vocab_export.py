@@ -20,7 +20,7 @@ from pruneframe.checkpoint import load_pruned
 from pruneframe.cli import main
 from pruneframe.export import ExportRefused
 from pruneframe.export.llamacpp import LlamaCppModel, available
-from pruneframe.export.vocab import pre_tokenizer_name
+from pruneframe.export.vocab import _QWEN2_SPLIT, check_tokenizer, pre_tokenizer_name
 from pruneframe.export.verify_tokens import piece_issues, tokenization_issues
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.pipeline.session import PruneSession
@@ -95,3 +95,34 @@ def _swapped(tokenizer, text: str):
     names = {i: t for t, i in vocab.items()}
     vocab[names[first]], vocab[names[second]] = second, first
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<|im_start|>", eos_token="<|endoftext|>")
+
+
+def test_an_nfc_normalizer_is_accepted_and_others_are_refused() -> None:
+    """Qwen2's tokenizer normalizes to NFC, which llama.cpp leaves out (text in NFC reads the same); other normalizers are refused."""
+    split = {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated", "invert": False}
+    spec = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [split, {"type": "ByteLevel", "use_regex": False}]}, "model": {"vocab": {}}}
+    assert pre_tokenizer_name({**spec, "normalizer": {"type": "NFC"}}) == "qwen2"
+    with pytest.raises(ExportRefused, match=r"normalizer \(NFKC\).*NFC is"):
+        pre_tokenizer_name({**spec, "normalizer": {"type": "NFKC"}})
+
+
+def test_check_tokenizer_refuses_before_writing(tokenizer, ws: dict[str, Path]) -> None:
+    assert check_tokenizer(tokenizer) == "smollm"
+    with pytest.raises(ExportRefused, match="WordLevel"):
+        check_tokenizer(PreTrainedTokenizerFast.from_pretrained(ws["model"]))
+
+
+def test_a_comparison_whose_tokenizer_cannot_be_exported_is_refused_before_any_run(ws: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """``llamacpp-speed`` exports every model: a tokenizer it cannot write is refused up front, naming the evaluator."""
+    settings = {
+        "model": str(ws["model"]),
+        "methods": {"magnitude": {}},
+        "budgets": [0.8],
+        "calibration": {"data": str(ws["calib"])},
+        "evaluation": {"perplexity": {"sources": [str(ws["eval"])], "seq_len": 32, "num_windows": 2}, "llamacpp-speed": {}},
+        "out": str(tmp_path / "out"),
+    }
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    assert main(["compare", "--config", str(tmp_path / "c.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.llamacpp-speed" in err and "WordLevel" in err and not (tmp_path / "out" / "runs").exists()

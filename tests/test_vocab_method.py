@@ -225,6 +225,13 @@ def test_prune_command_trims_the_vocabulary_end_to_end(tmp_path: Path, capsys) -
         assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
     assert main([*flags, "--out", str(tmp_path / "other"), "--recover", "lora"]) == 2
     assert "recovery after it is not supported" in capsys.readouterr().err
+    heal = ["recover", str(out), "--recover-tokens", "128", "--recover-config", '{"seq_len": 16, "lora": {"rank": 2}}', "--quiet"]
+    heal += ["--recover-data", str(tmp_path / "calib.txt")]
+    assert main([*heal, "--recover", "distill", "--out", str(tmp_path / "distilled")]) == 2
+    assert "the dense teacher reads other token ids" in capsys.readouterr().err and not (tmp_path / "distilled").exists()
+    assert main([*heal, "--recover", "lora", "--out", str(tmp_path / "healed")]) == 0  # trains on the trimmed tokenizer's own ids
+    healed = AutoModelForCausalLM.from_pretrained(tmp_path / "healed")
+    assert healed.config.vocab_size == report.vocabulary.tokens == len(AutoTokenizer.from_pretrained(tmp_path / "healed"))
 
 
 def test_prune_command_refuses_a_tokenizer_that_is_not_bpe(ws: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from pruneframe.architectures.gguf import ExportRefused
+from pruneframe.evaluation.base import EvalContext
+from pruneframe.harness.records import evaluate_model
 from pruneframe.harness.report import csv_text, markdown, rows
 from pruneframe.harness.summary import summarise, vocabulary_differs
 from pruneframe.pipeline.prune_report import VocabularyRecord
+from conftest import load_benchmark
 from test_summary import PRUNE_REPORT
 
 WINDOWS, TOKENS = 30, 31
@@ -118,3 +124,49 @@ def test_without_a_trimmed_vocabulary_the_outputs_have_no_bits_per_byte(data) ->
     assert not summary.bits_per_byte and summary.ranking_key == "ood" and "ranked_by" not in summary.as_dict()
     table = rows(dense, [width], 200, summary)
     assert "bpb" not in csv_text(table) and "bpb" not in markdown(table, META, dense, summary) and "Bits per byte" not in markdown(table, META, dense, summary)
+
+
+def test_an_evaluator_that_refuses_the_model_is_recorded_and_reported_not_fatal(data) -> None:
+    """An export refused inside ``llamacpp-speed`` (uneven widths, say) leaves the run's other evaluations standing."""
+
+    class Measures:
+        def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
+            return {"value": 1}
+
+    class Refuses:
+        def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
+            raise ExportRefused("layers have different widths")
+
+    logged: list[str] = []
+    results, walls = evaluate_model(None, None, {"a": Measures(), "llamacpp-speed": Refuses(), "b": Measures()}, EvalContext(), logged.append, "run")
+    assert results == {"a": {"value": 1}, "llamacpp-speed": {"refused": "layers have different widths"}, "b": {"value": 1}}
+    assert set(walls) == {"a", "llamacpp-speed", "b"} and "[run] llamacpp-speed refused: layers have different widths" in logged
+    dense, nll, window_bytes = data
+    width = _record("width", {k: v + 30 for k, v in nll.items()}, window_bytes)
+    width["eval"]["llamacpp-speed"] = results["llamacpp-speed"]
+    summary = summarise(dense, [width], calibration_domain="wikitext-2")
+    text = markdown(rows(dense, [width], 200, summary), META, dense, summary)
+    assert "- `width-0.5-s0` llamacpp-speed: layers have different widths" in text
+
+    class Fails:
+        def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
+            raise ValueError("not this")
+
+    with pytest.raises(ValueError, match="not this"):  # anything else still fails the run
+        evaluate_model(None, None, {"x": Fails()}, EvalContext(), logged.append, "r")
+
+
+def test_the_vocabulary_rows_are_the_stored_reports_numbers() -> None:
+    """``docs_report.py vocabulary`` reads each stored comparison's own measures: bits per byte, tokens, speed per byte."""
+    studies = load_benchmark("report_studies")
+    folder = Path(__file__).resolve().parent.parent / "docs" / "runs" / "compare-vocab-gemma3-270m-keep0.5"
+    results = json.loads((folder / "results.json").read_text())
+    table = {row["method"]: row for row in studies.vocabulary_rows(results)}
+    groups = {g["method"]: g for g in results["summary"]["groups"]}
+    by_row = {r["run_id"]: r for r in results["rows"]}
+    for method, row in table.items():
+        assert row["budget"] == 0.5 and row["budget_kind"] == "total" and row["ood_bpb_ratio"] == groups[method]["measures"]["bpb"]["value"]
+        run = by_row[f"{method}-0.5-s0"]
+        assert row["hf_decode_speedup_per_byte"] == pytest.approx(run["decode_speedup"] * run["bytes_per_token"] / by_row["dense"]["bytes_per_token"])
+    assert table["vocab"]["vocab_size"] < table["vocab+llm-pruner"]["vocab_size"] < 262_144
+    assert "| 0.5 | `vocab` | 52,692 |" in studies.render_vocabulary(list(table.values()), [])

@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     host = PluginHost.create()
     name, settings, data = recovery_flag_settings(args)
     recovery = recovery_object(name, host, settings)
+    if recovery.needs_teacher and report.vocabulary is not None and not args.teacher:
+        raise InputError(
+            f"recovery {recovery.name!r}: {source} has a trimmed vocabulary ({report.vocabulary.tokens:,} of "
+            f"{report.vocabulary.dense_tokens:,} tokens), and the dense teacher reads other token ids; heal it with lora or finetune"
+        )
     with input_phase("--recover-data"):
         data_settings = RecoveryDataSettings.model_validate(data)
     recovery_source = recovery_text(data_settings, default_eval_sources()) if recovery.trains else None

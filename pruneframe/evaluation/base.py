@@ -18,6 +18,8 @@ class EvalContext:
 
     Attributes:
         dense_model: the unpruned model, for evaluators that report pruned-vs-dense ratios.
+        dense_tokenizer: its tokenizer where it differs from the evaluated model's (a trimmed vocabulary);
+            ``None``: the two models share the tokenizer the evaluator is given.
         device: where the model lives (``"cpu"``, ``"cuda:0"``).
         dtype: the dtype name the model was loaded with.
         progress: show progress bars.
@@ -25,6 +27,7 @@ class EvalContext:
     """
 
     dense_model: Any | None = None
+    dense_tokenizer: Any | None = None
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True

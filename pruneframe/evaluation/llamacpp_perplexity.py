@@ -39,6 +39,12 @@ class LlamaCppPerplexityEvaluator(Evaluator):
     name: ClassVar[str] = "llamacpp-perplexity"
     Config: ClassVar[type[BaseModel]] = LlamaCppPerplexityConfig
 
+    def check(self, tokenizer: Any) -> None:
+        """Refuse, before any run, a tokenizer the GGUF export cannot write (``ExportRefused`` names why)."""
+        from pruneframe.export.vocab import check_tokenizer
+
+        check_tokenizer(tokenizer)
+
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Export ``model`` in ``export_dtype`` and score every source's windows in llama.cpp."""
         from pruneframe.export import export_gguf

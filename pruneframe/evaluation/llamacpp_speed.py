@@ -47,6 +47,12 @@ class LlamaCppSpeedEvaluator(Evaluator):
     pairs_with_dense: ClassVar[bool] = True
     shape_only: ClassVar[bool] = True
 
+    def check(self, tokenizer: Any) -> None:
+        """Refuse, before any run, a tokenizer the GGUF export cannot write (``ExportRefused`` names why)."""
+        from pruneframe.export.vocab import check_tokenizer
+
+        check_tokenizer(tokenizer)
+
     def evaluate(self, model: Any, tokenizer: Any, context: EvalContext) -> dict[str, Any]:
         """Export ``model`` (and ``context.dense_model``) and time them in llama.cpp."""
         from pruneframe.export import export_gguf
@@ -56,7 +62,8 @@ class LlamaCppSpeedEvaluator(Evaluator):
         with tempfile.TemporaryDirectory(prefix="pruneframe-llamacpp-") as tmp:
             files = {"model": export_gguf(model, Path(tmp) / "model.gguf", cfg.dtype, tokenizer=tokenizer).path}
             if context.dense_model is not None:
-                files["dense"] = export_gguf(context.dense_model, Path(tmp) / "dense.gguf", cfg.dtype, tokenizer=tokenizer).path
+                dense_tokenizer = context.dense_tokenizer if context.dense_tokenizer is not None else tokenizer
+                files["dense"] = export_gguf(context.dense_model, Path(tmp) / "dense.gguf", cfg.dtype, tokenizer=dense_tokenizer).path
             order = {k: files[k] for k in ("dense", "model") if k in files}
             speeds = measure_llamacpp_speed(
                 order, int(model.config.vocab_size), tuple(cfg.prefill_lens), cfg.decode_tokens, cfg.threads, cfg.repeats, context.seed, cfg.placements

@@ -24,7 +24,7 @@ import gguf
 
 from pruneframe.export.plan import ExportRefused
 
-__all__ = ["add_vocab", "pre_tokenizer_name", "spm_scores", "spm_space_prefix"]
+__all__ = ["add_vocab", "check_tokenizer", "pre_tokenizer_name", "spm_scores", "spm_space_prefix"]
 
 _SPACE = "\u2581"  # SentencePiece's "▁"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -50,11 +50,14 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str:
     clean-up of spaces on decoding, as SmolLM2 and the other ByteLevel-only tokenizers decode); a
     Split with Qwen2's or Llama 3's regex followed by a regex-free ByteLevel is ``qwen2`` / ``llama-bpe``.
     llama.cpp's ``smollm`` rule also puts every digit apart, which matches only a vocabulary where no
-    token joins a digit to anything (SmolLM2's): one that does is refused.
+    token joins a digit to anything (SmolLM2's): one that does is refused. An NFC normalizer (Qwen2's) is
+    accepted and not written: llama.cpp does not normalize, so the file reads text already in NFC (nearly
+    all text; a decomposed accent is the exception) as transformers does, as the official conversions do.
     """
     pre = tokenizer_json.get("pre_tokenizer") or {}
-    if tokenizer_json.get("normalizer"):
-        raise ExportRefused(f"tokenizer: a normalizer ({tokenizer_json['normalizer'].get('type')}) before a byte-level BPE is not exported yet")
+    normalizer = tokenizer_json.get("normalizer")
+    if normalizer and normalizer != {"type": "NFC"}:
+        raise ExportRefused(f"tokenizer: a normalizer ({normalizer.get('type')}) before a byte-level BPE is not exported yet (NFC is)")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         joined = next((t for t in (tokenizer_json.get("model") or {}).get("vocab", {}) if len(t) > 1 and _DIGIT.search(t)), None)
         if joined is not None:
@@ -134,6 +137,29 @@ def _tokens(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[str],
     return tokens, kinds
 
 
+def check_tokenizer(tokenizer: Any) -> str:
+    """The ``tokenizer.ggml.pre`` name ``tokenizer`` would be written with; raises :class:`ExportRefused` when it cannot be.
+
+    The checks :func:`add_vocab` makes before writing anything, without writing: a comparison calls it
+    before any run, so an evaluator that exports never fails after hours of work.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportRefused(f"tokenizer {type(tokenizer).__name__}: no tokenizer.json (a fast tokenizer is needed)")
+    return _checked_kind(json.loads(backend.to_str()))
+
+
+def _checked_kind(data: dict[str, Any]) -> str:
+    """``default`` for SentencePiece-style BPE, else the byte-level pre-tokenizer's name; refuses what is not exported."""
+    model = data.get("model", {})
+    if model.get("type") != "BPE":
+        raise ExportRefused(f"tokenizer: model type {model.get('type')!r} is not exported yet; byte-level and SentencePiece-style BPE are")
+    if model.get("byte_fallback"):
+        spm_space_prefix(data)
+        return "default"
+    return pre_tokenizer_name(data)
+
+
 def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
     """Write ``tokenizer`` (a transformers fast tokenizer) into ``writer``; returns the pre-tokenizer name.
 
@@ -148,8 +174,7 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
             raise ExportRefused(f"tokenizer {type(tokenizer).__name__}: no tokenizer.json (a fast tokenizer is needed)")
         data = json.loads(file.read_text(encoding="utf-8"))
         model = data.get("model", {})
-        if model.get("type") != "BPE":
-            raise ExportRefused(f"tokenizer: model type {model.get('type')!r} is not exported yet; byte-level and SentencePiece-style BPE are")
+        pre = _checked_kind(data)
         tokens, kinds = _tokens(data, vocab_size)
         if model.get("byte_fallback"):
             prefix = spm_space_prefix(data)
@@ -161,7 +186,6 @@ def add_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
             writer.add_add_space_prefix(prefix)
             gguf.SpecialVocab(folder, load_merges=False, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
             return "default"
-        pre = pre_tokenizer_name(data)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)

@@ -15,6 +15,9 @@ Figures (PNG bytes by name, see :func:`render`):
 - ``quality_vs_speed_<budget>``: per budget, the out-of-domain geomean against the measured prefill and
   decode speedups, the ideal speedups marked; a second row with llama.cpp's speedups when measured.
 
+When some run's vocabulary differs from the dense model's (``Summary.bits_per_byte``), the quality axis is the
+geomean of bits per byte over dense's, the measure that ranks such runs, and speedups are per byte of text.
+
 Recovered groups are drawn hollow with dashed lines, each joined to its method's unrecovered point at the
 same budget by an arrow. At a budget every method keeps nearly the same parameter count, so in the
 parameter figures the methods are offset sideways a little (the axis label says so) to keep their bars apart.
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pruneframe.harness.group_values import Speedup, kept_params, llamacpp_prefill_len, llamacpp_speedup, speedup, wilson_interval
+from pruneframe.harness.group_values import Speedup, kept_params, llamacpp_prefill_len, llamacpp_speedup, per_byte, speedup, wilson_interval
 from pruneframe.harness.summary import Group, Summary, nested_get
 
 __all__ = ["Point", "series_label", "quality_points", "speed_points", "recovery_pairs", "budget_slug", "render"]
@@ -110,13 +113,19 @@ def _speed(engine: Engine) -> Callable[[Group, Literal["prefill", "decode"]], Sp
     return speedup if engine == "torch" else llamacpp_speedup
 
 
-def speed_points(summary: Summary, budget: str, phase: Literal["prefill", "decode"], engine: Engine = "torch", key: str = "ood") -> list[Point]:
-    """The groups at ``budget`` with measure ``key`` against their measured ``phase`` speedup in ``engine``."""
+def speed_points(
+    summary: Summary, budget: str, phase: Literal["prefill", "decode"], engine: Engine = "torch", key: str = "ood", dense: dict[str, Any] | None = None
+) -> list[Point]:
+    """The groups at ``budget`` with measure ``key`` against their measured ``phase`` speedup in ``engine``.
+
+    With ``dense`` (the dense record), the speedups are per byte of text (:func:`~pruneframe.harness.group_values.per_byte`).
+    """
     points = []
     for group in summary.groups:
         if group.budget != budget:
             continue
         y, s = _y(group, key, summary), _speed(engine)(group, phase)
+        s = per_byte(s, group, dense) if dense is not None else s
         if y is None or s is None:
             continue
         points.append(Point(group.method, group.budget, group.recovery, s.value, y[0], y[1], y[2], y[3], y[4], s.low, s.high, s.ideal))
@@ -242,18 +251,24 @@ def _new_figure(width: float, height: float) -> Any:
     return figure
 
 
+def _measure_name(summary: Summary) -> str:
+    """What the figures' quality axis shows: bits per byte when some run's vocabulary differs, else perplexity."""
+    return "bits per byte" if summary.bits_per_byte else "perplexity"
+
+
 def _scope_name(summary: Summary) -> str:
     return "out-of-domain" if summary.summary_scope == "out-of-domain" else "all-source"
 
 
 def perplexity_figure(summary: Summary, dense_params: float | None) -> bytes | None:
     """``ppl_vs_params``: the OOD geomean ratio to dense against kept parameters, or ``None`` without data."""
-    points = quality_points(summary, "ood")
+    points = quality_points(summary, summary.ranking_key)
     if not points:
         return None
     figure = _new_figure(8.2, 4.8)
     axes = figure.add_subplot()
-    _params_axes(axes, summary, points, (dense_params, 1.0) if dense_params else None, f"{_scope_name(summary)} geomean perplexity / dense", log_y=True)
+    label = f"{_scope_name(summary)} geomean {_measure_name(summary)} / dense"
+    _params_axes(axes, summary, points, (dense_params, 1.0) if dense_params else None, label, log_y=True)
     _legend(axes, summary, "95% paired-bootstrap interval")
     return _png(figure)
 
@@ -312,25 +327,31 @@ def _speed_axes(axes: Any, summary: Summary, points: list[Point], xlabel: str, i
     axes.grid(True, alpha=0.3)
 
 
-def speed_figure(summary: Summary, budget: str) -> bytes | None:
-    """``quality_vs_speed_<budget>``: OOD geomean against prefill and decode speedups (and llama.cpp's), or ``None``."""
+def speed_figure(summary: Summary, budget: str, dense: dict[str, Any] | None = None) -> bytes | None:
+    """``quality_vs_speed_<budget>``: OOD geomean against prefill and decode speedups (and llama.cpp's), or ``None``.
+
+    When some run's vocabulary differs (``summary.bits_per_byte``): bits per byte against speedups per byte
+    of text (those need ``dense``, the dense record).
+    """
+    key, per_byte_of = summary.ranking_key, dense if summary.bits_per_byte else None
     rows: list[tuple[Engine, str]] = [("torch", "PyTorch (speed evaluator)")]
-    if any(speed_points(summary, budget, "decode", "llamacpp")):
+    if any(speed_points(summary, budget, "decode", "llamacpp", key)):
         rows.append(("llamacpp", "llama.cpp (llamacpp-speed evaluator)"))
-    if not any(speed_points(summary, budget, phase) for phase in ("prefill", "decode")):
+    if not any(speed_points(summary, budget, phase, key=key) for phase in ("prefill", "decode")):
         return None
     figure = _new_figure(11.6, 4.2 * len(rows))
-    ylabel = f"{_scope_name(summary)} geomean ppl / dense (log scale)"
+    ylabel = f"{_scope_name(summary)} geomean {_measure_name(summary)} / dense (log scale)"
+    unit = " per byte" if per_byte_of is not None else ""
     last = None
     for r, (engine, name) in enumerate(rows):
         for c, phase in enumerate(("prefill", "decode")):
             axes = figure.add_subplot(len(rows), 2, 2 * r + c + 1)
-            points = speed_points(summary, budget, phase, engine)
+            points = speed_points(summary, budget, phase, engine, key, per_byte_of)
             if engine == "torch":
-                xlabel, ideal = f"{phase} speedup over dense", "FLOPs ideal"
+                xlabel, ideal = f"{phase} speedup{unit} over dense", "FLOPs ideal"
             else:
                 length = next((llamacpp_prefill_len(g) for g in summary.groups if g.budget == budget), None)
-                xlabel = f"prefill speedup over dense ({length}-token prompt)" if phase == "prefill" else "decode speedup over dense"
+                xlabel = f"prefill speedup{unit} over dense ({length}-token prompt)" if phase == "prefill" else f"decode speedup{unit} over dense"
                 ideal = "FLOPs ideal" if phase == "prefill" else "weight-bytes ideal"
             _speed_axes(axes, summary, points, xlabel, ideal)
             axes.set_title(f"{name}: {phase}", fontsize="medium")
@@ -347,5 +368,5 @@ def render(summary: Summary, dense: dict[str, Any], dense_params: float | None) 
     """Every figure with data, as PNG bytes by name (file name without ``.png``)."""
     images = {"ppl_vs_params": perplexity_figure(summary, dense_params), "acc_vs_params": accuracy_figure(summary, dense, dense_params)}
     for budget in dict.fromkeys(g.budget for g in summary.groups):
-        images[f"quality_vs_speed_{budget_slug(budget)}"] = speed_figure(summary, budget)
+        images[f"quality_vs_speed_{budget_slug(budget)}"] = speed_figure(summary, budget, dense)
     return {name: image for name, image in images.items() if image is not None}

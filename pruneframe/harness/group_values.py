@@ -16,7 +16,17 @@ from typing import Any, Literal
 from pruneframe.evaluation.stats import LEVEL
 from pruneframe.harness.summary import Group, nested_get
 
-__all__ = ["Speedup", "kept_params", "kept_fraction", "speedup", "llamacpp_speedup", "llamacpp_prefill_len", "wilson_interval"]
+__all__ = [
+    "Speedup",
+    "bytes_per_token",
+    "kept_params",
+    "kept_fraction",
+    "per_byte",
+    "speedup",
+    "llamacpp_speedup",
+    "llamacpp_prefill_len",
+    "wilson_interval",
+]
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -67,6 +77,28 @@ def speedup(group: Group, phase: Literal["prefill", "decode"]) -> Speedup | None
     low, high = (value * (1 - width), value * (1 + width)) if width is not None else (min(values), max(values))
     ideal = _mean([nested_get(r, "eval", "speed", "ideal_speedup") for r in group.records])
     return Speedup(value, low, high, width, ideal, len(values))
+
+
+def bytes_per_token(record: dict[str, Any]) -> float | None:
+    """UTF-8 bytes of text per predicted token over every perplexity source of ``record`` (None without byte counts)."""
+    sources = (nested_get(record, "eval", "perplexity", "sources") or {}).values()
+    known = [(s["bytes"], s["tokens"]) for s in sources if s.get("bytes") and s.get("tokens")]
+    return sum(b for b, _ in known) / sum(t for _, t in known) if known else None
+
+
+def per_byte(value: Speedup | None, group: Group, dense: dict[str, Any]) -> Speedup | None:
+    """``value``, a speedup in tokens per second, as a speedup in bytes of text per second.
+
+    A trimmed vocabulary spends more tokens on the same text, so each of its tokens carries fewer bytes:
+    the speedup per byte is the speedup per token times the runs' mean bytes per token over the dense
+    model's (both counted on the perplexity sources). None when either count is missing.
+    """
+    dense_bpt = bytes_per_token(dense)
+    factor = _mean([bytes_per_token(r) for r in group.records])
+    if value is None or not dense_bpt or factor is None:
+        return None
+    scale = factor / dense_bpt
+    return Speedup(value.value * scale, value.low * scale, value.high * scale, value.width, value.ideal, value.seeds)
 
 
 def llamacpp_prefill_len(group: Group) -> int | None:

@@ -22,6 +22,8 @@ from pruneframe.pipeline.hidden_plan import hidden_plan
 from pruneframe.pipeline.host import PluginHost
 from pruneframe.pipeline.prune_report import StageRecord
 from pruneframe.pipeline.recalibration import method_code_digest
+from pruneframe.pipeline.vocab_method import trims_vocabulary
+from pruneframe.pipeline.vocab_plan import vocabulary_plan
 from pruneframe.recovery import Recovery, RecoveryStream, TeacherTargets
 from pruneframe.settings.errors import InputError
 from pruneframe.settings.fields import budget_slug
@@ -62,7 +64,8 @@ class Prepared:
 
     ``model`` is the dense model until it has been evaluated, then ``None`` (runs reload it from its
     files); ``device`` and ``dtype`` are what ``auto`` resolved to, ``dtype_reason`` why that dtype
-    (:func:`pruneframe.util.devices.choose_dtype`).
+    (:func:`pruneframe.util.devices.choose_dtype`). ``vocabulary_methods`` names the methods whose prune
+    trims the vocabulary: their runs are evaluated with the rebuilt tokenizer and go through no recovery.
     """
 
     config: CompareConfig
@@ -83,6 +86,7 @@ class Prepared:
     recoveries: list[Recovery] = field(default_factory=list)
     streams: dict[str, RecoveryStream] = field(default_factory=dict)
     teachers: dict[str, TeacherTargets] = field(default_factory=dict)
+    vocabulary_methods: frozenset[str] = frozenset()
 
 
 def prepare(config: CompareConfig, host: PluginHost, log: Log = silent) -> Prepared:
@@ -99,6 +103,8 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = silent) -> Prepa
         with input_phase(f"method {name!r}"):
             methods[name] = host.method(name, config.method_configs.get(name))
             check_compute_device(methods[name].config)
+    vocabulary_methods = frozenset(name for name, method in methods.items() if trims_vocabulary(method))
+    _check_vocabulary_recovery(config, vocabulary_methods, log)
     evaluators, evaluation_stamp, eval_sources = build_evaluators(host, config)
     with input_phase(f"device {config.device!r}"):
         choice = choose_dtype(config.dtype, resolve_device(config.device))
@@ -139,6 +145,7 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = silent) -> Prepa
         calibration_stamp=calibration_stamp,
         recoveries=recoveries,
         streams=streams,
+        vocabulary_methods=vocabulary_methods,
     )
     found: dict[str, StageRecord] = {}
     with input_phase(f"model {config.model!r}"):
@@ -155,7 +162,11 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = silent) -> Prepa
     for budget in config.budget_objects():
         for name, method in methods.items():
             with input_phase(f"budget {budget.label()!r} for method {name!r}"):
-                if hidden_plan(method, model, units, budget.resolve(units) + units.nonprunable_params) is None:
+                total = budget.resolve(units) + units.nonprunable_params
+                if name in vocabulary_methods:  # the tokens share the budget: the plan checks that it can be met
+                    vocabulary_plan(method, model, units, tokenizer, total)
+                    prep.budgets.setdefault(budget_slug(budget), budget.resolve(units))
+                elif hidden_plan(method, model, units, total) is None:
                     prep.budgets[budget_slug(budget)] = resolve(budget, units, method.minimum(units), group_round_to(units, method.config.round_to))
                 else:  # the hidden width sets the units' costs; the run's session checks its floor
                     prep.budgets.setdefault(budget_slug(budget), budget.resolve(units))
@@ -163,3 +174,21 @@ def prepare(config: CompareConfig, host: PluginHost, log: Log = silent) -> Prepa
                 settings = method.Config.model_validate({**method.config.model_dump(), "seed": seed})
                 prep.runs.append(RunSpec(name, settings.model_dump(mode="json"), budget, seed, method_code_digest(method), stages[name]))
     return prep
+
+
+def _check_vocabulary_recovery(config: CompareConfig, vocabulary_methods: frozenset[str], log: Log) -> None:
+    """Refuse recovery named for a method that trims the vocabulary; note that the default (every method) skips them.
+
+    Recovery streams and a distilling teacher's outputs are in the dense tokenizer's ids, which a trimmed
+    vocabulary renumbers; recovering a trimmed model is ``pruneframe recover`` on its saved checkpoint.
+    """
+    if not vocabulary_methods or all((spec if isinstance(spec, str) else spec.get("name")) == "none" for spec in config.recovery):
+        return
+    named = sorted(vocabulary_methods & set(config.recovery_methods or []))
+    if named:
+        raise InputError(
+            f"recovery_methods: {', '.join(map(repr, named))} trim the vocabulary, and recovery in a comparison reads the dense "
+            "tokenizer's ids; leave them out of recovery_methods (pruneframe recover heals a saved trimmed checkpoint)"
+        )
+    if config.recovery_methods is None:
+        log(f"note: {', '.join(sorted(vocabulary_methods))} trim the vocabulary: their runs go through no recovery")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from pruneframe.architectures.gguf import ExportRefused
 from pruneframe.checkpoint import software_versions
 from pruneframe.evaluation.base import EvalContext, Evaluator
 from pruneframe.harness.cache import cache_key, code_identity, package_digest
@@ -39,13 +40,21 @@ EVAL_SEED = 0
 def evaluate_model(
     model: torch.nn.Module, tokenizer: Any, evaluators: dict[str, Evaluator], context: EvalContext, log: Log, label: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run every evaluator on ``model``; return results by evaluator name and wall seconds by name."""
+    """Run every evaluator on ``model``; return results by evaluator name and wall seconds by name.
+
+    An evaluator that cannot measure this model (a GGUF export refused: uneven widths llama.cpp cannot hold,
+    say) records ``{"refused": why}`` instead of failing the run: the other evaluations still count.
+    """
     results: dict[str, Any] = {}
     walls: dict[str, float] = {}
     for name, evaluator in evaluators.items():
         log(f"[{label}] evaluating {name}")
         start = time.perf_counter()
-        results[name] = evaluator.evaluate(model, tokenizer, context)
+        try:
+            results[name] = evaluator.evaluate(model, tokenizer, context)
+        except ExportRefused as exc:
+            log(f"[{label}] {name} refused: {exc}")
+            results[name] = {"refused": str(exc)}
         walls[name] = time.perf_counter() - start
     return results, walls
 
@@ -128,11 +137,12 @@ def dense_file(prep: Prepared, runs_dir: Path) -> RecordFile:
 
 
 def cell_files(prep: Prepared, spec: RunSpec, runs_dir: Path) -> list[RecordFile]:
-    """The records of the cell ``spec``: its unrecovered run, then one per recovery its method goes through, in order."""
+    """The records of the cell ``spec``: its unrecovered run, then one per recovery its method goes through, in order (none for a trimmed vocabulary)."""
     fields = pruned_fields(prep, spec)
     files = [RecordFile(spec.run_id, runs_dir / f"{spec.run_id}.json", cache_key(fields), fields)]
     chosen = prep.config.recovery_methods
-    for recovery in prep.recoveries if chosen is None or spec.method in chosen else []:
+    recovered = spec.method not in prep.vocabulary_methods and (chosen is None or spec.method in chosen)
+    for recovery in prep.recoveries if recovered else []:
         r_fields = recovered_fields(prep, spec, recovery)
         path = recovered_path(runs_dir, spec, recovery)
         files.append(RecordFile(path.stem, path, cache_key(r_fields), r_fields, recovery))

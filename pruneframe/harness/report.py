@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pruneframe.util.io import read_small_text, write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.figures import render as render_figures
-from pruneframe.harness.group_values import kept_fraction, kept_params, speedup
+from pruneframe.harness.group_values import bytes_per_token, kept_fraction, kept_params, llamacpp_speedup, per_byte, speedup
 from pruneframe.harness.results_file import check_results
 from pruneframe.harness.summary import BITS_PER_BYTE_LEGEND, Group, Measure, Summary, bits_per_byte_fields, summarise
 from pruneframe.harness.summary import nested_get as _get
@@ -114,6 +114,8 @@ def _row(record: dict[str, Any], dense_params: int | None, summary: Summary) -> 
         row[f"{phase}_speedup_min"], row[f"{phase}_speedup_max"] = spread.get("min"), spread.get("max")
     for key, value in (_get(ev, "llamacpp-speed", "measured_speedup") or {}).items():
         row[f"llamacpp_{key}_speedup"] = value
+    if summary.bits_per_byte:
+        row["bytes_per_token"] = bytes_per_token(record)
     row.update(
         {
             "ideal_speedup": _get(ev, "speed", "ideal_speedup"),
@@ -196,6 +198,12 @@ def _speed_cell(group: Group, phase: Literal["prefill", "decode"]) -> str:
     return text + (f" / {measured.ideal:.2f}x" if measured.ideal else "")
 
 
+def _per_byte_cell(group: Group, dense: dict[str, Any], phase: Literal["prefill", "decode"], engine: str) -> str:
+    """The speedup in bytes of text per second (:func:`~pruneframe.harness.group_values.per_byte`) of ``engine`` (``hf``, ``llama.cpp``)."""
+    measured = per_byte(speedup(group, phase) if engine == "hf" else llamacpp_speedup(group, phase), group, dense)
+    return "-" if measured is None else f"{measured.value:.2f}x"
+
+
 def _llamacpp_cell(group: Group, phase: str) -> str:
     """llama.cpp's measured speedup for ``phase`` (``prefill_256``, ``decode``, ...) / its ideal, meaned over seeds."""
     value = _mean([_get(r, "eval", "llamacpp-speed", "measured_speedup", phase) for r in group.records])
@@ -267,6 +275,12 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     phases = {k for g in summary.groups for r in g.records for k in _get(r, "eval", "llamacpp-speed", "measured_speedup") or {}}
     for phase in sorted(phases, key=lambda k: (k == "decode", len(k), k)):
         columns.append(_Column(f"llama.cpp {phase.replace('_', ' ')} speedup (meas / ideal)", lambda d: "1", lambda g, p=phase: _llamacpp_cell(g, p)))
+    if summary.bits_per_byte:  # a trimmed vocabulary reads the same text in more tokens: speed per byte compares
+        engines = [e for e, key in (("hf", "speed"), ("llama.cpp", "llamacpp-speed")) if any(_get(r, "eval", key) for g in summary.groups for r in g.records)]
+        for engine in engines:
+            for phase in ("prefill", "decode"):
+                cell = lambda g, p=phase, e=engine: _per_byte_cell(g, dense, p, e)  # noqa: E731
+                columns.append(_Column(f"{engine} {phase} speedup per byte", lambda d: "1", cell))
     columns += [
         _Column("prune time (s)", lambda d: "-", lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
         _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
@@ -334,11 +348,20 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any], dense: dict[str,
     lines += _tau_lines(summary)
     if "zeroshot" not in meta.get("evaluation", {}):
         lines += ["", ZEROSHOT_HOWTO]
+    refused = [(r["run_id"], name, result["refused"]) for g in summary.groups for r in g.records for name, result in _refusals(r)]
+    if refused:
+        lines += ["", "Evaluations refused (the run's other columns stand):", ""]
+        lines += [f"- `{run_id}` {name}: {why}" for run_id, name, why in refused]
     failed = [row for row in table if row["status"] == "failed"]
     if failed:
         lines += ["", "Failed runs (not cached; rerun the comparison to retry them):", ""]
         lines += [f"- `{row['run_id']}`: {row['error']}" for row in failed]
     return "\n".join(lines) + "\n"
+
+
+def _refusals(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The evaluations of ``record`` that refused its model (``{"refused": why}``), by evaluator name."""
+    return [(name, result) for name, result in (record.get("eval") or {}).items() if isinstance(result, dict) and "refused" in result]
 
 
 def _legend(summary: Summary) -> list[str]:

@@ -250,7 +250,14 @@ def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log,
     """Prune a fresh copy of the dense weights in place, then (with ``evaluate``) evaluate the folded model."""
     calibration = CalibrationData(prep.calibration, name=str(prep.calibration_stamp["name"]))
     session = PruneSession(
-        _load_weights(prep), spec.method, spec.budget, spec.config, budget_kind=prep.config.budget_kind, host=prep.host, model_identity=prep.model_stamp
+        _load_weights(prep),
+        spec.method,
+        spec.budget,
+        spec.config,
+        budget_kind=prep.config.budget_kind,
+        host=prep.host,
+        model_identity=prep.model_stamp,
+        tokenizer=prep.tokenizer,
     )
     torch.manual_seed(spec.seed)
     log(f"[{spec.run_id}] pruning")
@@ -259,8 +266,17 @@ def _prune_and_evaluate(prep: Prepared, spec: RunSpec, progress: bool, log: Log,
     outcome: dict[str, Any] = {"prune": result.report.model_dump(mode="json")}
     if evaluate:
         dense = _load_weights(prep) if _pairs_with_dense(prep) else None
-        context = EvalContext(dense_model=dense, device=prep.device, dtype=prep.dtype, progress=progress, seed=EVAL_SEED)
-        results, walls = evaluate_model(result.model, prep.tokenizer, prep.evaluators, context, log, spec.run_id)
+        trimmed = result.tokenizer  # a trimmed vocabulary reads text its own way; the dense model keeps its tokenizer
+        context = EvalContext(
+            dense_model=dense,
+            dense_tokenizer=None if trimmed is None else prep.tokenizer,
+            device=prep.device,
+            dtype=prep.dtype,
+            progress=progress,
+            seed=EVAL_SEED,
+        )
+        tokenizer = trimmed if trimmed is not None else prep.tokenizer
+        results, walls = evaluate_model(result.model, tokenizer, prep.evaluators, context, log, spec.run_id)
         outcome.update(eval=results, eval_wall_s=walls)
     return result.model, outcome
 

@@ -271,7 +271,8 @@ def _log_nats_per_byte(row: dict[str, Any], indices: np.ndarray) -> tuple[float,
 BITS_PER_BYTE_LEGEND = (
     "Bits per byte: some run's vocabulary differs from the dense model's (its ppl ratios count other tokens: none). bpb/dense: "
     "bits per byte (NLL over the UTF-8 bytes its windows cover) / the dense model's on the same text; their geomean ranks the "
-    "methods. Windows are cut in each model's own tokens: the interval resamples them by position (approximately paired)."
+    "methods. Windows are cut in each model's own tokens: the interval resamples them by position (approximately paired). "
+    "Speedup per byte: the speedup in tokens per second times the run's bytes of text per token over the dense model's."
 )
 
 

@@ -31,6 +31,10 @@ class JobCall:
         protocol: the fields behind the first expected key, to name what differs.
         cwd: the driver's working folder (relative paths in ``config`` are read from it).
         env: the driver's ``PRUNEFRAME_*`` environment variables, set in the job.
+        threads: the CPU threads the job's torch uses, set where the engine runs jobs side by side without
+            confining each to its CPUs (submitit's local processes: its ``cpus`` option), so that jobs
+            running at once do not oversubscribe the cores; ``None``: torch's default (Slurm and Ray
+            confine a job to the CPUs it asked for).
     """
 
     run_id: str
@@ -40,6 +44,7 @@ class JobCall:
     protocol: dict[str, Any]
     cwd: str
     env: dict[str, str] = field(default_factory=dict)
+    threads: int | None = None
 
 
 class Job(Protocol):

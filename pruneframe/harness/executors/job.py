@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pruneframe.harness.config import CompareConfig
 from pruneframe.harness.executors.base import JobCall
 from pruneframe.harness.prepare import Prepared, prepare
@@ -61,6 +63,8 @@ def run_job(call: JobCall) -> dict[str, str]:
     if os.path.isdir(call.cwd):  # absent on a node that does not share it: then only absolute paths work
         os.chdir(call.cwd)
     os.environ.update(call.env)
+    if call.threads is not None:
+        torch.set_num_threads(call.threads)
     out = Path(call.out)
     runs_dir = out / "runs"
     prep = prepare(CompareConfig.model_validate(call.config), PluginHost.create(), _log)

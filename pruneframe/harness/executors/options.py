@@ -33,7 +33,7 @@ class SubmititOptions(BaseModel):
         partition: the Slurm partition (default: the cluster's).
         account: the Slurm account to charge (default: the user's).
         gpus: GPUs per job.
-        cpus: CPUs per job.
+        cpus: CPUs per job (Slurm confines the job to them; local processes set torch to as many threads).
         mem_gb: memory per job in GB (default: the partition's).
         timeout_min: each job's time limit in minutes.
         array_parallelism: at most this many jobs run at once (Slurm's ``%N`` of the array; with

@@ -8,6 +8,7 @@ still queued or running instead of submitting them again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ class SubmititExecutor:
         """One job per call: a job array on Slurm (``map_array``), one process each locally."""
         if not calls:
             return []
+        if self.local:  # local processes share the machine's cores: each uses the CPUs it was given
+            calls = [dataclasses.replace(call, threads=self.options.cpus) for call in calls]
         jobs = self.executor.map_array(self.job, calls)
         handles = [SubmititJob(call.run_id, job) for call, job in zip(calls, jobs)]
         if not self.local:
