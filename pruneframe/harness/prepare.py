@@ -187,8 +187,9 @@ def _check_vocabulary_recovery(config: CompareConfig, vocabulary_methods: frozen
     named = sorted(vocabulary_methods & set(config.recovery_methods or []))
     if named:
         raise InputError(
-            f"recovery_methods: {', '.join(map(repr, named))} trim the vocabulary, and recovery in a comparison reads the dense "
-            "tokenizer's ids; leave them out of recovery_methods (pruneframe recover heals a saved trimmed checkpoint)"
+            f"recovery_methods: {', '.join(map(repr, named))} {'trims' if len(named) == 1 else 'trim'} the vocabulary, and recovery in a "
+            "comparison reads the dense tokenizer's ids; leave it out of recovery_methods (pruneframe recover heals a saved trimmed checkpoint)"
         )
     if config.recovery_methods is None:
-        log(f"note: {', '.join(sorted(vocabulary_methods))} trim the vocabulary: their runs go through no recovery")
+        verb = "trims" if len(vocabulary_methods) == 1 else "trim"
+        log(f"note: {', '.join(sorted(vocabulary_methods))} {verb} the vocabulary: no recovery for {'its' if verb == 'trims' else 'their'} runs")
