@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from common import RUNS, in_domain_source, keep_of
+from pruneframe.harness.group_values import bytes_per_token, engine_speedup, kept_fraction, llamacpp_speedup, per_byte, speedup
+from pruneframe.harness.summary import nested_get, summarise
 
 #: The goals of the recovery work: the best recovered model's OOD geomean, per keep-ratio.
 GOALS = {0.5: 3.0, 0.8: 1.35}
@@ -325,47 +327,45 @@ def vocabulary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     ``ood_bpb_ratio``: the geometric mean over the out-of-domain sources of bits per byte over dense's (the
     report's ``bpb`` measure, with its interval); ``in_domain_bpb_ratio``: the same on the in-domain source.
-    Speedups per byte: the speedup in tokens per second times the run's bytes per token over the dense model's.
+    Bits per byte and their intervals are the stored report's; speedups per byte its functions'
+    (:func:`pruneframe.harness.group_values.per_byte` over the runs of each group).
     """
     in_domain = in_domain_source(results)
-    table = {r["run_id"]: r for r in results["rows"]}
-    dense_bpt = table["dense"].get("bytes_per_token")
-    runs = {(r["protocol"]["method"]["name"], r["protocol"]["budget"]["label"]): r for r in results["runs"] if r.get("kind") == "pruned"}
-    dense_tokens = next((r["prune"]["vocabulary"]["dense_tokens"] for r in runs.values() if (r.get("prune") or {}).get("vocabulary")), None)
+    dense = results["dense"]
+    summary = summarise(dense, results["runs"], nested_get(results, "calibration", "domain") or None)
+    stored = {(g["method"], g["budget"], g["recovery"]): g["measures"] for g in results["summary"]["groups"]}
+    vocabularies = [nested_get(r, "prune", "vocabulary") for r in results["runs"]]
+    dense_tokens = next((v["dense_tokens"] for v in vocabularies if v), None)
     out = []
-    for group in results["summary"]["groups"]:
-        if group["recovery"] != "none":
+    for group in summary.groups:
+        if group.recovery != "none":
             continue
-        record = runs[(group["method"], group["budget"])]
-        row, words, bpb = table[record["run_id"]], group["budget"].split(), group["measures"]["bpb"]
-        scale = row["bytes_per_token"] / dense_bpt if row.get("bytes_per_token") and dense_bpt else None
-
-        def per_byte(key: str, scale: float | None = scale, row: dict[str, Any] = row) -> float | None:
-            return None if scale is None or row.get(key) is None else row[key] * scale
-
-        vocabulary = (record.get("prune") or {}).get("vocabulary")
+        measures = stored[(group.method, group.budget, group.recovery)]
+        words, bpb, vocabulary = group.budget.split(), measures["bpb"], nested_get(group.records[0], "prune", "vocabulary")
+        speeds = {
+            f"{name}_{phase}_speedup_per_byte": value.value if (value := per_byte(engine_speedup(group, phase, engine), group, dense)) else None
+            for name, engine in (("hf", "torch"), ("llamacpp", "llamacpp"))
+            for phase in ("prefill", "decode")
+        }
         out.append(
             {
                 "model": results["model"]["spec"],
                 "budget": float(words[1]),
                 "budget_kind": words[-2],
-                "method": group["method"],
+                "method": group.method,
                 "vocab_size": vocabulary["tokens"] if vocabulary else dense_tokens,
-                "kept_fraction_of_total": row.get("kept_fraction"),
+                "kept_fraction_of_total": kept_fraction(group),
                 "ood_bpb_ratio": bpb["value"],
                 "ood_bpb_low": bpb["low"],
                 "ood_bpb_high": bpb["high"],
                 "in_domain_source": in_domain,
-                "in_domain_bpb_ratio": group["measures"].get(f"bpb:{in_domain}", {}).get("value") if in_domain else None,
-                "ood_ppl_ratio": group["measures"]["ood"]["value"] if not vocabulary else None,
-                "bytes_per_token": row.get("bytes_per_token"),
-                "dense_bytes_per_token": dense_bpt,
-                "hf_prefill_speedup_per_byte": per_byte("prefill_speedup"),
-                "hf_decode_speedup_per_byte": per_byte("decode_speedup"),
-                "llamacpp_prefill_speedup_per_byte": per_byte(next((k for k in row if k.startswith("llamacpp_prefill_")), "")),
-                "llamacpp_decode_speedup_per_byte": per_byte("llamacpp_decode_speedup"),
-                "hf_decode_speedup": row.get("decode_speedup"),
-                "llamacpp_decode_speedup": row.get("llamacpp_decode_speedup"),
+                "in_domain_bpb_ratio": measures.get(f"bpb:{in_domain}", {}).get("value") if in_domain else None,
+                "ood_ppl_ratio": measures["ood"]["value"] if "ood" in measures else None,
+                "bytes_per_token": bytes_per_token(group.records[0]),
+                "dense_bytes_per_token": bytes_per_token(dense),
+                **speeds,
+                "hf_decode_speedup": (hf := speedup(group, "decode")) and hf.value,
+                "llamacpp_decode_speedup": (cpp := llamacpp_speedup(group, "decode")) and cpp.value,
             }
         )
     return out

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pruneframe.harness.group_values import Speedup, kept_params, llamacpp_prefill_len, llamacpp_speedup, per_byte, speedup, wilson_interval
+from pruneframe.harness.group_values import engine_speedup, kept_params, llamacpp_prefill_len, per_byte, wilson_interval
 from pruneframe.harness.summary import Group, Summary, nested_get
 
 __all__ = ["Point", "series_label", "quality_points", "speed_points", "recovery_pairs", "budget_slug", "render"]
@@ -109,10 +109,6 @@ def quality_points(summary: Summary, key: str) -> dict[str, list[Point]]:
     return {label: sorted(points, key=lambda p: p.x) for label, points in out.items()}
 
 
-def _speed(engine: Engine) -> Callable[[Group, Literal["prefill", "decode"]], Speedup | None]:
-    return speedup if engine == "torch" else llamacpp_speedup
-
-
 def speed_points(
     summary: Summary, budget: str, phase: Literal["prefill", "decode"], engine: Engine = "torch", key: str = "ood", dense: dict[str, Any] | None = None
 ) -> list[Point]:
@@ -124,7 +120,7 @@ def speed_points(
     for group in summary.groups:
         if group.budget != budget:
             continue
-        y, s = _y(group, key, summary), _speed(engine)(group, phase)
+        y, s = _y(group, key, summary), engine_speedup(group, phase, engine)
         s = per_byte(s, group, dense) if dense is not None else s
         if y is None or s is None:
             continue

@@ -19,6 +19,7 @@ from pruneframe.harness.summary import Group, nested_get
 __all__ = [
     "Speedup",
     "bytes_per_token",
+    "engine_speedup",
     "kept_params",
     "kept_fraction",
     "per_byte",
@@ -115,6 +116,11 @@ def llamacpp_speedup(group: Group, phase: Literal["prefill", "decode"]) -> Speed
         return None
     ideal = _mean([nested_get(r, "eval", "llamacpp-speed", "ideal_speedup", phase) for r in group.records])
     return Speedup(statistics.fmean(values), min(values), max(values), None, ideal, len(values))
+
+
+def engine_speedup(group: Group, phase: Literal["prefill", "decode"], engine: Literal["torch", "llamacpp"]) -> Speedup | None:
+    """The group's measured ``phase`` speedup in ``engine``: transformers (the ``speed`` evaluator) or llama.cpp."""
+    return speedup(group, phase) if engine == "torch" else llamacpp_speedup(group, phase)
 
 
 def wilson_interval(accuracy: float, items: int) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pruneframe.util.io import read_small_text, write_json_atomic, write_text_atomic
 from pruneframe.evaluation.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from pruneframe.harness.figures import render as render_figures
-from pruneframe.harness.group_values import bytes_per_token, kept_fraction, kept_params, llamacpp_speedup, per_byte, speedup
+from pruneframe.harness.group_values import bytes_per_token, engine_speedup, kept_fraction, kept_params, per_byte, speedup
 from pruneframe.harness.results_file import check_results
 from pruneframe.harness.summary import BITS_PER_BYTE_LEGEND, Group, Measure, Summary, bits_per_byte_fields, summarise
 from pruneframe.harness.summary import nested_get as _get
@@ -198,9 +198,9 @@ def _speed_cell(group: Group, phase: Literal["prefill", "decode"]) -> str:
     return text + (f" / {measured.ideal:.2f}x" if measured.ideal else "")
 
 
-def _per_byte_cell(group: Group, dense: dict[str, Any], phase: Literal["prefill", "decode"], engine: str) -> str:
-    """The speedup in bytes of text per second (:func:`~pruneframe.harness.group_values.per_byte`) of ``engine`` (``hf``, ``llama.cpp``)."""
-    measured = per_byte(speedup(group, phase) if engine == "hf" else llamacpp_speedup(group, phase), group, dense)
+def _per_byte_cell(group: Group, dense: dict[str, Any], phase: Literal["prefill", "decode"], engine: Literal["torch", "llamacpp"]) -> str:
+    """The speedup in bytes of text per second (:func:`~pruneframe.harness.group_values.per_byte`) of ``engine``."""
+    measured = per_byte(engine_speedup(group, phase, engine), group, dense)
     return "-" if measured is None else f"{measured.value:.2f}x"
 
 
@@ -276,11 +276,13 @@ def _columns(summary: Summary, dense: dict[str, Any]) -> list[_Column]:
     for phase in sorted(phases, key=lambda k: (k == "decode", len(k), k)):
         columns.append(_Column(f"llama.cpp {phase.replace('_', ' ')} speedup (meas / ideal)", lambda d: "1", lambda g, p=phase: _llamacpp_cell(g, p)))
     if summary.bits_per_byte:  # a trimmed vocabulary reads the same text in more tokens: speed per byte compares
-        engines = [e for e, key in (("hf", "speed"), ("llama.cpp", "llamacpp-speed")) if any(_get(r, "eval", key) for g in summary.groups for r in g.records)]
-        for engine in engines:
+        engines = (("torch", "hf", "speed"), ("llamacpp", "llama.cpp", "llamacpp-speed"))
+        for engine, label, key in engines:
+            if not any(_get(r, "eval", key) for g in summary.groups for r in g.records):
+                continue
             for phase in ("prefill", "decode"):
                 cell = lambda g, p=phase, e=engine: _per_byte_cell(g, dense, p, e)  # noqa: E731
-                columns.append(_Column(f"{engine} {phase} speedup per byte", lambda d: "1", cell))
+                columns.append(_Column(f"{label} {phase} speedup per byte", lambda d: "1", cell))
     columns += [
         _Column("prune time (s)", lambda d: "-", lambda g: f"{_mean([r.timings.total_s for r in _reports(g)]) or 0:.1f}"),
         _Column("peak RSS MB (+ while pruning)", lambda d: "-", _rss_cell),
