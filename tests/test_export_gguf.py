@@ -414,6 +414,22 @@ def test_cli_refuses_inexpressible_model_with_exit_2(tokenizer, tmp_path: Path, 
     assert not (tmp_path / "q.gguf").exists()
 
 
+def test_cli_refuses_a_checkpoint_with_residual_shortcuts_with_exit_2(tokenizer, tmp_path: Path, capsys) -> None:
+    """SliceGPT's per-layer rotations leave a shortcut matrix on every residual connection: no llama.cpp graph has one."""
+    from pruneframe.cli import main
+    from pruneframe.pipeline.session import PruneSession
+    from pruneframe.testing import tokens
+
+    model = _model("llama-gqa", len(tokenizer))
+    config = {"rotation": "per-layer", "num_windows": 4, "seq_len": 16, "norm_windows": 2, "norm_seq_len": 16}
+    result = PruneSession(model, "slicegpt", {"kind": "total", "keep": 0.7}, config).run(tokens(8, 32, vocab=len(tokenizer)), progress=False)
+    folder = result.save(tmp_path / "ckpt", tokenizer=tokenizer)
+    code = main(["export", str(folder), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--no-verify"])
+    assert code == 2
+    assert "shortcut matrices" in capsys.readouterr().err
+    assert not (tmp_path / "m.gguf").exists()
+
+
 @needs_llamacpp
 def test_cli_exports_and_verifies_a_checkpoint(tokenizer, tmp_path: Path, capsys) -> None:
     """``pruneframe export CKPT --out F.gguf`` writes deci for an uneven checkpoint and prints a passing check."""

@@ -34,6 +34,7 @@ class Shape:
     tied: bool
     attention_bias: bool
     mlp_bias: bool
+    shortcuts: bool = False  # an h x h matrix on each residual connection (SliceGPT's per-layer rotations)
 
     def config(self, hidden: int | None = None, ffn: int | None = None, kv_heads: int | None = None) -> LlamaConfig:
         kv = self.kv_heads if kv_heads is None else kv_heads
@@ -62,9 +63,14 @@ class Shape:
         b = ([ffn_b] * self.ffn + [kv_b] * self.kv_heads) * self.layers
         norms = 2 * self.layers + 1
         per_channel = self.vocab * (1 if self.tied else 2) + norms + self.layers * (self.attention_bias + self.mlp_bias)
-        return HiddenCostModel.from_counts(
+        costs = HiddenCostModel.from_counts(
             meta_count(self.config()), self.hidden, per_channel, torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long)
         )
+        return costs.with_shortcuts(2 * self.layers) if self.shortcuts else costs
+
+    def shortcut_params(self, hidden: int) -> int:
+        """The residual shortcut matrices' entries at width ``hidden`` (two per layer when the shape has them)."""
+        return 2 * self.layers * hidden * hidden * self.shortcuts
 
     def unit_mask(self, ffn_kept: list[int], kv_kept: list[int]) -> torch.Tensor:
         """The mask keeping the first ``ffn_kept[l]`` channels and ``kv_kept[l]`` groups of each layer."""
@@ -82,7 +88,7 @@ class Shape:
             n += (k * g * hd + 2 * k * hd) * hidden + k * g * hd * hidden  # q, k, v, o
             n += self.attention_bias * (k * g * hd + 2 * k * hd + hidden)
             n += 3 * f * hidden + self.mlp_bias * (2 * f + hidden)
-        return n
+        return n + self.shortcut_params(hidden)
 
 
 def meta_count(config: LlamaConfig) -> int:
@@ -105,18 +111,19 @@ def shapes(draw: st.DrawFn) -> Shape:
         tied=draw(st.booleans()),
         attention_bias=draw(st.booleans()),
         mlp_bias=draw(st.booleans()),
+        shortcuts=draw(st.booleans()),
     )
 
 
 @given(shapes(), st.data())
 def test_the_cost_model_is_transformers_own_count_for_uniform_widths(shape: Shape, data: st.DataObject) -> None:
     costs = shape.cost_model()
-    assert costs.dense_total == meta_count(shape.config())
+    assert costs.dense_total == meta_count(shape.config()) + shape.shortcut_params(shape.hidden)
     hidden = data.draw(st.integers(1, shape.hidden))
     ffn = data.draw(st.integers(1, shape.ffn))
     kv = data.draw(st.integers(1, shape.kv_heads))
     mask = shape.unit_mask([ffn] * shape.layers, [kv] * shape.layers)
-    assert costs.total(hidden, mask) == meta_count(shape.config(hidden, ffn, kv))
+    assert costs.total(hidden, mask) == meta_count(shape.config(hidden, ffn, kv)) + shape.shortcut_params(hidden)
 
 
 @given(shapes(), st.data())
@@ -126,10 +133,12 @@ def test_the_cost_model_matches_a_tensor_by_tensor_count_for_uneven_widths(shape
     ffn = data.draw(st.lists(st.integers(0, shape.ffn), min_size=shape.layers, max_size=shape.layers))
     kv = data.draw(st.lists(st.integers(0, shape.kv_heads), min_size=shape.layers, max_size=shape.layers))
     assert costs.total(hidden, shape.unit_mask(ffn, kv)) == shape.tensor_count(hidden, ffn, kv)
-    # one more hidden channel costs exactly what the model then gains
+    # one more hidden channel costs exactly what the model then gains: its shared entries, its entries in
+    # every kept unit, and a row and a column of every shortcut matrix
     mask = shape.unit_mask(ffn, kv)
     if hidden < shape.hidden:
-        assert costs.total(hidden + 1, mask) - costs.total(hidden, mask) == costs.hidden_channel_cost(mask)
+        gained = costs.per_channel + int(costs.unit_per_channel[mask].sum()) + costs.shortcuts * (2 * hidden + 1)
+        assert costs.total(hidden + 1, mask) - costs.total(hidden, mask) == gained
 
 
 @given(shapes(), st.data())
@@ -146,7 +155,7 @@ def test_projection_meets_the_target_exactly_over_the_joint_space(shape: Shape, 
         result = project_with_hidden(costs, hidden_scores, unit_scores, target, keep, hidden_round_to=round_to, groups=groups, minimum=0)
     except BudgetError:
         width = min(shape.hidden, -(-max(1, math.ceil(keep * shape.hidden - 1e-9)) // round_to) * round_to)
-        assert costs.fixed + costs.per_channel * width > target  # only the hidden channels alone can overrun it
+        assert costs.hidden_only(width) > target  # only the hidden channels alone can overrun it
         return
     h, mask = result.hidden_kept, result.unit_mask
     # within the target, and the count is what the masks describe
@@ -178,7 +187,7 @@ def test_brute_force_no_mask_of_the_same_width_adds_to_the_kept_set_within_the_t
     try:
         result = project_with_hidden(costs, torch.ones(shape.hidden), scores, target, 1.0, minimum=0)
     except BudgetError:
-        assert costs.fixed + costs.per_channel * shape.hidden > target
+        assert costs.hidden_only(shape.hidden) > target
         return
     for u in range(n):
         if not result.unit_mask[u]:
@@ -196,7 +205,7 @@ def test_the_balanced_width_is_the_widest_whose_share_the_units_can_match(shape:
     d, every = shape.hidden, torch.ones(len(costs), dtype=torch.bool)
 
     def balanced(h: int) -> bool:  # h / d <= (what the target leaves the units) / (the units' full cost), exactly
-        hidden_only = costs.fixed + costs.per_channel * h
+        hidden_only = costs.hidden_only(h)
         return h * (costs.total(h, every) - hidden_only) <= (target - hidden_only) * d
 
     candidates = sorted({*range(round_to, d + 1, round_to), d})

@@ -95,3 +95,40 @@ def test_smollm2_rotation_without_slicing_keeps_the_function_once_the_head_is_un
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, result.model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_smollm2_per_layer_rotations_keep_the_function_and_a_sliced_checkpoint_reloads(tmp_path: Path) -> None:
+    """SliceGPT's own form on real weights: a basis per stream point with its shortcuts is the dense function;
+    sliced, the checkpoint (modeling code and shortcut matrices) reloads to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from pruneframe import load_pruned
+    from pruneframe.architectures import adapter_for
+    from pruneframe.architectures.rotation import StreamBases, fuse_input_norms, principal_basis, rotate_stream
+    from pruneframe.data import calibration_data
+    from pruneframe.models.resolver import load_model
+    from pruneframe.pipeline.session import PruneSession
+    from pruneframe.toolkit.hidden_stats import stream_point_covariances
+
+    model, tokenizer = load_model("smollm2-135m", dtype="float32", device="cpu")
+    adapter = adapter_for(model)
+    ids = torch.tensor([tokenizer("The whale surfaced beside the ship, and the men cheered.").input_ids])
+    calibration = calibration_data("embedded", tokenizer, max_tokens=8192)
+    rotated = copy.deepcopy(model)
+    with torch.no_grad():
+        want = model(ids).logits
+        covariances = stream_point_covariances(adapter, rotated, calibration.windows(4, 128), progress=False)
+        fuse_input_norms(adapter, rotated, untie=True)
+        rotate_stream(adapter, rotated, StreamBases(tuple(principal_basis(c)[1] for c in covariances)))
+        torch.testing.assert_close(rotated(ids).logits, want, rtol=1e-4, atol=1e-3)
+
+    config = {"rotation": "per-layer", "num_windows": 8, "norm_windows": 4}
+    result = PruneSession(model, "slicegpt", {"kind": "total", "keep": 0.75}, config).run(calibration, progress=False)
+    assert result.report.hidden_size < model.config.hidden_size and result.model.config.residual_shortcuts
+    result.save(tmp_path / "ckpt", tokenizer=tokenizer)
+    expected = result.model(ids).logits.detach()
+    reloaded, _ = load_pruned(tmp_path / "ckpt")
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(remote(ids).logits, expected, rtol=0, atol=1e-5)

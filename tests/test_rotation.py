@@ -152,7 +152,7 @@ def test_slicegpt_config_is_typed() -> None:
     from pruneframe_baselines.slicegpt import SliceGPTConfig
 
     assert SliceGPTConfig().hidden_keep == "budget" and SliceGPTConfig(hidden_keep=0.7).hidden_keep == 0.7
-    for bad in ({"hidden_keep": "half"}, {"hidden_keep": 0}, {"rotation": "per-layer"}, {"num_windows": 0}, {"slicing": 0.3}):
+    for bad in ({"hidden_keep": "half"}, {"hidden_keep": 0}, {"rotation": "pooled"}, {"num_windows": 0}, {"slicing": 0.3}):
         with pytest.raises(ValidationError):
             SliceGPTConfig(**bad)
 

@@ -17,17 +17,25 @@ The hidden width is set by the budget (``hidden_keep: budget``): the widest mult
 method meets. A fixed ``hidden_keep`` (the paper's "slicing" is ``1 - hidden_keep``) leaves the rest of
 the budget to the per-layer units, which then keep all of theirs while they fit.
 
-Differences from the paper, each for a stated reason:
+Two forms of the rotation (``rotation``):
 
-- **One rotation for the whole stream** (``rotation: single``), not one per layer. The paper rotates
-  each layer's input by its own ``Q_l`` and adds a ``Q_l^T Q_{l+1}`` matrix to every residual
-  connection; those shortcut matrices are not part of any family's architecture, so llama.cpp and a
-  plain ``AutoModelForCausalLM`` could not run the result. One rotation keeps the family's own
-  architecture at a smaller ``hidden_size``. The paper's tables come from the per-layer version, which
-  fits each layer's axes better; this plugin does not reproduce them.
-- **The axes are pooled over every layer** and the final norm, each token rescaled to unit root mean
-  square (a norm's output depends only on that direction; raw vectors grow with depth and would let
-  the last layers choose the axes alone). The paper takes each layer's own raw inputs.
+- ``per-layer`` (the paper's): every point of the stream, each block's input and the final norm's,
+  gets its own basis ``Q_p`` from the raw second moment of that point's inputs, and each block's
+  residual connection carries a ``Q_p^T Q_{p+1}`` matrix from one basis to the next
+  (:func:`~pruneframe.architectures.rotation.rotate_stream`). Those ``2L`` shortcut matrices,
+  ``d' x d'`` once sliced, are counted in the budget, so the hidden width is narrower than with one
+  rotation at the same size; they are saved through the checkpoint's modeling code
+  (``trust_remote_code``), and llama.cpp export is refused (no family's graph has them).
+- ``single`` (the default): one basis for the whole stream, the family's own architecture at a smaller
+  ``hidden_size`` (plain config, llama.cpp export). Its axes are pooled over every block input and the
+  final norm's, each token rescaled to unit root mean square (a norm's output depends only on that
+  direction; raw vectors grow with depth and would let the last layers choose the axes alone).
+
+``per-layer`` is the form the paper's tables come from; ``single`` trades fit for a model every engine
+runs. Other differences from the paper, each for a stated reason:
+
+- **Every basis is taken on the dense model** (one calibration pass records every point), where the
+  paper computes each layer's basis on the outputs of the layers already rotated and sliced.
 - **A tied lm_head is untied**, as the paper's code does for OPT: the final norm's scale must be fused
   into the head, and the embedding feeds the first layer too. The untied head is counted in the budget
   (a vocabulary-sized matrix at the kept width), so the hidden width is narrower than with a tie.
@@ -53,10 +61,10 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 
-from pruneframe.architectures.rotation import principal_basis
+from pruneframe.architectures.rotation import StreamBases, principal_basis
 from pruneframe.pipeline.hookspecs import hookimpl
 from pruneframe.pipeline.methods import HiddenOptions, MethodConfig, PruningMethod, ScoringContext
-from pruneframe.toolkit.hidden_stats import stream_covariance
+from pruneframe.toolkit.hidden_stats import stream_covariance, stream_point_covariances
 
 __all__ = ["SliceGPTConfig", "SliceGPT"]
 
@@ -69,14 +77,15 @@ class SliceGPTConfig(MethodConfig, HiddenOptions):
     Attributes:
         hidden_keep: ``budget`` (default: the hidden width alone meets the budget) or a share of the
             hidden width to keep (the paper's ``1 - slicing``).
-        rotation: ``single``: one basis for the whole stream, the family's own architecture.
+        rotation: ``single``: one basis for the whole stream, the family's own architecture;
+            ``per-layer``: a basis per point of the stream and residual shortcut matrices (the paper's).
         num_windows: calibration windows the stream's covariance is measured on.
         seq_len: tokens per window.
         batch_size: windows per forward pass.
     """
 
     hidden_keep: Annotated[float, Field(gt=0, le=1)] | Literal["budget"] = "budget"
-    rotation: Literal["single"] = "single"
+    rotation: Literal["single", "per-layer"] = "single"
     num_windows: PositiveInt = 64
     seq_len: Annotated[int, Field(ge=2)] = 256
     batch_size: PositiveInt = 4
@@ -93,17 +102,24 @@ class SliceGPT(PruningMethod):
 
     def __init__(self, config: SliceGPTConfig | dict[str, Any] | None = None) -> None:
         super().__init__(config)
-        self._basis: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._basis: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def _principal(self, context: ScoringContext) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def residual_shortcuts(self) -> bool:  # type: ignore[override]
+        """Per-layer rotations put a shortcut matrix on every residual connection."""
+        return self.config.rotation == "per-layer"
+
+    def _principal(self, context: ScoringContext) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(eigenvalues, axes)`` of the pooled stream (one pair) or of each stream point (``2L + 1``)."""
         calibration = context.require_calibration(self.name)
         key = (id(context.model), id(calibration))
         if key not in self._basis:
             windows = calibration.windows(self.config.num_windows, self.config.seq_len)
             adapter = context.units.require_adapter()
-            covariance = stream_covariance(adapter, context.model, windows, batch_size=self.config.batch_size, progress=context.progress)
+            measure = stream_point_covariances if self.residual_shortcuts else lambda *a, **k: [stream_covariance(*a, **k)]
+            covariances = measure(adapter, context.model, windows, batch_size=self.config.batch_size, progress=context.progress)
             context.stats["calibration_tokens"] = int(windows.numel())
-            self._basis = {key: principal_basis(covariance)}
+            self._basis = {key: [principal_basis(c) for c in covariances]}
         return self._basis[key]
 
     def score(self, context: ScoringContext) -> torch.Tensor:
@@ -112,13 +128,14 @@ class SliceGPT(PruningMethod):
 
     def score_hidden(self, context: ScoringContext) -> torch.Tensor:
         """The basis' axes ranked by their eigenvalue (descending order: ``d - i`` for axis ``i``)."""
-        values, _ = self._principal(context)
-        context.stats["explained_variance"] = [round(float(v), 6) for v in (values.cumsum(0) / values.sum()).tolist()[:: max(1, len(values) // 16)]]
-        return torch.arange(len(values), 0, -1, dtype=torch.float32)
+        shares = torch.stack([values.cumsum(0) / values.sum() for values, _ in self._principal(context)]).mean(0)
+        context.stats["explained_variance"] = [round(float(v), 6) for v in shares.tolist()[:: max(1, len(shares) // 16)]]
+        return torch.arange(len(shares), 0, -1, dtype=torch.float32)
 
-    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor:
-        """The principal axes of the stream (columns, descending eigenvalue)."""
-        return self._principal(context)[1]
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | StreamBases:
+        """The principal axes of the stream (columns, descending eigenvalue); one basis per stream point with ``per-layer``."""
+        bases = [axes for _, axes in self._principal(context)]
+        return StreamBases(tuple(bases)) if self.residual_shortcuts else bases[0]
 
 
 @hookimpl

@@ -23,22 +23,45 @@ hidden. On SmolLM2-135M, keeping a tied head and approximating its final norm th
 raises the calibration loss from 3.02 to 12.6 nats before anything is cut, which is why the head is
 untied instead, and why a family with post-norms is refused. Slicing the rotated stream is then
 :func:`~pruneframe.architectures.hidden.fold_hidden` on its leading coordinates.
+
+**One basis per point of the stream** (SliceGPT's own form, :class:`StreamBases`): the stream is read and
+written at ``2L + 1`` points, layer ``l``'s attention input (point ``2l``), its MLP input (``2l + 1``) and
+the final norm's input (``2L``). With its own basis ``Q_p`` at each point, a projection that reads point
+``p`` becomes ``W Q_p``, one that writes point ``p + 1`` becomes ``Q_{p+1}^T W``, the embedding ``E Q_0``,
+the head ``H Q_{2L}``, and each block's residual connection carries ``x Q_p^T Q_{p+1}`` from one basis to
+the next: a ``[d, d]`` matrix per block, :class:`~pruneframe.checkpoint.modeling_pruneframe.ResidualShortcut`
+(:func:`rotate_stream`). Sliced to the leading ``d'`` axes, each becomes ``d' x d'``: ``2 L d'^2``
+parameters the budget counts (:meth:`~pruneframe.pipeline.hidden_budget.HiddenCostModel.with_shortcuts`)
+and no family's architecture holds, so such a model saves with its modeling code and llama.cpp refuses
+it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pruneframe.architectures.hidden import head_is_tied, hidden_sites
+from pruneframe.checkpoint.modeling_pruneframe import SHORTCUT_FIELD, ResidualShortcut, attach_residual_shortcuts
 from pruneframe.pipeline.units import UnitKind
 
 if TYPE_CHECKING:
     from pruneframe.architectures.base import ArchitectureAdapter
 
-__all__ = ["fuse_input_norms", "unfusable_norms", "untie_head", "rotate_hidden", "diagonal_miss", "principal_basis"]
+__all__ = [
+    "StreamBases",
+    "fuse_input_norms",
+    "unfusable_norms",
+    "untie_head",
+    "rotate_hidden",
+    "rotate_stream",
+    "slice_shortcuts",
+    "diagonal_miss",
+    "principal_basis",
+]
 
 #: Rows (or columns) rotated at a time: bounds the float64 temporaries on a large vocabulary.
 _CHUNK = 8192
@@ -137,6 +160,15 @@ def _left_multiply_transposed(t: torch.Tensor, q: torch.Tensor) -> None:
         cols.copy_((q.T @ cols.double()).to(t.dtype))
 
 
+def _checked(q: torch.Tensor, d: int, what: str) -> torch.Tensor:
+    if q.shape != (d, d):
+        raise ValueError(f"{what}: a rotation of a {d}-wide stream must be [{d}, {d}], got {list(q.shape)}")
+    qd = q.detach().double().cpu()
+    if not torch.allclose(qd.T @ qd, torch.eye(d, dtype=torch.float64), atol=1e-6):
+        raise ValueError(f"{what}: the rotation is not orthogonal (Q^T Q differs from the identity by more than 1e-6)")
+    return qd
+
+
 @torch.no_grad()
 def rotate_hidden(adapter: ArchitectureAdapter, model: nn.Module, q: torch.Tensor) -> dict[str, float]:
     """Re-express ``model`` in the orthonormal basis ``q`` (``[d, d]``, columns the new axes) of its stream.
@@ -148,12 +180,7 @@ def rotate_hidden(adapter: ArchitectureAdapter, model: nn.Module, q: torch.Tenso
     Raises:
         ValueError: ``q`` is not ``[d, d]`` or not orthogonal (to 1e-6).
     """
-    d = int(model.config.hidden_size)
-    if q.shape != (d, d):
-        raise ValueError(f"a rotation of a {d}-wide stream must be [{d}, {d}], got {list(q.shape)}")
-    qd = q.detach().double().cpu()
-    if not torch.allclose(qd.T @ qd, torch.eye(d, dtype=torch.float64), atol=1e-6):
-        raise ValueError("the rotation is not orthogonal (Q^T Q differs from the identity by more than 1e-6)")
+    qd = _checked(q, int(model.config.hidden_size), "rotate_hidden")
     names = {id(module): name for name, module in model.named_modules()}
     missed: dict[str, float] = {}
     for site in hidden_sites(adapter, model):
@@ -178,3 +205,84 @@ def principal_basis(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     sym = (covariance.double() + covariance.double().T) / 2
     values, vectors = torch.linalg.eigh(sym)
     return values.flip(0), vectors.flip(1)
+
+
+@dataclass(frozen=True)
+class StreamBases:
+    """An orthonormal basis ``[d, d]`` (columns the axes, most important first) at every point of the stream.
+
+    Attributes:
+        bases: ``2L + 1`` bases: layer ``l``'s attention input at ``2l``, its MLP input at ``2l + 1``,
+            the final norm's input at ``2L``.
+    """
+
+    bases: tuple[torch.Tensor, ...]
+
+    @property
+    def num_layers(self) -> int:
+        """``L``, the decoder layers the bases cover."""
+        return (len(self.bases) - 1) // 2
+
+
+@torch.no_grad()
+def rotate_stream(adapter: ArchitectureAdapter, model: nn.Module, bases: StreamBases) -> None:
+    """Re-express ``model`` with its own basis at every point of the stream, residual shortcuts included (see the module docstring).
+
+    Call :func:`fuse_input_norms` (with ``untie``) first: every norm on the stream must then apply a
+    uniform scale. The model computes the same function (up to rounding); each decoder layer gains
+    ``attn_shortcut`` and ``mlp_shortcut`` (``Q_p^T Q_{p+1}``) and ``config.residual_shortcuts`` is set.
+
+    Raises:
+        ValueError: a basis is malformed, the bases do not match the layers, the head is still tied, or a
+            norm on the stream still applies a non-uniform scale.
+    """
+    d = int(model.config.hidden_size)
+    layers = adapter.layer_slices(model)
+    if bases.num_layers != len(layers) or len(bases.bases) != 2 * len(layers) + 1:
+        raise ValueError(f"{len(bases.bases)} stream bases for {len(layers)} layers (expected {2 * len(layers) + 1})")
+    if head_is_tied(model):
+        raise ValueError("a tied lm_head reads the embedding's basis, not the last one; untie it first (fuse_input_norms(untie=True))")
+    qs = [_checked(q, d, f"stream point {p}") for p, q in enumerate(bases.bases)]
+    for site in hidden_sites(adapter, model):
+        if site.role == "norm":
+            scale = site.tensor.double() + site.norm_offset
+            if float(scale.max() - scale.min()) > 1e-12 * float(scale.abs().max()):
+                raise ValueError(f"a norm on the stream ({type(site.owner).__name__}) still applies a per-channel scale; fuse it first")
+
+    def right(t: torch.Tensor, p: int) -> None:
+        _right_multiply(t.data, qs[p].to(t.device))
+
+    def left(t: torch.Tensor | None, p: int) -> None:
+        if t is not None:
+            _left_multiply_transposed(t.data, qs[p].to(t.device))
+
+    right(model.get_input_embeddings().weight, 0)
+    right(model.get_output_embeddings().weight, 2 * len(layers))
+    done: set[int] = set()
+    for index, layer in enumerate(layers):
+        for s in layer.slices:
+            if id(s.linear) in done:
+                continue
+            done.add(id(s.linear))
+            point = 2 * index + (s.kind == UnitKind.FFN)
+            if s.axis == 0:  # reads the stream at the block's input
+                right(s.linear.weight, point)
+            else:  # writes it at the next point
+                left(s.linear.weight, point + 1)
+                left(s.linear.bias, point + 1)
+    attach_residual_shortcuts([(layer.layer, layer.o_proj, layer.down_proj) for layer in layers], d)
+    for index, layer in enumerate(layers):
+        for shortcut, p in ((layer.layer.attn_shortcut, 2 * index), (layer.layer.mlp_shortcut, 2 * index + 1)):
+            shortcut.weight.copy_((qs[p].T @ qs[p + 1]).to(shortcut.weight.device, shortcut.weight.dtype))
+    setattr(model.config, SHORTCUT_FIELD, True)
+
+
+@torch.no_grad()
+def slice_shortcuts(model: nn.Module, width: int) -> int:
+    """Cut every residual shortcut of ``model`` to its leading ``width x width`` block; returns how many there were."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ResidualShortcut):
+            module.weight = nn.Parameter(module.weight.data[:width, :width].clone(), requires_grad=module.weight.requires_grad)
+            count += 1
+    return count

@@ -37,7 +37,7 @@ from torch import nn
 
 from pruneframe.util.io import atomic_dir, read_small_text, write_json_atomic
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for, adapter_for_class
-from pruneframe.checkpoint.modeling_pruneframe import MODEL_TYPE_PREFIX, pruned_classes
+from pruneframe.checkpoint.modeling_pruneframe import MODEL_TYPE_PREFIX, SHORTCUT_FIELD, pruned_classes
 from pruneframe.checkpoint.validate import PER_LAYER_WIDTHS, CheckpointError, check_replaceable, validate_checkpoint
 from pruneframe.pipeline.plugin_errors import UnsupportedModelError
 from pruneframe.pipeline.prune_report import CheckpointReport, PruneReport
@@ -122,7 +122,7 @@ def _checkpoint_config(model: nn.Module, adapter: ArchitectureAdapter | None = N
     """``(config.json content, per-layer widths, whether it is a plain config of the original family)``.
 
     A plain config is written when the family's own class, built from it, has exactly the saved
-    widths: every layer alike (the adapter's :meth:`~ArchitectureAdapter.plain_config`), or uneven
+    widths and the model carries no residual shortcuts: every layer alike (the adapter's :meth:`~ArchitectureAdapter.plain_config`), or uneven
     layers in transformers' ``per_layer_config`` form for a family whose modeling code honours it.
     """
     adapter = adapter or adapter_for(model)
@@ -136,7 +136,7 @@ def _checkpoint_config(model: nn.Module, adapter: ArchitectureAdapter | None = N
     layered = per_layer_config(cfg, widths)
     plain = adapter.plain_config(cfg, widths[0]) if uniform else {**cfg, "per_layer_config": layered}
     family = adapter.family_class(model)
-    if plain is not None:
+    if plain is not None and not cfg.get(SHORTCUT_FIELD):  # no family's own class holds residual shortcuts
         plain["model_type"] = family.config_class.model_type
         if _builds_widths(adapter, family, plain, widths):
             return plain, widths, True

@@ -16,6 +16,12 @@ class it was pruned from and derive the two classes its ``config.json`` ``auto_m
 A layer entry with no KV heads has its attention block removed, one with FFN width 0 its MLP block:
 the block keeps its (empty) projections, its forward returns only its output bias (zero without
 one), and the norms that fed or followed only that block are gone (:func:`remove_blocks`).
+
+A config with ``residual_shortcuts`` (SliceGPT's per-layer rotations) gives every decoder layer two
+``[hidden, hidden]`` matrices, ``attn_shortcut`` and ``mlp_shortcut``: each block's residual connection
+carries its input times the matrix instead of the input itself (:class:`ResidualShortcut`). The
+family's own forward is unchanged; hooks on the layer and on the projections that write each block's
+output do the rest (:func:`attach_residual_shortcuts`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from torch import nn
 #: ``model_type`` of a pruned checkpoint's config: this prefix and the family's own ``model_type``.
 MODEL_TYPE_PREFIX = "pruneframe_"
 
+
+#: ``config.json`` field: true when every decoder layer carries residual shortcut matrices.
+SHORTCUT_FIELD = "residual_shortcuts"
 
 #: Norms inside an attention module that act per head (Qwen3, Gemma 3); a removed attention block loses them.
 ATTENTION_INNER_NORMS = ("q_norm", "k_norm")
@@ -155,6 +164,71 @@ def apply_layer_shapes(model: nn.Module, pruned_layers: list[dict]) -> None:
         remove_blocks(layer, attention=attn if kv == 0 else None, mlp=mlp if width == 0 else None)
 
 
+class ResidualShortcut(nn.Module):
+    """A ``[d, d]`` matrix ``S`` on one block's residual connection: the block's input ``x`` joins the
+    block's output as ``x @ S`` instead of ``x``.
+
+    The family's decoder layer adds ``x`` to the block's output itself; the hook on the projection that
+    writes that output (:meth:`add_to_output`) adds ``x @ S - x`` to it, so the sum is ``x @ S + output``.
+    ``x`` is handed over beforehand (:meth:`hold`). The identity (the initial weight) changes nothing.
+    """
+
+    def __init__(self, width: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(width, device=device, dtype=dtype))
+        self._input: torch.Tensor | None = None
+
+    def hold(self, x: torch.Tensor) -> None:
+        """Keep the block's input ``x`` until its output is written."""
+        self._input = x
+
+    def add_to_output(self, _module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the block's output projection: ``output + x @ S - x``."""
+        x, self._input = self._input, None
+        if x is None:
+            raise RuntimeError("a residual shortcut's block wrote its output before its layer received an input")
+        return output + (x @ self.weight.to(x.dtype) - x).to(output.dtype)
+
+    def extra_repr(self) -> str:
+        return f"width={self.weight.shape[0]}"
+
+
+class _ShortcutLayer:
+    """The hooks of one decoder layer with residual shortcuts (bound methods, so a deep copy of the model keeps its own)."""
+
+    def __init__(self, attn: ResidualShortcut, mlp: ResidualShortcut) -> None:
+        self.attn, self.mlp = attn, mlp
+
+    def layer_input(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.attn.hold(args[0] if args else kwargs["hidden_states"])
+
+    def attention_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = self.attn._input
+        out = self.attn.add_to_output(module, args, output)
+        self.mlp.hold(x + out)  # the stream the MLP block reads, exactly as the layer forms it
+        return out
+
+
+def attach_residual_shortcuts(blocks: list[tuple[nn.Module, nn.Module, nn.Module]], width: int) -> None:
+    """Give each decoder layer ``attn_shortcut`` and ``mlp_shortcut`` (identities of ``width``) and their hooks.
+
+    Args:
+        blocks: per decoder layer, ``(layer, the attention output projection, the MLP output projection)``:
+            the projections whose outputs the layer adds to its residual stream (o_proj, down_proj).
+        width: the hidden width.
+    """
+    for layer, attn_out, mlp_out in blocks:
+        if isinstance(getattr(layer, "attn_shortcut", None), ResidualShortcut):
+            raise ValueError("the decoder layer already carries residual shortcuts")
+        weight = attn_out.weight
+        layer.attn_shortcut = ResidualShortcut(width, device=weight.device, dtype=weight.dtype)
+        layer.mlp_shortcut = ResidualShortcut(width, device=weight.device, dtype=weight.dtype)
+        hooks = _ShortcutLayer(layer.attn_shortcut, layer.mlp_shortcut)
+        layer.register_forward_pre_hook(hooks.layer_input, with_kwargs=True)
+        attn_out.register_forward_hook(hooks.attention_output)
+        mlp_out.register_forward_hook(layer.mlp_shortcut.add_to_output)
+
+
 @contextmanager
 def _global_widths() -> Iterator[None]:
     """Inside, reading a heterogeneous config's global widths logs nothing.
@@ -188,6 +262,9 @@ class _PrunedMixin:
         with _global_widths():
             super().__init__(config, *args, **kwargs)
         apply_layer_shapes(self, list(getattr(config, "pruned_layers", None) or []))
+        if getattr(config, SHORTCUT_FIELD, False):
+            blocks = [(layer, layer.self_attn.o_proj, layer.mlp.down_proj) for layer in self.model.layers]
+            attach_residual_shortcuts(blocks, int(config.hidden_size))
 
 
 @functools.cache

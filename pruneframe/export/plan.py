@@ -32,6 +32,7 @@ from torch import nn
 
 from pruneframe.architectures import ArchitectureAdapter, LayerWidths, adapter_for
 from pruneframe.architectures.gguf import ExportRefused, GGUFLayout, GGUFSpec
+from pruneframe.checkpoint.modeling_pruneframe import SHORTCUT_FIELD
 
 __all__ = ["ExportRefused", "LayerPlan", "GGUFPlan", "plan_export", "BLOCK_SIZES", "DEFAULT_PAD_FFN_TO"]
 
@@ -118,6 +119,11 @@ def plan_export(model: nn.Module, dtype: str = "f16", pad_ffn_to: int | None = N
         raise ExportRefused(f"dtype {dtype!r}: expected one of {', '.join(BLOCK_SIZES)}")
     if pad_ffn_to < 1:
         raise ExportRefused(f"pad_ffn_to {pad_ffn_to}: expected a positive number of channels")
+    if getattr(model.config, SHORTCUT_FIELD, False):
+        raise ExportRefused(
+            f"{type(model).__name__}: its residual connections carry shortcut matrices (SliceGPT's per-layer rotations), "
+            "which no llama.cpp architecture has; prune with slicegpt's rotation: single for a model llama.cpp runs"
+        )
     try:
         adapter = adapter_for(model)
     except Exception as exc:  # no adapter: an unknown family

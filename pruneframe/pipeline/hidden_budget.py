@@ -9,9 +9,11 @@ hidden channel that no unit owns still carries ``per_channel`` parameters: its e
 lm_head column when untied, one entry of every norm and of every output bias. Everything else is
 ``fixed``. The model then has exactly
 
-    total(h, mask) = fixed + per_channel * h + sum over kept u of (a_u * h + b_u)
+    total(h, mask) = fixed + per_channel * h + shortcuts * h^2 + sum over kept u of (a_u * h + b_u)
 
-parameters, for any hidden mask of ``h`` channels and any unit mask. :class:`HiddenCostModel` holds
+parameters, for any hidden mask of ``h`` channels and any unit mask. ``shortcuts`` counts the ``h x h``
+matrices a residual connection may carry (SliceGPT's per-layer rotations put one on each block's
+residual, :meth:`HiddenCostModel.with_shortcuts`); it is zero for every other prune. :class:`HiddenCostModel` holds
 these numbers (pure, int64); :func:`project_with_hidden` turns scores into a hidden mask and a unit mask
 whose total meets a parameter target exactly:
 
@@ -28,6 +30,7 @@ only shrinks what is left while unit costs grow with ``h``; the next hidden bloc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +53,7 @@ class HiddenCostModel:
             untied lm_head column, one entry of every norm and output bias).
         unit_per_channel: ``a_u`` per unit, int64: its weights per hidden channel.
         unit_fixed: ``b_u`` per unit, int64: its entries that do not span the hidden dimension.
+        shortcuts: ``h x h`` matrices on residual connections (0 unless a per-layer rotation adds them).
     """
 
     hidden_size: int
@@ -57,12 +61,13 @@ class HiddenCostModel:
     per_channel: int
     unit_per_channel: torch.Tensor
     unit_fixed: torch.Tensor
+    shortcuts: int = 0
 
     def __post_init__(self) -> None:
         a, b = self.unit_per_channel, self.unit_fixed
         if a.dtype != torch.int64 or b.dtype != torch.int64 or a.dim() != 1 or a.shape != b.shape:
             raise ValueError("unit_per_channel and unit_fixed must be 1-D int64 tensors of one length")
-        if self.hidden_size < 1 or self.per_channel < 0 or self.fixed < 0 or bool((a < 0).any()) or bool((b < 0).any()):
+        if self.hidden_size < 1 or min(self.per_channel, self.fixed, self.shortcuts) < 0 or bool((a < 0).any()) or bool((b < 0).any()):
             raise ValueError("hidden costs must be non-negative and the hidden size positive")
         if bool(((a == 0) & (b == 0)).any()):
             raise ValueError("every unit must cost something")
@@ -81,7 +86,17 @@ class HiddenCostModel:
 
     def with_untied_head(self, vocab_size: int) -> HiddenCostModel:
         """The same model once its tied lm_head gets its own ``[vocab_size, hidden]`` weight (a rotation unties it)."""
-        return HiddenCostModel(self.hidden_size, self.fixed, self.per_channel + vocab_size, self.unit_per_channel, self.unit_fixed)
+        return dataclasses.replace(self, per_channel=self.per_channel + vocab_size)
+
+    def with_shortcuts(self, count: int) -> HiddenCostModel:
+        """The same model with ``count`` more ``h x h`` residual shortcut matrices (two per layer for SliceGPT's per-layer rotations)."""
+        if count < 0:
+            raise ValueError(f"a model cannot gain {count} shortcut matrices")
+        return dataclasses.replace(self, shortcuts=self.shortcuts + count)
+
+    def hidden_only(self, hidden_kept: int) -> int:
+        """Parameters with ``hidden_kept`` hidden channels and no unit kept: ``fixed``, the shared entries and the shortcuts."""
+        return self.fixed + self.per_channel * hidden_kept + self.shortcuts * hidden_kept * hidden_kept
 
     def __len__(self) -> int:
         return int(self.unit_per_channel.numel())
@@ -90,14 +105,10 @@ class HiddenCostModel:
         """Every unit's cost (int64) with ``hidden_kept`` hidden channels."""
         return self.unit_per_channel * hidden_kept + self.unit_fixed
 
-    def hidden_channel_cost(self, unit_mask: torch.Tensor) -> int:
-        """What one more hidden channel costs given the units ``unit_mask`` keeps."""
-        return self.per_channel + int(self.unit_per_channel[unit_mask.bool()].sum())
-
     def total(self, hidden_kept: int, unit_mask: torch.Tensor) -> int:
         """Exact parameter count with ``hidden_kept`` hidden channels and the units ``unit_mask`` keeps."""
         kept = unit_mask.bool()
-        return self.fixed + hidden_kept * self.hidden_channel_cost(kept) + int(self.unit_fixed[kept].sum())
+        return self.hidden_only(hidden_kept) + hidden_kept * int(self.unit_per_channel[kept].sum()) + int(self.unit_fixed[kept].sum())
 
     @property
     def dense_total(self) -> int:
@@ -137,7 +148,7 @@ def balanced_width(costs: HiddenCostModel, target_total: int, round_to: int = 1)
 
     Cutting the hidden dimension and the per-layer units by the same fraction is the rule this encodes:
     at width ``h`` the units would cost ``U(h)`` if all were kept, and the target leaves them
-    ``target_total - fixed - per_channel * h``; the width is balanced when ``h / d`` does not exceed that
+    ``target_total - hidden_only(h)``; the width is balanced when ``h / d`` does not exceed that
     over ``U(h)``. The left-over share only falls as ``h`` grows, so the widths that satisfy it form a
     prefix and the widest is found by scanning. Returns ``round_to`` (or ``d``) when none does: the
     narrowest width, which the caller's budget check then judges.
@@ -148,7 +159,7 @@ def balanced_width(costs: HiddenCostModel, target_total: int, round_to: int = 1)
     every_unit = torch.ones(len(costs), dtype=torch.bool)
     best = min(d, round_to)
     for width in sorted({*range(round_to, d + 1, round_to), d}):
-        hidden_only = costs.fixed + costs.per_channel * width
+        hidden_only = costs.hidden_only(width)
         units_full = costs.total(width, every_unit) - hidden_only
         left = target_total - hidden_only
         # width / d <= left / units_full, in integers
@@ -201,7 +212,7 @@ def project_with_hidden(
     if hidden_round_to < 1:
         raise ValueError(f"hidden_round_to must be >= 1, got {hidden_round_to}")
     width = _rounded(max(1, math.ceil(hidden_keep * d - 1e-9)), hidden_round_to, d)
-    left = target_total - costs.fixed - costs.per_channel * width
+    left = target_total - costs.hidden_only(width)
     if left < 0:
         raise BudgetError(f"{width} hidden channels alone need {target_total - left:,} parameters, over the target of {target_total:,}")
     unit_mask = project(unit_scores, costs.unit_costs(width), left, **project_kwargs).cpu()

@@ -32,7 +32,7 @@ class HiddenPlan:
 
     Attributes:
         options: the method's hidden settings.
-        costs: the model's parameter count, affine in the hidden width.
+        costs: the model's parameter count in the hidden width (affine, quadratic with residual shortcuts).
         target_total: the most parameters the pruned model may have.
         width: the hidden width asked for (``hidden_keep`` of ``d``, rounded up to ``round_to``).
         round_to: kept hidden widths are multiples of this (or ``d``).
@@ -101,13 +101,15 @@ def hidden_plan(method: PruningMethod, model: nn.Module, units: UnitSet, target_
             )
         if head_is_tied(model):  # the rotation unties the head to fuse the final norm into it
             costs = costs.with_untied_head(int(model.get_output_embeddings().weight.shape[0]))
+        if method.residual_shortcuts:  # a basis per stream point: two shortcut matrices per layer
+            costs = costs.with_shortcuts(2 * units.num_layers)
     if options.hidden_keep == "budget":
         width = min(d, round_to)
     elif options.hidden_keep == "balanced":
         width = balanced_width(costs, target_total, round_to)
     else:
         width = min(d, math.ceil(max(1, math.ceil(options.hidden_keep * d - 1e-9)) / round_to) * round_to)
-    hidden_only = costs.fixed + costs.per_channel * width
+    hidden_only = costs.hidden_only(width)
     if hidden_only > target_total:
         raise BudgetError(
             f"method {method.name!r}: {width} of {d} hidden channels (hidden_keep {options.hidden_keep}) already take "

@@ -18,6 +18,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pruneframe.architectures.base import LayerSlices
+    from pruneframe.architectures.rotation import StreamBases
 
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.pipeline.projection import Policy, Scope
@@ -209,12 +210,18 @@ class PruningMethod(ABC):
     #: counted in the budget) and refuses a family whose post-norms a rotation can only approximate.
     rotates_hidden: ClassVar[bool] = False
 
-    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
+    #: Whether :meth:`hidden_rotation` gives a basis per point of the stream
+    #: (:class:`~pruneframe.architectures.rotation.StreamBases`): the model then carries a residual
+    #: shortcut matrix per block, which the budget counts.
+    residual_shortcuts: ClassVar[bool] = False
+
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | StreamBases | None:
         """An orthonormal basis ``[d, d]`` of the residual stream to cut in, or None (the default: its own axes).
 
         Asked after :meth:`score_hidden`, whose scores then index the basis' columns. The session fuses
         the norms and rotates the folded model into it (:mod:`pruneframe.architectures.rotation`) before
-        the hidden channels are cut.
+        the hidden channels are cut. A method with :attr:`residual_shortcuts` gives one basis per point
+        of the stream instead, the leading axes of each kept.
         """
         return None
 

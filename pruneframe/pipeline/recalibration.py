@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pruneframe.util.digests import package_digest
 from pruneframe.pipeline.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
 from pruneframe.pipeline.units import UnitSet
+
+if TYPE_CHECKING:
+    from pruneframe.architectures.rotation import StreamBases
 
 __all__ = [
     "PIPELINE_SEPARATOR",
@@ -135,6 +138,11 @@ class PipelineMethod(PruningMethod):
         """Whether the scorer rotates the residual stream."""
         return self.scorer.rotates_hidden
 
+    @property
+    def residual_shortcuts(self) -> bool:  # type: ignore[override]
+        """Whether the scorer's rotation adds residual shortcut matrices."""
+        return self.scorer.residual_shortcuts
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """The scorer's scores."""
         return self.scorer.score(context)
@@ -143,7 +151,7 @@ class PipelineMethod(PruningMethod):
         """The scorer's hidden-channel scores."""
         return self.scorer.score_hidden(context)
 
-    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | StreamBases | None:
         """The scorer's basis of the residual stream."""
         return self.scorer.hidden_rotation(context)
 

@@ -31,7 +31,7 @@ from torch import nn
 from pruneframe import checkpoint
 from pruneframe.toolkit.memory import PeakMemory, release_unused_memory
 from pruneframe.architectures.hidden import fold_hidden
-from pruneframe.architectures.rotation import fuse_input_norms, rotate_hidden
+from pruneframe.architectures.rotation import StreamBases, fuse_input_norms, rotate_hidden, rotate_stream, slice_shortcuts
 from pruneframe.pipeline.budget import BudgetError, BudgetKind, check_mask, group_round_to, make_budget, mandatory_cost, resolve
 from pruneframe.pipeline.hidden_plan import HiddenPlan, hidden_plan
 from pruneframe.pipeline.calibration import CalibrationData
@@ -357,7 +357,8 @@ class PruneSession:
         """Cut ``folded``'s hidden dimension to the ``width`` best-scored channels, norms corrected as the plan says.
 
         Where the method gives a basis (:meth:`~pruneframe.pipeline.methods.PruningMethod.hidden_rotation`),
-        the norms are fused and the stream rotated into it first; the channels cut are its axes.
+        the norms are fused and the stream rotated into it first; the channels cut are its axes. With a
+        basis per stream point, every block gains its residual shortcut matrices, cut to the kept width.
         """
         from pruneframe.pipeline.hidden_budget import top_hidden_mask
 
@@ -367,7 +368,11 @@ class PruneSession:
         keep = top_hidden_mask(scores, width)
         adapter = self.units.require_adapter()
         rotation = self.method.hidden_rotation(context)
-        if rotation is not None:
+        if isinstance(rotation, StreamBases):
+            fused = fuse_input_norms(adapter, folded, untie=True)
+            rotate_stream(adapter, folded, rotation)
+            context.stats["rotation"] = {"norms_fused": len(fused), "bases": len(rotation.bases), "residual_shortcuts": 2 * rotation.num_layers}
+        elif rotation is not None:
             fused = fuse_input_norms(adapter, folded, untie=True)
             missed = rotate_hidden(adapter, folded, rotation)
             context.stats["rotation"] = {"norms_fused": len(fused), "norms_approximated": {k: round(v, 6) for k, v in missed.items()}}
@@ -379,6 +384,8 @@ class PruneSession:
             factors = norm_factors(norm_input_energy(adapter, folded, windows, progress=context.progress), keep)
             context.stats["norm_factors"] = {name: round(f, 6) for name, f in factors.items()}
         fold_hidden(adapter, folded, keep, factors)
+        if isinstance(rotation, StreamBases):  # the leading axes of every basis are the ones kept
+            slice_shortcuts(folded, width)
         context.stats["hidden_kept"] = width
 
     def _report(

@@ -25,6 +25,7 @@ from pruneframe.pipeline.methods import MethodConfig, PruningMethod, Recalibrati
 from pruneframe.pipeline.units import UnitSet
 
 if TYPE_CHECKING:
+    from pruneframe.architectures.rotation import StreamBases
     from pruneframe.vocabulary.bpe import BpeVocabulary
 
 __all__ = [
@@ -124,6 +125,11 @@ class VocabularyComposition(PruningMethod):
         """Whether the width method rotates the residual stream."""
         return self.width.rotates_hidden
 
+    @property
+    def residual_shortcuts(self) -> bool:  # type: ignore[override]
+        """Whether the width method's rotation adds residual shortcut matrices."""
+        return self.width.residual_shortcuts
+
     def score(self, context: ScoringContext) -> torch.Tensor:
         """The width method's scores."""
         return self.width.score(context)
@@ -132,7 +138,7 @@ class VocabularyComposition(PruningMethod):
         """The width method's hidden-channel scores."""
         return self.width.score_hidden(context)
 
-    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | None:
+    def hidden_rotation(self, context: ScoringContext) -> torch.Tensor | StreamBases | None:
         """The width method's basis of the residual stream."""
         return self.width.hidden_rotation(context)
 
