@@ -353,6 +353,18 @@ def vocabulary(args: argparse.Namespace) -> None:
     replace_marked_section(DOCS / "results.md", "vocabulary", report_studies.render_vocabulary(table, bounds))
 
 
+def hidden(args: argparse.Namespace) -> None:
+    """Write the hidden-channel rows, pairs and section (docs/results.md) from the ``compare-hidden-*`` comparisons."""
+    from pipeline_selection import paired_ood_ratio
+
+    folders = args.results or sorted(RUNS.glob("compare-hidden-*"))
+    table = report_studies.hidden_rows([load_results(folder) for folder in folders])
+    pairs = report_studies.hidden_pairs(table, paired_ood_ratio)
+    rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in table]
+    write_json_if_changed(RESULTS / "hidden.json", {"sources": [_rel(f) for f in folders], "rows": rows, "pairs": pairs})
+    replace_marked_section(DOCS / "results.md", "hidden", report_studies.render_hidden(table, pairs))
+
+
 SECTIONS = {
     "summary": summary,
     "reports": reports,
@@ -362,6 +374,7 @@ SECTIONS = {
     "pipeline-selection": pipeline_selection,
     "domains": domains,
     "vocabulary": vocabulary,
+    "hidden": hidden,
     "llamacpp": lambda args: llamacpp_report.write_page(),
     "scale": lambda args: report_machines.scale_page(),
     "gpu": lambda args: report_machines.gpu_page(),
@@ -372,9 +385,7 @@ def main() -> None:
     """Parse the section and its options, then write it (``all``: every section from the stored results)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("section", choices=["all", *SECTIONS])
-    parser.add_argument(
-        "results", nargs="*", type=Path, help="comparison folders instead of the stored ones (reports, ranking-transfer, width-depth, recovery, vocabulary)"
-    )
+    parser.add_argument("results", nargs="*", type=Path, help="comparison folders instead of the stored ones (the sections built from comparisons)")
     parser.add_argument("--name", choices=sorted(report_studies.RECOVERY), help="recovery: this section only (default: both)")
     parser.add_argument("--figures", action="store_true", help="recovery, width-depth: redraw the figures too")
     args = parser.parse_args()
