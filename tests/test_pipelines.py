@@ -40,8 +40,10 @@ def test_a_pipeline_is_the_scorers_score_and_the_recalibrations_recalibrate(host
     assert sorted(host.recalibrations()) == ["bias", "none", "refit", "scales"]
     with pytest.raises(UnknownNameError, match="unknown recalibration 'bais'; did you mean 'bias'"):
         host.method("llm-pruner+bais")
+    with pytest.raises(UnknownNameError, match="'bias' returns scales or biases, so no recalibration can follow it"):
+        host.method("llm-pruner+bias+scales")  # a chain; only a weight refit may lead one
     with pytest.raises(UnknownNameError, match="expected SCORER\\+RECALIBRATION"):
-        host.method("llm-pruner+bias+scales")
+        host.method("llm-pruner++scales")
     with pytest.raises(ValueError, match="num_windows"):
         host.method("magnitude+bias", {"recalibration": {"num_windows": 0}})
 

@@ -57,6 +57,7 @@ class Refit(RecalibrationMethod):
     name = "refit"
     Config = RefitConfig
     summary = "re-solves the kept o_proj and down_proj columns (ridge least squares, layer by layer) to match the dense outputs"
+    replaces_weights = True
     config: RefitConfig
 
     def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration:

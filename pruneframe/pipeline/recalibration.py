@@ -13,16 +13,26 @@ plus one field, ``recalibration``, holding the recalibration's settings, so a pi
 round-trip through :meth:`pruneframe.pipeline.host.PluginHost.method` like any method's. A method's own
 recalibration (its paper's) stays its default: ``flap`` still compensates biases and ``grasprune`` still
 learns scales; ``flap+none`` is FLAP without its compensation.
+
+Recalibrations chain: ``SCORER+R1+R2`` (``llm-pruner+refit+scales``) runs ``R1``, then ``R2`` on the model
+with ``R1``'s replacement weights swapped in, and folds both (:class:`ChainedRecalibration`). Every step
+but the last must only replace weights (:attr:`RecalibrationMethod.replaces_weights`, ``refit``): a later
+step sees those weights exactly, while scales or biases would have to be simulated under it. Its config
+holds each step's settings under the step's name (``{"refit": {...}, "scales": {...}}``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from torch import nn
 
 from pruneframe.util.digests import package_digest
 from pruneframe.pipeline.methods import MethodConfig, PruningMethod, Recalibration, ScoringContext
@@ -36,6 +46,7 @@ __all__ = [
     "RecalibrationConfig",
     "RecalibrationMethod",
     "NoRecalibration",
+    "ChainedRecalibration",
     "PipelineMethod",
     "split_pipeline_name",
     "method_code_digest",
@@ -57,6 +68,9 @@ class RecalibrationMethod(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[RecalibrationConfig]] = RecalibrationConfig
     summary: ClassVar[str] = ""
+    #: Whether every result only replaces o_proj / down_proj weights (no scales, no biases): such a
+    #: recalibration may run before another in a chain (:class:`ChainedRecalibration`).
+    replaces_weights: ClassVar[bool] = False
 
     def __init__(self, config: RecalibrationConfig | dict[str, Any] | None = None) -> None:
         if isinstance(config, RecalibrationConfig):
@@ -83,17 +97,100 @@ class NoRecalibration(RecalibrationMethod):
 
 
 def split_pipeline_name(name: str) -> tuple[str, str] | None:
-    """``"llm-pruner+bias"`` -> ``("llm-pruner", "bias")``; ``None`` for a plain method name.
+    """``"llm-pruner+bias"`` -> ``("llm-pruner", "bias")``, ``"llm-pruner+refit+scales"`` -> ``("llm-pruner",
+    "refit+scales")`` (a chain); ``None`` for a plain method name.
 
     Raises:
-        ValueError: ``name`` has a separator but an empty part, or more than one separator.
+        ValueError: ``name`` has a separator but an empty part.
     """
     if PIPELINE_SEPARATOR not in name:
         return None
-    parts = name.split(PIPELINE_SEPARATOR)
-    if len(parts) != 2 or not all(p.strip() for p in parts):
+    parts = [p.strip() for p in name.split(PIPELINE_SEPARATOR)]
+    if not all(parts):
         raise ValueError(f"pipeline {name!r}: expected SCORER{PIPELINE_SEPARATOR}RECALIBRATION, e.g. 'llm-pruner+bias'")
-    return parts[0].strip(), parts[1].strip()
+    return parts[0], PIPELINE_SEPARATOR.join(parts[1:])
+
+
+@contextmanager
+def replaced_weights(units: UnitSet, model: nn.Module, result: Recalibration | None) -> Iterator[None]:
+    """Inside, ``model``'s o_proj and down_proj weights are ``result``'s replacements (restored on exit)."""
+    swaps: list[tuple[nn.Linear, torch.Tensor]] = []
+    if result is not None:
+        for layer, mods in enumerate(units.layer_slices(model)):
+            for linear, weights in ((mods.o_proj, result.o_proj), (mods.down_proj, result.down_proj)):
+                if weights is not None:
+                    swaps.append((linear, linear.weight.data))
+                    linear.weight.data = weights[layer].to(linear.weight.data)
+    try:
+        yield
+    finally:
+        for linear, saved in swaps:
+            linear.weight.data = saved
+
+
+def merge_recalibrations(first: Recalibration | None, second: Recalibration | None) -> Recalibration | None:
+    """One result folding both: ``second``'s fields, and ``first``'s replacement weights where ``second`` has none.
+
+    ``first`` must only replace weights (a chain's earlier step), so nothing else of it is lost.
+    """
+    if first is None or first.is_empty():
+        return second
+    if second is None:
+        return first
+    return dataclasses.replace(
+        second,
+        o_proj=second.o_proj if second.o_proj is not None else first.o_proj,
+        down_proj=second.down_proj if second.down_proj is not None else first.down_proj,
+    )
+
+
+class ChainedRecalibration(RecalibrationMethod):
+    """Recalibrations run in order, each on the model with the earlier ones' replacement weights (see the module docstring).
+
+    Attributes:
+        steps: the recalibrations, in order; all but the last replace weights only.
+    """
+
+    def __init__(self, steps: list[RecalibrationMethod]) -> None:
+        if len(steps) < 2:
+            raise ValueError("a chain of recalibrations needs at least two")
+        early = [s.name for s in steps[:-1] if not s.replaces_weights]
+        if early:
+            raise ValueError(
+                f"recalibration chain {PIPELINE_SEPARATOR.join(s.name for s in steps)!r}: {', '.join(map(repr, early))} "
+                "returns scales or biases, so no recalibration can follow it; only weight replacements (refit) can come first"
+            )
+        if len({s.name for s in steps}) != len(steps):
+            raise ValueError(f"recalibration chain {PIPELINE_SEPARATOR.join(s.name for s in steps)!r} names a step twice")
+        self.steps = steps
+        self.name = PIPELINE_SEPARATOR.join(s.name for s in steps)  # type: ignore[misc]
+        self.summary = ", then ".join(s.name for s in steps)  # type: ignore[misc]
+        self.replaces_weights = all(s.replaces_weights for s in steps)  # type: ignore[misc]
+        self.Config = _chain_config(tuple(type(s.config) for s in steps), tuple(s.name for s in steps))  # type: ignore[misc]
+        self.config = self.Config.model_validate({s.name: s.config for s in steps})
+
+    def recalibrate(self, context: ScoringContext, mask: torch.Tensor) -> Recalibration | None:
+        """Each step's result for ``mask``, the later ones computed with the earlier weights in place; all folded together."""
+        result: Recalibration | None = None
+        for step in self.steps:
+            with replaced_weights(context.units, context.model, result):
+                result = merge_recalibrations(result, step.recalibrate(context, mask))
+        return result
+
+    def __repr__(self) -> str:
+        return f"ChainedRecalibration({self.steps!r})"
+
+
+_CHAIN_CONFIGS: dict[tuple[tuple[type[RecalibrationConfig], ...], tuple[str, ...]], type[RecalibrationConfig]] = {}
+
+
+def _chain_config(classes: tuple[type[RecalibrationConfig], ...], names: tuple[str, ...]) -> type[RecalibrationConfig]:
+    """A config class with one field per step, named by the step, of that step's config class."""
+    key = (classes, names)
+    if key not in _CHAIN_CONFIGS:
+        fields: dict[str, Any] = {name: (cls, Field(default_factory=cls, description=f"the {name} step's settings")) for cls, name in zip(classes, names)}
+        _CHAIN_CONFIGS[key] = create_model("ChainedRecalibrationConfig", __base__=RecalibrationConfig, **fields)  # type: ignore[call-overload]
+    return _CHAIN_CONFIGS[key]
 
 
 _CONFIG_CLASSES: dict[tuple[type[MethodConfig], type[RecalibrationConfig]], type[MethodConfig]] = {}
@@ -168,8 +265,9 @@ class PipelineMethod(PruningMethod):
         return self.scorer.removable(units)
 
     def code_parts(self) -> tuple[object, ...]:
-        """The scorer's parts, then the recalibration."""
-        return (*self.scorer.code_parts(), self.recalibration)
+        """The scorer's parts, then the recalibration (each step of a chain)."""
+        steps = self.recalibration.steps if isinstance(self.recalibration, ChainedRecalibration) else [self.recalibration]
+        return (*self.scorer.code_parts(), *steps)
 
     def __repr__(self) -> str:
         return f"PipelineMethod({self.scorer!r}, {self.recalibration!r})"

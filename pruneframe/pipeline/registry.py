@@ -19,7 +19,7 @@ from torch import nn
 from pruneframe.architectures.base import ArchitectureAdapter
 from pruneframe.pipeline.methods import PruningMethod
 from pruneframe.pipeline.plugin_errors import PluginError, UnknownNameError, UnsupportedModelError, did_you_mean
-from pruneframe.pipeline.recalibration import PipelineMethod, RecalibrationMethod, split_pipeline_name
+from pruneframe.pipeline.recalibration import PIPELINE_SEPARATOR, ChainedRecalibration, PipelineMethod, RecalibrationMethod, split_pipeline_name
 from pruneframe.pipeline.removal import REMOVAL_MODES, REMOVAL_SEPARATOR
 from pruneframe.pipeline.vocab_method import VOCAB_SEPARATOR, VocabularyComposition, VocabularyMethod
 
@@ -133,8 +133,23 @@ class PluginRegistry:
         return dict(self._recalibrations)
 
     def recalibration(self, name: str, config: Any = None) -> RecalibrationMethod:
-        """An instance of recalibration ``name`` with ``config`` validated by its config model."""
-        return self._instance("recalibration", self.recalibrations(), name, config)
+        """An instance of recalibration ``name`` with ``config`` validated by its config model.
+
+        ``R1+R2`` (``refit+scales``) is a :class:`~pruneframe.pipeline.recalibration.ChainedRecalibration`
+        whose ``config`` holds each step's settings under the step's name.
+        """
+        if PIPELINE_SEPARATOR not in name:
+            return self._instance("recalibration", self.recalibrations(), name, config)
+        names = [part.strip() for part in name.split(PIPELINE_SEPARATOR)]
+        settings = dict(config or {})
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise UnknownNameError(f"recalibration chain {name!r}: settings for {', '.join(map(repr, unknown))}, which is not one of its steps")
+        steps = [self._instance("recalibration", self.recalibrations(), part, settings.get(part)) for part in names]
+        try:
+            return ChainedRecalibration(steps)
+        except ValueError as exc:
+            raise UnknownNameError(str(exc)) from exc
 
     def recovery_plugin(self, recovery: Any) -> str:
         """The plugin that registered ``recovery``'s class (its module name otherwise)."""
