@@ -413,9 +413,10 @@ def render_vocabulary(table: list[dict[str, Any]], refused: list[str]) -> str:
 
 
 def _hidden_label(method: str, prune: dict[str, Any] | None) -> str:
-    """The row's name: the method, with SliceGPT's per-layer form told apart from its single rotation."""
-    rotation = nested_get(prune or {}, "config", "rotation")
-    return f"{method} (per-layer)" if rotation == "per-layer" else method
+    """The row's name: the method, with SliceGPT's per-layer form and a hidden width rounded by hand told apart."""
+    rotation, round_to = nested_get(prune or {}, "config", "rotation"), nested_get(prune or {}, "config", "hidden_round_to")
+    label = f"{method} (per-layer)" if rotation == "per-layer" else method
+    return f"{label} (widths of {round_to})" if round_to else label
 
 
 def hidden_rows(folders: list[dict[str, Any]]) -> list[dict[str, Any]]:
