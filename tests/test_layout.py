@@ -202,7 +202,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: The only imports from a floor up to a higher one, each inside a function (never at import time), with why.
 ALLOWED_CLIMBS = {
     ("architectures", "pipeline stages"): "adapter_for without a host builds the default plugin host",
-    ("architectures", "checkpoint"): "the default block norms and block removal are the shipped modeling code's, which a checkpoint folder carries whole",
+    ("architectures", "checkpoint"): "block norms, block removal and residual shortcuts are the shipped modeling code's, which a checkpoint carries whole",
 }
 
 

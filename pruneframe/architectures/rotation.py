@@ -45,7 +45,6 @@ import torch
 from torch import nn
 
 from pruneframe.architectures.hidden import head_is_tied, hidden_sites
-from pruneframe.checkpoint.modeling_pruneframe import SHORTCUT_FIELD, ResidualShortcut, attach_residual_shortcuts
 from pruneframe.pipeline.units import UnitKind
 
 if TYPE_CHECKING:
@@ -236,6 +235,8 @@ def rotate_stream(adapter: ArchitectureAdapter, model: nn.Module, bases: StreamB
         ValueError: a basis is malformed, the bases do not match the layers, the head is still tied, or a
             norm on the stream still applies a non-uniform scale.
     """
+    from pruneframe.checkpoint.modeling_pruneframe import SHORTCUT_FIELD, attach_residual_shortcuts  # lazy: the shipped modeling code
+
     d = int(model.config.hidden_size)
     layers = adapter.layer_slices(model)
     if bases.num_layers != len(layers) or len(bases.bases) != 2 * len(layers) + 1:
@@ -280,6 +281,8 @@ def rotate_stream(adapter: ArchitectureAdapter, model: nn.Module, bases: StreamB
 @torch.no_grad()
 def slice_shortcuts(model: nn.Module, width: int) -> int:
     """Cut every residual shortcut of ``model`` to its leading ``width x width`` block; returns how many there were."""
+    from pruneframe.checkpoint.modeling_pruneframe import ResidualShortcut  # lazy: the shipped modeling code
+
     count = 0
     for module in model.modules():
         if isinstance(module, ResidualShortcut):
