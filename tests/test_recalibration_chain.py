@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruneframe import load_pruned
 from pruneframe.architectures import discover
 from pruneframe.pipeline.calibration import CalibrationData
 from pruneframe.pipeline.host import PluginHost, UnknownNameError
@@ -15,7 +14,7 @@ from pruneframe.pipeline.methods import Recalibration, ScoringContext
 from pruneframe.pipeline.recalibration import ChainedRecalibration, RecalibrationMethod, split_pipeline_name
 from pruneframe.pipeline.session import PruneSession
 from pruneframe.testing import tiny_model, tokens
-from pruneframe.toolkit.gates import gated
+from test_refit_plugin import assert_folds_to_the_gated_model_and_reloads
 
 REFIT = {"num_windows": 4, "seq_len": 16, "batch_size": 2}
 SCALES = {"num_sequences": 4, "offset_sequences": 0, "seq_len": 16, "epochs": 1}
@@ -79,14 +78,4 @@ def test_refit_then_scales_folds_to_the_gated_model_within_the_budget_and_reload
     rec = result.recalibration
     assert rec.scales is not None and rec.down_proj is not None and rec.o_proj is not None
     assert result.report.pipeline == {"scorer": "llm-pruner", "recalibration": "refit+scales"}
-    ids = tokens(2, 12)
-    with torch.no_grad(), gated(model, result.units, result.mask, rec):
-        reference = model(ids).logits
-    with torch.no_grad():
-        folded = result.model(ids).logits
-    torch.testing.assert_close(folded, reference, rtol=0, atol=1e-5)
-    assert result.report.kept_params == sum(p.numel() for p in result.model.parameters())
-    result.save(tmp_path / "ckpt")
-    reloaded, _ = load_pruned(tmp_path / "ckpt")
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, folded, rtol=0, atol=1e-5)
+    assert_folds_to_the_gated_model_and_reloads(model, result, tmp_path)

@@ -66,6 +66,11 @@ def test_the_dense_model_is_left_unchanged() -> None:
 def test_any_scorer_with_refit_folds_to_the_gated_model_and_reloads_exactly(family: str, tmp_path: Path) -> None:
     model = tiny_model(family)
     result = PruneSession(model, "magnitude+refit", 0.6, REFIT).run(tokens(8, 32), progress=False)
+    assert_folds_to_the_gated_model_and_reloads(model, result, tmp_path)
+
+
+def assert_folds_to_the_gated_model_and_reloads(model: torch.nn.Module, result, tmp_path: Path) -> None:  # noqa: ANN001 - a PruneResult
+    """The folded model computes the dense model gated by the mask and recalibration; its checkpoint reloads to it (1e-5)."""
     ids = tokens(2, 12)
     with torch.no_grad(), gated(model, result.units, result.mask, result.recalibration):
         reference = model(ids).logits
